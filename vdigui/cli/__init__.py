@@ -1,0 +1,88 @@
+"""``vdictl``: the engine on the command line, for scripting.
+
+Every command lives in a module of this package that registers its sub-parsers; this module
+only assembles them and turns errors into one line and an exit code:
+
+- 0 success, 2 "problems found" (check), 1 could not do it, 130 interrupted (nothing changed
+  beyond what the operation reports as a consistent state).
+- Errors print ``vdictl: error: <one sentence>`` to stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Sequence
+from types import FrameType
+
+from vdigui import __version__
+from vdigui.cli import inspect_cmds
+from vdigui.cli.common import Context
+from vdigui.engine.errors import OperationCancelled, VdiError
+from vdigui.engine.progress import CancelToken
+
+#: Modules that contribute sub-commands, each with ``register(subparsers)``.
+COMMAND_MODULES = [inspect_cmds]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full argument parser (all sub-commands)."""
+    parser = argparse.ArgumentParser(
+        prog="vdictl",
+        description="Inspect, check, export and change VirtualBox VDI images and VM folders "
+        "without VirtualBox.",
+    )
+    parser.add_argument("--version", action="version", version=f"vdictl {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for module in COMMAND_MODULES:
+        module.register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run vdictl; returns the exit status (also used as the console-script entry point)."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    token = CancelToken()
+    ctx = Context(token=token, json=bool(getattr(args, "json", False)))
+    previous = _install_sigint(ctx)
+    try:
+        return int(args.func(args, ctx) or 0)
+    except OperationCancelled as exc:
+        print(f"vdictl: {exc}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("vdictl: interrupted; nothing was changed.", file=sys.stderr)
+        return 130
+    except VdiError as exc:
+        print(f"vdictl: error: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        return 1
+    finally:
+        _restore_sigint(previous)
+
+
+def _install_sigint(ctx: Context) -> object:
+    """Ctrl-C cancels a running operation at its next block; elsewhere it interrupts at once."""
+
+    def handler(_signum: int, _frame: FrameType | None) -> None:
+        already = ctx.token.cancelled
+        ctx.token.cancel()
+        if already or not ctx.cancel_cleanly:
+            raise KeyboardInterrupt
+
+    try:
+        return signal.signal(signal.SIGINT, handler)
+    except ValueError:  # not the main thread (tests calling main() from a worker)
+        return None
+
+
+def _restore_sigint(previous: object) -> None:
+    if previous is not None:
+        signal.signal(signal.SIGINT, previous)  # type: ignore[arg-type]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
