@@ -84,5 +84,3 @@ def _restore_sigint(previous: object) -> None:
         signal.signal(signal.SIGINT, previous)  # type: ignore[arg-type]
 
 
-if __name__ == "__main__":
-    sys.exit(main())
