@@ -60,6 +60,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except BrokenPipeError:
         return 1
+    except OSError as exc:
+        name = f" '{exc.filename}'" if exc.filename else ""
+        print(f"vdictl: error: cannot access{name}: {exc.strerror or exc}.", file=sys.stderr)
+        return 1
+    except Exception as exc:  # a bug: still one line, never a traceback
+        print(f"vdictl: error: internal error ({type(exc).__name__}: {exc}); please report "
+              "this with the command you ran.", file=sys.stderr)
+        return 1
     finally:
         _restore_sigint(previous)
 

@@ -6,8 +6,20 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from vdigui.cli.common import Context, human_size, print_json
-from vdigui.engine import VdiImage, open_image
+import numpy as np
+
+from vdigui.cli.common import (
+    Context,
+    add_source_arguments,
+    human_size,
+    parse_size,
+    print_json,
+    resolve_source,
+)
+from vdigui.engine import VdiError, VdiImage, create_image, open_image, open_paths
+from vdigui.engine.analysis import FragStats, analyze, host_extents
+from vdigui.engine.check import check_path
+from vdigui.engine.export import export_raw
 from vdigui.engine.format import BLOCK_FREE, BLOCK_ZERO
 
 
@@ -17,6 +29,35 @@ def register(sub: Any) -> None:
     p.add_argument("image", type=Path)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("map", help="show where every guest block is stored")
+    p.add_argument("image", type=Path)
+    p.add_argument("--json", action="store_true", help="one entry per guest block")
+    p.set_defaults(func=cmd_map)
+
+    p = sub.add_parser("check", help="check an image, its chain or a VM folder (read-only)",
+                       description="Exit status: 0 clean, 2 problems found, 1 could not check.")
+    p.add_argument("path", type=Path, help="an image, a chain's leaf, a VM folder or .vbox")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("frag", help="fragmentation figures of an image and its chain")
+    p.add_argument("image", type=Path)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_frag)
+
+    p = sub.add_parser("export", help="write the guest-visible disk as a raw image (sparse)")
+    add_source_arguments(p)
+    p.add_argument("out", type=Path, help="the raw file to write (must not exist)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("create", help="create a new dynamic, fixed or differencing image")
+    p.add_argument("out", type=Path)
+    p.add_argument("--size", help="virtual size, e.g. 64M, 20G (not with --parent)")
+    kind = p.add_mutually_exclusive_group()
+    kind.add_argument("--fixed", action="store_true", help="preallocate the whole disk")
+    kind.add_argument("--parent", type=Path, help="create a differencing image over PARENT")
+    p.set_defaults(func=cmd_create)
 
 
 def image_info(image: VdiImage) -> dict[str, Any]:
@@ -78,4 +119,129 @@ def cmd_info(args: argparse.Namespace, ctx: Context) -> int:
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
+    return 0
+
+
+def _runs(entries: np.ndarray) -> list[tuple[int, int, str]]:
+    """Fold a map into (first block, last block, text) runs for the text output."""
+    def label(entry: int) -> str:
+        if entry == BLOCK_FREE:
+            return "free"
+        if entry == BLOCK_ZERO:
+            return "zero"
+        return f"slot {entry}"
+
+    runs: list[tuple[int, int, str]] = []
+    start = 0
+    n = entries.size
+    while start < n:
+        first = int(entries[start])
+        end = start + 1
+        if first >= BLOCK_ZERO:
+            while end < n and int(entries[end]) == first:
+                end += 1
+            runs.append((start, end - 1, label(first)))
+        else:
+            while end < n and int(entries[end]) == first + (end - start):
+                end += 1
+            text = label(first) if end - start == 1 else f"slots {first}-{first + end - start - 1}"
+            runs.append((start, end - 1, text))
+        start = end
+    return runs
+
+
+def cmd_map(args: argparse.Namespace, ctx: Context) -> int:
+    """vdictl map IMAGE [--json]."""
+    with open_image(args.image) as image:
+        entries = image.block_map[: image.guest_blocks].copy()
+        block_size = image.header.block_size
+    if ctx.json:
+        print_json({
+            "file": str(args.image), "block_size": block_size,
+            "blocks": [int(e) if e < BLOCK_ZERO else ("zero" if e == BLOCK_ZERO else "free")
+                       for e in entries.tolist()],
+        })
+        return 0
+    for first, last, text in _runs(entries):
+        where = f"block {first}" if first == last else f"blocks {first}-{last}"
+        print(f"{where}: {text}")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace, ctx: Context) -> int:
+    """vdictl check PATH [--json]: 0 clean, 2 problems, 1 could not check."""
+    report = check_path(args.path)
+    if ctx.json:
+        print_json({"clean": report.clean, "findings": [
+            {"severity": f.severity, "kind": f.kind, "file": str(f.path), "message": f.message,
+             "blocks": list(f.blocks)} for f in report.findings]})
+    elif report.clean:
+        print(f"{args.path}: no problems found.")
+    else:
+        for f in report.findings:
+            print(f"{f.severity}: {f.message}")
+    return 0 if report.clean else 2
+
+
+def _frag_dict(stats: FragStats) -> dict[str, Any]:
+    return {"allocated": stats.allocated, "discontinuities": stats.discontinuities,
+            "longest_run": stats.longest_run, "in_order_share": round(stats.in_order_share, 6),
+            "mean_jump": round(stats.mean_jump, 3)}
+
+
+def cmd_frag(args: argparse.Namespace, ctx: Context) -> int:
+    """vdictl frag IMAGE [--json]: fragmentation of each layer's file and of the chain."""
+    paths = resolve_source(args.image, None, False)
+    with open_paths(paths) as chain:
+        analysis = analyze(chain)
+    layers = []
+    for path, frag in zip(analysis.paths, analysis.layer_frag, strict=True):
+        host = host_extents(path)
+        layers.append({"file": str(path), **_frag_dict(frag),
+                       "host_extents": host.count if host.available else None,
+                       "host_extents_note": host.reason})
+    doc = {"layers": layers, "chain": _frag_dict(analysis.chain_frag)}
+    if ctx.json:
+        print_json(doc)
+        return 0
+    for layer in layers:
+        extents = (f"{layer['host_extents']} host extent(s)" if layer["host_extents"] is not None
+                   else f"host extents not available: {layer['host_extents_note']}")
+        print(f"{Path(layer['file']).name}: {layer['allocated']} blocks, "
+              f"{layer['discontinuities']} discontinuities, longest run {layer['longest_run']}, "
+              f"{100 * layer['in_order_share']:.1f}% in order, mean jump "
+              f"{layer['mean_jump']:.1f} slots; {extents}")
+    c = doc["chain"]
+    print(f"chain: a sequential read of the guest disk reads {c['allocated']} blocks and jumps "
+          f"{c['discontinuities']} times (longest run {c['longest_run']}, "
+          f"{100 * c['in_order_share']:.1f}% in order).")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace, ctx: Context) -> int:
+    """vdictl export SOURCE OUT.raw [--snapshot NAME | --current]."""
+    paths = resolve_source(args.source, args.snapshot, args.current, args.disk)
+    ctx.cancel_cleanly = True
+    with open_paths(paths) as chain:
+        result = export_raw(chain, args.out, progress=ctx.progress, cancel=ctx.token)
+    print(f"Wrote {args.out}: {human_size(result.disk_size)}, {result.data_blocks} block(s) of "
+          f"data, {result.hole_blocks} left sparse.")
+    return 0
+
+
+def cmd_create(args: argparse.Namespace, ctx: Context) -> int:
+    """vdictl create OUT.vdi --size SIZE [--fixed | --parent PARENT.vdi]."""
+    if args.parent is None and not args.size:
+        raise VdiError("vdictl create needs --size (or --parent for a differencing image).")
+    if args.parent is not None and args.size:
+        raise VdiError("A differencing image takes its size from its parent; drop --size.")
+    size = 0
+    if args.size:
+        try:
+            size = parse_size(args.size)
+        except ValueError as exc:
+            raise VdiError(f"--size {exc}.") from None
+    header = create_image(args.out, size, fixed=args.fixed, parent=args.parent)
+    print(f"Created {args.out}: {header.image_type.label}, {human_size(header.disk_size)}, "
+          f"UUID {header.uuid}.")
     return 0

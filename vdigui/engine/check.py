@@ -1,0 +1,162 @@
+"""Read-only consistency checks of block maps, chains and VM folders.
+
+Like qemu's ``vdi_check`` and VirtualBox's ``vdiRepair`` in dry-run mode, but covering every
+crash leftover the reference lists (2.5): entries past the slot range, slots past the end of
+the file, slots shared by two blocks, a wrong cBlocksAllocated, holes in the slot range and a
+crash tail after the last slot. Nothing here writes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vdigui.engine.chain import resolve_chain
+from vdigui.engine.errors import VdiError
+from vdigui.engine.format import FIRST_SPECIAL
+from vdigui.engine.image import VdiImage, open_image
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """One problem found by a check.
+
+    Attributes:
+        severity: "error" (data may read wrong or a write could corrupt) or "warning".
+        kind: a stable slug ("slot-past-eof", "duplicate-slot", ...) for scripts and repair.
+        path: the file concerned.
+        message: one sentence naming the file and the problem.
+        blocks: guest blocks concerned, when the problem is per block.
+    """
+
+    severity: str
+    kind: str
+    path: Path
+    message: str
+    blocks: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class CheckReport:
+    """All findings for one check run; ``clean`` when there are none."""
+
+    findings: tuple[Finding, ...]
+
+    @property
+    def clean(self) -> bool:
+        """Whether nothing was found."""
+        return not self.findings
+
+    @property
+    def errors(self) -> tuple[Finding, ...]:
+        """The findings of severity "error"."""
+        return tuple(f for f in self.findings if f.severity == "error")
+
+
+def _listed(blocks: np.ndarray, limit: int = 8) -> str:
+    shown = ", ".join(str(int(b)) for b in blocks[:limit])
+    return shown + (f" and {blocks.size - limit} more" if blocks.size > limit else "")
+
+
+def check_image(image: VdiImage) -> tuple[Finding, ...]:
+    """Block-map consistency findings of one open image."""
+    h = image.header
+    name = image.path.name
+    findings: list[Finding] = []
+
+    def add(severity: str, kind: str, message: str, blocks: np.ndarray | None = None) -> None:
+        listed = tuple(int(b) for b in blocks) if blocks is not None else ()
+        findings.append(Finding(severity, kind, image.path, f"{name}: {message}", listed))
+
+    entries = image.block_map
+    live = np.flatnonzero(entries < FIRST_SPECIAL)
+    slots = entries[live].astype(np.int64)
+    beyond_map = live[slots >= h.blocks]
+    if beyond_map.size:
+        add("error", "slot-out-of-range",
+            f"{beyond_map.size} block(s) point at slots beyond the {h.blocks} the image can "
+            f"hold (guest blocks {_listed(beyond_map)}).", beyond_map)
+    slot_end = h.offset_data + (slots + 1) * h.slot_size
+    past_eof = live[slot_end > image.file_size]
+    if past_eof.size:
+        add("error", "slot-past-eof",
+            f"{past_eof.size} block(s) point at slots past the end of the "
+            f"{image.file_size}-byte file (guest blocks {_listed(past_eof)}); they cannot be "
+            "read.", past_eof)
+    order = np.argsort(slots, kind="stable")
+    sorted_slots = slots[order]
+    dup_mask = np.zeros(sorted_slots.size, dtype=bool)
+    if sorted_slots.size > 1:
+        same = sorted_slots[1:] == sorted_slots[:-1]
+        dup_mask[1:] = same
+    duplicated = np.sort(live[order][dup_mask])
+    if duplicated.size:
+        add("error", "duplicate-slot",
+            f"{duplicated.size} block(s) share a slot with a lower block (guest blocks "
+            f"{_listed(duplicated)}); writing one would change the other.", duplicated)
+    count = int(live.size)
+    highest = int(slots.max()) if count else -1
+    if highest >= h.blocks_allocated:
+        add("error", "allocated-count-low",
+            f"cBlocksAllocated is {h.blocks_allocated} but a block points at slot {highest}; "
+            "the next new block would be cross-linked.")
+    elif count != h.blocks_allocated:
+        add("warning", "allocated-count-mismatch",
+            f"cBlocksAllocated is {h.blocks_allocated} but {count} block(s) are allocated.")
+    distinct = int(np.unique(slots).size) if count else 0
+    if count and highest + 1 != distinct:
+        add("warning", "slots-not-dense",
+            f"the {distinct} slot(s) in use are not the dense range 0..{distinct - 1} (highest "
+            f"is {highest}); compaction would close the holes.")
+    used_end = h.offset_data + max(h.blocks_allocated, highest + 1) * h.slot_size
+    if h.image_type.label != "fixed" and image.file_size > used_end:
+        add("warning", "crash-tail",
+            f"{image.file_size - used_end} byte(s) after the last slot belong to no block "
+            "(left by an interrupted write).")
+    return tuple(findings)
+
+
+def check_path(path: Path | str) -> CheckReport:
+    """Check an image, the chain ending at it, or a VM folder; never raises for findings.
+
+    Raises:
+        VdiError: nothing could be checked (e.g. the path does not exist).
+    """
+    path = Path(path)
+    if path.is_dir() or path.suffix.lower() in (".vbox", ".xml"):
+        return _check_vm_folder(path)
+    if not path.exists():
+        raise VdiError(f"'{path}' does not exist.")
+    return _check_chain(path)
+
+
+def _check_chain(leaf: Path) -> CheckReport:
+    findings: list[Finding] = []
+    resolution = resolve_chain(leaf)
+    paths = list(resolution.paths) or [leaf]
+    if resolution.error is not None:
+        findings.append(Finding("error", "chain", leaf, str(resolution.error)))
+    for p in paths:
+        findings.extend(_check_file(p))
+    return CheckReport(tuple(findings))
+
+
+def _check_file(path: Path) -> tuple[Finding, ...]:
+    try:
+        with open_image(path) as image:
+            return check_image(image)
+    except VdiError as exc:
+        return (Finding("error", "unreadable-image", path, str(exc)),)
+
+
+def _check_vm_folder(path: Path) -> CheckReport:
+    from vdigui.engine.vmfolder import load_vm_folder  # late: the folder model is optional here
+
+    vm = load_vm_folder(path)
+    findings = [Finding(p.severity, p.kind, Path(p.path) if p.path else vm.folder, p.message)
+                for p in vm.problems]
+    for image_path in sorted(vm.images):
+        findings.extend(_check_file(image_path))
+    return CheckReport(tuple(findings))
