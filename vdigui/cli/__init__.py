@@ -17,13 +17,13 @@ from collections.abc import Sequence
 from types import FrameType
 
 from vdigui import __version__
-from vdigui.cli import inspect_cmds
+from vdigui.cli import inspect_cmds, ops_cmds, snapshot_cmds
 from vdigui.cli.common import Context
 from vdigui.engine.errors import OperationCancelled, VdiError
 from vdigui.engine.progress import CancelToken
 
 #: Modules that contribute sub-commands, each with ``register(subparsers)``.
-COMMAND_MODULES = [inspect_cmds]
+COMMAND_MODULES = [inspect_cmds, ops_cmds, snapshot_cmds]
 
 
 def build_parser() -> argparse.ArgumentParser:

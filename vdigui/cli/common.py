@@ -13,6 +13,7 @@ from typing import Any
 from vdigui.engine.chain import resolve_chain
 from vdigui.engine.errors import VdiError
 from vdigui.engine.progress import CancelToken, Progress
+from vdigui.engine.vmfolder import load_vm_folder
 
 _UNITS = ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB")
 
@@ -110,8 +111,6 @@ def resolve_source(source: Path, snapshot: str | None, current: bool,
 
 def _resolve_vm_source(folder: Path, snapshot: str | None, current: bool,
                        disk: str | None) -> tuple[Path, ...]:
-    from vdigui.engine.vmfolder import load_vm_folder
-
     if snapshot is None and not current:
         raise VdiError(f"'{folder}' is a VM folder: say which state with --snapshot NAME or "
                        "--current.")
@@ -127,12 +126,12 @@ def _resolve_vm_source(folder: Path, snapshot: str | None, current: bool,
     if not leaves:
         raise VdiError(f"{where} of '{folder}' has no hard disk attached.")
     if disk is not None:
-        chosen = [p for i, p in enumerate(leaves, start=1)
-                  if disk == str(i) or Path(str(p)).name == disk]
+        chosen = [m for i, m in enumerate(leaves, start=1)
+                  if disk == str(i) or (m.path is not None and m.path.name == disk)]
         if not chosen:
             raise VdiError(f"--disk {disk} matches none of the {len(leaves)} disk(s) of {where}.")
         leaves = chosen
     if len(leaves) > 1:
         raise VdiError(f"{where} of '{folder}' has {len(leaves)} disks; choose one with --disk "
-                       "1..{len(leaves)}.")
+                       f"1..{len(leaves)}.")
     return tuple(vm.chain_for(leaves[0]))

@@ -21,6 +21,7 @@ from vdigui.engine.analysis import FragStats, analyze, host_extents
 from vdigui.engine.check import check_path
 from vdigui.engine.export import export_raw
 from vdigui.engine.format import BLOCK_FREE, BLOCK_ZERO
+from vdigui.engine.vmfolder import Medium, SnapshotNode, VmFolder, load_vm_folder
 
 
 def register(sub: Any) -> None:
@@ -40,6 +41,13 @@ def register(sub: Any) -> None:
     p.add_argument("path", type=Path, help="an image, a chain's leaf, a VM folder or .vbox")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("tree", help="the snapshot tree and the medium tree of a VM folder",
+                       description="Problems are marked with '!' and listed at the end; exit "
+                       "status 2 when there are errors.")
+    p.add_argument("vmfolder", type=Path, help="a VM folder or its .vbox file")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_tree)
 
     p = sub.add_parser("frag", help="fragmentation figures of an image and its chain")
     p.add_argument("image", type=Path)
@@ -245,3 +253,68 @@ def cmd_create(args: argparse.Namespace, ctx: Context) -> int:
     print(f"Created {args.out}: {header.image_type.label}, {human_size(header.disk_size)}, "
           f"UUID {header.uuid}.")
     return 0
+
+
+def _mark(vm: VmFolder, uuid: Any, path: Path | None) -> str:
+    problems = vm.problems_for(uuid, path)
+    return "  ! " + " ! ".join(p.message for p in problems) if problems else ""
+
+
+def _print_snapshots(vm: VmFolder, node: SnapshotNode, depth: int) -> None:
+    current = node.uuid == vm.current_snapshot_uuid
+    when = node.timestamp.strftime("%Y-%m-%d %H:%M") if node.timestamp else "no date"
+    disks = ", ".join(_medium_label(vm, m) for m in vm.disk_for_snapshot(node))
+    print(f"{'  ' * depth}- {node.name} ({when}){' [current snapshot]' if current else ''}"
+          f"{' [online]' if node.state_file else ''}: {disks or 'no disks'}")
+    for child in node.children:
+        _print_snapshots(vm, child, depth + 1)
+    if current:
+        disks = ", ".join(_medium_label(vm, m) for m in vm.current_disks())
+        modified = " (modified)" if vm.current_state_modified else ""
+        print(f"{'  ' * (depth + 1)}- Current State{modified}: {disks or 'no disks'}")
+
+
+def _medium_label(vm: VmFolder, medium: Medium) -> str:
+    name = medium.path.name if medium.path is not None else medium.location
+    return name
+
+
+def _print_media(vm: VmFolder, uuid: Any, depth: int) -> None:
+    medium = vm.media[uuid]
+    extra = [medium.format]
+    if medium.parent_uuid is None:
+        extra.append(medium.type)
+    if medium.auto_reset:
+        extra.append("autoReset")
+    if not medium.inspectable:
+        extra.append("not inspectable")
+    print(f"{'  ' * depth}- {_medium_label(vm, medium)} {{{medium.uuid}}} ({', '.join(extra)})"
+          f"{_mark(vm, medium.uuid, medium.path)}")
+    for child in medium.children:
+        if child in vm.media:
+            _print_media(vm, child, depth + 1)
+
+
+def cmd_tree(args: argparse.Namespace, ctx: Context) -> int:
+    """vdictl tree VMFOLDER [--json]: exit 2 when errors were found."""
+    vm = load_vm_folder(args.vmfolder)
+    if ctx.json:
+        print_json(vm.to_dict())
+        return 2 if vm.errors else 0
+    print(f"{vm.name} ({vm.settings_path.name}, settings {vm.settings_version})")
+    print("Snapshots:")
+    if vm.root_snapshot is None:
+        print("  (none)")
+        disks = ", ".join(_medium_label(vm, m) for m in vm.current_disks())
+        print(f"  - Current State: {disks or 'no disks'}")
+    else:
+        _print_snapshots(vm, vm.root_snapshot, 1)
+    print("Media (registry):")
+    for uuid in vm.registry_tree:
+        if uuid in vm.media:
+            _print_media(vm, uuid, 1)
+    if vm.problems:
+        print(f"Problems ({len(vm.problems)}):")
+        for problem in vm.problems:
+            print(f"  {problem.severity}: {problem.message}")
+    return 2 if vm.errors else 0

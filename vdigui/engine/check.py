@@ -17,6 +17,7 @@ from vdigui.engine.chain import resolve_chain
 from vdigui.engine.errors import VdiError
 from vdigui.engine.format import FIRST_SPECIAL
 from vdigui.engine.image import VdiImage, open_image
+from vdigui.engine.vmfolder import load_vm_folder
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,8 +153,6 @@ def _check_file(path: Path) -> tuple[Finding, ...]:
 
 
 def _check_vm_folder(path: Path) -> CheckReport:
-    from vdigui.engine.vmfolder import load_vm_folder  # late: the folder model is optional here
-
     vm = load_vm_folder(path)
     findings = [Finding(p.severity, p.kind, Path(p.path) if p.path else vm.folder, p.message)
                 for p in vm.problems]

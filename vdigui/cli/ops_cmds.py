@@ -1,0 +1,265 @@
+"""Commands that change images: compact, clone, convert.
+
+Each command plans first (fast, read-only), prints the plan with ``--dry-run``, and otherwise
+runs it with progress on stderr. While an operation runs, Ctrl-C cancels it at the next block
+(exit status 130) and the message says what state the data is in.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import uuid as uuidlib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from vdigui.cli.common import Context, add_source_arguments, human_size, print_json, resolve_source
+from vdigui.engine.errors import OperationRefused
+from vdigui.engine.operations.clone import ClonePlan, CloneResult, plan_clone, run_clone
+from vdigui.engine.operations.compact import (
+    CompactPlan,
+    CompactResult,
+    plan_compact,
+    run_compact,
+)
+from vdigui.engine.operations.convert import ConvertPlan, ConvertResult, plan_convert, run_convert
+
+
+def register(sub: Any) -> None:
+    """Add compact, clone and convert to ``sub`` (an argparse sub-parsers object)."""
+    p = sub.add_parser(
+        "compact", help="shrink an image in place by dropping all-zero blocks",
+        description="Drop all-zero blocks (and, in a differencing image, blocks identical to "
+        "the parent), close the holes and truncate the file. UUIDs stay the same. Refuses "
+        "fixed images and images in use.")
+    p.add_argument("image", type=Path)
+    p.add_argument("--dry-run", action="store_true",
+                   help="read the image and show what would change, without changing it")
+    p.add_argument("--defrag", action="store_true",
+                   help="also put the blocks in guest order (rebuilds the file beside it)")
+    _common_flags(p)
+    p.set_defaults(func=cmd_compact)
+
+    p = sub.add_parser(
+        "clone", help="copy a disk (flattening its chain) into a new standalone image",
+        description="The clone is a base image holding what the guest sees, dynamic unless "
+        "--fixed, with a new UUID unless --keep-uuid. DEST must not exist.")
+    add_source_arguments(p)
+    p.add_argument("dest", type=Path, help="the new image (must not exist)")
+    p.add_argument("--fixed", action="store_true", help="preallocate the whole disk")
+    p.add_argument("--keep-uuid", action="store_true",
+                   help="keep the source's UUID (never register both with VirtualBox)")
+    p.add_argument("--dry-run", action="store_true", help="show the plan only")
+    _common_flags(p)
+    p.set_defaults(func=cmd_clone)
+
+    p = sub.add_parser(
+        "convert", help="convert an image between fixed and dynamic, keeping its UUIDs",
+        description="The new layout is built beside the image, verified and swapped in "
+        "atomically; the file name and UUIDs stay, so the VM keeps working.")
+    p.add_argument("image", type=Path)
+    p.add_argument("--to", required=True, choices=("fixed", "dynamic"))
+    p.add_argument("--dry-run", action="store_true", help="show the plan only")
+    _common_flags(p)
+    p.set_defaults(func=cmd_convert)
+
+
+def _common_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip re-reading the result to prove the guest content is unchanged")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+# -- rendering ------------------------------------------------------------------------------
+def to_jsonable(value: Any) -> Any:
+    """Plans and results as plain JSON values (paths and UUIDs as text, arrays as lists)."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        out = {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        for name in ("can_run", "bytes_reclaimed", "nothing_to_do"):
+            if hasattr(value, name):
+                out[name] = getattr(value, name)
+        return out
+    if isinstance(value, np.ndarray):
+        return [int(v) for v in value]
+    if isinstance(value, (Path, uuidlib.UUID)):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, np.integer):
+        return int(value)
+    return value
+
+
+def _size(value: int) -> str:
+    return f"{human_size(value)} ({value} bytes)"
+
+
+def _rows(title: str, rows: list[tuple[str, str]], warnings: tuple[str, ...],
+          refusals: tuple[str, ...]) -> None:
+    print(title)
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"  {key:<{width}}  {value}")
+    for w in warnings:
+        print(f"Warning: {w}")
+    for r in refusals:
+        print(f"Refused: {r}")
+
+
+def _warn(warnings: tuple[str, ...]) -> None:
+    for w in warnings:
+        print(f"vdictl: warning: {w}", file=sys.stderr)
+
+
+def _verified(verified: bool | None, digest: str | None) -> str:
+    if verified:
+        return f"verified (guest sha256 {digest})"
+    return "not verified (--no-verify)" if digest is None else "nothing to verify"
+
+
+def print_compact_plan(plan: CompactPlan) -> None:
+    """The human-readable compaction plan (``--dry-run``)."""
+    mode = "rebuilt in guest order beside it, then swapped in" if plan.defrag else "in place"
+    repairs = "none"
+    if plan.out_of_range.size or plan.cross_linked.size:
+        repairs = (f"{plan.out_of_range.size} past the end of the file, "
+                   f"{plan.cross_linked.size} cross-linked (-> FREE)")
+    if plan.scanned:
+        assert plan.zero_blocks is not None and plan.parent_blocks is not None
+        zero = f"{plan.zero_blocks.size} -> ZERO"
+        same = f"{plan.parent_blocks.size} -> FREE"
+    else:
+        zero = same = "not scanned (--dry-run reads the data)"
+    rows = [
+        ("File now", f"{_size(plan.file_size)}, {plan.slots_in_file} slot(s), "
+                     f"cBlocksAllocated {plan.blocks_allocated}"),
+        ("Map repairs", repairs),
+        ("All-zero blocks", zero),
+    ]
+    if plan.differencing:
+        rows.append(("Same as parent", same))
+    rows += [
+        ("Blocks rewritten" if plan.defrag else "Slots to move", str(plan.moves)),
+        ("Size afterwards", f"{_size(plan.size_after)}, reclaims "
+                            f"{human_size(plan.bytes_reclaimed)}"),
+        ("Host space", f"{human_size(plan.space_needed)} needed, "
+                       f"{human_size(plan.space_free)} free"),
+    ]
+    if plan.nothing_to_do:
+        rows.append(("Result", "already compact: nothing to do"))
+    _rows(f"Plan: compact {plan.path} ({mode})", rows, plan.warnings, plan.refusals)
+
+
+def print_clone_plan(plan: ClonePlan) -> None:
+    """The human-readable clone plan."""
+    kind = "fixed" if plan.fixed else "dynamic"
+    rows = [
+        ("Source", " <- ".join(p.name for p in reversed(plan.chain_paths))),
+        ("Destination", f"{plan.dest} ({kind}, standalone base)"),
+        ("UUID", f"{plan.uuid}" + (" (the source's)" if plan.keep_uuid else " (new)")),
+        ("Virtual size", _size(plan.disk_size)),
+        ("Blocks with data", f"{plan.data_blocks} of {plan.guest_blocks} (all-zero ones are "
+                             "not stored)" if not plan.fixed else
+                             f"{plan.data_blocks} of {plan.guest_blocks}"),
+        ("Clone size", ("" if plan.fixed else "at most ") + _size(plan.output_size)),
+        ("Host space", f"{human_size(plan.space_needed)} needed, "
+                       f"{human_size(plan.space_free)} free"),
+    ]
+    _rows("Plan: clone", rows, plan.warnings, plan.refusals)
+
+
+def print_convert_plan(plan: ConvertPlan) -> None:
+    """The human-readable conversion plan."""
+    rows = [
+        ("Image", f"{plan.path} ({plan.from_type} -> {plan.to}; name and UUIDs kept)"),
+        ("Virtual size", _size(plan.disk_size)),
+        ("Blocks with data", str(plan.data_blocks)),
+        ("Size now", _size(plan.size_before)),
+        ("Size afterwards", ("" if plan.to == "fixed" else "at most ") + _size(plan.size_after)),
+        ("Host space", f"{human_size(plan.space_needed)} needed while both exist, "
+                       f"{human_size(plan.space_free)} free"),
+    ]
+    _rows("Plan: convert", rows, plan.warnings, plan.refusals)
+
+
+def _emit_plan(ctx: Context, plan: Any, printer: Any) -> int:
+    if ctx.json:
+        print_json({"plan": to_jsonable(plan)})
+    else:
+        printer(plan)
+    return 0 if plan.can_run else 1
+
+
+def _emit_result(ctx: Context, result: Any, text: str) -> int:
+    if ctx.json:
+        print_json({"result": to_jsonable(result)})
+    else:
+        print(text)
+    return 0
+
+
+# -- commands -------------------------------------------------------------------------------
+def cmd_compact(args: argparse.Namespace, ctx: Context) -> int:
+    """vdictl compact IMAGE [--dry-run] [--defrag] [--no-verify]."""
+    ctx.cancel_cleanly = True  # a --dry-run scan is cancellable too
+    plan = plan_compact(args.image, defrag=args.defrag, scan=args.dry_run,
+                        progress=ctx.progress, cancel=ctx.token)
+    if args.dry_run:
+        return _emit_plan(ctx, plan, print_compact_plan)
+    if plan.refusals:
+        raise OperationRefused(" ".join(plan.refusals))
+    _warn(plan.warnings)
+    result: CompactResult = run_compact(plan, progress=ctx.progress, cancel=ctx.token,
+                                        verify=not args.no_verify)
+    if not result.changed:
+        text = f"{result.path.name} is already compact; nothing was changed."
+    else:
+        how = "Defragmented" if result.defragmented else "Compacted"
+        parent = (f", {result.parent_blocks} same as the parent" if result.parent_blocks
+                  else "")
+        text = (f"{how} {result.path.name}: {human_size(result.size_before)} -> "
+                f"{human_size(result.size_after)} (reclaimed "
+                f"{human_size(result.bytes_reclaimed)}); {result.zero_blocks} all-zero "
+                f"block(s) dropped{parent}, {result.moved_blocks} "
+                f"{'rewritten' if result.defragmented else 'moved'}"
+                + (f", {result.sanitised_blocks} bad map entries cleared"
+                   if result.sanitised_blocks else "")
+                + f"; {_verified(result.verified, result.hash)}.")
+    return _emit_result(ctx, result, text)
+
+
+def cmd_clone(args: argparse.Namespace, ctx: Context) -> int:
+    """vdictl clone SOURCE DEST [--fixed] [--keep-uuid] [--snapshot NAME | --current]."""
+    paths = resolve_source(args.source, args.snapshot, args.current, args.disk)
+    plan = plan_clone(paths, args.dest, fixed=args.fixed, keep_uuid=args.keep_uuid)
+    if args.dry_run:
+        return _emit_plan(ctx, plan, print_clone_plan)
+    if plan.refusals:
+        raise OperationRefused(" ".join(plan.refusals))
+    _warn(plan.warnings)
+    ctx.cancel_cleanly = True
+    result: CloneResult = run_clone(plan, progress=ctx.progress, cancel=ctx.token,
+                                    verify=not args.no_verify)
+    text = (f"Cloned to {result.dest}: {'fixed' if plan.fixed else 'dynamic'}, "
+            f"{human_size(result.file_size)}, {result.stored_blocks} block(s) of data, UUID "
+            f"{result.uuid}; {_verified(result.verified, result.hash)}.")
+    return _emit_result(ctx, result, text)
+
+
+def cmd_convert(args: argparse.Namespace, ctx: Context) -> int:
+    """vdictl convert IMAGE --to fixed|dynamic."""
+    plan = plan_convert(args.image, args.to)
+    if args.dry_run:
+        return _emit_plan(ctx, plan, print_convert_plan)
+    if plan.refusals:
+        raise OperationRefused(" ".join(plan.refusals))
+    _warn(plan.warnings)
+    ctx.cancel_cleanly = True
+    result: ConvertResult = run_convert(plan, progress=ctx.progress, cancel=ctx.token,
+                                        verify=not args.no_verify)
+    text = (f"Converted {result.path.name} to {result.to}: {human_size(result.size_before)} -> "
+            f"{human_size(result.size_after)}; {_verified(result.verified, result.hash)}.")
+    return _emit_result(ctx, result, text)
