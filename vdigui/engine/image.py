@@ -304,6 +304,9 @@ def open_image(path: Path | str, *, writable: bool = False) -> VdiImage:
         raw = os.pread(fd, fmt.HEADER_READ_SIZE, 0)
         header = fmt.parse_header(raw, path, size)
         block_map = _read_map(fd, header, path)
+    except OSError as exc:  # a directory, an I/O error: still the engine's error type
+        os.close(fd)
+        raise VdiError(f"Cannot read '{path}': {exc.strerror or exc}.") from exc
     except BaseException:
         os.close(fd)
         raise
@@ -321,7 +324,7 @@ def opened(path: Path | str, *, writable: bool = False) -> Iterator[VdiImage]:
 
 
 def new_header(disk_size: int, *, image_type: ImageType = ImageType.DYNAMIC,
-               block_size: int = fmt.DEFAULT_BLOCK_SIZE, uuid: uuidlib.UUID | None = None,
+               block_size: int | None = None, uuid: uuidlib.UUID | None = None,
                parent: VdiHeader | None = None, comment: str = "") -> VdiHeader:
     """A header laid out the way current VirtualBox lays out new images.
 
@@ -332,6 +335,9 @@ def new_header(disk_size: int, *, image_type: ImageType = ImageType.DYNAMIC,
     if parent is not None:
         disk_size = parent.disk_size
         image_type = ImageType.DIFFERENCING
+    if block_size is None:
+        # A diff takes its parent's block size unless told otherwise: a chain needs one size.
+        block_size = parent.block_size if parent is not None else fmt.DEFAULT_BLOCK_SIZE
     if disk_size <= 0 or disk_size % 512:
         raise VdiError(f"Disk size {disk_size} bytes is not a positive multiple of 512.")
     if block_size & (block_size - 1) or not fmt.MIN_BLOCK_SIZE <= block_size <= fmt.MAX_BLOCK_SIZE:
@@ -383,7 +389,7 @@ def write_new_image(path: Path, header: VdiHeader, *, preallocate: bool = False)
 
 def create_image(path: Path | str, disk_size: int = 0, *, fixed: bool = False,
                  parent: Path | str | VdiHeader | None = None,
-                 block_size: int = fmt.DEFAULT_BLOCK_SIZE, uuid: uuidlib.UUID | None = None,
+                 block_size: int | None = None, uuid: uuidlib.UUID | None = None,
                  comment: str = "") -> VdiHeader:
     """Create a dynamic, fixed or differencing image at ``path`` atomically.
 
