@@ -152,7 +152,9 @@ class DiskChain:
             raise ChainError("A chain needs at least one image.")
         self.layers: tuple[VdiImage, ...] = tuple(layers)
         base = self.layers[0].header
-        self.disk_size = base.disk_size
+        # VirtualBox rounds a cbDisk that is not a multiple of 512 down (reference 1.5): the
+        # guest never sees the odd tail, so neither do reads, exports or clones.
+        self.disk_size = base.disk_size // 512 * 512
         self.block_size = base.block_size
         self.guest_blocks = -(-self.disk_size // self.block_size)
         self._serving: np.ndarray | None = None
