@@ -155,6 +155,12 @@ class VdiImage:
             raise ImageCorruptError(f"{self.path.name}: short read of slot {slot} ({self.path}).")
         return data
 
+    def read_slot_part(self, slot: int, block: int | None, start: int, length: int) -> bytes:
+        """``length`` bytes from offset ``start`` inside slot ``slot`` (bounds as read_slot)."""
+        if not self.slot_in_file(slot):
+            self.read_slot(slot, block)  # raises the past-EOF error with its full sentence
+        return os.pread(self._fd, length, self.header.slot_offset(slot) + start)
+
     def read_own_block(self, block: int) -> bytes | None:
         """This file's own content for guest block ``block``: None when FREE (ask the parent)."""
         entry = int(self.block_map[block])
