@@ -20,9 +20,9 @@ from builders import (
     pattern,
     random_layers,
 )
-from conftest import SAMPLES as SAMPLE_DIR
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support import SAMPLES as SAMPLE_DIR
 
 from vdigui.engine import DiskChain, VdiError, open_chain, open_image
 from vdigui.engine.format import parse_header

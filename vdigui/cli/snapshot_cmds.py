@@ -38,6 +38,11 @@ def register(sub: Any) -> None:
                         "merged backward)")
     p.add_argument("--allow-outside", action="store_true",
                    help="allow writing or removing files outside the VM folder")
+    p.add_argument("--verify", action="store_true",
+                   help="hash the surviving disk state before and after (reads it twice)")
+    p.add_argument("--reclaim", action="store_true",
+                   help="afterwards compact the merged-into images to free the blocks kept "
+                        "for undo (undo is then no longer possible)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_snapshot_delete)
 
@@ -163,9 +168,29 @@ def cmd_snapshot_delete(args: argparse.Namespace, ctx: Context) -> int:
         return 0
     if not ctx.json:
         print("\n".join(plan.describe()))
-    result = _run(ctx, mg.run_merge, plan)
+    result = _run(ctx, mg.run_merge, plan, verify=args.verify)
     _print_merge_result(result, ctx)
+    _after_merge(plan, ctx, reclaim=args.reclaim)
     return 0
+
+
+def _after_merge(plan: mg.MergePlan, ctx: Context, *, reclaim: bool) -> None:
+    """Say how much space undo keeps, or reclaim it with the compact operation."""
+    kept = mg.kept_for_undo(plan)
+    if not kept:
+        return
+    if not reclaim:
+        if not ctx.json:
+            for path, size in kept:
+                print(f"'{path.name}' keeps {human_size(size)} of replaced blocks so that undo "
+                      f"works; 'vdictl compact {path}' (or --reclaim) frees them.")
+        return
+    from vdigui.engine.operations.compact import plan_compact, run_compact
+    for path, size in kept:
+        result = _run(ctx, run_compact, plan_compact(path))
+        if not ctx.json:
+            print(f"Reclaimed {human_size(result.size_before - result.size_after)} in "
+                  f"'{path.name}' (expected {human_size(size)}); undo is no longer possible.")
 
 
 def cmd_merge(args: argparse.Namespace, ctx: Context) -> int:
@@ -182,6 +207,7 @@ def cmd_merge(args: argparse.Namespace, ctx: Context) -> int:
         print("\n".join(plan.describe()))
     result = _run(ctx, mg.run_merge, plan)
     _print_merge_result(result, ctx)
+    _after_merge(plan, ctx, reclaim=False)
     return 0
 
 
