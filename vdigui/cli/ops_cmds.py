@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from vdigui.cli.common import Context, add_source_arguments, human_size, print_json, resolve_source
-from vdigui.engine.errors import OperationRefused
+from vdigui.engine.errors import OperationCancelled, OperationRefused
 from vdigui.engine.operations.clone import ClonePlan, CloneResult, plan_clone, run_clone
 from vdigui.engine.operations.compact import (
     CompactPlan,
@@ -212,8 +212,17 @@ def cmd_compact(args: argparse.Namespace, ctx: Context) -> int:
     if plan.refusals:
         raise OperationRefused(" ".join(plan.refusals))
     _warn(plan.warnings)
-    result: CompactResult = run_compact(plan, progress=ctx.progress, cancel=ctx.token,
-                                        verify=not args.no_verify)
+    try:
+        result: CompactResult = run_compact(plan, progress=ctx.progress, cancel=ctx.token,
+                                            verify=not args.no_verify)
+    except KeyboardInterrupt:
+        # A second Ctrl-C interrupts at once, possibly between two writes: every such point
+        # leaves a consistent image, but "nothing was changed" would not be true.
+        if plan.defrag:
+            raise OperationCancelled("Interrupted: the image is either unchanged or completely "
+                                     "rebuilt; it is consistent either way.") from None
+        raise OperationCancelled("Interrupted: the image is consistent but may be partly "
+                                 "compacted; run compact again to finish.") from None
     if not result.changed:
         text = f"{result.path.name} is already compact; nothing was changed."
     else:

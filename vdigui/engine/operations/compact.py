@@ -1,0 +1,607 @@
+"""Compact an image in place, VirtualBox's way (reference 3.1), but crash-safe and verified.
+
+What changes, in VirtualBox's order:
+
+1. Slots are counted from the file size, not the header, and the map is sanitised: entries
+   pointing past the last slot in the file become FREE, and of blocks sharing one slot only the
+   lowest guest block keeps it (the others become FREE).
+2. Allocated blocks that are all zero become ZERO (in a differencing image too, where ZERO must
+   keep hiding the parent); in a differencing image, blocks byte-identical to what the parent
+   chain shows become FREE.
+3. Holes are filled by moving the highest slots down; cBlocksAllocated is set; the file is
+   truncated last. UUIDs never change, so the .vbox stays valid.
+
+Why it is safe at every instant: a slot is only ever copied into a slot no entry points at
+(durably), the copy is flushed before the entry is repointed, and the repoint is flushed
+before cBlocksAllocated is lowered past the old slot. Sources are never destinations (they
+all lie above the final slot count), so many copies can share one flush. After an
+interruption at any point the file reads as the same guest disk; cBlocksAllocated may be
+inflated (safe for VirtualBox and qemu, which allocate at cBlocksAllocated; ``qemu-img
+check`` reports it as a count mismatch) and a second compact finishes the job.
+
+The header and map are backed up beside the image before the first write and the backup is
+removed after success. With ``--defrag`` the image is instead rewritten in guest order into a
+temporary file beside it (same UUIDs, type, comment and geometry), verified and renamed over
+the original.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from vdigui.engine import format as fmt
+from vdigui.engine.chain import DiskChain, open_paths, resolve_chain
+from vdigui.engine.errors import OperationCancelled, OperationRefused, VdiError, VerificationError
+from vdigui.engine.format import BLOCK_FREE, BLOCK_ZERO, FIRST_SPECIAL, ImageType
+from vdigui.engine.image import VdiImage, fsync_dir, open_image, zeros
+from vdigui.engine.operations._common import (
+    NOTHING_CHANGED,
+    FileStamp,
+    GuestHasher,
+    backup_path,
+    busy_reasons,
+    commit_replace,
+    copy_mode,
+    discard,
+    free_space,
+    guest_hash,
+    hard_link_warning,
+    require_unchanged,
+    serving,
+    space_refusal,
+    take_exclusive_lock,
+    temp_path_beside,
+    write_backup,
+)
+from vdigui.engine.operations._rewrite import rewrite
+from vdigui.engine.progress import CancelToken, Progress, ProgressFn, no_progress
+
+PARTLY = "Cancelled: the image is consistent and partly compacted; run compact again to finish."
+
+#: Data copied between two flushes while moving slots (many moves share one fsync).
+MOVE_BATCH_BYTES = 32 << 20
+
+
+@dataclass(frozen=True, slots=True)
+class CompactPlan:
+    """What compacting one image will do. A plan with refusals cannot run.
+
+    Block lists are numpy arrays of guest block numbers (cheap even for 2 TiB disks).
+
+    Attributes:
+        path: the image compacted.
+        chain_paths: the chain ending at it, base first (just ``path`` for a base).
+        differencing: whether it has a parent (ZERO hides the parent; FREE falls through).
+        defrag: rewrite in guest order (to a temp file, swapped in) instead of in place.
+        block_size: bytes per block.
+        slot_size: bytes per physical slot (block + extra prefix).
+        guest_blocks: blocks of the virtual disk.
+        file_size: the file's size now.
+        slots_in_file: complete slots the file holds (counted from its size, as VirtualBox).
+        blocks_allocated: cBlocksAllocated in the header now.
+        allocated: blocks holding a slot after the map is sanitised.
+        out_of_range: blocks whose entries point past the last slot in the file (-> FREE).
+        cross_linked: blocks sharing a slot with a lower block (-> FREE).
+        scanned: whether the data was read to find zero and parent-identical blocks.
+        zero_blocks: allocated all-zero blocks (-> ZERO); None unless scanned.
+        parent_blocks: blocks identical to the parent chain (-> FREE); None unless scanned.
+        moves: slots moved down (in place) or blocks rewritten (defrag); without a scan,
+            counted as if no block turned out to be zero.
+        moving_blocks: (in place) the guest blocks whose slot moves, highest slot first;
+            None for defrag, which rewrites every block.
+        size_after: the file size afterwards (an upper bound without a scan).
+        space_needed: host bytes needed while running (backup, or the rebuilt file).
+        space_free: host bytes free beside the image.
+        refusals: sentences saying why it cannot run (empty: it can).
+        warnings: sentences worth reading before running.
+        stamp: the file's state when planned; a run refuses if it changed.
+    """
+
+    path: Path
+    chain_paths: tuple[Path, ...]
+    differencing: bool
+    defrag: bool
+    block_size: int
+    slot_size: int
+    guest_blocks: int
+    file_size: int
+    slots_in_file: int
+    blocks_allocated: int
+    allocated: int
+    out_of_range: np.ndarray = field(compare=False, repr=False)
+    cross_linked: np.ndarray = field(compare=False, repr=False)
+    scanned: bool = False
+    zero_blocks: np.ndarray | None = field(default=None, compare=False, repr=False)
+    parent_blocks: np.ndarray | None = field(default=None, compare=False, repr=False)
+    moves: int = 0
+    moving_blocks: np.ndarray | None = field(default=None, compare=False, repr=False)
+    size_after: int = 0
+    space_needed: int = 0
+    space_free: int = 0
+    refusals: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = ()
+    stamp: FileStamp | None = None
+
+    @property
+    def can_run(self) -> bool:
+        """Whether nothing refuses the compaction."""
+        return not self.refusals
+
+    @property
+    def bytes_reclaimed(self) -> int:
+        """Host bytes freed (a lower bound without a scan)."""
+        return max(0, self.file_size - self.size_after)
+
+    @property
+    def nothing_to_do(self) -> bool:
+        """Whether the image is already compact (known for sure only after a scan)."""
+        drops = (0 if self.zero_blocks is None else self.zero_blocks.size) + (
+            0 if self.parent_blocks is None else self.parent_blocks.size)
+        return (not self.defrag and self.scanned and drops == 0 and self.moves == 0
+                and self.out_of_range.size == 0 and self.cross_linked.size == 0
+                and self.size_after == self.file_size
+                and self.blocks_allocated == self.allocated)
+
+
+@dataclass(frozen=True, slots=True)
+class CompactResult:
+    """What a compaction did.
+
+    Attributes:
+        path: the image.
+        defragmented: it was rewritten in guest order.
+        changed: whether anything was written.
+        size_before: file size before.
+        size_after: file size after.
+        blocks_allocated_before: cBlocksAllocated before.
+        blocks_allocated_after: cBlocksAllocated after.
+        sanitised_blocks: map entries repaired (out of range or cross-linked -> FREE).
+        zero_blocks: all-zero blocks dropped as ZERO.
+        parent_blocks: blocks identical to the parent dropped as FREE.
+        moved_blocks: slots moved (or blocks rewritten by defrag).
+        hash: sha256 of the guest content (before; equal to after when verified).
+        verified: True when re-read and matched; None when not verified or nothing changed.
+    """
+
+    path: Path
+    defragmented: bool
+    changed: bool
+    size_before: int
+    size_after: int
+    blocks_allocated_before: int
+    blocks_allocated_after: int
+    sanitised_blocks: int
+    zero_blocks: int
+    parent_blocks: int
+    moved_blocks: int
+    hash: str | None
+    verified: bool | None
+
+    @property
+    def bytes_reclaimed(self) -> int:
+        """Host bytes freed."""
+        return max(0, self.size_before - self.size_after)
+
+
+# -- layout analysis (pure, on arrays) ----------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class _Layout:
+    """The sanitised view of one image's map."""
+
+    slots_in_file: int
+    entries: np.ndarray  # sanitised copy of the whole map (cBlocks entries)
+    out_of_range: np.ndarray
+    cross_linked: np.ndarray
+
+
+def _layout(image: VdiImage) -> _Layout:
+    """Sanitise the map the way VirtualBox's compaction does, without writing anything."""
+    h = image.header
+    slots_in_file = max(0, (image.file_size - h.offset_data) // h.slot_size)
+    entries = image.block_map.copy()
+    live = np.flatnonzero(entries < FIRST_SPECIAL)
+    slots = entries[live].astype(np.int64)
+    beyond = slots >= slots_in_file
+    out_of_range = live[beyond]
+    live, slots = live[~beyond], slots[~beyond]
+    order = np.lexsort((live, slots))  # by slot, then by guest block: the lowest keeps it
+    sorted_slots = slots[order]
+    dup = np.zeros(sorted_slots.size, dtype=bool)
+    dup[1:] = sorted_slots[1:] == sorted_slots[:-1]
+    cross_linked = np.sort(live[order][dup])
+    entries[out_of_range] = BLOCK_FREE
+    entries[cross_linked] = BLOCK_FREE
+    return _Layout(int(slots_in_file), entries, out_of_range, cross_linked)
+
+
+@dataclass(frozen=True, slots=True)
+class _Moves:
+    """Where live slots go: block ``blocks[i]`` moves from ``sources[i]`` to ``holes[i]``."""
+
+    count: int  # live slots after the drops (K): the final cBlocksAllocated
+    blocks: np.ndarray
+    sources: np.ndarray
+    holes: np.ndarray
+
+
+def _moves(entries: np.ndarray) -> _Moves:
+    """Pair the lowest holes with the highest live slots (VirtualBox's two-pointer fill)."""
+    live = np.flatnonzero(entries < FIRST_SPECIAL)
+    slots = entries[live].astype(np.int64)
+    count = int(live.size)
+    used = np.zeros(max(count, int(slots.max()) + 1 if count else 0), dtype=bool)
+    used[slots] = True
+    holes = np.flatnonzero(~used[:count])
+    high = slots >= count
+    order = np.argsort(slots[high])[::-1]
+    return _Moves(count, live[high][order], slots[high][order], holes)
+
+
+def _drops(entries: np.ndarray, zero_blocks: np.ndarray | None,
+           parent_blocks: np.ndarray | None) -> np.ndarray:
+    out = entries.copy()
+    if zero_blocks is not None:
+        out[zero_blocks] = BLOCK_ZERO
+    if parent_blocks is not None:
+        out[parent_blocks] = BLOCK_FREE
+    return out
+
+
+def _scan(chain: DiskChain, entries: np.ndarray, *, hashing: bool, progress: ProgressFn,
+          cancel: CancelToken | None) -> tuple[np.ndarray, np.ndarray, str | None]:
+    """Find all-zero and parent-identical blocks; optionally hash the guest content.
+
+    One pass in guest order: the same reads that find the zero blocks feed the "before" hash,
+    so verification costs no extra read of the original.
+    """
+    top = chain.top
+    total_blocks = chain.guest_blocks
+    own = entries[:total_blocks]
+    differencing = len(chain.layers) > 1
+    layer, entry = serving(chain, upto=len(chain.layers) - 1)
+    zero = zeros(chain.block_size)
+    zero_mask = np.zeros(total_blocks, dtype=bool)
+    parent_mask = np.zeros(total_blocks, dtype=bool)
+    blocks = range(total_blocks) if hashing else np.flatnonzero(own < FIRST_SPECIAL).tolist()
+    total = len(blocks)
+    hasher = GuestHasher(chain.disk_size, chain.block_size) if hashing else None
+    layers = chain.layers
+
+    def under(block: int) -> bytes:
+        index, value = int(layer[block]), int(entry[block])
+        if index < 0 or value == BLOCK_ZERO:
+            return zero
+        return layers[index].read_slot(value, block)
+
+    bs = chain.block_size
+    try:
+        for done, block in enumerate(blocks, start=1):
+            if cancel is not None:
+                cancel.raise_if_cancelled(NOTHING_CHANGED)
+            value = int(own[block])
+            if value < FIRST_SPECIAL:
+                data = top.read_slot(value, block)
+                if data == zero:
+                    zero_mask[block] = True
+                    visible = zero
+                else:
+                    if differencing and data == under(block):
+                        parent_mask[block] = True
+                    visible = data
+            elif value == BLOCK_ZERO:
+                visible = zero
+            else:
+                visible = under(block) if hashing else zero
+            if hasher is not None:
+                hasher.add(visible)
+            progress(Progress("scanning blocks", done, total, done * bs))
+        digest = hasher.hexdigest() if hasher is not None else None
+    finally:
+        if hasher is not None:
+            hasher.close()
+    return np.flatnonzero(zero_mask), np.flatnonzero(parent_mask), digest
+
+
+# -- planning -----------------------------------------------------------------------------
+def plan_compact(path: Path | str, *, defrag: bool = False, scan: bool = False,
+                 progress: ProgressFn = no_progress, cancel: CancelToken | None = None,
+                 search_dirs: list[Path] | None = None) -> CompactPlan:
+    """Plan compacting ``path``.
+
+    Without ``scan`` it is fast (headers and maps only): it knows the map repairs, the holes
+    and the crash tail, but not yet which blocks are all zero. With ``scan`` it reads every
+    allocated block (with progress and cancel) to give exact figures, which is what
+    ``--dry-run`` shows.
+
+    Raises:
+        VdiError: the image cannot be read at all (missing file, bad header).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise VdiError(f"'{path}' does not exist.")
+    refusals: list[str] = []
+    warnings: list[str] = []
+    resolution = resolve_chain(path, search_dirs)
+    stamp = FileStamp.of(path)
+    with open_image(path) as image:
+        h = image.header
+        layout = _layout(image)
+        file_size = image.file_size
+    differencing = h.is_differencing
+    chain_ok = resolution.error is None
+    chain_paths = resolution.paths if chain_ok else (path,)
+    if not chain_ok:
+        refusals.append(f"{resolution.error} Compaction needs the whole chain to compare "
+                        "blocks with what the parent shows.")
+    if h.image_type == ImageType.FIXED:
+        refusals.append(f"'{path.name}' is a fixed-size image; compacting would break its "
+                        f"preallocated layout. Convert it first with 'vdictl convert {path} "
+                        "--to dynamic', which also drops its all-zero blocks.")
+    if not os.access(path, os.R_OK | os.W_OK):
+        refusals.append(f"You may not write to '{path}'.")
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        refusals.append(f"You may not create files in '{path.parent}' (needed for the backup "
+                        "of the block map).")
+    refusals.extend(busy_reasons(path))
+    if defrag:
+        warnings.extend(hard_link_warning(path))
+    if layout.out_of_range.size:
+        warnings.append(f"{layout.out_of_range.size} block(s) point past the end of the file; "
+                        "they cannot be read and will be marked unallocated (FREE).")
+    if layout.cross_linked.size:
+        warnings.append(f"{layout.cross_linked.size} block(s) share a slot with a lower block; "
+                        "they will be marked unallocated (FREE), as VirtualBox does.")
+    zero_blocks = parent_blocks = None
+    if scan and chain_ok and h.image_type != ImageType.FIXED:
+        with open_paths(chain_paths) as chain:
+            zero_blocks, parent_blocks, _ = _scan(chain, layout.entries, hashing=False,
+                                                  progress=progress, cancel=cancel)
+    after = _drops(layout.entries, zero_blocks, parent_blocks)
+    moves = _moves(after)
+    if defrag:
+        size_after = h.offset_data + moves.count * h.block_size
+        moves_count = moves.count
+        needed = size_after
+        what = "the rebuilt copy of the image"
+    else:
+        size_after = h.offset_data + moves.count * h.slot_size
+        moves_count = int(moves.blocks.size)
+        needed = 4096 + h.map_size
+        what = "the backup of the block map"
+    free = free_space(path.parent)
+    refusal = space_refusal(path.parent, needed, free, what)
+    if refusal:
+        refusals.append(refusal)
+    return CompactPlan(
+        path=path, chain_paths=tuple(chain_paths), differencing=differencing, defrag=defrag,
+        block_size=h.block_size, slot_size=h.slot_size,
+        guest_blocks=min(h.blocks, -(-h.disk_size // h.block_size)), file_size=file_size,
+        slots_in_file=layout.slots_in_file, blocks_allocated=h.blocks_allocated,
+        allocated=int(np.count_nonzero(layout.entries < FIRST_SPECIAL)),
+        out_of_range=layout.out_of_range, cross_linked=layout.cross_linked,
+        scanned=zero_blocks is not None, zero_blocks=zero_blocks, parent_blocks=parent_blocks,
+        moves=moves_count, moving_blocks=None if defrag else moves.blocks,
+        size_after=size_after, space_needed=needed, space_free=free,
+        refusals=tuple(refusals), warnings=tuple(warnings), stamp=stamp)
+
+
+# -- running ------------------------------------------------------------------------------
+def run_compact(plan: CompactPlan, *, progress: ProgressFn = no_progress,
+                cancel: CancelToken | None = None, verify: bool = True) -> CompactResult:
+    """Run a compaction plan (in place, or by rewriting with ``plan.defrag``).
+
+    Everything is re-derived from the file itself (the plan's figures are for display): the
+    plan only fixes the choices and proves the file has not changed since.
+
+    Raises:
+        OperationRefused: the plan has refusals, the file changed, or it is now in use.
+        OperationCancelled: cancelled; the message says the state (nothing changed, or
+            consistent and partly compacted).
+        VerificationError: the guest content changed (the message says what was kept).
+    """
+    if plan.refusals:
+        raise OperationRefused(" ".join(plan.refusals))
+    assert plan.stamp is not None
+    require_unchanged(plan.path, plan.stamp)
+    reasons = busy_reasons(plan.path)
+    if reasons:
+        raise OperationRefused(" ".join(reasons))
+    with open_paths(plan.chain_paths, writable_top=True) as chain:
+        take_exclusive_lock(chain.top.fd, plan.path)
+        if plan.defrag:
+            return _run_defrag(plan, chain, progress=progress, cancel=cancel, verify=verify)
+        return _run_in_place(plan, chain, progress=progress, cancel=cancel, verify=verify)
+
+
+def _safe_count(header: fmt.VdiHeader, *slot_counts: int) -> int:
+    """cBlocksAllocated covering every slot in use, within what the header may say."""
+    return min(header.blocks, max(slot_counts))
+
+
+def _run_in_place(plan: CompactPlan, chain: DiskChain, *, progress: ProgressFn,
+                  cancel: CancelToken | None, verify: bool) -> CompactResult:
+    top = chain.top
+    h0 = top.header
+    size_before = top.file_size
+    layout = _layout(top)
+    zero_blocks, parent_blocks, before = _scan(chain, layout.entries, hashing=verify,
+                                               progress=progress, cancel=cancel)
+    target = _drops(layout.entries, zero_blocks, parent_blocks)
+    moves = _moves(target)
+    final_size = h0.offset_data + moves.count * h0.slot_size
+    sanitised = int(layout.out_of_range.size + layout.cross_linked.size)
+    changed_entries = np.flatnonzero(target != top.block_map)
+
+    def result(changed: bool, verified: bool | None) -> CompactResult:
+        return CompactResult(
+            path=plan.path, defragmented=False, changed=changed, size_before=size_before,
+            size_after=top.file_size, blocks_allocated_before=h0.blocks_allocated,
+            blocks_allocated_after=top.header.blocks_allocated, sanitised_blocks=sanitised,
+            zero_blocks=int(zero_blocks.size), parent_blocks=int(parent_blocks.size),
+            moved_blocks=int(moves.blocks.size), hash=before, verified=verified)
+
+    if (changed_entries.size == 0 and moves.blocks.size == 0
+            and h0.blocks_allocated == moves.count and size_before == final_size):
+        # A backup left by an interrupted earlier run describes a state that is gone now.
+        discard(backup_path(plan.path))
+        return result(False, None)
+    if cancel is not None:
+        cancel.raise_if_cancelled(NOTHING_CHANGED)
+    backup = write_backup(top)
+    try:
+        _write_changes(chain, target, changed_entries, moves, progress=progress, cancel=cancel)
+        verified: bool | None = None
+        if verify:
+            _verify_in_place(plan, chain, moves, before, backup, progress=progress,
+                             cancel=cancel)
+            verified = True
+        top.truncate(final_size)
+        top.sync()
+    except OperationCancelled:
+        discard(backup)  # the image is consistent: the backup is not needed to recover it
+        raise
+    discard(backup)
+    fsync_dir(plan.path.parent)
+    return result(True, verified)
+
+
+def _write_changes(chain: DiskChain, target: np.ndarray, changed: np.ndarray, moves: _Moves,
+                   *, progress: ProgressFn, cancel: CancelToken | None) -> None:
+    """Persist repairs and drops, then move slots down in flushed batches."""
+    top = chain.top
+    h = top.header
+    # Slots in use until the drops are durable: every entry that points inside the file.
+    live_before = top.block_map[top.block_map < FIRST_SPECIAL]
+    in_file = (top.file_size - h.offset_data) // h.slot_size
+    live_before = live_before[live_before < in_file]
+    high_before = int(live_before.max()) + 1 if live_before.size else 0
+    # 1. Raise cBlocksAllocated first if it is too low (a crash leftover): it must always
+    #    cover every slot in use, or the next allocation would cross-link.
+    safe = _safe_count(h, h.blocks_allocated, high_before)
+    if safe != h.blocks_allocated:
+        top.write_header(h.replace(blocks_allocated=safe))
+    # 2. Repairs and drops. Drops leave the guest content as it was (ZERO reads zeros, FREE
+    #    shows the identical parent data), so they need no ordering among themselves; they
+    #    must be durable before any freed slot is reused.
+    top.write_entries(changed, target[changed])
+    top.sync()
+    # 3. Moves. Destinations are holes no durable entry points at; sources all lie at or
+    #    above the final count, so no source is ever a destination and a whole batch of
+    #    copies can share one flush before its entries are repointed.
+    total = int(moves.blocks.size)
+    per_batch = max(1, MOVE_BATCH_BYTES // h.slot_size)
+    done = 0
+    bs = h.block_size
+    cancelled = False
+    while done < total and not cancelled:
+        end = min(total, done + per_batch)
+        copied = done
+        for i in range(done, end):
+            if cancel is not None and cancel.cancelled:
+                cancelled = True
+                break
+            block = int(moves.blocks[i])
+            data = top.read_slot(int(moves.sources[i]), block)
+            top.write_slot(int(moves.holes[i]), data)
+            copied = i + 1
+            progress(Progress("moving blocks", copied, total, copied * bs))
+        if copied > done:
+            top.sync()  # the copies are durable ...
+            top.write_entries(moves.blocks[done:copied], moves.holes[done:copied])
+            top.sync()  # ... before the entries point at them, durable before the count drops
+            remaining = int(moves.sources[copied]) + 1 if copied < total else 0
+            count = _safe_count(top.header, moves.count, remaining)
+            if count != top.header.blocks_allocated:
+                # Written after the repoints are durable, so it can never be persisted
+                # without them; the next flush makes it durable itself.
+                top.write_header(top.header.replace(blocks_allocated=count))
+        done = copied
+    if cancelled:
+        top.sync()
+        raise OperationCancelled(PARTLY)
+    if top.header.blocks_allocated != moves.count:
+        top.write_header(top.header.replace(blocks_allocated=moves.count))
+    top.sync()
+
+
+def _verify_in_place(plan: CompactPlan, chain: DiskChain, moves: _Moves, before: str | None,
+                     backup: Path, *, progress: ProgressFn, cancel: CancelToken | None) -> None:
+    """Re-read the image from disk (its own map) and compare the guest hash with before.
+
+    On a mismatch the moved entries are pointed back at their old slots, which still hold
+    their data because nothing has been truncated yet, and the backup is kept.
+    """
+    fresh = open_image(plan.path)
+    try:
+        view = DiskChain([*chain.layers[:-1], fresh])
+        after = guest_hash(view, progress=progress, cancel=cancel, cancel_message=PARTLY)
+    finally:
+        fresh.close()
+    if after == before:
+        return
+    top = chain.top
+    with contextlib.suppress(VdiError, OSError):
+        high = int(moves.sources.max()) + 1 if moves.sources.size else 0
+        top.write_header(top.header.replace(
+            blocks_allocated=_safe_count(top.header, top.header.blocks_allocated, high)))
+        top.sync()
+        top.write_entries(moves.blocks, moves.sources)
+        top.sync()
+    raise VerificationError(
+        f"Verification failed: after compaction '{plan.path.name}' reads differently (sha256 "
+        f"{after} instead of {before}). The moved blocks were pointed back at their original "
+        f"slots and the file was not truncated; the original header and block map are saved "
+        f"in '{backup}'. Please report this.")
+
+
+def _run_defrag(plan: CompactPlan, chain: DiskChain, *, progress: ProgressFn,
+                cancel: CancelToken | None, verify: bool) -> CompactResult:
+    """Rewrite the image in guest order beside itself, verify, and swap it in atomically."""
+    top = chain.top
+    h0 = top.header
+    size_before = top.file_size
+    layout = _layout(top)
+    # The rewrite reads through the sanitised map; the original file is never written.
+    top.block_map = layout.entries[: h0.blocks].copy()
+    chain.invalidate()
+    # Rebuild beside the real file: replacing a symlink would leave its target stale.
+    target = plan.path.resolve()
+    tmp = temp_path_beside(target)
+    try:
+        # keep_parent also for a base (it simply has no parent): ZERO markers stay, new
+        # all-zero blocks become ZERO, as in-place compaction would leave them.
+        stats = rewrite(chain, tmp, h0, keep_parent=True, progress=progress, cancel=cancel,
+                        verify=verify, cancel_message=NOTHING_CHANGED)
+        verified: bool | None = None
+        if verify:
+            if not stats.verified:
+                raise VerificationError(
+                    f"Verification failed: the rebuilt '{plan.path.name}' reads differently "
+                    f"({stats.mismatch}); it was deleted and the original is unchanged.")
+            verified = True
+        if cancel is not None:
+            cancel.raise_if_cancelled(NOTHING_CHANGED)
+        assert plan.stamp is not None
+        require_unchanged(target, plan.stamp)
+        copy_mode(target, tmp)
+        commit_replace(tmp, target)
+    except BaseException:
+        discard(tmp)
+        raise
+    with open_image(plan.path) as done:
+        after_header = done.header
+    return CompactResult(
+        path=plan.path, defragmented=True, changed=True, size_before=size_before,
+        size_after=stats.file_size, blocks_allocated_before=h0.blocks_allocated,
+        blocks_allocated_after=after_header.blocks_allocated,
+        sanitised_blocks=int(layout.out_of_range.size + layout.cross_linked.size),
+        zero_blocks=stats.zero_blocks, parent_blocks=stats.parent_blocks,
+        moved_blocks=stats.stored, hash=stats.source_hash, verified=verified)
+
+
+__all__ = ["CompactPlan", "CompactResult", "backup_path", "plan_compact", "run_compact"]
