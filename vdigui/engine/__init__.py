@@ -67,3 +67,96 @@ __all__ = [
     "read_header",
     "resolve_chain",
 ]
+
+# Re-exports the GUI uses (appended by the GUI work; see issue 3).
+from vdigui.engine.analysis import (  # noqa: E402
+    Analysis,
+    FragStats,
+    HostExtents,
+    ImageStats,
+    Location,
+    analyze,
+    fragmentation,
+    host_extents,
+    image_stats,
+    locate,
+    scan_zero_blocks,
+)
+from vdigui.engine.vmfolder import Problem, SnapshotNode, VmFolder, load_vm_folder  # noqa: E402
+
+__all__ += [
+    "Analysis", "FragStats", "HostExtents", "ImageStats", "Location", "Problem", "SnapshotNode",
+    "VmFolder", "analyze", "fragmentation", "host_extents", "image_stats", "load_vm_folder",
+    "locate", "scan_zero_blocks",
+]
+
+# Re-exports of the VM-folder model (appended by the vmfolder work).
+from vdigui.engine.vmfolder import (  # noqa: E402
+    Attachment,
+    GlobalSettings,
+    MachineSettings,
+    Medium,
+    find_running_vm_hint,
+    find_settings_file,
+    load_settings,
+)
+
+__all__ += [
+    "Attachment", "GlobalSettings", "MachineSettings", "Medium", "find_running_vm_hint",
+    "find_settings_file", "load_settings",
+]
+
+# Re-exports of the compact / clone / convert operations (issue 4).
+from vdigui.engine.operations.clone import (  # noqa: E402
+    ClonePlan,
+    CloneResult,
+    plan_clone,
+    run_clone,
+)
+from vdigui.engine.operations.compact import (  # noqa: E402
+    CompactPlan,
+    CompactResult,
+    plan_compact,
+    run_compact,
+)
+from vdigui.engine.operations.convert import (  # noqa: E402
+    ConvertPlan,
+    ConvertResult,
+    plan_convert,
+    run_convert,
+)
+
+__all__ += [
+    "ClonePlan", "CloneResult", "CompactPlan", "CompactResult", "ConvertPlan", "ConvertResult",
+    "plan_clone", "plan_compact", "plan_convert", "run_clone", "run_compact", "run_convert",
+]
+
+# Snapshot deletion, merges, repair and undo (issue 5).
+from vdigui.engine.operations.journal import (  # noqa: E402
+    RecoveryResult,
+    UndoResult,
+    recover_pending,
+    undo_last,
+)
+from vdigui.engine.operations.merge import (  # noqa: E402
+    MergePlan,
+    MergeResult,
+    list_snapshots,
+    plan_merge,
+    plan_snapshot_delete,
+    run_merge,
+)
+from vdigui.engine.operations.repair import (  # noqa: E402
+    Fix,
+    RepairPlan,
+    RepairResult,
+    plan_repair,
+    plan_set_uuid,
+    run_repair,
+)
+
+__all__ += [
+    "Fix", "MergePlan", "MergeResult", "RecoveryResult", "RepairPlan", "RepairResult",
+    "UndoResult", "list_snapshots", "plan_merge", "plan_repair", "plan_set_uuid",
+    "plan_snapshot_delete", "recover_pending", "run_merge", "run_repair", "undo_last",
+]

@@ -1,0 +1,390 @@
+"""A realistic demo VM folder, built once in the user's cache folder (``vdigui --demo``).
+
+Why it exists: a new user (and the README's pictures) need something to look at that shows what
+vdigui is for, without owning a broken VirtualBox VM. So the demo deliberately contains what real
+folders contain: a base disk laid out like a guest's (an MBR partition table, filesystem-like
+allocation in scattered extents, block groups, a swap partition), block order shuffled the way a
+guest writing files in parallel shuffles it, blocks that were zero-filled by the guest and are
+worth compacting, three snapshots with a branch, a broken parent link, and an orphan image.
+
+Everything is written with the engine's public API (``create_image``, ``DiskChain.write``) so the
+files are exactly what the engine itself would produce. The layout is seeded, so every build is
+byte-for-byte the same apart from nothing (UUIDs are seeded too).
+
+The build happens in a temporary folder beside the target and is renamed into place at the end,
+so a build interrupted half-way is never mistaken for a complete demo.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import shutil
+import tempfile
+import uuid as uuidlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vdigui.engine.chain import open_paths
+from vdigui.engine.format import read_header
+from vdigui.engine.image import create_image, open_image
+
+#: Bump when the demo's content changes so old caches are not reused.
+DEMO_VERSION = 1
+DEMO_NAME = "Demo VM"
+MIB = 1 << 20
+GIB = 1 << 30
+DISK_SIZE = 2 * GIB
+DATA_DISK_SIZE = 512 * MIB
+BLOCK = MIB
+SEED = 20260301
+#: Guest blocks per ext4-like block group (128 MiB groups at 1 MiB blocks).
+GROUP_BLOCKS = 128
+SWAP_BLOCKS = 256
+
+
+def default_cache_folder() -> Path:
+    """``$XDG_CACHE_HOME/vdigui`` or ``~/.cache/vdigui``: where the demo is kept."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "vdigui"
+
+
+def build_demo_vm(folder: Path | str | None = None) -> Path:
+    """Build the demo VM folder under ``folder`` (default: the cache folder) once; return it.
+
+    A complete demo from an earlier run is reused as it is. Builds go to a temporary folder
+    that is renamed into place, so an interrupted build leaves no half-made demo behind.
+
+    Returns:
+        The VM folder (it holds ``Demo VM.vbox``).
+    """
+    root = Path(folder) if folder is not None else default_cache_folder() / "demo"
+    target = root / f"v{DEMO_VERSION}" / DEMO_NAME
+    if (target / f"{DEMO_NAME}.vbox").is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
+    try:
+        _build(tmp)
+        try:
+            tmp.rename(target)
+        except OSError:
+            # Another process finished first (or a stale folder is in the way): keep theirs
+            # if it is complete, otherwise replace the leftover.
+            if not (target / f"{DEMO_NAME}.vbox").is_file():
+                shutil.rmtree(target, ignore_errors=True)
+                tmp.rename(target)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+# -- layout --------------------------------------------------------------------------------
+
+
+@dataclass
+class _Plan:
+    """The guest layout decided up front, so every layer can refer to it."""
+
+    rng: random.Random
+    metadata: list[int] = field(default_factory=list)
+    extents: list[list[int]] = field(default_factory=list)
+    swap_header: int = 0
+
+    @property
+    def file_blocks(self) -> list[int]:
+        return [b for extent in self.extents for b in extent]
+
+
+def _seeded_uuid(rng: random.Random) -> uuidlib.UUID:
+    return uuidlib.UUID(int=rng.getrandbits(128), version=4)
+
+
+def _plan_base(rng: random.Random) -> _Plan:
+    """An ext4-like root partition (block groups, files in extents) plus a swap partition."""
+    plan = _Plan(rng)
+    total = DISK_SIZE // BLOCK
+    root_end = total - SWAP_BLOCKS
+    # Group metadata (superblock copy, bitmaps, inode table) at the start of each group;
+    # block 0 holds the partition table and the first group's superblock region.
+    for start in range(1, root_end, GROUP_BLOCKS):
+        plan.metadata.extend(range(start, min(start + 2, root_end)))
+    plan.metadata.insert(0, 0)
+    used = set(plan.metadata)
+    # Files: dense near the start (the OS), thinning out towards the end, like a young disk.
+    pos = 4
+    while pos < root_end - 40:
+        density = 1.0 - pos / root_end
+        length = min(int(rng.expovariate(1 / 5)) + 1, 24)
+        extent = [b for b in range(pos, min(pos + length, root_end)) if b not in used]
+        if extent and rng.random() < 0.08 + density * 0.4:
+            plan.extents.append(extent)
+            used.update(extent)
+        pos += length + int(rng.expovariate(1 / (2 + 100 * (1 - density) ** 2)))
+    plan.swap_header = root_end
+    return plan
+
+
+def _block_data(block: int, tag: str, noise: bytes) -> bytes:
+    """One block of guest data: a readable stamp, then incompressible-looking bytes."""
+    stamp = f"vdigui demo: guest block {block} written by {tag}\n".encode()
+    return stamp + noise[len(stamp):]
+
+
+def _mbr() -> bytes:
+    """An MBR: boot code area, disk signature, a Linux and a swap partition, 0x55AA."""
+    sector = bytearray(512)
+    sector[0:3] = b"\xeb\x63\x90"  # jmp over the BPB-sized area, as GRUB's boot.img does
+    sector[3:16] = b"vdigui-demo\x00\x00"
+    sector[0x1B8:0x1BC] = (0x0D1C5EED).to_bytes(4, "little")
+    total = DISK_SIZE // 512
+    swap_sectors = SWAP_BLOCKS * BLOCK // 512
+    entries = [
+        (0x80, 0x83, 2048, total - swap_sectors - 2048),
+        (0x00, 0x82, total - swap_sectors, swap_sectors),
+    ]
+    for i, (status, ptype, lba, count) in enumerate(entries):
+        at = 0x1BE + 16 * i
+        sector[at] = status
+        sector[at + 1:at + 4] = b"\xfe\xff\xff"  # CHS "use LBA"
+        sector[at + 4] = ptype
+        sector[at + 5:at + 8] = b"\xfe\xff\xff"
+        sector[at + 8:at + 12] = lba.to_bytes(4, "little")
+        sector[at + 12:at + 16] = count.to_bytes(4, "little")
+    sector[510:512] = b"\x55\xaa"
+    return bytes(sector)
+
+
+def _swap_header() -> bytes:
+    page = bytearray(4096)
+    page[1024:1028] = (1).to_bytes(4, "little")  # version
+    page[1036:1040] = b"swap"
+    page[4086:4096] = b"SWAPSPACE2"
+    return bytes(page)
+
+
+def _write_blocks(chain_paths: list[Path], writes: list[tuple[int, bytes]]) -> None:
+    """Write whole blocks into the top of a chain in the given order (the physical order)."""
+    chain = open_paths(chain_paths, writable_top=True)
+    try:
+        for block, data in writes:
+            chain.write(block * BLOCK, data, durable=False)
+        chain.top.sync()
+    finally:
+        chain.close()
+
+
+def _build(folder: Path) -> None:
+    rng = random.Random(SEED)
+    noise = rng.randbytes(BLOCK)
+    snaps = folder / "Snapshots"
+    snaps.mkdir()
+    uuids = {name: _seeded_uuid(rng) for name in
+             ("machine", "base", "d1", "d2", "d4", "d5", "orphan", "missing", "data",
+              "s1", "s2", "s3", "s4")}
+    base = folder / f"{DEMO_NAME}.vdi"
+
+    def diff_path(key: str) -> Path:
+        return snaps / f"{{{uuids[key]}}}.vdi"
+
+    # Base disk: partition table, mkfs metadata in order, then files in shuffled extents.
+    plan = _plan_base(rng)
+    create_image(base, DISK_SIZE, uuid=uuids["base"])
+    writes: list[tuple[int, bytes]] = [(0, _mbr() + _block_data(0, "mkfs", noise)[512:])]
+    writes += [(b, _block_data(b, "mkfs", noise)) for b in plan.metadata if b != 0]
+    extents = list(plan.extents)
+    rng.shuffle(extents)
+    for extent in extents:
+        writes += [(b, _block_data(b, "the installer", noise)) for b in extent]
+    swap = _swap_header() + bytes(BLOCK - 4096)
+    writes.append((plan.swap_header, swap))
+    # Files deleted later and zero-filled by the guest: allocated blocks that are all zero.
+    zeroed = [e for e in plan.extents if len(e) >= 3]
+    rng.shuffle(zeroed)
+    for extent in zeroed[:4]:
+        writes += [(b, bytes(BLOCK)) for b in extent]
+    _write_blocks([base], writes)
+
+    files = plan.file_blocks
+    # "Updates": package updates rewrite some files, add new ones, delete a few (ZERO entries).
+    d1 = diff_path("d1")
+    create_image(d1, parent=base, uuid=uuids["d1"])
+    changes = rng.sample(files, 18) + rng.sample(range(1200, 1700), 10)
+    writes = [(b, _block_data(b, "Updates", noise)) for b in changes]
+    writes += [(b, bytes(BLOCK)) for b in rng.sample(files, 4)]
+    writes.append((1, _block_data(1, "Updates (metadata)", noise)))
+    _write_blocks([base, d1], writes)
+
+    # "Before experiment": the state frozen before trying something risky.
+    d2 = diff_path("d2")
+    create_image(d2, parent=d1, uuid=uuids["d2"])
+    writes = [(b, _block_data(b, "the experiment", noise)) for b in rng.sample(files, 10)]
+    writes += [(b, _block_data(b, "the experiment", noise)) for b in range(600, 606)]
+    _write_blocks([base, d1, d2], writes)
+
+    # Branch: "Updates" was restored (a fresh diff under d1), then "Alternative" was taken.
+    d4 = diff_path("d4")
+    create_image(d4, parent=d1, uuid=uuids["d4"])
+    writes = [(b, _block_data(b, "Alternative", noise)) for b in rng.sample(files, 8)]
+    writes += [(b, _block_data(b, "Alternative", noise)) for b in range(900, 905)]
+    _write_blocks([base, d1, d4], writes)
+    d5 = diff_path("d5")
+    create_image(d5, parent=d4, uuid=uuids["d5"])
+    writes = [(b, _block_data(b, "the current state", noise)) for b in rng.sample(files, 5)]
+    writes.append((1, _block_data(1, "the current state (metadata)", noise)))
+    _write_blocks([base, d1, d4, d5], writes)
+
+    # An orphan: a leftover diff of the base that no registry knows about.
+    orphan = diff_path("orphan")
+    create_image(orphan, parent=base, uuid=uuids["orphan"])
+    _write_blocks([base, orphan], [(b, _block_data(b, "a deleted snapshot", noise))
+                                   for b in rng.sample(files, 3)])
+
+    # A writethrough data disk: attached directly, never frozen by snapshots.
+    data = folder / "data.vdi"
+    create_image(data, DATA_DISK_SIZE, uuid=uuids["data"])
+    _write_blocks([data], [(b, _block_data(b, "the data disk", noise))
+                           for b in (0, 1, 2, 3, 64, 65, 200, 201, 202, 450)])
+
+    _fix_modify_uuids(rng, [base, d1, d2, d4, d5, orphan, data])
+    # The broken link: d2 names a parent UUID that no file has (as after a careless copy).
+    with open_image(d2, writable=True) as image:
+        image.write_header(image.header.replace(parent_uuid=uuids["missing"]))
+        image.sync()
+
+    vbox = folder / f"{DEMO_NAME}.vbox"
+    vbox.write_text(_vbox_text(uuids), encoding="utf-8")
+
+
+def _fix_modify_uuids(rng: random.Random, paths: list[Path]) -> None:
+    """Give every image a seeded uuidModify and point children's uuidParentModify at it.
+
+    ``create_image`` draws uuidModify at random; the demo must be identical on every build.
+    ``paths`` are parents before children.
+    """
+    modify: dict[uuidlib.UUID, uuidlib.UUID] = {}
+    for path in paths:
+        with open_image(path, writable=True) as image:
+            header = image.header
+            new_modify = _seeded_uuid(rng)
+            changes: dict[str, object] = {"modify_uuid": new_modify}
+            if header.parent_uuid in modify:
+                changes["parent_modify_uuid"] = modify[header.parent_uuid]
+            image.write_header(header.replace(**changes))
+            image.sync()
+            modify[header.uuid] = new_modify
+    for path in paths:  # sanity: every header still validates
+        read_header(path)
+
+
+# -- the .vbox -----------------------------------------------------------------------------
+
+
+def _attachments(disk: uuidlib.UUID, data: uuidlib.UUID, indent: str) -> str:
+    return (
+        f'{indent}<Hardware>\n'
+        f'{indent}  <CPU count="2"><PAE enabled="true"/><LongMode enabled="true"/></CPU>\n'
+        f'{indent}  <Memory RAMSize="2048"/>\n'
+        f'{indent}  <Display controller="VMSVGA" VRAMSize="16"/>\n'
+        f'{indent}  <StorageControllers>\n'
+        f'{indent}    <StorageController name="SATA" type="AHCI" PortCount="2" '
+        f'useHostIOCache="false" Bootable="true">\n'
+        f'{indent}      <AttachedDevice type="HardDisk" hotpluggable="false" port="0" '
+        f'device="0" nonrotational="true" discard="true">\n'
+        f'{indent}        <Image uuid="{{{disk}}}"/>\n'
+        f'{indent}      </AttachedDevice>\n'
+        f'{indent}      <AttachedDevice type="HardDisk" hotpluggable="false" port="1" '
+        f'device="0">\n'
+        f'{indent}        <Image uuid="{{{data}}}"/>\n'
+        f'{indent}      </AttachedDevice>\n'
+        f'{indent}    </StorageController>\n'
+        f'{indent}  </StorageControllers>\n'
+        f'{indent}</Hardware>\n'
+    )
+
+
+def _vbox_text(u: dict[str, uuidlib.UUID]) -> str:
+    """The machine settings, in VirtualBox 7.0's layout (settings version 1.19)."""
+
+    def loc(key: str) -> str:
+        return f"Snapshots/{{{u[key]}}}.vdi"
+
+    i6, i10, i14 = " " * 6, " " * 10, " " * 14
+    s3 = (
+        f'{i10}<Snapshot uuid="{{{u["s3"]}}}" name="Before experiment" '
+        f'timeStamp="2026-05-20T21:03:47Z">\n'
+        f'{i10}  <Description>Taken before trying the new kernel. The experiment failed; this '
+        f'state is kept for reference.</Description>\n'
+        + _attachments(u["d2"], u["data"], i10 + "  ")
+        + f"{i10}</Snapshot>\n"
+    )
+    s4 = (
+        f'{i10}<Snapshot uuid="{{{u["s4"]}}}" name="Alternative" '
+        f'timeStamp="2026-06-01T10:12:09Z">\n'
+        f'{i10}  <Description>Restored "Updates" and took the other road.</Description>\n'
+        + _attachments(u["d4"], u["data"], i10 + "  ")
+        + f"{i10}</Snapshot>\n"
+    )
+    s2 = (
+        f'{i6}  <Snapshot uuid="{{{u["s2"]}}}" name="Updates" timeStamp="2026-04-11T18:40:22Z">\n'
+        f'{i6}    <Description>All updates installed, guest additions 7.0.'
+        f'</Description>\n'
+        + _attachments(u["d1"], u["data"], i6 + "    ")
+        + f"{i6}    <Snapshots>\n" + s3 + s4 + f"{i6}    </Snapshots>\n"
+        + f"{i6}  </Snapshot>\n"
+    )
+    s1 = (
+        f'    <Snapshot uuid="{{{u["s1"]}}}" name="Fresh install" '
+        f'timeStamp="2026-03-02T09:14:05Z">\n'
+        f"      <Description>Clean install, nothing configured yet.</Description>\n"
+        + _attachments(u["base"], u["data"], i6)
+        + f"{i6}<Snapshots>\n" + s2 + f"{i6}</Snapshots>\n"
+        + "    </Snapshot>\n"
+    )
+    registry = (
+        "    <MediaRegistry>\n"
+        "      <HardDisks>\n"
+        f'        <HardDisk uuid="{{{u["base"]}}}" location="{DEMO_NAME}.vdi" format="VDI" '
+        'type="Normal">\n'
+        f'          <HardDisk uuid="{{{u["d1"]}}}" location="{loc("d1")}" format="VDI">\n'
+        f'            <HardDisk uuid="{{{u["d2"]}}}" location="{loc("d2")}" format="VDI"/>\n'
+        f'            <HardDisk uuid="{{{u["d4"]}}}" location="{loc("d4")}" format="VDI">\n'
+        f'{i14}<HardDisk uuid="{{{u["d5"]}}}" location="{loc("d5")}" format="VDI"/>\n'
+        "            </HardDisk>\n"
+        "          </HardDisk>\n"
+        "        </HardDisk>\n"
+        f'        <HardDisk uuid="{{{u["data"]}}}" location="data.vdi" format="VDI" '
+        'type="Writethrough"/>\n'
+        "      </HardDisks>\n"
+        "    </MediaRegistry>\n"
+    )
+    return (
+        '<?xml version="1.0"?>\n'
+        "<!--\n"
+        "** DO NOT EDIT THIS FILE.\n"
+        "** If you make changes to this file while any VirtualBox related application\n"
+        "** is running, your changes will be overwritten later, without taking effect.\n"
+        "** Use VBoxManage or the VirtualBox Manager GUI to make changes.\n"
+        "-->\n"
+        '<VirtualBox xmlns="http://www.virtualbox.org/" version="1.19-linux">\n'
+        f'  <Machine uuid="{{{u["machine"]}}}" name="{DEMO_NAME}" OSType="Ubuntu_64" '
+        f'currentSnapshot="{{{u["s4"]}}}" snapshotFolder="Snapshots" '
+        'lastStateChange="2026-06-03T08:30:00Z">\n'
+        + registry
+        + "    <ExtraData>\n"
+        '      <ExtraDataItem name="GUI/LastCloseAction" value="PowerOff"/>\n'
+        "    </ExtraData>\n"
+        + s1
+        + _attachments(u["d5"], u["data"], "    ")
+        + "  </Machine>\n"
+        "</VirtualBox>\n"
+    )
+
+
+def remove_demo(folder: Path | str | None = None) -> None:
+    """Delete the cached demo (used by tests and by users who want it rebuilt)."""
+    root = Path(folder) if folder is not None else default_cache_folder() / "demo"
+    with contextlib.suppress(FileNotFoundError):
+        shutil.rmtree(root)

@@ -1,0 +1,213 @@
+"""Start vdigui: command line, QApplication, error hooks, palettes, and the screenshot mode.
+
+``vdigui [PATH] [--demo] [--screenshot OUT.png [--select NAME] [--tab TAB] [--size WxH]]``
+
+The screenshot mode renders the window offscreen (no display needed), waits until loading and
+analysis have finished, writes the PNG and exits 0; the README's pictures come from it. It uses
+a throw-away settings file so a user's saved geometry never changes a screenshot, and it prints
+errors instead of opening dialogs nobody could click.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from vdigui import __version__
+
+TABS = ("overview", "header", "blockmap", "fragmentation")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line (argparse exits with a usage message on errors)."""
+    parser = argparse.ArgumentParser(
+        prog="vdigui", description="Inspect VirtualBox VM folders and VDI disk images.")
+    parser.add_argument("path", nargs="?", type=Path,
+                        help="a VM folder, a .vbox file or a .vdi image to open")
+    parser.add_argument("--demo", action="store_true",
+                        help="build (once, in the cache folder) and open a demo VM")
+    parser.add_argument("--screenshot", type=Path, metavar="OUT.png",
+                        help="render the window offscreen to OUT.png and exit")
+    parser.add_argument("--select", metavar="NAME",
+                        help="with --screenshot: select this snapshot or image first")
+    parser.add_argument("--tab", choices=TABS, default="overview",
+                        help="with --screenshot: the tab to show")
+    parser.add_argument("--size", default="1400x900", metavar="WxH",
+                        help="with --screenshot: the window size in pixels")
+    parser.add_argument("--theme", choices=("system", "light", "dark"),
+                        help="colour palette (default: the last one chosen, else system)")
+    parser.add_argument("--version", action="version", version=f"vdigui {__version__}")
+    args = parser.parse_args(argv)
+    try:
+        width, height = (int(v) for v in args.size.lower().split("x"))
+        if width < 200 or height < 150:
+            raise ValueError
+    except ValueError:
+        parser.error(f"--size must look like 1400x900 (at least 200x150), not '{args.size}'")
+    args.width, args.height = width, height
+    if args.screenshot is None and (args.select or args.tab != "overview"):
+        parser.error("--select and --tab only apply with --screenshot")
+    if args.screenshot is not None and args.path is None and not args.demo:
+        parser.error("--screenshot needs a PATH or --demo")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the application; returns the exit status."""
+    args = parse_args(argv)
+    if args.screenshot is not None:
+        os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+    # Qt is imported only now, so `vdigui --help` works without a display and quickly.
+    from PySide6.QtCore import QSettings, Qt
+    from PySide6.QtGui import QGuiApplication, QIcon
+    from PySide6.QtWidgets import QApplication
+
+    from vdigui.gui import messages
+    from vdigui.gui.main_window import MainWindow, apply_theme
+    from vdigui.gui.resources import asset_path
+
+    QGuiApplication.setHighDpiScaleFactorRoundingPolicy(
+        Qt.HighDpiScaleFactorRoundingPolicy.PassThrough)
+    app = QApplication.instance() or QApplication(sys.argv[:1])
+    assert isinstance(app, QApplication)
+    app.setApplicationName("vdigui")
+    app.setOrganizationName("vdigui")
+    app.setApplicationVersion(__version__)
+    app.setDesktopFileName("vdigui")
+    for name in ("vdigui.svg", "vdigui.png"):
+        try:
+            app.setWindowIcon(QIcon(str(asset_path(name))))
+            break
+        except FileNotFoundError:
+            continue
+
+    if args.screenshot is not None:
+        _quiet_offscreen_notes()
+        scratch = tempfile.TemporaryDirectory(prefix="vdigui-shot-")
+        settings = QSettings(str(Path(scratch.name) / "settings.ini"), QSettings.Format.IniFormat)
+        messages.reporter = _print_error
+    else:
+        scratch = None
+        settings = QSettings()
+        messages.install_hooks()
+    theme = args.theme or str(settings.value("theme", "system"))
+    apply_theme(theme if args.screenshot is None or args.theme else "light")
+
+    window = MainWindow(settings)
+    if args.screenshot is not None:
+        status = _screenshot(app, window, args)
+        window.close()
+        if scratch is not None:
+            scratch.cleanup()
+        return status
+    window.show()
+    _quit_on_ctrl_c(app, window)
+    if args.demo:
+        window.open_demo()
+    elif args.path is not None:
+        window.open_path(args.path)
+    return app.exec()
+
+
+def _quit_on_ctrl_c(app: object, window: object) -> None:
+    """Let Ctrl+C in the terminal close the window (saving its state) instead of being lost.
+
+    Python runs signal handlers only between bytecodes, and Qt's event loop is C++, so a
+    light timer gives the interpreter a chance to notice the signal.
+    """
+    import signal
+
+    from PySide6.QtCore import QTimer
+
+    signal.signal(signal.SIGINT, lambda *_args: window.close())  # type: ignore[attr-defined]
+    timer = QTimer(app)  # type: ignore[arg-type]
+    timer.timeout.connect(lambda: None)
+    timer.start(250)
+
+
+def _quiet_offscreen_notes() -> None:
+    """Drop the offscreen plugin's "does not support ..." notes; print every other message.
+
+    They say the headless platform cannot move or raise windows, which is true and harmless,
+    and they would clutter the output of scripts that make the README's pictures.
+    """
+    from PySide6.QtCore import QtMsgType, qInstallMessageHandler
+
+    def handler(kind: QtMsgType, _context: object, message: str) -> None:
+        if message.startswith("This plugin does not support"):
+            return
+        print(message, file=sys.stderr)
+
+    qInstallMessageHandler(handler)
+
+
+def _print_error(_parent: object, title: str, text: str, _details: str) -> None:
+    print(f"vdigui: error: {title}: {text}", file=sys.stderr)
+
+
+def _screenshot(app: object, window: object, args: argparse.Namespace) -> int:
+    """Load, select, switch tab, wait for idle, grab, save."""
+    from PySide6.QtCore import QEventLoop, QTimer
+
+    from vdigui.engine.demo import build_demo_vm
+    from vdigui.gui.main_window import MainWindow
+
+    assert isinstance(window, MainWindow)
+    window.resize(args.width, args.height)
+    window.show()
+    path = build_demo_vm() if args.demo else args.path
+    failures: list[str] = []
+    window.session_loaded.connect(lambda _s: None)
+
+    def wait_idle(timeout_ms: int = 60000) -> bool:
+        loop = QEventLoop()
+        timer = QTimer()
+        timer.setSingleShot(True)
+        timer.timeout.connect(loop.quit)
+        window.idle.connect(loop.quit)
+        timer.start(timeout_ms)
+        loop.exec()
+        window.idle.disconnect(loop.quit)
+        return timer.isActive()
+
+    window.open_path(path)
+    if not wait_idle():
+        print("vdigui: error: loading did not finish within 60 s", file=sys.stderr)
+        return 1
+    if window.session is None:
+        return 1
+    if args.select:
+        if not window.select_by_name(args.select):
+            print(f"vdigui: error: nothing named '{args.select}' in {path}", file=sys.stderr)
+            failures.append(args.select)
+        elif window.workers.running and not wait_idle():
+            return 1
+    window.tabs.setCurrentIndex(TABS.index(args.tab))
+    # Let layouts settle and pyqtgraph's debounced redraw run before grabbing.
+    for _ in range(5):
+        loop = QEventLoop()
+        QTimer.singleShot(40, loop.quit)
+        loop.exec()
+    if args.tab == "blockmap":
+        window.blockmap.refresh()
+    image = window.grab().toImage()
+    out = args.screenshot
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if image.width() != args.width or image.height() != args.height:
+        from PySide6.QtCore import Qt
+
+        image = image.scaled(args.width, args.height, Qt.AspectRatioMode.IgnoreAspectRatio,
+                             Qt.TransformationMode.SmoothTransformation)
+    if not image.save(str(out), "PNG"):
+        print(f"vdigui: error: cannot write {out}", file=sys.stderr)
+        return 1
+    print(out)
+    return 2 if failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""The right-hand views: overview, header hex dump, block map and fragmentation."""

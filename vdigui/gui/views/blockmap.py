@@ -1,0 +1,384 @@
+"""The block map: one cell per guest block, one row per chain layer, plus what the guest sees.
+
+Why it is drawn this way:
+
+- Rows stack the chain like the classic snapshot picture: the base at the bottom, each
+  differencing layer above it, and on top a "guest sees" row coloured by the layer that
+  serves each block. Allocated cells take their layer's colour in both places, so the eye
+  links a served block to the layer it comes from.
+- Disks have millions of blocks but the screen has ~1000 pixels. The view bins blocks into
+  cells of ``k`` blocks (a power of two, so bins stay aligned while panning) and colours each
+  cell by the *proportion* of its states: a cell of 3 allocated and 1 free blocks is 3/4 of
+  the way from "free" to "allocated". Mixed cells look mixed instead of taking the colour of
+  their majority (the dishonesty of classic defrag maps). At full zoom a cell is one block.
+- Only the visible window (plus one screen either side) is binned, and the result is kept
+  while panning, so redraws at full zoom-out cost a slice, not a recomputation.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+from collections.abc import Callable
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import QPointF, QRectF, Qt, QTimer, Signal
+from PySide6.QtGui import QColor
+from PySide6.QtWidgets import (
+    QHBoxLayout,
+    QLabel,
+    QPushButton,
+    QSizePolicy,
+    QToolTip,
+    QVBoxLayout,
+    QWidget,
+)
+
+from vdigui.engine import BLOCK_FREE, BLOCK_ZERO, VdiHeader
+from vdigui.gui import theme
+from vdigui.gui.blockstates import (
+    ALL_ZERO,
+    ALLOCATED,
+    FREE,
+    SERVED_NONE,
+    SERVED_ZERO,
+    STATE_NAMES,
+    ZERO,
+    bin_colours,
+    layer_codes,
+    served_codes,
+)
+from vdigui.gui.format import human_size
+
+pg.setConfigOptions(imageAxisOrder="row-major", antialias=False)
+
+__all__ = ["ALLOCATED", "ALL_ZERO", "FREE", "SERVED_NONE", "SERVED_ZERO", "ZERO",
+           "BlockMapView", "bin_colours", "layer_codes", "served_codes"]
+
+
+class BlockMapView(QWidget):
+    """The block-map tab.
+
+    Signals:
+        locate_requested: the user pressed "Locate byte...".
+        scan_requested: the user asked for an all-zero scan.
+    """
+
+    locate_requested = Signal()
+    scan_requested = Signal()
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.labels: list[str] = []
+        self.entries = np.zeros((0, 0), dtype=np.uint32)
+        self.serving = np.zeros(0, dtype=np.int16)
+        self.headers: tuple[VdiHeader, ...] = ()
+        self.block_size = 1 << 20
+        self.layer_codes = np.zeros((0, 0), dtype=np.uint8)
+        self.served_codes = np.zeros(0, dtype=np.uint8)
+        self.bin_size = 1
+        self.cells = np.zeros((0, 0, 4), dtype=np.uint8)
+        self._window: tuple[int, int, int] | None = None
+        self.describe_layer: Callable[[int], str] = lambda i: self.labels[i]
+
+        self.plot = pg.PlotWidget(enableMenu=False)
+        self.plot.setToolTip("")
+        self.plot.hideButtons()
+        self.plot.setMinimumHeight(160)
+        self.item = pg.ImageItem()
+        self.plot.addItem(self.item)
+        self.marker = pg.InfiniteLine(angle=90, movable=False,
+                                      pen=pg.mkPen(QColor("#d7263d"), width=2))
+        self.marker.setVisible(False)
+        self.plot.addItem(self.marker)
+        # A rule between the layers and the "guest sees" row.
+        self.separator = pg.InfiniteLine(angle=0, movable=False, pen=pg.mkPen(width=3))
+        self.plot.addItem(self.separator)
+        vb = self.plot.getViewBox()
+        vb.setMouseEnabled(x=True, y=False)
+        vb.sigXRangeChanged.connect(self._schedule)
+        vb.sigResized.connect(self._schedule)
+        self.plot.getPlotItem().setLabel("bottom", "guest block")
+        self.plot.scene().sigMouseMoved.connect(self._hover)
+
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(15)
+        self._timer.timeout.connect(self.refresh)
+
+        self.scale_label = QLabel()
+        self.scale_label.setToolTip("How many guest blocks one cell of the map covers at this "
+                                    "zoom; mixed cells blend their colours in proportion.")
+        self.info = QLabel("Hover over the map to see a block's layer, slot and file offset.")
+        self.info.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.info.setWordWrap(True)
+        self.info.setMinimumHeight(self.info.fontMetrics().lineSpacing() * 2 + 4)
+        self.notice = QLabel()
+        self.notice.setWordWrap(True)
+        self.notice.setVisible(False)
+
+        self.locate_button = QPushButton("Locate byte…")
+        self.locate_button.setToolTip("Find which block, layer, slot and file position hold a "
+                                      "guest byte offset (Ctrl+L)")
+        self.locate_button.clicked.connect(self.locate_requested)
+        self.scan_button = QPushButton("Find all-zero blocks")
+        self.scan_button.setToolTip("Read every allocated block once to find the ones that "
+                                    "hold only zeros (what compaction would drop)")
+        self.scan_button.clicked.connect(self.scan_requested)
+        self.fit_button = QPushButton("Whole disk")
+        self.fit_button.setToolTip("Zoom out to the whole disk (Ctrl+0)")
+        self.fit_button.clicked.connect(self.fit)
+
+        self.legend = QLabel()
+        self.legend.setTextFormat(Qt.TextFormat.RichText)
+        self.legend.setWordWrap(True)
+        self.legend.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Preferred)
+
+        top = QHBoxLayout()
+        top.addWidget(self.legend, 1)
+        top.addWidget(self.fit_button)
+        top.addWidget(self.scan_button)
+        top.addWidget(self.locate_button)
+        layout = QVBoxLayout(self)
+        layout.addLayout(top)
+        layout.addWidget(self.notice)
+        layout.addWidget(self.plot, 1)
+        layout.addStretch(0)
+        bottom = QHBoxLayout()
+        bottom.addWidget(self.info, 1)
+        bottom.addWidget(self.scale_label)
+        layout.addLayout(bottom)
+        self.set_enabled(False)
+
+    # -- data ------------------------------------------------------------------------------
+    def set_enabled(self, enabled: bool) -> None:
+        """Enable the tools (disabled while nothing is loaded)."""
+        for button in (self.locate_button, self.scan_button, self.fit_button):
+            button.setEnabled(enabled)
+
+    def clear(self) -> None:
+        """Show nothing (no chain selected)."""
+        self.set_data([], np.zeros((0, 0), dtype=np.uint32), np.zeros(0, dtype=np.int16), ())
+
+    def set_data(self, labels: list[str], entries: np.ndarray, serving: np.ndarray,
+                 headers: tuple[VdiHeader, ...], zero_masks: list[np.ndarray | None] | None = None,
+                 notice: str = "", codes: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+        """Show a chain: ``entries`` (layers x blocks, base first) and ``serving`` per block.
+
+        ``codes`` are the (layer codes, served codes) when a worker already computed them, so
+        a disk of millions of blocks costs the GUI thread only the binning of one screen.
+        """
+        self.labels = list(labels)
+        self.entries = entries
+        self.serving = serving
+        self.headers = headers
+        self.block_size = headers[0].block_size if headers else 1 << 20
+        if codes is not None and not any(m is not None for m in zero_masks or []):
+            self.layer_codes, self.served_codes = codes
+        else:
+            self.layer_codes = layer_codes(entries, zero_masks)
+            self.served_codes = (served_codes(entries, serving) if entries.size
+                                 else np.zeros(0, dtype=np.uint8))
+        self.notice.setText(notice)
+        self.notice.setVisible(bool(notice))
+        self.set_enabled(bool(entries.size))
+        self._window = None
+        # Keep rows a sensible height: a one-layer chain should not become two huge bars.
+        self.plot.setMaximumHeight(max(200, self.rows * 90 + 60))
+        self._update_axes()
+        self._update_legend()
+        self.fit()
+
+    def set_zero_masks(self, zero_masks: list[np.ndarray | None]) -> None:
+        """Re-colour after an all-zero scan, keeping the zoom."""
+        self.layer_codes = layer_codes(self.entries, zero_masks)
+        self._window = None
+        self._update_legend()
+        self.refresh()
+
+    @property
+    def blocks(self) -> int:
+        """Guest blocks shown."""
+        return int(self.serving.size)
+
+    @property
+    def rows(self) -> int:
+        """Image rows: one per layer, then the served row on top."""
+        return len(self.labels) + 1 if self.labels else 0
+
+    def _palettes(self) -> list[np.ndarray | None]:
+        free = theme.rgba(theme.free_colour())
+        zero = theme.rgba(theme.ZERO_COLOUR)
+        all_zero = theme.rgba(theme.ALL_ZERO_COLOUR)
+        out: list[np.ndarray | None] = []
+        for i in range(len(self.labels)):
+            out.append(np.stack([free, zero, theme.rgba(theme.layer_colour(i)), all_zero]))
+        out.append(np.stack([free, zero] + [theme.rgba(theme.layer_colour(i))
+                                            for i in range(len(self.labels))]))
+        return out
+
+    def _update_axes(self) -> None:
+        plot = self.plot.getPlotItem()
+        ticks = [(i + 0.5, self._short(label)) for i, label in enumerate(self.labels)]
+        if self.labels:
+            ticks.append((len(self.labels) + 0.5, "Guest sees"))
+        plot.getAxis("left").setTicks([ticks, []])
+        fg = theme.foreground()
+        for name in ("left", "bottom"):
+            axis = plot.getAxis(name)
+            axis.setTextPen(pg.mkPen(fg))
+            axis.setPen(pg.mkPen(fg))
+        self.plot.setBackground(theme.background())
+        self.separator.setPen(pg.mkPen(theme.background(), width=4))
+        self.separator.setPos(len(self.labels))
+        self.separator.setVisible(bool(self.labels))
+        vb = plot.getViewBox()
+        rows = max(self.rows, 1)
+        vb.setLimits(xMin=0, xMax=max(self.blocks, 1), yMin=0, yMax=rows,
+                     minXRange=min(16, max(self.blocks, 1)))
+        vb.setYRange(0, rows, padding=0)
+        plot.setLabel("bottom", f"guest block (1 block = {human_size(self.block_size)})")
+
+    @staticmethod
+    def _short(label: str) -> str:
+        return label if len(label) <= 22 else label[:20] + "…"
+
+    def _update_legend(self) -> None:
+        def swatch(colour: QColor | str, text: str) -> str:
+            c = QColor(colour).name()
+            words = html.escape(text).replace(" ", "&nbsp;")
+            return (f'<span style="background-color:{c}; color:{c}">&#9608;&#9608;</span>'
+                    f"&nbsp;{words}&nbsp;&nbsp; ")
+
+        parts = [swatch(theme.free_colour(), "free (reads through / zeros)"),
+                 swatch(theme.ZERO_COLOUR, "zero entry (hides the parent)")]
+        if (self.layer_codes == ALL_ZERO).any():
+            parts.append(swatch(theme.ALL_ZERO_COLOUR, "allocated but all zero"))
+        parts += [swatch(theme.layer_colour(i), f"data in {self._short(label)}")
+                  for i, label in enumerate(self.labels)]
+        self.legend.setText("".join(parts))
+
+    # -- drawing ---------------------------------------------------------------------------
+    def fit(self) -> None:
+        """Show the whole disk."""
+        if self.blocks:
+            self.plot.getViewBox().setXRange(0, self.blocks, padding=0)
+        self.refresh()
+
+    def zoom(self, factor: float) -> None:
+        """Zoom around the centre (factor < 1 zooms in)."""
+        vb = self.plot.getViewBox()
+        (x0, x1), _ = vb.viewRange()
+        centre, half = (x0 + x1) / 2, (x1 - x0) * factor / 2
+        vb.setXRange(centre - half, centre + half, padding=0)
+
+    def show_block(self, block: int) -> None:
+        """Zoom to ``block`` and mark it."""
+        vb = self.plot.getViewBox()
+        vb.setXRange(max(0, block - 32), min(self.blocks, block + 33), padding=0)
+        self.marker.setPos(block + 0.5)
+        self.marker.setVisible(True)
+        self.refresh()
+
+    def _schedule(self) -> None:
+        self._timer.start()
+
+    def _bin_size(self, x0: float, x1: float) -> int:
+        pixels = max(self.plot.getViewBox().width(), 100.0)
+        span = max(x1 - x0, 1.0)
+        per_pixel = span / pixels
+        return 1 if per_pixel <= 1 else 2 ** math.ceil(math.log2(per_pixel))
+
+    def refresh(self) -> None:
+        """Re-bin the visible window if the zoom or position left the cached one."""
+        if not self.blocks:
+            self.item.clear()
+            self.scale_label.setText("")
+            return
+        (x0, x1), _ = self.plot.getViewBox().viewRange()
+        k = self._bin_size(x0, x1)
+        if self._window is not None:
+            wk, w0, w1 = self._window
+            if wk == k and w0 <= max(x0, 0) and min(x1, self.blocks) <= w1:
+                return
+        span = x1 - x0
+        w0 = max(0, int((x0 - span) // k) * k)
+        w1 = min(self.blocks, math.ceil((x1 + span) / k) * k)
+        self._render(k, w0, w1)
+
+    def _render(self, k: int, w0: int, w1: int) -> None:
+        bins = -(-(w1 - w0) // k)
+        image = np.zeros((self.rows, bins, 4), dtype=np.uint8)
+        palettes = self._palettes()
+        for i in range(len(self.labels)):
+            image[i] = bin_colours(self.layer_codes[i, w0:w1], k, palettes[i])
+        image[self.rows - 1] = bin_colours(self.served_codes[w0:w1], k, palettes[-1])
+        #: One RGBA cell per bin (what tests check; the drawn image may be widened below).
+        self.cells = image
+        if k == 1 and w1 - w0 <= 4096:
+            # Close up, draw a faint edge at the end of every block so neighbours with the
+            # same state still read as separate blocks.
+            image = np.repeat(image, 8, axis=1)
+            image[:, 7::8, :3] = (image[:, 7::8, :3] * 0.82).astype(np.uint8)
+        self.item.setImage(image, autoLevels=False, levels=(0, 255))
+        self.item.setRect(QRectF(w0, 0, bins * k, self.rows))
+        self._window = (k, w0, w1)
+        self.bin_size = k
+        if k == 1:
+            self.scale_label.setText("1 cell = 1 block")
+        else:
+            self.scale_label.setText(f"1 cell = {k} blocks ({human_size(k * self.block_size)})")
+
+    # -- hover -----------------------------------------------------------------------------
+    def _hover(self, pos: QPointF) -> None:
+        vb = self.plot.getViewBox()
+        if not self.blocks or not vb.sceneBoundingRect().contains(pos):
+            return
+        point = vb.mapSceneToView(pos)
+        block, row = int(point.x()), math.floor(point.y())
+        if not 0 <= block < self.blocks or not 0 <= row < self.rows:
+            return
+        text = self.describe(block, row)
+        self.info.setText(text)
+        QToolTip.showText(self.plot.mapToGlobal(self.plot.mapFromScene(pos)),
+                          text, self.plot)
+
+    def describe(self, block: int, row: int | None = None) -> str:
+        """Plain words for guest block ``block`` (on ``row``; None = the served row)."""
+        bs = self.block_size
+        where = f"Guest block {block:,} (bytes {human_size(block * bs)} – " \
+                f"{human_size((block + 1) * bs)})"
+        layers = len(self.labels)
+        if row is not None and row < layers:
+            text = f"{where} in {self.labels[row]}: " + self._entry_words(row, block)
+        else:
+            layer = int(self.serving[block])
+            if layer < 0:
+                text = f"{where}: no layer holds it; the guest reads zeros."
+            else:
+                text = (f"{where}: served by layer {layer} ({self.labels[layer]}): "
+                        + self._entry_words(layer, block))
+        k = self.bin_size
+        if k > 1:
+            start = block // k * k
+            stop = min(start + k, self.blocks)
+            codes = (self.layer_codes[row, start:stop] if row is not None and row < layers
+                     else None)
+            if codes is not None:
+                counts = np.bincount(codes, minlength=4)
+                mix = ", ".join(f"{int(c)} {STATE_NAMES[s]}" for s, c in enumerate(counts) if c)
+                text += f" This cell covers blocks {start:,}–{stop - 1:,}: {mix}."
+        return text
+
+    def _entry_words(self, layer: int, block: int) -> str:
+        entry = int(self.entries[layer, block])
+        if entry == BLOCK_FREE:
+            return "free (reads through to the layer below)."
+        if entry == BLOCK_ZERO:
+            return "zero entry (reads as zeros and hides the layers below)."
+        offset = self.headers[layer].slot_offset(entry) if layer < len(self.headers) else 0
+        text = f"physical slot {entry:,}, file offset 0x{offset:X}."
+        if self.layer_codes[layer, block] == ALL_ZERO:
+            text += " The block holds only zeros."
+        return text

@@ -1,0 +1,336 @@
+"""Fragmentation: guest block against physical slot, the engine's figures, the host extents.
+
+Why a scatter of guest block (x) against slot (y): data written in guest order lies on one
+diagonal, and shuffled data shows at a glance as scattered dashes. Each point is coloured by the
+jump a sequential read makes to reach it, so the costly seeks stand out. Below, the host file's
+extents show the other layer of fragmentation (the host filesystem's), and one paragraph says
+in words what it all means for a sequential read.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pyqtgraph as pg
+from PySide6.QtCore import QRectF, Qt
+from PySide6.QtGui import QColor, QMouseEvent, QPainter, QPaintEvent
+from PySide6.QtWidgets import (
+    QComboBox,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QToolTip,
+    QVBoxLayout,
+    QWidget,
+)
+
+from vdigui.engine import Analysis, HostExtents, fragmentation
+from vdigui.gui import theme
+from vdigui.gui.format import human_size
+
+#: Upper bounds (inclusive) of the jump classes, in slots; beyond the last is class 4.
+JUMP_BOUNDS = (0, 15, 255, 4095)
+#: Above this many points the plot is drawn as an image of pixels (pyqtgraph's scatter
+#: needs about a second for 200,000 points); each pixel shows the worst jump it holds.
+MAX_SCATTER = 20_000
+IMAGE_SIZE = (1200, 800)
+
+
+def jump_classes(slots: np.ndarray) -> np.ndarray:
+    """Class 0-4 per point: how far a sequential read jumps to reach it (0 = in order)."""
+    if slots.size == 0:
+        return np.zeros(0, dtype=np.uint8)
+    jump = np.zeros(slots.size, dtype=np.int64)
+    jump[1:] = np.abs(np.diff(slots.astype(np.int64)) - 1)
+    return np.searchsorted(np.array(JUMP_BOUNDS), jump, side="left").astype(np.uint8)
+
+
+def density_image(blocks: np.ndarray, slots: np.ndarray, classes: np.ndarray, guest: int,
+                  top_slot: int, size: tuple[int, int] = IMAGE_SIZE) -> np.ndarray:
+    """RGBA (height x width) of the scatter: each pixel coloured by the worst jump in it.
+
+    The worst, not the most common, jump: a pixel holding one long seek among in-order blocks
+    should show the seek (it is what costs time), and empty pixels stay transparent.
+    """
+    width, height = size
+    xi = np.clip(blocks * width // max(guest, 1), 0, width - 1)
+    yi = np.clip(slots * height // max(top_slot + 1, 1), 0, height - 1)
+    grid = np.full(width * height, -1, dtype=np.int8)
+    np.maximum.at(grid, yi * width + xi, classes.astype(np.int8))
+    palette = np.array([[QColor(c).red(), QColor(c).green(), QColor(c).blue(), 255]
+                        for c in theme.JUMP_COLOURS], dtype=np.uint8)
+    rgba = np.zeros((width * height, 4), dtype=np.uint8)
+    filled = grid >= 0
+    rgba[filled] = palette[grid[filled]]
+    return rgba.reshape(height, width, 4)
+
+
+def layer_points(entries_row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(guest blocks, slots) of the allocated entries of one layer, in guest order."""
+    blocks = np.flatnonzero(entries_row < 0xFFFFFFFE)
+    return blocks, entries_row[blocks].astype(np.int64)
+
+
+class HostStrip(QWidget):
+    """The host file drawn along its length, one coloured band per host extent."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.extents: HostExtents | None = None
+        self.file_size = 0
+        self.setMinimumHeight(28)
+        self.setMouseTracking(True)
+        self.setToolTip("The host file from its first byte (left) to its last (right); each "
+                        "band is one extent on the host disk. Gaps are holes (sparse areas).")
+
+    def set_extents(self, extents: HostExtents | None, file_size: int) -> None:
+        """Show ``extents`` of a file of ``file_size`` bytes."""
+        self.extents = extents
+        self.file_size = file_size
+        self.update()
+
+    def paintEvent(self, event: QPaintEvent) -> None:
+        """Qt override."""
+        del event
+        painter = QPainter(self)
+        rect = QRectF(self.rect()).adjusted(0.5, 0.5, -0.5, -0.5)
+        painter.fillRect(rect, theme.free_colour())
+        ext = self.extents
+        if ext is not None and ext.available and self.file_size > 0:
+            scale = rect.width() / max(self.file_size, 1)
+            colours = (QColor("#3b7dd8"), QColor("#f28e2b"))
+            for i, e in enumerate(ext.extents):
+                x = rect.left() + e.logical * scale
+                w = max(e.length * scale, 1.0)
+                painter.fillRect(QRectF(x, rect.top(), w, rect.height()), colours[i % 2])
+        painter.setPen(theme.foreground())
+        painter.drawRect(rect)
+        painter.end()
+
+    def mouseMoveEvent(self, event: QMouseEvent) -> None:
+        """Qt override: name the extent under the pointer."""
+        ext = self.extents
+        if ext is None or not ext.available or self.file_size <= 0:
+            return
+        at = event.position().x() / max(self.width(), 1) * self.file_size
+        for i, e in enumerate(ext.extents):
+            if e.logical <= at < e.logical + e.length:
+                QToolTip.showText(event.globalPosition().toPoint(),
+                                  f"Extent {i + 1} of {ext.count}: file bytes "
+                                  f"{human_size(e.logical)}–{human_size(e.logical + e.length)} "
+                                  f"({human_size(e.length)}) at host byte 0x{e.physical:X}",
+                                  self)
+                return
+
+
+class FragmentationView(QWidget):
+    """The fragmentation tab: a layer picker, the scatter, figures, host strip, a paragraph."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.analysis: Analysis | None = None
+        self.labels: list[str] = []
+        self.block_size = 1 << 20
+        self.points: tuple[np.ndarray, np.ndarray, np.ndarray] = (
+            np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.uint8))
+        self.sampled = False
+
+        self.layer_box = QComboBox()
+        self.layer_box.setToolTip("Which layer's file to plot (each file has its own slots)")
+        self.layer_box.currentIndexChanged.connect(self._show_layer)
+        self.plot = pg.PlotWidget(enableMenu=False)
+        self.plot.hideButtons()
+        self.plot.setLabel("bottom", "guest block (position on the virtual disk)")
+        self.plot.setLabel("left", "physical slot in the file")
+        self.plot.setMinimumHeight(200)
+        # One scatter item per jump class, each with a single brush: per-point brush lists
+        # make pyqtgraph ~20x slower, and 200,000 points must draw in well under 100 ms.
+        self.scatters = [pg.ScatterPlotItem(size=4, pen=None, pxMode=True,
+                                            brush=pg.mkBrush(QColor(colour)))
+                         for colour in theme.JUMP_COLOURS]
+        for item in self.scatters:
+            self.plot.addItem(item)
+        self.density = pg.ImageItem()
+        self.density.setVisible(False)
+        self.plot.addItem(self.density)
+
+        self.legend = QLabel()
+        self.legend.setTextFormat(Qt.TextFormat.RichText)
+        self.legend.setWordWrap(True)
+        self.figures = QFormLayout()
+        self.figure_labels: dict[str, QLabel] = {}
+        for key, title, tip in (
+            ("allocated", "Blocks in this file", "Allocated blocks of the selected layer"),
+            ("discontinuities", "Jumps (seeks)", "Times the next guest block is not in the "
+                                                  "next slot of the file"),
+            ("longest", "Longest in-order run", "The most blocks read without a jump"),
+            ("share", "In order", "Share of block-to-block steps that need no jump"),
+            ("mean", "Mean jump", "Average distance of the jumps, in slots"),
+            ("chain", "Whole chain", "A sequential read of the whole disk through all layers"),
+            ("host", "Host extents", "Pieces the host filesystem keeps the file in"),
+        ):
+            label = QLabel("—")
+            label.setToolTip(tip)
+            label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+            name = QLabel(title + ":")
+            name.setToolTip(tip)
+            self.figures.addRow(name, label)
+            self.figure_labels[key] = label
+        self.strip = HostStrip()
+        self.paragraph = QLabel()
+        self.paragraph.setWordWrap(True)
+        self.paragraph.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+
+        head = QHBoxLayout()
+        head.addWidget(QLabel("Layer:"))
+        head.addWidget(self.layer_box, 1)
+        side = QVBoxLayout()
+        side.addLayout(self.figures)
+        side.addStretch(1)
+        middle = QHBoxLayout()
+        middle.addWidget(self.plot, 3)
+        middle.addLayout(side, 1)
+        layout = QVBoxLayout(self)
+        layout.addLayout(head)
+        layout.addWidget(self.legend)
+        layout.addLayout(middle, 1)
+        layout.addWidget(QLabel("Host file extents of the selected layer:"))
+        layout.addWidget(self.strip)
+        layout.addWidget(self.paragraph)
+        self._update_legend()
+
+    def _update_legend(self) -> None:
+        parts = []
+        for colour, text in zip(theme.JUMP_COLOURS, theme.JUMP_LABELS, strict=True):
+            parts.append(f'<span style="color:{colour}">&#9679;</span>&nbsp;{text}&nbsp;&nbsp; ')
+        self.legend.setText("Colour = jump a sequential read makes to reach the block: "
+                            + "".join(parts))
+
+    def clear(self) -> None:
+        """Show nothing."""
+        self.analysis = None
+        self.layer_box.blockSignals(True)
+        self.layer_box.clear()
+        self.layer_box.blockSignals(False)
+        for item in self.scatters:
+            item.clear()
+        self.strip.set_extents(None, 0)
+        for label in self.figure_labels.values():
+            label.setText("—")
+        self.paragraph.setText("")
+
+    def set_data(self, analysis: Analysis, labels: list[str], host: tuple[HostExtents, ...],
+                 block_size: int) -> None:
+        """Show a chain's analysis; picks the layer with the most data first."""
+        self.analysis = analysis
+        self.labels = list(labels)
+        self.host = host
+        self.block_size = block_size
+        self.plot.setBackground(theme.background())
+        for name in ("left", "bottom"):
+            axis = self.plot.getPlotItem().getAxis(name)
+            axis.setTextPen(pg.mkPen(theme.foreground()))
+            axis.setPen(pg.mkPen(theme.foreground()))
+        self.layer_box.blockSignals(True)
+        self.layer_box.clear()
+        for i, label in enumerate(labels):
+            stats = analysis.layer_stats[i]
+            self.layer_box.addItem(f"{i}: {label} ({stats.allocated:,} blocks)")
+        biggest = int(np.argmax([s.allocated for s in analysis.layer_stats])) if labels else 0
+        self.layer_box.setCurrentIndex(biggest)
+        self.layer_box.blockSignals(False)
+        self._show_layer(biggest)
+
+    @property
+    def layer(self) -> int:
+        """The layer shown."""
+        return self.layer_box.currentIndex()
+
+    def _show_layer(self, index: int) -> None:
+        analysis = self.analysis
+        if analysis is None or not 0 <= index < len(self.labels):
+            return
+        blocks, slots = layer_points(analysis.entries[index])
+        classes = jump_classes(slots)
+        self.points = (blocks, slots, classes)
+        guest = analysis.serving.size
+        top_slot = int(slots.max()) if slots.size else 0
+        self.sampled = blocks.size > MAX_SCATTER
+        if self.sampled:
+            for item in self.scatters:
+                item.clear()
+            image = density_image(blocks, slots, classes, guest, top_slot)
+            self.density.setImage(image, autoLevels=False, levels=(0, 255))
+            self.density.setRect(QRectF(0, 0, max(guest, 1), top_slot + 1))
+            self.density.setVisible(True)
+        else:
+            self.density.setVisible(False)
+            xs, ys = blocks + 0.5, slots + 0.5
+            for cls, item in enumerate(self.scatters):
+                mask = classes == cls
+                item.setData(x=xs[mask], y=ys[mask])
+        self.plot.setXRange(0, max(guest, 1), padding=0.02)
+        self.plot.setYRange(0, top_slot + 1, padding=0.02)
+        frag = analysis.layer_frag[index]
+        f = self.figure_labels
+        size = human_size(frag.allocated * self.block_size)
+        f["allocated"].setText(f"{frag.allocated:,} ({size})"
+                               + (" — drawn as pixels" if self.sampled else ""))
+        f["discontinuities"].setText(f"{frag.discontinuities:,}")
+        f["longest"].setText(f"{frag.longest_run:,} blocks "
+                             f"({human_size(frag.longest_run * self.block_size)})")
+        f["share"].setText(f"{frag.in_order_share:.0%}")
+        f["mean"].setText(f"{frag.mean_jump:,.1f} slots" if frag.discontinuities else "no jumps")
+        chain = analysis.chain_frag
+        f["chain"].setText(f"{chain.discontinuities:,} jumps over {chain.allocated:,} blocks "
+                           f"({chain.in_order_share:.0%} in order)")
+        host = self.host[index] if index < len(self.host) else None
+        size = analysis.layer_stats[index].file_size
+        self.strip.set_extents(host, size)
+        if host is None:
+            f["host"].setText("—")
+        elif host.available:
+            f["host"].setText(f"{host.count:,}" + (" or more" if host.truncated else ""))
+        else:
+            f["host"].setText(f"not available: {host.reason}")
+        self.paragraph.setText(self.explain(index))
+
+    def explain(self, index: int) -> str:
+        """The plain-words paragraph for layer ``index`` and the chain."""
+        analysis = self.analysis
+        if analysis is None:
+            return ""
+        frag = analysis.layer_frag[index]
+        chain = analysis.chain_frag
+        name = self.labels[index]
+        bs = self.block_size
+        if frag.allocated == 0:
+            text = f"{name} holds no data blocks of its own, so it adds no jumps."
+        elif frag.discontinuities == 0:
+            text = (f"{name} stores its {frag.allocated:,} blocks exactly in guest order: a "
+                    "sequential read of them never jumps inside the file.")
+        else:
+            text = (f"A sequential read of the blocks stored in {name} jumps "
+                    f"{frag.discontinuities:,} times inside the file; "
+                    f"{frag.in_order_share:.0%} of the steps go straight to the next slot, "
+                    f"and the longest stretch read without a jump is {frag.longest_run:,} "
+                    f"blocks ({human_size(frag.longest_run * bs)}).")
+        layers = len(self.labels)
+        if layers > 1:
+            text += (f" Reading the whole disk through all {layers} layers jumps "
+                     f"{chain.discontinuities:,} times (between slots and between files).")
+        host = self.host[index] if index < len(self.host) else None
+        if host is not None and host.available:
+            text += (f" On the host, the file lies in {host.count:,} "
+                     f"extent{'s' if host.count != 1 else ''}"
+                     + (", so the host disk adds little seeking of its own." if host.count <= 4
+                        else "; defragmenting the host file would reduce seeks further."))
+        if frag.discontinuities and frag.in_order_share < 0.8:
+            text += (" A clone, which copies the blocks in guest order, would remove these "
+                     "jumps.")
+        return text
+
+
+def chain_fragmentation(analysis: Analysis) -> str:
+    """One line for the Overview: the chain's sequential-read figure."""
+    f = analysis.chain_frag if analysis is not None else fragmentation(np.zeros(0, np.uint32))
+    return f"{f.discontinuities:,} jumps, {f.in_order_share:.0%} in order"
