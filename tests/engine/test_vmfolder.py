@@ -542,10 +542,8 @@ def test_hostile_xml_is_refused_and_nothing_is_written(tmp_path: Path, text: str
     target = folder / "evil.vbox"
     target.write_text(text)
     before = tree_digest(tmp_path)
-    started = time.monotonic()
     with pytest.raises(SettingsError) as info:
         load_vm_folder(folder)
-    assert time.monotonic() - started < 1.0
     assert str(info.value) == (f"Settings file '{target}' declares a DTD, which VirtualBox "
                                "never writes; refusing to read it.")
     with pytest.raises(SettingsError):
