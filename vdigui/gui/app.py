@@ -1,6 +1,7 @@
 """Start vdigui: command line, QApplication, error hooks, palettes, and the screenshot mode.
 
-``vdigui [PATH] [--demo] [--screenshot OUT.png [--select NAME] [--tab TAB] [--size WxH]]``
+``vdigui [PATH] [--demo] [--screenshot OUT.png [--select NAME] [--tab TAB] [--size WxH]
+[--wizard KIND [--target NAME] --page PAGE]]``
 
 The screenshot mode renders the window offscreen (no display needed), waits until loading and
 analysis have finished, writes the PNG and exits 0; the README's pictures come from it. It uses
@@ -19,6 +20,8 @@ from pathlib import Path
 from vdigui import __version__
 
 TABS = ("overview", "header", "blockmap", "fragmentation")
+WIZARDS = ("compact", "clone", "delete-snapshot", "repair")
+WIZARD_PAGES = ("intro", "options", "preview", "run", "result")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -37,6 +40,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="with --screenshot: the tab to show")
     parser.add_argument("--size", default="1400x900", metavar="WxH",
                         help="with --screenshot: the window size in pixels")
+    parser.add_argument("--wizard", choices=WIZARDS,
+                        help="with --screenshot: render a page of this operation's wizard "
+                        "(with real plan data; nothing is written)")
+    parser.add_argument("--target", metavar="NAME",
+                        help="with --wizard: the snapshot or image to act on (default: the "
+                        "first suitable one)")
+    parser.add_argument("--page", choices=WIZARD_PAGES, default="intro",
+                        help="with --wizard: the page to render")
     parser.add_argument("--theme", choices=("system", "light", "dark"),
                         help="colour palette (default: the last one chosen, else system)")
     parser.add_argument("--version", action="version", version=f"vdigui {__version__}")
@@ -52,6 +63,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--select and --tab only apply with --screenshot")
     if args.screenshot is not None and args.path is None and not args.demo:
         parser.error("--screenshot needs a PATH or --demo")
+    if args.wizard is None and (args.target or args.page != "intro"):
+        parser.error("--target and --page only apply with --wizard")
+    if args.wizard is not None and args.screenshot is None:
+        parser.error("--wizard only applies with --screenshot")
     return args
 
 
@@ -97,6 +112,11 @@ def main(argv: list[str] | None = None) -> int:
     theme = args.theme or str(settings.value("theme", "system"))
     apply_theme(theme if args.screenshot is None or args.theme else "light")
 
+    if args.wizard is not None:
+        status = _wizard_screenshot(args)
+        if scratch is not None:
+            scratch.cleanup()
+        return status
     window = MainWindow(settings)
     if args.screenshot is not None:
         status = _screenshot(app, window, args)
@@ -147,6 +167,23 @@ def _quiet_offscreen_notes() -> None:
 
 def _print_error(_parent: object, title: str, text: str, _details: str) -> None:
     print(f"vdigui: error: {title}: {text}", file=sys.stderr)
+
+
+def _wizard_screenshot(args: argparse.Namespace) -> int:
+    """Render one wizard page (``--wizard``) with real plan data; never writes to the disks."""
+    from vdigui.engine import VdiError
+    from vdigui.engine.demo import build_demo_vm
+    from vdigui.gui.wizards import render_wizard_screenshot
+
+    source = build_demo_vm() if args.demo else args.path
+    try:
+        render_wizard_screenshot(args.wizard, source, args.target, args.page, args.screenshot,
+                                 (args.width, args.height))
+    except (VdiError, OSError, ValueError) as exc:
+        print(f"vdigui: error: {exc}", file=sys.stderr)
+        return 1
+    print(args.screenshot)
+    return 0
 
 
 def _screenshot(app: object, window: object, args: argparse.Namespace) -> int:

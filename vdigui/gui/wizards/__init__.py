@@ -1,0 +1,44 @@
+"""Wizards for the operations that change disks: compact, clone/convert, delete snapshot, repair.
+
+Integration API (the main window and ``app.py`` use only these names):
+
+- :func:`install_operation_actions` adds the Operations menu, toolbar actions with shortcuts
+  and tooltips, context-menu actions, the busy lock and the close guard to a main window.
+- :func:`operation_availability` says, fast, which operations can run on a selection and why
+  not (the reasons are the engine's refusal sentences).
+- :func:`render_wizard_screenshot` renders one page of one wizard offscreen (``--wizard``).
+"""
+
+from __future__ import annotations
+
+from vdigui.gui.wizards.actions import OperationActions, install_operation_actions, selection_of
+from vdigui.gui.wizards.base import OperationWizard, Outcome
+from vdigui.gui.wizards.clone import CloneWizard
+from vdigui.gui.wizards.compact import CompactWizard
+from vdigui.gui.wizards.delete_snapshot import DeleteSnapshotWizard
+from vdigui.gui.wizards.repair import RepairWizard
+from vdigui.gui.wizards.screenshot import render_wizard_screenshot, wizard_class
+from vdigui.gui.wizards.targets import (
+    OPERATIONS,
+    Target,
+    operation_availability,
+    resolve_target,
+)
+
+__all__ = [
+    "OPERATIONS",
+    "CloneWizard",
+    "CompactWizard",
+    "DeleteSnapshotWizard",
+    "OperationActions",
+    "OperationWizard",
+    "Outcome",
+    "RepairWizard",
+    "Target",
+    "install_operation_actions",
+    "operation_availability",
+    "render_wizard_screenshot",
+    "resolve_target",
+    "selection_of",
+    "wizard_class",
+]
