@@ -103,6 +103,11 @@ def light_palette() -> QPalette:
     p.setColor(role.HighlightedText, QColor("#ffffff"))
     p.setColor(role.Link, QColor("#0b5cad"))
     p.setColor(role.PlaceholderText, QColor("#6e7781"))
+    # setColor(role, ...) sets every colour group, so disabled controls would look enabled.
+    disabled = QPalette.ColorGroup.Disabled
+    for r in (role.WindowText, role.Text, role.ButtonText):
+        p.setColor(disabled, r, QColor("#9aa1a9"))
+    p.setColor(disabled, role.Button, QColor("#eef0f2"))
     return p
 
 
