@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
 import time
 import uuid as uuidlib
 from pathlib import Path
+from typing import Any
 
 import pytest
 from builders import MIB, build_image, folder_state, model_read, pattern
@@ -215,3 +217,73 @@ def test_real_ctrl_c_cancels_a_clone_at_the_next_block(tmp_path: Path) -> None:
         "vdictl: Cancelled: nothing was changed and no clone was left behind."), err
     assert "Traceback" not in err
     assert list(out_dir.iterdir()) == []
+
+
+# -- filesystem-aware: usage, compact --fs-aware, clone --fs-aware, journal recovery ----------
+@pytest.fixture(scope="module")
+def guest_disk(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    sys.path.insert(0, str(REPO / "tests" / "engine" / "operations"))
+    from fsaware_disk import build_guest_disk
+
+    return build_guest_disk(tmp_path_factory.mktemp("fsaware"))
+
+
+def test_usage_text_and_json(capsys: pytest.CaptureFixture[str], guest_disk: Any) -> None:
+    code, out, err = run(capsys, "usage", str(guest_disk.vdi))
+    assert code == 0, err
+    for word in ("Guest uses", "partly used", "Zero blocks alone", "FS-aware", "ext4",
+                 "ntfs", "fat16", "MBR #3"):
+        assert word in out, word
+    code, out, err = run(capsys, "usage", str(guest_disk.vdi), "--json")
+    doc = json.loads(out)
+    kinds = [v["kind"] for v in doc["usage"]["volumes"]]
+    assert {"ext4", "ntfs", "fat16", "partition-table", "free"} <= set(kinds)
+    blocks = doc["usage"]["blocks"]
+    assert blocks["unused"] + blocks["partly"] + blocks["full"] == blocks["blocks"] == 96
+    assert 60 < doc["forecast"]["fs_unused_blocks"] <= blocks["unused"]
+    assert doc["forecast"]["bytes_fs_aware"] > 60 * MIB
+
+
+def test_compact_fs_aware(capsys: pytest.CaptureFixture[str], guest_disk: Any,
+                          tmp_path: Path) -> None:
+    path = Path(shutil.copy(guest_disk.vdi, tmp_path / "g.vdi"))
+    code, out, err = run(capsys, "compact", str(path), "--fs-aware", "--dry-run")
+    assert code == 0, err
+    assert "filesystem-aware" in out and "Unused by guest" in out and "-> ZERO" in out
+    assert "Kept whole: nothing" in out
+    size = path.stat().st_size
+    code, out, err = run(capsys, "compact", str(path), "--fs-aware")
+    assert code == 0, err
+    assert "unused by the guest dropped" in out and "verified" in out
+    assert path.stat().st_size < size - 60 * MIB
+
+
+def test_compact_fs_aware_dry_run_names_kept_volumes(capsys: pytest.CaptureFixture[str],
+                                                     tmp_path: Path) -> None:
+    """A disk without a filesystem vdigui understands: kept whole, and the preview says why."""
+    path = image(tmp_path)
+    code, out, err = run(capsys, "compact", str(path), "--fs-aware", "--dry-run")
+    assert code == 0, err
+    assert "Kept whole:\n  whole disk (unknown" in out
+
+
+def test_clone_fs_aware(capsys: pytest.CaptureFixture[str], guest_disk: Any,
+                        tmp_path: Path) -> None:
+    dest = tmp_path / "c.vdi"
+    code, out, err = run(capsys, "clone", str(guest_disk.vdi), str(dest), "--fs-aware")
+    assert code == 0, err
+    assert "unused by the guest left out" in out
+    assert dest.stat().st_size < guest_disk.vdi.stat().st_size - 60 * MIB
+
+
+def test_writing_commands_recover_an_interrupted_operation(
+        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from vdigui.engine.operations import journal
+
+    path = image(tmp_path)
+    journal.Journal.begin(tmp_path, "merge", {}, "merge of something")
+    code, _out, err = run(capsys, "compact", str(path), "--dry-run")
+    assert code == 0, err
+    assert "An interrupted vdigui operation (merge of something) was found and rolled back" \
+        in err
+    assert not journal.journal_path(tmp_path).exists()

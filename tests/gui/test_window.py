@@ -378,11 +378,11 @@ def test_screenshot_writes_a_png_of_the_asked_size(tmp_path: Path, tab: str) -> 
 
 def test_demo_builds_once_and_opens(qtbot: Any, window: MainWindow, tmp_path: Path,
                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    from vdigui.engine.demo import build_demo_vm
+    from vdigui.engine.demo import DEMO_VERSION, build_demo_vm
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     folder = build_demo_vm()
-    assert folder == tmp_path / "cache" / "vdigui" / "demo" / "v1" / "Demo VM"
+    assert folder == tmp_path / "cache" / "vdigui" / "demo" / f"v{DEMO_VERSION}" / "Demo VM"
     state = folder_state(folder)
     assert build_demo_vm() == folder and folder_state(folder) == state  # reused, not rebuilt
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".building")]

@@ -1,8 +1,11 @@
-"""Commands that change images: compact, clone, convert.
+"""Commands that change images: compact, clone, convert; and ``usage``, their guest-side preview.
 
 Each command plans first (fast, read-only), prints the plan with ``--dry-run``, and otherwise
 runs it with progress on stderr. While an operation runs, Ctrl-C cancels it at the next block
-(exit status 130) and the message says what state the data is in.
+(exit status 130) and the message says what state the data is in. Before planning, each of
+them finishes or rolls back an interrupted snapshot deletion (or merge, repair, undo) in the
+VM folder the image belongs to: planning on a half-merged chain would describe files that are
+about to change.
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import numpy as np
 
 from vdigui.cli.common import Context, add_source_arguments, human_size, print_json, resolve_source
 from vdigui.engine.errors import OperationCancelled, OperationRefused
+from vdigui.engine.guestfs import ReclaimForecast, UsageMap
+from vdigui.engine.operations import journal
 from vdigui.engine.operations.clone import ClonePlan, CloneResult, plan_clone, run_clone
 from vdigui.engine.operations.compact import (
     CompactPlan,
@@ -26,6 +31,7 @@ from vdigui.engine.operations.compact import (
     run_compact,
 )
 from vdigui.engine.operations.convert import ConvertPlan, ConvertResult, plan_convert, run_convert
+from vdigui.engine.usage_report import BlockUseSummary, UsageReport, usage_report, vm_folder_of
 
 
 def register(sub: Any) -> None:
@@ -40,6 +46,7 @@ def register(sub: Any) -> None:
                    help="read the image and show what would change, without changing it")
     p.add_argument("--defrag", action="store_true",
                    help="also put the blocks in guest order (rebuilds the file beside it)")
+    _fs_flags(p, "drop")
     _common_flags(p)
     p.set_defaults(func=cmd_compact)
 
@@ -53,6 +60,7 @@ def register(sub: Any) -> None:
     p.add_argument("--keep-uuid", action="store_true",
                    help="keep the source's UUID (never register both with VirtualBox)")
     p.add_argument("--dry-run", action="store_true", help="show the plan only")
+    _fs_flags(p, "leave out")
     _common_flags(p)
     p.set_defaults(func=cmd_clone)
 
@@ -66,6 +74,27 @@ def register(sub: Any) -> None:
     _common_flags(p)
     p.set_defaults(func=cmd_convert)
 
+    p = sub.add_parser(
+        "usage", help="what the guest's filesystems use, and what compaction would reclaim",
+        description="Reads the partition table and the filesystems' own allocation maps "
+        "(ext2/3/4, NTFS, FAT, LVM2, swap) of the disk as SOURCE shows it, and forecasts what "
+        "plain and filesystem-aware compaction of its last image would reclaim. Reads every "
+        "block the image stores (to find the all-zero ones); changes nothing.")
+    add_source_arguments(p)
+    p.add_argument("--discard-swap", action="store_true",
+                   help="count swap contents (not its header) as unused")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_usage)
+
+
+def _fs_flags(p: argparse.ArgumentParser, verb: str) -> None:
+    p.add_argument("--fs-aware", action="store_true",
+                   help=f"also {verb} blocks the guest's filesystems do not use (read from "
+                   "their allocation maps; volumes not understood are kept whole)")
+    p.add_argument("--discard-swap", action="store_true",
+                   help="with --fs-aware: also drop swap contents (keeps the swap header; "
+                   "never for a hibernation image)")
+
 
 def _common_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-verify", action="store_true",
@@ -76,6 +105,11 @@ def _common_flags(p: argparse.ArgumentParser) -> None:
 # -- rendering ------------------------------------------------------------------------------
 def to_jsonable(value: Any) -> Any:
     """Plans and results as plain JSON values (paths and UUIDs as text, arrays as lists)."""
+    if isinstance(value, UsageMap):
+        return usage_jsonable(value)
+    if isinstance(value, ReclaimForecast):
+        return {**{f.name: getattr(value, f.name) for f in dataclasses.fields(value)},
+                "bytes_plain": value.bytes_plain(), "bytes_fs_aware": value.bytes_fs_aware()}
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         out = {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
         for name in ("can_run", "bytes_reclaimed", "nothing_to_do"):
@@ -95,6 +129,79 @@ def to_jsonable(value: Any) -> Any:
 
 def _size(value: int) -> str:
     return f"{human_size(value)} ({value} bytes)"
+
+
+def usage_jsonable(usage: UsageMap, disk_size: int | None = None) -> dict[str, Any]:
+    """A usage map as JSON: volumes, notes and the per-block summary (not every block)."""
+    size = disk_size if disk_size is not None else len(usage.used_bytes) * usage.block_size
+    summary = BlockUseSummary.of(usage, size)
+    return {
+        "block_size": usage.block_size,
+        "volumes": [{f.name: to_jsonable(getattr(v, f.name)) for f in dataclasses.fields(v)}
+                    for v in usage.volumes],
+        "notes": list(usage.notes),
+        "blocks": dataclasses.asdict(summary),
+    }
+
+
+def _volume_line(v: Any) -> str:
+    what = v.kind + (f" '{v.label}'" if v.label else "")
+    use = ("kept whole" if v.kept_whole or v.used is None
+           else f"{human_size(v.used)} used, {human_size(v.free or 0)} free")
+    return f"{v.partition:<22} {what:<22} {human_size(v.size):>10}  {use}"
+
+
+def print_volumes(usage: UsageMap) -> None:
+    """The guest's volumes, one a line, each with the reasons it is kept whole."""
+    print("Volumes:")
+    for v in usage.volumes:
+        print(f"  {_volume_line(v)}")
+        for note in v.notes:
+            print(f"      {note}")
+    for note in usage.notes:
+        print(f"  Note: {note}")
+
+
+def kept_whole_lines(usage: UsageMap) -> list[str]:
+    """Every volume kept whole, with why (what --dry-run must explain)."""
+    out = []
+    for v in usage.volumes:
+        if v.kept_whole:
+            why = " ".join(v.notes) or "its contents are not understood."
+            out.append(f"{v.partition} ({v.kind}, {human_size(v.size)}) is kept whole: {why}")
+    return out
+
+
+def forecast_rows(fc: ReclaimForecast) -> list[tuple[str, str]]:
+    """The reclaim forecast as (label, value) rows."""
+    bs = fc.block_size
+    return [
+        ("Stored blocks", f"{fc.allocated_blocks} ({human_size(fc.allocated_blocks * bs)})"),
+        ("Zero blocks alone", f"{fc.zero_blocks} block(s), reclaims "
+                              f"{human_size(fc.bytes_plain())} (plain compact)"),
+        ("FS-aware", f"+{fc.fs_unused_blocks} unused by the guest, reclaims "
+                     f"{human_size(fc.bytes_fs_aware())} (compact --fs-aware)"),
+        ("Stays: partly used", f"{fc.partly_used_blocks} block(s) holding "
+                               f"{human_size(fc.partly_used_free_bytes)} of free space "
+                               "(defragmenting inside the guest could add this)"),
+    ]
+
+
+def print_usage_report(report: UsageReport) -> None:
+    """The human-readable ``vdictl usage`` output."""
+    s = report.summary
+    bs = report.usage.block_size
+    rows = [
+        ("Disk", " <- ".join(p.name for p in reversed(report.paths))),
+        ("Virtual size", _size(report.disk_size)),
+        ("Guest uses", f"{human_size(s.used_bytes)} "
+                       f"({100 * s.used_bytes / max(1, report.disk_size):.1f} %)"),
+        ("Blocks", f"{s.blocks} of {human_size(bs)}: {s.full} full, {s.partly} partly used, "
+                   f"{s.unused} unused"),
+        *forecast_rows(report.forecast),
+    ]
+    _rows("Guest usage", rows, (), ())
+    print_volumes(report.usage)
 
 
 def _rows(title: str, rows: list[tuple[str, str]], warnings: tuple[str, ...],
@@ -141,6 +248,9 @@ def print_compact_plan(plan: CompactPlan) -> None:
     ]
     if plan.differencing:
         rows.append(("Same as parent", same))
+    if plan.fs_aware:
+        rows.append(("Unused by guest", f"{plan.fs_blocks.size} -> ZERO"
+                     if plan.fs_blocks is not None else "not scanned"))
     rows += [
         ("Blocks rewritten" if plan.defrag else "Slots to move", str(plan.moves)),
         ("Size afterwards", f"{_size(plan.size_after)}, reclaims "
@@ -150,7 +260,16 @@ def print_compact_plan(plan: CompactPlan) -> None:
     ]
     if plan.nothing_to_do:
         rows.append(("Result", "already compact: nothing to do"))
-    _rows(f"Plan: compact {plan.path} ({mode})", rows, plan.warnings, plan.refusals)
+    if plan.forecast is not None:
+        rows += forecast_rows(plan.forecast)
+    title = f"Plan: compact {plan.path} ({mode}{', filesystem-aware' if plan.fs_aware else ''})"
+    _rows(title, rows, plan.warnings, plan.refusals)
+    if plan.usage is not None:
+        print_volumes(plan.usage)
+        kept = kept_whole_lines(plan.usage)
+        print("Kept whole:" if kept else "Kept whole: nothing (every volume was understood)")
+        for line in kept:
+            print(f"  {line}")
 
 
 def print_clone_plan(plan: ClonePlan) -> None:
@@ -164,11 +283,16 @@ def print_clone_plan(plan: ClonePlan) -> None:
         ("Blocks with data", f"{plan.data_blocks} of {plan.guest_blocks} (all-zero ones are "
                              "not stored)" if not plan.fixed else
                              f"{plan.data_blocks} of {plan.guest_blocks}"),
+        *([("Unused by guest", f"{plan.fs_blocks} block(s) with data left out "
+                                "(--fs-aware)")] if plan.fs_aware else []),
         ("Clone size", ("" if plan.fixed else "at most ") + _size(plan.output_size)),
         ("Host space", f"{human_size(plan.space_needed)} needed, "
                        f"{human_size(plan.space_free)} free"),
     ]
     _rows("Plan: clone", rows, plan.warnings, plan.refusals)
+    if plan.usage is not None:
+        for line in kept_whole_lines(plan.usage):
+            print(f"  {line}")
 
 
 def print_convert_plan(plan: ConvertPlan) -> None:
@@ -202,11 +326,31 @@ def _emit_result(ctx: Context, result: Any, text: str) -> int:
 
 
 # -- commands -------------------------------------------------------------------------------
+def recover_interrupted(path: Path) -> None:
+    """Finish or roll back an interrupted journaled operation in ``path``'s VM folder.
+
+    The one place compact, clone and convert do this (``path`` is the image, or the VM
+    folder / .vbox a SOURCE names); what happened goes to stderr.
+    """
+    path = Path(path)
+    folder = (path if path.is_dir() else path.parent if path.suffix.lower() == ".vbox"
+              else vm_folder_of(path) or path.absolute().parent)
+    if not journal.journal_path(folder).exists():
+        return
+    result = journal.recover_pending(folder)
+    if result is not None:
+        print(f"vdictl: {result.message()}", file=sys.stderr)
+        for note in result.notes:
+            print(f"    {note}", file=sys.stderr)
+
+
 def cmd_compact(args: argparse.Namespace, ctx: Context) -> int:
-    """vdictl compact IMAGE [--dry-run] [--defrag] [--no-verify]."""
+    """vdictl compact IMAGE [--dry-run] [--defrag] [--fs-aware [--discard-swap]]."""
+    recover_interrupted(args.image)
     ctx.cancel_cleanly = True  # a --dry-run scan is cancellable too
     plan = plan_compact(args.image, defrag=args.defrag, scan=args.dry_run,
-                        progress=ctx.progress, cancel=ctx.token)
+                        progress=ctx.progress, cancel=ctx.token, fs_aware=args.fs_aware,
+                        discard_swap=args.discard_swap)
     if args.dry_run:
         return _emit_plan(ctx, plan, print_compact_plan)
     if plan.refusals:
@@ -232,7 +376,9 @@ def cmd_compact(args: argparse.Namespace, ctx: Context) -> int:
         text = (f"{how} {result.path.name}: {human_size(result.size_before)} -> "
                 f"{human_size(result.size_after)} (reclaimed "
                 f"{human_size(result.bytes_reclaimed)}); {result.zero_blocks} all-zero "
-                f"block(s) dropped{parent}, {result.moved_blocks} "
+                f"block(s) dropped{parent}"
+                + (f", {result.fs_blocks} unused by the guest dropped" if plan.fs_aware else "")
+                + f", {result.moved_blocks} "
                 f"{'rewritten' if result.defragmented else 'moved'}"
                 + (f", {result.sanitised_blocks} bad map entries cleared"
                    if result.sanitised_blocks else "")
@@ -242,8 +388,10 @@ def cmd_compact(args: argparse.Namespace, ctx: Context) -> int:
 
 def cmd_clone(args: argparse.Namespace, ctx: Context) -> int:
     """vdictl clone SOURCE DEST [--fixed] [--keep-uuid] [--snapshot NAME | --current]."""
+    recover_interrupted(args.source)
     paths = resolve_source(args.source, args.snapshot, args.current, args.disk)
-    plan = plan_clone(paths, args.dest, fixed=args.fixed, keep_uuid=args.keep_uuid)
+    plan = plan_clone(paths, args.dest, fixed=args.fixed, keep_uuid=args.keep_uuid,
+                      fs_aware=args.fs_aware, discard_swap=args.discard_swap)
     if args.dry_run:
         return _emit_plan(ctx, plan, print_clone_plan)
     if plan.refusals:
@@ -253,13 +401,16 @@ def cmd_clone(args: argparse.Namespace, ctx: Context) -> int:
     result: CloneResult = run_clone(plan, progress=ctx.progress, cancel=ctx.token,
                                     verify=not args.no_verify)
     text = (f"Cloned to {result.dest}: {'fixed' if plan.fixed else 'dynamic'}, "
-            f"{human_size(result.file_size)}, {result.stored_blocks} block(s) of data, UUID "
+            f"{human_size(result.file_size)}, {result.stored_blocks} block(s) of data"
+            + (f" ({result.fs_blocks} unused by the guest left out)" if plan.fs_aware else "")
+            + ", UUID "
             f"{result.uuid}; {_verified(result.verified, result.hash)}.")
     return _emit_result(ctx, result, text)
 
 
 def cmd_convert(args: argparse.Namespace, ctx: Context) -> int:
     """vdictl convert IMAGE --to fixed|dynamic."""
+    recover_interrupted(args.image)
     plan = plan_convert(args.image, args.to)
     if args.dry_run:
         return _emit_plan(ctx, plan, print_convert_plan)
@@ -272,3 +423,18 @@ def cmd_convert(args: argparse.Namespace, ctx: Context) -> int:
     text = (f"Converted {result.path.name} to {result.to}: {human_size(result.size_before)} -> "
             f"{human_size(result.size_after)}; {_verified(result.verified, result.hash)}.")
     return _emit_result(ctx, result, text)
+
+
+def cmd_usage(args: argparse.Namespace, ctx: Context) -> int:
+    """vdictl usage SOURCE [--snapshot NAME | --current] [--discard-swap] [--json]."""
+    paths = resolve_source(args.source, args.snapshot, args.current, args.disk)
+    ctx.cancel_cleanly = True
+    report = usage_report(paths, discard_swap=args.discard_swap, progress=ctx.progress,
+                          cancel=ctx.token)
+    if ctx.json:
+        print_json({"paths": [str(p) for p in report.paths], "disk_size": report.disk_size,
+                    "usage": usage_jsonable(report.usage, report.disk_size),
+                    "forecast": to_jsonable(report.forecast)})
+    else:
+        print_usage_report(report)
+    return 0

@@ -69,7 +69,7 @@ __all__ = [
 ]
 
 # Re-exports the GUI uses (appended by the GUI work; see issue 3).
-from vdigui.engine.analysis import (  # noqa: E402
+from vdigui.engine.analysis import (
     Analysis,
     FragStats,
     HostExtents,
@@ -82,7 +82,7 @@ from vdigui.engine.analysis import (  # noqa: E402
     locate,
     scan_zero_blocks,
 )
-from vdigui.engine.vmfolder import Problem, SnapshotNode, VmFolder, load_vm_folder  # noqa: E402
+from vdigui.engine.vmfolder import Problem, SnapshotNode, VmFolder, load_vm_folder
 
 __all__ += [
     "Analysis", "FragStats", "HostExtents", "ImageStats", "Location", "Problem", "SnapshotNode",

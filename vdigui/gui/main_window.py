@@ -35,6 +35,7 @@ from PySide6.QtWidgets import (
     QHeaderView,
     QLabel,
     QMainWindow,
+    QMenu,
     QMessageBox,
     QProgressBar,
     QPushButton,
@@ -58,6 +59,7 @@ from vdigui.gui.views.fragmentation import FragmentationView
 from vdigui.gui.views.header import MAP_PREVIEW_ENTRIES, HeaderView
 from vdigui.gui.views.locate import LocateDialog
 from vdigui.gui.views.overview import OverviewView
+from vdigui.gui.wizards import install_operation_actions, selection_of
 from vdigui.gui.workers import Runner, WorkerPool
 
 TABS = ("overview", "header", "blockmap", "fragmentation")
@@ -94,8 +96,28 @@ class MainWindow(QMainWindow):
         self.setAcceptDrops(True)
         self._build_widgets()
         self._build_actions()
+        self.operations = install_operation_actions(
+            self, lambda: self.session.vm if self.session is not None else None,
+            lambda: selection_of(self), self.reload)
+        for view in (self.snapshot_view, self.media_view):
+            view.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
+            view.customContextMenuRequested.connect(
+                lambda pos, v=view: self._tree_context_menu(v, pos))
         self._restore_state()
         self.show_welcome()
+
+    def _tree_context_menu(self, view: QTreeView, pos: Any) -> None:
+        """The operations that apply to the row under the mouse (disabled ones say why)."""
+        index = view.indexAt(pos)
+        if not index.isValid():
+            return
+        view.setCurrentIndex(index)
+        actions = self.operations.context_actions(selection_of(self))
+        if actions:
+            menu = QMenu(view)
+            menu.addActions(actions)
+            menu.setToolTipsVisible(True)
+            menu.exec(view.viewport().mapToGlobal(pos))
 
     # -- construction ----------------------------------------------------------------------
     def _build_widgets(self) -> None:
@@ -572,9 +594,10 @@ class MainWindow(QMainWindow):
                       "are shown as not served." if data.error else "")
             self.blockmap.set_data(labels, data.analysis.entries, data.analysis.serving,
                                    data.headers, data.zero_masks, notice, data.codes)
+            self.blockmap.set_usage(data.usage, data.usage_error)
         elif current is self.fragmentation:
             self.fragmentation.set_data(data.analysis, labels, data.host,
-                                        data.chain.block_size)
+                                        data.chain.block_size, data.usage)
 
     def _close_chain(self) -> None:
         if self.chain_data is not None:

@@ -45,6 +45,8 @@ from vdigui.engine import (
     read_header,
     resolve_chain,
 )
+from vdigui.engine.guestfs import UsageMap
+from vdigui.engine.usage_report import chain_usage
 from vdigui.gui.blockstates import layer_codes, served_codes
 
 #: Header bytes shown in the hex dump.
@@ -465,6 +467,9 @@ class ChainData:
         error: why the chain is incomplete ("" when complete); blocks a missing parent would
             serve show as not served.
         zero_masks: per layer, bool per guest block: allocated and all zero (after a scan).
+        usage: what the guest's filesystems use of each block, through the whole chain
+            (partition bar, guest-use row, volumes in the fragmentation tab); None when the
+            chain is incomplete or could not be analysed (``usage_error`` says why).
     """
 
     target: DiskNode
@@ -475,6 +480,8 @@ class ChainData:
     error: str = ""
     zero_masks: list[np.ndarray | None] = field(default_factory=list)
     codes: tuple[np.ndarray, np.ndarray] | None = None
+    usage: UsageMap | None = None
+    usage_error: str = ""
 
     @property
     def headers(self) -> tuple[VdiHeader, ...]:
@@ -536,11 +543,29 @@ def load_chain(session: Session, node: DiskNode, progress: ProgressFn | None = N
             hosts.append(host_extents(layer.path))
         raw = chain.top.read_raw(0, HEADER_BYTES)
         codes = (layer_codes(analysis.entries), served_codes(analysis.entries, analysis.serving))
+        usage, usage_error = guest_usage(chain, error, progress)
     except BaseException:
         chain.close()
         raise
     return ChainData(node, chain, analysis, tuple(hosts), raw, error,
-                     [None] * len(chain.layers), codes)
+                     [None] * len(chain.layers), codes, usage, usage_error)
+
+
+def guest_usage(chain: DiskChain, chain_error: str = "", progress: ProgressFn | None = None
+                ) -> tuple[UsageMap | None, str]:
+    """The guest filesystems' usage of ``chain`` (metadata reads only), or why there is none.
+
+    An incomplete chain is not analysed: blocks of the missing parent would read as zeros and
+    the filesystems found would be nonsense.
+    """
+    if chain_error:
+        return None, "The chain is incomplete, so the guest's filesystems cannot be read."
+    if progress is not None:
+        progress(Progress("reading the guest's filesystems", 0, 1))
+    try:
+        return chain_usage(chain), ""
+    except (VdiError, OSError, ValueError) as exc:
+        return None, f"The guest's filesystems could not be read: {exc}"
 
 
 def read_first_bytes(path: Path, size: int = HEADER_BYTES) -> bytes:

@@ -368,9 +368,19 @@ def read_served(chain: DiskChain, layer: int, entry: int, block: int) -> bytes |
 
 
 def guest_hash(chain: DiskChain, *, progress: ProgressFn, cancel: CancelToken | None,
-               phase: str = "verifying", cancel_message: str = NOTHING_CHANGED) -> str:
-    """sha256 of everything the guest sees on ``chain`` (reading each served block once)."""
+               phase: str = "verifying", cancel_message: str = NOTHING_CHANGED,
+               unused: np.ndarray | None = None) -> str:
+    """sha256 of everything the guest sees on ``chain`` (reading each served block once).
+
+    ``unused`` (bool per guest block) hashes those blocks as zeros without reading them: the
+    digest filesystem-aware operations compare, since they drop exactly those blocks and
+    promise only that every block the guest uses reads as before.
+    """
     layer, entry = serving(chain)
+    if unused is not None:
+        layer = layer.copy()
+        k = min(layer.size, unused.size)
+        layer[:k][unused[:k]] = -1
     bs = chain.block_size
     total = chain.guest_blocks
     hasher = GuestHasher(chain.disk_size, bs)

@@ -60,6 +60,7 @@ class RewriteStats:
         output_hash: sha256 of the output's guest content as read back from the file (equal
             to ``source_hash`` when every block read back identical), None when not
             verifying, or ``"structure: ..."`` / ``"content: ..."`` saying what differs.
+        dropped_blocks: blocks left out because the guest does not use them (``drop``).
     """
 
     stored: int
@@ -68,6 +69,7 @@ class RewriteStats:
     file_size: int
     source_hash: str | None
     output_hash: str | None
+    dropped_blocks: int = 0
 
     @property
     def verified(self) -> bool:
@@ -136,7 +138,8 @@ class _Prefetch:
 
 def rewrite(chain: DiskChain, out: Path, header: VdiHeader, *, keep_parent: bool,
             progress: ProgressFn, cancel: CancelToken | None, verify: bool,
-            cancel_message: str, phase: str = "copying blocks") -> RewriteStats:
+            cancel_message: str, phase: str = "copying blocks",
+            drop: np.ndarray | None = None) -> RewriteStats:
     """Write ``chain``'s guest content into the new file ``out`` with ``header``'s identity.
 
     Args:
@@ -151,6 +154,11 @@ def rewrite(chain: DiskChain, out: Path, header: VdiHeader, *, keep_parent: bool
             hiding the parent) and blocks identical to the parent become FREE. Otherwise the
             chain is flattened into a standalone base.
         verify: hash the source's guest content and the output's (read back) in this pass.
+        drop: bool per guest block the guest filesystems do not use (filesystem-aware): such
+            a block is neither read nor stored; with ``keep_parent`` a block this layer stores
+            becomes ZERO (never FREE, which would show the parent's stale bytes again). Both
+            digests count these blocks as zeros, so verification proves every block the guest
+            uses reads as before.
     """
     fixed = header.image_type == ImageType.FIXED
     bs = header.block_size
@@ -161,20 +169,24 @@ def rewrite(chain: DiskChain, out: Path, header: VdiHeader, *, keep_parent: bool
     mismatch: int | None = None  # first guest block whose readback differs
     top_index = len(chain.layers) - 1
     prefetch: _Prefetch | None = None
+    dropped = np.zeros(total, dtype=bool)
+    if drop is not None:
+        k = min(total, drop.size)
+        dropped[:k] = drop[:k]
     if keep_parent:
         layer, entry = serving(chain, upto=top_index)
         own = chain.top.block_map[:total]
     else:
         layer, entry = serving(chain)
         own = None
-        needed = np.flatnonzero((layer >= 0) & (entry != BLOCK_ZERO))
+        needed = np.flatnonzero((layer >= 0) & (entry != BLOCK_ZERO) & ~dropped)
         if needed.size > 1 and PREFETCH_BYTES > 0:
             prefetch = _Prefetch(chain, needed, layer, entry)
     new_map = (np.arange(header.blocks, dtype=np.uint32) if fixed
                else np.full(header.blocks, BLOCK_FREE, dtype=np.uint32))
     write_new_image(out, header, preallocate=fixed)
     fd = os.open(out, os.O_RDWR | getattr(os, "O_BINARY", 0))
-    stored = zero_blocks = parent_blocks = 0
+    stored = zero_blocks = parent_blocks = drop_count = 0
     data_offset = header.offset_data
     layers = chain.layers
 
@@ -197,7 +209,18 @@ def rewrite(chain: DiskChain, out: Path, header: VdiHeader, *, keep_parent: bool
             parent_layer = int(layer[block])
             parent_entry = int(entry[block])
             readback: bytes | None = None  # what the output shows (None: same as visible)
-            if own is not None and int(own[block]) != BLOCK_FREE:
+            if dropped[block]:
+                visible = zero
+                if own is not None:
+                    mine = int(own[block])
+                    if mine != BLOCK_FREE:
+                        new_map[block] = BLOCK_ZERO
+                        drop_count += mine != BLOCK_ZERO
+                elif parent_layer >= 0 and parent_entry != BLOCK_ZERO:
+                    drop_count += 1
+                if fixed and verify:
+                    readback = os.pread(fd, bs, data_offset + block * bs)
+            elif own is not None and int(own[block]) != BLOCK_FREE:
                 # Keeping the parent: this layer decides the block.
                 mine = int(own[block])
                 if mine == BLOCK_ZERO:
@@ -269,7 +292,8 @@ def rewrite(chain: DiskChain, out: Path, header: VdiHeader, *, keep_parent: bool
         os.close(fd)
         if before is not None:
             before.close()
-    return RewriteStats(stored, zero_blocks, parent_blocks, size, source_hash, output_hash)
+    return RewriteStats(stored, zero_blocks, parent_blocks, size, source_hash, output_hash,
+                        drop_count)
 
 
 def _start_writeback(fd: int) -> None:

@@ -5,6 +5,10 @@ through the whole chain, dynamic unless ``fixed`` is asked, with its blocks in g
 all-zero or unallocated blocks not stored. It gets a new uuidCreate (or the source's with
 ``keep_uuid``, which VirtualBox would reject if both were registered) and a fresh uuidModify.
 
+With ``fs_aware`` the blocks the guest's filesystems do not use are not stored either, even
+when they hold stale data (the guest sees zeros there); verification then requires the clone's
+filesystems to read back with the same usage map and every used block to read as the source's.
+
 Safety: the source is opened read-only; the clone is written to a hidden temporary file beside
 DEST, flushed once at the end, verified, and only then linked into place, never over an
 existing file. Cancel or failure removes the temporary file, so nothing is left behind.
@@ -14,7 +18,7 @@ from __future__ import annotations
 
 import uuid as uuidlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +27,7 @@ from vdigui.engine import format as fmt
 from vdigui.engine.chain import open_paths, resolve_chain
 from vdigui.engine.errors import OperationRefused, VdiError, VerificationError
 from vdigui.engine.format import BLOCK_ZERO, ImageType
+from vdigui.engine.guestfs import UsageMap
 from vdigui.engine.image import new_header
 from vdigui.engine.operations._common import (
     FileStamp,
@@ -37,6 +42,7 @@ from vdigui.engine.operations._common import (
 )
 from vdigui.engine.operations._rewrite import rewrite
 from vdigui.engine.progress import CancelToken, ProgressFn, no_progress
+from vdigui.engine.usage_report import chain_usage, same_usage, unused_mask
 
 CANCELLED = "Cancelled: nothing was changed and no clone was left behind."
 
@@ -63,6 +69,10 @@ class ClonePlan:
         refusals: sentences saying why the clone cannot run (empty: it can).
         warnings: sentences the user should read before running.
         stamps: the source files' state, so a run notices if they changed meanwhile.
+        fs_aware: leave out blocks the guest filesystems do not use.
+        discard_swap: with ``fs_aware``, leave out swap contents too (never hibernation).
+        usage: (fs_aware) the guest usage map of the source.
+        fs_blocks: (fs_aware) blocks with data the guest does not use (not stored).
     """
 
     source: Path
@@ -81,6 +91,10 @@ class ClonePlan:
     refusals: tuple[str, ...]
     warnings: tuple[str, ...]
     stamps: tuple[FileStamp, ...]
+    fs_aware: bool = False
+    discard_swap: bool = False
+    usage: UsageMap | None = field(default=None, compare=False, repr=False)
+    fs_blocks: int = 0
 
     @property
     def can_run(self) -> bool:
@@ -102,6 +116,7 @@ class CloneResult:
         source_size: total size of the source chain's files.
         hash: sha256 of the guest content (of the source, and of the clone when verified).
         verified: True when the clone was re-read and matched; None with verify off.
+        fs_blocks: blocks with data the guest does not use, left out (fs_aware).
     """
 
     dest: Path
@@ -113,6 +128,7 @@ class CloneResult:
     source_size: int
     hash: str | None
     verified: bool | None
+    fs_blocks: int = 0
 
 
 def _chain_paths(source: Path | str | Sequence[Path]) -> tuple[Path, tuple[Path, ...]]:
@@ -131,10 +147,12 @@ def _chain_paths(source: Path | str | Sequence[Path]) -> tuple[Path, tuple[Path,
 
 
 def plan_clone(source: Path | str | Sequence[Path], dest: Path | str, *, fixed: bool = False,
-               keep_uuid: bool = False) -> ClonePlan:
+               keep_uuid: bool = False, fs_aware: bool = False,
+               discard_swap: bool = False) -> ClonePlan:
     """Plan cloning ``source`` (a leaf image, or its chain's paths base first) to ``dest``.
 
-    Fast and read-only: it reads the headers and block maps, not the data.
+    Fast and read-only: it reads the headers and block maps, not the data (with ``fs_aware``
+    also the guest filesystems' metadata).
 
     Raises:
         VdiError: the source cannot be read at all (missing file, broken chain, bad header).
@@ -146,7 +164,13 @@ def plan_clone(source: Path | str | Sequence[Path], dest: Path | str, *, fixed: 
     with open_paths(paths) as chain:
         top = chain.top.header
         layer, entry = serving(chain)
-        data_blocks = int(np.count_nonzero((layer >= 0) & (entry != BLOCK_ZERO)))
+        data = (layer >= 0) & (entry != BLOCK_ZERO)
+        data_blocks = int(np.count_nonzero(data))
+        usage = chain_usage(chain, discard_swap=discard_swap) if fs_aware else None
+        fs_blocks = 0
+        if usage is not None:
+            fs_blocks = int(np.count_nonzero(data & unused_mask(usage)[: data.size]))
+            data_blocks -= fs_blocks
         stamps = tuple(FileStamp.of(p) for p in paths)
         disk_size, block_size, guest_blocks = chain.disk_size, chain.block_size, chain.guest_blocks
         header = _clone_header(top, fixed=fixed, uuid=top.uuid if keep_uuid else None,
@@ -179,7 +203,8 @@ def plan_clone(source: Path | str | Sequence[Path], dest: Path | str, *, fixed: 
         keep_uuid=keep_uuid, disk_size=disk_size, block_size=block_size,
         guest_blocks=guest_blocks, data_blocks=data_blocks, output_size=output_size,
         space_needed=output_size, space_free=free, refusals=tuple(refusals),
-        warnings=tuple(warnings), stamps=stamps)
+        warnings=tuple(warnings), stamps=stamps, fs_aware=fs_aware, discard_swap=discard_swap,
+        usage=usage, fs_blocks=fs_blocks)
 
 
 def _clone_header(source: fmt.VdiHeader, *, fixed: bool, uuid: uuidlib.UUID | None,
@@ -223,15 +248,23 @@ def run_clone(plan: ClonePlan, *, progress: ProgressFn = no_progress,
         with open_paths(plan.chain_paths) as chain:
             header = _clone_header(chain.top.header, fixed=plan.fixed, uuid=plan.uuid,
                                    disk_size=plan.disk_size, block_size=plan.block_size)
+            usage = (chain_usage(chain, discard_swap=plan.discard_swap) if plan.fs_aware
+                     else None)
             stats = rewrite(chain, tmp, header, keep_parent=False, progress=progress,
-                            cancel=cancel, verify=verify, cancel_message=CANCELLED)
+                            cancel=cancel, verify=verify, cancel_message=CANCELLED,
+                            drop=None if usage is None else unused_mask(usage))
             verified: bool | None = None
             if verify:
-                if not stats.verified:
+                problem = None
+                if stats.verified and usage is not None:
+                    with open_paths([tmp]) as clone:
+                        problem = same_usage(usage, chain_usage(
+                            clone, discard_swap=plan.discard_swap))
+                if not stats.verified or problem is not None:
                     raise VerificationError(
                         f"Verification failed: the clone of '{plan.source.name}' does not read "
-                        f"back as the source ({stats.mismatch}); it was deleted and the "
-                        "source is unchanged.")
+                        f"back as the source ({problem or stats.mismatch}); it was deleted and "
+                        "the source is unchanged.")
                 verified = True
             if cancel is not None:  # a cancel after the last block still means "no clone"
                 cancel.raise_if_cancelled(CANCELLED)
@@ -243,4 +276,4 @@ def run_clone(plan: ClonePlan, *, progress: ProgressFn = no_progress,
         dest=plan.dest, uuid=header.uuid, modify_uuid=header.modify_uuid,
         stored_blocks=stats.stored, zero_blocks=stats.zero_blocks, file_size=stats.file_size,
         source_size=sum(s.size for s in plan.stamps), hash=stats.source_hash,
-        verified=verified)
+        verified=verified, fs_blocks=stats.dropped_blocks)

@@ -19,6 +19,20 @@ interruption at any point the file reads as the same guest disk; cBlocksAllocate
 inflated (safe for VirtualBox and qemu, which allocate at cBlocksAllocated; ``qemu-img
 check`` reports it as a count mismatch) and a second compact finishes the job.
 
+With ``fs_aware`` (``vdictl compact --fs-aware``) step 2 also drops, as ZERO, every allocated
+block the guest's filesystems use none of (read from their own allocation maps on the merged
+view up to this image, :mod:`vdigui.engine.usage_report`), even when it holds stale data. ZERO
+and not FREE, also in a differencing image: FREE would make the guest see the parent's stale
+bytes there again (harmless to the filesystem, which does not read free blocks, but it makes
+the result depend on the parent, and a later merge would carry the stale parent data along);
+ZERO costs nothing and hides them for good. Verification then checks two things instead of the
+whole-disk digest (which differs by design): the filesystems of the result, re-read, give the
+same usage map -- checked right after the drops are durable and before any slot is reused, so
+a mismatch can still be undone by pointing the dropped entries back -- and the digest with
+every unused block counted as zeros is the same, i.e. every block the guest uses reads as
+before. A saved VM or an online snapshot whose chain includes the image is refused: its saved
+memory refers to blocks the on-disk maps may still call free.
+
 The header and map are backed up beside the image before the first write and the backup is
 removed after success. With ``--defrag`` the image is instead rewritten in guest order into a
 temporary file beside it (same UUIDs, type, comment and geometry), verified and renamed over
@@ -29,6 +43,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +53,7 @@ from vdigui.engine import format as fmt
 from vdigui.engine.chain import DiskChain, open_paths, resolve_chain
 from vdigui.engine.errors import OperationCancelled, OperationRefused, VdiError, VerificationError
 from vdigui.engine.format import BLOCK_FREE, BLOCK_ZERO, FIRST_SPECIAL, ImageType
+from vdigui.engine.guestfs import ReclaimForecast, UsageMap, forecast
 from vdigui.engine.image import VdiImage, fsync_dir, open_image, zeros
 from vdigui.engine.operations._common import (
     NOTHING_CHANGED,
@@ -60,6 +76,12 @@ from vdigui.engine.operations._common import (
 )
 from vdigui.engine.operations._rewrite import rewrite
 from vdigui.engine.progress import CancelToken, Progress, ProgressFn, no_progress
+from vdigui.engine.usage_report import (
+    chain_usage,
+    same_usage,
+    saved_state_refusals,
+    unused_mask,
+)
 
 PARTLY = "Cancelled: the image is consistent and partly compacted; run compact again to finish."
 
@@ -100,6 +122,13 @@ class CompactPlan:
         refusals: sentences saying why it cannot run (empty: it can).
         warnings: sentences worth reading before running.
         stamp: the file's state when planned; a run refuses if it changed.
+        fs_aware: also drop blocks the guest filesystems do not use (as ZERO).
+        discard_swap: with ``fs_aware``, drop swap contents too (never a hibernation image).
+        usage: (fs_aware) the guest usage map of the view up to this image.
+        fs_blocks: (fs_aware, scanned) allocated blocks that are not all zero but unused by
+            the guest (-> ZERO); None unless scanned.
+        forecast: (fs_aware, scanned) the reclaim forecast: by zero blocks alone, FS-aware,
+            and what partly used blocks keep.
     """
 
     path: Path
@@ -126,6 +155,11 @@ class CompactPlan:
     refusals: tuple[str, ...] = ()
     warnings: tuple[str, ...] = ()
     stamp: FileStamp | None = None
+    fs_aware: bool = False
+    discard_swap: bool = False
+    usage: UsageMap | None = field(default=None, compare=False, repr=False)
+    fs_blocks: np.ndarray | None = field(default=None, compare=False, repr=False)
+    forecast: ReclaimForecast | None = None
 
     @property
     def can_run(self) -> bool:
@@ -140,8 +174,8 @@ class CompactPlan:
     @property
     def nothing_to_do(self) -> bool:
         """Whether the image is already compact (known for sure only after a scan)."""
-        drops = (0 if self.zero_blocks is None else self.zero_blocks.size) + (
-            0 if self.parent_blocks is None else self.parent_blocks.size)
+        drops = sum(0 if a is None else a.size
+                    for a in (self.zero_blocks, self.parent_blocks, self.fs_blocks))
         return (not self.defrag and self.scanned and drops == 0 and self.moves == 0
                 and self.out_of_range.size == 0 and self.cross_linked.size == 0
                 and self.size_after == self.file_size
@@ -164,8 +198,10 @@ class CompactResult:
         zero_blocks: all-zero blocks dropped as ZERO.
         parent_blocks: blocks identical to the parent dropped as FREE.
         moved_blocks: slots moved (or blocks rewritten by defrag).
-        hash: sha256 of the guest content (before; equal to after when verified).
+        hash: sha256 of the guest content (before; equal to after when verified). With
+            fs_aware, every block the guest does not use counts as zeros in it.
         verified: True when re-read and matched; None when not verified or nothing changed.
+        fs_blocks: blocks the guest filesystems do not use, dropped as ZERO (fs_aware).
     """
 
     path: Path
@@ -181,6 +217,7 @@ class CompactResult:
     moved_blocks: int
     hash: str | None
     verified: bool | None
+    fs_blocks: int = 0
 
     @property
     def bytes_reclaimed(self) -> int:
@@ -243,21 +280,30 @@ def _moves(entries: np.ndarray) -> _Moves:
 
 
 def _drops(entries: np.ndarray, zero_blocks: np.ndarray | None,
-           parent_blocks: np.ndarray | None) -> np.ndarray:
+           parent_blocks: np.ndarray | None, fs_blocks: np.ndarray | None = None) -> np.ndarray:
     out = entries.copy()
     if zero_blocks is not None:
         out[zero_blocks] = BLOCK_ZERO
     if parent_blocks is not None:
         out[parent_blocks] = BLOCK_FREE
+    if fs_blocks is not None:
+        out[fs_blocks] = BLOCK_ZERO  # ZERO, not FREE: see the module docstring
     return out
 
 
 def _scan(chain: DiskChain, entries: np.ndarray, *, hashing: bool, progress: ProgressFn,
-          cancel: CancelToken | None) -> tuple[np.ndarray, np.ndarray, str | None]:
-    """Find all-zero and parent-identical blocks; optionally hash the guest content.
+          cancel: CancelToken | None, unused: np.ndarray | None = None, classify: bool = False
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, str | None]:
+    """Find all-zero, parent-identical and (with ``unused``) guest-unused blocks; hash.
 
     One pass in guest order: the same reads that find the zero blocks feed the "before" hash,
-    so verification costs no extra read of the original.
+    so verification costs no extra read of the original. Blocks in ``unused`` (bool per guest
+    block) are hashed as zeros and, being dropped anyway, not read at all -- unless
+    ``classify`` asks to tell all-zero ones (zero blocks) from stale ones (FS blocks), which
+    the preview's forecast shows.
+
+    Returns:
+        (zero blocks, parent-identical blocks, FS-unused blocks, digest or None).
     """
     top = chain.top
     total_blocks = chain.guest_blocks
@@ -267,6 +313,11 @@ def _scan(chain: DiskChain, entries: np.ndarray, *, hashing: bool, progress: Pro
     zero = zeros(chain.block_size)
     zero_mask = np.zeros(total_blocks, dtype=bool)
     parent_mask = np.zeros(total_blocks, dtype=bool)
+    fs_mask = np.zeros(total_blocks, dtype=bool)
+    skip = np.zeros(total_blocks, dtype=bool)
+    if unused is not None:
+        k = min(total_blocks, unused.size)
+        skip[:k] = unused[:k]
     blocks = range(total_blocks) if hashing else np.flatnonzero(own < FIRST_SPECIAL).tolist()
     total = len(blocks)
     hasher = GuestHasher(chain.disk_size, chain.block_size) if hashing else None
@@ -284,7 +335,14 @@ def _scan(chain: DiskChain, entries: np.ndarray, *, hashing: bool, progress: Pro
             if cancel is not None:
                 cancel.raise_if_cancelled(NOTHING_CHANGED)
             value = int(own[block])
-            if value < FIRST_SPECIAL:
+            if skip[block]:
+                if value < FIRST_SPECIAL:
+                    if classify and top.read_slot(value, block) == zero:
+                        zero_mask[block] = True
+                    else:
+                        fs_mask[block] = True
+                visible = zero
+            elif value < FIRST_SPECIAL:
                 data = top.read_slot(value, block)
                 if data == zero:
                     zero_mask[block] = True
@@ -304,19 +362,23 @@ def _scan(chain: DiskChain, entries: np.ndarray, *, hashing: bool, progress: Pro
     finally:
         if hasher is not None:
             hasher.close()
-    return np.flatnonzero(zero_mask), np.flatnonzero(parent_mask), digest
+    return (np.flatnonzero(zero_mask), np.flatnonzero(parent_mask), np.flatnonzero(fs_mask),
+            digest)
 
 
 # -- planning -----------------------------------------------------------------------------
 def plan_compact(path: Path | str, *, defrag: bool = False, scan: bool = False,
                  progress: ProgressFn = no_progress, cancel: CancelToken | None = None,
-                 search_dirs: list[Path] | None = None) -> CompactPlan:
+                 search_dirs: list[Path] | None = None, fs_aware: bool = False,
+                 discard_swap: bool = False) -> CompactPlan:
     """Plan compacting ``path``.
 
     Without ``scan`` it is fast (headers and maps only): it knows the map repairs, the holes
     and the crash tail, but not yet which blocks are all zero. With ``scan`` it reads every
     allocated block (with progress and cancel) to give exact figures, which is what
-    ``--dry-run`` shows.
+    ``--dry-run`` shows. With ``fs_aware`` it also reads the guest filesystems' allocation
+    maps (metadata only, fast) to find blocks the guest does not use; the plan then carries
+    the usage map (volumes, and why any is kept whole) and, with ``scan``, the forecast.
 
     Raises:
         VdiError: the image cannot be read at all (missing file, bad header).
@@ -348,6 +410,8 @@ def plan_compact(path: Path | str, *, defrag: bool = False, scan: bool = False,
         refusals.append(f"You may not create files in '{path.parent}' (needed for the backup "
                         "of the block map).")
     refusals.extend(busy_reasons(path))
+    if fs_aware:
+        refusals.extend(saved_state_refusals(path))
     if defrag:
         warnings.extend(hard_link_warning(path))
     if layout.out_of_range.size:
@@ -356,12 +420,27 @@ def plan_compact(path: Path | str, *, defrag: bool = False, scan: bool = False,
     if layout.cross_linked.size:
         warnings.append(f"{layout.cross_linked.size} block(s) share a slot with a lower block; "
                         "they will be marked unallocated (FREE), as VirtualBox does.")
-    zero_blocks = parent_blocks = None
-    if scan and chain_ok and h.image_type != ImageType.FIXED:
+    zero_blocks = parent_blocks = fs_blocks = None
+    usage: UsageMap | None = None
+    outlook: ReclaimForecast | None = None
+    if chain_ok and h.image_type != ImageType.FIXED and (scan or fs_aware):
         with open_paths(chain_paths) as chain:
-            zero_blocks, parent_blocks, _ = _scan(chain, layout.entries, hashing=False,
-                                                  progress=progress, cancel=cancel)
-    after = _drops(layout.entries, zero_blocks, parent_blocks)
+            unused = None
+            if fs_aware:
+                usage = chain_usage(chain, discard_swap=discard_swap)
+                unused = unused_mask(usage)
+            if scan:
+                zero_blocks, parent_blocks, fs_blocks, _ = _scan(
+                    chain, layout.entries, hashing=False, progress=progress, cancel=cancel,
+                    unused=unused, classify=True)
+                if usage is not None:
+                    all_zero = np.zeros(chain.guest_blocks, dtype=bool)
+                    all_zero[zero_blocks] = True
+                    outlook = forecast(usage, layout.entries[: chain.guest_blocks]
+                                       < FIRST_SPECIAL, all_zero)
+                else:
+                    fs_blocks = None
+    after = _drops(layout.entries, zero_blocks, parent_blocks, fs_blocks)
     moves = _moves(after)
     if defrag:
         size_after = h.offset_data + moves.count * h.block_size
@@ -387,7 +466,8 @@ def plan_compact(path: Path | str, *, defrag: bool = False, scan: bool = False,
         scanned=zero_blocks is not None, zero_blocks=zero_blocks, parent_blocks=parent_blocks,
         moves=moves_count, moving_blocks=None if defrag else moves.blocks,
         size_after=size_after, space_needed=needed, space_free=free,
-        refusals=tuple(refusals), warnings=tuple(warnings), stamp=stamp)
+        refusals=tuple(refusals), warnings=tuple(warnings), stamp=stamp, fs_aware=fs_aware,
+        discard_swap=discard_swap, usage=usage, fs_blocks=fs_blocks, forecast=outlook)
 
 
 # -- running ------------------------------------------------------------------------------
@@ -409,6 +489,8 @@ def run_compact(plan: CompactPlan, *, progress: ProgressFn = no_progress,
     assert plan.stamp is not None
     require_unchanged(plan.path, plan.stamp)
     reasons = busy_reasons(plan.path)
+    if plan.fs_aware:  # a VM may have been started and saved since the plan
+        reasons += saved_state_refusals(plan.path)
     if reasons:
         raise OperationRefused(" ".join(reasons))
     with open_paths(plan.chain_paths, writable_top=True) as chain:
@@ -429,9 +511,11 @@ def _run_in_place(plan: CompactPlan, chain: DiskChain, *, progress: ProgressFn,
     h0 = top.header
     size_before = top.file_size
     layout = _layout(top)
-    zero_blocks, parent_blocks, before = _scan(chain, layout.entries, hashing=verify,
-                                               progress=progress, cancel=cancel)
-    target = _drops(layout.entries, zero_blocks, parent_blocks)
+    usage = chain_usage(chain, discard_swap=plan.discard_swap) if plan.fs_aware else None
+    unused = unused_mask(usage) if usage is not None else None
+    zero_blocks, parent_blocks, fs_blocks, before = _scan(
+        chain, layout.entries, hashing=verify, progress=progress, cancel=cancel, unused=unused)
+    target = _drops(layout.entries, zero_blocks, parent_blocks, fs_blocks)
     moves = _moves(target)
     final_size = h0.offset_data + moves.count * h0.slot_size
     sanitised = int(layout.out_of_range.size + layout.cross_linked.size)
@@ -443,7 +527,24 @@ def _run_in_place(plan: CompactPlan, chain: DiskChain, *, progress: ProgressFn,
             size_after=top.file_size, blocks_allocated_before=h0.blocks_allocated,
             blocks_allocated_after=top.header.blocks_allocated, sanitised_blocks=sanitised,
             zero_blocks=int(zero_blocks.size), parent_blocks=int(parent_blocks.size),
-            moved_blocks=int(moves.blocks.size), hash=before, verified=verified)
+            moved_blocks=int(moves.blocks.size), hash=before, verified=verified,
+            fs_blocks=int(fs_blocks.size))
+
+    def check_usage() -> None:
+        """After the drops are durable, before any slot is reused: same filesystems?"""
+        if usage is None or fs_blocks.size == 0:
+            return
+        problem = _usage_after(plan, chain, usage)
+        if problem is None:
+            return
+        # Nothing was moved yet, so every dropped block's old slot still holds its data.
+        top.write_entries(fs_blocks, layout.entries[fs_blocks])
+        top.sync()
+        raise VerificationError(
+            f"Verification failed: after dropping the blocks the guest does not use, the "
+            f"filesystems of '{plan.path.name}' read differently ({problem}). The dropped "
+            f"blocks were restored and nothing else was changed; the original header and "
+            f"block map are saved in '{backup_path(plan.path)}'. Please report this.")
 
     if (changed_entries.size == 0 and moves.blocks.size == 0
             and h0.blocks_allocated == moves.count and size_before == final_size):
@@ -454,11 +555,12 @@ def _run_in_place(plan: CompactPlan, chain: DiskChain, *, progress: ProgressFn,
         cancel.raise_if_cancelled(NOTHING_CHANGED)
     backup = write_backup(top)
     try:
-        _write_changes(chain, target, changed_entries, moves, progress=progress, cancel=cancel)
+        _write_changes(chain, target, changed_entries, moves, progress=progress, cancel=cancel,
+                       after_drops=check_usage if verify else None)
         verified: bool | None = None
         if verify:
             _verify_in_place(plan, chain, moves, before, backup, progress=progress,
-                             cancel=cancel)
+                             cancel=cancel, unused=unused)
             verified = True
         top.truncate(final_size)
         top.sync()
@@ -471,8 +573,13 @@ def _run_in_place(plan: CompactPlan, chain: DiskChain, *, progress: ProgressFn,
 
 
 def _write_changes(chain: DiskChain, target: np.ndarray, changed: np.ndarray, moves: _Moves,
-                   *, progress: ProgressFn, cancel: CancelToken | None) -> None:
-    """Persist repairs and drops, then move slots down in flushed batches."""
+                   *, progress: ProgressFn, cancel: CancelToken | None,
+                   after_drops: Callable[[], None] | None = None) -> None:
+    """Persist repairs and drops, then move slots down in flushed batches.
+
+    ``after_drops`` runs once the drops are durable and before any slot is reused (the
+    filesystem-aware check, which can still undo the drops there).
+    """
     top = chain.top
     h = top.header
     # Slots in use until the drops are durable: every entry that points inside the file.
@@ -490,6 +597,8 @@ def _write_changes(chain: DiskChain, target: np.ndarray, changed: np.ndarray, mo
     #    must be durable before any freed slot is reused.
     top.write_entries(changed, target[changed])
     top.sync()
+    if after_drops is not None:
+        after_drops()
     # 3. Moves. Destinations are holes no durable entry points at; sources all lie at or
     #    above the final count, so no source is ever a destination and a whole batch of
     #    copies can share one flush before its entries are repointed.
@@ -529,9 +638,25 @@ def _write_changes(chain: DiskChain, target: np.ndarray, changed: np.ndarray, mo
     top.sync()
 
 
+def _usage_after(plan: CompactPlan, chain: DiskChain, before: UsageMap,
+                 path: Path | None = None) -> str | None:
+    """Re-read the guest filesystems of the image as stored now in ``path`` (default: the
+    image itself, through its own map from the file) over the same parents."""
+    fresh = open_image(path or plan.path)
+    try:
+        after = chain_usage(DiskChain([*chain.layers[:-1], fresh]),
+                            discard_swap=plan.discard_swap)
+    finally:
+        fresh.close()
+    return same_usage(before, after)
+
+
 def _verify_in_place(plan: CompactPlan, chain: DiskChain, moves: _Moves, before: str | None,
-                     backup: Path, *, progress: ProgressFn, cancel: CancelToken | None) -> None:
+                     backup: Path, *, progress: ProgressFn, cancel: CancelToken | None,
+                     unused: np.ndarray | None = None) -> None:
     """Re-read the image from disk (its own map) and compare the guest hash with before.
+
+    With ``unused`` (filesystem-aware) the digests count those blocks as zeros on both sides.
 
     On a mismatch the moved entries are pointed back at their old slots, which still hold
     their data because nothing has been truncated yet, and the backup is kept.
@@ -539,7 +664,8 @@ def _verify_in_place(plan: CompactPlan, chain: DiskChain, moves: _Moves, before:
     fresh = open_image(plan.path)
     try:
         view = DiskChain([*chain.layers[:-1], fresh])
-        after = guest_hash(view, progress=progress, cancel=cancel, cancel_message=PARTLY)
+        after = guest_hash(view, progress=progress, cancel=cancel, cancel_message=PARTLY,
+                           unused=unused)
     finally:
         fresh.close()
     if after == before:
@@ -569,6 +695,7 @@ def _run_defrag(plan: CompactPlan, chain: DiskChain, *, progress: ProgressFn,
     # The rewrite reads through the sanitised map; the original file is never written.
     top.block_map = layout.entries[: h0.blocks].copy()
     chain.invalidate()
+    usage = chain_usage(chain, discard_swap=plan.discard_swap) if plan.fs_aware else None
     # Rebuild beside the real file: replacing a symlink would leave its target stale.
     target = plan.path.resolve()
     tmp = temp_path_beside(target)
@@ -576,13 +703,17 @@ def _run_defrag(plan: CompactPlan, chain: DiskChain, *, progress: ProgressFn,
         # keep_parent also for a base (it simply has no parent): ZERO markers stay, new
         # all-zero blocks become ZERO, as in-place compaction would leave them.
         stats = rewrite(chain, tmp, h0, keep_parent=True, progress=progress, cancel=cancel,
-                        verify=verify, cancel_message=NOTHING_CHANGED)
+                        verify=verify, cancel_message=NOTHING_CHANGED,
+                        drop=None if usage is None else unused_mask(usage))
         verified: bool | None = None
         if verify:
-            if not stats.verified:
+            problem = (None if not stats.verified or usage is None
+                       else _usage_after(plan, chain, usage, tmp))
+            if not stats.verified or problem is not None:
                 raise VerificationError(
                     f"Verification failed: the rebuilt '{plan.path.name}' reads differently "
-                    f"({stats.mismatch}); it was deleted and the original is unchanged.")
+                    f"({problem or stats.mismatch}); it was deleted and the original is "
+                    "unchanged.")
             verified = True
         if cancel is not None:
             cancel.raise_if_cancelled(NOTHING_CHANGED)
@@ -601,7 +732,8 @@ def _run_defrag(plan: CompactPlan, chain: DiskChain, *, progress: ProgressFn,
         blocks_allocated_after=after_header.blocks_allocated,
         sanitised_blocks=int(layout.out_of_range.size + layout.cross_linked.size),
         zero_blocks=stats.zero_blocks, parent_blocks=stats.parent_blocks,
-        moved_blocks=stats.stored, hash=stats.source_hash, verified=verified)
+        moved_blocks=stats.stored, hash=stats.source_hash, verified=verified,
+        fs_blocks=stats.dropped_blocks)
 
 
 __all__ = ["CompactPlan", "CompactResult", "backup_path", "plan_compact", "run_compact"]

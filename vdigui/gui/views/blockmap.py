@@ -13,6 +13,11 @@ Why it is drawn this way:
   their majority (the dishonesty of classic defrag maps). At full zoom a cell is one block.
 - Only the visible window (plus one screen either side) is binned, and the result is kept
   while panning, so redraws at full zoom-out cost a slice, not a recomputation.
+- When the guest's filesystems could be read, a partition bar (GParted-like) sits above the
+  map, aligned with its blocks, and a "Guest uses" row on top shades every block by the share
+  of its bytes the guest uses: pale = unused (FS-aware compaction drops it), dark = full, and
+  in between for partly used blocks (which stay). Side by side with the layers it answers
+  "why isn't my VDI shrinking?" at a glance.
 """
 
 from __future__ import annotations
@@ -36,6 +41,7 @@ from PySide6.QtWidgets import (
 )
 
 from vdigui.engine import BLOCK_FREE, BLOCK_ZERO, VdiHeader
+from vdigui.engine.guestfs import UsageMap
 from vdigui.gui import theme
 from vdigui.gui.blockstates import (
     ALL_ZERO,
@@ -50,6 +56,10 @@ from vdigui.gui.blockstates import (
     served_codes,
 )
 from vdigui.gui.format import human_size
+from vdigui.gui.views.partitionbar import PartitionBar, volume_text
+
+#: The colour of a block the guest uses completely (the "Guest uses" row).
+USE_COLOUR = "#7F3C8D"
 
 pg.setConfigOptions(imageAxisOrder="row-major", antialias=False)
 
@@ -81,6 +91,9 @@ class BlockMapView(QWidget):
         self.cells = np.zeros((0, 0, 4), dtype=np.uint8)
         self._window: tuple[int, int, int] | None = None
         self.describe_layer: Callable[[int], str] = lambda i: self.labels[i]
+        self.usage: UsageMap | None = None
+        #: float32 per guest block: share of its bytes the guest uses (empty: no usage row).
+        self.use_share = np.zeros(0, dtype=np.float32)
 
         self.plot = pg.PlotWidget(enableMenu=False)
         self.plot.setToolTip("")
@@ -101,6 +114,10 @@ class BlockMapView(QWidget):
         vb.sigResized.connect(self._schedule)
         self.plot.getPlotItem().setLabel("bottom", "guest block")
         self.plot.scene().sigMouseMoved.connect(self._hover)
+        self.partition_bar = PartitionBar(self._block_to_bar_x)
+        self.partition_bar.setVisible(False)
+        vb.sigXRangeChanged.connect(self.partition_bar.update)
+        vb.sigResized.connect(self.partition_bar.update)
 
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
@@ -143,6 +160,7 @@ class BlockMapView(QWidget):
         layout = QVBoxLayout(self)
         layout.addLayout(top)
         layout.addWidget(self.notice)
+        layout.addWidget(self.partition_bar)
         layout.addWidget(self.plot, 1)
         layout.addStretch(0)
         bottom = QHBoxLayout()
@@ -182,6 +200,10 @@ class BlockMapView(QWidget):
                                  else np.zeros(0, dtype=np.uint8))
         self.notice.setText(notice)
         self.notice.setVisible(bool(notice))
+        self.usage = None  # a new chain: set_usage follows when its usage is known
+        self.use_share = np.zeros(0, dtype=np.float32)
+        self.partition_bar.set_usage(None)
+        self.partition_bar.setVisible(False)
         self.set_enabled(bool(entries.size))
         self._window = None
         # Keep rows a sensible height: a one-layer chain should not become two huge bars.
@@ -189,6 +211,38 @@ class BlockMapView(QWidget):
         self._update_axes()
         self._update_legend()
         self.fit()
+
+    def set_usage(self, usage: UsageMap | None, message: str = "") -> None:
+        """Show the guest's volumes and per-block use (None hides both; ``message`` says why).
+
+        Call after :meth:`set_data` (it keeps the zoom).
+        """
+        self.usage = usage
+        # The use row only says something when some filesystem was understood; a disk kept
+        # whole would show one solid bar (the partition bar still says why).
+        understood = usage is not None and any(
+            not v.kept_whole and v.kind not in ("free", "partition-table")
+            for v in usage.volumes)
+        if usage is not None and understood and self.blocks:
+            share = usage.used_bytes[: self.blocks].astype(np.float32) / usage.block_size
+            self.use_share = np.zeros(self.blocks, dtype=np.float32)
+            self.use_share[: share.size] = share
+        else:
+            self.use_share = np.zeros(0, dtype=np.float32)
+        self.partition_bar.set_usage(usage, message)
+        self.partition_bar.setVisible(usage is not None or bool(message and self.blocks))
+        self._window = None
+        self.plot.setMaximumHeight(max(200, self.rows * 90 + 60))
+        self._update_axes()
+        self._update_legend()
+        self.refresh()
+
+    def _block_to_bar_x(self, block: float) -> float:
+        """Guest block -> x in the partition bar, through the plot's view (so they align)."""
+        vb = self.plot.getViewBox()
+        scene = vb.mapViewToScene(QPointF(block, 0))
+        widget = self.plot.mapFromScene(scene)
+        return float(self.partition_bar.mapFrom(self, self.plot.mapTo(self, widget)).x())
 
     def set_zero_masks(self, zero_masks: list[np.ndarray | None]) -> None:
         """Re-colour after an all-zero scan, keeping the zoom."""
@@ -203,9 +257,14 @@ class BlockMapView(QWidget):
         return int(self.serving.size)
 
     @property
+    def has_use_row(self) -> bool:
+        """Whether the "Guest uses" row is shown (the guest's filesystems were read)."""
+        return bool(self.labels) and self.use_share.size > 0
+
+    @property
     def rows(self) -> int:
-        """Image rows: one per layer, then the served row on top."""
-        return len(self.labels) + 1 if self.labels else 0
+        """Image rows: one per layer, the served row, then the guest-use row on top."""
+        return len(self.labels) + 1 + self.has_use_row if self.labels else 0
 
     def _palettes(self) -> list[np.ndarray | None]:
         free = theme.rgba(theme.free_colour())
@@ -223,6 +282,8 @@ class BlockMapView(QWidget):
         ticks = [(i + 0.5, self._short(label)) for i, label in enumerate(self.labels)]
         if self.labels:
             ticks.append((len(self.labels) + 0.5, "Guest sees"))
+        if self.has_use_row:
+            ticks.append((len(self.labels) + 1.5, "Guest uses"))
         plot.getAxis("left").setTicks([ticks, []])
         fg = theme.foreground()
         for name in ("left", "bottom"):
@@ -257,6 +318,9 @@ class BlockMapView(QWidget):
             parts.append(swatch(theme.ALL_ZERO_COLOUR, "allocated but all zero"))
         parts += [swatch(theme.layer_colour(i), f"data in {self._short(label)}")
                   for i, label in enumerate(self.labels)]
+        if self.has_use_row:
+            parts.append(swatch(USE_COLOUR, "used by the guest (paler = partly, "
+                                            "palest = unused)"))
         self.legend.setText("".join(parts))
 
     # -- drawing ---------------------------------------------------------------------------
@@ -313,7 +377,9 @@ class BlockMapView(QWidget):
         palettes = self._palettes()
         for i in range(len(self.labels)):
             image[i] = bin_colours(self.layer_codes[i, w0:w1], k, palettes[i])
-        image[self.rows - 1] = bin_colours(self.served_codes[w0:w1], k, palettes[-1])
+        image[len(self.labels)] = bin_colours(self.served_codes[w0:w1], k, palettes[-1])
+        if self.has_use_row:
+            image[len(self.labels) + 1] = use_colours(self.use_share[w0:w1], k)
         #: One RGBA cell per bin (what tests check; the drawn image may be widened below).
         self.cells = image
         if k == 1 and w1 - w0 <= 4096:
@@ -350,6 +416,8 @@ class BlockMapView(QWidget):
         where = f"Guest block {block:,} (bytes {human_size(block * bs)} – " \
                 f"{human_size((block + 1) * bs)})"
         layers = len(self.labels)
+        if row is not None and row == layers + 1 and self.has_use_row:
+            return self._use_words(where, block)
         if row is not None and row < layers:
             text = f"{where} in {self.labels[row]}: " + self._entry_words(row, block)
         else:
@@ -371,6 +439,32 @@ class BlockMapView(QWidget):
                 text += f" This cell covers blocks {start:,}–{stop - 1:,}: {mix}."
         return text
 
+    def _use_words(self, where: str, block: int) -> str:
+        usage = self.usage
+        assert usage is not None
+        used = int(usage.used_bytes[block]) if block < usage.used_bytes.size else 0
+        bs = self.block_size
+        if used == 0:
+            text = (f"{where}: the guest's filesystems use none of it; filesystem-aware "
+                    "compaction drops it.")
+        elif used >= bs:
+            text = f"{where}: the guest uses all of it."
+        else:
+            text = (f"{where}: the guest uses {human_size(used)} of it ({used / bs:.0%}); "
+                    "a partly used block is kept whole.")
+        owner = next((v for v in usage.volumes if v.start <= block * bs < v.start + v.size
+                      and not v.partition.startswith("LV")), None)
+        if owner is not None:
+            text += " " + volume_text(owner).split("\n")[0] + "."
+        k = self.bin_size
+        if k > 1:
+            start = block // k * k
+            share = self.use_share[start:min(start + k, self.blocks)]
+            text += (f" This cell covers blocks {start:,}–{start + share.size - 1:,}: "
+                     f"{int((share == 0).sum())} unused, {int((share >= 1).sum())} full, "
+                     f"{int(((share > 0) & (share < 1)).sum())} partly used.")
+        return text
+
     def _entry_words(self, layer: int, block: int) -> str:
         entry = int(self.entries[layer, block])
         if entry == BLOCK_FREE:
@@ -382,3 +476,24 @@ class BlockMapView(QWidget):
         if self.layer_codes[layer, block] == ALL_ZERO:
             text += " The block holds only zeros."
         return text
+
+
+def use_colours(share: np.ndarray, k: int) -> np.ndarray:
+    """RGBA (bins x 4) for the "Guest uses" row: the mean used share of each bin of ``k``.
+
+    Unused blocks take the free colour, fully used ones :data:`USE_COLOUR`, partly used ones
+    a proportional blend, so partly used blocks (which compaction keeps) are visible as such.
+    """
+    n = share.size
+    bins = -(-n // k) if n else 0
+    padded = np.zeros(bins * k, dtype=np.float32)
+    padded[:n] = share
+    counts = np.full(bins, k, dtype=np.float32)
+    if bins and n % k:
+        counts[-1] = n % k
+    mean = padded.reshape(bins, k).sum(axis=1) / np.maximum(counts, 1)
+    free = theme.rgba(theme.free_colour()).astype(np.float32)
+    full = theme.rgba(USE_COLOUR).astype(np.float32)
+    # A hint of colour even for a sliver of use, so "partly used" never looks unused.
+    t = np.where(mean > 0, 0.25 + 0.75 * mean, 0.0)[:, None]
+    return np.rint(free + (full - free) * t).astype(np.uint8)

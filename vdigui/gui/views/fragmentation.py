@@ -5,9 +5,18 @@ diagonal, and shuffled data shows at a glance as scattered dashes. Each point is
 jump a sequential read makes to reach it, so the costly seeks stand out. Below, the host file's
 extents show the other layer of fragmentation (the host filesystem's), and one paragraph says
 in words what it all means for a sequential read.
+
+The third level is the guest's own: when its filesystems could be read, the points can be
+coloured by the volume (partition, filesystem) their guest block belongs to, and a table says
+for each volume where its data lies in the file: how many blocks, in how many separate runs,
+between which slots. A volume whose blocks are spread over the whole file is what makes a
+sequential read of that filesystem seek, whatever the guest-order picture suggests.
 """
 
 from __future__ import annotations
+
+import html
+from dataclasses import dataclass
 
 import numpy as np
 import pyqtgraph as pg
@@ -24,8 +33,10 @@ from PySide6.QtWidgets import (
 )
 
 from vdigui.engine import Analysis, HostExtents, fragmentation
+from vdigui.engine.guestfs import UsageMap, Volume
 from vdigui.gui import theme
 from vdigui.gui.format import human_size
+from vdigui.gui.views.partitionbar import bar_volumes
 
 #: Upper bounds (inclusive) of the jump classes, in slots; beyond the last is class 4.
 JUMP_BOUNDS = (0, 15, 255, 4095)
@@ -45,7 +56,8 @@ def jump_classes(slots: np.ndarray) -> np.ndarray:
 
 
 def density_image(blocks: np.ndarray, slots: np.ndarray, classes: np.ndarray, guest: int,
-                  top_slot: int, size: tuple[int, int] = IMAGE_SIZE) -> np.ndarray:
+                  top_slot: int, size: tuple[int, int] = IMAGE_SIZE,
+                  colours: tuple[str, ...] = theme.JUMP_COLOURS) -> np.ndarray:
     """RGBA (height x width) of the scatter: each pixel coloured by the worst jump in it.
 
     The worst, not the most common, jump: a pixel holding one long seek among in-order blocks
@@ -57,7 +69,7 @@ def density_image(blocks: np.ndarray, slots: np.ndarray, classes: np.ndarray, gu
     grid = np.full(width * height, -1, dtype=np.int8)
     np.maximum.at(grid, yi * width + xi, classes.astype(np.int8))
     palette = np.array([[QColor(c).red(), QColor(c).green(), QColor(c).blue(), 255]
-                        for c in theme.JUMP_COLOURS], dtype=np.uint8)
+                        for c in colours], dtype=np.uint8)
     rgba = np.zeros((width * height, 4), dtype=np.uint8)
     filled = grid >= 0
     rgba[filled] = palette[grid[filled]]
@@ -68,6 +80,67 @@ def layer_points(entries_row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(guest blocks, slots) of the allocated entries of one layer, in guest order."""
     blocks = np.flatnonzero(entries_row < 0xFFFFFFFE)
     return blocks, entries_row[blocks].astype(np.int64)
+
+
+@dataclass(frozen=True, slots=True)
+class VolumePlacement:
+    """Where one guest volume's data lies in one layer's file.
+
+    Attributes:
+        volume: the volume.
+        blocks: guest blocks of the volume this file stores.
+        runs: separate runs of consecutive slots they occupy (1 = one contiguous piece).
+        first_slot: the lowest slot holding one of them (-1 when none).
+        last_slot: the highest (-1 when none).
+    """
+
+    volume: Volume
+    blocks: int
+    runs: int
+    first_slot: int
+    last_slot: int
+
+
+def volume_index(usage: UsageMap | None, guest_blocks: int) -> np.ndarray:
+    """int16 per guest block: index into :func:`bar_volumes` of its volume, -1 for none.
+
+    A block shared by two volumes (an unaligned boundary) goes to the later one.
+    """
+    out = np.full(guest_blocks, -1, dtype=np.int16)
+    if usage is None:
+        return out
+    bs = usage.block_size
+    for i, v in enumerate(bar_volumes(usage)):
+        if v.kind == "free":
+            continue
+        out[v.start // bs: -(-(v.start + v.size) // bs)] = i
+    return out
+
+
+def volume_placements(usage: UsageMap | None, blocks: np.ndarray, slots: np.ndarray
+                      ) -> list[VolumePlacement]:
+    """For every volume with data in a layer: how its stored blocks lie in the file."""
+    if usage is None:
+        return []
+    owner = volume_index(usage, int(blocks.max()) + 1 if blocks.size else 0)
+    mine = owner[blocks] if blocks.size else np.zeros(0, dtype=np.int16)
+    out = []
+    for i, v in enumerate(bar_volumes(usage)):
+        if v.kind == "free":
+            continue
+        s = np.sort(slots[mine == i])
+        if s.size == 0:
+            out.append(VolumePlacement(v, 0, 0, -1, -1))
+            continue
+        runs = 1 + int(np.count_nonzero(np.diff(s) != 1))
+        out.append(VolumePlacement(v, int(s.size), runs, int(s[0]), int(s[-1])))
+    return out
+
+
+def volume_colours(count: int) -> tuple[str, ...]:
+    """Distinct colours for ``count`` volumes (the layer hues, cycled)."""
+    hues = theme.LAYER_HUES
+    return tuple(hues[i % len(hues)] for i in range(max(count, 1)))
 
 
 class HostStrip(QWidget):
@@ -134,9 +207,22 @@ class FragmentationView(QWidget):
             np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.uint8))
         self.sampled = False
 
+        self.usage: UsageMap | None = None
+        self.placements: list[VolumePlacement] = []
         self.layer_box = QComboBox()
         self.layer_box.setToolTip("Which layer's file to plot (each file has its own slots)")
         self.layer_box.currentIndexChanged.connect(self._show_layer)
+        self.colour_box = QComboBox()
+        self.colour_box.addItems(["jump a read makes", "guest volume"])
+        self.colour_box.setToolTip("Colour the points by the seek a sequential read makes to "
+                                   "reach them, or by the guest volume (partition) they "
+                                   "belong to")
+        self.colour_box.currentIndexChanged.connect(lambda _i: self._show_layer(self.layer))
+        self.volume_scatters: list[pg.ScatterPlotItem] = []
+        self.volumes_label = QLabel()
+        self.volumes_label.setTextFormat(Qt.TextFormat.RichText)
+        self.volumes_label.setWordWrap(True)
+        self.volumes_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.plot = pg.PlotWidget(enableMenu=False)
         self.plot.hideButtons()
         self.plot.setLabel("bottom", "guest block (position on the virtual disk)")
@@ -183,6 +269,8 @@ class FragmentationView(QWidget):
         head = QHBoxLayout()
         head.addWidget(QLabel("Layer:"))
         head.addWidget(self.layer_box, 1)
+        head.addWidget(QLabel("Colour by:"))
+        head.addWidget(self.colour_box)
         side = QVBoxLayout()
         side.addLayout(self.figures)
         side.addStretch(1)
@@ -195,10 +283,20 @@ class FragmentationView(QWidget):
         layout.addLayout(middle, 1)
         layout.addWidget(QLabel("Host file extents of the selected layer:"))
         layout.addWidget(self.strip)
+        layout.addWidget(self.volumes_label)
         layout.addWidget(self.paragraph)
         self._update_legend()
 
     def _update_legend(self) -> None:
+        if self.by_volume:
+            vols = bar_volumes(self.usage)
+            parts = [f'<span style="color:{c}">&#9679;</span>&nbsp;'
+                     f"{html.escape(v.partition)} {html.escape(v.kind)}&nbsp;&nbsp; "
+                     for v, c in zip(vols, volume_colours(len(vols)), strict=True)
+                     if v.kind != "free"]
+            self.legend.setText("Colour = the guest volume the block belongs to: "
+                                + "".join(parts))
+            return
         parts = []
         for colour, text in zip(theme.JUMP_COLOURS, theme.JUMP_LABELS, strict=True):
             parts.append(f'<span style="color:{colour}">&#9679;</span>&nbsp;{text}&nbsp;&nbsp; ')
@@ -211,17 +309,29 @@ class FragmentationView(QWidget):
         self.layer_box.blockSignals(True)
         self.layer_box.clear()
         self.layer_box.blockSignals(False)
-        for item in self.scatters:
+        for item in self.scatters + self.volume_scatters:
             item.clear()
+        self.usage = None
+        self.volumes_label.setText("")
         self.strip.set_extents(None, 0)
         for label in self.figure_labels.values():
             label.setText("—")
         self.paragraph.setText("")
 
+    @property
+    def by_volume(self) -> bool:
+        """Whether points are coloured by guest volume (and the guest was readable)."""
+        return self.colour_box.currentIndex() == 1 and self.usage is not None
+
     def set_data(self, analysis: Analysis, labels: list[str], host: tuple[HostExtents, ...],
-                 block_size: int) -> None:
-        """Show a chain's analysis; picks the layer with the most data first."""
+                 block_size: int, usage: UsageMap | None = None) -> None:
+        """Show a chain's analysis; picks the layer with the most data first.
+
+        ``usage`` (the guest's filesystems, when readable) enables the volume level.
+        """
         self.analysis = analysis
+        self.usage = usage
+        self.colour_box.setEnabled(usage is not None)
         self.labels = list(labels)
         self.host = host
         self.block_size = block_size
@@ -255,19 +365,42 @@ class FragmentationView(QWidget):
         guest = analysis.serving.size
         top_slot = int(slots.max()) if slots.size else 0
         self.sampled = blocks.size > MAX_SCATTER
+        self._update_legend()
+        colours = theme.JUMP_COLOURS
+        for item in self.volume_scatters:
+            item.clear()
+        if self.by_volume:
+            owner = volume_index(self.usage, guest)
+            classes = (owner[blocks] if blocks.size else np.zeros(0, np.int16)).astype(np.int16)
+            count = len(bar_volumes(self.usage))
+            colours = (*volume_colours(count), "#808080")
+            classes = np.where(classes < 0, len(colours) - 1, classes).astype(np.uint8)
         if self.sampled:
             for item in self.scatters:
                 item.clear()
-            image = density_image(blocks, slots, classes, guest, top_slot)
+            image = density_image(blocks, slots, classes, guest, top_slot, colours=colours)
             self.density.setImage(image, autoLevels=False, levels=(0, 255))
             self.density.setRect(QRectF(0, 0, max(guest, 1), top_slot + 1))
             self.density.setVisible(True)
         else:
             self.density.setVisible(False)
             xs, ys = blocks + 0.5, slots + 0.5
-            for cls, item in enumerate(self.scatters):
-                mask = classes == cls
-                item.setData(x=xs[mask], y=ys[mask])
+            if self.by_volume:
+                for item in self.scatters:
+                    item.clear()
+                while len(self.volume_scatters) < len(colours):
+                    extra = pg.ScatterPlotItem(size=4, pen=None, pxMode=True)
+                    self.plot.addItem(extra)
+                    self.volume_scatters.append(extra)
+                for cls, colour in enumerate(colours):
+                    mask = classes == cls
+                    item = self.volume_scatters[cls]
+                    item.setBrush(pg.mkBrush(QColor(colour)))
+                    item.setData(x=xs[mask], y=ys[mask])
+            else:
+                for cls, item in enumerate(self.scatters):
+                    mask = classes == cls
+                    item.setData(x=xs[mask], y=ys[mask])
         self.plot.setXRange(0, max(guest, 1), padding=0.02)
         self.plot.setYRange(0, top_slot + 1, padding=0.02)
         frag = analysis.layer_frag[index]
@@ -292,7 +425,29 @@ class FragmentationView(QWidget):
             f["host"].setText(f"{host.count:,}" + (" or more" if host.truncated else ""))
         else:
             f["host"].setText(f"not available: {host.reason}")
+        self.placements = volume_placements(self.usage, blocks, slots)
+        self.volumes_label.setText(self.volume_table(index))
         self.paragraph.setText(self.explain(index))
+
+    def volume_table(self, index: int) -> str:
+        """Rich text: where each guest volume's data lies in layer ``index``'s file."""
+        if self.usage is None:
+            return ""
+        rows = []
+        name = html.escape(self.labels[index]) if index < len(self.labels) else ""
+        for p in self.placements:
+            v = p.volume
+            what = html.escape(f"{v.partition} {v.kind}" + (f" '{v.label}'" if v.label else ""),
+                               quote=False)
+            if p.blocks == 0:
+                where = "no blocks in this file"
+            else:
+                piece = "one piece" if p.runs == 1 else f"{p.runs:,} separate runs"
+                where = (f"{p.blocks:,} block(s) in {piece}, slots {p.first_slot:,}–"
+                         f"{p.last_slot:,}")
+            rows.append(f"<tr><td>{what}</td><td>&nbsp;{where}</td></tr>")
+        return (f"<b>Where each guest volume's data lies in {name}:</b>"
+                f"<table>{''.join(rows)}</table>")
 
     def explain(self, index: int) -> str:
         """The plain-words paragraph for layer ``index`` and the chain."""
