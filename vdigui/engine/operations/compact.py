@@ -124,11 +124,11 @@ class CompactPlan:
         stamp: the file's state when planned; a run refuses if it changed.
         fs_aware: also drop blocks the guest filesystems do not use (as ZERO).
         discard_swap: with ``fs_aware``, drop swap contents too (never a hibernation image).
-        usage: (fs_aware) the guest usage map of the view up to this image.
+        usage: (fs_aware or scanned) the guest usage map of the view up to this image.
         fs_blocks: (fs_aware, scanned) allocated blocks that are not all zero but unused by
             the guest (-> ZERO); None unless scanned.
-        forecast: (fs_aware, scanned) the reclaim forecast: by zero blocks alone, FS-aware,
-            and what partly used blocks keep.
+        forecast: (scanned) the reclaim forecast: by zero blocks alone, FS-aware, and what
+            partly used blocks keep (shown whether or not ``fs_aware`` drops those blocks).
     """
 
     path: Path
@@ -425,10 +425,15 @@ def plan_compact(path: Path | str, *, defrag: bool = False, scan: bool = False,
     outlook: ReclaimForecast | None = None
     if chain_ok and h.image_type != ImageType.FIXED and (scan or fs_aware):
         with open_paths(chain_paths) as chain:
-            unused = None
-            if fs_aware:
+            # The usage map costs only metadata reads, so a scanned plan always carries the
+            # forecast: "why isn't it shrinking more?" gets an answer without fs_aware too.
+            # Without fs_aware it is only an explanation, so a disk it cannot read is no error.
+            try:
                 usage = chain_usage(chain, discard_swap=discard_swap)
-                unused = unused_mask(usage)
+            except VdiError:
+                if fs_aware:
+                    raise
+            unused = unused_mask(usage) if fs_aware and usage is not None else None
             if scan:
                 zero_blocks, parent_blocks, fs_blocks, _ = _scan(
                     chain, layout.entries, hashing=False, progress=progress, cancel=cancel,
@@ -438,7 +443,7 @@ def plan_compact(path: Path | str, *, defrag: bool = False, scan: bool = False,
                     all_zero[zero_blocks] = True
                     outlook = forecast(usage, layout.entries[: chain.guest_blocks]
                                        < FIRST_SPECIAL, all_zero)
-                else:
+                if not fs_aware:
                     fs_blocks = None
     after = _drops(layout.entries, zero_blocks, parent_blocks, fs_blocks)
     moves = _moves(after)

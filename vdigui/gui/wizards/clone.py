@@ -114,7 +114,6 @@ class CloneOptionsPage(QWizardPage):
         self.fs_aware.setToolTip("Reads the guest's ext2/3/4, NTFS and FAT allocation maps; "
                                  "unused blocks read as zeros in the clone. Anything not "
                                  "understood is copied whole.")
-        self.fs_aware.setVisible(wizard.fs_aware_available)
 
         self.dest = QLineEdit(str(wizard.default_dest()))
         self.dest.setToolTip("The new image; an existing file is never overwritten")
@@ -221,16 +220,6 @@ class CloneWizard(OperationWizard):
             candidate = folder / f"{stem} clone {n}.vdi"
             n += 1
         return candidate
-
-    @property
-    def fs_aware_available(self) -> bool:
-        """Whether the engine's clone takes a filesystem-aware switch."""
-        import inspect
-
-        try:
-            return "fs_aware" in inspect.signature(self.plan_fn).parameters
-        except (TypeError, ValueError):
-            return False
 
     def current_type(self) -> str:
         """The source image's type label ("dynamic", "fixed", "differencing", ...)."""

@@ -21,7 +21,6 @@ from vdigui.engine import (
     CancelToken,
     Progress,
     open_image,
-    open_paths,
 )
 from vdigui.gui import theme
 from vdigui.gui.format import human_size
@@ -67,23 +66,6 @@ working; vdigui proves it by hashing the guest disk before and after.</p>
 an image another program has open.</p>
 """
 
-class _GuestReader:
-    """The guest-visible bytes of a chain, as the guest-filesystem analysis reads them."""
-
-    def __init__(self, chain: Any) -> None:
-        self.size: int = chain.disk_size
-        self._chain = chain
-
-    def read(self, offset: int, length: int) -> bytes:
-        """Exactly ``length`` bytes at ``offset``."""
-        return bytes(self._chain.read(offset, length))
-
-
-def plan_fs_aware(plan: Any) -> bool:
-    """Whether a plan drops blocks the guest's filesystems do not use."""
-    return bool(getattr(plan, "fs_aware", False))
-
-
 def volumes_table(usage: Any) -> QWidget:
     """What the filesystem-aware analysis found on the guest disk, one line per volume."""
     rows = []
@@ -106,29 +88,6 @@ def volumes_table(usage: Any) -> QWidget:
     for note in usage.notes:
         layout.addWidget(notice(note, "info"))
     return box
-
-
-def reclaim_forecast(plan: Any) -> tuple[Any, Any] | None:
-    """The guest-filesystem view of a scanned plan: (usage map, reclaim forecast), or None.
-
-    Reads only the guest's partition tables and filesystem metadata through the chain (fast),
-    and never fails the preview: anything unreadable simply gives no explanation.
-    """
-    try:
-        from vdigui.engine.guestfs import analyze_usage, forecast
-    except ImportError:  # pragma: no cover - the guest-filesystem engine is optional
-        return None
-    if plan.zero_blocks is None:
-        return None
-    try:
-        with open_paths(plan.chain_paths) as chain:
-            usage = analyze_usage(_GuestReader(chain), chain.block_size)
-            allocated = chain.top.block_map[: chain.guest_blocks] < 0xFFFFFFF0
-        zero = np.zeros(allocated.size, dtype=bool)
-        zero[plan.zero_blocks] = True
-        return usage, forecast(usage, allocated, zero)
-    except Exception:  # an explanation is optional: never break the preview
-        return None
 
 
 #: Codes of the file-slot strip.
@@ -165,35 +124,25 @@ class CompactOptionsPage(QWizardPage):
         layout.addWidget(why)
         layout.addSpacing(8)
         layout.addWidget(self.verify)
-        self.fs_aware: QCheckBox | None = None
-        self.discard_swap: QCheckBox | None = None
-        if wizard.fs_aware_available:
-            self.fs_aware = QCheckBox("Filesystem-aware: also drop blocks the guest's "
-                                      "filesystems do not use (no zero-filling needed)")
-            self.fs_aware.setToolTip("Reads the ext2/3/4, NTFS and FAT allocation maps (and "
-                                     "LVM, swap) of the guest disk; anything not understood is "
-                                     "kept whole.")
-            self.discard_swap = QCheckBox("Also drop the contents of swap partitions (never "
-                                          "for a guest that hibernated to swap)")
-            self.discard_swap.setEnabled(False)
-            self.fs_aware.toggled.connect(self.discard_swap.setEnabled)
-            fs_note = QLabel("Instead of zero-filling inside the guest, vdigui reads which "
-                             "blocks the guest's filesystems use and drops the others, even "
-                             "when they still hold old data. Dropped blocks then read as "
-                             "zeros; the guest never reads them, and verification checks that "
-                             "every block it does use reads as before.")
-            fs_note.setWordWrap(True)
-            layout.addSpacing(8)
-            layout.addWidget(self.fs_aware)
-            layout.addWidget(self.discard_swap)
-            layout.addWidget(fs_note)
-        else:
-            note = QLabel("Filesystem-aware compaction (without zero-filling first) is not "
-                          "available in this version; zero the free space in the guest first.")
-            note.setWordWrap(True)
-            note.setEnabled(False)
-            layout.addSpacing(8)
-            layout.addWidget(note)
+        self.fs_aware = QCheckBox("Filesystem-aware: also drop blocks the guest's "
+                                  "filesystems do not use (no zero-filling needed)")
+        self.fs_aware.setToolTip("Reads the ext2/3/4, NTFS and FAT allocation maps (and "
+                                 "LVM, swap) of the guest disk; anything not understood is "
+                                 "kept whole.")
+        self.discard_swap = QCheckBox("Also drop the contents of swap partitions (never "
+                                      "for a guest that hibernated to swap)")
+        self.discard_swap.setEnabled(False)
+        self.fs_aware.toggled.connect(self.discard_swap.setEnabled)
+        fs_note = QLabel("Instead of zero-filling inside the guest, vdigui reads which "
+                         "blocks the guest's filesystems use and drops the others, even "
+                         "when they still hold old data. Dropped blocks then read as "
+                         "zeros; the guest never reads them, and verification checks that "
+                         "every block it does use reads as before.")
+        fs_note.setWordWrap(True)
+        layout.addSpacing(8)
+        layout.addWidget(self.fs_aware)
+        layout.addWidget(self.discard_swap)
+        layout.addWidget(fs_note)
         layout.addStretch(1)
 
 
@@ -211,16 +160,6 @@ class CompactWizard(OperationWizard):
         """:func:`run_compact`."""
         return eng.run_compact
 
-    @property
-    def fs_aware_available(self) -> bool:
-        """Whether the engine's compaction takes a filesystem-aware switch."""
-        import inspect
-
-        try:
-            return "fs_aware" in inspect.signature(eng.plan_compact).parameters
-        except (TypeError, ValueError):
-            return False
-
     def intro_subtitle(self) -> str:
         """What is compacted."""
         name = self.target.image.name if self.target.image else "the selected image"
@@ -237,9 +176,9 @@ class CompactWizard(OperationWizard):
 
     def _kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"defrag": self.opts.defrag.isChecked()}
-        if self.opts.fs_aware is not None and self.opts.fs_aware.isChecked():
+        if self.opts.fs_aware.isChecked():
             kwargs["fs_aware"] = True
-            if self.opts.discard_swap is not None and self.opts.discard_swap.isChecked():
+            if self.opts.discard_swap.isChecked():
                 kwargs["discard_swap"] = True
         return kwargs
 
@@ -266,10 +205,8 @@ class CompactWizard(OperationWizard):
 
         def job(progress: Callable[[Progress], None], token: CancelToken) -> Any:
             scanned = self.plan_fn(path, scan=True, progress=progress, cancel=token, **kwargs)
-            usage = getattr(scanned, "usage", None)
-            outlook = getattr(scanned, "forecast", None)
-            extras["forecast"] = ((usage, outlook) if usage is not None and outlook is not None
-                                  else reclaim_forecast(scanned))
+            if scanned.usage is not None and scanned.forecast is not None:
+                extras["forecast"] = (scanned.usage, scanned.forecast)
             return scanned
 
         return job
@@ -343,7 +280,7 @@ class CompactWizard(OperationWizard):
             [StripRow("guest blocks", guest_after, palette),
              StripRow("file", slots_after, slot_palette, fraction, human_size(plan.size_after))],
             ("Now", "After compaction")))
-        dropped = ("all-zero or unused by the guest (dropped)" if plan_fs_aware(plan)
+        dropped = ("all-zero or unused by the guest (dropped)" if plan.fs_aware
                    else "all-zero block (dropped)")
         page.add(legend([(theme.layer_colour(0), "data"),
                          (theme.ALL_ZERO_COLOUR, dropped),
@@ -359,7 +296,7 @@ class CompactWizard(OperationWizard):
             same = ("counting…" if plan.parent_blocks is None
                     else f"{plan.parent_blocks.size:,}")
             rows.append(("Blocks identical to the parent", same))
-        if plan_fs_aware(plan):
+        if plan.fs_aware:
             fs_blocks = getattr(plan, "fs_blocks", None)
             rows.append(("Blocks the guest does not use",
                          "counting…" if fs_blocks is None else f"{fs_blocks.size:,}"))
@@ -401,7 +338,7 @@ class CompactWizard(OperationWizard):
         unused = numbers.fs_unused_blocks * numbers.block_size
         understood = [v for v in usage.volumes if v.kind not in ("partition-table", "free")
                       and not v.kept_whole]
-        if unused and not plan_fs_aware(plan):
+        if unused and not plan.fs_aware:
             page.add(notice(f"{human_size(unused)} more sit in {numbers.fs_unused_blocks:,} "
                             "blocks the guest's filesystem does not use but that still hold "
                             "old data. Go back and tick \"Filesystem-aware\" (or zero the "
@@ -412,7 +349,7 @@ class CompactWizard(OperationWizard):
                             "inside them); a block is kept while any byte of it is in use, so "
                             "defragmenting inside the guest could free some of them.", "info"))
         kept = [v for v in usage.volumes if v.kept_whole]
-        if kept and not understood and not plan_fs_aware(plan):  # fs-aware lists the volumes
+        if kept and not understood and not plan.fs_aware:  # fs-aware lists the volumes
             kinds = ", ".join(sorted({v.kind for v in kept}))
             page.add(notice(f"vdigui could not read the guest's filesystems ({kinds}), so it "
                             "cannot say how much of the stored data the guest still uses; only "
