@@ -146,3 +146,16 @@ def test_import_scanner_catches_relative_gui_import(tmp_path: Path) -> None:
     finally:
         fake.unlink()
     assert "vdigui.gui" in names and "PySide6" in names
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "vdigui" / "gui").rglob("*.py")),
+                         ids=lambda p: p.relative_to(REPO).as_posix())
+def test_gui_uses_only_the_engines_public_names(path: Path) -> None:
+    """The GUI imports ``vdigui.engine`` itself, never its submodules (architecture 2.2)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    modules = [(node.lineno, node.module or "") for node in ast.walk(tree)
+               if isinstance(node, ast.ImportFrom)]
+    modules += [(node.lineno, alias.name) for node in ast.walk(tree)
+                if isinstance(node, ast.Import) for alias in node.names]
+    deep = [(line, name) for line, name in modules if name.startswith("vdigui.engine.")]
+    assert not deep, f"{path.relative_to(REPO)} reaches into engine internals: {deep}"

@@ -171,8 +171,7 @@ def _print_error(_parent: object, title: str, text: str, _details: str) -> None:
 
 def _wizard_screenshot(args: argparse.Namespace) -> int:
     """Render one wizard page (``--wizard``) with real plan data; never writes to the disks."""
-    from vdigui.engine import VdiError
-    from vdigui.engine.demo import build_demo_vm
+    from vdigui.engine import VdiError, build_demo_vm
     from vdigui.gui.wizards import render_wizard_screenshot
 
     source = build_demo_vm() if args.demo else args.path
@@ -190,7 +189,7 @@ def _screenshot(app: object, window: object, args: argparse.Namespace) -> int:
     """Load, select, switch tab, wait for idle, grab, save."""
     from PySide6.QtCore import QEventLoop, QTimer
 
-    from vdigui.engine.demo import build_demo_vm
+    from vdigui.engine import build_demo_vm
     from vdigui.gui.main_window import MainWindow
 
     assert isinstance(window, MainWindow)

@@ -392,7 +392,7 @@ class MainWindow(QMainWindow):
 
     def open_demo(self) -> None:
         """Build the demo VM in the cache folder (once, on a worker) and open it."""
-        from vdigui.engine.demo import build_demo_vm
+        from vdigui.engine import build_demo_vm
 
         self._busy("Building the demo VM (once)…")
         self.workers.start(lambda progress, token: build_demo_vm(), "demo",

@@ -34,10 +34,12 @@ from vdigui.engine import (
     ProgressFn,
     SettingsError,
     SnapshotNode,
+    UsageMap,
     VdiError,
     VdiHeader,
     VmFolder,
     analyze,
+    chain_usage,
     default_search_dirs,
     host_extents,
     load_vm_folder,
@@ -45,8 +47,6 @@ from vdigui.engine import (
     read_header,
     resolve_chain,
 )
-from vdigui.engine.guestfs import UsageMap
-from vdigui.engine.usage_report import chain_usage
 from vdigui.gui.blockstates import layer_codes, served_codes
 
 #: Header bytes shown in the hex dump.

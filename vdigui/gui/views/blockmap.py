@@ -40,8 +40,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from vdigui.engine import BLOCK_FREE, BLOCK_ZERO, VdiHeader
-from vdigui.engine.guestfs import UsageMap
+from vdigui.engine import BLOCK_FREE, BLOCK_ZERO, UsageMap, VdiHeader
 from vdigui.gui import theme
 from vdigui.gui.blockstates import (
     ALL_ZERO,

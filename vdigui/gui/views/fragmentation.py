@@ -32,8 +32,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from vdigui.engine import Analysis, HostExtents, fragmentation
-from vdigui.engine.guestfs import UsageMap, Volume
+from vdigui.engine import Analysis, HostExtents, UsageMap, Volume, fragmentation
 from vdigui.gui import theme
 from vdigui.gui.format import human_size
 from vdigui.gui.views.partitionbar import bar_volumes

@@ -16,7 +16,7 @@ from PySide6.QtCore import QPointF, QRectF, Qt
 from PySide6.QtGui import QBrush, QColor, QMouseEvent, QPainter, QPaintEvent, QPen
 from PySide6.QtWidgets import QToolTip, QWidget
 
-from vdigui.engine.guestfs import UsageMap, Volume
+from vdigui.engine import UsageMap, Volume
 from vdigui.gui import theme
 from vdigui.gui.format import human_size
 
