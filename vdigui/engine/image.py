@@ -426,6 +426,15 @@ def create_image(path: Path | str, disk_size: int = 0, *, fixed: bool = False,
     return header
 
 
+def write_synced(fd: int, data: bytes) -> None:
+    """Write all of ``data`` at the descriptor's position, then flush it to stable storage."""
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+    os.fsync(fd)
+
+
 def fsync_dir(folder: Path) -> None:
     """Flush a directory so renames in it survive power loss (no-op where unsupported)."""
     with contextlib.suppress(OSError):

@@ -32,7 +32,7 @@ from pathlib import Path
 import defusedxml.ElementTree as DET
 
 from vdigui.engine.errors import SettingsError
-from vdigui.engine.image import fsync_dir
+from vdigui.engine.image import fsync_dir, write_synced
 
 _ROOT_START = re.compile(rb"<(?![?!])")
 
@@ -528,11 +528,7 @@ def write_settings_file(path: Path, data: bytes) -> None:
     prev = path.with_name(path.name + "-prev")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
-        view = memoryview(data)
-        while view:
-            written = os.write(fd, view)
-            view = view[written:]
-        os.fsync(fd)
+        write_synced(fd, data)
     finally:
         os.close(fd)
     with contextlib.suppress(OSError):

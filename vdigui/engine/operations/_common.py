@@ -30,7 +30,7 @@ from vdigui.engine import format as fmt
 from vdigui.engine.chain import DiskChain
 from vdigui.engine.errors import OperationRefused, VdiError
 from vdigui.engine.format import BLOCK_FREE, BLOCK_ZERO
-from vdigui.engine.image import VdiImage, fsync_dir, zeros
+from vdigui.engine.image import VdiImage, fsync_dir, write_synced, zeros
 from vdigui.engine.progress import CancelToken, Progress, ProgressFn
 
 if sys.platform != "win32":
@@ -154,11 +154,7 @@ def write_file_atomic(path: Path, data: bytes) -> None:
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
     try:
         try:
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
+            write_synced(fd, data)
         finally:
             os.close(fd)
         tmp.replace(path)

@@ -26,7 +26,9 @@ from vdigui.gui.wizards.targets import (
     TITLES,
     Availability,
     Target,
+    cached_repair_availability,
     operation_availability,
+    repair_availability,
     resolve_target,
 )
 from vdigui.gui.workers import WorkerPool
@@ -72,6 +74,7 @@ class OperationActions(QObject):
         self.actions: dict[str, QAction] = {}
         self._context: list[QAction] = []
         self._pending_select: Any = None
+        self._repair_jobs: set[tuple[int, Path | None]] = set()
         style = window.style()
         for key in OPERATIONS:
             action = QAction(MENU_TEXT[key], window)
@@ -136,11 +139,33 @@ class OperationActions(QObject):
         """operation_availability for ``selection``, with the busy lock applied."""
         vm = self.get_vm()
         target = self._target(selection)
-        result = operation_availability(vm, target)
+        result = operation_availability(vm, target, repair=False)
+        repair = cached_repair_availability(vm, target)
+        if repair is None:
+            repair = (False, "Checking the disks for problems vdigui can fix…")
+            self._plan_repair_later(vm, target)
+        result["repair"] = repair
         busy = self.busy_reason(target)
         if busy:
             result = dict.fromkeys(result, (False, busy))
         return result
+
+    def _plan_repair_later(self, vm: VmFolder | None, target: Target) -> None:
+        """Plan the repair on a worker (it reads every block map), then refresh the actions."""
+        key = (id(vm), target.image)
+        if key in self._repair_jobs:
+            return
+        self._repair_jobs.add(key)
+
+        def done(_answer: object) -> None:
+            self._repair_jobs.discard(key)
+            if self.get_vm() is vm:
+                self.refresh()
+
+        self.pool.start(lambda _progress, _token: repair_availability(vm, target),
+                        "repair check", succeeded=done,
+                        failed=lambda _exc: self._repair_jobs.discard(key),
+                        cancelled=lambda: self._repair_jobs.discard(key))
 
     def _apply(self, action: QAction, key: str, enabled: bool, reason: str) -> None:
         shortcut = action.shortcut().toString(QKeySequence.SequenceFormat.NativeText)

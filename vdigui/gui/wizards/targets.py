@@ -233,10 +233,36 @@ def _delete_reason(vm: VmFolder | None, target: Target) -> tuple[bool, str]:
     return True, f"Delete {target.label}, merging its disk changes so every other state stays"
 
 
-def _repair_reason(vm: VmFolder | None, target: Target) -> tuple[bool, str]:
+#: The last repair answer: (VmFolder or None, where, answer). A repair plan checks every image
+#: of the folder (whole block maps), which is too slow to repeat on every selection change;
+#: a VmFolder is immutable and replaced on reload, so its identity is a safe cache key.
+_last_repair: list[tuple[object, Path, tuple[bool, str]]] = []
+
+
+def cached_repair_availability(vm: VmFolder | None, target: Target) -> tuple[bool, str] | None:
+    """The repair answer when it is known without planning (else None: plan it off-thread)."""
     where: Path | None = vm.folder if vm is not None else target.image
     if where is None:
         return False, "Open a VM folder or a disk image to check it for repairs."
+    last = _last_repair[0] if _last_repair else None
+    if last is not None and last[0] is vm and last[1] == where:
+        return last[2]
+    return None
+
+
+def repair_availability(vm: VmFolder | None, target: Target) -> tuple[bool, str]:
+    """Whether a repair plan has fixes (plans it: reads every image's block map; slow)."""
+    known = cached_repair_availability(vm, target)
+    if known is not None:
+        return known
+    where = vm.folder if vm is not None else target.image
+    assert where is not None
+    answer = _plan_repair_reason(vm, where)
+    _last_repair[:] = [(vm, where, answer)]
+    return answer
+
+
+def _plan_repair_reason(vm: VmFolder | None, where: Path) -> tuple[bool, str]:
     try:
         plan = eng.plan_repair(where)
     except VdiError as exc:
@@ -248,11 +274,13 @@ def _repair_reason(vm: VmFolder | None, target: Target) -> tuple[bool, str]:
         "VM" if vm is not None else "image")
 
 
-def operation_availability(vm: VmFolder | None, target: object) -> Availability:
+def operation_availability(vm: VmFolder | None, target: object, *,
+                           repair: bool = True) -> Availability:
     """For each operation: (enabled, reason) where reason is the tooltip.
 
     Fast: it runs only the engine's plans that read headers and block maps, never the data.
-    A disabled operation's reason is the engine's own refusal sentence.
+    A disabled operation's reason is the engine's own refusal sentence. With ``repair=False``
+    the repair entry is left out (the window plans it on a worker: it checks every image).
     """
     try:
         resolved = resolve_target(vm, target)
@@ -263,7 +291,7 @@ def operation_availability(vm: VmFolder | None, target: object) -> Availability:
         "compact": _compact_reason(resolved),
         "clone": _clone_reason(vm, resolved),
         "delete-snapshot": _delete_reason(vm, resolved),
-        "repair": _repair_reason(vm, resolved),
+        **({"repair": repair_availability(vm, resolved)} if repair else {}),
     }
 
 
