@@ -11,23 +11,31 @@ only assembles them and turns errors into one line and an exit code:
 from __future__ import annotations
 
 import argparse
+import importlib
 import signal
 import sys
 from collections.abc import Sequence
 from types import FrameType
 
 from vdigui import __version__
-from vdigui.cli import inspect_cmds, ops_cmds, snapshot_cmds
 from vdigui.cli.common import Context
 from vdigui.engine.errors import OperationCancelled, VdiError
 from vdigui.engine.progress import CancelToken
 
-#: Modules that contribute sub-commands, each with ``register(subparsers)``.
-COMMAND_MODULES = [inspect_cmds, ops_cmds, snapshot_cmds]
+#: Sub-command -> the module of this package that registers and runs it. Only the module of the
+#: command being run is imported, so ``vdictl info`` does not load every operation first.
+COMMANDS = {
+    "info": "inspect_cmds", "map": "inspect_cmds", "check": "inspect_cmds",
+    "tree": "inspect_cmds", "frag": "inspect_cmds", "export": "inspect_cmds",
+    "create": "inspect_cmds",
+    "compact": "ops_cmds", "clone": "ops_cmds", "convert": "ops_cmds", "usage": "ops_cmds",
+    "snapshot": "snapshot_cmds", "merge": "snapshot_cmds", "repair": "snapshot_cmds",
+    "set-uuid": "snapshot_cmds", "undo": "snapshot_cmds",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The full argument parser (all sub-commands)."""
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The argument parser: every sub-command, or only the module that provides ``command``."""
     parser = argparse.ArgumentParser(
         prog="vdictl",
         description="Inspect, check, export and change VirtualBox VDI images and VM folders "
@@ -35,15 +43,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"vdictl {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in COMMAND_MODULES:
-        module.register(sub)
+    wanted = [COMMANDS[command]] if command in COMMANDS else dict.fromkeys(COMMANDS.values())
+    for name in wanted:
+        importlib.import_module(f"vdigui.cli.{name}").register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run vdictl; returns the exit status (also used as the console-script entry point)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in arguments if not a.startswith("-")), None)
+    args = build_parser(command).parse_args(arguments)
     token = CancelToken()
     ctx = Context(token=token, json=bool(getattr(args, "json", False)))
     previous = _install_sigint(ctx)

@@ -13,7 +13,6 @@ from typing import Any
 from vdigui.engine.chain import resolve_chain
 from vdigui.engine.errors import VdiError
 from vdigui.engine.progress import CancelToken, Progress
-from vdigui.engine.vmfolder import load_vm_folder
 
 _UNITS = ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB")
 
@@ -111,6 +110,8 @@ def resolve_source(source: Path, snapshot: str | None, current: bool,
 
 def _resolve_vm_source(folder: Path, snapshot: str | None, current: bool,
                        disk: str | None) -> tuple[Path, ...]:
+    from vdigui.engine.vmfolder import load_vm_folder  # only VM-folder sources need the parser
+
     if snapshot is None and not current:
         raise VdiError(f"'{folder}' is a VM folder: say which state with --snapshot NAME or "
                        "--current.")

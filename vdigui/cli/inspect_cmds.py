@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -21,7 +21,9 @@ from vdigui.engine.analysis import FragStats, analyze, host_extents
 from vdigui.engine.check import check_path
 from vdigui.engine.export import export_raw
 from vdigui.engine.format import BLOCK_FREE, BLOCK_ZERO
-from vdigui.engine.vmfolder import Medium, SnapshotNode, VmFolder, load_vm_folder
+
+if TYPE_CHECKING:
+    from vdigui.engine.vmfolder import Medium, SnapshotNode, VmFolder
 
 
 def register(sub: Any) -> None:
@@ -297,6 +299,8 @@ def _print_media(vm: VmFolder, uuid: Any, depth: int) -> None:
 
 def cmd_tree(args: argparse.Namespace, ctx: Context) -> int:
     """vdictl tree VMFOLDER [--json]: exit 2 when errors were found."""
+    from vdigui.engine.vmfolder import load_vm_folder  # only tree needs the XML parser here
+
     vm = load_vm_folder(args.vmfolder)
     if ctx.json:
         print_json(vm.to_dict())

@@ -1,231 +1,125 @@
 """vdigui's engine: VDI files, chains, VM folders, analysis and the operations on them.
 
 This package never imports Qt or pyqtgraph: the CLI, the GUI and tests all stand on it. The GUI
-uses only the names re-exported here (one list, so the public surface is visible at a glance).
+uses only the names listed here (one table, so the public surface is visible at a glance).
+
+Names are imported on first use (PEP 562): ``vdictl info`` should not pay for loading the
+guest-filesystem readers and every operation just to read one header.
 """
 
 from __future__ import annotations
 
-from vdigui.engine.analysis import (
-    Analysis,
-    FragStats,
-    HostExtents,
-    ImageStats,
-    Location,
-    analyze,
-    fragmentation,
-    host_extents,
-    image_stats,
-    locate,
-    scan_zero_blocks,
-)
-from vdigui.engine.chain import (
-    ChainResolution,
-    DiskChain,
-    ImageIndex,
-    default_search_dirs,
-    open_chain,
-    open_paths,
-    resolve_chain,
-)
-from vdigui.engine.check import (
-    CheckReport,
-    Finding,
-    check_image,
-    check_path,
-)
-from vdigui.engine.demo import (
-    build_demo_vm,
-)
-from vdigui.engine.errors import (
-    ChainError,
-    HeaderError,
-    ImageCorruptError,
-    MissingParentError,
-    OperationCancelled,
-    OperationRefused,
-    SettingsError,
-    VdiError,
-    VerificationError,
-)
-from vdigui.engine.export import (
-    ExportResult,
-    export_raw,
-)
-from vdigui.engine.format import (
-    BLOCK_FREE,
-    BLOCK_ZERO,
-    NULL_UUID,
-    ImageType,
-    VdiHeader,
-    read_header,
-)
-from vdigui.engine.guestfs import (
-    ReclaimForecast,
-    UsageMap,
-    Volume,
-)
-from vdigui.engine.image import (
-    VdiImage,
-    create_image,
-    open_image,
-    opened,
-)
-from vdigui.engine.operations.clone import (
-    ClonePlan,
-    CloneResult,
-    plan_clone,
-    run_clone,
-)
-from vdigui.engine.operations.compact import (
-    CompactPlan,
-    CompactResult,
-    plan_compact,
-    run_compact,
-)
-from vdigui.engine.operations.convert import (
-    ConvertPlan,
-    ConvertResult,
-    plan_convert,
-    run_convert,
-)
-from vdigui.engine.operations.journal import (
-    RecoveryResult,
-    UndoResult,
-    recover_pending,
-    undo_last,
-)
-from vdigui.engine.operations.merge import (
-    MergePlan,
-    MergeResult,
-    list_snapshots,
-    plan_merge,
-    plan_snapshot_delete,
-    run_merge,
-)
-from vdigui.engine.operations.repair import (
-    Fix,
-    RepairPlan,
-    RepairResult,
-    plan_repair,
-    plan_set_uuid,
-    run_repair,
-)
-from vdigui.engine.progress import (
-    CancelToken,
-    Progress,
-    ProgressFn,
-    no_progress,
-)
-from vdigui.engine.usage_report import (
-    chain_usage,
-    usage_report,
-)
-from vdigui.engine.vmfolder import (
-    Attachment,
-    GlobalSettings,
-    MachineSettings,
-    Medium,
-    Problem,
-    SnapshotNode,
-    VmFolder,
-    find_running_vm_hint,
-    find_settings_file,
-    load_settings,
-    load_vm_folder,
-)
+import importlib
+from typing import Any
 
-__all__ = [
-    "BLOCK_FREE",
-    "BLOCK_ZERO",
-    "NULL_UUID",
-    "Analysis",
-    "Attachment",
-    "CancelToken",
-    "ChainError",
-    "ChainResolution",
-    "CheckReport",
-    "ClonePlan",
-    "CloneResult",
-    "CompactPlan",
-    "CompactResult",
-    "ConvertPlan",
-    "ConvertResult",
-    "DiskChain",
-    "ExportResult",
-    "Finding",
-    "Fix",
-    "FragStats",
-    "GlobalSettings",
-    "HeaderError",
-    "HostExtents",
-    "ImageCorruptError",
-    "ImageIndex",
-    "ImageStats",
-    "ImageType",
-    "Location",
-    "MachineSettings",
-    "Medium",
-    "MergePlan",
-    "MergeResult",
-    "MissingParentError",
-    "OperationCancelled",
-    "OperationRefused",
-    "Problem",
-    "Progress",
-    "ProgressFn",
-    "ReclaimForecast",
-    "RecoveryResult",
-    "RepairPlan",
-    "RepairResult",
-    "SettingsError",
-    "SnapshotNode",
-    "UndoResult",
-    "UsageMap",
-    "VdiError",
-    "VdiHeader",
-    "VdiImage",
-    "VerificationError",
-    "VmFolder",
-    "Volume",
-    "analyze",
-    "build_demo_vm",
-    "chain_usage",
-    "check_image",
-    "check_path",
-    "create_image",
-    "default_search_dirs",
-    "export_raw",
-    "find_running_vm_hint",
-    "find_settings_file",
-    "fragmentation",
-    "host_extents",
-    "image_stats",
-    "list_snapshots",
-    "load_settings",
-    "load_vm_folder",
-    "locate",
-    "no_progress",
-    "open_chain",
-    "open_image",
-    "open_paths",
-    "opened",
-    "plan_clone",
-    "plan_compact",
-    "plan_convert",
-    "plan_merge",
-    "plan_repair",
-    "plan_set_uuid",
-    "plan_snapshot_delete",
-    "read_header",
-    "recover_pending",
-    "resolve_chain",
-    "run_clone",
-    "run_compact",
-    "run_convert",
-    "run_merge",
-    "run_repair",
-    "scan_zero_blocks",
-    "undo_last",
-    "usage_report",
-]
+#: public name -> the module that defines it
+_EXPORTS: dict[str, str] = {
+    "Analysis": "vdigui.engine.analysis",
+    "FragStats": "vdigui.engine.analysis",
+    "HostExtents": "vdigui.engine.analysis",
+    "ImageStats": "vdigui.engine.analysis",
+    "Location": "vdigui.engine.analysis",
+    "analyze": "vdigui.engine.analysis",
+    "fragmentation": "vdigui.engine.analysis",
+    "host_extents": "vdigui.engine.analysis",
+    "image_stats": "vdigui.engine.analysis",
+    "locate": "vdigui.engine.analysis",
+    "scan_zero_blocks": "vdigui.engine.analysis",
+    "ChainResolution": "vdigui.engine.chain",
+    "DiskChain": "vdigui.engine.chain",
+    "ImageIndex": "vdigui.engine.chain",
+    "default_search_dirs": "vdigui.engine.chain",
+    "open_chain": "vdigui.engine.chain",
+    "open_paths": "vdigui.engine.chain",
+    "resolve_chain": "vdigui.engine.chain",
+    "CheckReport": "vdigui.engine.check",
+    "Finding": "vdigui.engine.check",
+    "check_image": "vdigui.engine.check",
+    "check_path": "vdigui.engine.check",
+    "build_demo_vm": "vdigui.engine.demo",
+    "ChainError": "vdigui.engine.errors",
+    "HeaderError": "vdigui.engine.errors",
+    "ImageCorruptError": "vdigui.engine.errors",
+    "MissingParentError": "vdigui.engine.errors",
+    "OperationCancelled": "vdigui.engine.errors",
+    "OperationRefused": "vdigui.engine.errors",
+    "SettingsError": "vdigui.engine.errors",
+    "VdiError": "vdigui.engine.errors",
+    "VerificationError": "vdigui.engine.errors",
+    "ExportResult": "vdigui.engine.export",
+    "export_raw": "vdigui.engine.export",
+    "BLOCK_FREE": "vdigui.engine.format",
+    "BLOCK_ZERO": "vdigui.engine.format",
+    "NULL_UUID": "vdigui.engine.format",
+    "ImageType": "vdigui.engine.format",
+    "VdiHeader": "vdigui.engine.format",
+    "read_header": "vdigui.engine.format",
+    "ReclaimForecast": "vdigui.engine.guestfs",
+    "UsageMap": "vdigui.engine.guestfs",
+    "Volume": "vdigui.engine.guestfs",
+    "VdiImage": "vdigui.engine.image",
+    "create_image": "vdigui.engine.image",
+    "open_image": "vdigui.engine.image",
+    "opened": "vdigui.engine.image",
+    "ClonePlan": "vdigui.engine.operations.clone",
+    "CloneResult": "vdigui.engine.operations.clone",
+    "plan_clone": "vdigui.engine.operations.clone",
+    "run_clone": "vdigui.engine.operations.clone",
+    "CompactPlan": "vdigui.engine.operations.compact",
+    "CompactResult": "vdigui.engine.operations.compact",
+    "plan_compact": "vdigui.engine.operations.compact",
+    "run_compact": "vdigui.engine.operations.compact",
+    "ConvertPlan": "vdigui.engine.operations.convert",
+    "ConvertResult": "vdigui.engine.operations.convert",
+    "plan_convert": "vdigui.engine.operations.convert",
+    "run_convert": "vdigui.engine.operations.convert",
+    "RecoveryResult": "vdigui.engine.operations.journal",
+    "UndoResult": "vdigui.engine.operations.journal",
+    "recover_pending": "vdigui.engine.operations.journal",
+    "undo_last": "vdigui.engine.operations.journal",
+    "MergePlan": "vdigui.engine.operations.merge",
+    "MergeResult": "vdigui.engine.operations.merge",
+    "list_snapshots": "vdigui.engine.operations.merge",
+    "plan_merge": "vdigui.engine.operations.merge",
+    "plan_snapshot_delete": "vdigui.engine.operations.merge",
+    "run_merge": "vdigui.engine.operations.merge",
+    "Fix": "vdigui.engine.operations.repair",
+    "RepairPlan": "vdigui.engine.operations.repair",
+    "RepairResult": "vdigui.engine.operations.repair",
+    "plan_repair": "vdigui.engine.operations.repair",
+    "plan_set_uuid": "vdigui.engine.operations.repair",
+    "run_repair": "vdigui.engine.operations.repair",
+    "CancelToken": "vdigui.engine.progress",
+    "Progress": "vdigui.engine.progress",
+    "ProgressFn": "vdigui.engine.progress",
+    "no_progress": "vdigui.engine.progress",
+    "chain_usage": "vdigui.engine.usage_report",
+    "usage_report": "vdigui.engine.usage_report",
+    "Attachment": "vdigui.engine.vmfolder",
+    "GlobalSettings": "vdigui.engine.vmfolder",
+    "MachineSettings": "vdigui.engine.vmfolder",
+    "Medium": "vdigui.engine.vmfolder",
+    "Problem": "vdigui.engine.vmfolder",
+    "SnapshotNode": "vdigui.engine.vmfolder",
+    "VmFolder": "vdigui.engine.vmfolder",
+    "find_running_vm_hint": "vdigui.engine.vmfolder",
+    "find_settings_file": "vdigui.engine.vmfolder",
+    "load_settings": "vdigui.engine.vmfolder",
+    "load_vm_folder": "vdigui.engine.vmfolder",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """Import the module that defines ``name`` the first time it is asked for."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'vdigui.engine' has no attribute '{name}'")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -17,7 +17,6 @@ from vdigui.engine.chain import resolve_chain
 from vdigui.engine.errors import VdiError
 from vdigui.engine.format import FIRST_SPECIAL
 from vdigui.engine.image import VdiImage, open_image
-from vdigui.engine.vmfolder import load_vm_folder
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +152,9 @@ def _check_file(path: Path) -> tuple[Finding, ...]:
 
 
 def _check_vm_folder(path: Path) -> CheckReport:
+    # Imported here: checking a single image (the common scripted case) needs no XML parser.
+    from vdigui.engine.vmfolder import load_vm_folder
+
     vm = load_vm_folder(path)
     findings = [Finding(p.severity, p.kind, Path(p.path) if p.path else vm.folder, p.message)
                 for p in vm.problems]

@@ -16,7 +16,7 @@ from pathlib import Path
 from vdigui.engine.chain import DiskChain
 from vdigui.engine.errors import VdiError
 from vdigui.engine.format import BLOCK_FREE, BLOCK_ZERO
-from vdigui.engine.image import VdiImage, fsync_dir, is_all_zero
+from vdigui.engine.image import BackgroundFlusher, VdiImage, fsync_dir, is_all_zero
 from vdigui.engine.progress import CancelToken, Progress, ProgressFn, no_progress
 
 
@@ -95,6 +95,7 @@ def export_raw(chain: DiskChain, out: Path | str, *, progress: ProgressFn = no_p
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     except OSError as exc:
         raise VdiError(f"Cannot write '{tmp}': {exc.strerror or exc}.") from exc
+    flusher = BackgroundFlusher(fd)
     try:
         serving = chain.serving_layers()
         for block in range(total):
@@ -108,14 +109,17 @@ def export_raw(chain: DiskChain, out: Path | str, *, progress: ProgressFn = no_p
                     length = min(bs, chain.disk_size - block * bs)
                     if _copy_unless_zero(layer, entry, block, fd, block * bs, length):
                         written += 1
+                        flusher.wrote(length)
             progress(Progress("exporting", block + 1, total, (block + 1) * bs))
         os.ftruncate(fd, chain.disk_size)
+        flusher.finish()
         os.fsync(fd)
         os.close(fd)
         fd = -1
         tmp.replace(out)
         fsync_dir(out.parent)
     except BaseException:
+        flusher.finish()
         if fd >= 0:
             os.close(fd)
         with contextlib.suppress(FileNotFoundError):
