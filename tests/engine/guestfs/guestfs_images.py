@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support import require_tool
 
 from vdigui.engine.guestfs import UsageMap
 
@@ -24,13 +25,8 @@ MiB = 1 << 20
 
 def need(*tools: str) -> None:
     """Skip (or, under CI, fail) when a Debian tool the test relies on is missing."""
-    missing = [t for t in tools if shutil.which(t) is None]
-    if missing:
-        pkgs = "e2fsprogs dosfstools mtools ntfs-3g fdisk gdisk"
-        msg = f"missing tool(s): {', '.join(missing)} (Debian packages: {pkgs})"
-        if os.environ.get("CI"):
-            pytest.fail(msg)
-        pytest.skip(msg)
+    for tool in tools:
+        require_tool(tool)
 
 
 def run(
