@@ -14,18 +14,6 @@ from vdigui.engine.chain import resolve_chain
 from vdigui.engine.errors import VdiError
 from vdigui.engine.progress import CancelToken, Progress
 
-_UNITS = ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB")
-
-
-def human_size(value: int) -> str:
-    """1536 -> '1.5 KiB'; exact byte counts stay available in --json output."""
-    size = float(value)
-    for unit in _UNITS:
-        if abs(size) < 1024 or unit == _UNITS[-1]:
-            return f"{int(size)} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{value} bytes"  # unreachable
-
 
 def parse_size(text: str) -> int:
     """'64M', '2G', '1TiB', '512K', '1048576' -> bytes (binary units).

@@ -11,7 +11,6 @@ import numpy as np
 from vdigui.cli.common import (
     Context,
     add_source_arguments,
-    human_size,
     parse_size,
     print_json,
     resolve_source,
@@ -21,6 +20,7 @@ from vdigui.engine.analysis import FragStats, analyze, host_extents
 from vdigui.engine.check import check_path
 from vdigui.engine.export import export_raw
 from vdigui.engine.format import BLOCK_FREE, BLOCK_ZERO
+from vdigui.engine.units import human_size
 
 if TYPE_CHECKING:
     from vdigui.engine.vmfolder import Medium, SnapshotNode, VmFolder

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from vdigui.cli.common import Context, add_source_arguments, human_size, print_json, resolve_source
+from vdigui.cli.common import Context, add_source_arguments, print_json, resolve_source
 from vdigui.engine.errors import OperationCancelled, OperationRefused
 from vdigui.engine.guestfs import ReclaimForecast, UsageMap
 from vdigui.engine.operations import journal
@@ -31,6 +31,7 @@ from vdigui.engine.operations.compact import (
     run_compact,
 )
 from vdigui.engine.operations.convert import ConvertPlan, ConvertResult, plan_convert, run_convert
+from vdigui.engine.units import human_size
 from vdigui.engine.usage_report import BlockUseSummary, UsageReport, usage_report, vm_folder_of
 
 

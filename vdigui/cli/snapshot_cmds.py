@@ -14,11 +14,12 @@ import uuid as uuidlib
 from pathlib import Path
 from typing import Any
 
-from vdigui.cli.common import Context, human_size, print_json
+from vdigui.cli.common import Context, print_json
 from vdigui.engine.errors import OperationRefused
 from vdigui.engine.operations import journal as jr
 from vdigui.engine.operations import merge as mg
 from vdigui.engine.operations import repair as rp
+from vdigui.engine.units import human_size
 
 
 def register(sub: Any) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 #: public name -> the module that defines it
 _EXPORTS: dict[str, str] = {
+    "human_size": "vdigui.engine.units",
     "Analysis": "vdigui.engine.analysis",
     "FragStats": "vdigui.engine.analysis",
     "HostExtents": "vdigui.engine.analysis",

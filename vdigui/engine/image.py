@@ -72,6 +72,7 @@ class VdiImage:
         self.block_map = block_map
         self.writable = writable
         self.file_size = file_size
+        self._max_slot: tuple[np.ndarray, int] | None = None
 
     # -- lifetime -------------------------------------------------------------------------
     def close(self) -> None:
@@ -206,6 +207,7 @@ class VdiImage:
         order = np.argsort(blocks, kind="stable")
         blocks, values = blocks[order], values[order]
         self.block_map[blocks] = values
+        self._max_slot = None
         breaks = np.flatnonzero(np.diff(blocks) != 1) + 1
         for run in np.split(blocks, breaks):
             first, last = int(run[0]), int(run[-1])
@@ -215,6 +217,7 @@ class VdiImage:
     def write_whole_map(self) -> None:
         """Write the in-memory map over the file's map."""
         self._require_writable()
+        self._max_slot = None  # the caller changed the array in place
         os.pwrite(self._fd, self.block_map.astype("<u4").tobytes(), self.header.offset_blocks)
 
     def write_slot(self, slot: int, data: bytes | memoryview) -> None:
@@ -234,9 +237,19 @@ class VdiImage:
         self.file_size = size
 
     def max_slot(self) -> int:
-        """The highest slot any entry points at, or -1."""
+        """The highest slot any entry points at, or -1.
+
+        Cached per map array (write_block asks on every allocation, and a 2 TiB map has two
+        million entries); writes through this class keep the cache right, and a map array
+        replaced from outside is simply scanned again.
+        """
+        cached = self._max_slot
+        if cached is not None and cached[0] is self.block_map:
+            return cached[1]
         live = self.block_map[self.block_map < fmt.FIRST_SPECIAL]
-        return int(live.max()) if live.size else -1
+        value = int(live.max()) if live.size else -1
+        self._max_slot = (self.block_map, value)
+        return value
 
     def write_block(self, block: int, data: bytes, visible: bytes, *, durable: bool = True) -> str:
         """Write one whole guest block the way VirtualBox does.
@@ -280,6 +293,7 @@ class VdiImage:
             self.sync()
         self.write_header(h.replace(blocks_allocated=slot + 1))
         self.write_entries([block], [slot])
+        self._max_slot = (self.block_map, slot)  # every other entry is below ``slot``
         if durable:
             self.sync()
         return "allocated"

@@ -13,17 +13,7 @@ import uuid as uuidlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-_UNITS = ("bytes", "KiB", "MiB", "GiB", "TiB", "PiB")
-
-
-def human_size(value: float) -> str:
-    """1536 -> '1.5 KiB' (binary units, one decimal)."""
-    size = float(value)
-    for unit in _UNITS:
-        if abs(size) < 1024 or unit == _UNITS[-1]:
-            return f"{int(size)} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{value} bytes"
+from vdigui.engine import human_size
 
 
 def parse_offset(text: str) -> int:

@@ -85,8 +85,8 @@ class Injector:
         self.real_fsync(fd)
 
     def install(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setattr(compact.os, "pwrite", self.pwrite)
-        monkeypatch.setattr(compact.os, "fsync", self.fsync)
+        monkeypatch.setattr(os, "pwrite", self.pwrite)  # the module every writer uses
+        monkeypatch.setattr(os, "fsync", self.fsync)
 
 
 def assert_recovers(path: Path, paths: list[Path], expected: bytes, qemu_img: str | None,

@@ -563,6 +563,17 @@ def busy_reasons(path: Path) -> tuple[str, ...]:
     return in_use_reasons([path]) or running_vm_reasons(path)
 
 
+def in_place_refusals(path: Path, beside_why: str) -> tuple[str, ...]:
+    """Why ``path`` cannot be rewritten in place: no write access to it, or to its folder
+    (``beside_why`` says what must be created there), or it is busy (:func:`busy_reasons`)."""
+    reasons: list[str] = []
+    if not os.access(path, os.R_OK | os.W_OK):
+        reasons.append(f"You may not write to '{path}'.")
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        reasons.append(f"You may not create files in '{path.parent}' ({beside_why}).")
+    return (*reasons, *busy_reasons(path))
+
+
 # -- host space -----------------------------------------------------------------------------
 def free_space(folder: Path) -> int:
     """Bytes an unprivileged user may still write in ``folder``'s filesystem."""

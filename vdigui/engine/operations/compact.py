@@ -42,7 +42,6 @@ the original.
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +66,7 @@ from vdigui.engine.operations._common import (
     free_space,
     guest_hash,
     hard_link_warning,
+    in_place_refusals,
     require_unchanged,
     serving,
     space_refusal,
@@ -404,12 +404,7 @@ def plan_compact(path: Path | str, *, defrag: bool = False, scan: bool = False,
         refusals.append(f"'{path.name}' is a fixed-size image; compacting would break its "
                         f"preallocated layout. Convert it first with 'vdictl convert {path} "
                         "--to dynamic', which also drops its all-zero blocks.")
-    if not os.access(path, os.R_OK | os.W_OK):
-        refusals.append(f"You may not write to '{path}'.")
-    if not os.access(path.parent, os.W_OK | os.X_OK):
-        refusals.append(f"You may not create files in '{path.parent}' (needed for the backup "
-                        "of the block map).")
-    refusals.extend(busy_reasons(path))
+    refusals.extend(in_place_refusals(path, "needed for the backup of the block map"))
     if fs_aware:
         refusals.extend(saved_state_refusals(path))
     if defrag:

@@ -11,7 +11,6 @@ coexist until the swap.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -31,6 +30,7 @@ from vdigui.engine.operations._common import (
     discard,
     free_space,
     hard_link_warning,
+    in_place_refusals,
     require_unchanged,
     space_refusal,
     take_exclusive_lock,
@@ -149,12 +149,7 @@ def plan_convert(path: Path | str, to: Target) -> ConvertPlan:
     refusal = space_refusal(path.parent, size_after, free, f"the converted copy of '{path.name}'")
     if refusal:
         refusals.append(refusal)
-    if not os.access(path, os.R_OK | os.W_OK):
-        refusals.append(f"You may not write to '{path}'.")
-    if not os.access(path.parent, os.W_OK | os.X_OK):
-        refusals.append(f"You may not create files in '{path.parent}' (the converted image is "
-                        "built beside the original).")
-    refusals.extend(busy_reasons(path))
+    refusals.extend(in_place_refusals(path, "the converted image is built beside the original"))
     warnings.extend(hard_link_warning(path))
     if to == "fixed":
         warnings.append(f"The fixed image takes {size_after} bytes on the host whatever the "
