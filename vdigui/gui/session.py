@@ -53,17 +53,6 @@ from vdigui.gui.blockstates import layer_codes, served_codes
 HEADER_BYTES = 512
 
 
-@dataclass(frozen=True, slots=True)
-class ProblemRow:
-    """One problem as the Problems panel and the badges show it."""
-
-    severity: str
-    kind: str
-    message: str
-    path: Path | None
-    uuid: uuidlib.UUID | None
-
-
 @dataclass(eq=False)
 class DiskNode:
     """One image in the media tree (a registered medium, a file found on disk, or both).
@@ -92,7 +81,7 @@ class DiskNode:
     auto_reset: bool = False
     registered: bool = False
     format: str = "VDI"
-    problems: list[ProblemRow] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
     children: list[DiskNode] = field(default_factory=list)
     parent: DiskNode | None = None
     used_by: list[str] = field(default_factory=list)
@@ -136,7 +125,7 @@ class SnapNode:
     is_current_state: bool = False
     is_current_snapshot: bool = False
     modified: bool = False
-    problems: list[ProblemRow] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
     children: list[SnapNode] = field(default_factory=list)
     parent: SnapNode | None = None
 
@@ -163,7 +152,7 @@ class Session:
     vm: VmFolder | None
     snapshot_roots: list[SnapNode]
     media_roots: list[DiskNode]
-    problems: list[ProblemRow]
+    problems: list[Problem]
     default_disk: DiskNode | None
 
     def iter_disks(self) -> list[DiskNode]:
@@ -216,10 +205,6 @@ class Session:
         return next((r for r in rows if r.name.casefold() == text.casefold()), None)
 
 
-def _row(problem: Problem) -> ProblemRow:
-    return ProblemRow(problem.severity, problem.kind, problem.message, problem.path, problem.uuid)
-
-
 def _is_vdi_path(path: Path) -> bool:
     return path.suffix.lower() == ".vdi"
 
@@ -262,9 +247,9 @@ def _folder_images(folder: Path) -> list[Path]:
 def _load_image(path: Path, *, folder: Path | None = None, note: str = "") -> Session:
     """A single image (or a folder of them): the media tree linked by header UUIDs."""
     path = path.resolve()
-    problems: list[ProblemRow] = []
+    problems: list[Problem] = []
     if folder is not None:
-        problems.append(ProblemRow(
+        problems.append(Problem(
             "warning", "no-settings",
             f"{note.rstrip('.')}; the disk tree below was rebuilt from the image headers.",
             None, None))
@@ -282,7 +267,7 @@ def _load_image(path: Path, *, folder: Path | None = None, note: str = "") -> Se
     nodes: dict[uuidlib.UUID, DiskNode] = {}
     for file, head in index.headers.items():
         if head.uuid in nodes:
-            problems.append(ProblemRow(
+            problems.append(Problem(
                 "error", "duplicate-uuid",
                 f"'{file.name}' has the same UUID {{{head.uuid}}} as "
                 f"'{nodes[head.uuid].title}'; VirtualBox refuses to register both.",
@@ -292,14 +277,14 @@ def _load_image(path: Path, *, folder: Path | None = None, note: str = "") -> Se
     for file, exc in index.unreadable.items():
         if file == path:
             continue
-        problems.append(ProblemRow("warning", "unreadable-image", str(exc), file, None))
+        problems.append(Problem("warning", "unreadable-image", str(exc), file, None))
     roots: list[DiskNode] = []
     for node in nodes.values():
         assert node.header is not None
         parent_uuid = node.header.parent_uuid
         parent = nodes.get(parent_uuid)
         if node.header.is_differencing and parent is None:
-            problems.append(ProblemRow(
+            problems.append(Problem(
                 "error", "missing-parent",
                 f"Parent {{{parent_uuid}}} of '{node.title}' was not found (looked in: "
                 f"{', '.join(str(f) for f in index.folders)}).", node.path, node.uuid))
@@ -330,7 +315,7 @@ def _mtime(path: Path | None) -> float:
 
 
 def _load_vm(vm: VmFolder, source: Path) -> Session:
-    problems = [_row(p) for p in vm.problems]
+    problems = list(vm.problems)
     nodes: dict[uuidlib.UUID, DiskNode] = {}
 
     def make(uuid: uuidlib.UUID) -> DiskNode:
@@ -404,7 +389,7 @@ def _hard_disks(vm: VmFolder, attachments: tuple) -> list[uuidlib.UUID]:
             if a.device_type.lower() == "harddisk" and a.medium_uuid is not None]
 
 
-def _snapshot_rows(vm: VmFolder, problems: list[ProblemRow], known: set[uuidlib.UUID]
+def _snapshot_rows(vm: VmFolder, problems: list[Problem], known: set[uuidlib.UUID]
                    ) -> list[SnapNode]:
     """The snapshot tree with "Current State" under the current snapshot, as VirtualBox does.
 
@@ -413,7 +398,7 @@ def _snapshot_rows(vm: VmFolder, problems: list[ProblemRow], known: set[uuidlib.
     """
     del known  # every referenced disk's problems are shown, known or not
 
-    def badges(uuid: uuidlib.UUID | None, disks: list[uuidlib.UUID]) -> list[ProblemRow]:
+    def badges(uuid: uuidlib.UUID | None, disks: list[uuidlib.UUID]) -> list[Problem]:
         # The snapshot's own problems and those of the disks it uses: a user looking at a
         # snapshot should see that its disk is broken without opening the media tree.
         return [p for p in problems if (uuid is not None and p.uuid == uuid)

@@ -6,7 +6,7 @@ from typing import Any
 
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, QObject, QPersistentModelIndex, Qt
 
-from vdigui.gui.session import ProblemRow
+from vdigui.engine import Problem
 from vdigui.gui.theme import badge_icon
 
 Index = QModelIndex | QPersistentModelIndex
@@ -20,16 +20,16 @@ class ProblemsModel(QAbstractTableModel):
 
     def __init__(self, parent: QObject | None = None) -> None:
         super().__init__(parent)
-        self._rows: list[ProblemRow] = []
+        self._rows: list[Problem] = []
 
-    def set_problems(self, rows: list[ProblemRow]) -> None:
+    def set_problems(self, rows: list[Problem]) -> None:
         """Replace the list (errors first)."""
         self.beginResetModel()
         self._rows = sorted(rows, key=lambda p: p.severity != "error")
         self.endResetModel()
 
     @property
-    def problems(self) -> list[ProblemRow]:
+    def problems(self) -> list[Problem]:
         """The rows, in display order."""
         return list(self._rows)
 

@@ -8,20 +8,21 @@ from typing import Any
 from PySide6.QtCore import QObject, Qt
 from PySide6.QtGui import QFont, QIcon
 
+from vdigui.engine import Problem
 from vdigui.gui.models.tree import NodeTreeModel
-from vdigui.gui.session import ProblemRow, SnapNode
+from vdigui.gui.session import SnapNode
 from vdigui.gui.theme import badge_icon
 
 #: Role that returns the SnapNode itself (for views and tests).
 NodeRole = Qt.ItemDataRole.UserRole + 1
 
 
-def problems_html(problems: list[ProblemRow]) -> str:
+def problems_html(problems: list[Problem]) -> str:
     """Badge tooltip lines, one sentence each."""
     return "".join(f"<p>&#9888; {html.escape(p.message)}</p>" for p in problems)
 
 
-def worst_icon(problems: list[ProblemRow]) -> QIcon | None:
+def worst_icon(problems: list[Problem]) -> QIcon | None:
     """The badge for a node: error beats warning; None without problems."""
     if not problems:
         return None
