@@ -8,15 +8,15 @@ file is sparse wherever the host filesystem supports it.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from vdigui.engine import fileio
 from vdigui.engine.chain import DiskChain
 from vdigui.engine.errors import VdiError
 from vdigui.engine.format import BLOCK_FREE, BLOCK_ZERO
-from vdigui.engine.image import BackgroundFlusher, VdiImage, fsync_dir, is_all_zero
+from vdigui.engine.image import BackgroundFlusher, VdiImage, is_all_zero
 from vdigui.engine.progress import CancelToken, Progress, ProgressFn, no_progress
 
 
@@ -46,34 +46,12 @@ def _copy_unless_zero(layer: VdiImage, slot: int, block: int, out_fd: int, out_o
         data = layer.read_slot(slot, block)[:length]
         if is_all_zero(data):
             return False
-        os.pwrite(out_fd, data, out_offset)
+        fileio.pwrite(out_fd, data, out_offset)
         return True
-    os.pwrite(out_fd, head, out_offset)
-    copy_range(layer.fd, layer.header.slot_offset(slot) + len(head), out_fd,
+    fileio.pwrite(out_fd, head, out_offset)
+    fileio.copy_range(layer.fd, layer.header.slot_offset(slot) + len(head), out_fd,
                out_offset + len(head), length - len(head))
     return True
-
-
-def copy_range(src_fd: int, src_offset: int, dst_fd: int, dst_offset: int, length: int) -> None:
-    """Copy bytes between files in the kernel where possible (copy_file_range), else by hand."""
-    while length > 0:
-        done = 0
-        if _KERNEL_COPY[0]:
-            try:
-                done = os.copy_file_range(src_fd, dst_fd, length, src_offset, dst_offset)
-            except OSError:
-                _KERNEL_COPY[0] = False
-        if done <= 0:
-            chunk = os.pread(src_fd, min(length, 8 << 20), src_offset)
-            if not chunk:
-                raise VdiError("Unexpected end of file while copying data.")
-            done = os.pwrite(dst_fd, chunk, dst_offset)
-        src_offset += done
-        dst_offset += done
-        length -= done
-
-
-_KERNEL_COPY = [hasattr(os, "copy_file_range")]
 
 
 def export_raw(chain: DiskChain, out: Path | str, *, progress: ProgressFn = no_progress,
@@ -92,7 +70,7 @@ def export_raw(chain: DiskChain, out: Path | str, *, progress: ProgressFn = no_p
     total = chain.guest_blocks
     written = 0
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = fileio.open_fd(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     except OSError as exc:
         raise VdiError(f"Cannot write '{tmp}': {exc.strerror or exc}.") from exc
     flusher = BackgroundFlusher(fd)
@@ -111,18 +89,17 @@ def export_raw(chain: DiskChain, out: Path | str, *, progress: ProgressFn = no_p
                         written += 1
                         flusher.wrote(length)
             progress(Progress("exporting", block + 1, total, (block + 1) * bs))
-        os.ftruncate(fd, chain.disk_size)
+        fileio.ftruncate(fd, chain.disk_size)
         flusher.finish()
-        os.fsync(fd)
-        os.close(fd)
+        fileio.fsync(fd)
+        fileio.close(fd)
         fd = -1
-        tmp.replace(out)
-        fsync_dir(out.parent)
+        fileio.replace(tmp, out)
+        fileio.fsync_dir(out.parent)
     except BaseException:
         flusher.finish()
         if fd >= 0:
-            os.close(fd)
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+            fileio.close(fd)
+        fileio.unlink(tmp, missing_ok=True)
         raise
     return ExportResult(out, chain.disk_size, written, total - written)

@@ -24,6 +24,7 @@ from types import TracebackType
 
 import numpy as np
 
+from vdigui.engine import fileio
 from vdigui.engine import format as fmt
 from vdigui.engine.errors import ImageCorruptError, VdiError
 from vdigui.engine.format import BLOCK_FREE, BLOCK_ZERO, ImageType, VdiHeader
@@ -78,7 +79,7 @@ class VdiImage:
     def close(self) -> None:
         """Close the file descriptor (idempotent)."""
         if self._fd >= 0:
-            os.close(self._fd)
+            fileio.close(self._fd)
             self._fd = -1
 
     @property
@@ -188,13 +189,13 @@ class VdiImage:
 
     def sync(self) -> None:
         """Flush written data and metadata to stable storage."""
-        os.fsync(self._fd)
+        fileio.fsync(self._fd)
 
     def write_header(self, header: VdiHeader) -> None:
         """Write the header struct (not the banner) and adopt it."""
         self._require_writable()
         fmt.validate_header(header, self.path)
-        os.pwrite(self._fd, fmt.pack_header(header), fmt.PREHEADER_SIZE)
+        fileio.pwrite(self._fd, fmt.pack_header(header), fmt.PREHEADER_SIZE)
         self.header = header
 
     def write_entries(self, blocks: np.ndarray | list[int], values: np.ndarray | list[int]) -> None:
@@ -212,13 +213,13 @@ class VdiImage:
         for run in np.split(blocks, breaks):
             first, last = int(run[0]), int(run[-1])
             data = self.block_map[first:last + 1].astype("<u4").tobytes()
-            os.pwrite(self._fd, data, self.header.offset_blocks + 4 * first)
+            fileio.pwrite(self._fd, data, self.header.offset_blocks + 4 * first)
 
     def write_whole_map(self) -> None:
         """Write the in-memory map over the file's map."""
         self._require_writable()
         self._max_slot = None  # the caller changed the array in place
-        os.pwrite(self._fd, self.block_map.astype("<u4").tobytes(), self.header.offset_blocks)
+        fileio.pwrite(self._fd, self.block_map.astype("<u4").tobytes(), self.header.offset_blocks)
 
     def write_slot(self, slot: int, data: bytes | memoryview) -> None:
         """Write one block's data into physical slot ``slot`` (no metadata change)."""
@@ -227,13 +228,13 @@ class VdiImage:
         if len(data) != h.block_size:
             raise ValueError("write_slot needs exactly one block of data")
         offset = h.slot_offset(slot)
-        os.pwrite(self._fd, data, offset)
+        fileio.pwrite(self._fd, data, offset)
         self.file_size = max(self.file_size, offset + h.block_size)
 
     def truncate(self, size: int) -> None:
         """Cut (or extend) the file to ``size`` bytes."""
         self._require_writable()
-        os.ftruncate(self._fd, size)
+        fileio.ftruncate(self._fd, size)
         self.file_size = size
 
     def max_slot(self) -> int:
@@ -317,7 +318,7 @@ def open_image(path: Path | str, *, writable: bool = False) -> VdiImage:
     path = Path(path)
     flags = (os.O_RDWR if writable else os.O_RDONLY) | getattr(os, "O_BINARY", 0)
     try:
-        fd = os.open(path, flags)
+        fd = fileio.open_fd(path, flags)
     except OSError as exc:
         raise VdiError(f"Cannot open '{path}': {exc.strerror or exc}.") from exc
     try:
@@ -326,10 +327,10 @@ def open_image(path: Path | str, *, writable: bool = False) -> VdiImage:
         header = fmt.parse_header(raw, path, size)
         block_map = _read_map(fd, header, path)
     except OSError as exc:  # a directory, an I/O error: still the engine's error type
-        os.close(fd)
+        fileio.close(fd)
         raise VdiError(f"Cannot read '{path}': {exc.strerror or exc}.") from exc
     except BaseException:
-        os.close(fd)
+        fileio.close(fd)
         raise
     return VdiImage(path, fd, header, block_map, writable, size)
 
@@ -392,20 +393,19 @@ def write_new_image(path: Path, header: VdiHeader, *, preallocate: bool = False)
         block_map = np.arange(header.blocks, dtype="<u4")
     else:
         block_map = np.full(header.blocks, BLOCK_FREE, dtype="<u4")
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o644)
+    fd = fileio.open_fd(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         banner = header.banner if header.banner.endswith("\n") else header.banner + "\n"
-        os.pwrite(fd, fmt.pack_preheader(banner, header.version), 0)
-        os.pwrite(fd, fmt.pack_header(header), fmt.PREHEADER_SIZE)
-        os.pwrite(fd, block_map.tobytes(), header.offset_blocks)
+        fileio.pwrite(fd, fmt.pack_preheader(banner, header.version), 0)
+        fileio.pwrite(fd, fmt.pack_header(header), fmt.PREHEADER_SIZE)
+        fileio.pwrite(fd, block_map.tobytes(), header.offset_blocks)
         end = header.expected_file_size(header.blocks if fixed else 0)
-        os.ftruncate(fd, end)
-        if fixed and preallocate and hasattr(os, "posix_fallocate"):
-            with contextlib.suppress(OSError):
-                os.posix_fallocate(fd, header.offset_data, end - header.offset_data)
-        os.fsync(fd)
+        fileio.ftruncate(fd, end)
+        if fixed and preallocate:
+            fileio.fallocate(fd, header.offset_data, end - header.offset_data)
+        fileio.fsync(fd)
     finally:
-        os.close(fd)
+        fileio.close(fd)
 
 
 def create_image(path: Path | str, disk_size: int = 0, *, fixed: bool = False,
@@ -429,25 +429,20 @@ def create_image(path: Path | str, disk_size: int = 0, *, fixed: bool = False,
     header = new_header(disk_size, image_type=ImageType.FIXED if fixed else ImageType.DYNAMIC,
                         block_size=block_size, uuid=uuid, parent=parent_header, comment=comment)
     tmp = path.with_name(f".{path.name}.vdigui-tmp")
-    with contextlib.suppress(FileNotFoundError):
-        tmp.unlink()
+    fileio.unlink(tmp, missing_ok=True)
     try:
         write_new_image(tmp, header, preallocate=fixed)
-        os.link(tmp, path)  # fails if path appeared meanwhile: never overwrite
+        fileio.link(tmp, path)  # fails if path appeared meanwhile: never overwrite
     finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        fileio.unlink(tmp, missing_ok=True)
     fsync_dir(path.parent)
     return header
 
 
 def write_synced(fd: int, data: bytes) -> None:
     """Write all of ``data`` at the descriptor's position, then flush it to stable storage."""
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-    os.fsync(fd)
+    fileio.pwrite(fd, data, os.lseek(fd, 0, os.SEEK_CUR))
+    fileio.fsync(fd)
 
 
 class BackgroundFlusher:
@@ -482,7 +477,7 @@ class BackgroundFlusher:
             if self._stop:
                 return
             with contextlib.suppress(OSError):  # the final fsync reports real errors
-                os.fdatasync(self._fd)
+                fileio.fdatasync(self._fd)
 
     def finish(self) -> None:
         """Stop the helper thread (idempotent); the caller then fsyncs once more itself."""
@@ -494,9 +489,4 @@ class BackgroundFlusher:
 
 def fsync_dir(folder: Path) -> None:
     """Flush a directory so renames in it survive power loss (no-op where unsupported)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    fileio.fsync_dir(folder)

@@ -23,7 +23,7 @@ import contextlib
 import hashlib
 import os
 import re
-import shutil
+import stat
 import uuid as uuidlib
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -31,8 +31,8 @@ from pathlib import Path
 
 import defusedxml.ElementTree as DET
 
+from vdigui.engine import fileio
 from vdigui.engine.errors import SettingsError
-from vdigui.engine.image import fsync_dir, write_synced
 
 _ROOT_START = re.compile(rb"<(?![?!])")
 
@@ -526,19 +526,14 @@ def write_settings_file(path: Path, data: bytes) -> None:
     """
     tmp = path.with_name(path.name + "-tmp")
     prev = path.with_name(path.name + "-prev")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        write_synced(fd, data)
-    finally:
-        os.close(fd)
+    fileio.write_file_durable(tmp, data)
     with contextlib.suppress(OSError):
-        shutil.copymode(path, tmp)
+        fileio.chmod(tmp, stat.S_IMODE(path.stat().st_mode))
     if path.exists() and path.stat().st_size >= 16:
-        with contextlib.suppress(FileNotFoundError):
-            prev.unlink()
+        fileio.unlink(prev, missing_ok=True)
         try:
-            os.link(path, prev)
+            fileio.link(path, prev)
         except OSError:
-            shutil.copy2(path, prev)
-    tmp.replace(path)
-    fsync_dir(path.parent)
+            fileio.copy_file_durable(path, prev, mode=stat.S_IMODE(path.stat().st_mode))
+    fileio.replace(tmp, path)
+    fileio.fsync_dir(path.parent)

@@ -26,11 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
+from vdigui.engine import fileio
 from vdigui.engine import format as fmt
 from vdigui.engine.chain import DiskChain
 from vdigui.engine.errors import OperationRefused, VdiError
 from vdigui.engine.format import BLOCK_FREE, BLOCK_ZERO
-from vdigui.engine.image import VdiImage, fsync_dir, write_synced, zeros
+from vdigui.engine.image import VdiImage, zeros
 from vdigui.engine.progress import CancelToken, Progress, ProgressFn
 
 if sys.platform != "win32":
@@ -92,8 +93,7 @@ def temp_path_beside(target: Path, tag: str = "tmp") -> Path:
 def discard(path: Path | None) -> None:
     """Remove a temporary file if it exists (cleanup after cancel or failure)."""
     if path is not None:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+        fileio.unlink(path, missing_ok=True)
 
 
 def commit_new(tmp: Path, dest: Path) -> None:
@@ -103,23 +103,23 @@ def commit_new(tmp: Path, dest: Path) -> None:
     filesystems without hard links fall back to a checked rename.
     """
     try:
-        os.link(tmp, dest)
+        fileio.link(tmp, dest)
     except FileExistsError:
         raise VdiError(f"Refusing to overwrite '{dest}': a file of that name appeared while "
                        "the operation ran; the new file was not kept.") from None
     except OSError:
         if dest.exists():
             raise VdiError(f"Refusing to overwrite '{dest}': the file already exists.") from None
-        tmp.rename(dest)
+        fileio.replace(tmp, dest)
     else:
-        tmp.unlink()
-    fsync_dir(dest.parent)
+        fileio.unlink(tmp)
+    fileio.fsync_dir(dest.parent)
 
 
 def commit_replace(tmp: Path, dest: Path) -> None:
     """Atomically put ``tmp`` in place of ``dest`` (convert, defrag) and flush the folder."""
-    tmp.replace(dest)
-    fsync_dir(dest.parent)
+    fileio.replace(tmp, dest)
+    fileio.fsync_dir(dest.parent)
 
 
 def copy_mode(source: Path, dest: Path) -> None:
@@ -131,9 +131,9 @@ def copy_mode(source: Path, dest: Path) -> None:
     st = source.stat()
     with contextlib.suppress(OSError):
         if (st.st_uid, st.st_gid) != (os.getuid(), os.getgid()):
-            os.chown(dest, st.st_uid, st.st_gid)
+            fileio.chown(dest, st.st_uid, st.st_gid)
     with contextlib.suppress(OSError):
-        dest.chmod(st.st_mode & 0o7777)
+        fileio.chmod(dest, st.st_mode & 0o7777)
 
 
 def hard_link_warning(path: Path) -> tuple[str, ...]:
@@ -150,18 +150,7 @@ def hard_link_warning(path: Path) -> tuple[str, ...]:
 
 def write_file_atomic(path: Path, data: bytes) -> None:
     """Write a small file completely or not at all (temp + fsync + rename + folder fsync)."""
-    tmp = temp_path_beside(path)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o600)
-    try:
-        try:
-            write_synced(fd, data)
-        finally:
-            os.close(fd)
-        tmp.replace(path)
-    except BaseException:
-        discard(tmp)
-        raise
-    fsync_dir(path.parent)
+    fileio.write_file_atomic(path, data, tmp=temp_path_beside(path))
 
 
 # -- header + map backup ------------------------------------------------------------------

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vdigui.engine import fileio
 from vdigui.engine import format as fmt
 from vdigui.engine.chain import DiskChain
 from vdigui.engine.format import BLOCK_FREE, BLOCK_ZERO, ImageType, VdiHeader
@@ -185,7 +186,7 @@ def rewrite(chain: DiskChain, out: Path, header: VdiHeader, *, keep_parent: bool
     new_map = (np.arange(header.blocks, dtype=np.uint32) if fixed
                else np.full(header.blocks, BLOCK_FREE, dtype=np.uint32))
     write_new_image(out, header, preallocate=fixed)
-    fd = os.open(out, os.O_RDWR | getattr(os, "O_BINARY", 0))
+    fd = fileio.open_fd(out, os.O_RDWR)
     stored = zero_blocks = parent_blocks = drop_count = 0
     data_offset = header.offset_data
     layers = chain.layers
@@ -195,10 +196,10 @@ def rewrite(chain: DiskChain, out: Path, header: VdiHeader, *, keep_parent: bool
     def store(data: bytes, slot: int) -> bytes:
         nonlocal unflushed
         offset = data_offset + slot * bs
-        os.pwrite(fd, data, offset)
+        fileio.pwrite(fd, data, offset)
         unflushed += bs
         if unflushed >= WRITEBACK_BYTES:
-            _start_writeback(fd)
+            fileio.start_writeback(fd)
             unflushed = 0
         return os.pread(fd, bs, offset) if verify else data
 
@@ -273,13 +274,13 @@ def rewrite(chain: DiskChain, out: Path, header: VdiHeader, *, keep_parent: bool
             progress(Progress(phase, block + 1, total, (block + 1) * bs))
         final = header if fixed else header.replace(blocks_allocated=stored)
         if not fixed:
-            os.pwrite(fd, new_map.astype("<u4").tobytes(), final.offset_blocks)
+            fileio.pwrite(fd, new_map.astype("<u4").tobytes(), final.offset_blocks)
             size = final.expected_file_size(stored)
-            os.ftruncate(fd, size)
+            fileio.ftruncate(fd, size)
         else:
             size = final.expected_file_size(final.blocks)
-        os.pwrite(fd, fmt.pack_header(final), fmt.PREHEADER_SIZE)
-        os.fsync(fd)
+        fileio.pwrite(fd, fmt.pack_header(final), fmt.PREHEADER_SIZE)
+        fileio.fsync(fd)
         source_hash = output_hash = None
         if before is not None:
             source_hash = before.hexdigest()
@@ -289,23 +290,11 @@ def rewrite(chain: DiskChain, out: Path, header: VdiHeader, *, keep_parent: bool
     finally:
         if prefetch is not None:
             prefetch.close()
-        os.close(fd)
+        fileio.close(fd)
         if before is not None:
             before.close()
     return RewriteStats(stored, zero_blocks, parent_blocks, size, source_hash, output_hash,
                         drop_count)
-
-
-def _start_writeback(fd: int) -> None:
-    """Ask the kernel to start writing the output's dirty pages now (Linux; no waiting).
-
-    The final fsync then finds little left to do: the disk works while the copy and the
-    hashing continue, instead of all of it waiting at the end.
-    """
-    sync_range = getattr(os, "sync_file_range", None)
-    if sync_range is not None:
-        with contextlib.suppress(OSError):
-            sync_range(fd, 0, 0, os.SYNC_FILE_RANGE_WRITE)
 
 
 def _structure_problem(out: Path, intended: VdiHeader, block_map: np.ndarray) -> str | None:

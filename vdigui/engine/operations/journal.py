@@ -31,21 +31,19 @@ otherwise lose its writes).
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import hashlib
 import json
 import os
-import shutil
 import uuid as uuidlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vdigui.engine import fileio
 from vdigui.engine import format as fmt
 from vdigui.engine.errors import OperationRefused, VdiError
-from vdigui.engine.image import fsync_dir
 from vdigui.engine.vbox_edit import sha256_file, write_settings_file
 
 STATE_DIR = ".vdigui"
@@ -66,17 +64,9 @@ def journal_path(folder: Path) -> Path:
 
 def write_json_durable(path: Path, data: dict[str, Any]) -> None:
     """Write JSON atomically and durably (temp file, fsync, rename, fsync of the folder)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    fileio.makedirs(path.parent)
     payload = json.dumps(data, indent=1, sort_keys=True).encode("utf-8")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, payload)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    tmp.replace(path)
-    fsync_dir(path.parent)
+    fileio.write_file_atomic(path, payload, tmp=path.with_name(path.name + ".tmp"))
 
 
 def _read_json(path: Path) -> dict[str, Any] | None:
@@ -89,14 +79,6 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         raise VdiError(f"The vdigui journal '{path}' cannot be read ({exc}); move it away "
                        "only after checking the VM folder by hand.") from exc
     return data if isinstance(data, dict) else None
-
-
-def _fsync_path(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def image_prefix_length(path: Path) -> tuple[int, str | None]:
@@ -158,7 +140,9 @@ class Journal:
                 "vdictl command (or 'vdictl undo') on that folder to roll it back or complete "
                 "it first.")
         backup = state_dir(folder) / "backups" / f"{_timestamp()}-{kind}"
-        backup.mkdir(parents=True, exist_ok=False)
+        if backup.exists():
+            raise OperationRefused(f"The backup folder '{backup}' already exists; try again.")
+        fileio.makedirs(backup)
         data: dict[str, Any] = {
             "version": JOURNAL_VERSION, "kind": kind, "summary": summary,
             "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -171,15 +155,14 @@ class Journal:
         tmp = journal.path.with_name(f"{JOURNAL_NAME}.{os.getpid()}.new")
         _write_file_durable(tmp, json.dumps(data, indent=1, sort_keys=True).encode("utf-8"))
         try:
-            os.link(tmp, journal.path)
+            fileio.link(tmp, journal.path)
         except FileExistsError:
-            shutil.rmtree(backup, ignore_errors=True)
+            fileio.remove_tree(backup)
             raise OperationRefused(f"Another vdigui operation is running in '{folder}'; wait "
                                    "for it to finish.") from None
         finally:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
-        fsync_dir(journal.path.parent)
+            fileio.unlink(tmp, missing_ok=True)
+        fileio.fsync_dir(journal.path.parent)
         return journal
 
     @classmethod
@@ -235,9 +218,7 @@ class Journal:
         if entry is None:
             raise VdiError("backup_image must precede backup_tail (bug)")
         target = Path(entry["backup"]).with_suffix(".tail")
-        with open(path, "rb") as src:
-            src.seek(start)
-            _copy_stream_durable(src, target)
+        _copy_tail_durable(path, start, target)
         entry["tail_start"] = start
         entry["tail_backup"] = str(target)
         self.save()
@@ -287,8 +268,7 @@ class Journal:
         """A ``-tmp`` beside the .vbox left by an interrupted save of ours is garbage."""
         if self.data.get("vbox") and self.data.get("vbox_new_sha256"):
             tmp = Path(self.data["vbox"] + "-tmp")
-            with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
+            fileio.unlink(tmp, missing_ok=True)
 
     def perform_removals(self) -> list[str]:
         """Move every planned removal into the backup folder (idempotent); returns notes."""
@@ -304,8 +284,7 @@ class Journal:
                     notes.append(f"kept '{src}': its header UUID is {found}, not the "
                                  f"{item['uuid']} the plan named")
                     continue
-            stash.parent.mkdir(parents=True, exist_ok=True)
-            _move_durable(src, stash)
+            fileio.move_durable(src, stash)
             notes.append(f"moved '{src.name}' to '{stash.parent}'")
         return notes
 
@@ -316,7 +295,7 @@ class Journal:
         for item in reversed(self.data["removals"]):
             src, stash = Path(item["path"]), Path(item["stash"])
             if stash.exists() and not src.exists():
-                _move_durable(stash, src)
+                fileio.move_durable(stash, src)
                 notes.append(f"moved '{src.name}' back")
         for entry in reversed(self.data["images"]):
             notes.extend(_restore_image(entry))
@@ -337,17 +316,16 @@ class Journal:
         if summary_extra:
             self.data.update(summary_extra)
         write_json_durable(state_dir(self.folder) / LAST_NAME, self.data)
-        self.path.unlink()
-        fsync_dir(self.path.parent)
+        fileio.unlink(self.path)
+        fileio.fsync_dir(self.path.parent)
 
     def abandon(self) -> None:
         """Drop a journal whose operation was rolled back, and its now useless backups."""
         self.data["phase"] = "rolled-back"
-        with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
-        fsync_dir(self.path.parent)
+        fileio.unlink(self.path, missing_ok=True)
+        fileio.fsync_dir(self.path.parent)
         if not any(Path(r["stash"]).exists() for r in self.data["removals"]):
-            shutil.rmtree(self.backup_dir, ignore_errors=True)
+            fileio.remove_tree(self.backup_dir)
 
 
 def _restore_image(entry: dict[str, Any]) -> list[str]:
@@ -360,60 +338,48 @@ def _restore_image(entry: dict[str, Any]) -> list[str]:
         return [f"'{path.name}' now has UUID {current}, which is not the image vdigui backed "
                 "up; it was left alone"]
     prefix = Path(entry["backup"]).read_bytes()
-    fd = os.open(path, os.O_RDWR)
+    fd = fileio.open_fd(path, os.O_RDWR)
     try:
         size = os.fstat(fd).st_size
         changed = os.pread(fd, len(prefix), 0) != prefix or size != entry["size"]
         if not changed:
             return []
         if size > entry["size"]:
-            os.ftruncate(fd, entry["size"])
-        os.pwrite(fd, prefix, 0)
+            fileio.ftruncate(fd, entry["size"])
+        fileio.pwrite(fd, prefix, 0)
         tail = entry.get("tail_backup")
         if tail and size < entry["size"]:
             with open(tail, "rb") as src:
                 pos = entry["tail_start"]
                 while chunk := src.read(8 * fmt.MIB):
-                    os.pwrite(fd, chunk, pos)
+                    fileio.pwrite(fd, chunk, pos)
                     pos += len(chunk)
-        os.ftruncate(fd, entry["size"])
-        os.fsync(fd)
+        fileio.ftruncate(fd, entry["size"])
+        fileio.fsync(fd)
     finally:
-        os.close(fd)
+        fileio.close(fd)
     return [f"restored the header and block map of '{path.name}'"]
 
 
 def _write_file_durable(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    fsync_dir(path.parent)
+    fileio.makedirs(path.parent)
+    fileio.write_file_durable(path, data)
 
 
-def _copy_stream_durable(src: Any, path: Path) -> None:
-    with open(path, "wb") as f:
-        shutil.copyfileobj(src, f, 8 * fmt.MIB)
-        f.flush()
-        os.fsync(f.fileno())
-    fsync_dir(path.parent)
-
-
-def _move_durable(src: Path, dst: Path) -> None:
-    """Rename (or copy + flush + unlink across file systems) and flush both folders."""
-    dst.parent.mkdir(parents=True, exist_ok=True)
+def _copy_tail_durable(src: Path, start: int, path: Path) -> None:
+    """Copy ``src`` from byte ``start`` to its end into the new file ``path``, flushed."""
+    in_fd = os.open(src, os.O_RDONLY)
     try:
-        src.replace(dst)
-    except OSError:
-        tmp = dst.with_name(dst.name + ".partial")
-        shutil.copyfile(src, tmp)
-        _fsync_path(tmp)
-        tmp.replace(dst)
-        fsync_dir(dst.parent)
-        src.unlink()
-    fsync_dir(dst.parent)
-    fsync_dir(src.parent)
+        length = max(0, os.fstat(in_fd).st_size - start)
+        out_fd = fileio.open_fd(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            fileio.copy_range(in_fd, start, out_fd, 0, length)
+            fileio.fsync(out_fd)
+        finally:
+            fileio.close(out_fd)
+    finally:
+        os.close(in_fd)
+    fileio.fsync_dir(path.parent)
 
 
 # -- recovery and undo --------------------------------------------------------------------
@@ -536,10 +502,9 @@ def _close_undo(journal: Journal) -> None:
     record = journal.data["undo_of"]
     record["undone"] = True
     write_json_durable(state_dir(journal.folder) / LAST_NAME, record)
-    shutil.rmtree(journal.backup_dir, ignore_errors=True)  # the undo's own (empty) backups
-    with contextlib.suppress(FileNotFoundError):
-        journal.path.unlink()
-    fsync_dir(journal.path.parent)
+    fileio.remove_tree(journal.backup_dir)  # the undo's own (empty) backups
+    fileio.unlink(journal.path, missing_ok=True)
+    fileio.fsync_dir(journal.path.parent)
 
 
 def new_uuid() -> uuidlib.UUID:

@@ -36,7 +36,6 @@ reserves, so no data moves. A fixed-size target has no room to append, so it is 
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import os
 import time
@@ -47,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from vdigui.engine import fileio
 from vdigui.engine import format as fmt
 from vdigui.engine.chain import DiskChain, ImageIndex, open_paths, resolve_chain
 from vdigui.engine.errors import (
@@ -892,10 +892,10 @@ class _Appender:
         self.next_slot += count
         if self.h.block_extra or source.header.block_extra:
             for i in range(count):
-                os.pwrite(self.target.fd, source.read_slot(first_slot + i),
+                fileio.pwrite(self.target.fd, source.read_slot(first_slot + i),
                           self.h.slot_offset(start + i))
         else:
-            _copy_range(source.fd, source.header.slot_offset(first_slot), self.target.fd,
+            fileio.copy_range(source.fd, source.header.slot_offset(first_slot), self.target.fd,
                         self.h.slot_offset(start), count * bs)
         self.target.file_size = max(self.target.file_size, self.h.slot_offset(start + count))
         self.bytes_written += count * bs
@@ -908,12 +908,10 @@ class _Appender:
         h = self.h
         offset = h.slot_offset(self.run_start)
         if h.block_extra == 0:
-            written = os.pwritev(self.target.fd, self.run, offset)
-            if written != self.run_bytes:
-                raise OSError(f"short write to {self.target.path.name}")
+            fileio.pwritev(self.target.fd, self.run, offset)
         else:
             for i, chunk in enumerate(self.run):
-                os.pwrite(self.target.fd, chunk, h.slot_offset(self.run_start + i))
+                fileio.pwrite(self.target.fd, chunk, h.slot_offset(self.run_start + i))
         self.target.file_size = max(self.target.file_size,
                                     h.slot_offset(self.run_start + len(self.run)) - h.block_extra)
         self.bytes_written += self.run_bytes
@@ -933,24 +931,6 @@ class _Appender:
             self.h = self.target.header
         self.entries += len(self.pending_blocks)
         self.pending_blocks, self.pending_values = [], []
-
-
-def _copy_range(src: int, src_off: int, dst: int, dst_off: int, length: int) -> None:
-    """Copy bytes between files in the kernel; falls back to pread/pwrite where unsupported."""
-    done = 0
-    while done < length:
-        try:
-            n = os.copy_file_range(src, dst, length - done, src_off + done, dst_off + done)
-        except OSError as exc:
-            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-                raise
-            n = 0
-        if n <= 0:
-            chunk = os.pread(src, min(BATCH_BYTES, length - done), src_off + done)
-            if not chunk:
-                raise VdiError("short read while copying blocks")
-            n = os.pwrite(dst, chunk, dst_off + done)
-        done += n
 
 
 def map_room(image: VdiImage) -> int:
@@ -976,7 +956,7 @@ def grow_map(image: VdiImage, blocks: int) -> None:
                       f"{blocks - h.blocks_allocated} new slots a copy-on-write merge needs; "
                       "compact it first ('vdictl compact') or merge the other direction.")
     extra = np.full(blocks - h.blocks, BLOCK_FREE, dtype=np.uint32)
-    os.pwrite(image.fd, extra.astype("<u4").tobytes(), h.offset_blocks + 4 * h.blocks)
+    fileio.pwrite(image.fd, extra.astype("<u4").tobytes(), h.offset_blocks + 4 * h.blocks)
     image.sync()
     image.block_map = np.concatenate([image.block_map, extra])
     image.write_header(h.replace(blocks=blocks))
