@@ -84,15 +84,17 @@ def test_machine_samples_load_as_vm_folders_without_disks(samples: Path, name: s
     assert vm.name == MACHINES[name][2]
     assert vm.snapshot_count == MACHINES[name][3]
     kinds = {p.kind for p in vm.problems}
-    # The only VDI in the samples folder is windoze's, registered in no .vbox (an orphan
-    # everywhere but in its own old-layout home, see test_windoze_old_layout).
-    assert "orphan-image" in kinds
+    # The only VDI in the samples folder is windoze's, registered in no .vbox: an orphan for
+    # every VM but windoze's own pre-1.7 settings, which find it by UUID beside them (see
+    # test_windoze_old_layout_in_one_folder).
+    windoze = name == "windoze_1.3-linux_machine.xml"
+    assert ("orphan-image" in kinds) != windoze
     assert kinds <= {"missing-file", "orphan-image", "missing-state-file", "unknown-medium"}
     for problem in vm.problems:
         assert problem.message.endswith(".")
     missing = {p.uuid for p in vm.problems if p.kind == "missing-file"}
     for medium in vm.media.values():
-        assert medium.uuid in missing
+        assert medium.uuid in missing or (windoze and medium.path.is_file())
     view = VmFolder.from_settings(_machine(samples, name))
     assert not view.disks_inspected and view.images == {}
 
@@ -257,8 +259,24 @@ def test_windoze_old_layout_with_global_registry(samples: Path, tmp_path: Path) 
     assert header.uuid == disk[0].uuid and header.disk_size == 10 << 30
     assert vm.chain_for(str(disk[0].uuid)) == [home / "VDI" / "Windoze.vdi"]
 
+
+
+def test_windoze_old_layout_in_one_folder(samples: Path, tmp_path: Path) -> None:
+    """Name.xml beside Name.vdi, no VirtualBox.xml: the disk resolves by UUID, no orphan."""
+    folder = tmp_path / "Windoze"
+    folder.mkdir()
+    shutil.copyfile(samples / "windoze_1.3-linux_machine.xml", folder / "Windoze.xml")
+    shutil.copyfile(samples / "windoze_1.3-era_sun-xvm_empty-10G.vdi", folder / "Windoze.vdi")
+    for vm in (load_vm_folder(folder), load_vm_folder(folder / "Windoze.xml")):
+        assert vm.problems == ()
+        (disk,) = vm.current_disks()
+        assert disk.path == folder / "Windoze.vdi" and disk.inspectable
+        assert vm.chain_for(disk) == [folder / "Windoze.vdi"]
+        assert vm.registry_tree == (disk.uuid,)
+
     alone = load_vm_folder(samples / "windoze_1.3-linux_machine.xml")
-    assert [p.kind for p in alone.problems if p.kind == "unknown-medium"] == ["unknown-medium"]
+    assert not [p for p in alone.problems if p.kind in ("unknown-medium", "orphan-image")]
+    assert alone.current_disks()[0].path == samples / "windoze_1.3-era_sun-xvm_empty-10G.vdi"
 
 
 def test_global_files(samples: Path) -> None:

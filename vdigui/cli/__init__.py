@@ -3,9 +3,10 @@
 Every command lives in a module of this package that registers its sub-parsers; this module
 only assembles them and turns errors into one line and an exit code:
 
-- 0 success, 2 "problems found" (check), 1 could not do it, 130 interrupted (nothing changed
-  beyond what the operation reports as a consistent state).
-- Errors print ``vdictl: error: <one sentence>`` to stderr, never a traceback.
+- 0 success, 2 "problems found" (check), 1 could not do it (argument mistakes included),
+  130 interrupted (nothing changed beyond what the operation reports as a consistent state).
+- Errors print ``vdictl: error: <one sentence>`` to stderr, never a traceback; so do argument
+  mistakes (argparse's own usage dump and status 2 would collide with "problems found").
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import signal
 import sys
 from collections.abc import Sequence
 from types import FrameType
+from typing import NoReturn
 
 from vdigui import __version__
 from vdigui.cli.common import Context
@@ -29,20 +31,36 @@ COMMANDS = {
     "tree": "inspect_cmds", "frag": "inspect_cmds", "export": "inspect_cmds",
     "create": "inspect_cmds",
     "compact": "ops_cmds", "clone": "ops_cmds", "convert": "ops_cmds", "usage": "ops_cmds",
+    "clean": "ops_cmds",
     "snapshot": "snapshot_cmds", "merge": "snapshot_cmds", "repair": "snapshot_cmds",
     "set-uuid": "snapshot_cmds", "undo": "snapshot_cmds",
+    "space": "space_cmds",
 }
+
+
+class ArgumentError(Exception):
+    """An argument mistake, raised instead of argparse's exit(2) and printed as one line."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a mistake is one line and exit status 1 (2 means "problems found")."""
+
+    def error(self, message: str) -> NoReturn:
+        """Raise instead of printing the usage and exiting with status 2."""
+        hint = f"; see '{self.prog} --help'"
+        raise ArgumentError(f"{message[:1].upper()}{message[1:]}{hint}.")
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The argument parser: every sub-command, or only the module that provides ``command``."""
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="vdictl",
         description="Inspect, check, export and change VirtualBox VDI images and VM folders "
         "without VirtualBox.",
     )
     parser.add_argument("--version", action="version", version=f"vdictl {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
+                                help="what to do (vdictl COMMAND --help for its options)")
     wanted = [COMMANDS[command]] if command in COMMANDS else dict.fromkeys(COMMANDS.values())
     for name in wanted:
         importlib.import_module(f"vdigui.cli.{name}").register(sub)
@@ -53,7 +71,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run vdictl; returns the exit status (also used as the console-script entry point)."""
     arguments = list(sys.argv[1:] if argv is None else argv)
     command = next((a for a in arguments if not a.startswith("-")), None)
-    args = build_parser(command).parse_args(arguments)
+    try:
+        args = build_parser(command).parse_args(arguments)
+    except ArgumentError as exc:
+        print(f"vdictl: error: {exc}", file=sys.stderr)
+        return 1
     token = CancelToken()
     ctx = Context(token=token, json=bool(getattr(args, "json", False)))
     previous = _install_sigint(ctx)
@@ -73,6 +95,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         name = f" '{exc.filename}'" if exc.filename else ""
         print(f"vdictl: error: cannot access{name}: {exc.strerror or exc}.", file=sys.stderr)
+        return 1
+    except RuntimeError as exc:
+        # pathlib's resolve() reports a symbolic-link loop this way (Python < 3.13).
+        text = str(exc)
+        if text.startswith("Symlink loop from "):
+            print(f"vdictl: error: {text.removeprefix('Symlink loop from ').strip(chr(39))} is "
+                  "a symbolic link that loops back on itself.", file=sys.stderr)
+        else:
+            print(f"vdictl: error: internal error (RuntimeError: {text}); please report this "
+                  "with the command you ran.", file=sys.stderr)
         return 1
     except Exception as exc:  # a bug: still one line, never a traceback
         print(f"vdictl: error: internal error ({type(exc).__name__}: {exc}); please report "

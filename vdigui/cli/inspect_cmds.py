@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -11,49 +12,63 @@ import numpy as np
 from vdigui.cli.common import (
     Context,
     add_source_arguments,
+    is_vm_source,
     parse_size,
     print_json,
     resolve_source,
+    source_image,
 )
 from vdigui.engine import VdiError, VdiImage, create_image, open_image, open_paths
 from vdigui.engine.analysis import FragStats, analyze, host_extents
-from vdigui.engine.check import check_path
+from vdigui.engine.check import check_path, damage_sentence, require_sound
 from vdigui.engine.export import export_raw
-from vdigui.engine.format import BLOCK_FREE, BLOCK_ZERO
+from vdigui.engine.format import BLOCK_FREE, BLOCK_ZERO, is_allocated
+from vdigui.engine.operations.preflight import check_writable_inputs, sweep_leftovers
 from vdigui.engine.units import human_size
 
 if TYPE_CHECKING:
+    from vdigui.engine.chain import DiskChain
     from vdigui.engine.vmfolder import Medium, SnapshotNode, VmFolder
 
 
 def register(sub: Any) -> None:
     """Add this module's sub-commands to ``sub`` (an argparse sub-parsers object)."""
-    p = sub.add_parser("info", help="show an image's header and block counts")
-    p.add_argument("image", type=Path)
+    p = sub.add_parser("info", help="show an image's header and block counts",
+                       description="Exit status: 0 shown, 1 could not read it (not a VDI, "
+                       "truncated, damaged header).")
+    add_source_arguments(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("map", help="show where every guest block is stored")
-    p.add_argument("image", type=Path)
+    p = sub.add_parser("map", help="show where every guest block is stored",
+                       description="Exit status: 0 shown, 1 could not read it or its map is "
+                       "damaged (entries past the end of the file, shared or out-of-range "
+                       "slots; 'vdictl check' lists them).")
+    add_source_arguments(p)
     p.add_argument("--json", action="store_true", help="one entry per guest block")
     p.set_defaults(func=cmd_map)
 
     p = sub.add_parser("check", help="check an image, its chain or a VM folder (read-only)",
-                       description="Exit status: 0 clean, 2 problems found, 1 could not check.")
-    p.add_argument("path", type=Path, help="an image, a chain's leaf, a VM folder or .vbox")
-    p.add_argument("--json", action="store_true")
+                       description="Exit status: 0 clean, 2 problems found, 1 could not check "
+                       "(e.g. the file is not a VDI). A VM folder or .vbox without --snapshot, "
+                       "--current or --disk is checked whole.")
+    add_source_arguments(p, dest="path", metavar="PATH")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("tree", help="the snapshot tree and the medium tree of a VM folder",
                        description="Problems are marked with '!' and listed at the end; exit "
                        "status 2 when there are errors.")
-    p.add_argument("vmfolder", type=Path, help="a VM folder or its .vbox file")
-    p.add_argument("--json", action="store_true")
+    p.add_argument("vmfolder", type=Path, metavar="VM",
+                   help="a VM folder or its .vbox file")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_tree)
 
-    p = sub.add_parser("frag", help="fragmentation figures of an image and its chain")
-    p.add_argument("image", type=Path)
-    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("frag", help="fragmentation figures of an image and its chain",
+                       description="Exit status: 0 shown, 1 could not read it or its map is "
+                       "damaged.")
+    add_source_arguments(p)
+    p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_frag)
 
     p = sub.add_parser("export", help="write the guest-visible disk as a raw image (sparse)")
@@ -62,7 +77,7 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("create", help="create a new dynamic, fixed or differencing image")
-    p.add_argument("out", type=Path)
+    p.add_argument("out", type=Path, help="the new image file (must not exist)")
     p.add_argument("--size", help="virtual size, e.g. 64M, 20G (not with --parent)")
     kind = p.add_mutually_exclusive_group()
     kind.add_argument("--fixed", action="store_true", help="preallocate the whole disk")
@@ -100,13 +115,27 @@ def image_info(image: VdiImage) -> dict[str, Any]:
     }
 
 
+def _source_image(args: argparse.Namespace) -> Path:
+    return source_image(args.source, args.snapshot, args.current, args.disk)
+
+
+def _end_damaged(problem: str | None) -> int:
+    """After the output: a damaged map ends the command with one line and status 1."""
+    if problem is None:
+        return 0
+    sys.stdout.flush()
+    print(f"vdictl: error: {problem}", file=sys.stderr)
+    return 1
+
+
 def cmd_info(args: argparse.Namespace, ctx: Context) -> int:
-    """vdictl info IMAGE [--json]."""
-    with open_image(args.image) as image:
+    """vdictl info SOURCE [--json]; status 1 after the output when the map is damaged."""
+    with open_image(_source_image(args)) as image:
         info = image_info(image)
+        problem = damage_sentence(image)
     if ctx.json:
         print_json(info)
-        return 0
+        return _end_damaged(problem)
     c = info["counts"]
     rows = [
         ("File", info["file"]),
@@ -129,7 +158,7 @@ def cmd_info(args: argparse.Namespace, ctx: Context) -> int:
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:<{width}}  {value}")
-    return 0
+    return _end_damaged(problem)
 
 
 def _runs(entries: np.ndarray) -> list[tuple[int, int, str]]:
@@ -147,7 +176,7 @@ def _runs(entries: np.ndarray) -> list[tuple[int, int, str]]:
     while start < n:
         first = int(entries[start])
         end = start + 1
-        if first >= BLOCK_ZERO:
+        if not is_allocated(first):
             while end < n and int(entries[end]) == first:
                 end += 1
             runs.append((start, end - 1, label(first)))
@@ -161,32 +190,38 @@ def _runs(entries: np.ndarray) -> list[tuple[int, int, str]]:
 
 
 def cmd_map(args: argparse.Namespace, ctx: Context) -> int:
-    """vdictl map IMAGE [--json]."""
-    with open_image(args.image) as image:
+    """vdictl map SOURCE [--json]; status 1 after the output when the map is damaged."""
+    path = _source_image(args)
+    with open_image(path) as image:
         entries = image.block_map[: image.guest_blocks].copy()
         block_size = image.header.block_size
+        problem = damage_sentence(image)
     if ctx.json:
         print_json({
-            "file": str(args.image), "block_size": block_size,
-            "blocks": [int(e) if e < BLOCK_ZERO else ("zero" if e == BLOCK_ZERO else "free")
-                       for e in entries.tolist()],
+            "file": str(path), "block_size": block_size,
+            "blocks": [e if slot else ("zero" if e == BLOCK_ZERO else "free")
+                       for e, slot in zip(entries.tolist(), is_allocated(entries).tolist(),
+                                          strict=True)],
         })
-        return 0
+        return _end_damaged(problem)
     for first, last, text in _runs(entries):
         where = f"block {first}" if first == last else f"blocks {first}-{last}"
         print(f"{where}: {text}")
-    return 0
+    return _end_damaged(problem)
 
 
 def cmd_check(args: argparse.Namespace, ctx: Context) -> int:
     """vdictl check PATH [--json]: 0 clean, 2 problems, 1 could not check."""
-    report = check_path(args.path)
+    target = args.path
+    if is_vm_source(target) and (args.snapshot is not None or args.current or args.disk):
+        target = resolve_source(target, args.snapshot, args.current, args.disk)[-1]
+    report = check_path(target)
     if ctx.json:
         print_json({"clean": report.clean, "findings": [
             {"severity": f.severity, "kind": f.kind, "file": str(f.path), "message": f.message,
              "blocks": list(f.blocks)} for f in report.findings]})
     elif report.clean:
-        print(f"{args.path}: no problems found.")
+        print(f"{target}: no problems found.")
     else:
         for f in report.findings:
             print(f"{f.severity}: {f.message}")
@@ -200,17 +235,19 @@ def _frag_dict(stats: FragStats) -> dict[str, Any]:
 
 
 def cmd_frag(args: argparse.Namespace, ctx: Context) -> int:
-    """vdictl frag IMAGE [--json]: fragmentation of each layer's file and of the chain."""
-    paths = resolve_source(args.image, None, False)
+    """vdictl frag SOURCE [--json]: fragmentation of each layer's file and of the chain."""
+    paths = resolve_source(args.source, args.snapshot, args.current, args.disk)
+    require_sound(paths)
     with open_paths(paths) as chain:
         analysis = analyze(chain)
-    layers = []
+    layers: list[dict[str, Any]] = []
     for path, frag in zip(analysis.paths, analysis.layer_frag, strict=True):
         host = host_extents(path)
         layers.append({"file": str(path), **_frag_dict(frag),
                        "host_extents": host.count if host.available else None,
                        "host_extents_note": host.reason})
-    doc = {"layers": layers, "chain": _frag_dict(analysis.chain_frag)}
+    c = _frag_dict(analysis.chain_frag)
+    doc = {"layers": layers, "chain": c}
     if ctx.json:
         print_json(doc)
         return 0
@@ -221,7 +258,6 @@ def cmd_frag(args: argparse.Namespace, ctx: Context) -> int:
               f"{layer['discontinuities']} discontinuities, longest run {layer['longest_run']}, "
               f"{100 * layer['in_order_share']:.1f}% in order, mean jump "
               f"{layer['mean_jump']:.1f} slots; {extents}")
-    c = doc["chain"]
     print(f"chain: a sequential read of the guest disk reads {c['allocated']} blocks and jumps "
           f"{c['discontinuities']} times (longest run {c['longest_run']}, "
           f"{100 * c['in_order_share']:.1f}% in order).")
@@ -231,12 +267,27 @@ def cmd_frag(args: argparse.Namespace, ctx: Context) -> int:
 def cmd_export(args: argparse.Namespace, ctx: Context) -> int:
     """vdictl export SOURCE OUT.raw [--snapshot NAME | --current]."""
     paths = resolve_source(args.source, args.snapshot, args.current, args.disk)
+    require_sound(paths)  # before anything is written: a damaged map exports garbage
+    out_folder = args.out.absolute().parent
+    if args.out.exists() or args.out.is_symlink():
+        raise VdiError(f"{args.out} already exists; export never overwrites a file.")
+    with open_paths(paths) as chain:
+        check_writable_inputs([], folder=out_folder, needed=_export_bytes(chain))
+    sweep_leftovers(out_folder)
     ctx.cancel_cleanly = True
     with open_paths(paths) as chain:
         result = export_raw(chain, args.out, progress=ctx.progress, cancel=ctx.token)
     print(f"Wrote {args.out}: {human_size(result.disk_size)}, {result.data_blocks} block(s) of "
           f"data, {result.hole_blocks} left sparse.")
     return 0
+
+
+def _export_bytes(chain: DiskChain) -> int:
+    """Host bytes a sparse export may need: the blocks some layer stores data for."""
+    stored = np.zeros(chain.guest_blocks, dtype=bool)
+    for layer in chain.layers:
+        stored |= layer.allocated_mask()[: chain.guest_blocks]
+    return int(stored.sum()) * chain.block_size
 
 
 def cmd_create(args: argparse.Namespace, ctx: Context) -> int:
@@ -251,6 +302,9 @@ def cmd_create(args: argparse.Namespace, ctx: Context) -> int:
             size = parse_size(args.size)
         except ValueError as exc:
             raise VdiError(f"--size {exc}.") from None
+    folder = args.out.absolute().parent
+    check_writable_inputs([], folder=folder, needed=size if args.fixed else 0)
+    sweep_leftovers(folder)
     header = create_image(args.out, size, fixed=args.fixed, parent=args.parent)
     print(f"Created {args.out}: {header.image_type.label}, {human_size(header.disk_size)}, "
           f"UUID {header.uuid}.")
@@ -306,12 +360,13 @@ def cmd_tree(args: argparse.Namespace, ctx: Context) -> int:
         print_json(vm.to_dict())
         return 2 if vm.errors else 0
     print(f"{vm.name} ({vm.settings_path.name}, settings {vm.settings_version})")
-    print("Snapshots:")
     if vm.root_snapshot is None:
-        print("  (none)")
+        # No snapshot tree to hang the state on: the state on its own line, no "(none)"
+        # with a state under it.
         disks = ", ".join(_medium_label(vm, m) for m in vm.current_disks())
-        print(f"  - Current State: {disks or 'no disks'}")
+        print(f"Current State (no snapshots): {disks or 'no disks'}")
     else:
+        print("Snapshots:")
         _print_snapshots(vm, vm.root_snapshot, 1)
     print("Media (registry):")
     for uuid in vm.registry_tree:

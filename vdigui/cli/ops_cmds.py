@@ -20,9 +20,11 @@ from typing import Any
 import numpy as np
 
 from vdigui.cli.common import Context, add_source_arguments, print_json, resolve_source
+from vdigui.engine.check import require_sound
 from vdigui.engine.errors import OperationCancelled, OperationRefused
 from vdigui.engine.guestfs import ReclaimForecast, UsageMap
 from vdigui.engine.operations import journal
+from vdigui.engine.operations._common import DIGEST_NAME
 from vdigui.engine.operations.clone import ClonePlan, CloneResult, plan_clone, run_clone
 from vdigui.engine.operations.compact import (
     CompactPlan,
@@ -31,6 +33,11 @@ from vdigui.engine.operations.compact import (
     run_compact,
 )
 from vdigui.engine.operations.convert import ConvertPlan, ConvertResult, plan_convert, run_convert
+from vdigui.engine.operations.preflight import (
+    check_writable_inputs,
+    find_leftovers,
+    sweep_leftovers,
+)
 from vdigui.engine.units import human_size
 from vdigui.engine.usage_report import BlockUseSummary, UsageReport, usage_report, vm_folder_of
 
@@ -42,7 +49,7 @@ def register(sub: Any) -> None:
         description="Drop all-zero blocks (and, in a differencing image, blocks identical to "
         "the parent), close the holes and truncate the file. UUIDs stay the same. Refuses "
         "fixed images and images in use.")
-    p.add_argument("image", type=Path)
+    p.add_argument("image", type=Path, help="the image to compact in place")
     p.add_argument("--dry-run", action="store_true",
                    help="read the image and show what would change, without changing it")
     p.add_argument("--defrag", action="store_true",
@@ -69,8 +76,9 @@ def register(sub: Any) -> None:
         "convert", help="convert an image between fixed and dynamic, keeping its UUIDs",
         description="The new layout is built beside the image, verified and swapped in "
         "atomically; the file name and UUIDs stay, so the VM keeps working.")
-    p.add_argument("image", type=Path)
-    p.add_argument("--to", required=True, choices=("fixed", "dynamic"))
+    p.add_argument("image", type=Path, help="the image to convert (kept under its name)")
+    p.add_argument("--to", required=True, choices=("fixed", "dynamic"),
+                   help="the storage layout wanted")
     p.add_argument("--dry-run", action="store_true", help="show the plan only")
     _common_flags(p)
     p.set_defaults(func=cmd_convert)
@@ -79,13 +87,29 @@ def register(sub: Any) -> None:
         "usage", help="what the guest's filesystems use, and what compaction would reclaim",
         description="Reads the partition table and the filesystems' own allocation maps "
         "(ext2/3/4, NTFS, FAT, LVM2, swap) of the disk as SOURCE shows it, and forecasts what "
-        "plain and filesystem-aware compaction of its last image would reclaim. Reads every "
-        "block the image stores (to find the all-zero ones); changes nothing.")
+        "filesystem-aware compaction of its last image would reclaim. By default it reads "
+        "only headers, block maps and filesystem metadata, so it is quick on any size of "
+        "disk; --scan-zeros also reads every block the image stores, to count the all-zero "
+        "ones plain compaction would drop. Changes nothing.")
     add_source_arguments(p)
+    p.add_argument("--scan-zeros", action="store_true",
+                   help="also read every stored block to count the all-zero ones (slower: "
+                   "reads the image's data)")
     p.add_argument("--discard-swap", action="store_true",
                    help="count swap contents (not its header) as unused")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_usage)
+
+    p = sub.add_parser(
+        "clean", help="remove temporary files interrupted vdigui operations left behind",
+        description="Removes the hidden .NAME.vdigui-tmp... files an interrupted operation "
+        "(e.g. compact --defrag killed half-way) left in a folder; 'vdictl check' lists them. "
+        "A temporary file an operation running now is writing is never removed. Every "
+        "writing vdictl command does this in its folder anyway.")
+    p.add_argument("folder", type=Path, metavar="PATH",
+                   help="the folder, or an image or .vbox file in it")
+    p.add_argument("--dry-run", action="store_true", help="list what would be removed")
+    p.set_defaults(func=cmd_clean)
 
 
 def _fs_flags(p: argparse.ArgumentParser, verb: str) -> None:
@@ -173,9 +197,19 @@ def kept_whole_lines(usage: UsageMap) -> list[str]:
     return out
 
 
-def forecast_rows(fc: ReclaimForecast) -> list[tuple[str, str]]:
-    """The reclaim forecast as (label, value) rows."""
+def forecast_rows(fc: ReclaimForecast, *, zeros_scanned: bool = True
+                  ) -> list[tuple[str, str]]:
+    """The reclaim forecast as (label, value) rows (zero figures only when scanned)."""
     bs = fc.block_size
+    if not zeros_scanned:
+        return [
+            ("Stored blocks", f"{fc.allocated_blocks} ({human_size(fc.allocated_blocks * bs)})"),
+            ("Zero blocks alone", "not counted (--scan-zeros reads the stored blocks)"),
+            ("FS-aware", f"{fc.fs_unused_blocks} block(s) unused by the guest, reclaims at "
+                         f"least {human_size(fc.bytes_fs_aware())} (compact --fs-aware)"),
+            ("Stays: partly used", f"at most {fc.partly_used_blocks} block(s) holding "
+                                   f"{human_size(fc.partly_used_free_bytes)} of free space"),
+        ]
     return [
         ("Stored blocks", f"{fc.allocated_blocks} ({human_size(fc.allocated_blocks * bs)})"),
         ("Zero blocks alone", f"{fc.zero_blocks} block(s), reclaims "
@@ -192,14 +226,22 @@ def print_usage_report(report: UsageReport) -> None:
     """The human-readable ``vdictl usage`` output."""
     s = report.summary
     bs = report.usage.block_size
+    uses = report.guest_uses
+    if uses is not None:
+        used_text = f"{human_size(uses)} ({100 * uses / max(1, report.disk_size):.1f} %)"
+    elif report.stored_blocks == 0:
+        used_text = "unknown (nothing is stored on this disk yet)"
+    else:
+        used_text = ("unknown (some contents are not understood; see Volumes; they are kept "
+                     "whole)")
     rows = [
         ("Disk", " <- ".join(p.name for p in reversed(report.paths))),
         ("Virtual size", _size(report.disk_size)),
-        ("Guest uses", f"{human_size(s.used_bytes)} "
-                       f"({100 * s.used_bytes / max(1, report.disk_size):.1f} %)"),
+        ("Guest uses", used_text),
         ("Blocks", f"{s.blocks} of {human_size(bs)}: {s.full} full, {s.partly} partly used, "
-                   f"{s.unused} unused"),
-        *forecast_rows(report.forecast),
+                   f"{s.unused} unused" + ("" if report.understood else
+                                           " (not-understood volumes count as full)")),
+        *forecast_rows(report.forecast, zeros_scanned=report.zeros_scanned),
     ]
     _rows("Guest usage", rows, (), ())
     print_volumes(report.usage)
@@ -224,7 +266,7 @@ def _warn(warnings: tuple[str, ...]) -> None:
 
 def _verified(verified: bool | None, digest: str | None) -> str:
     if verified:
-        return f"verified (guest sha256 {digest})"
+        return f"verified (guest {DIGEST_NAME} {digest})" if digest else "verified"
     return "not verified (--no-verify)" if digest is None else "nothing to verify"
 
 
@@ -357,6 +399,7 @@ def cmd_compact(args: argparse.Namespace, ctx: Context) -> int:
     if plan.refusals:
         raise OperationRefused(" ".join(plan.refusals))
     _warn(plan.warnings)
+    sweep_before_writing(args.image)
     try:
         result: CompactResult = run_compact(plan, progress=ctx.progress, cancel=ctx.token,
                                             verify=not args.no_verify)
@@ -398,6 +441,7 @@ def cmd_clone(args: argparse.Namespace, ctx: Context) -> int:
     if plan.refusals:
         raise OperationRefused(" ".join(plan.refusals))
     _warn(plan.warnings)
+    sweep_before_writing(args.dest)
     ctx.cancel_cleanly = True
     result: CloneResult = run_clone(plan, progress=ctx.progress, cancel=ctx.token,
                                     verify=not args.no_verify)
@@ -418,6 +462,7 @@ def cmd_convert(args: argparse.Namespace, ctx: Context) -> int:
     if plan.refusals:
         raise OperationRefused(" ".join(plan.refusals))
     _warn(plan.warnings)
+    sweep_before_writing(args.image)
     ctx.cancel_cleanly = True
     result: ConvertResult = run_convert(plan, progress=ctx.progress, cancel=ctx.token,
                                         verify=not args.no_verify)
@@ -430,12 +475,52 @@ def cmd_usage(args: argparse.Namespace, ctx: Context) -> int:
     """vdictl usage SOURCE [--snapshot NAME | --current] [--discard-swap] [--json]."""
     paths = resolve_source(args.source, args.snapshot, args.current, args.disk)
     ctx.cancel_cleanly = True
+    require_sound(paths)
     report = usage_report(paths, discard_swap=args.discard_swap, progress=ctx.progress,
-                          cancel=ctx.token)
+                          cancel=ctx.token, scan_zeros=args.scan_zeros)
     if ctx.json:
+        forecast_doc = to_jsonable(report.forecast)
+        if not report.zeros_scanned:
+            forecast_doc["zero_blocks"] = None
+            forecast_doc["bytes_plain"] = None
         print_json({"paths": [str(p) for p in report.paths], "disk_size": report.disk_size,
+                    "guest_uses": report.guest_uses, "stored_blocks": report.stored_blocks,
+                    "zeros_scanned": report.zeros_scanned,
                     "usage": usage_jsonable(report.usage, report.disk_size),
-                    "forecast": to_jsonable(report.forecast)})
+                    "forecast": forecast_doc})
     else:
         print_usage_report(report)
     return 0
+
+
+def cmd_clean(args: argparse.Namespace, ctx: Context) -> int:
+    """vdictl clean PATH [--dry-run]: remove leftover temporary files (never one in use)."""
+    target = Path(args.folder)
+    folder = target if target.is_dir() else target.absolute().parent
+    if not folder.is_dir():
+        raise OperationRefused(f"{folder} is not a folder.")
+    folders = [folder]
+    if (folder / "Snapshots").is_dir():
+        folders.append(folder / "Snapshots")
+    if args.dry_run:
+        found = [p for f in folders for p, _ in find_leftovers(f, removable_only=True)]
+        for path in found:
+            print(f"Would remove {path}")
+        if not found:
+            print(f"No leftover temporary files in {folder}.")
+        return 0
+    check_writable_inputs([], folder=folder)
+    removed = [p for f in folders for p in sweep_leftovers(f)]
+    for path in removed:
+        print(f"Removed {path}")
+    if not removed:
+        print(f"No leftover temporary files in {folder}.")
+    return 0
+
+
+def sweep_before_writing(*paths: Path) -> None:
+    """Remove leftovers of interrupted operations in the folders a command will write in."""
+    for folder in dict.fromkeys(Path(p).resolve().parent for p in paths):
+        for removed in sweep_leftovers(folder):
+            print(f"vdictl: removed {removed.name}, a temporary file an interrupted operation "
+                  "left behind.", file=sys.stderr)

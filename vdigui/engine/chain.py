@@ -3,7 +3,8 @@
 A chain is a base image and zero or more differencing images, each linked to its parent by
 uuidLinkage = parent's uuidCreate. Reading a guest block asks the top layer first: an
 allocated block is read from its slot, ZERO reads as zeros without asking further, FREE falls
-through to the next layer down; if no layer has the block it reads as zeros (reference 2.1).
+through to the next layer down; if no layer has the block it reads as zeros
+(docs/vdi-format.md §2.1).
 
 Parents are found by UUID among search folders (by default the image's folder, the VM folder
 and its snapshot folder), never by file name: VirtualBox names differencing images after their
@@ -22,9 +23,10 @@ from types import TracebackType
 import numpy as np
 
 from vdigui.engine import format as fmt
-from vdigui.engine.errors import ChainError, MissingParentError, VdiError
+from vdigui.engine.errors import ChainError, ChainLoopError, MissingParentError, VdiError
 from vdigui.engine.format import BLOCK_FREE, BLOCK_ZERO, VdiHeader
 from vdigui.engine.image import VdiImage, open_image, zeros
+from vdigui.engine.sniff import regular_file_problem
 
 #: Settings files VirtualBox keeps beside the disks; their presence marks a VM folder.
 SNAPSHOT_FOLDER_NAMES = ("Snapshots",)
@@ -102,6 +104,9 @@ class ChainResolution:
 def resolve_chain(leaf: Path | str, search_dirs: Sequence[Path] | None = None,
                   index: ImageIndex | None = None) -> ChainResolution:
     """Follow uuidLinkage from ``leaf`` down to a base, by header reads only."""
+    problem = regular_file_problem(leaf)  # a link loop would make resolve() raise
+    if problem is not None:
+        return ChainResolution((), (), VdiError(problem))
     leaf = Path(leaf).resolve()
     dirs = tuple(search_dirs) if search_dirs is not None else default_search_dirs(leaf)
     try:
@@ -120,7 +125,7 @@ def resolve_chain(leaf: Path | str, search_dirs: Sequence[Path] | None = None,
             return ChainResolution(tuple(reversed(paths)), tuple(reversed(headers)), err)
         parent = index.headers[parent_path]
         if parent.uuid in seen:
-            err = ChainError(f"The chain of '{leaf.name}' loops: '{parent_path.name}' "
+            err = ChainLoopError(f"The chain of '{leaf.name}' loops: '{parent_path.name}' "
                              f"({{{parent.uuid}}}) is its own ancestor.")
             return ChainResolution(tuple(reversed(paths)), tuple(reversed(headers)), err)
         if parent.disk_size != header.disk_size:
@@ -152,8 +157,8 @@ class DiskChain:
             raise ChainError("A chain needs at least one image.")
         self.layers: tuple[VdiImage, ...] = tuple(layers)
         base = self.layers[0].header
-        # VirtualBox rounds a cbDisk that is not a multiple of 512 down (reference 1.5): the
-        # guest never sees the odd tail, so neither do reads, exports or clones.
+        # VirtualBox rounds a cbDisk that is not a multiple of 512 down (docs/vdi-format.md
+        # §1.5): the guest never sees the odd tail, so neither do reads, exports or clones.
         self.disk_size = base.disk_size // 512 * 512
         self.block_size = base.block_size
         self.guest_blocks = -(-self.disk_size // self.block_size)
@@ -270,7 +275,7 @@ class DiskChain:
             visible = self.read_block(block)
             merged = bytearray(visible)
             merged[within:within + take] = data[src:src + take]
-            # Bytes past the disk end in the last block are always zeros (reference 1.11).
+            # Bytes past the disk end in the last block are always zeros (docs/vdi-format.md §1.11).
             tail = self.disk_size - block * bs
             if tail < bs:
                 merged[tail:] = bytes(bs - tail)

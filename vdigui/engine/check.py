@@ -8,15 +8,18 @@ crash tail after the last slot. Nothing here writes.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from vdigui.engine.chain import resolve_chain
-from vdigui.engine.errors import VdiError
-from vdigui.engine.format import FIRST_SPECIAL
+from vdigui.engine.errors import ImageCorruptError, VdiError
+from vdigui.engine.format import is_allocated
 from vdigui.engine.image import VdiImage, open_image
+from vdigui.engine.sniff import require_regular_file
+from vdigui.engine.units import human_size
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +74,7 @@ def check_image(image: VdiImage) -> tuple[Finding, ...]:
         findings.append(Finding(severity, kind, image.path, f"{name}: {message}", listed))
 
     entries = image.block_map
-    live = np.flatnonzero(entries < FIRST_SPECIAL)
+    live = np.flatnonzero(is_allocated(entries))
     slots = entries[live].astype(np.int64)
     beyond_map = live[slots >= h.blocks]
     if beyond_map.size:
@@ -121,25 +124,36 @@ def check_image(image: VdiImage) -> tuple[Finding, ...]:
 def check_path(path: Path | str) -> CheckReport:
     """Check an image, the chain ending at it, or a VM folder; never raises for findings.
 
+    Besides the block maps, it reports temporary files an interrupted operation left in the
+    folders it looks at (:mod:`vdigui.engine.operations.preflight` removes them).
+
     Raises:
-        VdiError: nothing could be checked (e.g. the path does not exist).
+        VdiError: nothing could be checked: the path does not exist, is not a regular file, or
+            the image named is not a readable VDI (one sentence, said once).
     """
     path = Path(path)
     if path.is_dir() or path.suffix.lower() in (".vbox", ".xml"):
         return _check_vm_folder(path)
-    if not path.exists():
-        raise VdiError(f"'{path}' does not exist.")
+    require_regular_file(path)
     return _check_chain(path)
 
 
 def _check_chain(leaf: Path) -> CheckReport:
+    # The leaf itself must open: if it cannot, nothing was checked (exit status 1), and the
+    # error is said once rather than once by the chain walk and once by the file check.
+    with open_image(leaf) as image:
+        leaf_findings = check_image(image)
     findings: list[Finding] = []
     resolution = resolve_chain(leaf)
-    paths = list(resolution.paths) or [leaf]
     if resolution.error is not None:
         findings.append(Finding("error", "chain", leaf, str(resolution.error)))
-    for p in paths:
-        findings.extend(_check_file(p))
+    findings.extend(leaf_findings)
+    leaf_real = leaf.resolve()
+    for p in resolution.paths:
+        if p.resolve() != leaf_real:
+            findings.extend(_check_file(p))
+    folders = [p.resolve().parent for p in (*resolution.paths, leaf)]
+    findings.extend(leftover_findings(folders))
     return CheckReport(tuple(findings))
 
 
@@ -151,6 +165,29 @@ def _check_file(path: Path) -> tuple[Finding, ...]:
         return (Finding("error", "unreadable-image", path, str(exc)),)
 
 
+def leftover_findings(folders: Iterable[Path]) -> list[Finding]:
+    """A finding for each temporary file an interrupted operation left in ``folders``."""
+    # Imported here: the operations package is not needed to check a clean image.
+    from vdigui.engine.operations.preflight import find_leftovers, list_leftovers
+
+    findings: list[Finding] = []
+    for folder in dict.fromkeys(folders):
+        removable = {p for p, _ in find_leftovers(folder, removable_only=True)}
+        for item in list_leftovers(folder):
+            size = human_size(item.size)
+            if item.path in removable:
+                message = (f"{item.path} is a temporary file ({size}, {item.size} bytes) left "
+                           f"by an interrupted operation on {item.target}; 'vdictl clean "
+                           f"{folder}' removes it (so does the next writing vdictl command "
+                           "in that folder).")
+                findings.append(Finding("warning", "leftover-temp", item.path, message))
+            else:
+                message = (f"{item.path} ({size}) is the temporary file of an operation "
+                           f"running now on {item.target}; leave it alone.")
+                findings.append(Finding("warning", "temp-in-use", item.path, message))
+    return findings
+
+
 def _check_vm_folder(path: Path) -> CheckReport:
     # Imported here: checking a single image (the common scripted case) needs no XML parser.
     from vdigui.engine.vmfolder import load_vm_folder
@@ -160,4 +197,32 @@ def _check_vm_folder(path: Path) -> CheckReport:
                 for p in vm.problems]
     for image_path in sorted(vm.images):
         findings.extend(_check_file(image_path))
+    folders = [vm.folder, *(p.resolve().parent for p in vm.images)]
+    findings.extend(leftover_findings(folders))
     return CheckReport(tuple(findings))
+
+
+def damage_sentence(image: VdiImage) -> str | None:
+    """One sentence when the block map of ``image`` is damaged (an error finding), else None.
+
+    Read-only commands print what they can and then end with this and a non-zero status, so a
+    script never takes a truncated or damaged file for a healthy one.
+    """
+    errors = [f for f in check_image(image) if f.severity == "error"]
+    if not errors:
+        return None
+    detail = errors[0].message
+    prefix = f"{image.path.name}: "
+    detail = detail[len(prefix):] if detail.startswith(prefix) else detail
+    more = f" ({len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+    return (f"{image.path} is damaged: {detail.rstrip('.')}{more}; 'vdictl check' lists every "
+            "problem and 'vdictl repair' fixes the map.")
+
+
+def require_sound(paths: Iterable[Path]) -> None:
+    """Raise ImageCorruptError (one sentence) when any image's block map is damaged."""
+    for path in paths:
+        with open_image(path) as image:
+            problem = damage_sentence(image)
+        if problem is not None:
+            raise ImageCorruptError(problem)

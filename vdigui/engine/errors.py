@@ -25,14 +25,33 @@ class HeaderError(VdiError):
         expected: what would have been accepted.
     """
 
-    def __init__(self, path: Path | str, field: str, value: str, expected: str) -> None:
+    def __init__(self, path: Path | str, field: str, value: str, expected: str, *,
+                 lead: str = "is not a usable VDI image") -> None:
         self.path = Path(path)
         self.field = field
         self.value = value
         self.expected = expected
+        # Plain words first, the file named once, the field detail after.
         super().__init__(
-            f"{self.path.name}: header field {field} is {value}, expected {expected} ({self.path})."
+            f"{self.path} {lead}: header field {field} is {value}, expected {expected}."
         )
+
+
+class NotVdiImageError(HeaderError):
+    """The file is not a VDI image at all; the message says what it is, when recognised.
+
+    Attributes (besides HeaderError's):
+        what: what the file was recognised as ("a VMDK sparse disk (VMware)"), or "".
+    """
+
+    def __init__(self, path: Path | str, field: str, value: str, expected: str,
+                 message: str, what: str = "") -> None:
+        super().__init__(path, field, value, expected)
+        self.what = what
+        self.args = (message,)
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 class ImageCorruptError(VdiError):
@@ -41,6 +60,14 @@ class ImageCorruptError(VdiError):
 
 class ChainError(VdiError):
     """A differencing chain cannot be assembled (loop, size mismatch, wrong type)."""
+
+
+class ChainLoopError(ChainError):
+    """Following the parent links comes back to an image already seen.
+
+    Its own type because writing commands must refuse such a chain before anything else:
+    no state reads through it, so nothing could be verified.
+    """
 
 
 class MissingParentError(ChainError):

@@ -5,8 +5,8 @@ Ownership: a :class:`VdiImage` owns one OS file descriptor, opened read-only unl
 ``with`` block). The block map is held in memory as a numpy ``uint32`` array and written back
 entry by entry, so a crash never leaves a half-written map.
 
-Write ordering (reference 2.2 and 2.5): data first, flushed; then the header and the map entry,
-flushed. A new block goes to slot ``cBlocksAllocated`` and carries the content the guest saw
+Write ordering (docs/vdi-format.md §2.2 and §2.5): data first, flushed; then the header and the map
+entry, flushed. A new block goes to slot ``cBlocksAllocated`` and carries the content the guest saw
 there before (the parent's data in a differencing image). An all-zero block written into a FREE
 block of a differencing image becomes a persisted ZERO entry: leaving it FREE would re-expose the
 parent's old data after a reopen (VirtualBox's gh-850 bug).
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import threading
 import uuid as uuidlib
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ from types import TracebackType
 
 import numpy as np
 
-from vdigui.engine import fileio
+from vdigui.engine import fileio, sniff
 from vdigui.engine import format as fmt
 from vdigui.engine.errors import ImageCorruptError, VdiError
 from vdigui.engine.format import BLOCK_FREE, BLOCK_ZERO, ImageType, VdiHeader
@@ -130,7 +131,7 @@ class VdiImage:
 
     def allocated_mask(self) -> np.ndarray:
         """Bool per guest block: the block has a slot in this file."""
-        return self.block_map[: self.guest_blocks] < fmt.FIRST_SPECIAL
+        return fmt.is_allocated(self.block_map[: self.guest_blocks])
 
     # -- reading --------------------------------------------------------------------------
     def slot_in_file(self, slot: int) -> bool:
@@ -247,7 +248,7 @@ class VdiImage:
         cached = self._max_slot
         if cached is not None and cached[0] is self.block_map:
             return cached[1]
-        live = self.block_map[self.block_map < fmt.FIRST_SPECIAL]
+        live = self.block_map[fmt.is_allocated(self.block_map)]
         value = int(live.max()) if live.size else -1
         self._max_slot = (self.block_map, value)
         return value
@@ -268,7 +269,7 @@ class VdiImage:
         self._require_writable()
         h = self.header
         entry = int(self.block_map[block])
-        if entry < fmt.FIRST_SPECIAL:
+        if fmt.is_allocated(entry):
             self.write_slot(entry, data)
             if durable:
                 self.sync()
@@ -303,8 +304,8 @@ class VdiImage:
 def _read_map(fd: int, header: VdiHeader, path: Path) -> np.ndarray:
     raw = os.pread(fd, header.map_size, header.offset_blocks)
     if len(raw) != header.map_size:
-        raise ImageCorruptError(f"{path.name}: the block map is cut short by the end of the file "
-                                f"({len(raw)} of {header.map_size} bytes; {path}).")
+        raise ImageCorruptError(f"{path} is truncated: its block map is cut short by the end "
+                                f"of the file ({len(raw)} of {header.map_size} bytes).")
     return np.frombuffer(raw, dtype="<u4").astype(np.uint32)
 
 
@@ -316,19 +317,28 @@ def open_image(path: Path | str, *, writable: bool = False) -> VdiImage:
         VdiError: the file cannot be opened.
     """
     path = Path(path)
-    flags = (os.O_RDWR if writable else os.O_RDONLY) | getattr(os, "O_BINARY", 0)
+    # Anything but a regular file is refused before it is opened (a FIFO named x.vdi would
+    # block an open forever), and the open itself never blocks; fstat re-checks the type in
+    # case the name was swapped in between.
+    sniff.require_regular_file(path)
+    flags = ((os.O_RDWR if writable else os.O_RDONLY) | getattr(os, "O_BINARY", 0)
+             | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
     try:
         fd = fileio.open_fd(path, flags)
     except OSError as exc:
-        raise VdiError(f"Cannot open '{path}': {exc.strerror or exc}.") from exc
+        raise VdiError(f"Cannot open {path}: {exc.strerror or exc}.") from exc
     try:
-        size = os.fstat(fd).st_size
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise VdiError(f"{path} is {sniff.file_kind(st.st_mode)}, not a disk image file; "
+                           "vdigui reads only regular files.")
+        size = st.st_size
         raw = os.pread(fd, fmt.HEADER_READ_SIZE, 0)
-        header = fmt.parse_header(raw, path, size)
+        header = fmt.parse_header_of_file(fd, raw, path, size)
         block_map = _read_map(fd, header, path)
-    except OSError as exc:  # a directory, an I/O error: still the engine's error type
+    except OSError as exc:  # an I/O error: still the engine's error type
         fileio.close(fd)
-        raise VdiError(f"Cannot read '{path}': {exc.strerror or exc}.") from exc
+        raise VdiError(f"Cannot read {path}: {exc.strerror or exc}.") from exc
     except BaseException:
         fileio.close(fd)
         raise

@@ -25,7 +25,7 @@ import numpy as np
 
 from vdigui.engine.chain import DiskChain, open_paths
 from vdigui.engine.errors import VdiError
-from vdigui.engine.format import BLOCK_FREE, BLOCK_ZERO, FIRST_SPECIAL
+from vdigui.engine.format import BLOCK_FREE, BLOCK_ZERO, is_allocated
 from vdigui.engine.guestfs import ReclaimForecast, UsageMap, analyze_usage, forecast
 from vdigui.engine.image import zeros
 from vdigui.engine.progress import CancelToken, Progress, ProgressFn, no_progress
@@ -100,7 +100,8 @@ def unused_mask(usage: UsageMap) -> np.ndarray:
 
     The single rule every filesystem-aware operation applies; a partly used block is kept.
     """
-    return usage.used_bytes == 0
+    unused: np.ndarray = usage.used_bytes == 0
+    return unused
 
 
 def same_usage(before: UsageMap, after: UsageMap) -> str | None:
@@ -158,7 +159,12 @@ class UsageReport:
         summary: the per-block use summary.
         forecast: what compacting the last image would reclaim (plain and FS-aware).
         allocated: bool per guest block: the last image stores it.
-        all_zero: bool per guest block: the last image stores it and it is all zero.
+        all_zero: bool per guest block: the last image stores it and it is all zero (all
+            False when ``zeros_scanned`` is False: nothing was read to tell).
+        zeros_scanned: whether the blocks the last image stores were read to find the all-zero
+            ones; without it the report cost only headers, maps and filesystem metadata, and
+            the forecast's zero-block figure is unknown (its FS-aware total is still right).
+        stored_blocks: guest blocks any image of the chain stores data for (0: an empty disk).
     """
 
     paths: tuple[Path, ...]
@@ -168,6 +174,26 @@ class UsageReport:
     forecast: ReclaimForecast
     allocated: np.ndarray
     all_zero: np.ndarray
+    zeros_scanned: bool = True
+    stored_blocks: int = -1
+
+    @property
+    def understood(self) -> bool:
+        """Whether every byte of the disk was accounted for by volumes vdigui understands."""
+        return not any(v.kept_whole and v.used is None for v in self.usage.volumes)
+
+    @property
+    def guest_uses(self) -> int | None:
+        """Bytes the guest uses, or None when unknown.
+
+        Unknown when nothing is stored at all (a blank disk has no filesystem to ask) and when
+        any volume's contents were not understood: those are counted fully used so that
+        compaction keeps them, which is right for safety but no answer to "how much does the
+        guest use?".
+        """
+        if self.stored_blocks == 0 or not self.understood:
+            return None
+        return self.summary.used_bytes
 
 
 def zero_blocks(chain: DiskChain, blocks: np.ndarray, *, progress: ProgressFn = no_progress,
@@ -189,31 +215,40 @@ def zero_blocks(chain: DiskChain, blocks: np.ndarray, *, progress: ProgressFn = 
 
 def usage_of_chain(chain: DiskChain, *, discard_swap: bool = False,
                    progress: ProgressFn = no_progress, cancel: CancelToken | None = None,
-                   paths: Sequence[Path] = ()) -> UsageReport:
-    """The full report for an open chain: usage, then a zero scan of the top's stored blocks.
+                   paths: Sequence[Path] = (), scan_zeros: bool = True) -> UsageReport:
+    """The report for an open chain: usage, then (``scan_zeros``) a zero scan of the top.
 
     The zero scan reads every block the top image stores (that is what tells plain compaction
     apart from FS-aware compaction), with progress and cancel; the analysis itself only reads
-    metadata.
+    metadata, so without ``scan_zeros`` the report reads headers, maps and filesystem
+    metadata only.
     """
     usage = chain_usage(chain, discard_swap=discard_swap)
     own = chain.top.block_map[: chain.guest_blocks]
     allocated = np.zeros(chain.guest_blocks, dtype=bool)
-    allocated[: own.size] = own < FIRST_SPECIAL
-    all_zero = zero_blocks(chain, np.flatnonzero(allocated), progress=progress, cancel=cancel)
+    allocated[: own.size] = is_allocated(own)
+    if scan_zeros:
+        all_zero = zero_blocks(chain, np.flatnonzero(allocated), progress=progress,
+                               cancel=cancel)
+    else:
+        all_zero = np.zeros(chain.guest_blocks, dtype=bool)
+    stored = np.zeros(chain.guest_blocks, dtype=bool)
+    for layer in chain.layers:
+        stored |= layer.allocated_mask()[: chain.guest_blocks]
     summary = BlockUseSummary.of(usage, chain.disk_size)
     return UsageReport(tuple(paths), chain.disk_size, usage, summary,
-                       forecast(usage, allocated, all_zero), allocated, all_zero)
+                       forecast(usage, allocated, all_zero), allocated, all_zero,
+                       zeros_scanned=scan_zeros, stored_blocks=int(stored.sum()))
 
 
 def usage_report(paths: Sequence[Path], *, discard_swap: bool = False,
                  progress: ProgressFn = no_progress,
-                 cancel: CancelToken | None = None) -> UsageReport:
+                 cancel: CancelToken | None = None, scan_zeros: bool = True) -> UsageReport:
     """The report for the chain ``paths`` (base first), e.g. from ``resolve_source``."""
     paths = tuple(Path(p) for p in paths)
     with open_paths(paths) as chain:
         return usage_of_chain(chain, discard_swap=discard_swap, progress=progress,
-                              cancel=cancel, paths=paths)
+                              cancel=cancel, paths=paths, scan_zeros=scan_zeros)
 
 
 # -- which VM, and may its disk content change? --------------------------------------------

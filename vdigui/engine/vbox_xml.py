@@ -3,7 +3,7 @@
 References:
     - VirtualBox ``src/VBox/Main/xml/Settings.cpp`` (``readMachine``, ``readSnapshot``,
       ``readStorageControllers``, ``readMediaRegistry``, ``readMedium``) and
-      ``VirtualBox-settings.xsd``; ``shared/docs/vdi-format.md`` sections 6 and 11.
+      ``VirtualBox-settings.xsd``; ``docs/vdi-format.md`` section 6.
 
 This module only parses: it never opens a disk image, and it never writes. The disk-aware view
 (headers, orphans, mismatches) is :mod:`vdigui.engine.vmfolder`.
@@ -42,7 +42,8 @@ from xml.etree.ElementTree import Element, ParseError
 import defusedxml
 import defusedxml.ElementTree as SafeET
 
-from vdigui.engine.errors import SettingsError
+from vdigui.engine.errors import SettingsError, VdiError
+from vdigui.engine.sniff import open_regular, regular_file_problem
 
 NAMESPACES = ("http://www.virtualbox.org/", "http://www.innotek.de/VirtualBox-settings")
 #: Settings files are small (the largest real sample is 134 KB); refuse absurd sizes early.
@@ -175,7 +176,7 @@ class SnapshotNode:
         description: the ``<Description>`` text ("" when none).
         state_file: the saved-state file of an online snapshot, resolved; None when offline.
         attachments: the attachments as they were when the snapshot was taken; they reference
-            the images that became read-only then (reference 6.5).
+            the images that became read-only then (docs/vdi-format.md §6.5).
         children: child snapshots, in file order.
         parent_uuid: the parent snapshot, None for the first snapshot.
         state_file_text: ``stateFile`` as written.
@@ -317,9 +318,15 @@ def load_settings(path: Path | str) -> MachineSettings | GlobalSettings:
 
 def parse_xml_file(path: Path) -> Element:
     """Read and parse ``path`` safely; every failure is a one-sentence SettingsError."""
+    problem = regular_file_problem(path)  # a FIFO named x.vbox must not block the open
+    if problem is not None:
+        raise SettingsError(problem)
     try:
-        with open(path, "rb") as f:
+        fd = open_regular(path)
+        with open(fd, "rb") as f:
             data = f.read(MAX_SETTINGS_BYTES + 1)
+    except VdiError as exc:
+        raise SettingsError(str(exc)) from exc
     except OSError as exc:
         raise SettingsError(f"Cannot read settings file '{path}': "
                             f"{exc.strerror or exc}.") from exc

@@ -1,16 +1,16 @@
 """A VirtualBox VM folder: its settings, its disks, and every way they disagree.
 
 References:
-    - ``shared/docs/vdi-format.md`` section 6 (VM folder and .vbox), section 8 (real-world
+    - ``docs/vdi-format.md`` section 6 (VM folder and .vbox), section 8 (real-world
       failure modes: the checks VirtualBox's Main does on open, and what breaks them) and
       section 11 (the checklist); VirtualBox ``MediumImpl.cpp`` ``i_queryInfo`` for the UUID
       and parent checks this module reproduces as :class:`Problem` values.
 
 The snapshot tree and the medium tree are separate structures linked only by ``<Image uuid>``
-(reference 6.5), and the medium tree exists twice: once as the registry's nesting and once as
-the headers' uuidLinkage. :func:`load_vm_folder` builds all three and reports each disagreement
-between the registry, the headers and the files as a Problem, because a broken VM is exactly
-what a user brings to a repair tool: raising would hide the rest of the picture. Only a
+(docs/vdi-format.md §6.5), and the medium tree exists twice: once as the registry's nesting and once
+as the headers' uuidLinkage. :func:`load_vm_folder` builds all three and reports each disagreement
+between the registry, the headers and the files as a Problem, because a broken VM is exactly what a
+user brings to a repair tool: raising would hide the rest of the picture. Only a
 settings file that cannot be read at all raises :class:`SettingsError`.
 
 Loading reads settings files and the first 512 bytes of VDI files, read-only; it never writes a
@@ -20,6 +20,7 @@ byte (tests check this), so it is safe on a VM that is running.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
 import time
@@ -33,6 +34,7 @@ from vdigui.engine import format as fmt
 from vdigui.engine.chain import ImageIndex, resolve_chain
 from vdigui.engine.errors import SettingsError, VdiError
 from vdigui.engine.format import NULL_UUID, VdiHeader
+from vdigui.engine.sniff import regular_file_problem
 from vdigui.engine.vbox_xml import (
     Attachment,
     GlobalSettings,
@@ -176,7 +178,7 @@ class VmFolder:
 
     def disk_for_snapshot(self, snapshot: SnapshotNode | str, *,
                           device_type: str = "HardDisk") -> tuple[Medium, ...]:
-        """The image(s) a snapshot froze: what its attachments reference (reference 6.5).
+        """The image(s) a snapshot froze: what its attachments reference (docs/vdi-format.md §6.5).
 
         Reading the chain that ends at one of these shows the disk as it was when the
         snapshot was taken. Attachments referencing unknown media are skipped (they are
@@ -401,6 +403,8 @@ def load_vm_folder(path: Path | str, *, global_settings: Path | str | None = Non
         raise SettingsError(f"'{settings_path}' is a global VirtualBox.xml, not a machine "
                             "settings file; open the VM's .vbox instead.")
     glob = _load_global(settings, global_settings)
+    if glob is None:
+        settings = _with_folder_registry(settings)
     view = VmFolder.from_settings(settings, global_settings=glob)
     problems = list(view.problems)
     scan = _scan_disks(settings, view.media, problems)
@@ -432,6 +436,10 @@ def find_settings_file(path: Path | str) -> Path:
             several real ones (they are listed).
     """
     path = Path(path).absolute()
+    if not path.is_dir():
+        problem = regular_file_problem(path)  # a FIFO, a device, a link loop: never opened
+        if problem is not None:
+            raise SettingsError(problem)
     if path.is_file():
         if path.suffix.lower() in (".vdi", ".vmdk", ".vhd", ".iso"):
             raise SettingsError(f"'{path}' is a disk image, not a VM folder or a machine "
@@ -488,6 +496,63 @@ def _load_global(settings: MachineSettings, explicit: Path | str | None
         if isinstance(loaded, GlobalSettings):
             return loaded
     return None
+
+
+def _with_folder_registry(settings: MachineSettings) -> MachineSettings:
+    """Register, by UUID, attached disks that only a missing global registry would name.
+
+    Before settings 1.11 a machine's media were registered in the global VirtualBox.xml, and
+    before 1.7 a VM lived as ``<Name>.xml`` beside its disks. Copied out of ``~/.VirtualBox``
+    (``Name.xml`` and ``Name.vdi`` in one folder), such a VM names its disk only by UUID;
+    VirtualBox would find it through the global registry, so vdigui finds the image whose
+    header says that UUID in the VM folder or its snapshot folder (and its parents by
+    uuidLinkage), exactly as the registry would have described it. Newer settings carry their
+    own registry and are left alone.
+    """
+    if settings.info.version_tuple >= (1, 11):
+        return settings
+    attached: list[uuidlib.UUID] = []
+    for attachments in (settings.current_attachments,
+                        *(n.attachments for n in settings.iter_snapshots())):
+        for a in attachments:
+            if (a.medium_uuid is not None and a.device_type.lower() == "harddisk"
+                    and a.medium_uuid not in settings.media):
+                attached.append(a.medium_uuid)
+    if not attached:
+        return settings
+    folders = [settings.info.folder, settings.snapshot_folder]
+    index = ImageIndex.scan([f for f in folders if f.is_dir()])
+    found: dict[uuidlib.UUID, tuple[Path, VdiHeader]] = {}
+    for uuid in dict.fromkeys(attached):
+        current: uuidlib.UUID | None = uuid
+        while current is not None and current not in found and current not in settings.media:
+            path = index.find(current)
+            if path is None:
+                break
+            header = index.headers[path]
+            found[current] = (path, header)
+            current = header.parent_uuid if header.parent_uuid != NULL_UUID else None
+    if not found:
+        return settings
+    children: dict[uuidlib.UUID, list[uuidlib.UUID]] = {}
+    for uuid, (_path, header) in found.items():
+        if header.parent_uuid in found:
+            children.setdefault(header.parent_uuid, []).append(uuid)
+    media = dict(settings.media)
+    roots = list(settings.registry_roots)
+    for uuid, (path, header) in found.items():
+        parent = header.parent_uuid if header.parent_uuid in found else None
+        try:
+            location = str(path.relative_to(settings.info.folder.resolve()))
+        except ValueError:
+            location = str(path)
+        media[uuid] = Medium(
+            uuid=uuid, location=location, path=path, format="VDI", type="Normal",
+            auto_reset=False, parent_uuid=parent, children=tuple(children.get(uuid, ())),
+            kind="hard-disk", inspectable=True, registry=None)
+        if parent is None:
+            roots.append(uuid)
+    return dataclasses.replace(settings, media=media, registry_roots=tuple(roots))
 
 
 def _merge_registries(settings: MachineSettings, glob: GlobalSettings | None
