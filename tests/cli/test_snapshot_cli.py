@@ -138,3 +138,59 @@ def test_next_command_reports_recovery(tmp_path: Path, capsys: pytest.CaptureFix
     err = capsys.readouterr().err
     assert "was found and rolled back" in err
     assert_all_states(vm)
+
+
+def test_space_in_plan_no_undo_and_discard(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                           ) -> None:
+    vm = linear(tmp_path)
+    assert main(["snapshot", "delete", str(vm.folder), "two", "--dry-run", "--no-undo",
+                 "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["keep_undo"] is False and plan["space"]["keep_undo"] is False
+    assert plan["space"]["frees"] > 0 and plan["space"]["undo_bytes"] == 0
+    assert main(["snapshot", "delete", str(vm.folder), "two", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "Space:" in out and "of undo data in" in out and "Needs " in out
+    assert main(["snapshot", "delete", str(vm.folder), "two"]) == 0
+    out = capsys.readouterr().out
+    assert "verified)" in out and "vdictl undo" in out and "--discard" in out
+    kept = jr.undo_data_usage(vm.folder)
+    assert kept > 0
+    assert main(["undo", str(vm.folder), "--discard"]) == 0
+    out = capsys.readouterr().out
+    assert f"({kept:,} bytes) freed" in out
+    assert jr.undo_data_usage(vm.folder) == 0
+    assert main(["undo", str(vm.folder)]) == 1
+    assert "undo data was discarded" in capsys.readouterr().err
+    assert main(["snapshot", "delete", str(vm.folder), "one", "--no-undo", "--no-verify"]) == 0
+    out = capsys.readouterr().out
+    assert "not verified" in out and "No undo data was kept" in out
+    assert "Keeps no undo data: this operation cannot be undone." in out
+    assert jr.undo_data_usage(vm.folder) == 0
+    assert_all_states(vm, deleted={vm.snap("one").uuid, vm.snap("two").uuid})
+    assert main(["check", str(vm.folder)]) == 0
+
+
+def test_verify_flag_is_gone(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    vm = linear(tmp_path)
+    assert main(["snapshot", "delete", str(vm.folder), "one", "--verify"]) != 0
+    assert "--verify" in capsys.readouterr().err  # verification is the default now
+    assert_all_states(vm)
+
+
+def test_bare_merge_cli_space_and_no_undo(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                          ) -> None:
+    from vdigui.engine import create_image
+
+    folder = tmp_path / "chain"
+    folder.mkdir()
+    base, child = folder / "base.vdi", folder / "child.vdi"
+    create_image(base, 4 * MIB)
+    create_image(child, parent=base)
+    assert main(["merge", str(child), "--into-parent", "--dry-run", "--json"]) == 0
+    plan = json.loads(capsys.readouterr().out)
+    assert plan["space"]["keep_undo"] is True and plan["space"]["frees"] == child.stat().st_size
+    assert main(["merge", str(child), "--into-parent", "--no-undo"]) == 0
+    assert "No undo data was kept" in capsys.readouterr().out
+    assert not child.exists() and jr.undo_data_usage(folder) == 0
+    assert main(["check", str(base)]) == 0

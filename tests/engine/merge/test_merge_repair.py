@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import struct
 import uuid as uuidlib
@@ -9,9 +10,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from vmbuild import MIB, VmBuilder, assert_all_states, read_header_fields, read_state
+from vmbuild import (
+    MIB,
+    VmBuilder,
+    assert_all_states,
+    assert_check_clean,
+    read_header_fields,
+    read_state,
+)
 
-from vdigui.engine import OperationRefused, create_image, open_paths
+from vdigui.engine import OperationRefused, VerificationError, create_image, fileio, open_paths
 from vdigui.engine.operations import journal as jr
 from vdigui.engine.operations import repair as rp
 
@@ -36,7 +44,7 @@ def kinds(plan: rp.RepairPlan) -> list[str]:
     return [f.kind for f in plan.fixes]
 
 
-def test_slots_past_eof_duplicates_count_and_tail(tmp_path: Path) -> None:
+def test_slots_past_eof_duplicates_count_and_tail(tmp_path: Path, qemu_img: str) -> None:
     path = tmp_path / "d.vdi"
     create_image(path, 16 * MIB)
     rng = np.random.default_rng(3)
@@ -65,11 +73,12 @@ def test_slots_past_eof_duplicates_count_and_tail(tmp_path: Path) -> None:
     (tmp_path / "Snapshots").mkdir()
     assert np.array_equal(read_state(tmp_path, f["uuid"]), model)  # 7, 8 read as zeros
     assert rp.plan_repair(path).fixes == ()
+    assert_check_clean(path, qemu_img)
     jr.undo_last(tmp_path)
     assert path.read_bytes() == original
 
 
-def test_base_whose_header_says_differencing(tmp_path: Path) -> None:
+def test_base_whose_header_says_differencing(tmp_path: Path, qemu_img: str) -> None:
     vm = linear(tmp_path)
     base = vm.folder / "vm.vdi"
     poke(base, 0x4C, struct.pack("<I", 4))
@@ -78,6 +87,7 @@ def test_base_whose_header_says_differencing(tmp_path: Path) -> None:
     rp.run_repair(plan)
     assert read_header_fields(base)["type"] == 1
     assert_all_states(vm)
+    assert_check_clean(vm.folder, qemu_img)
 
 
 def _break_parent(vm: VmBuilder, *, weak: bool) -> tuple[Path, Path]:
@@ -94,13 +104,14 @@ def _break_parent(vm: VmBuilder, *, weak: bool) -> tuple[Path, Path]:
     return base, child
 
 
-def test_relink_with_strong_evidence(tmp_path: Path) -> None:
+def test_relink_with_strong_evidence(tmp_path: Path, qemu_img: str) -> None:
     vm = linear(tmp_path)
     base, child = _break_parent(vm, weak=False)
     plan = rp.plan_repair(child)
     assert kinds(plan) == ["relink"] and plan.fixes[0].strength == "strong"
     rp.run_repair(plan)
     assert read_header_fields(child)["parent"] == read_header_fields(base)["uuid"]
+    assert_check_clean(child, qemu_img)
 
 
 def test_relink_with_weak_evidence_needs_force(tmp_path: Path) -> None:
@@ -116,7 +127,8 @@ def test_relink_with_weak_evidence_needs_force(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("pick", ["header", "registry"])
-def test_registry_header_uuid_disagreement_offers_both(tmp_path: Path, pick: str) -> None:
+def test_registry_header_uuid_disagreement_offers_both(tmp_path: Path, pick: str,
+                                                      qemu_img: str) -> None:
     vm = linear(tmp_path)
     leaf = vm.disks[vm.leaves[0]].path
     new = uuidlib.uuid4()
@@ -129,9 +141,10 @@ def test_registry_header_uuid_disagreement_offers_both(tmp_path: Path, pick: str
     text = vm.vbox_path().read_text()
     assert (str(new) in text) == (pick == "registry")
     assert_all_states(vm)
+    assert_check_clean(vm.folder, qemu_img)
 
 
-def test_duplicated_uuid_copy_gets_new_identity(tmp_path: Path) -> None:
+def test_duplicated_uuid_copy_gets_new_identity(tmp_path: Path, qemu_img: str) -> None:
     vm = linear(tmp_path)
     copy = vm.folder / "copy-of-vm.vdi"
     shutil.copy(vm.folder / "vm.vdi", copy)
@@ -140,9 +153,11 @@ def test_duplicated_uuid_copy_gets_new_identity(tmp_path: Path) -> None:
     rp.run_repair(plan)
     assert read_header_fields(copy)["uuid"] != read_header_fields(vm.folder / "vm.vdi")["uuid"]
     assert_all_states(vm)
+    # the copy stays beside the .vbox, unregistered: the user's to register or delete
+    assert_check_clean(vm.folder, qemu_img, allow=("orphan-image",))
 
 
-def test_missing_file_relocate_or_drop(tmp_path: Path) -> None:
+def test_missing_file_relocate_or_drop(tmp_path: Path, qemu_img: str) -> None:
     vm = linear(tmp_path)
     leaf = vm.disks[vm.leaves[0]].path
     elsewhere = tmp_path / "found"
@@ -154,6 +169,7 @@ def test_missing_file_relocate_or_drop(tmp_path: Path) -> None:
     assert "changes stored in that layer are lost" in plan.fixes[1].action
     rp.run_repair(plan)
     assert str(elsewhere / leaf.name) in vm.vbox_path().read_text()
+    assert_check_clean(vm.folder, qemu_img)
     jr.undo_last(vm.folder)
     plan = rp.plan_repair(vm.folder)
     assert kinds(plan) == ["drop-entry"]
@@ -162,10 +178,11 @@ def test_missing_file_relocate_or_drop(tmp_path: Path) -> None:
     rp.run_repair(plan, force=True)
     vm.content = vm.expected[vm.snap("two").uuid]  # the lost layer's writes are gone
     assert_all_states(vm)
+    assert_check_clean(vm.folder, qemu_img)
 
 
 @pytest.mark.parametrize("pick", ["register", "quarantine"])
-def test_orphan_register_or_quarantine(tmp_path: Path, pick: str) -> None:
+def test_orphan_register_or_quarantine(tmp_path: Path, pick: str, qemu_img: str) -> None:
     vm = linear(tmp_path)
     parent = vm.disks[vm.leaves[0]]
     orphan = vm.folder / "Snapshots" / f"{{{uuidlib.uuid4()}}}.vdi"
@@ -181,9 +198,10 @@ def test_orphan_register_or_quarantine(tmp_path: Path, pick: str) -> None:
         assert orphan.name in vm.vbox_path().read_text()
     assert rp.plan_repair(vm.folder).fixes == ()
     assert_all_states(vm)
+    assert_check_clean(vm.folder, qemu_img)
 
 
-def test_set_uuid_updates_children_and_registry(tmp_path: Path) -> None:
+def test_set_uuid_updates_children_and_registry(tmp_path: Path, qemu_img: str) -> None:
     vm = linear(tmp_path)
     middle = vm.snap("two").disks[0]
     path = vm.disks[middle].path
@@ -194,9 +212,11 @@ def test_set_uuid_updates_children_and_registry(tmp_path: Path) -> None:
     text = vm.vbox_path().read_text()
     assert f'uuid="{{{middle}}}"' not in text and f'uuid="{{{new}}}"' in text  # file keeps its name
     assert_all_states(vm)
+    assert_check_clean(vm.folder, qemu_img)
     jr.undo_last(vm.folder)
     assert read_header_fields(path)["uuid"] == middle
     assert_all_states(vm)
+    assert_check_clean(vm.folder, qemu_img)
 
 
 def test_nothing_to_repair_refuses_to_run(tmp_path: Path) -> None:
@@ -205,3 +225,53 @@ def test_nothing_to_repair_refuses_to_run(tmp_path: Path) -> None:
     assert plan.fixes == ()
     with pytest.raises(OperationRefused, match="No fix"):
         rp.run_repair(plan)
+
+
+class BreakLinkWrite(fileio.FileOps):
+    """Performs every call, but the first header written into ``child`` gets a wrong parent."""
+
+    def __init__(self, child: Path) -> None:
+        self.child = child.resolve()
+        self.fds: set[int] = set()
+        self.broken = 0
+
+    def open(self, path: Path, flags: int, mode: int) -> int:
+        fd = super().open(path, flags, mode)
+        if path.resolve() == self.child and flags & (os.O_RDWR | os.O_WRONLY):
+            self.fds.add(fd)
+        return fd
+
+    def close(self, fd: int) -> None:
+        self.fds.discard(fd)
+        super().close(fd)
+
+    def pwrite(self, fd: int, data: bytes | memoryview, offset: int) -> int:
+        if fd in self.fds and offset == 0x48 and not self.broken:  # the header struct
+            raw = bytearray(data)
+            raw[0x1A8 - 0x48:0x1B8 - 0x48] = uuidlib.uuid4().bytes_le  # uuidLinkage
+            data = bytes(raw)
+            self.broken += 1
+        return super().pwrite(fd, data, offset)
+
+
+def test_set_uuid_verification_catches_a_wrong_link(tmp_path: Path) -> None:
+    vm = linear(tmp_path)
+    middle = vm.disks[vm.snap("two").disks[0]].path
+    child = vm.disks[vm.leaves[0]].path  # links to the middle image
+    files = {p: p.read_bytes() for p in (middle, child, vm.vbox_path())}
+    plan = rp.plan_set_uuid(middle)
+    broken = BreakLinkWrite(child)
+    with fileio.use(broken), pytest.raises(VerificationError, match="disagree"):
+        rp.run_repair(plan)
+    assert broken.broken == 1
+    assert {p: p.read_bytes() for p in files} == files  # rolled back
+    assert not jr.journal_path(vm.folder).exists()
+    assert_all_states(vm)
+    assert rp.run_repair(plan).verified  # and without the fault it goes through
+
+
+def test_repair_no_verify(tmp_path: Path) -> None:
+    vm = linear(tmp_path)
+    plan = rp.plan_set_uuid(vm.disks[vm.snap("two").disks[0]].path)
+    assert not rp.run_repair(plan, verify=False).verified
+    assert_all_states(vm)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import uuid as uuidlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +14,7 @@ from vmbuild import (
     MIB,
     VmBuilder,
     assert_all_states,
+    assert_check_clean,
     read_header_fields,
     read_state,
     vbox_states,
@@ -22,6 +25,7 @@ from vdigui.engine import (
     OperationRefused,
     VerificationError,
     create_image,
+    fileio,
     open_paths,
 )
 from vdigui.engine.operations import journal as jr
@@ -79,18 +83,103 @@ def test_delete_each_position_and_direction(tmp_path: Path, name: str, direction
     assert current == (vm.snap("two").uuid if name == "three" else vm.snap("three").uuid)
 
 
-@pytest.mark.parametrize("direction", ["forward", "backward"])
-def test_verify_option_and_its_failure_path(tmp_path: Path, direction: str,
-                                            monkeypatch: pytest.MonkeyPatch) -> None:
+class FlipTargetWrite(fileio.FileOps):
+    """Performs every call, but flips one byte of the first data write into ``target``.
+
+    Data writes of a merge are the ``pwritev`` calls on the target's descriptor (header and
+    map entries go through ``pwrite``), so this corrupts real bytes between the copy and the
+    verification, exactly what a bad disk or a bug in the copy loop would do.
+    """
+
+    def __init__(self, target: Path) -> None:
+        self.target = target.resolve()
+        self.fds: set[int] = set()
+        self.flipped = 0
+
+    def open(self, path: Path, flags: int, mode: int) -> int:
+        fd = super().open(path, flags, mode)
+        if path.resolve() == self.target and flags & (os.O_RDWR | os.O_WRONLY):
+            self.fds.add(fd)
+        return fd
+
+    def close(self, fd: int) -> None:
+        self.fds.discard(fd)
+        super().close(fd)
+
+    def pwritev(self, fd: int, buffers: Sequence[bytes | memoryview], offset: int) -> int:
+        if fd in self.fds and not self.flipped:
+            first = bytearray(buffers[0])
+            first[len(first) // 2] ^= 0x5A
+            buffers = [first, *buffers[1:]]
+            self.flipped += 1
+        return super().pwritev(fd, buffers, offset)
+
+
+@pytest.mark.parametrize(("name", "direction"), [("one", "backward"), ("two", "backward"),
+                                                 ("two", "forward")])
+def test_verification_catches_a_corrupted_write_and_rolls_back(tmp_path: Path, name: str,
+                                                               direction: str) -> None:
     vm = linear(tmp_path)
-    mg.run_merge(mg.plan_snapshot_delete(vm.folder, "two", direction=direction), verify=True)
-    assert_all_states(vm, deleted={vm.snap("two").uuid})
     before = files_snapshot(vm.folder)
-    hashes = iter(["a", "b"])
-    monkeypatch.setattr(mg, "_kept_view_hash", lambda *a, **k: next(hashes))
-    with pytest.raises(VerificationError, match="rolled back"):
-        mg.run_merge(mg.plan_snapshot_delete(vm.folder, "three"), verify=True)
+    plan = mg.plan_snapshot_delete(vm.folder, name, direction=direction)
+    step = plan.steps[0]
+    assert step.target is not None
+    flip = FlipTargetWrite(step.target.path)
+    with fileio.use(flip), pytest.raises(VerificationError, match="does not read back as"):
+        mg.run_merge(plan)
+    assert flip.flipped == 1
+    assert files_snapshot(vm.folder) == before  # byte-identical, vm.vbox-prev included
+    assert not jr.journal_path(vm.folder).exists()
+    assert list((vm.folder / ".vdigui" / "backups").iterdir()) == []
+    assert_all_states(vm)
+    # the same plan without the corruption goes through, verified
+    result = mg.run_merge(plan)
+    assert result.verified
+    assert_all_states(vm, deleted={vm.snap(name).uuid})
+
+
+class BreakMapWrite(FlipTargetWrite):
+    """Performs every call, but the first map-entry write into ``target`` says FREE instead."""
+
+    def __init__(self, target: Path, map_start: int, map_end: int) -> None:
+        super().__init__(target)
+        self.map_start, self.map_end = map_start, map_end
+
+    def pwritev(self, fd: int, buffers: Sequence[bytes | memoryview], offset: int) -> int:
+        return fileio.FileOps.pwritev(self, fd, buffers, offset)
+
+    def pwrite(self, fd: int, data: bytes | memoryview, offset: int) -> int:
+        if fd in self.fds and not self.flipped and self.map_start <= offset < self.map_end:
+            data = b"\xff\xff\xff\xff" + bytes(data)[4:]
+            self.flipped += 1
+        return super().pwrite(fd, data, offset)
+
+
+@pytest.mark.parametrize(("name", "direction"), [("one", "backward"), ("two", "forward")])
+def test_verification_catches_a_wrong_map_entry_and_rolls_back(tmp_path: Path, name: str,
+                                                               direction: str) -> None:
+    vm = linear(tmp_path)
+    before = files_snapshot(vm.folder)
+    plan = mg.plan_snapshot_delete(vm.folder, name, direction=direction)
+    step = plan.steps[0]
+    assert step.target is not None
+    f = read_header_fields(step.target.path)
+    start = int(f["off_blocks"])  # type: ignore[call-overload]
+    broken = BreakMapWrite(step.target.path, start, start + 4 * int(f["blocks"]))  # type: ignore[call-overload]
+    with fileio.use(broken), pytest.raises(VerificationError, match="maps guest block"):
+        mg.run_merge(plan)
+    assert broken.flipped == 1
     assert files_snapshot(vm.folder) == before
+    assert_all_states(vm)
+
+
+def test_no_verify_skips_the_check(tmp_path: Path) -> None:
+    vm = linear(tmp_path)
+    plan = mg.plan_snapshot_delete(vm.folder, "one")
+    assert plan.steps[0].target is not None
+    with fileio.use(FlipTargetWrite(plan.steps[0].target.path)):
+        result = mg.run_merge(plan, verify=False)  # the corruption goes unnoticed
+    assert not result.verified
 
 
 def test_delete_all_snapshots_in_any_order_leaves_one_base(tmp_path: Path) -> None:
@@ -130,19 +219,24 @@ def test_auto_direction_smaller_into_larger(tmp_path: Path) -> None:
     assert_all_states(vm, deleted={vm.snap("two").uuid})
 
 
-def test_full_target_grows_its_map_instead_of_overflowing(tmp_path: Path) -> None:
+def test_full_target_is_overwritten_in_place(tmp_path: Path) -> None:
     vm = VmBuilder(tmp_path / "vm")
     vm.scribble(list(range(16)))  # every block of the base allocated
     vm.take_snapshot("one")
     vm.scribble(list(range(0, 16, 2)))  # overwrite half of them
+    vm.scribble([3], zero=True)  # and zero one: written as zeros into its slot
     vm.take_snapshot("two")
     vm.scribble([1])
+    base = vm.folder / "vm.vdi"
+    size = base.stat().st_size
+    original = base.read_bytes()
     delete(vm, "one")
-    f = read_header_fields(vm.folder / "vm.vdi")
-    assert f["alloc"] == 24 and f["blocks"] >= 24  # VirtualBox check 8 holds
+    f = read_header_fields(base)
+    assert (f["alloc"], f["blocks"]) == (16, 16)  # dense, exact, no longer map
+    assert base.stat().st_size == size
     assert_all_states(vm, deleted={vm.snap("one").uuid})
     jr.undo_last(vm.folder)
-    assert read_header_fields(vm.folder / "vm.vdi")["blocks"] == 16
+    assert base.read_bytes() == original  # the before-images came back
     assert_all_states(vm)
 
 
@@ -338,11 +432,14 @@ def test_cancel_rolls_back_and_leaves_no_strays(tmp_path: Path) -> None:
     assert list((vm.folder / ".vdigui" / "backups").iterdir()) == []
 
 
-def test_undo_restores_deleted_snapshot(tmp_path: Path) -> None:
+@pytest.mark.parametrize("name", ["one", "two"])
+def test_undo_restores_deleted_snapshot(tmp_path: Path, name: str, qemu_img: str) -> None:
     vm = linear(tmp_path, saved=True)
     before = files_snapshot(vm.folder)
-    delete(vm, "two")
+    delete(vm, name)
+    assert_check_clean(vm.folder, qemu_img)
     jr.undo_last(vm.folder)
+    assert_check_clean(vm.folder, qemu_img)
     after = files_snapshot(vm.folder)
     assert after.pop("vm.vbox-prev") is not None
     before.pop("vm.vbox-prev", None)
@@ -386,10 +483,11 @@ def bare_chain(tmp_path: Path) -> tuple[list[Path], list[np.ndarray]]:
 
 
 @pytest.mark.parametrize("mode", ["into-parent", "parent-into-this", "auto"])
-def test_bare_merge(tmp_path: Path, mode: str) -> None:
+def test_bare_merge(tmp_path: Path, mode: str, qemu_img: str) -> None:
     paths, views = bare_chain(tmp_path)
     plan = mg.plan_merge(paths[2], mode=mode)
     mg.run_merge(plan)
+    assert_check_clean(paths[0].parent, qemu_img)
     folder = paths[0].parent
     leaf = paths[1] if plan.steps[0].direction == "backward" else paths[2]
     assert not (paths[2] if leaf == paths[1] else paths[1]).exists()
@@ -400,9 +498,17 @@ def test_bare_merge(tmp_path: Path, mode: str) -> None:
                           views[0])
 
 
-def test_bare_forward_merge_of_base_makes_dynamic_base(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["parent-into-this", "into-parent"])
+def test_bare_merge_of_base_both_directions(tmp_path: Path, mode: str, qemu_img: str) -> None:
     paths, views = bare_chain(tmp_path)
-    mg.run_merge(mg.plan_merge(paths[1], mode="parent-into-this"))
+    mg.run_merge(mg.plan_merge(paths[1], mode=mode))
+    assert_check_clean(paths[0].parent, qemu_img)
+    if mode == "into-parent":  # layer1 went into the base, layer2 now builds on the base
+        assert not paths[1].exists()
+        fields = read_header_fields(paths[2])
+        assert fields["parent"] == read_header_fields(paths[0])["uuid"]
+        assert np.array_equal(read_state_flat(paths[0].parent, fields["uuid"]), views[2])  # type: ignore[arg-type]
+        return
     fields = read_header_fields(paths[1])
     assert fields["type"] == 1 and fields["parent"] == uuidlib.UUID(int=0)
     assert not paths[0].exists()
@@ -422,3 +528,22 @@ def read_state_flat(folder: Path, leaf: uuidlib.UUID) -> np.ndarray:
     """read_state for a plain folder (no Snapshots subfolder needed)."""
     (folder / "Snapshots").mkdir(exist_ok=True)
     return read_state(folder, leaf)
+
+
+def test_fixed_base_takes_the_merge_in_place(tmp_path: Path, qemu_img: str) -> None:
+    vm = VmBuilder(tmp_path / "vm", disk_size=8 * MIB)
+    base = vm.folder / "vm.vdi"
+    base.unlink()
+    create_image(base, 8 * MIB, fixed=True, uuid=vm.leaves[0])
+    vm.scribble([0, 1, 2])
+    vm.take_snapshot("one")
+    vm.scribble([1, 5])
+    vm.scribble([2], zero=True)
+    vm.take_snapshot("two")
+    vm.scribble([6])
+    size = base.stat().st_size
+    delete(vm, "one")
+    f = read_header_fields(base)
+    assert f["type"] == 2 and f["alloc"] == 8 and base.stat().st_size == size
+    assert_all_states(vm, deleted={vm.snap("one").uuid})
+    assert_check_clean(vm.folder, qemu_img)

@@ -321,3 +321,40 @@ def assert_all_states(vm: VmBuilder, *, deleted: set[uuidlib.UUID] = frozenset()
     for i, image in enumerate(current):
         assert np.array_equal(read_state(vm.folder, image), vm.content[i]), f"current disk {i}"
     registry_ok(vm.vbox_path())
+
+
+# -- oracles for "the end state is clean" ------------------------------------------------------
+
+def base_images(folder: Path) -> list[Path]:
+    """Every image in ``folder`` (and its Snapshots) whose header links to no parent."""
+    paths = [*folder.glob("*.vdi"), *(folder / "Snapshots").glob("*.vdi")]
+    return [p for p in paths if read_header_fields(p)["parent"] == uuidlib.UUID(int=0)]
+
+
+def assert_qemu_clean(qemu_img: str, *images: Path) -> None:
+    """``qemu-img check`` reports no errors and no leaks (qemu reads VDI bases only)."""
+    import subprocess
+
+    for image in images:
+        out = subprocess.run([qemu_img, "check", "-f", "vdi", str(image)], capture_output=True,
+                             text=True, check=False)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "No errors were found" in out.stdout, out.stdout
+
+
+def assert_check_clean(path: Path, qemu_img: str, *, allow: tuple[str, ...] = ()) -> None:
+    """``vdictl check PATH`` exits 0 (or finds only ``allow`` kinds) and qemu-img agrees."""
+    from vdigui.cli import main
+    from vdigui.engine import check_path
+
+    targets = [path]
+    if path.is_dir() and not any(path.glob("*.vbox")):  # a bare chain: check every image
+        targets = sorted(path.glob("*.vdi"))
+    for target in targets:
+        if allow:
+            report = check_path(target)
+            assert all(f.kind in allow for f in report.findings), report.findings
+        else:
+            assert main(["check", str(target)]) == 0
+    folder = path if path.is_dir() else path.parent
+    assert_qemu_clean(qemu_img, *base_images(folder))

@@ -1,12 +1,13 @@
 """Snapshot deletion and bare-chain merges: plan, then run under a crash journal.
 
-What VirtualBox does when it deletes a snapshot (reference 4.1-4.3), and what vdigui does:
+What VirtualBox does when it deletes a snapshot (docs/vdi-format.md §4.1-4.3), and what vdigui does:
 
 - Refusals, each explained: more than one child snapshot; the current snapshot when it has a
   child; a disk that is a branch point (more than one child disk); Immutable and MultiAttach
   media; a VM that looks running; a disk the deleted snapshot shares with another snapshot
   or the current state. Writethrough, Shareable and Readonly media are skipped, as VirtualBox
-  skips them. Fixed-size targets are refused too (see "copy-on-write" below).
+  skips them. A fixed-size base takes a merge like any other: every block already has its
+  slot, so everything is written in place.
 - Direction: a base is always merged *backward* (the child's data into the base). Between
   two differencing images the smaller file goes into the larger one unless the user chooses.
 - Forward (parent P into child C): fill C's FREE blocks with P's data wherever it differs
@@ -20,24 +21,31 @@ What VirtualBox does when it deletes a snapshot (reference 4.1-4.3), and what vd
   the merged-away image and the snapshot's saved state and NVRAM files moved out of the way
   (into the undo backup), each after checking it is still the file the plan names.
 
-Copy-on-write, and why: a backward merge must be undoable and crash-safe. Overwriting a
-block the target already holds would destroy the only copy of the deleted snapshot's data
-for that block before the commit point. So such a block is written to a *new* slot appended
-to the target and the map entry is repointed; the old slot stays untouched. Rolling back (or
-undoing) is then "restore the saved header and map, truncate to the saved size". The cost:
-the target grows by the blocks it already held; those old slots are unreferenced afterwards
-and ``vdictl compact`` reclaims them once undo is no longer wanted. VirtualBox insists on
-cBlocksAllocated <= cBlocks, so when a nearly full target needs more slots than it has
-blocks, its cBlocks is raised (the new map entries are FREE): that is legal VirtualBox
-(cBlocks may exceed ceil(cbDisk / cbBlock)) and fits in the 1 MiB map area VirtualBox
-reserves, so no data moves. A fixed-size target has no room to append, so it is refused
-(clone it to a dynamic image first).
+In place, and why it stays undoable: a backward merge writes the child's blocks over the
+slots the target already holds for them, and appends the rest at ``cBlocksAllocated``; a ZERO
+(or all-zero block) from the child over a target slot is written as zeros into that slot. The
+target therefore ends dense with an exact ``cBlocksAllocated`` (``vdictl check`` and
+``qemu-img check`` are clean) and no larger than it must be. Before the first in-place
+write, the before-images of exactly the slots that will be overwritten are saved into the
+operation's backup folder (self-validating records, fsynced, the folder fsynced) and named in
+the journal; rollback (before the commit point) and undo (after it) write them back, then the
+saved header+map prefix, then truncate to the saved size (:mod:`.journal`). A forward merge
+only fills the child's FREE blocks, so it appends and never overwrites.
+
+Space: the plan carries a :class:`~vdigui.engine.operations.space.SpacePlan`. With
+``keep_undo`` (the default) the merged-away image and the snapshot's saved state move into
+``.vdigui/backups`` with the before-images, and ``vdictl undo`` can bring the snapshot back;
+without it they are deleted once the new state is committed, and undo is impossible.
+
+Verification is on by default and cheap (:mod:`.merge_copy`): only what the merge writes is
+read back, and compared with the bytes the copy read; every other block is proved unchanged
+from the old and new block maps.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import os
 import time
 import uuid as uuidlib
 from dataclasses import dataclass, field
@@ -46,7 +54,6 @@ from typing import Any
 
 import numpy as np
 
-from vdigui.engine import fileio
 from vdigui.engine import format as fmt
 from vdigui.engine.chain import DiskChain, ImageIndex, open_paths, resolve_chain
 from vdigui.engine.errors import (
@@ -55,22 +62,25 @@ from vdigui.engine.errors import (
     VdiError,
     VerificationError,
 )
-from vdigui.engine.format import BLOCK_FREE, BLOCK_ZERO, ImageType
-from vdigui.engine.image import VdiImage, open_image, zeros
-from vdigui.engine.operations._common import (
-    check_not_in_use,
-    free_space,
-    guest_hash,
-    space_refusal,
-)
+from vdigui.engine.format import BLOCK_FREE, ImageType
+from vdigui.engine.image import VdiImage, open_image
+from vdigui.engine.operations import journal as jr
+from vdigui.engine.operations._common import check_not_in_use, free_space
 from vdigui.engine.operations.journal import Journal
+from vdigui.engine.operations.merge_copy import (
+    CopyOutcome,
+    copy_blocks,
+    is_dense,
+    new_slot_bound,
+    overwritten_slots,
+    verify_merge,
+)
+from vdigui.engine.operations.space import FileOutcome, SpacePlan
 from vdigui.engine.progress import CancelToken, Progress, ProgressFn, no_progress
 from vdigui.engine.vbox_edit import VboxDocument, is_inside, parse_uuid
 
 #: Rough sustained copy rate used for time estimates (bytes per second).
 ESTIMATED_RATE = 200 * fmt.MIB
-#: Data moved per batch (one read run, one write run, then the map update).
-BATCH_BYTES = 16 * fmt.MIB
 
 _SKIPPED_TYPES = {"writethrough", "shareable", "readonly"}
 _REFUSED_TYPES = {"immutable": "Immutable", "multiattach": "MultiAttach"}
@@ -156,6 +166,8 @@ class MergePlan:
         files_removed: every file that will be moved away, with the same flag.
         was_current: the snapshot was the current one.
         allow_outside: the user accepted writing/removing files outside the folder.
+        keep_undo: keep undo data (removed files and before-images) after the commit point.
+        space: what the operation does to disk space (frees, undo bytes, peak, end sizes).
     """
 
     kind: str
@@ -171,6 +183,8 @@ class MergePlan:
     was_current: bool = False
     allow_outside: bool = False
     notes: tuple[str, ...] = ()
+    keep_undo: bool = True
+    space: SpacePlan = field(default_factory=lambda: SpacePlan((), 0, None, 0, True))
 
     @property
     def outside_files(self) -> tuple[Path, ...]:
@@ -212,10 +226,13 @@ class MergePlan:
         lines.append("Files written:")
         lines += [f"    {p}{'  [OUTSIDE THE FOLDER]' if out else ''}"
                   for p, out in self.files_written]
-        lines.append("Files removed (moved into the undo backup in "
-                     f"{self.folder / '.vdigui' / 'backups'}):")
+        where = (f"moved into the undo backup in {jr.backups_dir(self.folder)}"
+                 if self.keep_undo else "deleted; no undo")
+        lines.append(f"Files removed ({where}):")
         lines += [f"    {p}{'  [OUTSIDE THE FOLDER]' if out else ''}"
                   for p, out in self.files_removed] or ["    none"]
+        lines.append("Space:")
+        lines += [f"    {line}" for line in self.space.lines()]
         lines += [f"Note: {n}" for n in self.notes]
         return lines
 
@@ -242,7 +259,8 @@ class MergePlan:
             } for s in self.steps],
             "files_written": [{"path": str(p), "outside": o} for p, o in self.files_written],
             "files_removed": [{"path": str(p), "outside": o} for p, o in self.files_removed],
-            "notes": list(self.notes),
+            "notes": list(self.notes), "keep_undo": self.keep_undo,
+            "space": self.space.to_dict(),
         }
 
 
@@ -255,9 +273,10 @@ class MergeResult:
         blocks_written: allocations and ZERO entries written into targets.
         bytes_written: data bytes written into targets (headers and maps not counted).
         seconds: wall time.
-        removed: files moved into the undo backup.
-        backup_dir: where the backups (and removed files) are.
-        recovered: what recovery did first, if an earlier run had been interrupted.
+        removed: what happened to the removed files, in words.
+        backup_dir: where the backups (and removed files) are; gone without undo data.
+        verified: whether the result was verified.
+        undoable: whether ``vdictl undo`` can revert it (undo data kept).
     """
 
     plan: MergePlan
@@ -267,6 +286,8 @@ class MergeResult:
     removed: tuple[str, ...]
     backup_dir: Path
     notes: tuple[str, ...] = field(default=())
+    verified: bool = False
+    undoable: bool = True
 
 
 def _size(value: int) -> str:
@@ -300,20 +321,32 @@ def _header_of(path: Path, expected: uuidlib.UUID, role: str) -> fmt.VdiHeader:
 
 def _costs(source: VdiImage, target: VdiImage, direction: str, allowed: bool,
            free: int) -> DirectionCost:
-    """Cost of merging, computed from the two maps (no data is read)."""
+    """Cost of merging, computed from the two maps (no data is read).
+
+    Extra space: the slots appended to the target plus (backward) the before-images of the
+    slots it overwrites in place.
+    """
     bs = source.header.block_size
+    backward = direction == "backward"
     n = min(source.guest_blocks, target.guest_blocks)
     s_map = source.block_map[:n]
     t_map = target.block_map[:n]
-    if direction == "backward":  # source = child, into target = parent
-        moved = s_map != BLOCK_FREE
-        data = s_map < fmt.FIRST_SPECIAL
-    else:  # source = parent, into target = child's FREE blocks
-        moved = (s_map != BLOCK_FREE) & (t_map == BLOCK_FREE)
-        data = (s_map < fmt.FIRST_SPECIAL) & (t_map == BLOCK_FREE)
+    moved = (s_map != BLOCK_FREE) if backward else (s_map != BLOCK_FREE) & (t_map == BLOCK_FREE)
+    data = moved & (s_map < fmt.FIRST_SPECIAL)
     nbytes = int(data.sum()) * bs
-    return DirectionCost(direction, allowed, int(moved.sum()), nbytes, nbytes, free,
+    grow = new_slot_bound(s_map, t_map, backward) * target.header.slot_size
+    before = _before_image_size(source, target, backward)
+    return DirectionCost(direction, allowed, int(moved.sum()), nbytes, grow + before, free,
                          nbytes / ESTIMATED_RATE)
+
+
+def _before_image_size(source: VdiImage, target: VdiImage, backward: bool) -> int:
+    slots = overwritten_slots(source, target, backward)
+    if slots.size == 0:
+        return 0
+    per_run = max(1, jr.BEFORE_IMAGE_RUN // target.header.slot_size)
+    runs = len(jr._slot_runs(slots, per_run))
+    return jr.before_image_bytes(int(slots.size), target.header.slot_size, runs)
 
 
 def _both_costs(parent: ImageRef, child: ImageRef, forward_allowed: bool,
@@ -322,35 +355,35 @@ def _both_costs(parent: ImageRef, child: ImageRef, forward_allowed: bool,
         backward = _costs(c, p, "backward", True, free_space(parent.path.parent))
         forward = _costs(p, c, "forward", forward_allowed, free_space(child.path.parent))
         if chosen == "backward":
-            _check_appendable(p, "target (parent)")
-            _check_room(p, backward.bytes // p.header.block_size)
+            _check_target(p, c, True, "target (parent)")
         else:
-            _check_appendable(c, "target (child)")
-            _check_room(c, forward.bytes // c.header.block_size)
+            _check_target(c, p, False, "target (child)")
     return (backward, forward) if chosen == "backward" else (forward, backward)
 
 
-def _check_room(image: VdiImage, new_slots: int) -> None:
-    if image.header.blocks_allocated + new_slots > map_room(image):
-        raise _refuse(f"'{image.path.name}' has no room in its block map for the {new_slots} "
-                      "copy-on-write slots this merge needs (an old 512-byte-aligned layout); "
-                      "compact or clone it first, or merge the other direction.")
+def _check_target(target: VdiImage, source: VdiImage, backward: bool, role: str) -> None:
+    """Refuse a target whose map is damaged, that is cut short, or has no room for new slots.
 
-
-def _check_appendable(image: VdiImage, role: str) -> None:
-    if image.header.image_type == ImageType.FIXED:
-        raise _refuse(f"The {role} '{image.path.name}' is a fixed-size image, which cannot "
-                      "take the copy-on-write blocks vdigui uses to keep a merge undoable; "
-                      "clone it to a dynamic image first ('vdictl clone').")
-    slot_count = image.header.blocks_allocated
-    live = image.block_map[image.block_map < fmt.FIRST_SPECIAL]
+    A dense target always has room: it needs at most one slot per guest block. Only a
+    target with holes between its slots (left by older tools) can run out of map entries;
+    it is refused rather than given a longer map (compaction closes the holes).
+    """
+    h = target.header
+    slot_count = h.blocks_allocated
+    live = target.block_map[target.block_map < fmt.FIRST_SPECIAL]
     if live.size and (int(live.max()) >= slot_count or np.unique(live).size != live.size):
-        raise _refuse(f"The block map of '{image.path.name}' has cross-linked slots or "
+        raise _refuse(f"The block map of '{target.path.name}' has cross-linked slots or "
                       "slots past cBlocksAllocated (a crash leftover); run 'vdictl repair' "
                       "on it first.")
-    if image.file_size < image.header.expected_file_size(slot_count):
-        raise _refuse(f"'{image.path.name}' is shorter than its header says (truncated?); run "
+    if target.file_size < h.expected_file_size(slot_count):
+        raise _refuse(f"'{target.path.name}' is shorter than its header says (truncated?); run "
                       "'vdictl check' and 'vdictl repair' on it first.")
+    n = min(source.guest_blocks, target.guest_blocks)
+    new = new_slot_bound(source.block_map[:n], target.block_map[:n], backward)
+    if slot_count + new > h.blocks:
+        raise _refuse(f"The {role} '{target.path.name}' has unused slots between its blocks and "
+                      f"no room in its block map for the {new} blocks this merge adds; "
+                      f"compact it first ('vdictl compact {target.path}').")
 
 
 def _choose(direction: str, parent_is_base: bool, parent: Path, child: Path) -> tuple[str, str]:
@@ -397,10 +430,12 @@ def _scan_children(doc_folders: list[Path], parent: uuidlib.UUID) -> dict[Path, 
 # -- planning: snapshot deletion -----------------------------------------------------------
 
 def plan_snapshot_delete(vm: Path | str, key: str, *, direction: str = "auto",
-                         allow_outside: bool = False) -> MergePlan:
+                         allow_outside: bool = False, keep_undo: bool = True) -> MergePlan:
     """Plan the deletion of snapshot ``key`` (name or UUID) of the VM in ``vm``.
 
-    Read-only and fast (headers and block maps only).
+    Read-only and fast (headers and block maps only). ``keep_undo`` False plans to delete
+    the merged-away files and the before-images once committed (the plan's ``space`` then
+    says undo is impossible).
 
     Raises:
         OperationRefused: one of VirtualBox's refusals (or vdigui's), with what to do instead.
@@ -480,8 +515,9 @@ def plan_snapshot_delete(vm: Path | str, key: str, *, direction: str = "auto",
         files_written=tuple((p, not is_inside(p, folder)) for p in dict.fromkeys(written)),
         files_removed=tuple((p, not is_inside(p, folder)) for p in dict.fromkeys(removed)),
         was_current=was_current, allow_outside=allow_outside, notes=tuple(notes),
+        keep_undo=keep_undo,
     )
-    return plan
+    return _with_space(plan)
 
 
 def _plan_disk(doc: VboxDocument, snap: Any, medium_uuid: uuidlib.UUID,
@@ -588,7 +624,7 @@ def _registry_ancestors(doc: VboxDocument, element: Any, folder: Path) -> tuple[
 # -- planning: bare chains ----------------------------------------------------------------
 
 def plan_merge(image: Path | str, *, mode: str = "auto",
-               search_dirs: list[Path] | None = None) -> MergePlan:
+               search_dirs: list[Path] | None = None, keep_undo: bool = True) -> MergePlan:
     """Plan merging a differencing ``image`` with its parent, outside any VM folder.
 
     Args:
@@ -598,6 +634,7 @@ def plan_merge(image: Path | str, *, mode: str = "auto",
             "auto" (a base parent: backward; else the smaller file into the larger).
         search_dirs: where parents and children are looked for (default: the image's folder
             and its VM/snapshot folders).
+        keep_undo: keep the merged-away image and the before-images for ``vdictl undo``.
     """
     image = Path(image).resolve()
     folder = image.parent
@@ -647,13 +684,70 @@ def plan_merge(image: Path | str, *, mode: str = "auto",
                         costs=costs)
     assert step.target is not None and step.source is not None
     written = [step.target.path, *(r.path for r in step.relink)]
-    return MergePlan(
+    return _with_space(MergePlan(
         kind="merge", folder=folder, vbox=None, vbox_sha256=None, snapshot_uuid=None,
         snapshot_name=None, steps=(step,),
         files_written=tuple((p, False) for p in dict.fromkeys(written)),
         files_removed=((step.source.path, False),), allow_outside=True,
         notes=("this command updates no .vbox; for a VM's disks use 'vdictl snapshot delete'",),
-    )
+        keep_undo=keep_undo,
+    ))
+
+
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _with_space(plan: MergePlan) -> MergePlan:
+    """The plan with its SpacePlan, from headers, maps and file sizes (nothing is read else).
+
+    End sizes of merge targets are upper bounds (a block that turns out all-zero, or equal
+    to what the target shows below it, is not appended). Undo data: the removed files,
+    the before-images, the header+map prefix of every image written, the old ``.vbox``.
+    """
+    files: list[FileOutcome] = []
+    growth = before_images = prefixes = 0
+    for step in plan.steps:
+        if step.action != "merge":
+            continue
+        assert step.source is not None and step.target is not None
+        backward = step.direction == "backward"
+        with open_image(step.source.path) as source, open_image(step.target.path) as target:
+            n = min(source.guest_blocks, target.guest_blocks)
+            new = new_slot_bound(source.block_map[:n], target.block_map[:n], backward)
+            end = target.header.expected_file_size(target.header.blocks_allocated + new)
+            size = target.file_size
+            files.append(FileOutcome(step.target.path, size, max(size, end)))
+            growth += max(size, end) - size
+            before_images += _before_image_size(source, target, backward)
+        for ref in (step.target, *step.relink):
+            prefixes += jr.prefix_backup_size(ref.path)
+        for ref in step.relink:
+            if ref.path != step.target.path:
+                size = _file_size(ref.path)
+                files.append(FileOutcome(ref.path, size, size))
+    removed = [p for p, _ in plan.files_removed]
+    removed_bytes = 0
+    for path in removed:
+        size = _file_size(path)
+        removed_bytes += size
+        files.append(FileOutcome(path, size, 0))
+    vbox_copy = 0
+    if plan.vbox is not None:
+        size = _file_size(plan.vbox)
+        vbox_copy = size
+        files.append(FileOutcome(plan.vbox, size, size))
+        prev = plan.vbox.with_name(plan.vbox.name + "-prev")
+        files.append(FileOutcome(prev, _file_size(prev), size))
+    kept = removed_bytes + before_images + prefixes + vbox_copy
+    space = SpacePlan(
+        files=tuple(files), undo_bytes=kept if plan.keep_undo else 0,
+        undo_dir=jr.backups_dir(plan.folder) if plan.keep_undo else None,
+        peak_extra=growth + before_images + prefixes + vbox_copy, keep_undo=plan.keep_undo)
+    return dataclasses.replace(plan, space=space)
 
 
 def _refuse_registered(dirs: list[Path], uuids: list[uuidlib.UUID]) -> None:
@@ -678,25 +772,37 @@ def _refuse_registered(dirs: list[Path], uuids: list[uuidlib.UUID]) -> None:
 # -- running ------------------------------------------------------------------------------
 
 def run_merge(plan: MergePlan, *, progress: ProgressFn = no_progress,
-              cancel: CancelToken | None = None, verify: bool = False) -> MergeResult:
+              cancel: CancelToken | None = None, verify: bool = True,
+              keep_undo: bool | None = None) -> MergeResult:
     """Run a planned snapshot deletion or bare merge.
 
-    With ``verify`` the guest content of the state that survives each merge (what the next
-    snapshot or the current state shows) is hashed before the first write and again after
-    the relink, from the files themselves; a difference rolls everything back and raises
-    VerificationError. It reads the whole disk twice, so it is off by default.
+    Order, per merge: the preflight (inputs writable, room for the plan's peak, sound maps)
+    before anything is written; the journal; header+map prefixes and the ``.vbox`` saved;
+    the before-images of the slots to be overwritten saved; the copy; the relink; the
+    verification (default on: writes are read back as they are made, then the maps and
+    links are checked, see :mod:`.merge_copy`); the commit (the ``.vbox`` save, or
+    the journal's commit mark); then the removals. Before the commit point a cancel, an error
+    or a failed verification rolls everything back; after it the operation is completed. A
+    crash at any moment is rolled back or completed by
+    :func:`vdigui.engine.operations.journal.recover_pending`, which every writing vdictl
+    command runs first.
 
-    Before the commit point (the .vbox save, or the journal's commit mark) a cancel or an
-    error rolls everything back; after it the operation is completed. A crash at any moment
-    is rolled back or completed by :func:`vdigui.engine.operations.journal.recover_pending`,
-    which every writing vdictl command runs first.
+    Args:
+        plan: from :func:`plan_snapshot_delete` or :func:`plan_merge`.
+        verify: check the result before committing (off only when asked).
+        keep_undo: override the plan's ``keep_undo`` (None: as planned).
 
     Raises:
-        OperationRefused: the files changed since planning, or files outside the folder would
-            be touched without ``allow_outside``.
+        OperationRefused: the files changed since planning, files outside the folder would
+            be touched without ``allow_outside``, or the preflight failed.
         OperationCancelled: cancelled before the commit point (everything rolled back).
+        VerificationError: the result did not read as it must (everything rolled back).
     """
+    from vdigui.engine.operations.preflight import check_writable_inputs, sweep_around
+
     cancel = cancel or CancelToken()
+    if keep_undo is not None and keep_undo != plan.keep_undo:
+        plan = _with_space(dataclasses.replace(plan, keep_undo=keep_undo))
     started = time.monotonic()
     notes: list[str] = []
     if plan.outside_files and not plan.allow_outside:
@@ -714,45 +820,39 @@ def run_merge(plan: MergePlan, *, progress: ProgressFn = no_progress,
     _verify_identities(plan)
     check_not_in_use([p for p, _ in (*plan.files_written, *plan.files_removed)
                       if p.suffix.lower() == ".vdi"])
-    for step in plan.steps:
-        if step.action == "merge" and step.costs and step.target is not None:
-            chosen = step.costs[0]
-            refusal = space_refusal(step.target.path.parent, chosen.temp_space,
-                                    free_space(step.target.path.parent),
-                                    f"merging into '{step.target.path.name}'")
-            if refusal:
-                raise _refuse(refusal + " Free some space, or choose the other direction.")
-    journal = Journal.begin(plan.folder, plan.kind, plan.to_dict(), plan.summary, plan.vbox)
+    check_writable_inputs([p for p, _ in plan.files_written if p.exists()], folder=plan.folder,
+                          needed=plan.space.peak_extra)
+    sweep_around([p for p, _ in plan.files_written], plan.folder)  # interrupted runs' temps
+    journal = Journal.begin(plan.folder, plan.kind, plan.to_dict(), plan.summary, plan.vbox,
+                            keep_undo=plan.keep_undo)
     written = blocks = 0
     try:
         for step in plan.steps:
             if step.action != "merge":
                 continue
             assert step.target is not None
-            journal.backup_image(step.target.path, [str(step.target.uuid)])
+            journal.backup_image(step.target.path, [str(step.target.uuid)], save=False)
             for ref in step.relink:
-                journal.backup_image(ref.path, [str(ref.uuid)])
+                journal.backup_image(ref.path, [str(ref.uuid)], save=False)
         if plan.vbox is not None:
-            journal.backup_file(plan.vbox)
-        journal.set_phase("backed-up")
+            journal.backup_file(plan.vbox, save=False)
+        journal.set_phase("backed-up")  # names every backup before the first write
         merges = [s for s in plan.steps if s.action == "merge"]
-        before = [_kept_view_hash(s, after=False, progress=progress, cancel=cancel)
-                  for s in merges] if verify else []
+        outcomes: list[tuple[CopyOutcome, bool]] = []
         for number, step in enumerate(merges, start=1):
-            journal.set_phase("copying", step=number)
-            b, w = _merge_data(step, progress, cancel, number, len(merges))
-            blocks += b
-            written += w
-        cancel.raise_if_cancelled()
+            outcome, was_dense = _merge_data(step, journal, progress, cancel, number,
+                                             len(merges), verify)
+            outcomes.append((outcome, was_dense))
+            blocks += outcome.entries
+            written += outcome.bytes_written
+        cancel.raise_if_cancelled("Cancelled: rolling back.")
         journal.set_phase("relinking")
         for step in merges:
             _relink(step)
-        cancel.raise_if_cancelled()
-        for step, digest in zip(merges, before, strict=False):
-            if _kept_view_hash(step, after=True, progress=progress, cancel=cancel) != digest:
-                raise VerificationError(
-                    f"After merging '{step.medium.path.name}' the disk no longer reads as "
-                    "before; everything was rolled back (please report this).")
+        cancel.raise_if_cancelled("Cancelled: rolling back.")
+        if verify:
+            for step, (outcome, was_dense) in zip(merges, outcomes, strict=True):
+                _verify_step(step, outcome, was_dense)
         for step in plan.steps:
             if step.action == "merge":
                 assert step.source is not None
@@ -768,7 +868,7 @@ def run_merge(plan: MergePlan, *, progress: ProgressFn = no_progress,
             journal.commit()
     except Exception as exc:
         if journal.is_committed():
-            raise
+            raise  # after the commit point: the next command's recovery completes it
         journal.rollback()
         journal.abandon()
         if isinstance(exc, OperationCancelled):
@@ -776,29 +876,28 @@ def run_merge(plan: MergePlan, *, progress: ProgressFn = no_progress,
                                      "changed.") from None
         raise
     progress(Progress("removing merged-away files", 0, 1))
-    removed = journal.perform_removals()
+    removed = journal.complete()
     progress(Progress("removing merged-away files", 1, 1))
     backup_dir = journal.backup_dir
     journal.finish({"bytes_written": written})
     return MergeResult(plan, blocks, written, time.monotonic() - started, tuple(removed),
-                       backup_dir, tuple(notes))
+                       backup_dir, tuple(notes), verified=verify, undoable=plan.keep_undo)
 
 
-def _kept_view_hash(step: DiskStep, *, after: bool, progress: ProgressFn,
-                    cancel: CancelToken) -> str:
-    """sha256 of the guest view the merge must preserve (read through the chain files)."""
-    assert step.source is not None and step.target is not None
-    lower, upper = ((step.target, step.source) if step.direction == "backward"
-                    else (step.source, step.target))
-    paths = [r.path for r in step.ancestors]
-    if not after:
-        paths += [lower.path, upper.path]
-    else:
-        paths.append(step.target.path)
-    with open_paths(paths) as chain:
-        return guest_hash(chain, progress=progress, cancel=cancel,
-                          phase="verifying" if after else "hashing before the merge",
-                          cancel_message="Cancelled: rolling back.")
+def _verify_step(step: DiskStep, outcome: CopyOutcome, was_dense: bool) -> None:
+    """Verify one merge after the relink: the target's map (merge_copy) and every new link.
+
+    The data was read back and compared while it was written (``copy_blocks``).
+    """
+    assert step.target is not None
+    verify_merge(step.target.path, outcome, was_dense=was_dense)
+    for ref in step.relink:
+        header = fmt.read_header(ref.path)
+        want = step.new_parent or fmt.NULL_UUID
+        if header.parent_uuid != want or (step.new_parent is None and header.is_differencing):
+            raise VerificationError(
+                f"After the merge '{ref.path.name}' links to {{{header.parent_uuid}}}, not to "
+                f"{{{want}}}; everything was rolled back (please report this).")
 
 
 def _verify_identities(plan: MergePlan) -> None:
@@ -815,10 +914,12 @@ def _verify_identities(plan: MergePlan) -> None:
             _header_of(ref.path, ref.uuid, "image")
 
 
-def _merge_data(step: DiskStep, progress: ProgressFn, cancel: CancelToken, number: int,
-                count: int) -> tuple[int, int]:
+def _merge_data(step: DiskStep, journal: Journal, progress: ProgressFn, cancel: CancelToken,
+                number: int, count: int, verify: bool) -> tuple[CopyOutcome, bool]:
+    """Save the before-images of the slots to overwrite, then copy (one loop, both ways)."""
     assert step.source is not None and step.target is not None
     phase = f"merging disk {number} of {count} ({step.direction})"
+    backward = step.direction == "backward"
     ancestors: DiskChain | None = None
     paths = [r.path for r in step.ancestors]  # below the lower image of the pair
     try:
@@ -829,309 +930,20 @@ def _merge_data(step: DiskStep, progress: ProgressFn, cancel: CancelToken, numbe
             if source.uuid != step.source.uuid or target.uuid != step.target.uuid:
                 raise _refuse("A file changed identity while the merge started; nothing was "
                               "written.")
-            _check_appendable(target, "target")
-            if step.direction == "backward":
-                return _copy_backward(source, target, ancestors, progress, cancel, phase)
-            return _copy_forward(source, target, ancestors, progress, cancel, phase)
+            _check_target(target, source, backward, "target")
+            was_dense = is_dense(target)
+            slots = overwritten_slots(source, target, backward)
+            if slots.size:
+                journal.backup_before_images(target.fd, step.target.path, target.header, slots,
+                                             progress=progress, cancel=cancel)
+            journal.set_phase("copying", step=number, overwrites=int(slots.size))
+            outcome = copy_blocks(source, target, ancestors, backward=backward,
+                                  overwrite=slots, verify=verify, progress=progress,
+                                  cancel=cancel, phase=phase)
+            return outcome, was_dense
     finally:
         if ancestors is not None:
             ancestors.close()
-
-
-class _Appender:
-    """Appends whole blocks to a target's data area in batched writes; maps repointed later."""
-
-    def __init__(self, target: VdiImage) -> None:
-        self.target = target
-        self.h = target.header
-        self.next_slot = self.h.blocks_allocated
-        self.pending_blocks: list[int] = []
-        self.pending_values: list[int] = []
-        self.run_start = self.next_slot
-        self.run: list[bytes | memoryview] = []
-        self.run_bytes = 0
-        self.bytes_written = 0
-        self.entries = 0
-
-    def reserve(self, slots: int) -> None:
-        """Make room in the map for ``slots`` more allocations (see :func:`map_room`)."""
-        need = self.next_slot + slots
-        if need > self.target.header.blocks:
-            grow_map(self.target, need)
-            self.h = self.target.header
-
-    def add_data(self, block: int, data: bytes | memoryview) -> None:
-        slot = self.next_slot
-        self.next_slot += 1
-        if not self.run:
-            self.run_start = slot
-        self.run.append(data)
-        self.run_bytes += len(data)
-        self.pending_blocks.append(block)
-        self.pending_values.append(slot)
-        if self.run_bytes >= BATCH_BYTES:
-            self.flush_data()
-
-    def add_entry(self, block: int, value: int) -> None:
-        self.pending_blocks.append(block)
-        self.pending_values.append(value)
-
-    def copy_run(self, blocks: list[int], source: VdiImage, first_slot: int) -> None:
-        """Append source slots ``first_slot..`` (one per block) with an in-kernel copy.
-
-        ``copy_file_range`` moves the bytes page cache to page cache, as ``cp`` does; a
-        user-space read/write of the same data measured about three times slower here.
-        """
-        self.flush_data()
-        count = len(blocks)
-        bs = self.h.block_size
-        last = first_slot + count - 1
-        if not source.slot_in_file(last):
-            source.read_slot(last)  # raises the corrupt-image error with the details
-        start = self.next_slot
-        self.next_slot += count
-        if self.h.block_extra or source.header.block_extra:
-            for i in range(count):
-                fileio.pwrite(self.target.fd, source.read_slot(first_slot + i),
-                          self.h.slot_offset(start + i))
-        else:
-            fileio.copy_range(source.fd, source.header.slot_offset(first_slot), self.target.fd,
-                        self.h.slot_offset(start), count * bs)
-        self.target.file_size = max(self.target.file_size, self.h.slot_offset(start + count))
-        self.bytes_written += count * bs
-        self.pending_blocks.extend(blocks)
-        self.pending_values.extend(range(start, start + count))
-
-    def flush_data(self) -> None:
-        if not self.run:
-            return
-        h = self.h
-        offset = h.slot_offset(self.run_start)
-        if h.block_extra == 0:
-            fileio.pwritev(self.target.fd, self.run, offset)
-        else:
-            for i, chunk in enumerate(self.run):
-                fileio.pwrite(self.target.fd, chunk, h.slot_offset(self.run_start + i))
-        self.target.file_size = max(self.target.file_size,
-                                    h.slot_offset(self.run_start + len(self.run)) - h.block_extra)
-        self.bytes_written += self.run_bytes
-        self.run = []
-        self.run_bytes = 0
-
-    def commit_map(self, durable: bool = False) -> None:
-        """Data first (flushed when ``durable``), then map entries, then the header."""
-        self.flush_data()
-        if not self.pending_blocks:
-            return
-        if durable:
-            self.target.sync()
-        self.target.write_entries(self.pending_blocks, self.pending_values)
-        if self.next_slot != self.target.header.blocks_allocated:
-            self.target.write_header(self.target.header.replace(blocks_allocated=self.next_slot))
-            self.h = self.target.header
-        self.entries += len(self.pending_blocks)
-        self.pending_blocks, self.pending_values = [], []
-
-
-def map_room(image: VdiImage) -> int:
-    """How many map entries (and so slots) the image's map area can hold.
-
-    VirtualBox requires cBlocksAllocated <= cBlocks, and copy-on-write can need more slots
-    than the disk has blocks. cBlocks may legally exceed ceil(cbDisk / cbBlock) (reference
-    1.11: the extra entries are unused), and the area between the map and offData (1 MiB for
-    VirtualBox's layout, room for 262144 entries) can hold the longer map without moving
-    any data.
-    """
-    h = image.header
-    if h.is_legacy:
-        return h.blocks
-    return (h.offset_data - h.offset_blocks) // 4
-
-
-def grow_map(image: VdiImage, blocks: int) -> None:
-    """Lengthen the block map to ``blocks`` FREE-padded entries (FREE first, then cBlocks)."""
-    h = image.header
-    if blocks > map_room(image):
-        raise _refuse(f"'{image.path.name}' has no room in its block map for the "
-                      f"{blocks - h.blocks_allocated} new slots a copy-on-write merge needs; "
-                      "compact it first ('vdictl compact') or merge the other direction.")
-    extra = np.full(blocks - h.blocks, BLOCK_FREE, dtype=np.uint32)
-    fileio.pwrite(image.fd, extra.astype("<u4").tobytes(), h.offset_blocks + 4 * h.blocks)
-    image.sync()
-    image.block_map = np.concatenate([image.block_map, extra])
-    image.write_header(h.replace(blocks=blocks))
-
-
-def _runs(entries: np.ndarray, blocks: np.ndarray, limit: int) -> list[tuple[int, int]]:
-    """Split ``blocks`` (indices) into [start, end) index ranges of consecutive slots."""
-    if blocks.size == 0:
-        return []
-    slots = entries[blocks].astype(np.int64)
-    breaks = np.flatnonzero(np.diff(slots) != 1) + 1
-    out: list[tuple[int, int]] = []
-    for seg_start, seg_end in zip(np.r_[0, breaks], np.r_[breaks, blocks.size], strict=True):
-        s = int(seg_start)
-        while s < seg_end:
-            e = min(int(seg_end), s + limit)
-            out.append((s, e))
-            s = e
-    return out
-
-
-def _read_run(image: VdiImage, first_slot: int, count: int, buf: bytearray) -> memoryview:
-    h = image.header
-    size = count * h.block_size
-    view = memoryview(buf)[:size]
-    if h.block_extra:
-        for i in range(count):
-            view[i * h.block_size:(i + 1) * h.block_size] = image.read_slot(first_slot + i)
-        return view
-    if h.slot_offset(first_slot + count - 1) + h.block_size > image.file_size:
-        image.read_slot(first_slot + count - 1)  # raises the corrupt-image error
-    got = os.preadv(image.fd, [view], h.slot_offset(first_slot))
-    if got != size:
-        raise VdiError(f"short read from {image.path.name}")
-    return view
-
-
-def _nonzero(view: memoryview) -> bool:
-    return bool(np.frombuffer(view, dtype=np.uint8).any())
-
-
-def _same(view: memoryview, other: bytes) -> bool:
-    """Fast equality of a block view and bytes (memoryview == compares element-wise)."""
-    return np.array_equal(np.frombuffer(view, dtype=np.uint8),
-                          np.frombuffer(other, dtype=np.uint8))
-
-
-def _copy_backward(source: VdiImage, target: VdiImage, ancestors: DiskChain | None,
-                   progress: ProgressFn, cancel: CancelToken, phase: str) -> tuple[int, int]:
-    """Child (source) into parent (target): every non-FREE block of the child."""
-    bs = source.header.block_size
-    n = min(source.guest_blocks, target.guest_blocks)
-    s_map = source.block_map[:n]
-    t_map = target.block_map[:n].copy()
-    target_is_diff = target.is_differencing
-    moved = np.flatnonzero(s_map != BLOCK_FREE)
-    total = int(moved.size)
-    appender = _Appender(target)
-    zero_blocks = moved[s_map[moved] == BLOCK_ZERO]
-    data_blocks = moved[s_map[moved] < fmt.FIRST_SPECIAL]
-    appender.reserve(int(data_blocks.size))
-    done = 0
-    progress(Progress(phase, 0, total))
-
-    def parent_view(block: int) -> bytes | None:
-        """What the target shows for ``block`` if it keeps its current FREE entry."""
-        if ancestors is None:
-            return None
-        return ancestors.read_block(block)
-
-    for block in zero_blocks.tolist():
-        cancel.raise_if_cancelled("Cancelled: rolling back.")
-        entry = int(t_map[block])
-        if entry < fmt.FIRST_SPECIAL:
-            appender.add_entry(block, BLOCK_ZERO)  # copy-on-write: old slot left untouched
-        elif entry == BLOCK_FREE and target_is_diff:
-            view = parent_view(block)
-            if view is not None and view != zeros(bs):
-                appender.add_entry(block, BLOCK_ZERO)
-        done += 1
-    buf = bytearray(max(BATCH_BYTES, bs))
-    per_run = max(1, len(buf) // bs)
-    for start, end in _runs(s_map, data_blocks, per_run):
-        cancel.raise_if_cancelled("Cancelled: rolling back.")
-        run_blocks = data_blocks[start:end]
-        if not target_is_diff or not (t_map[run_blocks] == BLOCK_FREE).any():
-            # Nothing to compare against: copy the slots as they are (an all-zero data block
-            # stays a zero-filled slot, which reads the same).
-            appender.copy_run(run_blocks.tolist(), source, int(s_map[run_blocks[0]]))
-            appender.commit_map()
-            done += len(run_blocks)
-            progress(Progress(phase, min(done, total), total, appender.bytes_written))
-            continue
-        view = _read_run(source, int(s_map[run_blocks[0]]), len(run_blocks), buf)
-        for i, block in enumerate(run_blocks.tolist()):
-            data = view[i * bs:(i + 1) * bs]
-            entry = int(t_map[block])
-            if not _nonzero(data):
-                if entry < fmt.FIRST_SPECIAL:
-                    appender.add_entry(block, BLOCK_ZERO)
-                elif entry == BLOCK_FREE and target_is_diff:
-                    pv = parent_view(block)
-                    if pv is not None and pv != zeros(bs):
-                        appender.add_entry(block, BLOCK_ZERO)
-                continue
-            if entry == BLOCK_FREE and target_is_diff:
-                pv = parent_view(block)
-                if pv is not None and _same(data, pv):
-                    continue
-            appender.add_data(block, data)  # flushed before the buffer is reused
-        appender.commit_map()
-        done += len(run_blocks)
-        progress(Progress(phase, min(done, total), total, appender.bytes_written))
-    appender.commit_map(durable=True)
-    target.sync()
-    progress(Progress(phase, total, total, appender.bytes_written))
-    return appender.entries, appender.bytes_written
-
-
-def _copy_forward(source: VdiImage, target: VdiImage, ancestors: DiskChain | None,
-                  progress: ProgressFn, cancel: CancelToken, phase: str) -> tuple[int, int]:
-    """Parent (source) into child (target): fill the child's FREE blocks."""
-    bs = source.header.block_size
-    n = min(source.guest_blocks, target.guest_blocks)
-    s_map = source.block_map[:n]
-    t_map = target.block_map[:n]
-    moved = np.flatnonzero((s_map != BLOCK_FREE) & (t_map == BLOCK_FREE))
-    total = int(moved.size)
-    appender = _Appender(target)
-    progress(Progress(phase, 0, total))
-    serving = ancestors.serving_layers() if ancestors is not None else None
-
-    def below(block: int) -> bytes:
-        """What the grand-parent chain shows (the target's view once relinked)."""
-        if ancestors is None or serving is None or serving[block] < 0:
-            return zeros(bs)
-        return ancestors.read_block(block)
-
-    done = 0
-    zero_blocks = moved[s_map[moved] == BLOCK_ZERO]
-    data_blocks = moved[s_map[moved] < fmt.FIRST_SPECIAL]
-    appender.reserve(int(data_blocks.size))
-    for block in zero_blocks.tolist():
-        cancel.raise_if_cancelled("Cancelled: rolling back.")
-        if below(block) != zeros(bs):
-            appender.add_entry(block, BLOCK_ZERO)
-        done += 1
-    buf = bytearray(max(BATCH_BYTES, bs))
-    per_run = max(1, len(buf) // bs)
-    for start, end in _runs(s_map, data_blocks, per_run):
-        cancel.raise_if_cancelled("Cancelled: rolling back.")
-        run_blocks = data_blocks[start:end]
-        if serving is None or (serving[run_blocks] < 0).all():
-            # nothing below: the blocks only need copying
-            appender.copy_run(run_blocks.tolist(), source, int(s_map[run_blocks[0]]))
-            appender.commit_map()
-            done += len(run_blocks)
-            progress(Progress(phase, min(done, total), total, appender.bytes_written))
-            continue
-        view = _read_run(source, int(s_map[run_blocks[0]]), len(run_blocks), buf)
-        for i, block in enumerate(run_blocks.tolist()):
-            data = view[i * bs:(i + 1) * bs]
-            if _same(data, below(block)):
-                continue
-            if not _nonzero(data):
-                appender.add_entry(block, BLOCK_ZERO)
-                continue
-            appender.add_data(block, data)
-        appender.commit_map()
-        done += len(run_blocks)
-        progress(Progress(phase, min(done, total), total, appender.bytes_written))
-    appender.commit_map(durable=True)
-    target.sync()
-    progress(Progress(phase, total, total, appender.bytes_written))
-    return appender.entries, appender.bytes_written
 
 
 def _relink(step: DiskStep) -> None:
@@ -1164,7 +976,7 @@ def _relink(step: DiskStep) -> None:
 
 
 def _edit_vbox(doc: VboxDocument, plan: MergePlan) -> None:
-    """Apply Main's bookkeeping (reference 4.3) to the settings tree."""
+    """Apply Main's bookkeeping (docs/vdi-format.md §4.3) to the settings tree."""
     registry = doc.hard_disks()
     for step in plan.steps:
         if step.action == "remove":
@@ -1196,24 +1008,6 @@ def _edit_vbox(doc: VboxDocument, plan: MergePlan) -> None:
         doc.set_current_snapshot(doc.snapshot_uuid(parent) if parent is not None else None)
     elif not doc.snapshots():
         doc.set_current_snapshot(None)
-
-
-def kept_for_undo(plan: MergePlan) -> list[tuple[Path, int]]:
-    """Per merge target: bytes of replaced blocks it still holds (unreferenced slots).
-
-    They are what makes ``vdictl undo`` possible after a backward merge; compacting the
-    target reclaims them (and ends the possibility of undo for it).
-    """
-    out = []
-    for step in plan.steps:
-        if step.action != "merge" or step.target is None or not step.target.path.exists():
-            continue
-        with open_image(step.target.path) as image:
-            used = int((image.block_map < fmt.FIRST_SPECIAL).sum())
-            holes = image.header.blocks_allocated - used
-            if holes > 0:
-                out.append((step.target.path, holes * image.header.slot_size))
-    return out
 
 
 # -- listing ------------------------------------------------------------------------------

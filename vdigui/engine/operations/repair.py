@@ -8,14 +8,24 @@ offered in one *group* and exactly one is chosen (a default, or the user's ``cho
 Running goes through the same crash journal and backups as snapshot deletion, so every
 repair can be rolled back after a crash and undone afterwards with ``vdictl undo``.
 
-Image-level rules (reference 7 and 8.10): entries whose slot lies past EOF and entries that
-point at an already-referenced slot become FREE, as VirtualBox's ``vdiRepair`` does (lowest
-guest block wins); vdigui then recounts cBlocksAllocated as the highest slot + 1 and cuts a
-crash tail past the last counted slot (the cut bytes are kept in the backup for undo).
+Verification (on by default, :func:`_verify_states`): repairs move no data, so "every state
+still reads the same" is proved from block maps and links alone. Before the first write,
+each state (every snapshot's and the current state's disks, or the bare image's chain) is
+resolved by its header links into a *signature*: the layer files, in order, with a digest of
+each layer's block map. Afterwards every state that resolved before must resolve to the same
+signature, except the states a fix means to change (a relink, a relocated or dropped layer),
+which must now resolve; a ``slots`` fix must leave exactly its cleared entries FREE and every
+other entry as it was. Reading maps and headers only, this costs milliseconds.
+
+Image-level rules (docs/vdi-format.md §7 and §8.10): entries whose slot lies past EOF and entries
+that point at an already-referenced slot become FREE, as VirtualBox's ``vdiRepair`` does (lowest
+guest block wins); vdigui then recounts cBlocksAllocated as the highest slot + 1 and cuts a crash
+tail past the last counted slot (the cut bytes are kept in the backup for undo).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import uuid as uuidlib
@@ -26,11 +36,13 @@ from typing import Any
 import numpy as np
 
 from vdigui.engine import format as fmt
-from vdigui.engine.chain import ImageIndex
-from vdigui.engine.errors import OperationRefused, VdiError
+from vdigui.engine.chain import ImageIndex, resolve_chain
+from vdigui.engine.errors import ChainLoopError, OperationRefused, VdiError, VerificationError
 from vdigui.engine.format import BLOCK_FREE, ImageType
 from vdigui.engine.image import open_image
+from vdigui.engine.operations import journal as jr
 from vdigui.engine.operations.journal import Journal, new_uuid, state_dir
+from vdigui.engine.operations.space import FileOutcome, SpacePlan
 from vdigui.engine.progress import CancelToken, Progress, ProgressFn, no_progress
 from vdigui.engine.vbox_edit import VboxDocument, format_uuid, is_inside, parse_uuid
 
@@ -71,7 +83,12 @@ class Fix:
 
 @dataclass(frozen=True, slots=True)
 class RepairPlan:
-    """Proposed fixes for one image or VM folder."""
+    """Proposed fixes for one image or VM folder.
+
+    ``space`` states the default selection's effect on disk space: a cut crash tail is freed
+    (and kept for undo), every other fix changes headers, maps or the ``.vbox`` only; the undo
+    data is the saved header+map prefixes, tails and the old ``.vbox``.
+    """
 
     target: Path
     folder: Path
@@ -79,6 +96,7 @@ class RepairPlan:
     vbox_sha256: str | None
     fixes: tuple[Fix, ...]
     notes: tuple[str, ...] = ()
+    space: SpacePlan = field(default_factory=lambda: SpacePlan((), 0, None, 0, True))
 
     def selected(self, choose: set[str] | None = None, force: bool = False) -> list[Fix]:
         """The fixes that would run: per group the chosen (or default) one."""
@@ -108,6 +126,8 @@ class RepairPlan:
             lines.append(f"      fix: {fix.action}")
             lines.append(f"      evidence ({fix.strength}): {fix.evidence}")
         lines += [f"Note: {n}" for n in self.notes]
+        lines.append("Space:")
+        lines += [f"    {line}" for line in self.space.lines()]
         return lines
 
     def to_dict(self) -> dict[str, Any]:
@@ -118,16 +138,17 @@ class RepairPlan:
                            "strength": f.strength, "group": f.group, "default": f.default,
                            "needs_force": f.needs_force, "files": [str(p) for p in f.files],
                            "params": f.params} for f in self.fixes],
-                "notes": list(self.notes)}
+                "notes": list(self.notes), "space": self.space.to_dict()}
 
 
 @dataclass(frozen=True, slots=True)
 class RepairResult:
-    """What a repair did."""
+    """What a repair did (``verified``: the states were checked before the commit)."""
 
     applied: tuple[str, ...]
     notes: tuple[str, ...]
     backup_dir: Path
+    verified: bool = False
 
 
 class _Builder:
@@ -155,7 +176,7 @@ def _image_fixes(path: Path, b: _Builder, registered_base: bool | None) -> None:
         header = fmt.parse_header(raw, path, size)
     except VdiError as exc:
         b.notes.append(f"'{path.name}' has a header vdigui cannot read ({exc}); VirtualBox's "
-                       "repair cannot fix headers either (reference 8.4), so it is left alone")
+                       "repair cannot fix headers either, so it is left alone")
         return
     if header.image_type == ImageType.FIXED:
         return
@@ -229,7 +250,8 @@ def plan_repair(path: Path | str, *, search_dirs: list[Path] | None = None,
     if path.is_file() and path.suffix.lower() == ".vdi":
         _image_fixes(path, b, None)
         _relink_fixes_bare(path, b, force)
-        return RepairPlan(path, path.parent, None, None, tuple(b.fixes), tuple(b.notes))
+        return _with_space(RepairPlan(path, path.parent, None, None, tuple(b.fixes),
+                                      tuple(b.notes)))
     from vdigui.engine.operations.merge import find_vbox
     vbox = find_vbox(path)
     doc = VboxDocument.load(vbox)
@@ -281,8 +303,9 @@ def plan_repair(path: Path | str, *, search_dirs: list[Path] | None = None,
                         in_snapshots or index.headers[orphan].is_differencing):
                     continue  # a stray base beside the .vbox is the user's business
                 _orphan_fixes(doc, orphan, index.headers[orphan], registry, b)
-    return RepairPlan(folder, folder, vbox, hashlib.sha256(doc.original_bytes).hexdigest(),
-                      tuple(b.fixes), tuple(b.notes))
+    return _with_space(RepairPlan(folder, folder, vbox,
+                                  hashlib.sha256(doc.original_bytes).hexdigest(),
+                                  tuple(b.fixes), tuple(b.notes)))
 
 
 def _missing_fixes(doc: VboxDocument, el: Any, uid: uuidlib.UUID, p: Path,
@@ -442,6 +465,10 @@ def plan_set_uuid(image: Path | str, new: uuidlib.UUID | None = None) -> RepairP
         doc = VboxDocument.load(vbox)
     dirs = [folder, *([doc.snapshot_folder] if doc else [folder / "Snapshots"])]
     index = ImageIndex.scan([d for d in dirs if d.is_dir()])
+    loop = resolve_chain(image, dirs, index).error
+    if isinstance(loop, ChainLoopError):
+        raise OperationRefused(f"{loop} A new UUID would not untangle it; 'vdictl repair' "
+                               "shows the evidence for each link. Nothing was changed.")
     children = [q for q, h in index.headers.items() if h.parent_uuid == header.uuid]
     registered = doc is not None and header.uuid in doc.hard_disks() and (
         (rp := doc.disk_path(doc.hard_disks()[header.uuid])) is not None
@@ -453,22 +480,38 @@ def plan_set_uuid(image: Path | str, new: uuidlib.UUID | None = None) -> RepairP
           + (" and update the registry and <Image> references in the .vbox" if registered
              else "") + ".", "requested", "certain", files, path=image, old=header.uuid,
           new=new, children=[str(c) for c in children], registry=registered)
-    return RepairPlan(image, folder, vbox if registered else None,
-                      hashlib.sha256(doc.original_bytes).hexdigest() if registered and doc
-                      else None, tuple(b.fixes))
+    return _with_space(RepairPlan(image, folder, vbox if registered else None,
+                                  hashlib.sha256(doc.original_bytes).hexdigest()
+                                  if registered and doc else None, tuple(b.fixes)))
 
 
 # -- running --------------------------------------------------------------------------------
 
 def run_repair(plan: RepairPlan, *, choose: set[str] | None = None, force: bool = False,
-               progress: ProgressFn = no_progress,
-               cancel: CancelToken | None = None) -> RepairResult:
-    """Apply the selected fixes under a journal (rolled back on error before the commit)."""
+               progress: ProgressFn = no_progress, cancel: CancelToken | None = None,
+               verify: bool = True) -> RepairResult:
+    """Apply the selected fixes under a journal (rolled back on error before the commit).
+
+    With ``verify`` (the default) every state is checked to read as before (see the module
+    docstring) before the commit point; a difference rolls everything back and raises
+    VerificationError.
+    """
+    from vdigui.engine.operations.preflight import check_writable_inputs, sweep_around
+
     cancel = cancel or CancelToken()
     fixes = plan.selected(choose, force)
     if not fixes:
         raise OperationRefused("No fix is selected (those with weak or no evidence need "
                                "--force); nothing was changed.")
+    touched = list(dict.fromkeys(f for fix in fixes for f in fix.files if f.exists()))
+    # A damaged block map may be changed only by the fix that repairs it: every other file
+    # must check clean first, as for any other writing command.
+    map_fixed = {Path(f.params["path"]) for f in fixes if f.kind == "slots"}
+    check_writable_inputs([p for p in touched if p not in map_fixed], folder=plan.folder,
+                          needed=plan.space.peak_extra)
+    check_writable_inputs([p for p in touched if p in map_fixed], folder=plan.folder,
+                          check_maps=False)
+    sweep_around(touched, plan.folder)  # temp files interrupted runs left (preflight)
     doc: VboxDocument | None = None
     if plan.vbox is not None:
         doc = VboxDocument.load(plan.vbox)
@@ -479,6 +522,8 @@ def run_repair(plan: RepairPlan, *, choose: set[str] | None = None, force: bool 
         hint = running_hint(plan.folder)
         if hint:
             raise OperationRefused(f"{hint} Power the VM off before repairing it.")
+    before = _state_signatures(plan) if verify else None
+    slot_maps = _slot_maps(fixes) if verify else {}
     journal = Journal.begin(plan.folder, "repair", plan.to_dict(),
                             f"repair of '{plan.target.name}' ({len(fixes)} fixes)", plan.vbox)
     notes: list[str] = []
@@ -490,15 +535,20 @@ def run_repair(plan: RepairPlan, *, choose: set[str] | None = None, force: bool 
                         "quarantine-orphan",):
                     allowed = [fix.params.get("uuid"), fix.params.get("old"),
                                fix.params.get("new")]
-                    journal.backup_image(f, [a for a in allowed if a])
+                    journal.backup_image(f, [a for a in allowed if a], save=False)
             if plan.vbox is not None:
-                journal.backup_file(plan.vbox)
-        journal.set_phase("backed-up")
+                journal.backup_file(plan.vbox, save=False)
+        journal.set_phase("backed-up")  # names every backup before the first write
         for n, fix in enumerate(fixes, start=1):
             cancel.raise_if_cancelled("Cancelled: rolling back.")
             progress(Progress("repairing", n - 1, len(fixes)))
             vbox_changed |= _apply(fix, doc, journal)
             notes.append(f"{fix.id}: {fix.action}")
+        if before is not None:
+            progress(Progress("verifying", 0, 1))
+            after_doc = doc if (doc is not None and vbox_changed) else None
+            _verify_states(fixes, before, _state_signatures(plan, after_doc), slot_maps)
+            progress(Progress("verifying", 1, 1))
         if doc is not None and vbox_changed:
             journal.save_vbox(doc.to_bytes())
         else:
@@ -508,11 +558,11 @@ def run_repair(plan: RepairPlan, *, choose: set[str] | None = None, force: bool 
             journal.rollback()
             journal.abandon()
         raise
-    notes += journal.perform_removals()
+    notes += journal.complete()
     backup = journal.backup_dir
     journal.finish()
     progress(Progress("repairing", len(fixes), len(fixes)))
-    return RepairResult(tuple(f.id for f in fixes), tuple(notes), backup)
+    return RepairResult(tuple(f.id for f in fixes), tuple(notes), backup, verified=verify)
 
 
 def _check_uuid(path: Path, expected: str) -> fmt.VdiHeader:
@@ -619,6 +669,187 @@ def _apply(fix: Fix, doc: VboxDocument | None, journal: Journal) -> bool:
         journal.save()
         return False
     raise VdiError(f"unknown fix kind {fix.kind} (bug)")
+
+
+# -- space and verification ---------------------------------------------------------------
+
+def _with_space(plan: RepairPlan) -> RepairPlan:
+    """The plan with the SpacePlan of its default selection."""
+    outcomes: dict[Path, FileOutcome] = {}
+    undo = 0
+    for fix in plan.selected():
+        for f in fix.files:
+            if not f.exists():
+                continue
+            size = f.stat().st_size
+            after = size
+            if fix.kind == "slots" and Path(fix.params["path"]) == f:
+                after = min(size, int(fix.params["end"]))
+            if f.suffix.lower() == ".vdi" and f not in outcomes:
+                undo += jr.prefix_backup_size(f) + (size - after)
+            outcomes[f] = FileOutcome(f, size, after)
+    if plan.vbox is not None and plan.vbox.exists():
+        size = plan.vbox.stat().st_size
+        outcomes.setdefault(plan.vbox, FileOutcome(plan.vbox, size, size))
+        undo += size
+    space = SpacePlan(tuple(outcomes.values()), undo, jr.backups_dir(plan.folder), undo, True)
+    return dataclasses.replace(plan, space=space)
+
+
+#: One layer of a resolved state: the file and a digest of its block map (and layout).
+_Layer = tuple[str, str]
+#: A state: its layers (base first) and whether every header link agrees with them.
+_State = tuple[tuple[_Layer, ...], bool] | None
+
+
+def _layer_signature(path: Path) -> tuple[_Layer, fmt.VdiHeader]:
+    with open_image(path) as image:
+        h = image.header
+        digest = hashlib.sha256(image.block_map.tobytes())
+        digest.update(f"{h.offset_data}:{h.block_size}:{h.block_extra}".encode())
+        return (str(path.resolve()), digest.hexdigest()), h
+
+
+def _state_signatures(plan: RepairPlan, doc: VboxDocument | None = None) -> dict[str, _State]:
+    """Per state: its layers with map digests and whether its links agree; None if unreadable.
+
+    A VM folder's states are the disks attached to each snapshot and to the current state,
+    as VirtualBox opens them: through the registry's nesting (``doc``: the edited settings,
+    if the repair changed them), and "agree" means every header has the registry's UUID and
+    links to the layer below. A bare image's state is its chain by header links.
+    """
+    out: dict[str, _State] = {}
+    is_image = plan.target.is_file() and plan.target.suffix.lower() == ".vdi"
+    if doc is None and (plan.vbox is not None or not is_image):
+        from vdigui.engine.operations.merge import find_vbox
+        doc = VboxDocument.load(plan.vbox or find_vbox(plan.folder))
+    if doc is None:
+        try:
+            resolution = resolve_chain(plan.target, [plan.folder])
+            layers = tuple(_layer_signature(q)[0] for q in resolution.paths)
+            out["image"] = (layers, resolution.error is None) if layers else None
+        except (VdiError, OSError):
+            out["image"] = None
+        return out
+    registry = doc.hard_disks()
+    for owner in [doc.machine, *doc.snapshots()]:
+        label = "current" if owner is doc.machine else str(doc.snapshot_uuid(owner))
+        for i, image_el in enumerate(doc.hard_disk_images(owner)):
+            uid = parse_uuid(image_el.get("uuid"))
+            el = registry.get(uid) if uid is not None else None
+            out[f"{label}/{i}"] = _registry_state(doc, el)
+    return out
+
+
+def _registry_state(doc: VboxDocument, el: Any) -> _State:
+    chain: list[tuple[uuidlib.UUID | None, Path | None]] = []
+    while el is not None:
+        chain.append((parse_uuid(el.get("uuid")), doc.disk_path(el)))
+        el = doc.disk_parent(el)
+    chain.reverse()
+    layers: list[_Layer] = []
+    agree = True
+    below = fmt.NULL_UUID
+    for uid, path in chain:
+        if path is None or not path.exists():
+            return None
+        try:
+            layer, header = _layer_signature(path)
+        except (VdiError, OSError):
+            return None
+        layers.append(layer)
+        agree &= header.uuid == uid and header.parent_uuid == below
+        below = header.uuid
+    return (tuple(layers), agree) if layers else None
+
+
+def _verify_states(fixes: list[Fix], before: dict[str, _State], after: dict[str, _State],
+                   slot_maps: dict[str, np.ndarray]) -> None:
+    """Every state reads as before (same layers, same maps) unless a fix means to change it.
+
+    Raises:
+        VerificationError: a state changed that no fix explains; everything is rolled back.
+    """
+    targeted: set[str] = set()
+    slot_fixes: dict[str, Fix] = {}
+    for fix in fixes:
+        for key in ("path", "new_path"):
+            if key in fix.params:
+                targeted.add(str(Path(fix.params[key]).resolve()))
+        targeted |= {str(Path(c).resolve()) for c in fix.params.get("children", [])}
+        if fix.kind == "slots":
+            slot_fixes[str(Path(fix.params["path"]).resolve())] = fix
+    drops = any(f.kind == "drop-entry" for f in fixes)
+    for key, old in before.items():
+        new = after.get(key)
+        if old is None:
+            if new is not None and not new[1] and {lay[0] for lay in new[0]} & targeted:
+                raise VerificationError(
+                    f"After the repair a disk state ({key}) still has links that disagree; "
+                    "everything was rolled back (please report this).")
+            continue  # it could not be read before; a fix may have made it readable
+        if new is None:
+            if drops:
+                continue  # a layer was dropped on purpose; the state reads its parent
+            raise VerificationError(
+                f"After the repair a disk state ({key}) can no longer be read through its "
+                "chain of images; everything was rolled back (please report this).")
+        (old_layers, old_agree), (new_layers, new_agree) = old, new
+        if old_agree and not new_agree:
+            raise VerificationError(
+                f"After the repair the header links of a disk state ({key}) disagree with "
+                "its images; everything was rolled back (please report this).")
+        if not new_agree and {lay[0] for lay in new_layers} & targeted:
+            raise VerificationError(
+                f"After the repair a disk state ({key}) still has links that disagree; "
+                "everything was rolled back (please report this).")
+        if old_layers == new_layers:
+            continue
+        same_files = [lay[0] for lay in old_layers] == [lay[0] for lay in new_layers]
+        changed = {o[0] for o, n in zip(old_layers, new_layers, strict=False) if o != n}
+        if same_files and changed <= set(slot_fixes):
+            continue  # checked entry by entry below
+        if drops and {lay[0] for lay in new_layers} <= {lay[0] for lay in old_layers}:
+            continue
+        if not old_agree and new_agree and {lay[0] for lay in old_layers} & targeted:
+            continue  # a broken link was mended: the state now reads through its parent
+        raise VerificationError(
+            f"After the repair a disk state ({key}) reads through other images or other "
+            "block maps than before; everything was rolled back (please report this).")
+    for path_text, fix in slot_fixes.items():
+        _verify_slots_fix(Path(path_text), fix, slot_maps.get(path_text))
+
+
+def _slot_maps(fixes: list[Fix]) -> dict[str, np.ndarray]:
+    """The block maps a ``slots`` fix will change, as they are now (for the verification)."""
+    out = {}
+    for fix in fixes:
+        if fix.kind == "slots":
+            with open_image(Path(fix.params["path"])) as image:
+                out[str(Path(fix.params["path"]).resolve())] = image.block_map.copy()
+    return out
+
+
+def _verify_slots_fix(path: Path, fix: Fix, backup: np.ndarray | None) -> None:
+    """Exactly the cleared entries became FREE; the count and the file end are as planned."""
+    with open_image(path) as image:
+        entries = image.block_map
+        cleared = np.asarray(fix.params["clear"], dtype=np.int64)
+        if cleared.size and (entries[cleared] != BLOCK_FREE).any():
+            raise VerificationError(f"After the repair '{path.name}' still maps a block that "
+                                    "was to be cleared; everything was rolled back.")
+        if image.header.blocks_allocated != fix.params["count"] or \
+                image.file_size > int(fix.params["end"]):
+            raise VerificationError(f"After the repair the slot count or size of "
+                                    f"'{path.name}' is not as planned; everything was rolled "
+                                    "back.")
+        if backup is not None:
+            old = np.asarray(backup, dtype=np.uint32)
+            keep = np.ones(old.size, dtype=bool)
+            keep[cleared] = False
+            if not np.array_equal(old[keep], entries[: old.size][keep]):
+                raise VerificationError(f"After the repair '{path.name}' maps blocks it was not "
+                                        "to touch differently; everything was rolled back.")
 
 
 def quarantine_dir(folder: Path) -> Path:

@@ -66,29 +66,47 @@ class SpacePlan:
         """What the folder shrinks by once done, undo data included."""
         return self.frees - self.undo_bytes
 
-    def lines(self) -> list[str]:
-        """The figures in plain words, one per line (CLI plans and the wizards' preview)."""
+    def total_lines(self, discard_how: str = "'vdictl undo --discard'", *,
+                    say_not_undoable: bool = True) -> list[str]:
+        """The totals in plain words: frees, undo data kept, host space needed while running.
+
+        ``discard_how`` names the command that discards undo data (the app names its menu
+        item); ``say_not_undoable`` False leaves out "cannot be undone" for a caller that says
+        it in its own words.
+        """
         out: list[str] = []
         if self.frees >= 0:
-            out.append(f"Frees {human_size(self.frees)} ({self.frees:,} bytes).")
+            out.append(f"Frees {human_size(self.frees)} ({self.frees:,} bytes) of disk files.")
         else:
             out.append(f"Uses {human_size(-self.frees)} more ({-self.frees:,} bytes).")
-        if self.undoable and self.keep_undo:
+        if self.undoable and self.keep_undo and self.undo_bytes:
             where = f" in {self.undo_dir}" if self.undo_dir is not None else ""
-            out.append(f"Keeps {human_size(self.undo_bytes)} of undo data{where}; "
-                       "'vdictl undo --discard' frees it.")
-        elif self.undoable:
+            net = self.net_frees
+            until = (f"the folder is {human_size(-net)} larger than now" if net < 0 else
+                     f"the folder shrinks by {human_size(net)} only")
+            out.append(f"Keeps {human_size(self.undo_bytes)} of undo data{where}: until "
+                       f"{discard_how} discards it, {until}.")
+        elif self.undoable and not self.keep_undo and say_not_undoable:
             out.append("Keeps no undo data: this operation cannot be undone.")
         out.append(f"Needs {human_size(self.peak_extra)} of free host space while it runs.")
+        return out
+
+    def file_lines(self) -> list[str]:
+        """The end size of every file, one line each."""
+        out: list[str] = []
         for f in self.files:
             if f.size_after == 0 and f.size_before > 0:
-                out.append(f"  {f.path.name}: {human_size(f.size_before)} -> removed")
+                out.append(f"{f.path.name}: {human_size(f.size_before)} -> removed")
             elif f.size_before == 0:
-                out.append(f"  {f.path.name}: new, {human_size(f.size_after)}")
+                out.append(f"{f.path.name}: new, {human_size(f.size_after)}")
             else:
-                out.append(f"  {f.path.name}: {human_size(f.size_before)} -> "
+                out.append(f"{f.path.name}: {human_size(f.size_before)} -> "
                            f"{human_size(f.size_after)}")
         return out
+
+    def lines(self) -> list[str]:
+        """Totals, then the files indented (the CLI's plans)."""
+        return self.total_lines() + [f"  {line}" for line in self.file_lines()]
 
     def to_dict(self) -> dict[str, object]:
         """JSON form (``--dry-run --json``)."""
