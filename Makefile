@@ -6,9 +6,16 @@ test:
 	bash scripts/test.sh
 lint:
 	.venv/bin/python -m ruff check vdigui tests bench
+	.venv/bin/python -m mypy
 demo:
 	bash scripts/run-demo.sh
+# Whole-process benches time with hyperfine (Debian package); installed here when missing.
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 bench:
-	.venv/bin/python bench/bench_engine.py
-	.venv/bin/python bench/bench_ops.py
+	command -v hyperfine >/dev/null 2>&1 || $(SUDO) apt-get install -y hyperfine \
+		|| { $(SUDO) apt-get update && $(SUDO) apt-get install -y hyperfine; }
+	.venv/bin/python bench/bench_copy.py
+	.venv/bin/python bench/bench_engine.py --only big
+	.venv/bin/python bench/bench_fs.py
+	QT_QPA_PLATFORM=offscreen .venv/bin/python bench/bench_gui.py
 	.venv/bin/python bench/bench_merge.py

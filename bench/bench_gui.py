@@ -1,10 +1,22 @@
-"""Benchmark: opening a 2 TiB VM folder in the app, GUI-thread stalls, and block-map panning.
+"""Benchmark: opening a 2 TiB VM folder in the app, GUI-thread stalls, and block-map redraws.
 
-Targets (issue 3): opening a VM folder whose disk is 2 TiB with 200,000 allocated blocks under
-3 snapshots, until the trees and the block map are shown, <= 1.5 s; block-map redraw while
-panning at full zoom-out <= 50 ms a frame; the GUI thread never stalls > 100 ms.
+Targets (issue "speed", item 3), on the VM of ``tests/gui/bigvm.py`` (2 TiB disk, 200,000
+allocated blocks in the base, 3 snapshots deep):
 
-Run: ``QT_QPA_PLATFORM=offscreen python bench/bench_gui.py [--runs 5]``. Prints medians.
+- opening the folder until the trees and the block map are shown: <= 1.0 s (the time until
+  every operation's availability is known, worked out on workers meanwhile, is printed too);
+- no GUI-thread stall > 50 ms while opening, nor while clicking through every node of the
+  snapshot tree and of the disk-image tree (each click waits until the chain is analysed and
+  the operations' availability is known);
+- a block-map redraw at full zoom-out: <= 16 ms.
+
+A stall is the longest gap between two beats of a 2 ms GUI-thread timer, minus the 2 ms period.
+On a shared machine that gap includes time the GUI thread waited for a CPU, so the table also
+gives the most GUI-thread CPU time spent between two beats: the window's own cost, whatever
+else runs. Every figure is reported as its MAXIMUM over all runs (and the median and minimum
+beside it): a target is met only when the worst run meets it. The load average is printed.
+
+Run: ``QT_QPA_PLATFORM=offscreen .venv/bin/python bench/bench_gui.py [--runs 5]``.
 """
 
 from __future__ import annotations
@@ -15,6 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,46 +35,118 @@ sys.path[:0] = [str(REPO), str(REPO / "tests"), str(REPO / "tests" / "gui")]
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 from bigvm import BLOCKS, big_vm  # noqa: E402
-from PySide6.QtCore import QEventLoop, QSettings, QTimer  # noqa: E402
+from PySide6.QtCore import QEventLoop, QSettings, Qt, QTimer  # noqa: E402
 from PySide6.QtWidgets import QApplication  # noqa: E402
 
 from vdigui.gui.main_window import MainWindow  # noqa: E402
 
+PERIOD_MS = 2
 
-def wait_until(app: QApplication, done: object, timeout: float = 60.0) -> None:
+
+class Heartbeat:
+    """A GUI-thread timer; the longest gap between its beats is the longest stall.
+
+    It also keeps the GUI thread's own CPU time in the longest gap (``time.thread_time``):
+    on a machine shared with other work the wall-clock gap includes time the thread waited
+    for a CPU, the CPU figure is what the window's own code cost.
+    """
+
+    def __init__(self) -> None:
+        self.timer = QTimer()
+        self.timer.setTimerType(Qt.TimerType.PreciseTimer)
+        self.timer.timeout.connect(self._beat)
+        self.last = self.last_cpu = 0.0
+        self.longest = self.longest_cpu = 0.0
+
+    def _beat(self) -> None:
+        now, cpu = time.perf_counter(), time.thread_time()
+        self.longest = max(self.longest, now - self.last)
+        self.longest_cpu = max(self.longest_cpu, cpu - self.last_cpu)
+        self.last, self.last_cpu = now, cpu
+
+    def start(self) -> None:
+        """Start measuring from now."""
+        self.longest = self.longest_cpu = 0.0
+        self.last, self.last_cpu = time.perf_counter(), time.thread_time()
+        self.timer.start(PERIOD_MS)
+
+    def stop(self) -> tuple[float, float]:
+        """Stop; the longest stall (wall, the timer period taken off) and its CPU, seconds."""
+        self._beat()
+        self.timer.stop()
+        return max(0.0, self.longest - PERIOD_MS / 1000), self.longest_cpu
+
+
+def settled(window: MainWindow) -> bool:
+    """Nothing loads, analyses or checks any more."""
+    return (not window.busy and not window.operations.pool.running
+            and not window.operations.checking)
+
+
+def wait_until(app: QApplication, done: Callable[[], bool], timeout: float = 120.0) -> None:
     """Process events until ``done()`` is true."""
     end = time.perf_counter() + timeout
-    while not done():  # type: ignore[operator]
-        app.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 5)
+    while not done():
+        app.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 2)
         if time.perf_counter() > end:
-            raise TimeoutError("the window did not finish loading")
+            raise TimeoutError("the window did not settle")
 
 
-def measure_open(app: QApplication, window: MainWindow, folder: Path) -> tuple[float, float]:
-    """Seconds until loaded, and the longest gap between 5 ms heartbeats (a GUI stall)."""
-    gaps: list[float] = []
-    last = [time.perf_counter()]
+def shown(window: MainWindow) -> bool:
+    """The trees and the selected chain's block map are drawn (availability may be pending)."""
+    return (window.session is not None and window.chain_data is not None
+            and window.blockmap.blocks == BLOCKS and window._deferred == 0
+            and not any(r.name in ("open", "chain") for r in window.workers.running))
 
-    def beat() -> None:
-        now = time.perf_counter()
-        gaps.append(now - last[0])
-        last[0] = now
 
-    loaded = [False]
-    window.idle.connect(lambda *_: loaded.__setitem__(0, True))
-    heart = QTimer()
-    heart.timeout.connect(beat)
-    heart.start(5)
-    start = last[0] = time.perf_counter()
+def measure_open(app: QApplication, window: MainWindow, folder: Path
+                 ) -> tuple[float, float, tuple[float, float]]:
+    """Seconds until the trees and the block map are shown, seconds until every action's
+    availability is known too, and the longest GUI stall meanwhile (wall, CPU)."""
+    heart = Heartbeat()
+    heart.start()
+    start = time.perf_counter()
     window.open_path(folder)
-    wait_until(app, lambda: loaded[0] and not window.workers.running)
+    wait_until(app, lambda: shown(window))
+    drawn = time.perf_counter() - start
+    wait_until(app, lambda: shown(window) and settled(window))
     elapsed = time.perf_counter() - start
-    heart.stop()
-    return elapsed, max(gaps, default=0.0)
+    return drawn, elapsed, heart.stop()
 
 
-def measure_pan(window: MainWindow, frames: int = 30) -> list[float]:
-    """Seconds per redraw while panning at full zoom-out."""
+def pause(app: QApplication, seconds: float = 0.03) -> None:
+    """Let the event loop run a moment, as between two clicks of a real user.
+
+    Without it the next click would run in the same event-loop pass as the last drawing
+    step of the previous one, which no mouse can do.
+    """
+    end = time.perf_counter() + seconds
+    wait_until(app, lambda: time.perf_counter() >= end)
+
+
+def measure_clicks(app: QApplication, window: MainWindow) -> tuple[tuple[float, float], int]:
+    """Select every snapshot row, then every disk node; the longest stall (wall, CPU), and
+    the number of clicks."""
+    session = window.session
+    assert session is not None
+    clicks = 0
+    heart = Heartbeat()
+    heart.start()
+    for row in session.iter_snapshots():
+        pause(app)
+        window.select_snapshot(row)
+        wait_until(app, lambda: settled(window))
+        clicks += 1
+    for node in session.iter_disks():
+        pause(app)
+        window.select_disk(node)
+        wait_until(app, lambda: settled(window))
+        clicks += 1
+    return heart.stop(), clicks
+
+
+def measure_redraw(window: MainWindow, frames: int = 30) -> list[float]:
+    """Seconds per block-map redraw at full zoom-out (panning by a few thousand blocks)."""
     view = window.blockmap
     box = view.plot.getViewBox()
     times = []
@@ -74,33 +159,66 @@ def measure_pan(window: MainWindow, frames: int = 30) -> list[float]:
     return times
 
 
+def row(name: str, values: list[float], scale: float, limit: float, digits: int = 0) -> str:
+    """One table line: max first (what the target is judged on), then median and min."""
+    worst = max(values) * scale
+    return (f"{name:<46}{worst:>9.{digits}f}{statistics.median(values) * scale:>9.{digits}f}"
+            f"{min(values) * scale:>9.{digits}f}  <= {limit:<5g}"
+            f"{'met' if worst <= limit else 'MISSED'}")
+
+
 def main() -> None:
     """Run the benchmark and print a table."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
     app = QApplication.instance() or QApplication([])
+    assert isinstance(app, QApplication)
+    opens: list[float] = []
+    drawn: list[float] = []
+    open_stalls: list[float] = []
+    open_cpu: list[float] = []
+    click_stalls: list[float] = []
+    click_cpu: list[float] = []
+    redraws: list[float] = []
+    clicks = 0
     with tempfile.TemporaryDirectory() as tmp:
         folder = big_vm(Path(tmp) / "big")
-        settings = QSettings(str(Path(tmp) / "settings.ini"), QSettings.Format.IniFormat)
-        window = MainWindow(settings=settings)
-        window.resize(1400, 900)
-        window.show()
-        window.tabs.setCurrentWidget(window.blockmap)
-        opens, stalls = [], []
-        for _ in range(args.runs):
-            elapsed, stall = measure_open(app, window, folder)
+        for run in range(args.runs):
+            # A fresh window per run: nothing cached from the previous one.
+            settings = QSettings(str(Path(tmp) / f"settings{run}.ini"),
+                                 QSettings.Format.IniFormat)
+            window = MainWindow(settings=settings)
+            window.resize(1400, 900)
+            window.show()
+            window.tabs.setCurrentWidget(window.blockmap)
+            wait_until(app, lambda w=window: settled(w))
+            first, elapsed, (stall, cpu) = measure_open(app, window, folder)
+            drawn.append(first)
             opens.append(elapsed)
-            stalls.append(stall)
-        pans = measure_pan(window)
-        window.close()
-    print(f"{'measure':<40}{'median':>10}{'min':>10}{'max':>10}  target")
-    print(f"{'open 2 TiB VM folder (s)':<40}{statistics.median(opens):>10.3f}"
-          f"{min(opens):>10.3f}{max(opens):>10.3f}  <= 1.5")
-    print(f"{'longest GUI stall while opening (ms)':<40}{1000 * statistics.median(stalls):>10.0f}"
-          f"{1000 * min(stalls):>10.0f}{1000 * max(stalls):>10.0f}  <= 100")
-    print(f"{'pan frame at full zoom-out (ms)':<40}{1000 * statistics.median(pans):>10.1f}"
-          f"{1000 * min(pans):>10.1f}{1000 * max(pans):>10.1f}  <= 50")
+            open_stalls.append(stall)
+            open_cpu.append(cpu)
+            (stall, cpu), clicks = measure_clicks(app, window)
+            click_stalls.append(stall)
+            click_cpu.append(cpu)
+            window.select_disk(window.session.default_disk if window.session else None)
+            wait_until(app, lambda w=window: settled(w))
+            redraws += measure_redraw(window)
+            window.close()
+            window.deleteLater()
+            app.processEvents()
+    load = os.getloadavg()
+    print(f"{args.runs} runs; {clicks} nodes clicked per run; stall = longest gap between "
+          f"{PERIOD_MS} ms GUI-thread beats; load average at the end {load[0]:.2f} on "
+          f"{os.cpu_count()} CPUs (stalls mean something only on a quiet machine)")
+    print(f"{'measure':<46}{'max':>9}{'median':>9}{'min':>9}  target")
+    print(row("open 2 TiB VM folder: trees + block map (s)", drawn, 1, 1.0, 3))
+    print(row("  ... and every action's availability (s)", opens, 1, 1.0, 3))
+    print(row("longest GUI stall while opening (ms)", open_stalls, 1000, 50))
+    print(row("  most GUI-thread CPU between two beats (ms)", open_cpu, 1000, 50))
+    print(row("longest GUI stall clicking every node (ms)", click_stalls, 1000, 50))
+    print(row("  most GUI-thread CPU between two beats (ms)", click_cpu, 1000, 50))
+    print(row("block-map redraw at full zoom-out (ms)", redraws, 1000, 16, 1))
 
 
 if __name__ == "__main__":

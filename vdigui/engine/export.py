@@ -1,105 +1,104 @@
 """Export the guest-visible content of a chain as a raw disk image.
 
 The output is written to a temporary file beside the target, flushed and renamed into place,
-so an interrupted export never leaves a file that looks complete. Blocks the guest sees as
-zeros (FREE, ZERO, or allocated but all zero) are not written, which leaves holes: the raw
-file is sparse wherever the host filesystem supports it.
+so an interrupted export never leaves a file that looks complete. The copy runs through the
+shared pipeline (:mod:`vdigui.engine.copier`), which reads back and compares what it wrote.
+Blocks the guest sees as zeros (FREE, ZERO, or allocated but all zero) are not written, which
+leaves holes: the raw file is sparse wherever the host filesystem supports it.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from vdigui.engine import fileio
 from vdigui.engine.chain import DiskChain
-from vdigui.engine.errors import VdiError
-from vdigui.engine.format import BLOCK_FREE, BLOCK_ZERO
-from vdigui.engine.image import BackgroundFlusher, VdiImage, is_all_zero
+from vdigui.engine.copier import TempOutput, copy_blocks
+from vdigui.engine.errors import VdiError, VerificationError
+from vdigui.engine.format import BLOCK_ZERO
+from vdigui.engine.operations._common import (
+    commit_new,
+    commit_replace,
+    serving,
+    temp_path_beside,
+)
+from vdigui.engine.operations._rewrite import source_spec
 from vdigui.engine.progress import CancelToken, Progress, ProgressFn, no_progress
+
+CANCELLED = "Cancelled: no output file was written."
 
 
 @dataclass(frozen=True, slots=True)
 class ExportResult:
-    """What an export wrote: ``data_blocks`` blocks of data, the rest left as holes."""
+    """What an export wrote: ``data_blocks`` blocks of data, the rest left as holes.
+
+    ``verified`` is True when every block written was read back and matched, None when
+    verification was off.
+    """
 
     path: Path
     disk_size: int
     data_blocks: int
     hole_blocks: int
-
-
-#: Bytes probed at the start of a block: data blocks almost always differ from zero there,
-#: so the rest is copied inside the kernel without ever reaching Python.
-_PROBE = 4096
-
-
-def _copy_unless_zero(layer: VdiImage, slot: int, block: int, out_fd: int, out_offset: int,
-                      length: int) -> bool:
-    """Copy ``length`` bytes of ``slot`` to ``out_fd`` unless they are all zero.
-
-    Returns whether anything was written.
-    """
-    head = layer.read_slot_part(slot, block, 0, min(_PROBE, length))
-    if is_all_zero(head):
-        data = layer.read_slot(slot, block)[:length]
-        if is_all_zero(data):
-            return False
-        fileio.pwrite(out_fd, data, out_offset)
-        return True
-    fileio.pwrite(out_fd, head, out_offset)
-    fileio.copy_range(layer.fd, layer.header.slot_offset(slot) + len(head), out_fd,
-               out_offset + len(head), length - len(head))
-    return True
+    verified: bool | None = None
 
 
 def export_raw(chain: DiskChain, out: Path | str, *, progress: ProgressFn = no_progress,
-               cancel: CancelToken | None = None, overwrite: bool = False) -> ExportResult:
+               cancel: CancelToken | None = None, overwrite: bool = False,
+               verify: bool = True) -> ExportResult:
     """Write the guest content of ``chain`` to the raw file ``out``.
+
+    The blocks go through the copy pipeline (:mod:`vdigui.engine.copier`); with ``verify``
+    each written run is read back and compared with the bytes read from the chain.
 
     Raises:
         VdiError: ``out`` exists (and ``overwrite`` is false) or cannot be written.
+        VerificationError: a block reads back differently (no output file is left behind).
         OperationCancelled: cancelled; no output file is left behind.
     """
     out = Path(out)
     if out.exists() and not overwrite:
         raise VdiError(f"Refusing to overwrite '{out}': the file already exists.")
-    tmp = out.with_name(f".{out.name}.vdigui-tmp")
     bs = chain.block_size
     total = chain.guest_blocks
-    written = 0
     try:
-        fd = fileio.open_fd(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        tmp = TempOutput(temp_path_beside(out))
     except OSError as exc:
-        raise VdiError(f"Cannot write '{tmp}': {exc.strerror or exc}.") from exc
-    flusher = BackgroundFlusher(fd)
+        raise VdiError(f"Cannot write in '{out.parent}': {exc.strerror or exc}.") from exc
     try:
-        serving = chain.serving_layers()
-        for block in range(total):
-            if cancel is not None:
-                cancel.raise_if_cancelled("Cancelled: no output file was written.")
-            layer_index = int(serving[block])
-            if layer_index >= 0:
-                layer = chain.layers[layer_index]
-                entry = int(layer.block_map[block])
-                if entry not in (BLOCK_FREE, BLOCK_ZERO):
-                    length = min(bs, chain.disk_size - block * bs)
-                    if _copy_unless_zero(layer, entry, block, fd, block * bs, length):
-                        written += 1
-                        flusher.wrote(length)
-            progress(Progress("exporting", block + 1, total, (block + 1) * bs))
-        fileio.ftruncate(fd, chain.disk_size)
-        flusher.finish()
-        fileio.fsync(fd)
-        fileio.close(fd)
-        fd = -1
-        fileio.replace(tmp, out)
-        fileio.fsync_dir(out.parent)
+        layer, entry = serving(chain)
+        needed = np.flatnonzero((layer >= 0) & (entry != BLOCK_ZERO))
+        spec = source_spec(chain, needed, layer, entry)
+        shown = [0]
+
+        def report(done_jobs: int) -> None:
+            done = int(needed[done_jobs - 1]) + 1
+            if done > shown[0]:
+                shown[0] = done
+                progress(Progress("exporting", done, total, done * bs))
+
+        outcome = copy_blocks(spec, tmp.fd, dst=needed.astype(np.int64) * bs, verify=verify,
+                              report=report, cancel=cancel, cancel_message=CANCELLED)
+        if cancel is not None:
+            cancel.raise_if_cancelled(CANCELLED)
+        if shown[0] < total:
+            progress(Progress("exporting", total, total, total * bs))
+        if outcome.mismatch is not None:
+            raise VerificationError(
+                f"Verification failed: guest block {int(needed[outcome.mismatch])} of the "
+                f"export '{out.name}' reads back differently; the export was deleted.")
+        fileio.ftruncate(tmp.fd, chain.disk_size)
+        tmp.sync()
+        if overwrite:
+            commit_replace(tmp.path, out)
+        else:
+            commit_new(tmp.path, out)
+        tmp.close()
     except BaseException:
-        flusher.finish()
-        if fd >= 0:
-            fileio.close(fd)
-        fileio.unlink(tmp, missing_ok=True)
+        tmp.discard()
         raise
-    return ExportResult(out, chain.disk_size, written, total - written)
+    return ExportResult(out, chain.disk_size, outcome.stored, total - outcome.stored,
+                        True if verify else None)

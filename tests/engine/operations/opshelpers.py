@@ -6,19 +6,21 @@ the chain itself, so a bug in the engine's reader cannot confirm a bug in an ope
 
 from __future__ import annotations
 
-import hashlib
+import os
 import random
 import shutil
 import struct
 import subprocess
 import sys
 import uuid as uuidlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import xxhash
 from builders import MIB, BuiltChain, Content, build_chain, build_image, model_read, pattern
 
+from vdigui.engine import fileio
 from vdigui.engine.progress import CancelToken, Progress
 
 FREE = 0xFFFFFFFF
@@ -85,10 +87,10 @@ def ref_read(paths: Sequence[Path]) -> bytes:
 
 
 def sha(data: bytes, block_size: int = 1 << 20) -> str:
-    """The guest digest, computed here from its definition: sha256 over per-block sha256."""
-    outer = hashlib.sha256()
+    """The guest digest, computed here from its definition: XXH3-128 over per-block XXH3-128."""
+    outer = xxhash.xxh3_128()
     for start in range(0, len(data), block_size):
-        outer.update(hashlib.sha256(data[start:start + block_size]).digest())
+        outer.update(xxhash.xxh3_128(data[start:start + block_size]).digest())
     return outer.hexdigest()
 
 
@@ -225,3 +227,61 @@ def release(proc: subprocess.Popen[str]) -> None:
     assert proc.stdin is not None
     proc.stdin.close()
     proc.wait(timeout=10)
+
+
+class FaultyOps(fileio.FileOps):
+    """The real file operations, except that one chosen write is damaged or fails.
+
+    ``select(offset, length)`` sees every ``pwrite``/``pwritev`` (and ``copy_range``) in
+    order; the first time it returns True, that write has its first byte flipped before it
+    reaches the file (``fail`` is None) or raises ``fail`` instead. The bytes really written
+    are then wrong, which is what verification must notice.
+    """
+
+    def __init__(self, select: Callable[[int, int], bool], fail: OSError | None = None) -> None:
+        self.select, self.fail, self.fired = select, fail, False
+
+    def _hit(self, offset: int, length: int) -> bool:
+        if self.fired or not self.select(offset, length):
+            return False
+        self.fired = True
+        if self.fail is not None:
+            raise self.fail
+        return True
+
+    def pwrite(self, fd: int, data: bytes | memoryview, offset: int) -> int:
+        if self._hit(offset, len(data)):
+            raw = bytearray(data)
+            raw[0] ^= 1
+            data = bytes(raw)
+        return super().pwrite(fd, data, offset)
+
+    def pwritev(self, fd: int, buffers: Sequence[bytes | memoryview], offset: int) -> int:
+        if self._hit(offset, sum(len(b) for b in buffers)):
+            first = bytearray(buffers[0])
+            first[0] ^= 1
+            buffers = [bytes(first), *buffers[1:]]
+        return super().pwritev(fd, buffers, offset)
+
+    def copy_range(self, src_fd: int, dst_fd: int, length: int, src_offset: int,
+                   dst_offset: int) -> int:
+        flip = self._hit(dst_offset, length)
+        done = super().copy_range(src_fd, dst_fd, length, src_offset, dst_offset)
+        if flip and done > 0:
+            original = os.pread(src_fd, 1, src_offset)
+            super().pwrite(dst_fd, bytes([original[0] ^ 1]), dst_offset)
+        return done
+
+
+def nth_write(n: int, *, offset: int | None = None, min_length: int = 0
+              ) -> Callable[[int, int], bool]:
+    """A FaultyOps selector: the ``n``-th write (1-based) at ``offset`` / of >= ``min_length``."""
+    seen = [0]
+
+    def select(at: int, length: int) -> bool:
+        if (offset is not None and at != offset) or length < min_length:
+            return False
+        seen[0] += 1
+        return seen[0] == n
+
+    return select

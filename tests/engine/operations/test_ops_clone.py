@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import errno
-import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 from builders import MIB, build_image, folder_state, pattern
 from opshelpers import (
     FREE,
     ZERO,
+    FaultyOps,
     Recorder,
     assert_qemu_clean,
     assert_qemu_same,
@@ -18,14 +19,21 @@ from opshelpers import (
     holder,
     make_base,
     make_chain,
+    nth_write,
     ref_open,
     ref_read,
     release,
     sha,
 )
 
-from vdigui.engine import NULL_UUID, OperationCancelled, OperationRefused, VerificationError
-from vdigui.engine.operations import _common, _rewrite, clone
+from vdigui.engine import (
+    NULL_UUID,
+    OperationCancelled,
+    OperationRefused,
+    VerificationError,
+    fileio,
+)
+from vdigui.engine.operations import _common, clone
 from vdigui.engine.operations.clone import plan_clone, run_clone
 from vdigui.engine.progress import CancelToken
 
@@ -173,49 +181,42 @@ def test_cancel_leaves_nothing_behind(tmp_path: Path, phase: str, after: int) ->
     assert folder_state(tmp_path) == state
 
 
-def test_write_failure_leaves_nothing_behind(tmp_path: Path,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_write_failure_leaves_nothing_behind(tmp_path: Path) -> None:
     path, _ = make_base(tmp_path, 16)
     state = folder_state(tmp_path)
     plan = plan_clone(path, tmp_path / "c.vdi")
-    calls = {"n": 0}
-    real = os.pwrite
-
-    def failing(fd: int, data: bytes, offset: int) -> int:
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real(fd, data, offset)
-
-    monkeypatch.setattr(_rewrite.os, "pwrite", failing)
-    with pytest.raises(OSError, match="No space left"):
+    ops = FaultyOps(nth_write(5), fail=OSError(errno.ENOSPC, "No space left on device"))
+    with fileio.use(ops), pytest.raises(OSError, match="No space left"):
         run_clone(plan)
-    monkeypatch.undo()
+    assert ops.fired
     assert folder_state(tmp_path) == state
 
 
 @pytest.mark.parametrize("where", ["data", "map"])
-def test_verification_mismatch_deletes_the_clone(tmp_path: Path, where: str,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_verification_mismatch_deletes_the_clone(tmp_path: Path, where: str) -> None:
     """A block written wrong, or a map written wrong, is caught by reading the output back."""
     path, _ = make_base(tmp_path, 8)
     state = folder_state(tmp_path)
-    real = os.pwrite
-
-    def corrupting(fd: int, data: bytes, offset: int) -> int:
-        if (where == "data" and len(data) == MIB) or (where == "map" and offset == MIB):
-            data = bytes([data[0] ^ 1]) + bytes(data[1:])
-        return real(fd, data, offset)
-
-    monkeypatch.setattr(_rewrite.os, "pwrite", corrupting)
-    with pytest.raises(VerificationError, match=r"^Verification failed: the clone of 'disk\.vdi' "
-                                                r"does not read back as the source") as exc:
+    # The map is written twice: all FREE when the file is created, then the real one.
+    select = nth_write(1, min_length=MIB) if where == "data" else nth_write(2, offset=MIB)
+    ops = FaultyOps(select)
+    with fileio.use(ops), pytest.raises(
+            VerificationError, match=r"^Verification failed: the clone of 'disk\.vdi' "
+                                     r"does not read back as the source") as exc:
         run_clone(plan_clone(path, tmp_path / "c.vdi"))
-    monkeypatch.undo()
+    assert ops.fired
     expected = ("the block map read back differs from the one written" if where == "map"
                 else "guest block 0 reads back differently")
     assert expected in str(exc.value)
     assert folder_state(tmp_path) == state
+
+
+def test_corrupted_write_is_missed_without_verify(tmp_path: Path) -> None:
+    """The same damage with --no-verify goes unnoticed: the check above is what finds it."""
+    path, expected = make_base(tmp_path, 8)
+    with fileio.use(FaultyOps(nth_write(1, min_length=MIB))):
+        run_clone(plan_clone(path, tmp_path / "c.vdi"), verify=False)
+    assert ref_read([tmp_path / "c.vdi"]) != expected
 
 
 def test_no_verify(tmp_path: Path) -> None:
@@ -243,16 +244,26 @@ def test_guest_digest_matches_its_definition_with_a_partial_last_block(
         assert hasher.hexdigest() == sha(expected)
 
 
-def test_unreadable_source_block_fails_cleanly(tmp_path: Path) -> None:
+def test_unreadable_source_block_is_refused_and_fails_cleanly(tmp_path: Path) -> None:
     from builders import RawImage, write_raw
 
     from vdigui.engine import ImageCorruptError
+    from vdigui.engine.chain import open_paths
+    from vdigui.engine.operations._common import serving
+    from vdigui.engine.operations._rewrite import source_spec
 
     built = build_image(tmp_path / "bad.vdi", 8 * MIB, {0: pattern(0, MIB), 1: pattern(1, MIB)})
     entries = list(built.entries)
     entries[5] = 9  # past the end of the file
     write_raw(built.path, RawImage(built.header, entries, built.raw.slots))
     state = folder_state(tmp_path)
-    with pytest.raises(ImageCorruptError, match="past the end"):
-        run_clone(plan_clone(built.path, tmp_path / "c.vdi"))
+    plan = plan_clone(built.path, tmp_path / "c.vdi")
+    assert plan.refusals
+    with pytest.raises(OperationRefused):
+        run_clone(plan)
+    # Below the plan, the copy itself refuses to read past the end before writing anything.
+    with open_paths([built.path]) as chain:
+        layer, entry = serving(chain)
+        with pytest.raises(ImageCorruptError, match="past the end"):
+            source_spec(chain, np.array([0, 1, 5]), layer, entry)
     assert folder_state(tmp_path) == state

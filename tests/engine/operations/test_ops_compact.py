@@ -11,6 +11,7 @@ from builders import MIB, RawImage, build_image, folder_state, model_read, patte
 from opshelpers import (
     FREE,
     ZERO,
+    FaultyOps,
     Recorder,
     assert_qemu_clean,
     assert_qemu_same,
@@ -18,13 +19,19 @@ from opshelpers import (
     holder,
     make_base,
     make_chain,
+    nth_write,
     ref_open,
     ref_read,
     release,
-    sha,
 )
 
-from vdigui.engine import OperationCancelled, OperationRefused, Progress, VerificationError
+from vdigui.engine import (
+    OperationCancelled,
+    OperationRefused,
+    Progress,
+    VerificationError,
+    fileio,
+)
 from vdigui.engine.operations import _common, compact
 from vdigui.engine.operations.compact import plan_compact, run_compact
 from vdigui.engine.progress import CancelToken
@@ -49,7 +56,7 @@ def test_compact_base_drops_zero_blocks_and_fills_holes(tmp_path: Path, qemu_img
     assert_qemu_clean(qemu_img, path)
     assert_qemu_same(qemu_img, expected, path, tmp_path)
     assert result.changed and result.verified is True
-    assert result.hash == sha(expected)
+    assert result.hash is None  # in place, nothing is read twice: no whole-disk digest
     assert result.zero_blocks == len(zero_alloc)
     assert all(after.entries[b] == ZERO for b in zero_alloc)
     assert dense(after.entries)
@@ -99,34 +106,52 @@ def test_no_verify_skips_hash(tmp_path: Path) -> None:
     assert ref_read([path]) == expected
 
 
-def test_sanitise_out_of_range_cross_linked_low_count_and_tail(tmp_path: Path,
-                                                                qemu_img: str) -> None:
-    """VirtualBox's step 2: out-of-range and cross-linked entries become FREE (lowest keeps)."""
+def test_damaged_map_is_refused_naming_repair(tmp_path: Path) -> None:
+    """Out-of-range and cross-linked entries are damage: compaction refuses, writes nothing.
+
+    Clearing them would change what the guest reads; 'vdictl repair' is the one command that
+    changes a damaged map (with undo).
+    """
+    blocks = 16
+    slots = [pattern(100 + i, MIB) for i in range(6)]
+    built = build_image(tmp_path / "x.vdi", blocks * MIB, {b: slots[b] for b in range(6)})
+    for poke in ({9: 1}, {10: 40}):  # cross-linked with block 1; past the end of the file
+        entries = list(built.entries)
+        for block, value in poke.items():
+            entries[block] = value
+        write_raw(built.path, RawImage(built.header, entries, slots))
+        state = folder_state(tmp_path)
+        for defrag in (False, True):
+            plan = plan_compact(built.path, defrag=defrag)
+            assert not plan.can_run
+            assert any("vdictl repair" in r and "damaged" in r for r in plan.refusals)
+            with pytest.raises(OperationRefused, match="vdictl repair"):
+                run_compact(plan)
+        assert folder_state(tmp_path) == state
+
+
+def test_low_count_and_crash_tail_are_cleaned(tmp_path: Path, qemu_img: str) -> None:
+    """Crash leftovers that are not damage: a low cBlocksAllocated, a tail, a hole."""
     blocks = 16
     slots = [pattern(100 + i, MIB) for i in range(6)] + [bytes(MIB)]
     built = build_image(tmp_path / "x.vdi", blocks * MIB, {b: slots[b] for b in range(6)})
     h = built.header
     entries = [FREE] * blocks
-    entries[0:7] = [3, 1, 2, 0, 4, 5, 6]
-    entries[9] = 1      # cross-linked with block 1 (the lower block keeps the slot)
-    entries[10] = 40    # past the end of the file
+    entries[0:7] = [3, 1, 2, 0, 4, 5, 7]  # slot 6 is a hole
     entries[11] = ZERO
     h.blocks_allocated = 3  # too low: a crash leftover (entry written, header not)
     raw = RawImage(h, entries, [slots[3], slots[1], slots[2], slots[0], slots[4], slots[5],
-                                slots[6]], tail=b"\x77" * 1000)
+                                pattern(999, MIB), slots[6]], tail=b"\x77" * 1000)
     write_raw(built.path, raw)
     expected = bytearray(blocks * MIB)
     for b in range(6):
         expected[b * MIB:(b + 1) * MIB] = slots[b]
     plan = plan_compact(built.path)
-    assert plan.out_of_range.tolist() == [10]
-    assert plan.cross_linked.tolist() == [9]
-    assert len(plan.warnings) == 2
+    assert plan.can_run, plan.refusals
     result = run_compact(plan)
     after = ref_open(built.path)
-    assert after.entries[9] == FREE and after.entries[10] == FREE and after.entries[1] < ZERO
     assert after.entries[6] == ZERO  # the all-zero block
-    assert result.sanitised_blocks == 2
+    assert result.sanitised_blocks == 0
     assert ref_read([built.path]) == bytes(expected)
     assert_qemu_clean(qemu_img, built.path)
     assert after.blocks_allocated == 6 and after.file_size == after.offset_data + 6 * MIB
@@ -312,20 +337,20 @@ def test_cancel_while_moving_leaves_a_consistent_partly_compacted_image(
     assert_qemu_clean(qemu_img, path)
 
 
-def test_verification_mismatch_is_loud_and_restores_the_map(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from vdigui.engine.image import VdiImage
-
+@pytest.mark.parametrize("where", ["moved data", "map"])
+def test_verification_mismatch_is_loud_and_restores_the_map(tmp_path: Path, where: str) -> None:
+    """A moved block written wrong (read back before anything points at it) or a map entry
+    written wrong (the map re-read at the end) is caught; the image still reads as before."""
     path, expected = make_base(tmp_path, 24)
-    real = VdiImage.write_slot
-
-    def corrupting(self: VdiImage, slot: int, data: bytes) -> None:
-        real(self, slot, b"\x01" + bytes(data[1:]))
-
-    monkeypatch.setattr(VdiImage, "write_slot", corrupting)
-    with pytest.raises(VerificationError, match=r"^Verification failed: after compaction"):
+    before = ref_open(path)
+    map_start, map_end = before.offset_blocks, before.offset_blocks + 4 * before.blocks
+    select = (nth_write(1, min_length=MIB) if where == "moved data"
+              else lambda offset, length: map_start <= offset < map_end)
+    ops = FaultyOps(select)
+    with fileio.use(ops), pytest.raises(VerificationError,
+                                        match=r"^Verification failed: after compaction"):
         run_compact(plan_compact(path))
-    monkeypatch.undo()
+    assert ops.fired
     assert ref_read([path]) == expected
     assert _common.backup_path(path).exists()
     info, _head, block_map = _common.read_backup(_common.backup_path(path))
@@ -385,7 +410,7 @@ def test_a_running_compaction_holds_a_lock(tmp_path: Path) -> None:
     seen: list[tuple[str, ...]] = []
 
     def progress(ev: Progress) -> None:
-        if ev.phase == "scanning blocks" and ev.done == 3:
+        if ev.phase == "scanning blocks" and not seen:
             seen.append(plan_compact(path).refusals)
 
     run_compact(plan_compact(path), progress=progress)
@@ -416,3 +441,37 @@ def test_other_layouts(tmp_path: Path, kw: dict[str, object], defrag: bool) -> N
         assert chain.top.header.blocks_allocated == 4
         h = chain.top.header
         assert chain.top.file_size == h.offset_data + 4 * h.slot_size
+
+
+def test_blocks_that_start_with_zeros_are_read_whole(tmp_path: Path, qemu_img: str) -> None:
+    """The scan settles most blocks by their first bytes; one whose data starts late, or sits
+    in its last byte, must still be kept, and only true zero blocks dropped."""
+    late = bytearray(MIB)
+    late[MIB - 1] = 7
+    middle = bytearray(MIB)
+    middle[compact.PROBE_BYTES] = 1
+    layer = {0: bytes(late), 1: bytes(MIB), 2: pattern(2, MIB), 3: bytes(middle),
+             4: bytes(MIB), 5: pattern(5, MIB)}
+    built = build_image(tmp_path / "d.vdi", 8 * MIB, layer, slot_order="shuffle", seed=4)
+    expected = ref_read([built.path])
+    result = run_compact(plan_compact(built.path, scan=True))
+    assert result.zero_blocks == 2 and result.verified
+    after = ref_open(built.path)
+    assert after.entries[1] == ZERO and after.entries[4] == ZERO
+    assert all(after.entries[b] < ZERO for b in (0, 2, 3, 5))
+    assert ref_read([built.path]) == expected
+    assert_qemu_clean(qemu_img, built.path)
+
+
+def test_defrag_verification_catches_a_corrupted_write(tmp_path: Path) -> None:
+    """A block of the rebuilt file written wrong is read back, found, and the original kept."""
+    chain = make_chain(tmp_path, 16, depth=2)
+    state = folder_state(tmp_path)
+    ops = FaultyOps(nth_write(2, min_length=MIB))
+    with fileio.use(ops), pytest.raises(VerificationError,
+                                        match=r"^Verification failed: the rebuilt .* reads "
+                                              r"differently \(guest block \d+ reads back"):
+        run_compact(plan_compact(chain.leaf, defrag=True))
+    assert ops.fired
+    assert folder_state(tmp_path) == state
+    assert ref_read(list(chain.paths)) == chain.expected

@@ -11,6 +11,7 @@ from builders import MIB, build_image, folder_state, pattern
 from opshelpers import (
     FREE,
     ZERO,
+    FaultyOps,
     Recorder,
     assert_qemu_clean,
     assert_qemu_same,
@@ -18,14 +19,15 @@ from opshelpers import (
     holder,
     make_base,
     make_chain,
+    nth_write,
     ref_open,
     ref_read,
     release,
     sha,
 )
 
-from vdigui.engine import OperationCancelled, OperationRefused, VerificationError
-from vdigui.engine.operations import _rewrite, convert
+from vdigui.engine import OperationCancelled, OperationRefused, VerificationError, fileio
+from vdigui.engine.operations import convert
 from vdigui.engine.operations.convert import plan_convert, run_convert
 from vdigui.engine.progress import CancelToken
 
@@ -110,31 +112,18 @@ def test_cancel_changes_nothing(tmp_path: Path, phase: str, after: int) -> None:
     assert folder_state(tmp_path) == state
 
 
-def test_failure_and_verification_mismatch_keep_the_original(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failure_and_verification_mismatch_keep_the_original(tmp_path: Path) -> None:
     built = build_image(tmp_path / "f.vdi", 8 * MIB, {1: pattern(3, MIB)}, fixed=True)
     state = folder_state(tmp_path)
-    real = os.pwrite
-    calls = {"n": 0}
-
-    def failing(fd: int, data: bytes, offset: int) -> int:
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise OSError(errno.EIO, "Input/output error")
-        return real(fd, data, offset)
-
-    with monkeypatch.context() as m:
-        m.setattr(_rewrite.os, "pwrite", failing)
-        with pytest.raises(OSError):
-            run_convert(plan_convert(built.path, "dynamic"))
-    assert folder_state(tmp_path) == state
-    with monkeypatch.context() as m:
-        m.setattr(_rewrite.os, "pwrite",
-                  lambda fd, data, offset: real(fd, bytes(len(data)) if len(data) == MIB
-                                                else data, offset))
-        with pytest.raises(VerificationError, match="the original is unchanged"):
-            run_convert(plan_convert(built.path, "dynamic"))
-    assert folder_state(tmp_path) == state
+    failing = FaultyOps(nth_write(2), fail=OSError(errno.EIO, "Input/output error"))
+    with fileio.use(failing), pytest.raises(OSError):
+        run_convert(plan_convert(built.path, "dynamic"))
+    assert failing.fired and folder_state(tmp_path) == state
+    corrupting = FaultyOps(nth_write(1, min_length=MIB))
+    with fileio.use(corrupting), pytest.raises(VerificationError,
+                                               match="the original is unchanged"):
+        run_convert(plan_convert(built.path, "dynamic"))
+    assert corrupting.fired and folder_state(tmp_path) == state
 
 
 def test_symlinked_image_is_rebuilt_at_its_target(tmp_path: Path) -> None:

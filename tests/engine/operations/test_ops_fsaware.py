@@ -21,8 +21,9 @@ import pytest
 from builders import write_vbox
 from fsaware_disk import DISK, GuestDisk, build_guest_disk, check_raw
 from opshelpers import ZERO, ref_open
-from test_ops_crash import Injector
+from test_ops_crash import FailAt
 
+from vdigui.engine import fileio
 from vdigui.engine.chain import open_paths
 from vdigui.engine.check import check_image
 from vdigui.engine.errors import OperationRefused
@@ -167,16 +168,14 @@ def test_injected_failure_at_every_write(guest: GuestDisk, shm_tmp: Path, tmp_pa
     used = usage_report([guest.vdi]).usage.used_bytes > 0
     expected = guest.raw.read_bytes()
     work = shm_tmp / "work"
-    counter = Injector()
-    with monkeypatch.context() as m:
-        counter.install(m)
+    counter = FailAt()
+    with fileio.use(counter):
         run_compact(plan_compact(_copy(guest, work), fs_aware=True))
     assert counter.calls >= 6
     for k in range(1, counter.calls + 1):
         path = _copy(guest, work)
         plan = plan_compact(path, fs_aware=True)
-        with monkeypatch.context() as m:
-            Injector(fail_at=k).install(m)
+        with fileio.use(FailAt(fail_at=k)):
             try:
                 run_compact(plan)
             except OSError as exc:

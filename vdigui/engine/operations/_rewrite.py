@@ -1,45 +1,45 @@
 """Write a fresh image from a chain in one streaming pass: the engine of clone, convert, defrag.
 
 Why one pass and no per-block flush: the output is a temporary file nobody else can see until
-it is complete, so crash safety comes from the final fsync + rename, not from ordering inside
-the file. That lets the copy run at the speed of ``pread``/``pwrite`` of whole blocks. Blocks go
-to the output in guest order, so the result is defragmented; all-zero blocks are not stored.
+it is complete, so crash safety comes from the flushes and the rename at the end, not from
+ordering inside the file. The data goes through the copy pipeline (:mod:`vdigui.engine.copier`:
+large reads on a helper thread, vectorised zero detection, batched writes, write-back started
+as it goes); blocks go to the output in guest order, so the result is defragmented; all-zero
+blocks are not stored. At the end the data is flushed, then the map and header that point at
+it are written and flushed (the same order as every other write in vdigui).
 
-Verification runs in the same pass. A helper thread hashes what the source shows; every block
-written is read back from the output file and compared byte for byte with what it should
-hold. Each output slot is written exactly once and its map entry never changes afterwards, so
-reading a block back right after writing it gives the same bytes as re-reading the finished
-file; what remains is to check that the map and header the file really holds are the ones the
-readback assumed, which :func:`rewrite` does at the end by re-opening the output. When every
-block matches and the structure is right, the output's guest content is byte-identical to the
-source's, so its sha256 is the source's: the "after" hash is established without hashing the
-same bytes a second time, which would double the CPU cost of a verified copy.
+Verification runs in the same pass and reads nothing twice. Every block written is read back
+from the output right after it was written and compared byte for byte with the bytes read
+from the source; blocks not written (zeros, blocks left to the parent) are FREE or ZERO in the
+new map or, in a fixed image, never-written parts of a fresh file, which read as zeros. What
+remains is to check that the map and header the finished file holds are the ones the copy
+assumed, which :func:`rewrite` does at the end by re-opening the output. The guest digest
+(XXH3-128 per block, :class:`GuestDigest`) is computed from the source bytes as they pass; when
+every block matched and the structure is right, it is the output's digest too.
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
-import queue
-import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from vdigui.engine import fileio
 from vdigui.engine import format as fmt
 from vdigui.engine.chain import DiskChain
-from vdigui.engine.format import BLOCK_FREE, BLOCK_ZERO, ImageType, VdiHeader
-from vdigui.engine.image import open_image, write_new_image, zeros
-from vdigui.engine.operations._common import GuestHasher, serving
+from vdigui.engine.copier import (
+    Batch,
+    CopySpec,
+    TempOutput,
+    copy_blocks,
+    read_blocks,
+    same_bytes,
+)
+from vdigui.engine.format import BLOCK_FREE, BLOCK_ZERO, FIRST_SPECIAL, ImageType, VdiHeader
+from vdigui.engine.image import open_image
+from vdigui.engine.operations._common import GuestDigest, serving
 from vdigui.engine.progress import CancelToken, Progress, ProgressFn
-
-#: Source data read ahead of the writer while flattening.
-PREFETCH_BYTES = 16 << 20
-
-#: Data written between two requests to start write-back (see _start_writeback).
-WRITEBACK_BYTES = 32 << 20
 
 #: Header fields the finished output must hold exactly as intended.
 _CHECKED_FIELDS = ("image_type", "disk_size", "block_size", "blocks", "blocks_allocated",
@@ -57,10 +57,10 @@ class RewriteStats:
             as zeros; when keeping the parent, allocated all-zero blocks turned into ZERO.
         parent_blocks: (differencing output) blocks identical to the parent, left FREE.
         file_size: size of the finished output.
-        source_hash: sha256 of the source's guest content, or None when not verifying.
-        output_hash: sha256 of the output's guest content as read back from the file (equal
-            to ``source_hash`` when every block read back identical), None when not
-            verifying, or ``"structure: ..."`` / ``"content: ..."`` saying what differs.
+        source_hash: guest digest of the source, or None when not verifying.
+        output_hash: the output's guest digest (equal to ``source_hash`` when every block
+            read back identical and the structure is right), None when not verifying, or
+            ``"structure: ..."`` / ``"content: ..."`` saying what differs.
         dropped_blocks: blocks left out because the guest does not use them (``drop``).
     """
 
@@ -83,70 +83,62 @@ class RewriteStats:
         out = self.output_hash or "none"
         if out.startswith(("structure: ", "content: ")):
             return out.split(": ", 1)[1]
-        return f"sha256 {out} instead of {self.source_hash}"
+        return f"digest {out} instead of {self.source_hash}"
 
 
-class _Prefetch:
-    """Reads the source blocks a flattening copy will need, in order, on a helper thread.
+def source_spec(chain: DiskChain, blocks: np.ndarray, layer: np.ndarray,
+                entry: np.ndarray) -> CopySpec:
+    """The copy jobs reading guest ``blocks`` from the layers serving them.
 
-    Why: under write-back pressure ``pwrite`` stalls; with the reads on their own thread
-    (``pread`` releases the GIL) the next blocks are already in memory when it returns, and on
-    two cores reading and writing overlap, as qemu's parallel requests do.
+    Every slot is checked to lie inside its file first, so a damaged map fails with the
+    image's own sentence before anything is written.
     """
-
-    def __init__(self, chain: DiskChain, blocks: np.ndarray, layer: np.ndarray,
-                 entry: np.ndarray) -> None:
-        self._chain = chain
-        self._jobs = blocks
-        self._layer = layer
-        self._entry = entry
-        self._stop = False
-        depth = max(2, PREFETCH_BYTES // chain.block_size)
-        self._queue: queue.Queue[tuple[int, bytes | BaseException]] = queue.Queue(depth)
-        self._thread = threading.Thread(target=self._work, name="vdigui-read", daemon=True)
-        self._thread.start()
-
-    def _work(self) -> None:
-        layers = self._chain.layers
-        for block in self._jobs.tolist():
-            if self._stop:
-                return
-            try:
-                item: bytes | BaseException = layers[int(self._layer[block])].read_slot(
-                    int(self._entry[block]), block)
-            except BaseException as exc:  # handed to the consumer at this block
-                item = exc
-            self._queue.put((block, item))
-            if isinstance(item, BaseException):
-                return
-
-    def get(self, block: int) -> bytes:
-        """The data of ``block`` (blocks must be asked for in the order given)."""
-        got, item = self._queue.get()
-        assert got == block, (got, block)
-        if isinstance(item, BaseException):
-            raise item
-        return item
-
-    def close(self) -> None:
-        """Stop the reader and wait for it (idempotent)."""
-        self._stop = True
-        while self._thread.is_alive():
-            with contextlib.suppress(queue.Empty):
-                self._queue.get(timeout=0.05)
-        self._thread.join()
+    layers = chain.layers
+    which = layer[blocks].astype(np.int32)
+    slots = entry[blocks].astype(np.int64)
+    src = np.zeros(blocks.size, dtype=np.int64)
+    for index, image in enumerate(layers):
+        mine = which == index
+        if not mine.any():
+            continue
+        h = image.header
+        offsets = h.offset_data + slots[mine] * h.slot_size + h.block_extra
+        past = np.flatnonzero(offsets + h.block_size > image.file_size)
+        if past.size:
+            bad = int(np.flatnonzero(mine)[past[0]])
+            image.read_slot(int(slots[bad]), int(blocks[bad]))  # raises the past-EOF error
+        src[mine] = offsets
+    return CopySpec([image.fd for image in layers], which, src, chain.block_size)
 
 
-def rewrite(chain: DiskChain, out: Path, header: VdiHeader, *, keep_parent: bool,
+def _start_output(out: TempOutput, header: VdiHeader, fixed: bool) -> None:
+    """Write the empty image (banner, header, all-FREE or identity map, size)."""
+    fd = out.fd
+    banner = header.banner if header.banner.endswith("\n") else header.banner + "\n"
+    fileio.pwrite(fd, fmt.pack_preheader(banner, header.version), 0)
+    fileio.pwrite(fd, fmt.pack_header(header), fmt.PREHEADER_SIZE)
+    step = 1 << 18  # map entries per write: a 2 TiB disk's 8 MiB map is not built at once
+    for first in range(0, header.blocks, step):
+        count = min(step, header.blocks - first)
+        chunk = (np.arange(first, first + count, dtype="<u4") if fixed
+                 else np.full(count, BLOCK_FREE, dtype="<u4"))
+        fileio.pwrite(fd, chunk.tobytes(), header.offset_blocks + 4 * first)
+    end = header.expected_file_size(header.blocks if fixed else 0)
+    fileio.ftruncate(fd, end)
+    if fixed:
+        fileio.fallocate(fd, header.offset_data, end - header.offset_data)
+
+
+def rewrite(chain: DiskChain, out: TempOutput, header: VdiHeader, *, keep_parent: bool,
             progress: ProgressFn, cancel: CancelToken | None, verify: bool,
             cancel_message: str, phase: str = "copying blocks",
             drop: np.ndarray | None = None) -> RewriteStats:
-    """Write ``chain``'s guest content into the new file ``out`` with ``header``'s identity.
+    """Write ``chain``'s guest content into the new, empty file ``out`` with ``header``'s identity.
 
     Args:
         chain: the source, opened read-only.
-        out: the output path; must not exist (created exclusively). The caller removes it on
-            failure and renames it into place on success.
+        out: the output (a fresh temporary file). The caller discards it on failure and
+            commits it on success; the data, map and header are flushed here.
         header: the output header. Its type decides the layout: FIXED stores every block at
             its own slot (preallocated), anything else stores data blocks densely in guest
             order. ``blocks_allocated`` is set here.
@@ -154,152 +146,160 @@ def rewrite(chain: DiskChain, out: Path, header: VdiHeader, *, keep_parent: bool
             its FREE blocks keep falling through, all-zero blocks become ZERO (they must keep
             hiding the parent) and blocks identical to the parent become FREE. Otherwise the
             chain is flattened into a standalone base.
-        verify: hash the source's guest content and the output's (read back) in this pass.
+        verify: compare every written block as it is read back, check the finished
+            structure, and compute the guest digest.
         drop: bool per guest block the guest filesystems do not use (filesystem-aware): such
             a block is neither read nor stored; with ``keep_parent`` a block this layer stores
-            becomes ZERO (never FREE, which would show the parent's stale bytes again). Both
-            digests count these blocks as zeros, so verification proves every block the guest
-            uses reads as before.
+            becomes ZERO (never FREE, which would show the parent's stale bytes again). The
+            digest counts these blocks as zeros, so verification proves every block the
+            guest uses reads as before.
     """
     fixed = header.image_type == ImageType.FIXED
+    if keep_parent and fixed:
+        raise ValueError("a rewrite keeping the parent writes a dynamic layout")
     bs = header.block_size
     header = header.replace(block_extra=0, blocks_allocated=header.blocks if fixed else 0)
     total = chain.guest_blocks
-    zero = zeros(bs)
-    before = GuestHasher(chain.disk_size, bs) if verify else None
-    mismatch: int | None = None  # first guest block whose readback differs
+    digest = GuestDigest(chain.disk_size, bs) if verify else None
     top_index = len(chain.layers) - 1
-    prefetch: _Prefetch | None = None
     dropped = np.zeros(total, dtype=bool)
     if drop is not None:
         k = min(total, drop.size)
         dropped[:k] = drop[:k]
-    if keep_parent:
-        layer, entry = serving(chain, upto=top_index)
-        own = chain.top.block_map[:total]
-    else:
-        layer, entry = serving(chain)
-        own = None
-        needed = np.flatnonzero((layer >= 0) & (entry != BLOCK_ZERO) & ~dropped)
-        if needed.size > 1 and PREFETCH_BYTES > 0:
-            prefetch = _Prefetch(chain, needed, layer, entry)
     new_map = (np.arange(header.blocks, dtype=np.uint32) if fixed
                else np.full(header.blocks, BLOCK_FREE, dtype=np.uint32))
-    write_new_image(out, header, preallocate=fixed)
-    fd = fileio.open_fd(out, os.O_RDWR)
-    stored = zero_blocks = parent_blocks = drop_count = 0
-    data_offset = header.offset_data
-    layers = chain.layers
+    _start_output(out, header, fixed)
+    shown = [0]  # the last guest block count reported
 
-    unflushed = 0
+    def show(done: int) -> None:
+        if done > shown[0]:
+            shown[0] = done
+            progress(Progress(phase, done, total, done * bs))
 
-    def store(data: bytes, slot: int) -> bytes:
-        nonlocal unflushed
-        offset = data_offset + slot * bs
-        fileio.pwrite(fd, data, offset)
-        unflushed += bs
-        if unflushed >= WRITEBACK_BYTES:
-            fileio.start_writeback(fd)
-            unflushed = 0
-        return os.pread(fd, bs, offset) if verify else data
+    if keep_parent:
+        stats = _keep_parent(chain, out, header, new_map, dropped, digest, top_index,
+                             show=show, cancel=cancel, verify=verify,
+                             cancel_message=cancel_message)
+        stored, zero_blocks, parent_blocks, drop_count, mismatch = stats
+    else:
+        layer, entry = serving(chain)
+        has_data = (layer >= 0) & (entry != BLOCK_ZERO)
+        needed = np.flatnonzero(has_data & ~dropped)
+        drop_count = int(np.count_nonzero(has_data & dropped))
+        spec = source_spec(chain, needed, layer, entry)
 
-    try:
-        for block in range(total):
-            if cancel is not None:
-                cancel.raise_if_cancelled(cancel_message)
-            parent_layer = int(layer[block])
-            parent_entry = int(entry[block])
-            readback: bytes | None = None  # what the output shows (None: same as visible)
-            if dropped[block]:
-                visible = zero
-                if own is not None:
-                    mine = int(own[block])
-                    if mine != BLOCK_FREE:
-                        new_map[block] = BLOCK_ZERO
-                        drop_count += mine != BLOCK_ZERO
-                elif parent_layer >= 0 and parent_entry != BLOCK_ZERO:
-                    drop_count += 1
-                if fixed and verify:
-                    readback = os.pread(fd, bs, data_offset + block * bs)
-            elif own is not None and int(own[block]) != BLOCK_FREE:
-                # Keeping the parent: this layer decides the block.
-                mine = int(own[block])
-                if mine == BLOCK_ZERO:
-                    new_map[block] = BLOCK_ZERO  # already a marker: not a new drop
-                    visible = zero
-                else:
-                    data = layers[top_index].read_slot(mine, block)
-                    under = (zero if parent_layer < 0 or parent_entry == BLOCK_ZERO
-                             else layers[parent_layer].read_slot(parent_entry, block))
-                    if data == zero:
-                        new_map[block] = BLOCK_ZERO
-                        zero_blocks += 1
-                        visible = zero
-                    elif data == under:
-                        parent_blocks += 1  # stays FREE: the parent shows the same bytes
-                        visible = under
-                    else:
-                        readback = store(data, stored)
-                        new_map[block] = stored
-                        stored += 1
-                        visible = data
-            elif parent_layer < 0 or parent_entry == BLOCK_ZERO:
-                if own is None:
-                    zero_blocks += 1
-                visible = zero
-                if fixed and verify:
-                    readback = os.pread(fd, bs, data_offset + block * bs)
-            elif own is not None:
-                # FREE in the top layer: the parent keeps serving it (read only to hash it).
-                visible = (layers[parent_layer].read_slot(parent_entry, block)
-                           if before is not None else zero)
-            else:
-                data = (prefetch.get(block) if prefetch is not None
-                        else layers[parent_layer].read_slot(parent_entry, block))
-                if data == zero:
-                    zero_blocks += 1
-                    visible = zero
-                    if fixed and verify:
-                        readback = os.pread(fd, bs, data_offset + block * bs)
-                else:
-                    readback = store(data, block if fixed else stored)
-                    if not fixed:
-                        new_map[block] = stored
-                    stored += 1
-                    visible = data
-            if before is not None:
-                before.add(visible)
-                if readback is not None and mismatch is None and readback != visible:
-                    mismatch = block
-            progress(Progress(phase, block + 1, total, (block + 1) * bs))
-        final = header if fixed else header.replace(blocks_allocated=stored)
+        def hash_written(job: int, data: memoryview) -> None:
+            assert digest is not None
+            digest.add(int(needed[job]), data)
+
+        def report(done_jobs: int) -> None:
+            show(int(needed[done_jobs - 1]) + 1)
+
+        outcome = copy_blocks(
+            spec, out.fd, dst=(header.offset_data + needed * bs) if fixed else None,
+            dense_base=header.offset_data, verify=verify, report=report, cancel=cancel,
+            cancel_message=cancel_message, on_written=None if digest is None else hash_written)
+        stored = outcome.stored
+        zero_blocks = total - int(np.count_nonzero(dropped)) - stored
         if not fixed:
-            fileio.pwrite(fd, new_map.astype("<u4").tobytes(), final.offset_blocks)
-            size = final.expected_file_size(stored)
-            fileio.ftruncate(fd, size)
-        else:
-            size = final.expected_file_size(final.blocks)
-        fileio.pwrite(fd, fmt.pack_header(final), fmt.PREHEADER_SIZE)
-        fileio.fsync(fd)
-        source_hash = output_hash = None
-        if before is not None:
-            source_hash = before.hexdigest()
-            output_hash = (_structure_problem(out, final, new_map)
-                           or (f"content: guest block {mismatch} reads back differently"
-                               if mismatch is not None else source_hash))
-    finally:
-        if prefetch is not None:
-            prefetch.close()
-        fileio.close(fd)
-        if before is not None:
-            before.close()
+            written = outcome.written
+            new_map[needed[written]] = ((outcome.dst[written] - header.offset_data) // bs
+                                        ).astype(np.uint32)
+        parent_blocks = 0
+        mismatch = None if outcome.mismatch is None else int(needed[outcome.mismatch])
+    if cancel is not None:
+        cancel.raise_if_cancelled(cancel_message)
+    show(total)
+    final = header if fixed else header.replace(blocks_allocated=stored)
+    size = final.expected_file_size(final.blocks if fixed else stored)
+    # The data first, durable, then the map and header that point at it.
+    fileio.fsync(out.fd)
+    if not fixed:
+        fileio.pwrite(out.fd, new_map.astype("<u4", copy=False).tobytes(),
+                      final.offset_blocks)
+        fileio.ftruncate(out.fd, size)
+    fileio.pwrite(out.fd, fmt.pack_header(final), fmt.PREHEADER_SIZE)
+    fileio.fsync(out.fd)
+    source_hash = output_hash = None
+    if digest is not None:
+        source_hash = digest.hexdigest()
+        output_hash = (_structure_problem(out, final, new_map)
+                       or (f"content: guest block {mismatch} reads back differently"
+                           if mismatch is not None else source_hash))
     return RewriteStats(stored, zero_blocks, parent_blocks, size, source_hash, output_hash,
                         drop_count)
 
 
-def _structure_problem(out: Path, intended: VdiHeader, block_map: np.ndarray) -> str | None:
-    """Re-open the finished output and check it holds the header and map the readback used."""
-    with open_image(out) as image:
+def _keep_parent(chain: DiskChain, out: TempOutput, header: VdiHeader, new_map: np.ndarray,
+                 dropped: np.ndarray, digest: GuestDigest | None, top_index: int, *,
+                 show: Callable[[int], None], cancel: CancelToken | None, verify: bool,
+                 cancel_message: str) -> tuple[int, int, int, int, int | None]:
+    """The differencing rewrite (defrag): (stored, zero, parent, dropped, first mismatch)."""
+    total = chain.guest_blocks
+    bs = header.block_size
+    top = chain.layers[top_index]
+    own = top.block_map[:total]
+    layer, entry = serving(chain, upto=top_index)
+    parent_data = (layer >= 0) & (entry != BLOCK_ZERO)
+    allocated = own < FIRST_SPECIAL
+    # Markers and drops first: they need no data.
+    new_map[:total][own == BLOCK_ZERO] = BLOCK_ZERO
+    drop_here = dropped & (own != BLOCK_FREE)
+    new_map[:total][drop_here] = BLOCK_ZERO
+    drop_count = int(np.count_nonzero(dropped & allocated))
+    needed = np.flatnonzero(allocated & ~dropped)
+    top_layer = np.broadcast_to(np.int16(top_index), (total,))  # no 2 TiB-sized array
+    spec = source_spec(chain, needed, top_layer, own)
+    counts = {"zero": 0, "parent": 0}
+
+    def decide(first: int, count: int, data: memoryview, nonzero: np.ndarray) -> np.ndarray:
+        write = nonzero.copy()
+        for row in range(count):
+            block = int(needed[first + row])
+            piece = data[row * bs:(row + 1) * bs]
+            if not nonzero[row]:
+                new_map[block] = BLOCK_ZERO
+                counts["zero"] += 1
+                continue
+            if parent_data[block]:
+                under = chain.layers[int(layer[block])].read_slot(int(entry[block]), block)
+                if same_bytes(piece, memoryview(under)):
+                    write[row] = False  # stays FREE: the parent shows the same bytes
+                    counts["parent"] += 1
+                    if digest is not None:
+                        digest.add(block, piece)
+        return write
+
+    def hash_written(job: int, data: memoryview) -> None:
+        assert digest is not None
+        digest.add(int(needed[job]), data)
+
+    def report(done_jobs: int) -> None:
+        show(int(needed[done_jobs - 1]) + 1)
+
+    outcome = copy_blocks(spec, out.fd, dense_base=header.offset_data, verify=verify,
+                          decide=decide, report=report, cancel=cancel,
+                          cancel_message=cancel_message,
+                          on_written=None if digest is None else hash_written)
+    written = outcome.written
+    new_map[needed[written]] = ((outcome.dst[written] - header.offset_data) // bs
+                                ).astype(np.uint32)
+    if digest is not None:
+        # What the parent keeps showing through FREE entries is part of the guest view.
+        through = np.flatnonzero((own == BLOCK_FREE) & parent_data & ~dropped)
+        if through.size:
+            def visit(batch: Batch) -> None:
+                digest.add_rows(through[batch.first:batch.first + batch.count], batch.data)
+
+            read_blocks(source_spec(chain, through, layer, entry), visit, cancel=cancel,
+                        cancel_message=cancel_message)
+    mismatch = None if outcome.mismatch is None else int(needed[outcome.mismatch])
+    return outcome.stored, counts["zero"], counts["parent"], drop_count, mismatch
+
+
+def _structure_problem(out: TempOutput, intended: VdiHeader, block_map: np.ndarray) -> str | None:
+    """Re-open the finished output and check it holds the header and map the copy assumed."""
+    with open_image(out.path) as image:
         for name in _CHECKED_FIELDS:
             if getattr(image.header, name) != getattr(intended, name):
                 return f"structure: header field {name} is {getattr(image.header, name)}"

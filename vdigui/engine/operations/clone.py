@@ -10,8 +10,9 @@ when they hold stale data (the guest sees zeros there); verification then requir
 filesystems to read back with the same usage map and every used block to read as the source's.
 
 Safety: the source is opened read-only; the clone is written to a hidden temporary file beside
-DEST, flushed once at the end, verified, and only then linked into place, never over an
-existing file. Cancel or failure removes the temporary file, so nothing is left behind.
+DEST, compared block by block as it is written, flushed, its structure checked, and only then
+linked into place, never over an existing file. Cancel or failure removes the temporary file,
+so nothing is left behind.
 """
 
 from __future__ import annotations
@@ -25,7 +26,14 @@ import numpy as np
 
 from vdigui.engine import format as fmt
 from vdigui.engine.chain import open_paths, resolve_chain
-from vdigui.engine.errors import OperationRefused, VdiError, VerificationError
+from vdigui.engine.check import require_sound
+from vdigui.engine.copier import TempOutput
+from vdigui.engine.errors import (
+    ImageCorruptError,
+    OperationRefused,
+    VdiError,
+    VerificationError,
+)
 from vdigui.engine.format import BLOCK_ZERO, ImageType
 from vdigui.engine.guestfs import UsageMap
 from vdigui.engine.image import new_header
@@ -41,6 +49,8 @@ from vdigui.engine.operations._common import (
     temp_path_beside,
 )
 from vdigui.engine.operations._rewrite import rewrite
+from vdigui.engine.operations.preflight import check_writable_inputs, sweep_leftovers
+from vdigui.engine.operations.space import FileOutcome, SpacePlan
 from vdigui.engine.progress import CancelToken, ProgressFn, no_progress
 from vdigui.engine.usage_report import chain_usage, same_usage, unused_mask
 
@@ -97,6 +107,12 @@ class ClonePlan:
     fs_blocks: int = 0
 
     @property
+    def space(self) -> SpacePlan:
+        """The space figures every plan states (a new file: deleting it is the undo)."""
+        return SpacePlan((FileOutcome(self.dest, 0, self.output_size),), 0, None,
+                         self.space_needed, keep_undo=False, undoable=False)
+
+    @property
     def can_run(self) -> bool:
         """Whether nothing refuses the clone."""
         return not self.refusals
@@ -114,7 +130,7 @@ class CloneResult:
         zero_blocks: blocks the guest sees as zeros (not stored; written as zeros when fixed).
         file_size: its size in bytes.
         source_size: total size of the source chain's files.
-        hash: sha256 of the guest content (of the source, and of the clone when verified).
+        hash: the guest digest (XXH3-128 per block; the clone's too when verified).
         verified: True when the clone was re-read and matched; None with verify off.
         fs_blocks: blocks with data the guest does not use, left out (fs_aware).
     """
@@ -194,6 +210,12 @@ def plan_clone(source: Path | str | Sequence[Path], dest: Path | str, *, fixed: 
         if refusal:
             refusals.append(refusal)
     refusals.extend(in_use_reasons(paths, writers_only=True))
+    if not refusals:  # a damaged source map, and what os.access misses about the folder
+        try:
+            require_sound(paths)
+            check_writable_inputs([], folder=folder)
+        except (OperationRefused, ImageCorruptError) as exc:
+            refusals.append(str(exc))
     if keep_uuid:
         warnings.append(f"The clone keeps the source's UUID {{{top.uuid}}}: VirtualBox refuses "
                         "two disks with one UUID, so never register the clone and the source "
@@ -243,14 +265,17 @@ def run_clone(plan: ClonePlan, *, progress: ProgressFn = no_progress,
     if plan.dest.exists():
         raise OperationRefused(f"'{plan.dest}' already exists; vdigui never overwrites a file "
                                "with a clone.")
+    sweep_leftovers(plan.dest.absolute().parent)  # an interrupted run's temp file (preflight)
     tmp = temp_path_beside(plan.dest)
+    out: TempOutput | None = None
     try:
         with open_paths(plan.chain_paths) as chain:
             header = _clone_header(chain.top.header, fixed=plan.fixed, uuid=plan.uuid,
                                    disk_size=plan.disk_size, block_size=plan.block_size)
             usage = (chain_usage(chain, discard_swap=plan.discard_swap) if plan.fs_aware
                      else None)
-            stats = rewrite(chain, tmp, header, keep_parent=False, progress=progress,
+            out = TempOutput(tmp)
+            stats = rewrite(chain, out, header, keep_parent=False, progress=progress,
                             cancel=cancel, verify=verify, cancel_message=CANCELLED,
                             drop=None if usage is None else unused_mask(usage))
             verified: bool | None = None
@@ -269,8 +294,12 @@ def run_clone(plan: ClonePlan, *, progress: ProgressFn = no_progress,
             if cancel is not None:  # a cancel after the last block still means "no clone"
                 cancel.raise_if_cancelled(CANCELLED)
         commit_new(tmp, plan.dest)
+        out.close()
     except BaseException:
-        discard(tmp)
+        if out is not None:
+            out.discard()
+        else:
+            discard(tmp)
         raise
     return CloneResult(
         dest=plan.dest, uuid=header.uuid, modify_uuid=header.modify_uuid,

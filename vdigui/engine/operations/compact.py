@@ -1,4 +1,4 @@
-"""Compact an image in place, VirtualBox's way (reference 3.1), but crash-safe and verified.
+"""Compact an image in place, VirtualBox's way (docs/vdi-format.md §3.1), crash-safe and verified.
 
 What changes, in VirtualBox's order:
 
@@ -25,13 +25,19 @@ view up to this image, :mod:`vdigui.engine.usage_report`), even when it holds st
 and not FREE, also in a differencing image: FREE would make the guest see the parent's stale
 bytes there again (harmless to the filesystem, which does not read free blocks, but it makes
 the result depend on the parent, and a later merge would carry the stale parent data along);
-ZERO costs nothing and hides them for good. Verification then checks two things instead of the
-whole-disk digest (which differs by design): the filesystems of the result, re-read, give the
-same usage map -- checked right after the drops are durable and before any slot is reused, so
-a mismatch can still be undone by pointing the dropped entries back -- and the digest with
-every unused block counted as zeros is the same, i.e. every block the guest uses reads as
-before. A saved VM or an online snapshot whose chain includes the image is refused: its saved
-memory refers to blocks the on-disk maps may still call free.
+ZERO costs nothing and hides them for good. Verification then also checks that the filesystems
+of the result, re-read, give the same usage map -- right after the drops are durable and before
+any slot is reused, so a mismatch can still be undone by pointing the dropped entries back. A
+saved VM or an online snapshot whose chain includes the image is refused: its saved memory
+refers to blocks the on-disk maps may still call free.
+
+Verification reads nothing twice. The scan reads every allocated block once (in physical order,
+through the copy pipeline's reader) and proves each dropped block all zero, identical to the
+parent, or unused by the guest; it also computes the guest digest reported (unused blocks
+counted as zeros). Each moved block is read from its old slot, written to the hole, and read
+back and compared before any entry points at it. At the end the header and the whole map are
+re-read from the file and compared with the intended ones: every block that did not move kept
+its slot, so the image then reads exactly as before.
 
 The header and map are backed up beside the image before the first write and the backup is
 removed after success. With ``--defrag`` the image is instead rewritten in guest order into a
@@ -42,6 +48,7 @@ the original.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,21 +57,28 @@ import numpy as np
 
 from vdigui.engine import format as fmt
 from vdigui.engine.chain import DiskChain, open_paths, resolve_chain
+from vdigui.engine.copier import (
+    Batch,
+    CopySpec,
+    TempOutput,
+    copy_blocks,
+    nonzero_rows,
+    read_blocks,
+    same_bytes,
+)
 from vdigui.engine.errors import OperationCancelled, OperationRefused, VdiError, VerificationError
 from vdigui.engine.format import BLOCK_FREE, BLOCK_ZERO, FIRST_SPECIAL, ImageType
 from vdigui.engine.guestfs import ReclaimForecast, UsageMap, forecast
-from vdigui.engine.image import VdiImage, fsync_dir, open_image, zeros
+from vdigui.engine.image import VdiImage, fsync_dir, open_image
 from vdigui.engine.operations._common import (
     NOTHING_CHANGED,
     FileStamp,
-    GuestHasher,
     backup_path,
     busy_reasons,
     commit_replace,
     copy_mode,
     discard,
     free_space,
-    guest_hash,
     hard_link_warning,
     in_place_refusals,
     require_unchanged,
@@ -75,7 +89,10 @@ from vdigui.engine.operations._common import (
     write_backup,
 )
 from vdigui.engine.operations._rewrite import rewrite
+from vdigui.engine.operations.preflight import check_writable_inputs, sweep_leftovers
+from vdigui.engine.operations.space import FileOutcome, SpacePlan
 from vdigui.engine.progress import CancelToken, Progress, ProgressFn, no_progress
+from vdigui.engine.sniff import require_regular_file
 from vdigui.engine.usage_report import (
     chain_usage,
     same_usage,
@@ -85,8 +102,9 @@ from vdigui.engine.usage_report import (
 
 PARTLY = "Cancelled: the image is consistent and partly compacted; run compact again to finish."
 
-#: Data copied between two flushes while moving slots (many moves share one fsync).
-MOVE_BATCH_BYTES = 32 << 20
+#: Data copied between two flushes while moving slots (many moves share one fsync). The
+#: copies stream through the pipeline, so this bounds the work a crash can undo, not memory.
+MOVE_BATCH_BYTES = 256 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +190,12 @@ class CompactPlan:
         return max(0, self.file_size - self.size_after)
 
     @property
+    def space(self) -> SpacePlan:
+        """The space figures every plan states (compaction keeps no undo data)."""
+        return SpacePlan((FileOutcome(self.path, self.file_size, self.size_after),), 0, None,
+                         self.space_needed, keep_undo=False, undoable=False)
+
+    @property
     def nothing_to_do(self) -> bool:
         """Whether the image is already compact (known for sure only after a scan)."""
         drops = sum(0 if a is None else a.size
@@ -198,7 +222,8 @@ class CompactResult:
         zero_blocks: all-zero blocks dropped as ZERO.
         parent_blocks: blocks identical to the parent dropped as FREE.
         moved_blocks: slots moved (or blocks rewritten by defrag).
-        hash: sha256 of the guest content (before; equal to after when verified). With
+        hash: the guest digest (:class:`GuestDigest`, read while scanning; the content is
+            unchanged when verified). With
             fs_aware, every block the guest does not use counts as zeros in it.
         verified: True when re-read and matched; None when not verified or nothing changed.
         fs_blocks: blocks the guest filesystems do not use, dropped as ZERO (fs_aware).
@@ -291,26 +316,35 @@ def _drops(entries: np.ndarray, zero_blocks: np.ndarray | None,
     return out
 
 
-def _scan(chain: DiskChain, entries: np.ndarray, *, hashing: bool, progress: ProgressFn,
-          cancel: CancelToken | None, unused: np.ndarray | None = None, classify: bool = False
-          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, str | None]:
-    """Find all-zero, parent-identical and (with ``unused``) guest-unused blocks; hash.
+#: Bytes read first from each allocated block while scanning: a block with any non-zero byte
+#: there is data and needs no further look (unless it must be compared with its parent).
+PROBE_BYTES = 4096
 
-    One pass in guest order: the same reads that find the zero blocks feed the "before" hash,
-    so verification costs no extra read of the original. Blocks in ``unused`` (bool per guest
-    block) are hashed as zeros and, being dropped anyway, not read at all -- unless
-    ``classify`` asks to tell all-zero ones (zero blocks) from stale ones (FS blocks), which
-    the preview's forecast shows.
+
+def _scan(chain: DiskChain, entries: np.ndarray, *, progress: ProgressFn,
+          cancel: CancelToken | None, unused: np.ndarray | None = None, classify: bool = False
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Find all-zero, parent-identical and (with ``unused``) guest-unused blocks.
+
+    Reads as little as proves the answer, in physical order: the first :data:`PROBE_BYTES`
+    of every allocated block (almost every data block differs from zero there, which settles
+    it), then -- through the copy pipeline's reader, in large requests -- the whole of the
+    blocks whose start is zero, and the whole of the blocks a differencing image stores over
+    parent data (compared with what the parent shows). Blocks in ``unused`` (bool per guest
+    block) are dropped anyway and not read at all -- unless ``classify`` asks to tell all-zero
+    ones (zero blocks) from stale ones (FS blocks), which the preview's forecast shows.
 
     Returns:
-        (zero blocks, parent-identical blocks, FS-unused blocks, digest or None).
+        (zero blocks, parent-identical blocks, FS-unused blocks).
     """
     top = chain.top
+    h = top.header
     total_blocks = chain.guest_blocks
+    bs = chain.block_size
     own = entries[:total_blocks]
     differencing = len(chain.layers) > 1
     layer, entry = serving(chain, upto=len(chain.layers) - 1)
-    zero = zeros(chain.block_size)
+    parent_data = (layer >= 0) & (entry != BLOCK_ZERO)
     zero_mask = np.zeros(total_blocks, dtype=bool)
     parent_mask = np.zeros(total_blocks, dtype=bool)
     fs_mask = np.zeros(total_blocks, dtype=bool)
@@ -318,52 +352,62 @@ def _scan(chain: DiskChain, entries: np.ndarray, *, hashing: bool, progress: Pro
     if unused is not None:
         k = min(total_blocks, unused.size)
         skip[:k] = unused[:k]
-    blocks = range(total_blocks) if hashing else np.flatnonzero(own < FIRST_SPECIAL).tolist()
-    total = len(blocks)
-    hasher = GuestHasher(chain.disk_size, chain.block_size) if hashing else None
-    layers = chain.layers
+    allocated = own < FIRST_SPECIAL
+    # Unused blocks are dropped without a look unless the forecast wants them classified.
+    if not classify:
+        fs_mask |= allocated & skip
+    wanted = np.flatnonzero(allocated & (~skip | classify))
+    wanted = wanted[np.argsort(own[wanted], kind="stable")]  # physical order
+    total = int(wanted.size)
+    offsets = h.offset_data + own[wanted].astype(np.int64) * h.slot_size + h.block_extra
+    compare = (parent_data[wanted] & ~skip[wanted]) if differencing else np.zeros(total, bool)
+    done = [0]
 
-    def under(block: int) -> bytes:
-        index, value = int(layer[block]), int(entry[block])
-        if index < 0 or value == BLOCK_ZERO:
-            return zero
-        return layers[index].read_slot(value, block)
+    def step(count: int) -> None:
+        if count:
+            done[0] += count
+            progress(Progress("scanning blocks", done[0], total, done[0] * bs))
 
-    bs = chain.block_size
-    try:
-        for done, block in enumerate(blocks, start=1):
-            if cancel is not None:
-                cancel.raise_if_cancelled(NOTHING_CHANGED)
-            value = int(own[block])
-            if skip[block]:
-                if value < FIRST_SPECIAL:
-                    if classify and top.read_slot(value, block) == zero:
-                        zero_mask[block] = True
-                    else:
-                        fs_mask[block] = True
-                visible = zero
-            elif value < FIRST_SPECIAL:
-                data = top.read_slot(value, block)
-                if data == zero:
-                    zero_mask[block] = True
-                    visible = zero
-                else:
-                    if differencing and data == under(block):
-                        parent_mask[block] = True
-                    visible = data
-            elif value == BLOCK_ZERO:
-                visible = zero
-            else:
-                visible = under(block) if hashing else zero
-            if hasher is not None:
-                hasher.add(visible)
-            progress(Progress("scanning blocks", done, total, done * bs))
-        digest = hasher.hexdigest() if hasher is not None else None
-    finally:
-        if hasher is not None:
-            hasher.close()
-    return (np.flatnonzero(zero_mask), np.flatnonzero(parent_mask), np.flatnonzero(fs_mask),
-            digest)
+    # 1. Probe the start of each block that needs no comparison.
+    probe = min(PROBE_BYTES, bs)
+    zero_probe = bytes(probe)
+    full = compare.copy()
+    settled = 0
+    for n, i in enumerate(np.flatnonzero(~compare).tolist()):
+        if cancel is not None and n % 64 == 0:
+            cancel.raise_if_cancelled(NOTHING_CHANGED)
+        if os.pread(top.fd, probe, int(offsets[i])) == zero_probe:
+            full[i] = True  # read it whole below
+            continue
+        block = int(wanted[i])
+        if skip[block]:
+            fs_mask[block] = True  # stale data the guest does not use (classify only)
+        settled += 1
+        if settled % 256 == 0:
+            step(256)
+    step(settled % 256)
+    # 2. Read whole the blocks that start with zeros, and those to compare with the parent.
+    reread = np.flatnonzero(full)
+
+    def visit(batch: Batch) -> None:
+        rows = reread[batch.first:batch.first + batch.count]
+        blocks = wanted[rows]
+        nonzero = nonzero_rows(batch.data, batch.count, bs)
+        unused_here = skip[blocks]
+        zero_mask[blocks[~nonzero]] = True
+        fs_mask[blocks[nonzero & unused_here]] = True
+        for row in np.flatnonzero(nonzero & ~unused_here & compare[rows]).tolist():
+            block = int(blocks[row])
+            under = chain.layers[int(layer[block])].read_slot(int(entry[block]), block)
+            if same_bytes(batch.data[row * bs:(row + 1) * bs], memoryview(under)):
+                parent_mask[block] = True
+        step(batch.count)
+
+    spec = CopySpec([top.fd], np.zeros(reread.size, dtype=np.int32), offsets[reread], bs)
+    read_blocks(spec, visit, cancel=cancel, cancel_message=NOTHING_CHANGED)
+    if total == 0:
+        progress(Progress("scanning blocks", 0, 0, 0))
+    return np.flatnonzero(zero_mask), np.flatnonzero(parent_mask), np.flatnonzero(fs_mask)
 
 
 # -- planning -----------------------------------------------------------------------------
@@ -384,8 +428,7 @@ def plan_compact(path: Path | str, *, defrag: bool = False, scan: bool = False,
         VdiError: the image cannot be read at all (missing file, bad header).
     """
     path = Path(path)
-    if not path.exists():
-        raise VdiError(f"'{path}' does not exist.")
+    require_regular_file(path)  # missing, a FIFO, a device, a link loop: one sentence, no hang
     refusals: list[str] = []
     warnings: list[str] = []
     resolution = resolve_chain(path, search_dirs)
@@ -409,12 +452,19 @@ def plan_compact(path: Path | str, *, defrag: bool = False, scan: bool = False,
         refusals.extend(saved_state_refusals(path))
     if defrag:
         warnings.extend(hard_link_warning(path))
+    # A damaged map is refused, not sanitised on the fly: clearing entries changes what the
+    # guest reads, and 'vdictl repair' is the one command that decides that, with undo.
+    # Holes between slots, a crash tail and a low cBlocksAllocated are not damage: compaction
+    # cleans them without changing a byte the guest sees.
+    damage = []
     if layout.out_of_range.size:
-        warnings.append(f"{layout.out_of_range.size} block(s) point past the end of the file; "
-                        "they cannot be read and will be marked unallocated (FREE).")
+        damage.append(f"{layout.out_of_range.size} block(s) point past the end of the file")
     if layout.cross_linked.size:
-        warnings.append(f"{layout.cross_linked.size} block(s) share a slot with a lower block; "
-                        "they will be marked unallocated (FREE), as VirtualBox does.")
+        damage.append(f"{layout.cross_linked.size} block(s) share a slot with a lower block")
+    if damage:
+        refusals.append(f"{path} has a damaged block map ({'; '.join(damage)}), so compacting "
+                        "it would change what the guest reads; run 'vdictl repair' on it "
+                        "first, the only command that changes a damaged map.")
     zero_blocks = parent_blocks = fs_blocks = None
     usage: UsageMap | None = None
     outlook: ReclaimForecast | None = None
@@ -430,8 +480,8 @@ def plan_compact(path: Path | str, *, defrag: bool = False, scan: bool = False,
                     raise
             unused = unused_mask(usage) if fs_aware and usage is not None else None
             if scan:
-                zero_blocks, parent_blocks, fs_blocks, _ = _scan(
-                    chain, layout.entries, hashing=False, progress=progress, cancel=cancel,
+                zero_blocks, parent_blocks, fs_blocks = _scan(
+                    chain, layout.entries, progress=progress, cancel=cancel,
                     unused=unused, classify=True)
                 if usage is not None:
                     all_zero = np.zeros(chain.guest_blocks, dtype=bool)
@@ -456,6 +506,11 @@ def plan_compact(path: Path | str, *, defrag: bool = False, scan: bool = False,
     refusal = space_refusal(path.parent, needed, free, what)
     if refusal:
         refusals.append(refusal)
+    if not refusals:  # the real open catches what os.access misses (root, immutable, ro fs)
+        try:
+            check_writable_inputs([path], folder=path.resolve().parent, check_maps=False)
+        except OperationRefused as exc:
+            refusals.append(str(exc))
     return CompactPlan(
         path=path, chain_paths=tuple(chain_paths), differencing=differencing, defrag=defrag,
         block_size=h.block_size, slot_size=h.slot_size,
@@ -493,6 +548,7 @@ def run_compact(plan: CompactPlan, *, progress: ProgressFn = no_progress,
         reasons += saved_state_refusals(plan.path)
     if reasons:
         raise OperationRefused(" ".join(reasons))
+    sweep_leftovers(plan.path.resolve().parent)  # an interrupted run's temp file (preflight)
     with open_paths(plan.chain_paths, writable_top=True) as chain:
         take_exclusive_lock(chain.top.fd, plan.path)
         if plan.defrag:
@@ -513,8 +569,8 @@ def _run_in_place(plan: CompactPlan, chain: DiskChain, *, progress: ProgressFn,
     layout = _layout(top)
     usage = chain_usage(chain, discard_swap=plan.discard_swap) if plan.fs_aware else None
     unused = unused_mask(usage) if usage is not None else None
-    zero_blocks, parent_blocks, fs_blocks, before = _scan(
-        chain, layout.entries, hashing=verify, progress=progress, cancel=cancel, unused=unused)
+    zero_blocks, parent_blocks, fs_blocks = _scan(
+        chain, layout.entries, progress=progress, cancel=cancel, unused=unused)
     target = _drops(layout.entries, zero_blocks, parent_blocks, fs_blocks)
     moves = _moves(target)
     final_size = h0.offset_data + moves.count * h0.slot_size
@@ -527,7 +583,7 @@ def _run_in_place(plan: CompactPlan, chain: DiskChain, *, progress: ProgressFn,
             size_after=top.file_size, blocks_allocated_before=h0.blocks_allocated,
             blocks_allocated_after=top.header.blocks_allocated, sanitised_blocks=sanitised,
             zero_blocks=int(zero_blocks.size), parent_blocks=int(parent_blocks.size),
-            moved_blocks=int(moves.blocks.size), hash=before, verified=verified,
+            moved_blocks=int(moves.blocks.size), hash=None, verified=verified,
             fs_blocks=int(fs_blocks.size))
 
     def check_usage() -> None:
@@ -556,11 +612,11 @@ def _run_in_place(plan: CompactPlan, chain: DiskChain, *, progress: ProgressFn,
     backup = write_backup(top)
     try:
         _write_changes(chain, target, changed_entries, moves, progress=progress, cancel=cancel,
-                       after_drops=check_usage if verify else None)
+                       after_drops=check_usage if verify else None, verify=verify,
+                       name=plan.path.name, backup=backup)
         verified: bool | None = None
         if verify:
-            _verify_in_place(plan, chain, moves, before, backup, progress=progress,
-                             cancel=cancel, unused=unused)
+            _verify_in_place(plan, chain, target, moves, backup, progress=progress)
             verified = True
         top.truncate(final_size)
         top.sync()
@@ -574,11 +630,14 @@ def _run_in_place(plan: CompactPlan, chain: DiskChain, *, progress: ProgressFn,
 
 def _write_changes(chain: DiskChain, target: np.ndarray, changed: np.ndarray, moves: _Moves,
                    *, progress: ProgressFn, cancel: CancelToken | None,
-                   after_drops: Callable[[], None] | None = None) -> None:
+                   after_drops: Callable[[], None] | None = None, verify: bool = False,
+                   name: str = "", backup: Path | None = None) -> None:
     """Persist repairs and drops, then move slots down in flushed batches.
 
     ``after_drops`` runs once the drops are durable and before any slot is reused (the
-    filesystem-aware check, which can still undo the drops there).
+    filesystem-aware check, which can still undo the drops there). With ``verify`` every
+    moved block is read back from its new slot and compared with the bytes read from the old
+    one before any entry points at it: a mismatch stops with nothing repointed.
     """
     top = chain.top
     h = top.header
@@ -601,38 +660,54 @@ def _write_changes(chain: DiskChain, target: np.ndarray, changed: np.ndarray, mo
         after_drops()
     # 3. Moves. Destinations are holes no durable entry points at; sources all lie at or
     #    above the final count, so no source is ever a destination and a whole batch of
-    #    copies can share one flush before its entries are repointed.
+    #    copies can share one flush before its entries are repointed. The copies go through
+    #    the copy pipeline (large reads on a helper thread, batched writes, read-back).
     total = int(moves.blocks.size)
     per_batch = max(1, MOVE_BATCH_BYTES // h.slot_size)
-    done = 0
     bs = h.block_size
-    cancelled = False
-    while done < total and not cancelled:
+
+    def offsets(slots: np.ndarray) -> np.ndarray:
+        return h.offset_data + slots.astype(np.int64) * h.slot_size + h.block_extra
+
+    def write_all(first: int, count: int, data: memoryview, nonzero: np.ndarray) -> np.ndarray:
+        return np.ones(count, dtype=bool)  # a live block moves whatever it holds
+
+    done = 0
+    while done < total:
         end = min(total, done + per_batch)
-        copied = done
-        for i in range(done, end):
-            if cancel is not None and cancel.cancelled:
-                cancelled = True
-                break
-            block = int(moves.blocks[i])
-            data = top.read_slot(int(moves.sources[i]), block)
-            top.write_slot(int(moves.holes[i]), data)
-            copied = i + 1
-            progress(Progress("moving blocks", copied, total, copied * bs))
-        if copied > done:
-            top.sync()  # the copies are durable ...
-            top.write_entries(moves.blocks[done:copied], moves.holes[done:copied])
-            top.sync()  # ... before the entries point at them, durable before the count drops
-            remaining = int(moves.sources[copied]) + 1 if copied < total else 0
-            count = _safe_count(top.header, moves.count, remaining)
-            if count != top.header.blocks_allocated:
-                # Written after the repoints are durable, so it can never be persisted
-                # without them; the next flush makes it durable itself.
-                top.write_header(top.header.replace(blocks_allocated=count))
-        done = copied
-    if cancelled:
-        top.sync()
-        raise OperationCancelled(PARTLY)
+        base = done
+
+        def report(jobs: int, base: int = base) -> None:
+            progress(Progress("moving blocks", base + jobs, total, (base + jobs) * bs))
+
+        spec = CopySpec([top.fd], np.zeros(end - done, dtype=np.int32),
+                        offsets(moves.sources[done:end]), bs)
+        try:
+            outcome = copy_blocks(spec, top.fd, dst=offsets(moves.holes[done:end]),
+                                  verify=verify, decide=write_all, report=report,
+                                  cancel=cancel, cancel_message=PARTLY, report_every=1)
+        except OperationCancelled:
+            top.sync()  # copies into holes nothing points at: harmless, flushed anyway
+            raise
+        top.file_size = max(top.file_size, int(offsets(moves.holes[done:end]).max()) + bs)
+        if outcome.mismatch is not None:
+            block = int(moves.blocks[done + outcome.mismatch])
+            raise VerificationError(
+                f"Verification failed: after compaction '{name}' would read differently: "
+                f"guest block {block} read back differently from its new slot "
+                f"{int(moves.holes[done + outcome.mismatch])}, so it was not repointed and "
+                f"keeps its old slot; the image reads as before. The original header and "
+                f"block map are saved in '{backup}'. Please report this.")
+        top.sync()  # the copies are durable ...
+        top.write_entries(moves.blocks[done:end], moves.holes[done:end])
+        top.sync()  # ... before the entries point at them, durable before the count drops
+        remaining = int(moves.sources[end]) + 1 if end < total else 0
+        count = _safe_count(top.header, moves.count, remaining)
+        if count != top.header.blocks_allocated:
+            # Written after the repoints are durable, so it can never be persisted
+            # without them; the next flush makes it durable itself.
+            top.write_header(top.header.replace(blocks_allocated=count))
+        done = end
     if top.header.blocks_allocated != moves.count:
         top.write_header(top.header.replace(blocks_allocated=moves.count))
     top.sync()
@@ -651,24 +726,33 @@ def _usage_after(plan: CompactPlan, chain: DiskChain, before: UsageMap,
     return same_usage(before, after)
 
 
-def _verify_in_place(plan: CompactPlan, chain: DiskChain, moves: _Moves, before: str | None,
-                     backup: Path, *, progress: ProgressFn, cancel: CancelToken | None,
-                     unused: np.ndarray | None = None) -> None:
-    """Re-read the image from disk (its own map) and compare the guest hash with before.
+def _verify_in_place(plan: CompactPlan, chain: DiskChain, target: np.ndarray, moves: _Moves,
+                     backup: Path, *, progress: ProgressFn) -> None:
+    """Re-read the header and map from the file and compare them with what was intended.
 
-    With ``unused`` (filesystem-aware) the digests count those blocks as zeros on both sides.
+    The data needs no second look: every moved block was compared as it was written
+    (:func:`_write_changes`), the dropped blocks were proven all zero, identical to the
+    parent or unused by the guest while scanning, and every other block keeps its slot. So
+    the image reads as before exactly when the map and count on disk are the intended ones:
+    the scan's map with the drops, the moved entries pointing at their new slots.
 
     On a mismatch the moved entries are pointed back at their old slots, which still hold
     their data because nothing has been truncated yet, and the backup is kept.
     """
-    fresh = open_image(plan.path)
-    try:
-        view = DiskChain([*chain.layers[:-1], fresh])
-        after = guest_hash(view, progress=progress, cancel=cancel, cancel_message=PARTLY,
-                           unused=unused)
-    finally:
-        fresh.close()
-    if after == before:
+    progress(Progress("verifying", 0, 1, 0))
+    intended = target.copy()
+    intended[moves.blocks] = moves.holes
+    with open_image(plan.path) as fresh:
+        problem = None
+        if fresh.header.blocks_allocated != moves.count:
+            problem = (f"cBlocksAllocated is {fresh.header.blocks_allocated} instead of "
+                       f"{moves.count}")
+        elif not np.array_equal(fresh.block_map, intended[: fresh.block_map.size]):
+            wrong = int(np.flatnonzero(fresh.block_map != intended[: fresh.block_map.size])[0])
+            problem = (f"the map entry of guest block {wrong} reads {int(fresh.block_map[wrong])} "
+                       f"instead of {int(intended[wrong])}")
+    progress(Progress("verifying", 1, 1, 0))
+    if problem is None:
         return
     top = chain.top
     with contextlib.suppress(VdiError, OSError):
@@ -679,10 +763,10 @@ def _verify_in_place(plan: CompactPlan, chain: DiskChain, moves: _Moves, before:
         top.write_entries(moves.blocks, moves.sources)
         top.sync()
     raise VerificationError(
-        f"Verification failed: after compaction '{plan.path.name}' reads differently (sha256 "
-        f"{after} instead of {before}). The moved blocks were pointed back at their original "
-        f"slots and the file was not truncated; the original header and block map are saved "
-        f"in '{backup}'. Please report this.")
+        f"Verification failed: after compaction '{plan.path.name}' reads differently "
+        f"({problem}). The moved blocks were pointed back at their original slots and the "
+        f"file was not truncated; the original header and block map are saved in "
+        f"'{backup}'. Please report this.")
 
 
 def _run_defrag(plan: CompactPlan, chain: DiskChain, *, progress: ProgressFn,
@@ -699,10 +783,12 @@ def _run_defrag(plan: CompactPlan, chain: DiskChain, *, progress: ProgressFn,
     # Rebuild beside the real file: replacing a symlink would leave its target stale.
     target = plan.path.resolve()
     tmp = temp_path_beside(target)
+    out: TempOutput | None = None
     try:
+        out = TempOutput(tmp)
         # keep_parent also for a base (it simply has no parent): ZERO markers stay, new
         # all-zero blocks become ZERO, as in-place compaction would leave them.
-        stats = rewrite(chain, tmp, h0, keep_parent=True, progress=progress, cancel=cancel,
+        stats = rewrite(chain, out, h0, keep_parent=True, progress=progress, cancel=cancel,
                         verify=verify, cancel_message=NOTHING_CHANGED,
                         drop=None if usage is None else unused_mask(usage))
         verified: bool | None = None
@@ -721,8 +807,12 @@ def _run_defrag(plan: CompactPlan, chain: DiskChain, *, progress: ProgressFn,
         require_unchanged(target, plan.stamp)
         copy_mode(target, tmp)
         commit_replace(tmp, target)
+        out.close()
     except BaseException:
-        discard(tmp)
+        if out is not None:
+            out.discard()
+        else:
+            discard(tmp)
         raise
     with open_image(plan.path) as done:
         after_header = done.header

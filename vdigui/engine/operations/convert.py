@@ -18,6 +18,7 @@ from typing import Literal
 import numpy as np
 
 from vdigui.engine.chain import open_paths, resolve_chain
+from vdigui.engine.copier import TempOutput
 from vdigui.engine.errors import OperationRefused, VdiError, VerificationError
 from vdigui.engine.format import FIRST_SPECIAL, ImageType
 from vdigui.engine.image import open_image
@@ -37,7 +38,10 @@ from vdigui.engine.operations._common import (
     temp_path_beside,
 )
 from vdigui.engine.operations._rewrite import rewrite
+from vdigui.engine.operations.preflight import check_writable_inputs, sweep_leftovers
+from vdigui.engine.operations.space import FileOutcome, SpacePlan
 from vdigui.engine.progress import CancelToken, ProgressFn, no_progress
+from vdigui.engine.sniff import require_regular_file
 
 Target = Literal["fixed", "dynamic"]
 
@@ -77,6 +81,12 @@ class ConvertPlan:
     stamp: FileStamp
 
     @property
+    def space(self) -> SpacePlan:
+        """The space figures every plan states (the old file is replaced, not kept)."""
+        return SpacePlan((FileOutcome(self.path, self.size_before, self.size_after),), 0, None,
+                         self.space_needed, keep_undo=False, undoable=False)
+
+    @property
     def can_run(self) -> bool:
         """Whether nothing refuses the conversion."""
         return not self.refusals
@@ -93,7 +103,7 @@ class ConvertResult:
         size_after: file size after.
         stored_blocks: blocks of data in the new file (every block when fixed).
         zero_blocks: blocks that read as zeros (not stored when dynamic).
-        hash: sha256 of the guest content.
+        hash: the guest digest (XXH3-128 per block, GuestDigest).
         verified: True when the new file was re-read and matched; None with verify off.
     """
 
@@ -116,8 +126,7 @@ def plan_convert(path: Path | str, to: Target) -> ConvertPlan:
     path = Path(path)
     if to not in ("fixed", "dynamic"):
         raise VdiError(f"Cannot convert to '{to}': choose fixed or dynamic.")
-    if not path.exists():
-        raise VdiError(f"'{path}' does not exist.")
+    require_regular_file(path)  # missing, a FIFO, a device, a link loop: no hang
     refusals: list[str] = []
     warnings: list[str] = []
     stamp = FileStamp.of(path)
@@ -150,6 +159,11 @@ def plan_convert(path: Path | str, to: Target) -> ConvertPlan:
     if refusal:
         refusals.append(refusal)
     refusals.extend(in_place_refusals(path, "the converted image is built beside the original"))
+    if not refusals:  # a damaged map, and what os.access misses (root, immutable, ro fs)
+        try:
+            check_writable_inputs([path], folder=path.resolve().parent)
+        except OperationRefused as exc:
+            refusals.append(str(exc))
     warnings.extend(hard_link_warning(path))
     if to == "fixed":
         warnings.append(f"The fixed image takes {size_after} bytes on the host whatever the "
@@ -178,7 +192,9 @@ def run_convert(plan: ConvertPlan, *, progress: ProgressFn = no_progress,
         raise OperationRefused(" ".join(reasons))
     # Rebuild beside the real file: replacing a symlink would leave its target stale.
     target = plan.path.resolve()
+    sweep_leftovers(target.parent)  # an interrupted run's temp file (preflight)
     tmp = temp_path_beside(target)
+    out: TempOutput | None = None
     try:
         with open_paths([target], writable_top=True) as chain:
             # Writable only to hold an exclusive lock: nothing writes the original.
@@ -186,7 +202,8 @@ def run_convert(plan: ConvertPlan, *, progress: ProgressFn = no_progress,
             h0 = chain.top.header
             header = h0.replace(image_type=ImageType.FIXED if plan.to == "fixed"
                                 else ImageType.DYNAMIC)
-            stats = rewrite(chain, tmp, header, keep_parent=False, progress=progress,
+            out = TempOutput(tmp)
+            stats = rewrite(chain, out, header, keep_parent=False, progress=progress,
                             cancel=cancel, verify=verify, cancel_message=NOTHING_CHANGED,
                             phase="converting blocks")
             verified: bool | None = None
@@ -202,8 +219,12 @@ def run_convert(plan: ConvertPlan, *, progress: ProgressFn = no_progress,
             require_unchanged(target, plan.stamp)
             copy_mode(target, tmp)
             commit_replace(tmp, target)
+            out.close()
     except BaseException:
-        discard(tmp)
+        if out is not None:
+            out.discard()
+        else:
+            discard(tmp)
         raise
     return ConvertResult(
         path=plan.path, to=plan.to, size_before=plan.size_before, size_after=stats.file_size,
