@@ -32,9 +32,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from vdigui.engine import Analysis, HostExtents, UsageMap, Volume, fragmentation
+from vdigui.engine import Analysis, HostExtents, UsageMap, Volume, fragmentation, human_size
 from vdigui.gui import theme
-from vdigui.gui.format import human_size
 from vdigui.gui.views.partitionbar import bar_volumes
 
 #: Upper bounds (inclusive) of the jump classes, in slots; beyond the last is class 4.
@@ -43,6 +42,11 @@ JUMP_BOUNDS = (0, 15, 255, 4095)
 #: needs about a second for 200,000 points); each pixel shows the worst jump it holds.
 MAX_SCATTER = 20_000
 IMAGE_SIZE = (1200, 800)
+#: Screen pixels (each way) one pixel of the density image covers at least. The image is sized
+#: from the plot, never larger than it: a bigger image is shrunk on screen by dropping rows
+#: and columns, and a block alone in a dropped pixel would vanish (a 2 TiB disk with a few
+#: thousand scattered blocks looked nearly empty). Two pixels make a lone block a clear dot.
+DENSITY_PIXEL = 2
 
 
 def jump_classes(slots: np.ndarray) -> np.ndarray:
@@ -142,6 +146,21 @@ def volume_colours(count: int) -> tuple[str, ...]:
     return tuple(hues[i % len(hues)] for i in range(max(count, 1)))
 
 
+class WholeNumberAxis(pg.AxisItem):
+    """An axis whose ticks fall on whole numbers only: blocks and slots have no fractions.
+
+    Without it, a layer of zero or one block gets a range of about one unit and pyqtgraph
+    labels it 0.0, 0.2, 0.4... (fifth of a slot that cannot exist).
+    """
+
+    def tickSpacing(self, minVal: float, maxVal: float, size: float
+                    ) -> list[tuple[float, float]]:
+        """pyqtgraph override: the usual levels, minus those finer than one unit."""
+        levels = [(spacing, offset) for spacing, offset in super().tickSpacing(minVal, maxVal, size)
+                  if spacing >= 1]
+        return levels or [(1.0, 0.0)]
+
+
 class HostStrip(QWidget):
     """The host file drawn along its length, one coloured band per host extent."""
 
@@ -210,6 +229,10 @@ class FragmentationView(QWidget):
         self.placements: list[VolumePlacement] = []
         self.layer_box = QComboBox()
         self.layer_box.setToolTip("Which layer's file to plot (each file has its own slots)")
+        # A snapshot name of 80+ characters must not widen the tab (the list shows it whole).
+        self.layer_box.setSizeAdjustPolicy(
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.layer_box.setMinimumContentsLength(24)
         self.layer_box.currentIndexChanged.connect(self._show_layer)
         self.colour_box = QComboBox()
         self.colour_box.addItems(["jump a read makes", "guest volume"])
@@ -222,7 +245,8 @@ class FragmentationView(QWidget):
         self.volumes_label.setTextFormat(Qt.TextFormat.RichText)
         self.volumes_label.setWordWrap(True)
         self.volumes_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.plot = pg.PlotWidget(enableMenu=False)
+        self.plot = pg.PlotWidget(enableMenu=False, axisItems={
+            "left": WholeNumberAxis("left"), "bottom": WholeNumberAxis("bottom")})
         self.plot.hideButtons()
         self.plot.setLabel("bottom", "guest block (position on the virtual disk)")
         self.plot.setLabel("left", "physical slot in the file")
@@ -237,6 +261,10 @@ class FragmentationView(QWidget):
         self.density = pg.ImageItem()
         self.density.setVisible(False)
         self.plot.addItem(self.density)
+        #: (blocks, slots, classes, guest, top slot, colours) the density image shows.
+        self._density_input: tuple | None = None
+        self._density_size = (0, 0)
+        self.plot.getViewBox().sigResized.connect(self._redraw_density)
 
         self.legend = QLabel()
         self.legend.setTextFormat(Qt.TextFormat.RichText)
@@ -310,6 +338,8 @@ class FragmentationView(QWidget):
         self.layer_box.blockSignals(False)
         for item in self.scatters + self.volume_scatters:
             item.clear()
+        self._density_input = None
+        self.density.setVisible(False)
         self.usage = None
         self.volumes_label.setText("")
         self.strip.set_extents(None, 0)
@@ -365,7 +395,7 @@ class FragmentationView(QWidget):
         top_slot = int(slots.max()) if slots.size else 0
         self.sampled = blocks.size > MAX_SCATTER
         self._update_legend()
-        colours = theme.JUMP_COLOURS
+        colours: tuple[str, ...] = theme.JUMP_COLOURS
         for item in self.volume_scatters:
             item.clear()
         if self.by_volume:
@@ -377,11 +407,12 @@ class FragmentationView(QWidget):
         if self.sampled:
             for item in self.scatters:
                 item.clear()
-            image = density_image(blocks, slots, classes, guest, top_slot, colours=colours)
-            self.density.setImage(image, autoLevels=False, levels=(0, 255))
-            self.density.setRect(QRectF(0, 0, max(guest, 1), top_slot + 1))
+            self._density_input = (blocks, slots, classes, guest, top_slot, colours)
+            self._density_size = (0, 0)
+            self._redraw_density()
             self.density.setVisible(True)
         else:
+            self._density_input = None
             self.density.setVisible(False)
             xs, ys = blocks + 0.5, slots + 0.5
             if self.by_volume:
@@ -416,8 +447,8 @@ class FragmentationView(QWidget):
         f["chain"].setText(f"{chain.discontinuities:,} jumps over {chain.allocated:,} blocks "
                            f"({chain.in_order_share:.0%} in order)")
         host = self.host[index] if index < len(self.host) else None
-        size = analysis.layer_stats[index].file_size
-        self.strip.set_extents(host, size)
+        file_size = analysis.layer_stats[index].file_size
+        self.strip.set_extents(host, file_size)
         if host is None:
             f["host"].setText("—")
         elif host.available:
@@ -427,6 +458,29 @@ class FragmentationView(QWidget):
         self.placements = volume_placements(self.usage, blocks, slots)
         self.volumes_label.setText(self.volume_table(index))
         self.paragraph.setText(self.explain(index))
+
+    def density_size(self) -> tuple[int, int]:
+        """(width, height) of the density image: one pixel per DENSITY_PIXEL screen pixels."""
+        vb = self.plot.getViewBox()
+        width, height = int(vb.width()), int(vb.height())
+        if width < 32 or height < 32:  # not laid out yet: the default, redrawn on resize
+            return (min(IMAGE_SIZE[0], 400), min(IMAGE_SIZE[1], 300))
+        return (max(16, min(IMAGE_SIZE[0], width // DENSITY_PIXEL)),
+                max(16, min(IMAGE_SIZE[1], height // DENSITY_PIXEL)))
+
+    def _redraw_density(self) -> None:
+        """Draw the density image at the plot's current size (a resize may change it)."""
+        if self._density_input is None:
+            return
+        size = self.density_size()
+        if size == self._density_size:
+            return
+        blocks, slots, classes, guest, top_slot, colours = self._density_input
+        image = density_image(blocks, slots, classes, guest, top_slot, size=size,
+                              colours=colours)
+        self.density.setImage(image, autoLevels=False, levels=(0, 255))
+        self.density.setRect(QRectF(0, 0, max(guest, 1), top_slot + 1))
+        self._density_size = size
 
     def volume_table(self, index: int) -> str:
         """Rich text: where each guest volume's data lies in layer ``index``'s file."""
