@@ -10,25 +10,25 @@ cannot make a file read-only).
 from __future__ import annotations
 
 import errno
-import threading
 import time
 import uuid as uuidlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from PySide6.QtCore import QThreadPool
 from PySide6.QtWidgets import QWizard
 
 from tests.gui.gui_vmkit import MIB, make_vm, open_and_wait
-from tests.gui.wizard_kit import (
+from tests.gui.wizard_kit import (  # noqa: F401  (the *_fixture names are fixtures)
+    Factory,
     files_state,
     go_to,
     image_hash,
+    make_wizard_fixture,
     run_to_end,
     state_hashes,
-    zero_out_block,
+    vm_fixture,
 )
 from vdigui.engine import (
     CancelToken,
@@ -49,60 +49,25 @@ from vdigui.gui.wizards import (
 )
 from vdigui.gui.wizards import _engine as eng
 from vdigui.gui.wizards.base import OPTIONS, PREVIEW, RESULT, RUN
-from vdigui.gui.workers import WorkerPool
-
-Factory = Callable[..., Any]
 
 
-@pytest.fixture
-def make_wizard(qtbot: Any, reports: list[tuple[str, str]]) -> Iterator[Factory]:
-    """Build wizards on a private pool; at teardown nothing runs and no thread is left."""
-    made: list[Any] = []
-    pools: list[WorkerPool] = []
-    before = {t.ident for t in threading.enumerate()}
+def slow_run(steps: int = 400) -> Callable[..., Any]:
+    """A fake engine run that reports one progress event, then waits until it is cancelled.
 
-    def make(cls: type, folder: Path | None, target: object, **kwargs: Any) -> Any:
-        vm = load_vm_folder(folder) if folder is not None else None
-        pool = WorkerPool()
-        pools.append(pool)
-        wizard = cls(vm, target, pool=pool, **kwargs)
-        wizard.show()  # closed by this fixture: qtbot would close it before we cancel
-        made.append(wizard)
-        return wizard
-
-    yield make
-    for wizard in made:
-        assert wizard.stop_and_wait(10000)
-        wizard.close()
-        wizard.deleteLater()
-    for pool in pools:
-        assert pool.shutdown(10000), "a worker did not stop"
-        assert not pool.running, "a job never delivered its terminal signal"
-    assert QThreadPool.globalInstance().waitForDone(5000)
-    leaked = [t for t in threading.enumerate() if t.ident not in before
-              and not isinstance(t, threading._DummyThread)]  # type: ignore[attr-defined]
-    assert not leaked, f"leaked threads: {leaked}"
-
-
-@pytest.fixture
-def vm(tmp_path: Path) -> Any:
-    """The gui_vmkit VM (base disk.vdi frozen by snapshot "First", a diff as current state),
-    with block 0 of the base allocated but all zero, so there is something to compact."""
-    made = make_vm(tmp_path / "VM")
-    zero_out_block(made.base, 0)
-    return made
-
-
-def slow_run(steps: int = 400, delay: float = 0.005) -> Callable[..., Any]:
-    """A fake engine run: reports progress per step and honours the token at each one."""
+    It never finishes by itself, so a test that cancels it does not depend on how fast the
+    machine is (the wait has a ceiling only so a broken test cannot hang the suite).
+    """
 
     def run(plan: Any, *, progress: Callable[[Progress], None], cancel: CancelToken,
             **_kwargs: Any) -> Any:
-        for i in range(1, steps + 1):
-            cancel.raise_if_cancelled()
-            progress(Progress("moving blocks", i, steps, i * MIB))
-            time.sleep(delay)
-        raise AssertionError("the test should have cancelled before the end")
+        progress(Progress("moving blocks", 10, steps, 10 * MIB))
+        deadline = time.monotonic() + 60
+        while not cancel.cancelled:
+            if time.monotonic() > deadline:
+                raise AssertionError("the test should have cancelled the fake run")
+            time.sleep(0.005)
+        cancel.raise_if_cancelled()
+        raise AssertionError("unreachable")
 
     return run
 
@@ -213,8 +178,9 @@ def test_cancel_with_a_slow_fake(make_wizard: Factory, vm: Any, qtbot: Any) -> N
     go_to(qtbot, wizard, RUN)
     assert wizard.running
     assert not wizard.button(QWizard.WizardButton.BackButton).isEnabled()
-    qtbot.waitUntil(lambda: wizard.run_page.bar.value() > 3, timeout=5000)
-    assert "MB/s" in wizard.run_page.speed.text() or wizard.run_page.bar.value() < 50
+    qtbot.waitUntil(lambda: wizard.run_page.bar.value() == 10, timeout=5000)
+    assert wizard.run_page.bar.maximum() == 400
+    assert wizard.run_page.phase.text() == "Moving blocks…"
     wizard.button(QWizard.WizardButton.CancelButton).click()
     qtbot.waitUntil(lambda: wizard.outcome is not None, timeout=5000)
     assert wizard.outcome.kind == "cancelled"
@@ -377,12 +343,15 @@ def test_window_actions_lock_and_close(window: Any, qtbot: Any, vm: Any,
     selection[0] = window.session.find_snapshot("First")
     actions.refresh()
     delete = actions.actions["delete-snapshot"]
+    qtbot.waitUntil(lambda: not actions.checking, timeout=10000)
     assert delete.isEnabled() and "Ctrl+Shift+Del" in delete.toolTip()
     selection[0] = window.session.find_snapshot("Current State")
     actions.refresh()
+    qtbot.waitUntil(lambda: not actions.checking, timeout=10000)
     assert not delete.isEnabled()
     assert delete.toolTip().startswith("The current state is not a snapshot")
     context = actions.context_actions(window.session.find_snapshot("First"))
+    # Known from the first selection above: no second check.
     assert [a.isEnabled() for a in context] == [True, True, True, False]  # nothing to repair
     wizard = actions.open_wizard("compact", window.session.find_disk("disk.vdi"),
                                  run_fn=slow_run(steps=2000))
@@ -458,7 +427,10 @@ def test_context_action_opens_the_wizard_on_its_target(window: Any, qtbot: Any,
         window, lambda: window.session.vm, lambda: None, window.reload)
     row = window.session.find_snapshot("First")
     clone = actions.context_actions(row)[1]
-    assert clone.isEnabled() and clone.toolTip().startswith("Copy snapshot 'First'")
+    # Not known yet: disabled and saying so, then the answer from the worker arrives.
+    assert not clone.isEnabled() and clone.toolTip().startswith("Checking")
+    qtbot.waitUntil(clone.isEnabled, timeout=10000)
+    assert clone.toolTip().startswith("Copy snapshot 'First'")
     clone.trigger()
     wizard = actions.wizards[-1]
     assert wizard.target.kind == "snapshot" and wizard.target.snapshot_name == "First"

@@ -38,6 +38,7 @@ import uuid as uuidlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vdigui.engine import fileio
 from vdigui.engine.chain import open_paths
 from vdigui.engine.format import FIRST_SPECIAL, read_header
 from vdigui.engine.image import create_image, open_image
@@ -607,8 +608,21 @@ def _vbox_text(u: dict[str, uuidlib.UUID]) -> str:
     )
 
 
-def remove_demo(folder: Path | str | None = None) -> None:
-    """Delete the cached demo (used by tests and by users who want it rebuilt)."""
+def remove_demo(folder: Path | str | None = None) -> int | None:
+    """Delete the cached demo, every version of it (``vdigui --demo --clean``, and tests).
+
+    Returns:
+        The host disk space its files took (allocated blocks, as ``du`` counts them: the
+        space a user gets back, not the files' apparent sizes), or None when there was no
+        demo folder.
+    """
     root = Path(folder) if folder is not None else default_cache_folder() / "demo"
-    with contextlib.suppress(FileNotFoundError):
-        shutil.rmtree(root)
+    if not root.is_dir():
+        return None
+    allocated = 0
+    for base, _dirs, files in os.walk(root):
+        for name in files:
+            with contextlib.suppress(FileNotFoundError):
+                allocated += (Path(base) / name).lstat().st_blocks * 512
+    fileio.remove_tree(root)
+    return allocated

@@ -1,20 +1,26 @@
 """Start vdigui: command line, QApplication, error hooks, palettes, and the screenshot mode.
 
-``vdigui [PATH] [--demo] [--screenshot OUT.png [--select NAME] [--tab TAB] [--size WxH]
-[--wizard KIND [--target NAME] --page PAGE]]``
+``vdigui [PATH] [--demo [--clean]] [--screenshot OUT.png [--select NAME] [--tab TAB] [--size WxH]
+[--wizard KIND [--target NAME] --page PAGE]] [--install-desktop-entry | --uninstall-desktop-entry]``
 
 The screenshot mode renders the window offscreen (no display needed), waits until loading and
 analysis have finished, writes the PNG and exits 0; the README's pictures come from it. It uses
 a throw-away settings file so a user's saved geometry never changes a screenshot, and it prints
 errors instead of opening dialogs nobody could click.
+
+Commands that need no window (``--demo --clean``, the desktop entry) and the check that a
+display exists all run before Qt is imported: without a display, Qt's xcb plugin aborts the
+process with advice about reinstalling libraries, which is wrong and frightening.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 from vdigui import __version__
@@ -48,6 +54,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "first suitable one)")
     parser.add_argument("--page", choices=WIZARD_PAGES, default="intro",
                         help="with --wizard: the page to render")
+    parser.add_argument("--clean", action="store_true",
+                        help="with --demo: remove the demo folder built in the cache folder "
+                        "and exit")
+    entry = parser.add_mutually_exclusive_group()
+    entry.add_argument("--install-desktop-entry", action="store_true",
+                       help="add vdigui to the desktop's application menu (a .desktop file "
+                       "and an icon under $XDG_DATA_HOME, default ~/.local/share) and exit")
+    entry.add_argument("--uninstall-desktop-entry", action="store_true",
+                       help="remove what --install-desktop-entry added and exit")
     parser.add_argument("--theme", choices=("system", "light", "dark"),
                         help="colour palette (default: the last one chosen, else system)")
     parser.add_argument("--version", action="version", version=f"vdigui {__version__}")
@@ -67,14 +82,65 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--target and --page only apply with --wizard")
     if args.wizard is not None and args.screenshot is None:
         parser.error("--wizard only applies with --screenshot")
+    if args.clean and (not args.demo or args.path is not None or args.screenshot is not None):
+        parser.error("--clean only applies with --demo (and nothing else)")
+    if (args.install_desktop_entry or args.uninstall_desktop_entry) and (
+            args.path is not None or args.demo or args.screenshot is not None):
+        parser.error("--install-desktop-entry and --uninstall-desktop-entry take no other "
+                     "arguments")
     return args
+
+
+def display_missing(environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether a window could not be shown: X11/Wayland system, no display, no platform chosen.
+
+    Only on systems where Qt needs X11 or Wayland (not macOS or Windows); an explicit
+    QT_QPA_PLATFORM (offscreen, vnc, eglfs...) is the user's choice and is trusted.
+    """
+    if os.name != "posix" or sys.platform == "darwin":
+        return False
+    if environ.get("QT_QPA_PLATFORM"):
+        return False
+    return not (environ.get("DISPLAY") or environ.get("WAYLAND_DISPLAY"))
+
+
+def _clean_demo() -> int:
+    """``vdigui --demo --clean``: remove the cached demo and say how much space that freed."""
+    from vdigui.engine import default_cache_folder, human_size, remove_demo
+
+    folder = default_cache_folder() / "demo"
+    try:
+        freed = remove_demo()
+    except OSError as exc:
+        print(f"vdigui: error: cannot remove the demo folder {folder}: "
+              f"{exc.strerror or exc} ({exc.filename}).", file=sys.stderr)
+        return 1
+    if freed is None:
+        print(f"No demo to remove: {folder} does not exist.")
+    else:
+        print(f"Removed the demo folder {folder}, freeing {human_size(freed)}.")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the application; returns the exit status."""
     args = parse_args(argv)
+    if args.clean:
+        return _clean_demo()
+    if args.install_desktop_entry or args.uninstall_desktop_entry:
+        from vdigui.gui import desktop_entry
+
+        return (desktop_entry.install_command() if args.install_desktop_entry
+                else desktop_entry.uninstall_command())
     if args.screenshot is not None:
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    elif display_missing():
+        what = (shlex.quote(str(args.path)) if args.path is not None
+                else "--demo" if args.demo else "PATH")
+        print("vdigui: error: No display found (DISPLAY and WAYLAND_DISPLAY are not set), so "
+              f"there is nowhere to show the window; to get a picture instead, run: vdigui "
+              f"{what} --screenshot vdigui.png", file=sys.stderr)
+        return 1
 
     # Qt is imported only now, so `vdigui --help` works without a display and quickly.
     from PySide6.QtCore import QSettings, Qt
@@ -196,7 +262,6 @@ def _screenshot(app: object, window: object, args: argparse.Namespace) -> int:
     window.resize(args.width, args.height)
     window.show()
     path = build_demo_vm() if args.demo else args.path
-    failures: list[str] = []
     window.session_loaded.connect(lambda _s: None)
 
     def wait_idle(timeout_ms: int = 60000) -> bool:
@@ -218,9 +283,12 @@ def _screenshot(app: object, window: object, args: argparse.Namespace) -> int:
         return 1
     if args.select:
         if not window.select_by_name(args.select):
-            print(f"vdigui: error: nothing named '{args.select}' in {path}", file=sys.stderr)
-            failures.append(args.select)
-        elif window.workers.running and not wait_idle():
+            # No picture of the wrong selection: a script would publish it as if it were right.
+            print(f"vdigui: error: No snapshot or disk image named '{args.select}' in {path} "
+                  "(give a snapshot name, an image file name or a UUID); no PNG was written.",
+                  file=sys.stderr)
+            return 1
+        if window.workers.running and not wait_idle():
             return 1
     window.tabs.setCurrentIndex(TABS.index(args.tab))
     # Let layouts settle and pyqtgraph's debounced redraw run before grabbing.
@@ -238,11 +306,12 @@ def _screenshot(app: object, window: object, args: argparse.Namespace) -> int:
 
         image = image.scaled(args.width, args.height, Qt.AspectRatioMode.IgnoreAspectRatio,
                              Qt.TransformationMode.SmoothTransformation)
-    if not image.save(str(out), "PNG"):
+    # PySide6's stubs type the format as bytes, but the binding accepts only str.
+    if not image.save(str(out), "PNG"):  # type: ignore[call-overload]
         print(f"vdigui: error: cannot write {out}", file=sys.stderr)
         return 1
     print(out)
-    return 2 if failures else 0
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,19 +1,14 @@
-"""Words and numbers for people: sizes, medium types, UUID roles and header fields.
+"""Words for people: typed offsets, medium types, UUID roles, short names and tooltips.
 
 Why here and not in the engine: these are explanations written for the GUI's hover texts and
-Overview tab (what a field *means* for the user), not facts about the format. The header field
-table records where each field sits so the hex dump can highlight it; it mirrors the layouts in
-``shared/docs/vdi-format.md`` section 1 (v1.1 header at 0x48, legacy 0.2 header).
+Overview tab (what a medium type or a UUID *means* for the user), not facts about the format.
+The header's field layout is the engine's (``vdigui.engine.header_layout``).
 """
 
 from __future__ import annotations
 
-import struct
+import html
 import uuid as uuidlib
-from collections.abc import Callable
-from dataclasses import dataclass
-
-from vdigui.engine import human_size
 
 
 def parse_offset(text: str) -> int:
@@ -91,143 +86,25 @@ def uuid_text(value: uuidlib.UUID) -> str:
     return f"{{{value}}}"
 
 
-# -- header fields ------------------------------------------------------------------------
+def short_uuid(value: uuidlib.UUID) -> str:
+    """A UUID shortened for a table cell ("{9bb9d102…}"); the tooltip carries it whole.
 
-
-@dataclass(frozen=True, slots=True)
-class Field:
-    """One header field for the annotated hex dump.
-
-    Attributes:
-        offset: byte offset in the file.
-        size: bytes.
-        name: VirtualBox's name.
-        meaning: what it is for, in words.
-        decode: bytes -> the value as people read it.
+    The first eight hex digits tell the UUIDs of a VM apart in practice, the same way the
+    image names are shortened ("{9bb9d102…}.vdi").
     """
-
-    offset: int
-    size: int
-    name: str
-    meaning: str
-    decode: Callable[[bytes], str]
+    if value.int == 0:
+        return "null"
+    return f"{{{str(value)[:8]}…}}"
 
 
-def _u32(raw: bytes) -> str:
-    value = struct.unpack("<I", raw)[0]
-    return f"{value} (0x{value:X})"
+def short_file_name(name: str) -> str:
+    """A file name with a UUID shortened ("{9bb9d102…}.vdi"); other names unchanged."""
+    if name.startswith("{") and "}" in name and len(name) > 30:
+        return name[:9] + "…}" + name[name.index("}") + 1:]
+    return name
 
 
-def _u64(raw: bytes) -> str:
-    value = struct.unpack("<Q", raw)[0]
-    return f"{value} bytes ({human_size(value)})"
-
-
-def _size32(raw: bytes) -> str:
-    value = struct.unpack("<I", raw)[0]
-    return f"{value} bytes ({human_size(value)})"
-
-
-def _text(raw: bytes) -> str:
-    text = raw.split(b"\0", 1)[0].decode("latin-1").replace("\n", "\\n")
-    return f'"{text}"' if text else "(empty)"
-
-
-def _uuid(raw: bytes) -> str:
-    return uuid_text(uuidlib.UUID(bytes_le=bytes(raw)))
-
-
-def _signature(raw: bytes) -> str:
-    value = struct.unpack("<I", raw)[0]
-    verdict = "a VDI image" if value == 0xBEDA107F else "NOT a VDI signature"
-    return f"0x{value:08X} ({verdict})"
-
-
-def _version(raw: bytes) -> str:
-    value = struct.unpack("<I", raw)[0]
-    return f"{value >> 16}.{value & 0xFFFF} (0x{value:08X})"
-
-
-def _type(raw: bytes) -> str:
-    value = struct.unpack("<I", raw)[0]
-    names = {1: "dynamic", 2: "fixed", 3: "undo", 4: "differencing"}
-    return f"{value} ({names.get(value, 'unknown')})"
-
-
-def _offset(raw: bytes) -> str:
-    value = struct.unpack("<I", raw)[0]
-    return f"0x{value:X} ({human_size(value)} into the file)"
-
-
-def _geometry(raw: bytes) -> str:
-    c, h, s, b = struct.unpack("<IIII", raw)
-    return f"{c} cylinders, {h} heads, {s} sectors, {b}-byte sectors"
-
-
-def _flags(raw: bytes) -> str:
-    value = struct.unpack("<I", raw)[0]
-    return f"0x{value:X}" + (" (none)" if value == 0 else "")
-
-
-_PRE = (
-    Field(0x00, 64, "szFileInfo (banner)", "Free text for people; VirtualBox ignores it.", _text),
-    Field(0x40, 4, "u32Signature", "Marks the file as a VDI image: must be 0xBEDA107F.",
-          _signature),
-    Field(0x44, 4, "u32Version", "Header version: 1.1 today, 0.2 for very old images.",
-          _version),
-)
-
-V1_FIELDS = (
-    *_PRE,
-    Field(0x48, 4, "cbHeader", "Size of the header structure that follows.", _size32),
-    Field(0x4C, 4, "u32Type", "Image type: dynamic grows as the guest writes, fixed is "
-          "preallocated, differencing stores changes over a parent.", _type),
-    Field(0x50, 4, "fFlags", "Image flags; normally zero.", _flags),
-    Field(0x54, 256, "szComment", "The image description (VBoxManage --description).", _text),
-    Field(0x154, 4, "offBlocks", "Where the block map starts in the file.", _offset),
-    Field(0x158, 4, "offData", "Where the first data block starts in the file.", _offset),
-    Field(0x15C, 16, "LegacyGeometry", "Old disk geometry; unused by modern guests.",
-          _geometry),
-    Field(0x16C, 4, "u32Dummy", "Unused (was the translation mode).", _u32),
-    Field(0x170, 8, "cbDisk", "The virtual disk size the guest sees.", _u64),
-    Field(0x178, 4, "cbBlock", "Size of one block: the unit of allocation (1 MiB normally).",
-          _size32),
-    Field(0x17C, 4, "cbBlockExtra", "Extra bytes stored before each block; normally zero.",
-          _size32),
-    Field(0x180, 4, "cBlocks", "Number of blocks the virtual disk has (map entries).", _u32),
-    Field(0x184, 4, "cBlocksAllocated", "Blocks that have a slot in this file; the next new "
-          "block goes to this slot.", _u32),
-    Field(0x188, 16, "uuidCreate", UUID_ROLES[0][2], _uuid),
-    Field(0x198, 16, "uuidModify", UUID_ROLES[1][2], _uuid),
-    Field(0x1A8, 16, "uuidLinkage", UUID_ROLES[2][2], _uuid),
-    Field(0x1B8, 16, "uuidParentModify", UUID_ROLES[3][2], _uuid),
-    Field(0x1C8, 16, "LCHSGeometry", "Logical geometry reported to the guest BIOS (1.1+).",
-          _geometry),
-)
-
-LEGACY_FIELDS = (
-    *_PRE,
-    Field(0x48, 4, "u32Type", "Image type.", _type),
-    Field(0x4C, 4, "fFlags", "Image flags.", _flags),
-    Field(0x50, 256, "szComment", "The image description.", _text),
-    Field(0x150, 16, "Geometry", "Disk geometry.", _geometry),
-    Field(0x160, 8, "cbDisk", "The virtual disk size the guest sees.", _u64),
-    Field(0x168, 4, "cbBlock", "Size of one block.", _size32),
-    Field(0x16C, 4, "cBlocks", "Number of blocks.", _u32),
-    Field(0x170, 4, "cBlocksAllocated", "Blocks that have a slot in this file.", _u32),
-    Field(0x174, 16, "uuidCreate", UUID_ROLES[0][2], _uuid),
-    Field(0x184, 16, "uuidModify", UUID_ROLES[1][2], _uuid),
-    Field(0x194, 16, "uuidLinkage", UUID_ROLES[2][2], _uuid),
-)
-
-
-def header_fields(raw: bytes) -> tuple[Field, ...]:
-    """The field table that matches the header version in ``raw`` (v1 when unknown)."""
-    if len(raw) >= 0x48 and struct.unpack_from("<I", raw, 0x44)[0] == 0x00000002:
-        return tuple(f for f in LEGACY_FIELDS if f.offset + f.size <= len(raw))
-    return tuple(f for f in V1_FIELDS if f.offset + f.size <= len(raw))
-
-
-def field_at(fields: tuple[Field, ...], offset: int) -> Field | None:
-    """The field covering byte ``offset``."""
-    return next((f for f in fields if f.offset <= offset < f.offset + f.size), None)
+def tooltip_html(text: str) -> str:
+    """Plain text as a rich-text tooltip, so Qt wraps a long sentence instead of drawing one
+    line wider than the screen."""
+    return "<p>" + html.escape(text).replace("\n", "<br>") + "</p>"

@@ -14,11 +14,20 @@ from __future__ import annotations
 import html
 import uuid as uuidlib
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PySide6.QtCore import QByteArray, QItemSelectionModel, QModelIndex, QSettings, Qt, Signal
+from PySide6.QtCore import (
+    QByteArray,
+    QItemSelectionModel,
+    QModelIndex,
+    QSettings,
+    Qt,
+    QTimer,
+    Signal,
+)
 from PySide6.QtGui import (
     QAction,
     QCloseEvent,
@@ -55,6 +64,7 @@ from vdigui.gui.models.problems import ProblemRole, ProblemsModel
 from vdigui.gui.models.snapshots import SnapshotTreeModel
 from vdigui.gui.session import ChainData, DiskNode, Session, SnapNode, load_chain, load_session
 from vdigui.gui.views.blockmap import BlockMapView
+from vdigui.gui.views.columns import fit_columns
 from vdigui.gui.views.fragmentation import FragmentationView
 from vdigui.gui.views.header import MAP_PREVIEW_ENTRIES, HeaderView
 from vdigui.gui.views.locate import LocateDialog
@@ -63,6 +73,9 @@ from vdigui.gui.wizards import install_operation_actions, selection_of
 from vdigui.gui.workers import Runner, WorkerPool
 
 TABS = ("overview", "header", "blockmap", "fragmentation")
+#: The pause between the drawing steps of one selection: the repaint of the previous step
+#: (and any input) is handled in between (bench/bench_gui.py measures the stalls).
+DEFER_MS = 16
 MAX_RECENT = 10
 
 
@@ -92,6 +105,9 @@ class MainWindow(QMainWindow):
         self._generation = 0
         self._scan_runner: Runner | None = None
         self._selecting = False
+        self._deferred = 0
+        self._shut_down = False
+        self._selections = 0  # select_* calls, so a deferred default never overrides one
         self.setWindowTitle("vdigui")
         self.setAcceptDrops(True)
         self._build_widgets()
@@ -139,10 +155,10 @@ class MainWindow(QMainWindow):
         self.media_view.setModel(self.media_model)
         self.media_view.setUniformRowHeights(True)
         self.media_view.setAllColumnsShowFocus(True)
-        media_header = self.media_view.header()
-        media_header.setStretchLastSection(True)
-        for column in (0, 1, 2):
-            media_header.setSectionResizeMode(column, QHeaderView.ResizeMode.ResizeToContents)
+        # Content widths; "Used by", then a long type, then the image name elide (tooltips
+        # say all).
+        self.media_fitter = fit_columns(self.media_view, elastic=((1,), (2,), (0,)),
+                                        keep={2: "differencing"})
         self.media_view.selectionModel().currentChanged.connect(self._disk_chosen)
         self.media_view.setAccessibleName("Disk images")
 
@@ -187,7 +203,7 @@ class MainWindow(QMainWindow):
         self.main_split.addWidget(self.tabs)
         self.main_split.setStretchFactor(0, 0)
         self.main_split.setStretchFactor(1, 1)
-        self.main_split.setSizes([440, 960])
+        self.main_split.setSizes([500, 900])
         self.setCentralWidget(self.main_split)
 
         self.problems_model = ProblemsModel(self)
@@ -195,12 +211,7 @@ class MainWindow(QMainWindow):
         self.problems_view.setModel(self.problems_model)
         self.problems_view.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.problems_view.verticalHeader().setVisible(False)
-        self.problems_view.horizontalHeader().setStretchLastSection(False)
-        self.problems_view.horizontalHeader().setSectionResizeMode(
-            2, QHeaderView.ResizeMode.Stretch)
-        for column in (0, 1, 3):
-            self.problems_view.horizontalHeader().setSectionResizeMode(
-                column, QHeaderView.ResizeMode.ResizeToContents)
+        self.problems_fitter = fit_columns(self.problems_view, elastic=(2, 3), fill=2)
         self.problems_view.setWordWrap(False)
         self.problems_view.doubleClicked.connect(self._problem_chosen)
         self.problems_view.setToolTip("Double-click a problem to select the image it is about")
@@ -261,7 +272,7 @@ class MainWindow(QMainWindow):
 
         view = bar.addMenu("&View")
         for i, name in enumerate(("&Overview", "&Header", "&Block map", "F&ragmentation")):
-            self._action(view, name, lambda i=i: self.tabs.setCurrentIndex(i), f"Ctrl+{i + 1}",
+            self._action(view, name, partial(self.tabs.setCurrentIndex, i), f"Ctrl+{i + 1}",
                          f"Show the {name.replace('&', '')} tab")
         view.addSeparator()
         self._action(view, "Zoom &In", lambda: self._zoom(0.5), QKeySequence.StandardKey.ZoomIn,
@@ -277,7 +288,7 @@ class MainWindow(QMainWindow):
         for key, label, shortcut in (("system", "&System", "Ctrl+Alt+1"),
                                      ("light", "&Light", "Ctrl+Alt+2"),
                                      ("dark", "&Dark", "Ctrl+Alt+3")):
-            self._action(theme_menu, label, lambda key=key: self.set_theme(key), shortcut,
+            self._action(theme_menu, label, partial(self.set_theme, key), shortcut,
                          f"Use the {key} colours")
 
         tools = bar.addMenu("&Inspect")
@@ -324,8 +335,8 @@ class MainWindow(QMainWindow):
         """Recently opened paths, newest first."""
         value = self.settings.value("recent", [])
         if isinstance(value, str):
-            value = [value]
-        return [str(v) for v in (value or [])]
+            return [value]
+        return [str(v) for v in value] if isinstance(value, list) else []
 
     def _remember(self, path: Path) -> None:
         items = [str(path)] + [p for p in self.recent() if p != str(path)]
@@ -440,17 +451,29 @@ class MainWindow(QMainWindow):
                    else "no problems found")
         self.status_label.setText(f"Opened {session.source} — {summary}.")
         self.session_loaded.emit(session)
+        self._update_actions()
+        # Selecting (which clears and redraws every tab) waits for the next event-loop turn,
+        # so the trees are painted first and the window never does both in one stall.
+        asked = self._selections
+        self._later(lambda: self._select_initial(session, keep, asked))
+
+    def _select_initial(self, session: Session, keep: uuidlib.UUID | None, asked: int) -> None:
+        """Select what was selected before a reload, else the current state."""
+        if session is not self.session:
+            return  # another path was opened meanwhile
+        if self._selections != asked:
+            return  # something selected a node meanwhile (an operation's "show the chain")
         target = session.disk_by_uuid(keep) if keep else None
         current = next((r for r in session.iter_snapshots() if r.is_current_state), None)
         if target is None and current is not None:
             self.select_snapshot(current)
         else:
             self.select_disk(target or session.default_disk)
-        self._update_actions()
 
     # -- selection ---------------------------------------------------------------------------
     def select_snapshot(self, row: SnapNode) -> None:
         """Select a snapshot row (and, through it, the disk it froze)."""
+        self._selections += 1
         index = self.snapshot_model.index_of(row)
         self.snapshot_view.selectionModel().setCurrentIndex(
             index, QItemSelectionModel.SelectionFlag.ClearAndSelect
@@ -459,6 +482,7 @@ class MainWindow(QMainWindow):
 
     def select_disk(self, node: DiskNode | None) -> None:
         """Select a media-tree node (and analyse its chain)."""
+        self._selections += 1
         if node is None:
             self._close_chain()
             self.overview.clear("Nothing to show: no readable disk image")
@@ -488,8 +512,8 @@ class MainWindow(QMainWindow):
         row = self.snapshot_model.node(current)
         if row is None or self.session is None:
             return
-        disks = [self.session.disk_by_uuid(u) for u in row.disks]
-        disks = [d for d in disks if d is not None]
+        found = (self.session.disk_by_uuid(u) for u in row.disks)
+        disks = [d for d in found if d is not None]
         self.media_model.set_highlighted({d.uuid for d in disks})
         # The disk to show: the first attached hard disk (normally the boot disk on port 0),
         # preferring one that can be read.
@@ -561,7 +585,7 @@ class MainWindow(QMainWindow):
             return
         self._close_chain()
         self.chain_data = data
-        self._show_chain(data)
+        self._show_chain(data, spread=True)
         name = data.target.title
         self.status_label.setText(
             f"{name}: {len(data.paths)} layer{'s' if len(data.paths) != 1 else ''}, "
@@ -570,19 +594,32 @@ class MainWindow(QMainWindow):
         self.chain_loaded.emit(data)
         self._update_actions()
 
-    def _show_chain(self, data: ChainData) -> None:
+    def _show_chain(self, data: ChainData, *, spread: bool = False) -> None:
         """Fill the cheap tabs now and the heavy ones (block map, fragmentation) when shown.
 
-        Drawing a two-million-block map and its scatter takes ~50 ms each; doing only the
-        visible one keeps every GUI-thread step well under 100 ms.
+        Drawing a two-million-block map and its scatter takes ~15-50 ms each; doing only the
+        visible one, in its own event-loop turns when ``spread`` (bench/bench_gui.py), keeps
+        every GUI-thread stall under 50 ms.
         """
         labels = self.layer_labels(data)
         self.overview.show_chain(data, labels)
         self.header_view.set_header(data.raw_header)
         self._stale = {self.blockmap, self.fragmentation}
-        self._fill_current_tab()
+        if not spread:
+            self._fill_current_tab()
+            return
+        # The visible heavy tab is drawn in a later event-loop turn, so this turn (and the
+        # repaint after it) stays short.
+        generation = self._generation
+        self._later(lambda: self._fill_current_tab(spread=True)
+                    if data is self.chain_data and generation == self._generation else None)
 
-    def _fill_current_tab(self) -> None:
+    def _fill_current_tab(self, *, spread: bool = False) -> None:
+        """Draw the visible heavy tab if it shows an older chain.
+
+        With ``spread`` (a new selection) the block map's guest-use row follows in a later
+        event-loop turn; a tab the user switches to is drawn at once.
+        """
         data = self.chain_data
         current = self.tabs.currentWidget()
         if data is None or current not in self._stale:
@@ -593,11 +630,40 @@ class MainWindow(QMainWindow):
             notice = (f"⚠ Incomplete chain: {data.error} Blocks held by the missing layers "
                       "are shown as not served." if data.error else "")
             self.blockmap.set_data(labels, data.analysis.entries, data.analysis.serving,
-                                   data.headers, data.zero_masks, notice, data.codes)
-            self.blockmap.set_usage(data.usage, data.usage_error)
+                                   data.headers, data.zero_masks, notice, data.codes,
+                                   data.pyramids)
+            if not spread:
+                self.blockmap.set_usage(data.usage, data.usage_error)
+                return
+            # Each of these draws the whole map once (~15 ms for two million blocks): in one
+            # event-loop turn they would stall the window twice as long.
+            generation = self._generation
+            self._later(lambda: self._show_usage(data, generation))
         elif current is self.fragmentation:
             self.fragmentation.set_data(data.analysis, labels, data.host,
                                         data.chain.block_size, data.usage)
+
+    def _later(self, step: Callable[[], None]) -> None:
+        """Run ``step`` in a later event-loop turn; :attr:`idle` waits for it."""
+        self._deferred += 1
+
+        def run() -> None:
+            self._deferred -= 1
+            if self._shut_down:
+                return
+            try:
+                step()
+            finally:
+                self._maybe_idle()
+
+        # One frame later, not 0 ms: a zero timer runs in the same pass as the repaint the
+        # previous step caused, so input would wait for both. The window is the timer's
+        # context: a step never runs after the window is gone.
+        QTimer.singleShot(DEFER_MS, self, run)
+
+    def _show_usage(self, data: ChainData, generation: int) -> None:
+        if data is self.chain_data and generation == self._generation:
+            self.blockmap.set_usage(data.usage, data.usage_error)
 
     def _close_chain(self) -> None:
         if self.chain_data is not None:
@@ -725,7 +791,14 @@ class MainWindow(QMainWindow):
         if not self.workers.running:
             self._workers_idle()
 
+    @property
+    def busy(self) -> bool:
+        """Whether a job runs or a deferred drawing step is still queued."""
+        return bool(self.workers.running) or self._deferred > 0
+
     def _workers_idle(self) -> None:
+        if self._deferred:
+            return  # the last deferred step calls _maybe_idle again
         self.progress.setVisible(False)
         self.cancel_button.setVisible(False)
         self.idle.emit()
@@ -763,6 +836,7 @@ class MainWindow(QMainWindow):
 
     def shutdown(self) -> None:
         """Cancel and wait for every job, then close the open chain (idempotent)."""
+        self._shut_down = True
         self.workers.shutdown()
         self._close_chain()
 

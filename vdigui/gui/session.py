@@ -47,7 +47,7 @@ from vdigui.engine import (
     read_header,
     resolve_chain,
 )
-from vdigui.gui.blockstates import layer_codes, served_codes
+from vdigui.gui.blockstates import CountPyramid, layer_codes, make_pyramids, served_codes
 
 #: Header bytes shown in the hex dump.
 HEADER_BYTES = 512
@@ -465,6 +465,7 @@ class ChainData:
     error: str = ""
     zero_masks: list[np.ndarray | None] = field(default_factory=list)
     codes: tuple[np.ndarray, np.ndarray] | None = None
+    pyramids: list[CountPyramid] | None = None
     usage: UsageMap | None = None
     usage_error: str = ""
 
@@ -528,12 +529,13 @@ def load_chain(session: Session, node: DiskNode, progress: ProgressFn | None = N
             hosts.append(host_extents(layer.path))
         raw = chain.top.read_raw(0, HEADER_BYTES)
         codes = (layer_codes(analysis.entries), served_codes(analysis.entries, analysis.serving))
+        pyramids = make_pyramids(*codes, prepare=True)  # the block map's counts, off the GUI
         usage, usage_error = guest_usage(chain, error, progress)
     except BaseException:
         chain.close()
         raise
     return ChainData(node, chain, analysis, tuple(hosts), raw, error,
-                     [None] * len(chain.layers), codes, usage, usage_error)
+                     [None] * len(chain.layers), codes, pyramids, usage, usage_error)
 
 
 def guest_usage(chain: DiskChain, chain_error: str = "", progress: ProgressFn | None = None

@@ -90,6 +90,7 @@ class WorkerPool(QObject):
         self.pool.setMaxThreadCount(2)
         self.pool.setExpiryTimeout(2000)
         self._running: set[Runner] = set()
+        self._shut_down = False
 
     def start(self, job: Job, name: str, *,
               succeeded: Callable[[Any], None] | None = None,
@@ -100,8 +101,13 @@ class WorkerPool(QObject):
 
         Qt calls slots in connection order, so by the time a job leaves :attr:`running` (and
         :attr:`idle` may fire), the caller has already handled its result.
+
+        After :meth:`shutdown` nothing starts any more (a late refresh while the window closes
+        must not start a thread nobody waits for); the returned runner never runs.
         """
         runner = Runner(job, name)
+        if self._shut_down:
+            return runner
         self._running.add(runner)
         signals = runner.signals
         if progress is not None:
@@ -136,8 +142,10 @@ class WorkerPool(QObject):
     def shutdown(self, timeout_ms: int = 10000) -> bool:
         """Cancel everything and wait for the threads; True when all stopped in time.
 
-        Results still queued for the GUI thread are dropped with the runners.
+        Results still queued for the GUI thread are dropped with the runners. The pool
+        accepts no new job afterwards.
         """
+        self._shut_down = True
         self.cancel_all()
         done = self.pool.waitForDone(timeout_ms)
         self.pool.clear()

@@ -8,7 +8,8 @@ from typing import Any
 from PySide6.QtCore import QObject, Qt
 from PySide6.QtGui import QBrush, QFont
 
-from vdigui.gui.format import human_size, medium_type_meaning
+from vdigui.engine import human_size
+from vdigui.gui.format import medium_type_meaning
 from vdigui.gui.models.snapshots import problems_html, worst_icon
 from vdigui.gui.models.tree import NodeTreeModel
 from vdigui.gui.session import DiskNode
@@ -88,6 +89,8 @@ class MediaTreeModel(NodeTreeModel):
             lines.append(html.escape(str(node.path)))
         if node.uuid is not None:
             lines.append(f"UUID {{{node.uuid}}}")
+        lines.append(html.escape("type: " + type_text(node)
+                                 + (", auto-reset" if node.auto_reset else "")))
         if node.used_by:
             lines.append(html.escape("used by: " + ", ".join(node.used_by)))
         if node.medium_type and node.parent is None:

@@ -7,6 +7,7 @@ from typing import Any
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, QObject, QPersistentModelIndex, Qt
 
 from vdigui.engine import Problem
+from vdigui.gui.format import short_file_name, tooltip_html
 from vdigui.gui.theme import badge_icon
 
 Index = QModelIndex | QPersistentModelIndex
@@ -65,9 +66,11 @@ class ProblemsModel(QAbstractTableModel):
             return row
         if role == Qt.ItemDataRole.DisplayRole:
             return (row.severity, row.kind, row.message,
-                    row.path.name if row.path is not None else "")[column]
+                    short_file_name(row.path.name) if row.path is not None else "")[column]
         if role == Qt.ItemDataRole.DecorationRole and column == 0:
             return badge_icon(row.severity)
         if role == Qt.ItemDataRole.ToolTipRole:
-            return row.message if column != 3 or row.path is None else str(row.path)
+            # Rich text, so Qt wraps a long message instead of one line wider than the screen.
+            return tooltip_html(row.message if column != 3 or row.path is None
+                                else str(row.path))
         return None

@@ -8,11 +8,13 @@ byte offset exactly and colours fields without rich-text tricks.
 from __future__ import annotations
 
 import html
+import re
 import struct
+import uuid as uuidlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from PySide6.QtCore import QPoint, QRect, QSize, Qt, Signal
+from PySide6.QtCore import QEvent, QObject, QPoint, QRect, QSize, Qt, QTimer, Signal
 from PySide6.QtGui import QColor, QFontDatabase, QMouseEvent, QPainter, QPaintEvent
 from PySide6.QtWidgets import (
     QAbstractItemView,
@@ -29,12 +31,15 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from vdigui.engine import SIGNATURE, FieldKind, HeaderField, ImageType, header_layout, human_size
 from vdigui.gui import theme
-from vdigui.gui.format import Field, header_fields
+from vdigui.gui.format import uuid_text
 
 #: Soft field colours (alpha keeps the text readable on light and dark bases).
 FIELD_TINTS = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1",
                "#ff9da7", "#9c755f")
+#: Pixels a table cell keeps free beside its text (Qt's text margins, with room to spare).
+VALUE_MARGIN = 14
 #: Map entries shown by "Show block map region" (4 bytes each).
 MAP_PREVIEW_ENTRIES = 4096
 
@@ -158,6 +163,34 @@ class HexView(QWidget):
         self.update()
 
 
+def wrap_text(text: str, width: int, advance: Callable[[str], int]) -> list[str]:
+    """``text`` in lines no wider than ``width`` (``advance`` measures a string).
+
+    Breaks after a space or a hyphen when it can, anywhere when a piece is still too wide
+    (a long hex number), so no line ever needs eliding.
+    """
+    pieces = re.findall(r"[^ -]*[ -]|[^ -]+$", text) or [text]
+    lines: list[str] = []
+    line = ""
+    for piece in pieces:
+        if not line or advance((line + piece).rstrip()) <= width:
+            line += piece
+            continue
+        lines.append(line.rstrip())
+        line = piece
+    if line:
+        lines.append(line.rstrip())
+    out: list[str] = []
+    for line in lines:
+        while len(line) > 1 and advance(line) > width:
+            cut = max(1, next((n for n in range(len(line), 0, -1)
+                               if advance(line[:n]) <= width), 1))
+            out.append(line[:cut])
+            line = line[cut:]
+        out.append(line)
+    return out
+
+
 def span_html(span: Span) -> str:
     """The hover text of a span."""
     return (f"<b>{html.escape(span.title)}</b> &nbsp;<small>(offset 0x{span.start:X}, "
@@ -165,16 +198,48 @@ def span_html(span: Span) -> str:
             f"<p>{html.escape(span.meaning)}</p>")
 
 
+def field_value(field: HeaderField, raw: bytes) -> str:
+    """The value of ``field`` in ``raw`` as people read it (the engine's layout says where)."""
+    items = field.unpack(raw)
+    kind = field.kind
+    if kind is FieldKind.TEXT:
+        text = items[0].split(b"\0", 1)[0].decode("latin-1").replace("\n", "\\n")
+        return f'"{text}"' if text else "(empty)"
+    if kind is FieldKind.UUID:
+        return uuid_text(uuidlib.UUID(bytes_le=items[0]))
+    if kind is FieldKind.GEOMETRY:
+        c, h, s, b = items
+        return f"{c} cylinders, {h} heads, {s} sectors, {b}-byte sectors"
+    value: int = items[0]
+    if kind is FieldKind.SIGNATURE:
+        verdict = "a VDI image" if value == SIGNATURE else "NOT a VDI signature"
+        return f"0x{value:08X} ({verdict})"
+    if kind is FieldKind.VERSION:
+        return f"{value >> 16}.{value & 0xFFFF} (0x{value:08X})"
+    if kind is FieldKind.SIZE:
+        return f"{value} bytes ({human_size(value)})"
+    if kind is FieldKind.IMAGE_TYPE:
+        try:
+            name = ImageType(value).label
+        except ValueError:
+            name = "unknown"
+        return f"{value} ({name})"
+    if kind is FieldKind.FLAGS:
+        return f"0x{value:X}" + (" (none)" if value == 0 else "")
+    if kind is FieldKind.OFFSET:
+        return f"0x{value:X} ({human_size(value)} into the file)"
+    return f"{value} (0x{value:X})"
+
+
 def header_spans(raw: bytes) -> list[Span]:
     """The spans of the header fields found in ``raw``."""
-    fields: tuple[Field, ...] = header_fields(raw)
     spans = []
-    for i, f in enumerate(fields):
+    for i, f in enumerate(header_layout(raw)):
         try:
-            value = f.decode(raw[f.offset:f.offset + f.size])
+            value = field_value(f, raw)
         except (struct.error, ValueError):
             value = "(cannot decode)"
-        spans.append(Span(f.offset, f.size, f.name, value, f.meaning, i))
+        spans.append(Span(f.offset, f.size, f.vbox_name, value, f.meaning, i))
     return spans
 
 
@@ -203,8 +268,17 @@ class HeaderView(QWidget):
         self.table.horizontalHeader().setSectionResizeMode(
             1, QHeaderView.ResizeMode.ResizeToContents)
         self.table.horizontalHeader().setStretchLastSection(True)
+        # Values are broken into lines here (rows grow to fit) instead of eliding: a UUID or
+        # "0x100000 (1.0 MiB into the file)" is only useful whole, and at 1400x900 the tab
+        # is narrower than the values. Qt's own word wrap measures rows and paints lines
+        # with slightly different widths and then elides a line of a long UUID.
         self.table.setWordWrap(False)
-        self.table.setTextElideMode(Qt.TextElideMode.ElideRight)
+        self.table.verticalHeader().setSectionResizeMode(
+            QHeaderView.ResizeMode.ResizeToContents)
+        self._wrapped_width = -1
+        self.table.viewport().installEventFilter(self)
+        self.table.horizontalHeader().sectionResized.connect(
+            lambda column, _old, _new: self._wrap_values() if column == 2 else None)
         self.table.itemSelectionChanged.connect(self._row_selected)
         self.info = QLabel("Hover over a byte to see its field, value and meaning.")
         self.info.setWordWrap(True)
@@ -275,9 +349,28 @@ class HeaderView(QWidget):
                     tint.setAlpha(90)
                     item.setBackground(tint)
                 self.table.setItem(row, column, item)
+        self._wrap_values(force=True)
         self.map_scroll.setVisible(False)
         self.map_label.setText("")
         self.map_button.setEnabled(bool(raw))
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
+        """Qt override: re-break the values when the table changes width."""
+        if event.type() == QEvent.Type.Resize and watched is self.table.viewport():
+            QTimer.singleShot(0, self._wrap_values)
+        return False
+
+    def _wrap_values(self, force: bool = False) -> None:
+        """Break each value into lines that fit the value column (the tooltip keeps it whole)."""
+        room = self.table.columnWidth(2) - VALUE_MARGIN
+        if room == self._wrapped_width and not force:
+            return
+        self._wrapped_width = room
+        metrics = self.table.fontMetrics()
+        for row, span in enumerate(self.hex.spans):
+            item = self.table.item(row, 2)
+            if item is not None:
+                item.setText("\n".join(wrap_text(span.value, room, metrics.horizontalAdvance)))
 
     def _row_selected(self) -> None:
         rows = self.table.selectionModel().selectedRows() if self.table.selectionModel() else []

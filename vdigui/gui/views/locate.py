@@ -16,8 +16,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from vdigui.engine import DiskChain, Location, locate
-from vdigui.gui.format import human_size, parse_offset
+from vdigui.engine import DiskChain, Location, human_size, locate
+from vdigui.gui.format import parse_offset
 
 
 def location_text(loc: Location, labels: list[str]) -> str:
@@ -59,13 +59,13 @@ class LocateDialog(QDialog):
         self.edit.setToolTip("A byte offset on the guest disk: decimal, 0x-hex, with K/M/G/T "
                              "units or s for 512-byte sectors")
         self.edit.returnPressed.connect(self.run)
-        self.result = QLabel(f"The disk is {chain.disk_size:,} bytes "
+        self.result_label = QLabel(f"The disk is {chain.disk_size:,} bytes "
                              f"({human_size(chain.disk_size)}).")
-        self.result.setWordWrap(True)
-        self.result.setTextFormat(Qt.TextFormat.RichText)
-        self.result.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.result.setMinimumWidth(460)
-        self.result.setMinimumHeight(self.result.fontMetrics().lineSpacing() * 4)
+        self.result_label.setWordWrap(True)
+        self.result_label.setTextFormat(Qt.TextFormat.RichText)
+        self.result_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.result_label.setMinimumWidth(460)
+        self.result_label.setMinimumHeight(self.result_label.fontMetrics().lineSpacing() * 4)
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
         self.locate_button = QPushButton("Locate")
         self.locate_button.setDefault(True)
@@ -81,7 +81,7 @@ class LocateDialog(QDialog):
         form.addRow("Guest byte offset:", self.edit)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
-        layout.addWidget(self.result)
+        layout.addWidget(self.result_label)
         layout.addWidget(buttons)
 
     def run(self) -> None:
@@ -94,10 +94,10 @@ class LocateDialog(QDialog):
             self.location = locate(self.chain, offset)
         except ValueError as exc:
             self.location = None
-            self.result.setText(f"&#9888; {html.escape(str(exc))}")
+            self.result_label.setText(f"&#9888; {html.escape(str(exc))}")
             self.show_button.setEnabled(False)
             return
-        self.result.setText(location_text(self.location, self.labels))
+        self.result_label.setText(location_text(self.location, self.labels))
         self.show_button.setEnabled(True)
 
     def _show(self) -> None:

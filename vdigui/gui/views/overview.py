@@ -22,8 +22,16 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from vdigui.gui.format import UUID_ROLES, human_size, medium_type_meaning, uuid_text
+from vdigui.engine import human_size
+from vdigui.gui.format import (
+    UUID_ROLES,
+    medium_type_meaning,
+    short_file_name,
+    short_uuid,
+    uuid_text,
+)
 from vdigui.gui.session import ChainData, DiskNode, file_mtime
+from vdigui.gui.views.columns import ColumnFitter
 
 
 def _value_label() -> QLabel:
@@ -36,8 +44,18 @@ def _value_label() -> QLabel:
 class OverviewView(QScrollArea):
     """The Overview tab."""
 
-    CHAIN_COLUMNS = ("Layer", "File", "UUID", "Modified", "Size on disk", "Last-modify UUID",
-                     "Parent UUID (link)", "Parent-modify UUID")
+    #: Short titles (the table must fit the tab); the header tooltips say them in full.
+    CHAIN_COLUMNS = ("Layer", "File", "UUID", "Modified", "On disk", "Modify UUID",
+                     "Parent UUID", "Parent modify")
+    CHAIN_TIPS = ("The layer's role, and the snapshot that froze it",
+                  "The image file (hover for its path)",
+                  "The layer's own UUID (uuidCreate)",
+                  "When the file was last changed on the host",
+                  "Bytes the file occupies on the host",
+                  "Last-modify UUID (uuidModify): changes when VirtualBox writes to the image",
+                  "Parent UUID (uuidLinkage): the link; it must equal the UUID of the row above",
+                  "Parent-modify UUID (uuidParentModify): the parent's last-modify UUID when "
+                  "this image was created")
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -52,6 +70,8 @@ class OverviewView(QScrollArea):
         font.setBold(True)
         self.title.setFont(font)
         self.title.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        # Wrapped: a snapshot name of 80+ characters must not widen the whole tab.
+        self.title.setWordWrap(True)
         self.notice = QLabel()
         self.notice.setWordWrap(True)
         self.notice.setVisible(False)
@@ -97,13 +117,21 @@ class OverviewView(QScrollArea):
         chain_layout = QVBoxLayout(chain_box)
         self.chain_table = QTableWidget(0, len(self.CHAIN_COLUMNS))
         self.chain_table.setHorizontalHeaderLabels(list(self.CHAIN_COLUMNS))
+        for column, tip in enumerate(self.CHAIN_TIPS):
+            header_item = self.chain_table.horizontalHeaderItem(column)
+            if header_item is not None:
+                header_item.setToolTip(tip)
         self.chain_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.chain_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.chain_table.verticalHeader().setVisible(False)
-        self.chain_table.horizontalHeader().setSectionResizeMode(
+        self.chain_table.setWordWrap(False)
+        self.chain_table.verticalHeader().setSectionResizeMode(
             QHeaderView.ResizeMode.ResizeToContents)
+        # UUIDs are shortened to fit the tab; long layer names elide (tooltips say all).
+        self.chain_fitter = ColumnFitter(self.chain_table, elastic=(0, 1))
         self.chain_table.setToolTip("Each layer's own UUIDs: a layer's parent UUID must equal "
-                                    "the UUID of the row above it")
+                                    "the UUID of the row above it (hover a cell for the "
+                                    "whole UUID)")
         chain_layout.addWidget(self.chain_table)
         layout.addWidget(chain_box, 1)
 
@@ -183,15 +211,18 @@ class OverviewView(QScrollArea):
                 role += f" · {labels[row]}"
             if row == top:
                 role += " (this)"
-            name = path.name
-            if name.startswith("{") and len(name) > 30:
-                name = name[:9] + "…}" + name[name.index("}") + 1:]
-            cells = (role, name, uuid_text(header.uuid),
+            cells = (role, short_file_name(path.name), short_uuid(header.uuid),
                      mtime.strftime("%Y-%m-%d %H:%M") if mtime else "",
                      human_size(analysis.layer_stats[row].file_size),
-                     uuid_text(header.modify_uuid), uuid_text(header.parent_uuid),
-                     uuid_text(header.parent_modify_uuid))
-            for column, text in enumerate(cells):
+                     short_uuid(header.modify_uuid), short_uuid(header.parent_uuid),
+                     short_uuid(header.parent_modify_uuid))
+            tips = (role, str(path), uuid_text(header.uuid), cells[3], cells[4],
+                    uuid_text(header.modify_uuid), uuid_text(header.parent_uuid),
+                    uuid_text(header.parent_modify_uuid))
+            # Shortened UUIDs cannot hide a broken link: the chain was resolved by these very
+            # UUIDs, so each parent UUID is the UUID of the row above (or the chain stops).
+            for column, (text, tip) in enumerate(zip(cells, tips, strict=True)):
                 item = QTableWidgetItem(text)
-                item.setToolTip(str(path) if column == 1 else text)
+                item.setToolTip(tip)
                 self.chain_table.setItem(row, column, item)
+        self.chain_fitter.schedule()

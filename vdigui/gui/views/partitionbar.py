@@ -12,13 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from PySide6.QtCore import QPointF, QRectF, Qt
+from PySide6.QtCore import QEvent, QPointF, QRectF, Qt
 from PySide6.QtGui import QBrush, QColor, QMouseEvent, QPainter, QPaintEvent, QPen
 from PySide6.QtWidgets import QToolTip, QWidget
 
-from vdigui.engine import UsageMap, Volume
+from vdigui.engine import UsageMap, Volume, human_size
 from vdigui.gui import theme
-from vdigui.gui.format import human_size
 
 #: Outline colours by filesystem kind (after GParted's), for the bar and the volume legend.
 KIND_COLOURS = {
@@ -27,6 +26,9 @@ KIND_COLOURS = {
     "lvm-pv": "#CC9966", "partition-table": "#6B6B6B", "free": "#A9A9A9",
 }
 UNKNOWN_COLOUR = "#000000"
+#: Width of a box's coloured outline, and the gap between it and the text inside.
+OUTLINE = 2.0
+TEXT_MARGIN = 3.0
 USED_FILL = "#F8F8BA"
 
 
@@ -69,9 +71,20 @@ class PartitionBar(QWidget):
         self.volumes: list[Volume] = []
         self.message = ""
         self.to_x = to_x or (lambda block: block)
-        self.setMinimumHeight(38)
-        self.setMaximumHeight(38)
         self.setMouseTracking(True)
+        self._fit_height()
+
+    def _fit_height(self) -> None:
+        """Two lines of text plus the outline and a margin above and below each: a fixed
+        38 pixels let the label of a larger font touch (or cross) the outline."""
+        line = self.fontMetrics().height()
+        self.setFixedHeight(2 * line + 2 * (int(OUTLINE + TEXT_MARGIN) + 2))
+
+    def changeEvent(self, event: QEvent) -> None:
+        """Qt override: follow font changes."""
+        if event.type() == QEvent.Type.FontChange:
+            self._fit_height()
+        super().changeEvent(event)
 
     def set_usage(self, usage: UsageMap | None, message: str = "") -> None:
         """Show ``usage`` (None: ``message`` says why there is nothing to show)."""
@@ -92,6 +105,48 @@ class PartitionBar(QWidget):
             out.append((v, QRectF(x0, 1.5, max(x1 - x0, 1.0), self.height() - 3.0)))
         return out
 
+    def labels(self) -> list[tuple[Volume, str, QRectF]]:
+        """Every text drawn on the bar with the rectangle it occupies (widget coordinates).
+
+        Each box says its title, then its used / total size; a title too wide for its box
+        falls back to the label alone, then the kind, the sizes to the total alone, and last
+        to an elided form (the tooltip says all).
+        """
+        if self.usage is None:
+            return []
+        metrics = self.fontMetrics()
+        line = metrics.height()
+        out = []
+        view = QRectF(self.rect())
+        for v, rect in self.boxes():
+            inner = rect.adjusted(OUTLINE, OUTLINE, -OUTLINE, -OUTLINE)
+            # Label the visible part, so a zoomed-in volume still says what it is.
+            box = inner.intersected(view).adjusted(TEXT_MARGIN, TEXT_MARGIN, -TEXT_MARGIN,
+                                                   -TEXT_MARGIN)
+            if box.width() <= 0 or box.height() < line:
+                continue
+            kind = v.kind if v.kind != "partition-table" else "table"
+            titles = [kind + (f" '{v.label}'" if v.label else "")]
+            if v.label:
+                titles += [v.label, kind]
+            details = [human_size(v.size)]
+            if v.used is not None and v.kind != "free":
+                details.insert(0, f"{human_size(v.used)} / {human_size(v.size)}")
+            for text, top in ((titles, box.top()), (details, box.bottom() - line)):
+                if box.height() < 2 * line and top != box.top():
+                    continue  # room for one line only: the title
+                fits = next((t for t in text if metrics.horizontalAdvance(t) <= box.width()),
+                            None)
+                if fits is None:
+                    if metrics.horizontalAdvance("…") >= box.width():
+                        continue
+                    fits = metrics.elidedText(text[0], Qt.TextElideMode.ElideRight,
+                                              int(box.width()))
+                width = metrics.horizontalAdvance(fits)
+                left = box.left() + (box.width() - width) / 2
+                out.append((v, fits, QRectF(left, top, width, line)))
+        return out
+
     def paintEvent(self, event: QPaintEvent) -> None:
         """Qt override."""
         del event
@@ -105,14 +160,13 @@ class PartitionBar(QWidget):
             painter.end()
             return
         painter.setClipRect(self.rect())
-        metrics = painter.fontMetrics()
         dark = theme.is_dark()
         free_fill = QColor("#2B2B2B" if dark else "#FFFFFF")
         for v, rect in self.boxes():
             if rect.right() < 0 or rect.left() > self.width():
                 continue
             outline = kind_colour(v.kind)
-            inner = rect.adjusted(2, 2, -2, -2)
+            inner = rect.adjusted(OUTLINE, OUTLINE, -OUTLINE, -OUTLINE)
             painter.fillRect(rect, outline)
             if inner.width() > 0:
                 painter.fillRect(inner, free_fill)
@@ -123,22 +177,13 @@ class PartitionBar(QWidget):
                     painter.fillRect(used, QColor(USED_FILL if not dark else "#6E6A3A"))
                 if v.kept_whole:
                     painter.fillRect(inner, QBrush(outline, Qt.BrushStyle.BDiagPattern))
-            title = v.kind if v.kind != "partition-table" else "table"
-            if v.label:
-                title += f" '{v.label}'"
-            detail = human_size(v.size) if v.used is None or v.kind == "free" else (
-                f"{human_size(v.used)} / {human_size(v.size)}")
-            painter.setPen(QPen(QColor("#EEEEEE") if dark else QColor("#111111")))
-            # Label the visible part, so a zoomed-in volume still says what it is.
-            box = inner.intersected(QRectF(self.rect())).adjusted(3, 0, -3, 0)
-            for text, flag in ((title, Qt.AlignmentFlag.AlignTop),
-                               (detail, Qt.AlignmentFlag.AlignBottom)):
-                if metrics.horizontalAdvance(text) <= box.width():
-                    painter.drawText(box, flag | Qt.AlignmentFlag.AlignHCenter, text)
-                elif text is title and metrics.horizontalAdvance("…") < box.width():
-                    painter.drawText(box, flag | Qt.AlignmentFlag.AlignHCenter,
-                                     metrics.elidedText(text, Qt.TextElideMode.ElideRight,
-                                                        int(box.width())))
+        painter.setPen(QPen(QColor("#EEEEEE") if dark else QColor("#111111")))
+        for v, text, where in self.labels():
+            if v.kept_whole:
+                # Hatching runs under the text; a backing keeps the letters readable.
+                painter.fillRect(where.adjusted(-1, 0, 1, 0),
+                                 QColor(43, 43, 43, 190) if dark else QColor(255, 255, 255, 190))
+            painter.drawText(where, Qt.AlignmentFlag.AlignCenter, text)
         painter.end()
 
     def volume_at(self, x: float) -> Volume | None:

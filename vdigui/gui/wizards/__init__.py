@@ -4,8 +4,11 @@ Integration API (the main window and ``app.py`` use only these names):
 
 - :func:`install_operation_actions` adds the Operations menu, toolbar actions with shortcuts
   and tooltips, context-menu actions, the busy lock and the close guard to a main window.
-- :func:`operation_availability` says, fast, which operations can run on a selection and why
-  not (the reasons are the engine's refusal sentences).
+- :func:`operation_availability` says which operations can run on a selection and why not (the
+  reasons are the engine's refusal sentences). It plans (reads block maps, looks for programs
+  holding the files), so the window asks it on a worker (``checks.AvailabilityChecks``).
+- Edit > Undo, Edit > Discard Undo Data and the Overview's undo-data box (``undo``) are
+  installed with the operations.
 - :func:`render_wizard_screenshot` renders one page of one wizard offscreen (``--wizard``).
 """
 

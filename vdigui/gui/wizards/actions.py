@@ -20,17 +20,16 @@ from vdigui.engine import VdiError, VmFolder
 from vdigui.gui import messages
 from vdigui.gui.wizards import base
 from vdigui.gui.wizards.base import OperationWizard
+from vdigui.gui.wizards.checks import AvailabilityChecks
 from vdigui.gui.wizards.screenshot import wizard_class
 from vdigui.gui.wizards.targets import (
     OPERATIONS,
     TITLES,
     Availability,
     Target,
-    cached_repair_availability,
-    operation_availability,
-    repair_availability,
     resolve_target,
 )
+from vdigui.gui.wizards.undo import UndoController
 from vdigui.gui.workers import WorkerPool
 
 SHORTCUTS = {"compact": "Ctrl+Shift+C", "clone": "Ctrl+Shift+N",
@@ -70,11 +69,22 @@ class OperationActions(QObject):
         self.get_selection = get_selection
         self.reload = reload
         self.pool = WorkerPool(self)
+        # The checks run on the window's analysis pool when it has one, so the window's
+        # "idle" (which tests and the screenshot mode wait for) covers them too.
+        window_pool = getattr(window, "workers", None)
+        self.checks = AvailabilityChecks(
+            window_pool if isinstance(window_pool, WorkerPool) else self.pool, self)
+        self.checks.answered.connect(self.refresh)
+        self.undo = UndoController(
+            window, self.checks.pool, self.pool,
+            lambda folder: self.busy_reason(Target("image", "the folder", folder=folder),
+                                            include_undo=False))
+        self.undo.running_changed.connect(self.refresh)
         self.wizards: list[OperationWizard] = []
         self.actions: dict[str, QAction] = {}
         self._context: list[QAction] = []
+        self._context_target: object = None
         self._pending_select: Any = None
-        self._repair_jobs: set[tuple[int, Path | None]] = set()
         style = window.style()
         for key in OPERATIONS:
             action = QAction(MENU_TEXT[key], window)
@@ -105,13 +115,14 @@ class OperationActions(QObject):
             self.toolbar.addAction(self.actions[key])
         window.addToolBar(self.toolbar)
         self.show_chain_requested.connect(self._select_later)
-        for name in ("session_loaded", "chain_loaded"):
-            signal = getattr(window, name, None)
-            if signal is not None:
-                signal.connect(lambda *_args: self.refresh())
         session_loaded = getattr(window, "session_loaded", None)
         if session_loaded is not None:
+            # A new folder object: every remembered answer is about the old one.
+            session_loaded.connect(lambda *_args: self.invalidate())
             session_loaded.connect(self._select_pending)
+        chain_loaded = getattr(window, "chain_loaded", None)
+        if chain_loaded is not None:
+            chain_loaded.connect(lambda *_args: self.refresh())
         for view_name in ("snapshot_view", "media_view"):
             view = getattr(window, view_name, None)
             if view is not None and view.selectionModel() is not None:
@@ -126,46 +137,54 @@ class OperationActions(QObject):
         except VdiError:
             return resolve_target(None, None)
 
-    def busy_reason(self, target: Target) -> str | None:
+    def busy_reason(self, target: Target, *, include_undo: bool = True) -> str | None:
         """Why a writing operation must wait: another one runs on the same chain or VM."""
         keys = target.lock_keys
+        folder = self.undo.folder
+        if include_undo and self.undo.running and folder is not None and (
+                not keys or keys & {folder.resolve()} or any(folder.resolve() in k.parents
+                                                            for k in keys)):
+            return "An undo is running on this folder; wait for it to finish."
         for wizard in self.wizards:
             if wizard.running and (not keys or keys & wizard.target.lock_keys):
                 return (f"{TITLES[wizard.kind]} is running on {wizard.target.label}; wait for "
                         "it to finish.")
         return None
 
-    def availability(self, selection: object) -> Availability:
-        """operation_availability for ``selection``, with the busy lock applied."""
-        vm = self.get_vm()
+    @property
+    def checking(self) -> bool:
+        """Whether some operation's availability is still being worked out on a worker."""
+        return self.checks.checking
+
+    def invalidate(self) -> None:
+        """Forget every availability answer (after a reload or an operation) and re-ask."""
+        self.checks.clear()
+        self.refresh()
+
+    def availability(self, selection: object, purpose: str = "selection") -> Availability:
+        """Each operation's (enabled, reason) for ``selection``, with the busy lock applied.
+
+        Never plans on the GUI thread: an answer not known yet reads "Checking…" (disabled)
+        and is worked out on a worker; :meth:`refresh` runs again when it arrives.
+        """
         target = self._target(selection)
-        result = operation_availability(vm, target, repair=False)
-        repair = cached_repair_availability(vm, target)
-        if repair is None:
-            repair = (False, "Checking the disks for problems vdigui can fix…")
-            self._plan_repair_later(vm, target)
-        result["repair"] = repair
+        result = self.checks.lookup(self.get_vm(), target, purpose)
+        return self._locked(target, result)
+
+    def availability_now(self, selection: object) -> Availability:
+        """Like :meth:`availability`, but plans here when the answer is not known yet.
+
+        Only for explicit requests made in code (a disabled action cannot be triggered, so
+        the user's path never gets here with an unknown answer).
+        """
+        target = self._target(selection)
+        return self._locked(target, self.checks.now(self.get_vm(), target))
+
+    def _locked(self, target: Target, result: Availability) -> Availability:
         busy = self.busy_reason(target)
         if busy:
-            result = dict.fromkeys(result, (False, busy))
+            return dict.fromkeys(result, (False, busy))
         return result
-
-    def _plan_repair_later(self, vm: VmFolder | None, target: Target) -> None:
-        """Plan the repair on a worker (it reads every block map), then refresh the actions."""
-        key = (id(vm), target.image)
-        if key in self._repair_jobs:
-            return
-        self._repair_jobs.add(key)
-
-        def done(_answer: object) -> None:
-            self._repair_jobs.discard(key)
-            if self.get_vm() is vm:
-                self.refresh()
-
-        self.pool.start(lambda _progress, _token: repair_availability(vm, target),
-                        "repair check", succeeded=done,
-                        failed=lambda _exc: self._repair_jobs.discard(key),
-                        cancelled=lambda: self._repair_jobs.discard(key))
 
     def _apply(self, action: QAction, key: str, enabled: bool, reason: str) -> None:
         shortcut = action.shortcut().toString(QKeySequence.SequenceFormat.NativeText)
@@ -184,13 +203,22 @@ class OperationActions(QObject):
             state = dict.fromkeys(OPERATIONS, (False, messages.sentence(exc)))
         for key, (enabled, reason) in state.items():
             self._apply(self.actions[key], key, enabled, reason)
+        self.undo.refresh()
+        if self._context:
+            try:
+                context = self.availability(self._context_target, "context")
+            except Exception as exc:  # as above
+                context = dict.fromkeys(OPERATIONS, (False, messages.sentence(exc)))
+            for key, action in zip(OPERATIONS, self._context, strict=True):
+                self._apply(action, key, *context[key])
 
     def context_actions(self, target: object) -> list[QAction]:
         """Fresh actions for a tree's context menu, acting on ``target`` (not the selection)."""
         for old in self._context:
             old.deleteLater()
         self._context = []
-        state = self.availability(target)
+        self._context_target = target
+        state = self.availability(target, "context")
         for key in OPERATIONS:
             action = QAction(MENU_TEXT[key], self)
             action.setIcon(self.actions[key].icon())
@@ -212,7 +240,7 @@ class OperationActions(QObject):
         Refuses with the reason (in the status bar) when the operation cannot run now.
         """
         selection = self.get_selection() if selection is None else selection
-        enabled, reason = self.availability(selection)[kind]
+        enabled, reason = self.availability_now(selection)[kind]
         if not enabled:
             bar = getattr(self.window, "statusBar", None)
             if bar is not None:
@@ -231,6 +259,7 @@ class OperationActions(QObject):
         return wizard
 
     def _changed(self, wizard: OperationWizard) -> None:
+        self.checks.clear()
         self.reload()
         self.operation_finished.emit(wizard.outcome)
         self.refresh()
@@ -284,6 +313,9 @@ class OperationActions(QObject):
                 event.ignore()
                 return True
         if watched is self.window and event.type() == QEvent.Type.Close:
+            if self.undo.running:
+                # An undo (or a discard) cannot be cancelled half-way and is short: let it end.
+                self.pool.pool.waitForDone(60000)
             for wizard in list(self.wizards):
                 wizard.close()
         return super().eventFilter(watched, event)

@@ -40,14 +40,14 @@ from vdigui.engine import (
     Progress,
     VdiError,
     VmFolder,
+    human_size,
     load_vm_folder,
     recover_pending,
 )
 from vdigui.gui import messages
-from vdigui.gui.format import human_size
 from vdigui.gui.wizards._engine import ESTIMATED_RATE
 from vdigui.gui.wizards.targets import TITLES, Target, resolve_target
-from vdigui.gui.wizards.widgets import notice
+from vdigui.gui.wizards.widgets import figures, heading, notice, rule
 from vdigui.gui.workers import Runner, WorkerPool
 
 INTRO, OPTIONS, PREVIEW, RUN, RESULT = range(5)
@@ -474,6 +474,7 @@ class OperationWizard(QWizard):
             page.finish()
             return
         self.fill_preview(page, self.plan)
+        self.fill_space(page, self.plan)
         page.finish()
         job = self.preview_job(self.plan)
         if job is not None:
@@ -522,7 +523,52 @@ class OperationWizard(QWizard):
         page = self.preview_page
         page.clear()
         self.fill_preview(page, plan)
+        self.fill_space(page, plan)
         page.finish()
+
+    def fill_space(self, page: PreviewPage, plan: Any) -> None:
+        """The plan's space figures (frees, undo data and where, peak, end sizes) and undo.
+
+        Every writing operation's plan states them the same way as ``vdictl --dry-run``
+        (``plan.space.lines()``), so the preview and the command line never disagree.
+        """
+        space = self.plan_space(plan)
+        if self.refusals(plan):
+            return
+        if space is None:
+            text, level = self.undo_sentence(plan, None)
+            if text:
+                page.add(notice(text, level))
+            return
+        page.add(rule())
+        page.add(heading("Disk space"))
+        # "Cannot be undone" is said once, plainly, below.
+        for line in space.total_lines("Edit > Discard Undo Data", say_not_undoable=False):
+            page.add(notice(line, "info"))
+        files = space.file_lines()
+        if files:
+            page.add(figures([("End size of each file", "\n".join(files))]))
+        text, level = self.undo_sentence(plan, space)
+        if text:
+            page.add(notice(text, level))
+
+    def plan_space(self, plan: Any) -> Any:
+        """The plan's :class:`SpacePlan` (None when the plan carries none)."""
+        return getattr(plan, "space", None)
+
+    def undo_sentence(self, plan: Any, space: Any) -> tuple[str, str]:
+        """Whether the operation can be undone afterwards, in one plain sentence and a level.
+
+        ``space`` is the plan's SpacePlan, or None when the plan states none (then only a
+        wizard that knows the answer without it says anything).
+        """
+        del plan
+        if space is None:
+            return "", ""
+        if not space.undoable or not space.keep_undo:
+            return ("Undo will be impossible: this operation keeps no undo data.", "warning")
+        return ("Edit > Undo (or 'vdictl undo') can put everything back afterwards, until "
+                "another operation runs or the undo data is discarded.", "ok")
 
     def _preview_failed(self, exc: BaseException) -> None:
         self._preview_ended()

@@ -34,12 +34,12 @@ from vdigui.engine import (
     ImageType,
     Progress,
     VdiError,
+    human_size,
     open_image,
     open_paths,
     read_header,
 )
 from vdigui.gui import theme
-from vdigui.gui.format import human_size
 from vdigui.gui.views.blockmap import served_codes
 from vdigui.gui.wizards import _engine as eng
 from vdigui.gui.wizards.base import OperationWizard, PreviewPage, ResultPage, duration_text
@@ -374,6 +374,17 @@ class CloneWizard(OperationWizard):
         page.add(notice("The file name, UUID and every other header field stay the same, so "
                         "the VM's settings need no change.", "info"))
 
+    def undo_sentence(self, plan: Any, space: Any) -> tuple[str, str]:
+        """A clone is a new file; a convert replaces the image in place."""
+        if space is not None and space.undoable and space.keep_undo:
+            return super().undo_sentence(plan, space)
+        if isinstance(plan, eng.ConvertPlan):
+            return ("Undo will be impossible: converting replaces the image in place and keeps "
+                    "no undo data. What the guest sees stays exactly the same (verified).",
+                    "warning")
+        return ("There is nothing to undo afterwards: the clone is a new file, and deleting it "
+                "puts everything back as it was.", "info")
+
     def run_summary(self, plan: Any) -> str:
         """What runs."""
         if isinstance(plan, eng.ConvertPlan):
@@ -416,7 +427,7 @@ class CloneWizard(OperationWizard):
                             "blocks left out read as zeros).", "ok"))
         elif result.verified:
             page.add(notice("Verified: the new file reads back exactly as the source"
-                            + (f" (sha256 {result.hash[:16]}…)." if result.hash else "."),
+                            + (f" (digest {result.hash[:16]}…)." if result.hash else "."),
                             "ok"))
         else:
             page.add(notice("Not verified (verification was switched off).", "warning"))

@@ -20,10 +20,10 @@ from vdigui.engine import (
     BLOCK_ZERO,
     CancelToken,
     Progress,
+    human_size,
     open_image,
 )
 from vdigui.gui import theme
-from vdigui.gui.format import human_size
 from vdigui.gui.views.blockmap import layer_codes
 from vdigui.gui.wizards import _engine as eng
 from vdigui.gui.wizards.base import OperationWizard, PreviewPage, ResultPage, duration_text
@@ -260,9 +260,8 @@ class CompactWizard(OperationWizard):
                 page.add(notice(text, "error"))
         elif plan.nothing_to_do:
             page.add(heading(f"{name} is already compact: nothing would change."))
-            page.add(notice("If you expected it to shrink, zero the free space inside the guest "
-                            "first (see the first page): only all-zero blocks can be given "
-                            "back.", "info"))
+            for text in self.nothing_to_do_advice(plan):
+                page.add(notice(text, "info"))
         elif plan.scanned:
             page.add(heading(f"Compacting {name} gives back {human_size(saved)}: "
                              f"{human_size(plan.file_size)} → {human_size(plan.size_after)}."))
@@ -332,6 +331,47 @@ class CompactWizard(OperationWizard):
                             "beside the image until the compaction has been verified.", "info"))
 
     @staticmethod
+    def nothing_to_do_advice(plan: Any) -> list[str]:
+        """What could still make the image smaller, following the scan's forecast.
+
+        Zero-filling inside the guest only helps when blocks hold stale data the guest does
+        not use; when filesystem-aware compaction already drops those (or the forecast shows
+        the guest's files fill every block), that advice would be wrong.
+        """
+        numbers = getattr(plan, "forecast", None)
+        usage = getattr(plan, "usage", None)
+        understood = usage is not None and any(
+            v.kind not in ("partition-table", "free") and not v.kept_whole
+            for v in usage.volumes)
+        if numbers is None or not understood:
+            if plan.fs_aware:
+                kinds = sorted({v.kind for v in usage.volumes if v.kept_whole}) if usage else []
+                what = f" ({', '.join(kinds)})" if kinds else ""
+                return [f"vdigui could not read the guest's filesystems{what}, so only all-zero "
+                        "blocks can be given back: zero the free space inside the guest first "
+                        "(see the first page) if you expected it to shrink."]
+            return ["If you expected it to shrink, zero the free space inside the guest first "
+                    "(see the first page), or go back and tick \"Filesystem-aware\": only "
+                    "all-zero blocks, or blocks the guest does not use, can be given back."]
+        out: list[str] = []
+        if numbers.fs_unused_blocks and not plan.fs_aware:
+            unused = numbers.fs_unused_blocks * numbers.block_size
+            out.append(f"{human_size(unused)} sit in {numbers.fs_unused_blocks:,} blocks the "
+                       "guest's filesystems do not use but that still hold old data. Go back "
+                       "and tick \"Filesystem-aware\" (or zero the free space inside the "
+                       "guest) to give them back.")
+        else:
+            out.append("Every stored block holds data the guest's files still use, so there is "
+                       "nothing to give back; zeroing the free space inside the guest would "
+                       "not change that.")
+        if numbers.partly_used_blocks:
+            out.append(f"{numbers.partly_used_blocks:,} blocks are only partly used "
+                       f"({human_size(numbers.partly_used_free_bytes)} free inside them); a "
+                       "block is kept while any byte of it is in use, so defragmenting inside "
+                       "the guest could free some of them.")
+        return out
+
+    @staticmethod
     def _explain(page: PreviewPage, plan: Any, forecast: Any) -> None:
         """"Why not more?": what the guest's filesystems say about the remaining blocks."""
         usage, numbers = forecast
@@ -361,6 +401,14 @@ class CompactWizard(OperationWizard):
         stored = plan.allocated * plan.block_size
         moved = plan.moves * plan.block_size
         return (2 * stored + 2 * moved) / eng.ESTIMATED_RATE
+
+    def undo_sentence(self, plan: Any, space: Any) -> tuple[str, str]:
+        """Compaction changes the image in place; its undo is the verification beforehand."""
+        if space is not None and space.undoable and space.keep_undo:
+            return super().undo_sentence(plan, space)
+        return ("Undo will be impossible: compaction changes the image in place and keeps no "
+                "undo data. What the guest sees stays exactly the same"
+                + (" (verified)." if self.opts.verify.isChecked() else "."), "warning")
 
     def run_summary(self, plan: Any) -> str:
         """What runs."""
@@ -410,7 +458,7 @@ class CompactWizard(OperationWizard):
                             "unused blocks now read as zeros).", "ok"))
         elif result.verified:
             page.add(notice("Verified: the guest sees exactly the same disk as before"
-                            + (f" (sha256 {result.hash[:16]}…)." if result.hash else "."), "ok"))
+                            + (f" (digest {result.hash[:16]}…)." if result.hash else "."), "ok"))
         else:
             page.add(notice("Not verified (verification was switched off).", "warning"))
         how = "Defragmented" if result.defragmented else "Compacted"

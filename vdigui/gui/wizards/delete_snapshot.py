@@ -29,10 +29,10 @@ from vdigui.engine import (
     CancelToken,
     Progress,
     VdiError,
+    human_size,
     open_image,
 )
 from vdigui.gui import theme
-from vdigui.gui.format import human_size
 from vdigui.gui.wizards import _engine as eng
 from vdigui.gui.wizards.base import OperationWizard, PreviewPage, ResultPage, duration_text
 from vdigui.gui.wizards.targets import layer_names, short_name
@@ -64,7 +64,8 @@ is the ability to go back to this snapshot (and its saved machine state, if it h
 
 <p><b>Safety.</b> The headers, block maps and the .vbox file are backed up first and a journal
 records progress, so a cancel, crash or power cut is rolled back (or completed) the next time;
-the removed file goes into an undo folder rather than being deleted. Shut the VM down first
+the removed file goes into the undo data rather than being deleted (unless you switch
+"Keep undo data" off). Shut the VM down first
 (a saved state is fine).</p>
 """
 
@@ -113,16 +114,49 @@ class DeleteOptionsPage(QWizardPage):
                                 "after, and roll back on any difference (reads it twice)")
         self.verify.setToolTip("Proves that the next snapshot (or the current state) reads "
                                "exactly as before; slow for large disks.")
+        self.verify.setChecked(True)
+        self.keep_undo = QCheckBox("Keep undo data (recommended)")
+        self.keep_undo.setChecked(True)
+        self.keep_undo.setToolTip("Edit > Undo (or 'vdictl undo') can bring the snapshot back "
+                                  "only while this data is kept.")
+        self.undo_explain = QLabel()
+        self.undo_explain.setWordWrap(True)
+        self.undo_explain.setIndent(24)
+        self.keep_undo.toggled.connect(lambda _on: self._explain_undo())
+        self._undo_bytes: int | None = None
+        self._undo_dir: object = None
         layout = QVBoxLayout(self)
         layout.addWidget(box)
         layout.addWidget(self.explain)
         layout.addSpacing(8)
         layout.addWidget(self.verify)
+        layout.addSpacing(8)
+        layout.addWidget(self.keep_undo)
+        layout.addWidget(self.undo_explain)
         layout.addStretch(1)
+
+    def _explain_undo(self) -> None:
+        """What keeping undo data costs (from the plan), and what switching it off means."""
+        size = (f"about {human_size(self._undo_bytes)}" if self._undo_bytes is not None
+                else "some space")
+        where = (f" in {self._undo_dir}" if self._undo_dir is not None else
+                 " in the VM folder's .vdigui/backups")
+        if self.keep_undo.isChecked():
+            self.undo_explain.setText(
+                f"The merged-away image and the backups of what changes stay{where}: "
+                f"{size} of host space, until you discard them (VM Overview, or Edit > "
+                "Discard Undo Data). Until then Edit > Undo brings the snapshot back.")
+        else:
+            self.undo_explain.setText(
+                f"Frees {size} more at once, but the deletion can never be undone.")
 
     def initializePage(self) -> None:  # Qt override
         """Disable directions the plan does not allow, saying why."""
         plan = self._wizard.probe_plan()
+        space = getattr(plan, "space", None)
+        if space is not None and space.keep_undo:
+            self._undo_bytes, self._undo_dir = space.undo_bytes, space.undo_dir
+        self._explain_undo()
         merges = [s for s in (plan.steps if plan is not None else ()) if s.action == "merge"]
         if plan is None:
             self.explain.setText("The snapshot cannot be deleted; the next page says why.")
@@ -200,17 +234,18 @@ class DeleteSnapshotWizard(OperationWizard):
             return None
 
     def compute_plan(self) -> Any:
-        """plan_snapshot_delete with the chosen direction (refusals raise)."""
+        """plan_snapshot_delete with the chosen direction and undo choice (refusals raise)."""
         folder, key = self._key()
-        return self.plan_fn(folder, key, direction=self.opts.direction)
+        return self.plan_fn(folder, key, direction=self.opts.direction,
+                            keep_undo=self.opts.keep_undo.isChecked())
 
     def run_call(self, plan: Any, progress: Callable[[Progress], None],
                  token: CancelToken) -> Any:
-        """run_merge, with the engine's verification when asked for."""
+        """run_merge with the chosen verification and undo data."""
         verify = self.opts.verify.isChecked()
-        extra = {"verify": True} if verify else {}
         self.recover_first(plan.folder, self.recover_fn)
-        result = self.run_fn(plan, progress=progress, cancel=token, **extra)
+        result = self.run_fn(plan, progress=progress, cancel=token, verify=verify,
+                             keep_undo=self.opts.keep_undo.isChecked())
         merges = sum(1 for s in plan.steps if s.action == "merge")
         return VerifiedDeletion(result, True if verify else None, merges)
 
@@ -255,7 +290,9 @@ class DeleteSnapshotWizard(OperationWizard):
         page.add(figures([
             ("Files written", "\n".join(written) or "none"),
             ("Files removed", ("\n".join(removed) or "none")
-             + "\n(moved into the undo backup in .vdigui/backups, not deleted)"),
+             + ("\n(moved into the undo data in .vdigui/backups, not deleted)"
+                if getattr(plan, "keep_undo", True) and removed else
+                "\n(deleted: no undo data is kept)" if removed else "")),
         ]))
         for text in plan.notes:
             page.add(notice(text[:1].upper() + text[1:] + ("" if text.endswith(".") else "."),
@@ -325,17 +362,27 @@ class DeleteSnapshotWizard(OperationWizard):
                                     "choose the other one or free some space.", "error"))
         return box
 
+    def undo_sentence(self, plan: Any, space: Any) -> tuple[str, str]:
+        """With "Keep undo data" off the merged-away image is deleted: say so plainly."""
+        if space is not None and space.undoable and not space.keep_undo:
+            return ("Undo will be impossible: \"Keep undo data\" is off, so the merged-away "
+                    "image and the backups are deleted once the deletion is done.", "warning")
+        return super().undo_sentence(plan, space)
+
     def run_summary(self, plan: Any) -> str:
         """What runs."""
         return (f"Deleting snapshot '{plan.snapshot_name}': backing up, merging the disk data, "
-                "re-linking, saving the .vbox, then moving the merged-away file to the undo "
-                "backup.")
+                "re-linking, saving the .vbox, then "
+                + ("moving the merged-away file into the undo data."
+                   if getattr(plan, "keep_undo", True) else "deleting the merged-away file."))
 
     def cancel_meaning(self) -> str:
         """The journal rolls back."""
         return ("Cancel stops at the next block and rolls everything back from the backups: "
                 "the snapshot and every file stay as they were. Once the .vbox is saved the "
-                "deletion is complete and can only be undone ('vdictl undo').")
+                "deletion is complete"
+                + (" and can only be undone (Edit > Undo)." if self.opts.keep_undo.isChecked()
+                   else "."))
 
     # -- screenshot mode -----------------------------------------------------------------------
     def simulated_progress(self, plan: Any) -> Progress:
@@ -365,6 +412,7 @@ class DeleteSnapshotWizard(OperationWizard):
         result = wrapped.result if isinstance(wrapped, VerifiedDeletion) else wrapped
         verified = wrapped.verified if isinstance(wrapped, VerifiedDeletion) else None
         plan = result.plan
+        keep = getattr(plan, "keep_undo", True)
         page.add(heading(f"Snapshot '{plan.snapshot_name}' was deleted."))
         if verified:
             page.add(notice("Verified: the state built on the merged disk reads exactly as "
@@ -379,12 +427,16 @@ class DeleteSnapshotWizard(OperationWizard):
             ("Data copied", human_size(result.bytes_written)),
             ("Time", duration_text(result.seconds)),
             ("Removed", "\n".join(result.removed) or "nothing"),
-            ("Undo backup", str(result.backup_dir)),
+            *([("Undo data", str(result.backup_dir))] if keep else []),
         ]))
         for text in result.notes:
             page.add(notice(text, "info"))
-        page.add(notice(f"'vdictl undo \"{plan.folder}\"' restores the previous state; deleting "
-                        "the backup folder frees its space.", "info"))
+        if keep:
+            page.add(notice(f"Edit > Undo (or 'vdictl undo \"{plan.folder}\"') restores the "
+                            "previous state; discarding the undo data (VM Overview) frees its "
+                            "space.", "info"))
+        else:
+            page.add(notice("No undo data was kept: this deletion cannot be undone.", "info"))
 
     def changed_path(self) -> Any:
         """The image that received the data (or the VM folder)."""

@@ -70,9 +70,16 @@ class RepairOptionsPage(QWizardPage):
         self.scroller = QScrollArea()
         self.scroller.setWidgetResizable(True)
         self.scroller.setFrameShape(QScrollArea.Shape.NoFrame)
+        self.verify = QCheckBox("Verify: check that every snapshot and the current state "
+                                "read exactly as before the change, and roll back on any "
+                                "difference (recommended)")
+        self.verify.setChecked(True)
+        self.verify.setToolTip("Reads the block maps of every state before committing the "
+                               "repair.")
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(self.scroller)
+        layout.addWidget(self.scroller, 1)
+        layout.addWidget(self.verify)
         self.choices: dict[str, QAbstractButton] = {}
         self._groups: list[QButtonGroup] = []
         self._built_for: Any = None
@@ -225,6 +232,14 @@ class RepairWizard(OperationWizard):
         return dataclasses.replace(proposal, fixes=tuple(
             f for f in proposal.fixes if f.id in chosen))
 
+    def plan_space(self, plan: Any) -> Any:
+        """The engine states the space of its default choice of fixes; shown only for it."""
+        proposal = self.propose()
+        if isinstance(proposal, BaseException) or not hasattr(proposal, "selected"):
+            return None
+        default = {f.id for f in proposal.selected()}
+        return getattr(plan, "space", None) if default == {f.id for f in plan.fixes} else None
+
     def refusals(self, plan: Any) -> tuple[str, ...]:
         """Nothing ticked: nothing to run."""
         return () if plan.fixes else ("No fix is ticked; go back and tick at least one.",)
@@ -235,7 +250,8 @@ class RepairWizard(OperationWizard):
         if plan.vbox is not None:
             self.recover_first(plan.folder, self.recover_fn)
         return self.run_fn(plan, choose={f.id for f in plan.fixes}, force=False,
-                           progress=progress, cancel=token)
+                           progress=progress, cancel=token,
+                           verify=self.opts.verify.isChecked())
 
     # -- preview -------------------------------------------------------------------------------
     def fill_preview(self, page: PreviewPage, plan: Any) -> None:
@@ -260,9 +276,11 @@ class RepairWizard(OperationWizard):
             page.add(notice(text[:1].upper() + text[1:] + ("" if text.endswith(".") else "."),
                             "warning"))
         folder = plan.folder
+        # With the space figures shown, the section below says how undo works; said once.
+        undo = ("." if self.plan_space(plan) is not None else
+                f"; Edit > Undo (or 'vdictl undo \"{folder}\"') reverts this repair.")
         page.add(notice(f"Backups of every header, block map and the .vbox go to "
-                        f"'{folder / '.vdigui'}' first; 'vdictl undo \"{folder}\"' reverts "
-                        "this repair.", "info"))
+                        f"'{folder / '.vdigui'}' first{undo}", "info"))
 
     def run_summary(self, plan: Any) -> str:
         """What runs."""
@@ -294,7 +312,8 @@ class RepairWizard(OperationWizard):
                         "again; its Problems panel shows what remains.", "ok"))
         page.add(figures([("Changes", "\n".join(result.notes) or "none"),
                           ("Backup", str(result.backup_dir))]))
-        page.add(notice(f"'vdictl undo \"{self.where()}\"' reverts this repair.", "info"))
+        page.add(notice(f"Edit > Undo (or 'vdictl undo \"{self.where()}\"') reverts this "
+                        "repair.", "info"))
 
     def changed_path(self) -> Any:
         """The repaired folder or image."""

@@ -278,7 +278,9 @@ def operation_availability(vm: VmFolder | None, target: object, *,
                            repair: bool = True) -> Availability:
     """For each operation: (enabled, reason) where reason is the tooltip.
 
-    Fast: it runs only the engine's plans that read headers and block maps, never the data.
+    It runs only the engine's plans, which read headers and block maps (never the data) and
+    look for programs holding the files open: too slow for the GUI thread on big disks, so the
+    window calls it on a worker (``checks.AvailabilityChecks``).
     A disabled operation's reason is the engine's own refusal sentence. With ``repair=False``
     the repair entry is left out (the window plans it on a worker: it checks every image).
     """
