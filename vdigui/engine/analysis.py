@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from vdigui.engine.chain import DiskChain
-from vdigui.engine.format import BLOCK_FREE, BLOCK_ZERO, FIRST_SPECIAL
+from vdigui.engine.format import BLOCK_FREE, BLOCK_ZERO, is_allocated
 from vdigui.engine.image import VdiImage, is_all_zero
 from vdigui.engine.progress import CancelToken, Progress, ProgressFn, no_progress
 
@@ -82,7 +82,7 @@ def fragmentation(entries: np.ndarray, layers: np.ndarray | None = None) -> Frag
         entries: map entries in guest block order; FREE/ZERO entries are skipped.
         layers: for a chain, the serving layer of each entry: a change of layer is a seek too.
     """
-    mask = entries < FIRST_SPECIAL
+    mask = is_allocated(entries)
     slots = entries[mask].astype(np.int64)
     count = int(slots.size)
     if count < 2:
@@ -291,7 +291,7 @@ def scan_zero_blocks(image: VdiImage, progress: ProgressFn = no_progress,
     """
     entries = image.block_map[: image.guest_blocks]
     result = np.zeros(entries.size, dtype=bool)
-    blocks = np.flatnonzero(entries < FIRST_SPECIAL)
+    blocks = np.flatnonzero(is_allocated(entries))
     order = blocks[np.argsort(entries[blocks], kind="stable")]
     total = int(order.size)
     size = image.header.block_size

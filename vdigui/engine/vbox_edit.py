@@ -81,7 +81,7 @@ class VboxDocument:
         try:
             parser = DET.DefusedXMLParser(target=ET.TreeBuilder(insert_comments=True))
             parser.feed(raw)
-            root = parser.close()
+            root: ET.Element = parser.close()
         except (ET.ParseError, ValueError) as exc:
             raise SettingsError(f"'{path}' is not well-formed XML: {exc}.") from exc
         except Exception as exc:  # defusedxml's DTD/entity refusals

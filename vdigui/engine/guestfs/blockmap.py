@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -228,7 +229,7 @@ class Marker:
         self.extents = extents
         self.size = extents.size
         self.used = 0
-        self._ops: list[tuple] = []
+        self._ops: list[tuple[Any, ...]] = []
 
     def used_range(self, start: int, length: int) -> None:
         """Mark local bytes ``[start, start+length)`` as used (clipped to the volume)."""

@@ -160,7 +160,7 @@ def analyze(view: View, marker: Marker, res: FsResult) -> None:
         return any(_is_power(g, p) for p in (3, 5, 7))
 
     def gfirst(g: int) -> int:
-        return first_data_block + g * bpg
+        return int(first_data_block + g * bpg)
 
     raw = _read_descriptors(
         view,

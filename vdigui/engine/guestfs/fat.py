@@ -14,7 +14,7 @@ import numpy as np
 from .blockmap import FsResult, Marker, Unsupported, View
 
 
-def parse_bpb(boot: bytes) -> dict | None:
+def parse_bpb(boot: bytes) -> dict[str, int] | None:
     """Return the BIOS parameter block of a FAT boot sector, or None if it is not one."""
     if len(boot) < 512 or boot[0] not in (0xEB, 0xE9) or boot[3:11] == b"NTFS    ":
         return None
@@ -123,4 +123,5 @@ def _entries(raw: np.ndarray, bits_per: int, count: int) -> np.ndarray:
     lo = raw[off].astype(np.uint32)
     hi = raw[off + 1].astype(np.uint32)
     val = lo | hi << 8
-    return np.where(idx % 2 == 1, val >> 4, val & 0xFFF)
+    entries: np.ndarray = np.where(idx % 2 == 1, val >> 4, val & 0xFFF)
+    return entries

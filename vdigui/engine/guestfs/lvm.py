@@ -12,6 +12,7 @@ import re
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from .blockmap import Unsupported, View
 
@@ -77,17 +78,17 @@ def _tokens(text: str) -> Iterator[tuple[str, str | int]]:
             yield ("id", m.group(4))
 
 
-def parse_metadata(text: str) -> dict:
+def parse_metadata(text: str) -> dict[str, Any]:
     """Parse LVM2's text format into nested dicts (sections) with str/int/list values."""
     toks = list(_tokens(text))
     pos = 0
 
-    def value() -> str | int | list:
+    def value() -> str | int | list[str | int]:
         nonlocal pos
         kind, val = toks[pos]
         if kind == "[":
             pos += 1
-            items = []
+            items: list[str | int] = []
             while toks[pos][0] != "]":
                 if toks[pos][0] == ",":
                     pos += 1
@@ -99,9 +100,9 @@ def parse_metadata(text: str) -> dict:
         pos += 1
         return val
 
-    def section(top: bool) -> dict:
+    def section(top: bool) -> dict[str, Any]:
         nonlocal pos
-        out: dict = {}
+        out: dict[str, Any] = {}
         while pos < len(toks):
             kind, val = toks[pos]
             if kind == "}":
@@ -109,7 +110,7 @@ def parse_metadata(text: str) -> dict:
                     raise Unsupported("The LVM metadata text has an unbalanced brace.")
                 pos += 1
                 return out
-            if kind != "id":
+            if kind != "id" or not isinstance(val, str):
                 raise Unsupported("The LVM metadata text could not be parsed.")
             pos += 1
             if toks[pos][0] == "=":
@@ -131,7 +132,7 @@ def parse_metadata(text: str) -> dict:
 
 
 def _locns(buf: bytes, pos: int) -> tuple[list[tuple[int, int]], int]:
-    out = []
+    out: list[tuple[int, int]] = []
     while pos + 16 <= len(buf):
         off, size = struct.unpack_from("<QQ", buf, pos)
         pos += 16

@@ -111,7 +111,7 @@ class _Volume:
         return rec
 
     @staticmethod
-    def attributes(rec: bytes) -> Iterator[tuple[int, str, bytes]]:
+    def attributes(rec: bytes | bytearray) -> Iterator[tuple[int, str, bytes]]:
         """Yield (type, name, header offset, bytes) for every attribute in a record."""
         off = struct.unpack_from("<H", rec, 0x14)[0]
         used = min(struct.unpack_from("<I", rec, 0x18)[0], len(rec))
@@ -156,13 +156,13 @@ class _Volume:
             pos += 1 + ln + lo
         return start_vcn, runs, data_size
 
-    def _data_runs(self, rec: bytes, number: int) -> list[_Run]:
+    def _data_runs(self, rec: bytes | bytearray, number: int) -> list[_Run]:
         """Runs of the unnamed $DATA of a record, following $ATTRIBUTE_LIST when present."""
         runs, _ = self._nonresident(rec, number, _AT_DATA, "")
         return runs
 
     def _nonresident(
-        self, rec: bytes, number: int, atype: int, aname: str
+        self, rec: bytes | bytearray, number: int, atype: int, aname: str
     ) -> tuple[list[_Run], int]:
         pieces: list[_Piece] = []
         attr_list = None
@@ -238,7 +238,8 @@ class _Volume:
         return bytes(out)
 
     def stream(
-        self, rec: bytes, number: int, atype: int, aname: str, limit: int | None = None
+        self, rec: bytes | bytearray, number: int, atype: int, aname: str,
+        limit: int | None = None
     ) -> bytes | None:
         """The content (up to ``limit`` bytes) of a resident or non-resident attribute."""
         for t, name, attr in self.attributes(rec):
@@ -365,7 +366,7 @@ def _find_in_root(vol: _Volume, wanted: str) -> int | None:
                     "utf-16-le", "replace"
                 )
                 if name.lower() == wanted:
-                    return ref & 0xFFFFFFFFFFFF
+                    return int(ref) & 0xFFFFFFFFFFFF
             if eflags & 2:
                 break
             pos += elen

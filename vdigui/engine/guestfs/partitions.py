@@ -190,7 +190,7 @@ def _clip(part: Partition, disk_size: int, layout: Layout) -> Partition:
     )
 
 
-def _parse_gpt_header(raw: bytes, lba: int) -> dict | None:
+def _parse_gpt_header(raw: bytes, lba: int) -> dict[str, int] | None:
     if raw[:8] != b"EFI PART":
         return None
     hsize = struct.unpack_from("<I", raw, 12)[0]
@@ -234,17 +234,17 @@ def _read_gpt(reader: DiskReader, sector0: bytes) -> Layout | None:
                 if backup:
                     backup_entries = _gpt_entries(reader, backup, ss)
                     break
-        if entries is None and backup_entries is None:
-            continue
-        if entries is None:
+        if primary is not None and entries is not None:
+            head, ents = primary, entries
+            if backup is None or backup_entries is None:
+                notes.append("The backup GPT at the end of the disk is missing or damaged.")
+        elif backup is not None and backup_entries is not None:
             notes.append(
                 "The primary GPT is damaged; the backup GPT at the end of the disk was used."
             )
             head, ents = backup, backup_entries
         else:
-            head, ents = primary, entries
-            if backup is None or backup_entries is None:
-                notes.append("The backup GPT at the end of the disk is missing or damaged.")
+            continue
         layout = Layout("gpt", notes=notes)
         elen = -(-head["count"] * head["esize"] // ss)
         # LBA 0 plus where the primary header and entries belong, even if they are damaged,
@@ -286,7 +286,7 @@ def _read_gpt(reader: DiskReader, sector0: bytes) -> Layout | None:
 
 
 def _gpt_entries(
-    reader: DiskReader, head: dict, ss: int
+    reader: DiskReader, head: dict[str, int], ss: int
 ) -> list[tuple[int, str, int, int, str]] | None:
     length = head["count"] * head["esize"]
     off = head["entries_lba"] * ss
