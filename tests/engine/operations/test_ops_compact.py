@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import time
 from pathlib import Path
 
@@ -69,6 +70,29 @@ def test_compact_base_drops_zero_blocks_and_fills_holes(tmp_path: Path, qemu_img
     assert files_in(tmp_path) == {path.name}
     rec.assert_sane()
     assert {e.phase for e in rec.events} == {"scanning blocks", "moving blocks", "verifying"}
+
+
+def test_compact_closes_slots_older_merges_left_unreferenced(tmp_path: Path,
+                                                             qemu_img: str) -> None:
+    """Older vdigui merges left replaced slots unreferenced but counted by cBlocksAllocated.
+
+    That is the state qemu-img check calls "allocated blocks mismatch": the next compaction
+    must close those holes, leaving a dense image both checkers call clean.
+    """
+    layer = {b: pattern(b + 1, MIB) for b in range(6)}
+    built = build_image(tmp_path / "old.vdi", 8 * MIB, layer, poke={2: FREE, 4: FREE})
+    path = built.path
+    expected = model_read([{b: c for b, c in layer.items() if b not in (2, 4)}], 8 * MIB, MIB)
+    before = ref_open(path)
+    assert before.blocks_allocated == 6 and not dense(before.entries)
+    assert subprocess.run([qemu_img, "check", str(path)], capture_output=True).returncode != 0
+    result = run_compact(plan_compact(path))
+    after = ref_open(path)
+    assert result.changed and ref_read([path]) == expected
+    assert dense(after.entries) and after.blocks_allocated == 4
+    assert after.file_size == after.offset_data + 4 * MIB
+    assert_qemu_clean(qemu_img, path)
+    assert_qemu_same(qemu_img, expected, path, tmp_path)
 
 
 def test_second_compact_has_nothing_to_do(tmp_path: Path) -> None:
