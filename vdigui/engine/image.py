@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
-import threading
 import uuid as uuidlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -453,48 +452,6 @@ def write_synced(fd: int, data: bytes) -> None:
     """Write all of ``data`` at the descriptor's position, then flush it to stable storage."""
     fileio.pwrite(fd, data, os.lseek(fd, 0, os.SEEK_CUR))
     fileio.fsync(fd)
-
-
-class BackgroundFlusher:
-    """Flushes a file being written on a helper thread while the writer goes on.
-
-    Why: a new multi-gigabyte file must be flushed before it is renamed into place, and one
-    fsync at the end waits for the disk to take everything at once. Starting the write-back
-    every few dozen MiB overlaps it with the copying, so the final fsync finds little left.
-    Call :meth:`wrote` after each write and :meth:`finish` before the final fsync.
-    """
-
-    def __init__(self, fd: int, every: int = 64 << 20) -> None:
-        self._fd = fd
-        self._every = every
-        self._pending = 0
-        self._wake = threading.Event()
-        self._stop = False
-        self._thread = threading.Thread(target=self._run, name="vdigui-flush", daemon=True)
-        self._thread.start()
-
-    def wrote(self, count: int) -> None:
-        """Note ``count`` more bytes written; wakes the flusher every ``every`` bytes."""
-        self._pending += count
-        if self._pending >= self._every:
-            self._pending = 0
-            self._wake.set()
-
-    def _run(self) -> None:
-        while True:
-            self._wake.wait()
-            self._wake.clear()
-            if self._stop:
-                return
-            with contextlib.suppress(OSError):  # the final fsync reports real errors
-                fileio.fdatasync(self._fd)
-
-    def finish(self) -> None:
-        """Stop the helper thread (idempotent); the caller then fsyncs once more itself."""
-        if self._thread.is_alive():
-            self._stop = True
-            self._wake.set()
-            self._thread.join()
 
 
 def fsync_dir(folder: Path) -> None:
