@@ -276,7 +276,8 @@ def test_windoze_old_layout_in_one_folder(samples: Path, tmp_path: Path) -> None
 
     alone = load_vm_folder(samples / "windoze_1.3-linux_machine.xml")
     assert not [p for p in alone.problems if p.kind in ("unknown-medium", "orphan-image")]
-    assert alone.current_disks()[0].path == samples / "windoze_1.3-era_sun-xvm_empty-10G.vdi"
+    found = alone.current_disks()[0].path
+    assert found == (samples / "windoze_1.3-era_sun-xvm_empty-10G.vdi").resolve()
 
 
 def test_global_files(samples: Path) -> None:
