@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import struct
 import uuid as uuidlib
@@ -13,6 +12,7 @@ import pytest
 from vmbuild import (
     MIB,
     VmBuilder,
+    WritesInto,
     assert_all_states,
     assert_check_clean,
     read_header_fields,
@@ -227,23 +227,12 @@ def test_nothing_to_repair_refuses_to_run(tmp_path: Path) -> None:
         rp.run_repair(plan)
 
 
-class BreakLinkWrite(fileio.FileOps):
+class BreakLinkWrite(WritesInto):
     """Performs every call, but the first header written into ``child`` gets a wrong parent."""
 
     def __init__(self, child: Path) -> None:
-        self.child = child.resolve()
-        self.fds: set[int] = set()
+        super().__init__(child)
         self.broken = 0
-
-    def open(self, path: Path, flags: int, mode: int) -> int:
-        fd = super().open(path, flags, mode)
-        if path.resolve() == self.child and flags & (os.O_RDWR | os.O_WRONLY):
-            self.fds.add(fd)
-        return fd
-
-    def close(self, fd: int) -> None:
-        self.fds.discard(fd)
-        super().close(fd)
 
     def pwrite(self, fd: int, data: bytes | memoryview, offset: int) -> int:
         if fd in self.fds and offset == 0x48 and not self.broken:  # the header struct

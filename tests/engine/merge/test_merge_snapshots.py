@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import uuid as uuidlib
 from collections.abc import Sequence
@@ -13,6 +12,7 @@ import pytest
 from vmbuild import (
     MIB,
     VmBuilder,
+    WritesInto,
     assert_all_states,
     assert_check_clean,
     read_header_fields,
@@ -83,7 +83,7 @@ def test_delete_each_position_and_direction(tmp_path: Path, name: str, direction
     assert current == (vm.snap("two").uuid if name == "three" else vm.snap("three").uuid)
 
 
-class FlipTargetWrite(fileio.FileOps):
+class FlipTargetWrite(WritesInto):
     """Performs every call, but flips one byte of the first data write into ``target``.
 
     Data writes of a merge are the ``pwritev`` calls on the target's descriptor (header and
@@ -92,19 +92,8 @@ class FlipTargetWrite(fileio.FileOps):
     """
 
     def __init__(self, target: Path) -> None:
-        self.target = target.resolve()
-        self.fds: set[int] = set()
+        super().__init__(target)
         self.flipped = 0
-
-    def open(self, path: Path, flags: int, mode: int) -> int:
-        fd = super().open(path, flags, mode)
-        if path.resolve() == self.target and flags & (os.O_RDWR | os.O_WRONLY):
-            self.fds.add(fd)
-        return fd
-
-    def close(self, fd: int) -> None:
-        self.fds.discard(fd)
-        super().close(fd)
 
     def pwritev(self, fd: int, buffers: Sequence[bytes | memoryview], offset: int) -> int:
         if fd in self.fds and not self.flipped:

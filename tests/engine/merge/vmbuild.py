@@ -9,6 +9,7 @@ written here from the format description, used to read what is on disk after an 
 
 from __future__ import annotations
 
+import os
 import struct
 import uuid as uuidlib
 import xml.etree.ElementTree as ET
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vdigui.engine import create_image, open_chain
+from vdigui.engine import create_image, fileio, open_chain
 
 MIB = 1 << 20
 NS = "{http://www.virtualbox.org/}"
@@ -358,3 +359,25 @@ def assert_check_clean(path: Path, qemu_img: str, *, allow: tuple[str, ...] = ()
             assert main(["check", str(target)]) == 0
     folder = path if path.is_dir() else path.parent
     assert_qemu_clean(qemu_img, *base_images(folder))
+
+
+class WritesInto(fileio.FileOps):
+    """Performs every call and remembers the descriptors open for writing on ``target``.
+
+    The base of the tests' corrupting FileOps: they change one write into that file (a data
+    block, a map entry, a header) and let every other call through unchanged.
+    """
+
+    def __init__(self, target: Path) -> None:
+        self.target = target.resolve()
+        self.fds: set[int] = set()
+
+    def open(self, path: Path, flags: int, mode: int) -> int:
+        fd = super().open(path, flags, mode)
+        if path.resolve() == self.target and flags & (os.O_RDWR | os.O_WRONLY):
+            self.fds.add(fd)
+        return fd
+
+    def close(self, fd: int) -> None:
+        self.fds.discard(fd)
+        super().close(fd)
