@@ -158,12 +158,6 @@ class VdiImage:
             raise ImageCorruptError(f"{self.path.name}: short read of slot {slot} ({self.path}).")
         return data
 
-    def read_slot_part(self, slot: int, block: int | None, start: int, length: int) -> bytes:
-        """``length`` bytes from offset ``start`` inside slot ``slot`` (bounds as read_slot)."""
-        if not self.slot_in_file(slot):
-            self.read_slot(slot, block)  # raises the past-EOF error with its full sentence
-        return os.pread(self._fd, length, self.header.slot_offset(slot) + start)
-
     def read_own_block(self, block: int) -> bytes | None:
         """This file's own content for guest block ``block``: None when FREE (ask the parent)."""
         entry = int(self.block_map[block])
@@ -446,12 +440,6 @@ def create_image(path: Path | str, disk_size: int = 0, *, fixed: bool = False,
         fileio.unlink(tmp, missing_ok=True)
     fsync_dir(path.parent)
     return header
-
-
-def write_synced(fd: int, data: bytes) -> None:
-    """Write all of ``data`` at the descriptor's position, then flush it to stable storage."""
-    fileio.pwrite(fd, data, os.lseek(fd, 0, os.SEEK_CUR))
-    fileio.fsync(fd)
 
 
 def fsync_dir(folder: Path) -> None:

@@ -30,9 +30,8 @@ from vdigui.engine import fileio
 from vdigui.engine import format as fmt
 from vdigui.engine.chain import DiskChain
 from vdigui.engine.errors import OperationRefused, VdiError
-from vdigui.engine.format import BLOCK_FREE, BLOCK_ZERO
+from vdigui.engine.format import BLOCK_FREE
 from vdigui.engine.image import VdiImage, zeros
-from vdigui.engine.progress import CancelToken, Progress, ProgressFn
 
 if sys.platform != "win32":
     import fcntl
@@ -338,51 +337,6 @@ def serving(chain: DiskChain, upto: int | None = None) -> tuple[np.ndarray, np.n
         layer[: row.size][mask] = index
         entry[: row.size][mask] = row[mask]
     return layer, entry
-
-
-def read_served(chain: DiskChain, layer: int, entry: int, block: int) -> bytes | None:
-    """Block content given its serving layer and entry; None when it reads as zeros."""
-    if layer < 0 or entry == BLOCK_ZERO:
-        return None
-    return chain.layers[layer].read_slot(entry, block)
-
-
-def guest_hash(chain: DiskChain, *, progress: ProgressFn, cancel: CancelToken | None,
-               phase: str = "verifying", cancel_message: str = NOTHING_CHANGED,
-               unused: np.ndarray | None = None) -> str:
-    """The guest digest of everything the guest sees on ``chain`` (each served block read once).
-
-    Only blocks some layer stores data for are read (through the copy pipeline's reader:
-    large requests on a helper thread); the rest count as zeros at no cost. ``unused`` (bool
-    per guest block) hashes those blocks as zeros without reading them: the digest
-    filesystem-aware operations compare, since they drop exactly those blocks and promise
-    only that every block the guest uses reads as before.
-    """
-    from vdigui.engine.copier import Batch, read_blocks
-    from vdigui.engine.operations._rewrite import source_spec
-
-    layer, entry = serving(chain)
-    if unused is not None:
-        layer = layer.copy()
-        k = min(layer.size, unused.size)
-        layer[:k][unused[:k]] = -1
-    bs = chain.block_size
-    total = chain.guest_blocks
-    digest = GuestDigest(chain.disk_size, bs)
-    needed = np.flatnonzero((layer >= 0) & (entry != BLOCK_ZERO))
-
-    def visit(batch: Batch) -> None:
-        digest.add_rows(needed[batch.first:batch.first + batch.count], batch.data)
-        done = int(needed[batch.first + batch.count - 1]) + 1
-        if done < total:
-            progress(Progress(phase, done, total, done * bs))
-
-    read_blocks(source_spec(chain, needed, layer, entry), visit, cancel=cancel,
-                cancel_message=cancel_message)
-    if cancel is not None:
-        cancel.raise_if_cancelled(cancel_message)
-    progress(Progress(phase, total, total, total * bs))
-    return digest.hexdigest()
 
 
 # -- in-use checks and locks --------------------------------------------------------------

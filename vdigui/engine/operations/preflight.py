@@ -210,11 +210,6 @@ class Leftover:
     target: str  #: the name of the file it was being written for
 
 
-def is_leftover_name(name: str) -> bool:
-    """Whether ``name`` is a vdigui temporary file name (``.NAME.vdigui-tmp[-hex]``)."""
-    return _LEFTOVER.match(name) is not None
-
-
 def list_leftovers(folder: Path) -> list[Leftover]:
     """Every vdigui temporary file in ``folder`` (not recursive; nothing is opened)."""
     found: list[Leftover] = []
@@ -297,11 +292,6 @@ def sweep_leftovers(folder: Path) -> list[Path]:
     if removed:
         fileio.fsync_dir(Path(folder))
     return removed
-
-
-def leftover_removal_hint(path: Path) -> str:
-    """The command that removes a leftover (any writing command sweeps; this one is explicit)."""
-    return f"rm '{path}'"
 
 
 def sweep_around(paths: Sequence[Path], folder: Path) -> list[Path]:
