@@ -1,5 +1,5 @@
 # Convenience targets; scripts/ holds the real commands.
-.PHONY: setup test lint demo bench
+.PHONY: setup test lint demo bench pictures
 setup:
 	bash scripts/setup-env.sh test
 test:
@@ -9,6 +9,8 @@ lint:
 	.venv/bin/python -m mypy
 demo:
 	bash scripts/run-demo.sh
+pictures:
+	bash scripts/render-pictures.sh
 # Whole-process benches time with hyperfine (Debian package); installed here when missing.
 SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 bench:
@@ -19,3 +21,4 @@ bench:
 	.venv/bin/python bench/bench_fs.py
 	QT_QPA_PLATFORM=offscreen .venv/bin/python bench/bench_gui.py
 	.venv/bin/python bench/bench_merge.py
+	.venv/bin/python bench/bench_resize.py

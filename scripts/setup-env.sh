@@ -10,7 +10,7 @@ runtime_debs=(python3 python3-venv python3-pip libgl1 libegl1 libxkbcommon0 libx
   libfontconfig1 libfreetype6 libdbus-1-3 libglib2.0-0 libxcb-cursor0 libxcb-icccm4
   libxcb-keysyms1 libxcb-shape0 libxcb-render-util0 libxcb-image0 libxcb-xinerama0 libxcb-randr0
   libxrender1 libxi6)
-test_debs=(qemu-utils e2fsprogs dosfstools mtools ntfs-3g fdisk gdisk desktop-file-utils)
+test_debs=(qemu-utils e2fsprogs dosfstools mtools ntfs-3g fdisk gdisk desktop-file-utils sleuthkit chromium)
 
 if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
   wanted=("${runtime_debs[@]}")

@@ -1,7 +1,7 @@
 """An independent VDI writer for tests, and the model of what the guest should see.
 
 Nothing here imports ``vdigui``: the header is packed field by field at the absolute offsets of
-the reference tables (shared/docs/vdi-format.md 1.2-1.4), so a packing or parsing mistake in the
+the reference tables (docs/vdi-format.md §1.2-1.4), so a packing or parsing mistake in the
 engine cannot hide behind the same mistake here.
 
 Three levels:
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import random
 import struct
+import subprocess
 import uuid as uuidlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -491,3 +492,75 @@ def write_vbox(path: Path, machine_uuid: uuidlib.UUID, name: str,
 def sparse_file_blocks(path: Path) -> int:
     """Bytes actually allocated on disk for ``path``."""
     return path.stat().st_blocks * 512
+
+
+# -- a VM for the discard advisor ---------------------------------------------------------
+
+def _trim_vbox(sata: uuidlib.UUID, fixed: uuidlib.UUID, ide: uuidlib.UUID, scsi: uuidlib.UUID,
+               nvme: uuidlib.UUID, snap: uuidlib.UUID) -> str:
+    def dev(port: int, u: uuidlib.UUID, extra: str = "") -> str:
+        return (f'<AttachedDevice{extra} type="HardDisk" hotpluggable="false" port="{port}" '
+                f'device="0"><Image uuid="{{{u}}}"/></AttachedDevice>')
+
+    def hd(u: uuidlib.UUID, name: str) -> str:
+        return f'<HardDisk uuid="{{{u}}}" location="{name}" format="VDI" type="Normal"/>'
+
+    return f"""<?xml version="1.0"?>
+<VirtualBox xmlns="http://www.virtualbox.org/" version="1.19-linux">
+  <Machine uuid="{{{uuidlib.uuid4()}}}" name="Trim" OSType="Linux_64"
+           snapshotFolder="Snapshots" currentSnapshot="{{{snap}}}">
+    <MediaRegistry>
+      <HardDisks>
+        {hd(sata, "sata.vdi")}
+        {hd(fixed, "fixed.vdi")}
+        {hd(ide, "ide.vdi")}
+        {hd(scsi, "scsi.vdi")}
+        {hd(nvme, "nvme.vdi")}
+      </HardDisks>
+    </MediaRegistry>
+    <Snapshot uuid="{{{snap}}}" name="Old" timeStamp="2024-01-01T00:00:00Z">
+      <Hardware>
+        <StorageControllers>
+          <StorageController name="SATA" type="AHCI" PortCount="2">
+            {dev(0, sata)}
+          </StorageController>
+        </StorageControllers>
+      </Hardware>
+    </Snapshot>
+    <Hardware>
+      <StorageControllers>
+        <StorageController name="SATA" type="AHCI" PortCount="2">
+          {dev(0, sata)}
+          {dev(1, fixed)}
+        </StorageController>
+        <StorageController name="IDE" type="PIIX4" PortCount="2">
+          {dev(0, ide)}
+        </StorageController>
+        <StorageController name="SCSI" type="LsiLogic" PortCount="16">
+          {dev(0, scsi, ' nonrotational="true"')}
+        </StorageController>
+        <StorageController name="NVMe" type="NVMe" PortCount="1">
+          {dev(0, nvme)}
+        </StorageController>
+      </StorageControllers>
+    </Hardware>
+  </Machine>
+</VirtualBox>
+"""
+
+
+def build_trim_vm(folder: Path, qemu_img: str) -> Path:
+    """VM 'Trim': SATA (dynamic and fixed), IDE, SCSI (solid-state) and NVMe disks made by
+    qemu-img, and one snapshot that froze the SATA disk. Returns the folder."""
+    (folder / "Snapshots").mkdir(parents=True)
+    uuids = {}
+    for name in ("sata", "fixed", "ide", "scsi", "nvme"):
+        opts = ["-o", "static=on"] if name == "fixed" else []
+        subprocess.run([qemu_img, "create", "-q", "-f", "vdi", *opts,
+                        str(folder / f"{name}.vdi"), "4M"], check=True)
+        raw = (folder / f"{name}.vdi").read_bytes()[0x188:0x198]
+        uuids[name] = uuidlib.UUID(bytes_le=raw)  # uuidCreate, little-endian fields
+    (folder / "Trim.vbox").write_text(
+        _trim_vbox(uuids["sata"], uuids["fixed"], uuids["ide"], uuids["scsi"], uuids["nvme"],
+                   uuidlib.uuid4()), encoding="utf-8")
+    return folder

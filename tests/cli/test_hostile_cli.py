@@ -62,10 +62,17 @@ COMMANDS: dict[str, list[str]] = {
     "set-uuid": ["set-uuid", "{T}"],
     "undo": ["undo", "{F}"],
     "clean": ["clean", "{F}"],
+    "space": ["space", "{T}"],
+    "report": ["report", "{T}", "-o", "{F}/report.html"],
+    "settings": ["settings", "{F}", "--discard", "on"],
+    "resize": ["resize", "{T}", "--size", "+4M"],
+    "ls": ["ls", "{T}"],
+    "find": ["find", "{T}", "*"],
+    "snapshot-cost": ["snapshot", "list", "{F}", "--cost"],
 }
 
 READERS = {"info", "map", "check", "frag", "usage", "export"}
-IN_PLACE = {"compact", "compact-defrag", "compact-fs-aware", "convert", "set-uuid"}
+IN_PLACE = {"compact", "compact-defrag", "compact-fs-aware", "convert", "set-uuid", "resize"}
 NOT_A_FILE = {"fifo", "device", "folder", "link-loop"}
 DAMAGED = {"truncated", "flipped-bits", "past-eof"}
 

@@ -19,7 +19,7 @@ from builders import MIB, build_image, folder_state, model_read, pattern
 
 from vdigui.cli import main
 from vdigui.engine import open_chain
-from vdigui.engine.operations._common import DIGEST_NAME
+from vdigui.engine.operations.verify import DIGEST_NAME
 
 REPO = Path(__file__).resolve().parents[2]
 

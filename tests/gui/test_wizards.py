@@ -48,7 +48,7 @@ from vdigui.gui.wizards import (
     operation_availability,
 )
 from vdigui.gui.wizards import _engine as eng
-from vdigui.gui.wizards.base import OPTIONS, PREVIEW, RESULT, RUN
+from vdigui.gui.wizards.base import OPTIONS, PREVIEW, RESULT, RUN, OutcomeKind
 
 
 def slow_run(steps: int = 400) -> Callable[..., Any]:
@@ -86,7 +86,7 @@ def test_compact_end_to_end(make_wizard: Factory, vm: Any, qtbot: Any) -> None:
     assert wizard.plan.bytes_reclaimed == MIB
     assert wizard.button(QWizard.WizardButton.CommitButton).text() == "Compact now"
     run_to_end(qtbot, wizard)
-    assert wizard.outcome.kind == "succeeded"
+    assert wizard.outcome.kind is OutcomeKind.SUCCEEDED
     result = wizard.outcome.value
     assert result.verified and result.zero_blocks == 1 and result.moved_blocks == 1
     assert vm.base.stat().st_size == size_before - MIB
@@ -107,7 +107,7 @@ def test_clone_snapshot_state(make_wizard: Factory, vm: Any, qtbot: Any) -> None
     wizard.opts.dest.setText(str(dest))
     wizard.opts.keep_uuid.setChecked(True)
     run_to_end(qtbot, wizard)
-    assert wizard.outcome.kind == "succeeded", wizard.outcome
+    assert wizard.outcome.kind is OutcomeKind.SUCCEEDED, wizard.outcome
     header = read_header(dest)
     assert header.uuid == vm.base_uuid  # kept, as asked
     assert not header.is_differencing
@@ -125,7 +125,7 @@ def test_convert_in_place_to_fixed(make_wizard: Factory, tmp_path: Path, qtbot: 
     wizard.opts.mode_convert.setChecked(True)
     assert wizard.opts.fixed.isChecked()
     run_to_end(qtbot, wizard)
-    assert wizard.outcome.kind == "succeeded", wizard.outcome
+    assert wizard.outcome.kind is OutcomeKind.SUCCEEDED, wizard.outcome
     after = read_header(image)
     assert after.image_type.label == "fixed" and after.uuid == header.uuid
     assert image.stat().st_size >= 4 * MIB
@@ -139,7 +139,7 @@ def test_delete_snapshot_end_to_end(make_wizard: Factory, vm: Any, qtbot: Any) -
     assert "base disk" in wizard.opts.forward.toolTip()
     wizard.opts.verify.setChecked(True)
     run_to_end(qtbot, wizard)
-    assert wizard.outcome.kind == "succeeded", wizard.outcome
+    assert wizard.outcome.kind is OutcomeKind.SUCCEEDED, wizard.outcome
     assert wizard.outcome.value.verified is True and wizard.outcome.value.states == 1
     assert not vm.diff.exists()
     text = vm.vbox.read_text(encoding="utf-8")
@@ -164,7 +164,7 @@ def test_repair_with_a_chosen_alternative(make_wizard: Factory, vm: Any, qtbot: 
     go_to(qtbot, wizard, PREVIEW)
     assert [f.id for f in wizard.plan.fixes] == [quarantine]
     run_to_end(qtbot, wizard)
-    assert wizard.outcome.kind == "succeeded", wizard.outcome
+    assert wizard.outcome.kind is OutcomeKind.SUCCEEDED, wizard.outcome
     assert not orphan.exists()
     assert (vm.folder / "vdigui-quarantine" / orphan.name).exists()
     assert state_hashes(vm.folder) == hashes
@@ -183,7 +183,7 @@ def test_cancel_with_a_slow_fake(make_wizard: Factory, vm: Any, qtbot: Any) -> N
     assert wizard.run_page.phase.text() == "Moving blocks…"
     wizard.button(QWizard.WizardButton.CancelButton).click()
     qtbot.waitUntil(lambda: wizard.outcome is not None, timeout=5000)
-    assert wizard.outcome.kind == "cancelled"
+    assert wizard.outcome.kind is OutcomeKind.CANCELLED
     assert wizard.outcome.message == "Cancelled: nothing was changed."
     assert wizard.currentId() == RESULT and wizard.isVisible()
     assert files_state(vm.folder) == before
@@ -202,7 +202,7 @@ def test_real_cancel_of_a_clone(make_wizard: Factory, vm: Any, qtbot: Any) -> No
     dest = Path(wizard.opts.dest.text())
     listing = sorted(p.name for p in dest.parent.iterdir())
     run_to_end(qtbot, wizard)
-    assert wizard.outcome.kind == "cancelled"
+    assert wizard.outcome.kind is OutcomeKind.CANCELLED
     assert "no clone was left behind" in wizard.outcome.message
     assert sorted(p.name for p in dest.parent.iterdir()) == listing
 
@@ -220,7 +220,7 @@ def test_real_cancel_of_a_compact_scan(make_wizard: Factory, vm: Any, qtbot: Any
 
     wizard = make_wizard(CompactWizard, vm.folder, "disk.vdi", run_fn=cancelling_compact)
     run_to_end(qtbot, wizard)
-    assert wizard.outcome.kind == "cancelled"
+    assert wizard.outcome.kind is OutcomeKind.CANCELLED
     assert wizard.outcome.message.startswith("Cancelled")
     assert files_state(vm.folder) == before
 
@@ -233,7 +233,7 @@ def test_cancel_too_late_reports_success(make_wizard: Factory, vm: Any, qtbot: A
 
     wizard = make_wizard(CompactWizard, vm.folder, "disk.vdi", run_fn=finishes_anyway)
     run_to_end(qtbot, wizard)
-    assert wizard.outcome.kind == "succeeded"
+    assert wizard.outcome.kind is OutcomeKind.SUCCEEDED
 
 
 def test_closing_while_running_asks_cancels_and_waits(make_wizard: Factory, vm: Any, qtbot: Any,
@@ -247,7 +247,7 @@ def test_closing_while_running_asks_cancels_and_waits(make_wizard: Factory, vm: 
     assert asked and wizard.isVisible() and wizard.running  # "No": keeps running
     answer[0] = True
     wizard.close()
-    assert not wizard.running and wizard.outcome.kind == "cancelled"
+    assert not wizard.running and wizard.outcome.kind is OutcomeKind.CANCELLED
     assert not wizard.isVisible()
 
 
@@ -266,7 +266,7 @@ def test_failure_reports_one_sentence_with_the_file(make_wizard: Factory, vm: An
 
     wizard = make_wizard(CompactWizard, vm.folder, "disk.vdi", run_fn=failing)
     run_to_end(qtbot, wizard)
-    assert wizard.outcome.kind == "failed"
+    assert wizard.outcome.kind is OutcomeKind.FAILED
     assert len(reports) == 1
     title, text = reports[0]
     assert title == "Compact failed" and str(vm.base) in text
@@ -352,7 +352,8 @@ def test_window_actions_lock_and_close(window: Any, qtbot: Any, vm: Any,
     assert delete.toolTip().startswith("The current state is not a snapshot")
     context = actions.context_actions(window.session.find_snapshot("First"))
     # Known from the first selection above: no second check.
-    assert [a.isEnabled() for a in context] == [True, True, True, False]  # nothing to repair
+    # Nothing to repair; a snapshot is not resized on its own.
+    assert [a.isEnabled() for a in context] == [True, True, True, False, False]
     wizard = actions.open_wizard("compact", window.session.find_disk("disk.vdi"),
                                  run_fn=slow_run(steps=2000))
     assert wizard is not None
@@ -362,7 +363,7 @@ def test_window_actions_lock_and_close(window: Any, qtbot: Any, vm: Any,
     assert actions.open_wizard("clone") is None  # refused while the chain is busy
     monkeypatch.setattr(base, "confirm", lambda _parent, _question: True)
     window.close()
-    assert wizard.outcome is not None and wizard.outcome.kind == "cancelled"
+    assert wizard.outcome is not None and wizard.outcome.kind is OutcomeKind.CANCELLED
     assert not wizard.isVisible() and reloads
     assert actions.pool.pool.activeThreadCount() == 0
 
@@ -397,7 +398,7 @@ def test_real_cancel_of_a_deletion_rolls_back(make_wizard: Factory, vm: Any, qtb
 
     wizard = make_wizard(DeleteSnapshotWizard, vm.folder, "First", run_fn=cancelling_merge)
     run_to_end(qtbot, wizard)
-    assert wizard.outcome.kind == "cancelled"
+    assert wizard.outcome.kind is OutcomeKind.CANCELLED
     assert "rolled back" in wizard.outcome.message
     assert files_state(vm.folder) == before
 
@@ -414,7 +415,7 @@ def test_interrupted_operation_is_recovered_first(make_wizard: Factory, vm: Any,
     before = files_state(vm.folder)
     run_to_end(qtbot, wizard)
     assert calls == [vm.folder.resolve()]
-    assert wizard.outcome.kind == "failed"
+    assert wizard.outcome.kind is OutcomeKind.FAILED
     assert "rolled back" in wizard.outcome.message and "open the wizard again" in \
         wizard.outcome.message
     assert files_state(vm.folder) == before
@@ -457,7 +458,7 @@ def test_compact_filesystem_aware(make_wizard: Factory, tmp_path: Path, qtbot: A
     planned = wizard.plan.fs_blocks.size
     assert wizard.plan.fs_aware and planned > 0
     run_to_end(qtbot, wizard, timeout=30000)
-    assert wizard.outcome.kind == "succeeded", wizard.outcome
+    assert wizard.outcome.kind is OutcomeKind.SUCCEEDED, wizard.outcome
     result = wizard.outcome.value
     assert result.verified and result.fs_blocks == planned
     assert guest.vdi.stat().st_size <= size_before - planned * MIB

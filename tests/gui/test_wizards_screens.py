@@ -10,7 +10,7 @@ from PySide6.QtGui import QImage
 from tests.gui.wizard_kit import files_state
 from vdigui.gui.wizards import render_wizard_screenshot
 from vdigui.gui.wizards.base import PAGE_NAMES
-from vdigui.gui.wizards.targets import OPERATIONS
+from vdigui.gui.wizards.registry import OPERATIONS
 
 SIZE = (720, 540)
 

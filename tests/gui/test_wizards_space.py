@@ -25,7 +25,7 @@ from tests.gui.wizard_kit import (  # noqa: F401  (the *_fixture names are fixtu
 from vdigui.engine import human_size
 from vdigui.gui.wizards import CloneWizard, CompactWizard, DeleteSnapshotWizard, RepairWizard
 from vdigui.gui.wizards import _engine as eng
-from vdigui.gui.wizards.base import OPTIONS, PREVIEW
+from vdigui.gui.wizards.base import OPTIONS, PREVIEW, OutcomeKind
 
 
 def texts(widget: Any) -> str:
@@ -60,7 +60,7 @@ def test_delete_keeps_undo_and_verifies_by_default(make_wizard: Factory, vm: Any
     for outcome in space.files:
         assert outcome.path.name in shown
     run_to_end(qtbot, wizard)
-    assert wizard.outcome.kind == "succeeded", wizard.outcome
+    assert wizard.outcome.kind is OutcomeKind.SUCCEEDED, wizard.outcome
     assert seen["verify"] is True and seen["keep_undo"] is True
     assert state_hashes(vm.folder) == {"Current State#0": hashes["Current State#0"]}
     kept = list((vm.folder / ".vdigui").rglob(f"*{vm.diff.name}"))
@@ -82,7 +82,7 @@ def test_delete_without_undo_data_says_undo_is_impossible(make_wizard: Factory, 
     assert "Undo will be impossible" in shown
     assert "Edit > Undo (or" not in shown
     run_to_end(qtbot, wizard)
-    assert wizard.outcome.kind == "succeeded", wizard.outcome
+    assert wizard.outcome.kind is OutcomeKind.SUCCEEDED, wizard.outcome
     assert seen["keep_undo"] is False and seen["verify"] is True
     assert state_hashes(vm.folder) == {"Current State#0": hashes["Current State#0"]}
     assert not any(p.name == vm.diff.name for p in vm.folder.rglob("*"))
@@ -104,7 +104,7 @@ def test_repair_verifies_by_default(make_wizard: Factory, vm: Any, qtbot: Any) -
     go_to(qtbot, wizard, PREVIEW)
     assert "Disk space" in texts(wizard.preview_page.content)
     run_to_end(qtbot, wizard)
-    assert wizard.outcome.kind == "succeeded", wizard.outcome
+    assert wizard.outcome.kind is OutcomeKind.SUCCEEDED, wizard.outcome
     assert seen["verify"] is True
     assert state_hashes(vm.folder) == hashes
 

@@ -590,7 +590,7 @@ SUMMARY_LINES: list[str] = []
 
 
 def record_summary(report: Report) -> None:
-    """Append one line per operation to the summary table the lead can quote."""
+    """Append one line per operation to the summary table printed at the end of the run."""
     line = (f"{report.name:<38} calls {report.calls:>5}  barriers {report.barriers:>4}  "
             f"states {report.states:>5} (second cut {report.nested:>3})  "
             f"failing {len(report.failures):>3}  "

@@ -74,6 +74,8 @@ def register(sub: Any) -> None:
     p = sub.add_parser("export", help="write the guest-visible disk as a raw image (sparse)")
     add_source_arguments(p)
     p.add_argument("out", type=Path, help="the raw file to write (must not exist)")
+    p.add_argument("--no-verify", dest="verify", action="store_false",
+                   help="skip reading every written run back and comparing it")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("create", help="create a new dynamic, fixed or differencing image")
@@ -276,7 +278,8 @@ def cmd_export(args: argparse.Namespace, ctx: Context) -> int:
     sweep_leftovers(out_folder)
     ctx.cancel_cleanly = True
     with open_paths(paths) as chain:
-        result = export_raw(chain, args.out, progress=ctx.progress, cancel=ctx.token)
+        result = export_raw(chain, args.out, progress=ctx.progress, cancel=ctx.token,
+                            verify=args.verify)
     print(f"Wrote {args.out}: {human_size(result.disk_size)}, {result.data_blocks} block(s) of "
           f"data, {result.hole_blocks} left sparse.")
     return 0

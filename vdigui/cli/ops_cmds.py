@@ -24,7 +24,6 @@ from vdigui.engine.check import require_sound
 from vdigui.engine.errors import OperationCancelled, OperationRefused
 from vdigui.engine.guestfs import ReclaimForecast, UsageMap
 from vdigui.engine.operations import journal
-from vdigui.engine.operations._common import DIGEST_NAME
 from vdigui.engine.operations.clone import ClonePlan, CloneResult, plan_clone, run_clone
 from vdigui.engine.operations.compact import (
     CompactPlan,
@@ -38,6 +37,7 @@ from vdigui.engine.operations.preflight import (
     find_leftovers,
     sweep_leftovers,
 )
+from vdigui.engine.operations.verify import DIGEST_NAME
 from vdigui.engine.units import human_size
 from vdigui.engine.usage_report import BlockUseSummary, UsageReport, usage_report, vm_folder_of
 

@@ -5,19 +5,20 @@ Deletion, merge and repair verify their result by default (``--no-verify`` opts 
 deletion and merge keep undo data unless ``--no-undo``, and ``undo --discard`` frees it.
 Every writing command first finishes or rolls back an operation a crash or kill interrupted
 in the same folder (and says which), then plans, prints the plan, and runs it with Ctrl-C
-mapped to a clean cancel (rolled back before the commit point).
+mapped to a clean cancel: rolled back before the commit point, except that a deletion without
+undo data that has begun writing in place is finished instead (see merge.run_merge).
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import uuid as uuidlib
 from pathlib import Path
 from typing import Any
 
 from vdigui.cli.common import Context, print_json
 from vdigui.engine.errors import OperationRefused
+from vdigui.engine.format import parse_uuid
 from vdigui.engine.operations import journal as jr
 from vdigui.engine.operations import merge as mg
 from vdigui.engine.operations import repair as rp
@@ -30,6 +31,18 @@ def register(sub: Any) -> None:
     snap_sub = snap.add_subparsers(dest="snapshot_command", metavar="ACTION", required=True)
     p = snap_sub.add_parser("list", help="show the snapshot tree of a VM folder")
     p.add_argument("vm", type=Path, metavar="VMFOLDER", help="a VM folder or its .vbox file")
+    p.add_argument("--cost", action="store_true",
+                   help="show what deleting each snapshot frees, copies and needs, from the "
+                        "same plan 'snapshot delete' uses (nothing is written)")
+    p.add_argument("--order", nargs="+", metavar="NAME",
+                   help="print the cheapest order to delete these snapshots (names or UUIDs), "
+                        "counting bytes copied plus the peak host space needed")
+    p.add_argument("--no-undo", dest="keep_undo", action="store_false",
+                   help="cost the deletions as run with 'snapshot delete --no-undo' (the "
+                        "Frees and Frees-without-undo columns are shown either way)")
+    p.add_argument("--rate", type=float, metavar="MIB_PER_S",
+                   help="copy rate for the time estimates (default: the last operation's, "
+                        "else measured once on this host)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_snapshot_list)
     p = snap_sub.add_parser("delete", help="delete a snapshot, merging its disks like VirtualBox")
@@ -130,7 +143,9 @@ def _run(ctx: Context, func: Any, *args: Any, **kwargs: Any) -> Any:
 # -- snapshot list / delete -------------------------------------------------------------------
 
 def cmd_snapshot_list(args: argparse.Namespace, ctx: Context) -> int:
-    """vdictl snapshot list VMFOLDER."""
+    """vdictl snapshot list VMFOLDER [--cost] [--order NAME...]."""
+    if getattr(args, "cost", False) or getattr(args, "order", None):
+        return _print_costs(args, ctx)
     vbox, rows = mg.list_snapshots(args.vm)
     if ctx.json:
         print_json({"vbox": str(vbox), "snapshots": [
@@ -148,6 +163,111 @@ def cmd_snapshot_list(args: argparse.Namespace, ctx: Context) -> int:
         for disk in r.disks:
             print(f"{'  ' * r.depth}    disk: {disk}")
     return 0
+
+
+def _print_costs(args: argparse.Namespace, ctx: Context) -> int:
+    """The cost map (--cost) and/or the cheapest deletion order (--order)."""
+    from vdigui.engine import snapshot_cost as sc
+
+    if args.rate is not None and args.rate <= 0:
+        raise OperationRefused(f"The copy rate must be above 0 MiB/s, not {args.rate:g}.")
+    rate = args.rate * (1 << 20) if args.rate is not None else None
+    costs = sc.snapshot_costs(args.vm, keep_undo=args.keep_undo, rate=rate) if args.cost else []
+    order = (sc.best_order(args.vm, args.order, keep_undo=args.keep_undo)
+             if args.order else None)
+    if ctx.json:
+        listed = [c.to_dict() for c in costs]
+        if order is None:
+            print_json(listed)
+        elif not args.cost:
+            print_json(order.to_dict())
+        else:
+            print_json({"snapshots": listed, "order": order.to_dict()})
+        return 0
+    if args.cost:
+        print("\n".join(cost_table(costs)))
+    if order is not None:
+        if args.cost:
+            print()
+        print("\n".join(order_lines(order)))
+    return 0
+
+
+#: Columns of the cost table: heading, and whether the values are right-aligned.
+_COST_COLUMNS = (("Snapshot", False), ("Only here", True), ("Frees (no undo)", True),
+                 ("Frees (undo kept)", True), ("Copies", True), ("Needs", True),
+                 ("Time (est.)", True))
+
+
+def _seconds(value: float) -> str:
+    if value < 1:
+        return "< 1 s"
+    if value < 120:
+        return f"~{value:.0f} s"
+    return f"~{value / 60:.0f} min"
+
+
+def _cell(value: int | None) -> str:
+    return "-" if value is None else human_size(value)
+
+
+def cost_table(costs: list[Any]) -> list[str]:
+    """The cost map as text lines: one row per snapshot, each column aligned, then notes."""
+    if not costs:
+        return ["No snapshots."]
+    rows: list[list[str]] = []
+    refused: list[str] = []
+    for c in costs:
+        name = "  " * c.depth + c.name + (" (current)" if c.current else "")
+        if c.refused_reason is not None:
+            rows.append([name, _cell(c.only_here), "refused", "-", "-", "-", "-"])
+            refused.append(f"  {c.name}: {c.refused_reason}")
+            continue
+        rows.append([name, _cell(c.only_here), _cell(c.frees_without_undo),
+                     _cell(c.frees_keeping_undo),
+                     _cell(c.copies), _cell(c.needs), _seconds(c.seconds_estimate or 0.0)])
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, (h, _) in enumerate(_COST_COLUMNS)]
+
+    def line(cells: list[str]) -> str:
+        parts = [cell.rjust(w) if right else cell.ljust(w)
+                 for cell, w, (_, right) in zip(cells, widths, _COST_COLUMNS, strict=True)]
+        return "  ".join(parts).rstrip()
+
+    out = [line([h for h, _ in _COST_COLUMNS])]
+    out += [line(r) for r in rows]
+    first = costs[0]
+    mode = "with undo data kept" if first.keep_undo else "with --no-undo"
+    out.append("")
+    out.append("Frees (no undo): what the disk files shrink by with --no-undo (or once the "
+               "undo data is discarded). Frees (undo kept): what the whole folder shrinks by "
+               "while undo data is kept (negative: it grows).")
+    out.append(f"Only here: data no other state reads. Copies: data the merge copies; Needs: "
+               f"free host space needed while it runs ({mode}).")
+    out.append(f"Times are estimates at {human_size(first.rate)}/s "
+               f"({first.rate_source}).")
+    if refused:
+        out.append("Refused:")
+        out += refused
+    return out
+
+
+def order_lines(order: Any) -> list[str]:
+    """The cheapest order in words, one deletion per line."""
+    how = ("every order tried" if order.exhaustive
+           else "greedy: the cheapest next deletion each time")
+    out = [f"Cheapest order ({how}): copies {human_size(order.copies)}, needs at most "
+           f"{human_size(order.peak)} while running, {_frees_words(order.frees)} in all."]
+    for number, step in enumerate(order.steps, start=1):
+        out.append(f"  {number}. {step.name}: copies {human_size(step.copies)}, needs "
+                   f"{human_size(step.needs)}, {_frees_words(step.frees)}")
+    return out
+
+
+def _frees_words(value: int) -> str:
+    """What a deletion does to the folder's size, in words (undo data can make it grow)."""
+    if value >= 0:
+        return f"frees {human_size(value)}"
+    return f"grows the folder by {human_size(-value)} (undo data)"
 
 
 def _print_merge_plan(plan: mg.MergePlan, ctx: Context) -> None:
@@ -257,10 +377,9 @@ def cmd_set_uuid(args: argparse.Namespace, ctx: Context) -> int:
     """vdictl set-uuid IMAGE [UUID]."""
     new = None
     if args.uuid:
-        try:
-            new = uuidlib.UUID(args.uuid.strip("{}"))
-        except ValueError:
-            raise OperationRefused(f"'{args.uuid}' is not a UUID.") from None
+        new = parse_uuid(args.uuid)
+        if new is None:
+            raise OperationRefused(f"'{args.uuid}' is not a UUID.")
     folder = _folder_of(args.image)
     if not args.dry_run:
         _recover(folder)

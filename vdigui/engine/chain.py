@@ -217,6 +217,24 @@ class DiskChain:
             self._serving = result
         return result
 
+    def serving(self, upto: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Per guest block: the index of the layer serving it (-1 = none) and that layer's entry.
+
+        What every copy loop needs to read the guest view without walking maps block by
+        block; ``upto`` restricts the view to the first ``upto`` layers (what a layer's
+        parents show). The entries are views of the layers' maps, never a copy of all rows.
+        """
+        total = self.guest_blocks
+        layers = self.layers if upto is None else self.layers[:upto]
+        layer = np.full(total, -1, dtype=np.int16)
+        entry = np.full(total, BLOCK_FREE, dtype=np.uint32)
+        for index, image in enumerate(layers):
+            row = image.block_map[:total]
+            mask = row != BLOCK_FREE
+            layer[: row.size][mask] = index
+            entry[: row.size][mask] = row[mask]
+        return layer, entry
+
     def invalidate(self) -> None:
         """Forget cached per-block data after a write changed a map."""
         self._serving = None

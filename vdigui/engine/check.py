@@ -20,6 +20,7 @@ from vdigui.engine.format import is_allocated
 from vdigui.engine.image import VdiImage, open_image
 from vdigui.engine.sniff import require_regular_file
 from vdigui.engine.units import human_size
+from vdigui.engine.vbox_xml import Severity
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,14 +28,14 @@ class Finding:
     """One problem found by a check.
 
     Attributes:
-        severity: "error" (data may read wrong or a write could corrupt) or "warning".
+        severity: error (data may read wrong or a write could corrupt) or warning.
         kind: a stable slug ("slot-past-eof", "duplicate-slot", ...) for scripts and repair.
         path: the file concerned.
         message: one sentence naming the file and the problem.
         blocks: guest blocks concerned, when the problem is per block.
     """
 
-    severity: str
+    severity: Severity
     kind: str
     path: Path
     message: str
@@ -55,7 +56,7 @@ class CheckReport:
     @property
     def errors(self) -> tuple[Finding, ...]:
         """The findings of severity "error"."""
-        return tuple(f for f in self.findings if f.severity == "error")
+        return tuple(f for f in self.findings if f.severity == Severity.ERROR)
 
 
 def _listed(blocks: np.ndarray, limit: int = 8) -> str:
@@ -69,7 +70,7 @@ def check_image(image: VdiImage) -> tuple[Finding, ...]:
     name = image.path.name
     findings: list[Finding] = []
 
-    def add(severity: str, kind: str, message: str, blocks: np.ndarray | None = None) -> None:
+    def add(severity: Severity, kind: str, message: str, blocks: np.ndarray | None = None) -> None:
         listed = tuple(int(b) for b in blocks) if blocks is not None else ()
         findings.append(Finding(severity, kind, image.path, f"{name}: {message}", listed))
 
@@ -78,13 +79,13 @@ def check_image(image: VdiImage) -> tuple[Finding, ...]:
     slots = entries[live].astype(np.int64)
     beyond_map = live[slots >= h.blocks]
     if beyond_map.size:
-        add("error", "slot-out-of-range",
+        add(Severity.ERROR, "slot-out-of-range",
             f"{beyond_map.size} block(s) point at slots beyond the {h.blocks} the image can "
             f"hold (guest blocks {_listed(beyond_map)}).", beyond_map)
     slot_end = h.offset_data + (slots + 1) * h.slot_size
     past_eof = live[slot_end > image.file_size]
     if past_eof.size:
-        add("error", "slot-past-eof",
+        add(Severity.ERROR, "slot-past-eof",
             f"{past_eof.size} block(s) point at slots past the end of the "
             f"{image.file_size}-byte file (guest blocks {_listed(past_eof)}); they cannot be "
             "read.", past_eof)
@@ -96,26 +97,28 @@ def check_image(image: VdiImage) -> tuple[Finding, ...]:
         dup_mask[1:] = same
     duplicated = np.sort(live[order][dup_mask])
     if duplicated.size:
-        add("error", "duplicate-slot",
+        add(Severity.ERROR, "duplicate-slot",
             f"{duplicated.size} block(s) share a slot with a lower block (guest blocks "
             f"{_listed(duplicated)}); writing one would change the other.", duplicated)
     count = int(live.size)
     highest = int(slots.max()) if count else -1
     if highest >= h.blocks_allocated:
-        add("error", "allocated-count-low",
+        add(Severity.ERROR, "allocated-count-low",
             f"cBlocksAllocated is {h.blocks_allocated} but a block points at slot {highest}; "
             "the next new block would be cross-linked.")
     elif count != h.blocks_allocated:
-        add("warning", "allocated-count-mismatch",
+        add(Severity.WARNING, "allocated-count-mismatch",
             f"cBlocksAllocated is {h.blocks_allocated} but {count} block(s) are allocated.")
-    distinct = int(np.unique(slots).size) if count else 0
+    # The slots less their duplicates (already sorted above): np.unique's answer without a
+    # second sort and its import of numpy.ma (about 10 ms of every vdictl run).
+    distinct = count - int(np.count_nonzero(dup_mask)) if count else 0
     if count and highest + 1 != distinct:
-        add("warning", "slots-not-dense",
+        add(Severity.WARNING, "slots-not-dense",
             f"the {distinct} slot(s) in use are not the dense range 0..{distinct - 1} (highest "
             f"is {highest}); compaction would close the holes.")
     used_end = h.offset_data + max(h.blocks_allocated, highest + 1) * h.slot_size
     if h.image_type.label != "fixed" and image.file_size > used_end:
-        add("warning", "crash-tail",
+        add(Severity.WARNING, "crash-tail",
             f"{image.file_size - used_end} byte(s) after the last slot belong to no block "
             "(left by an interrupted write).")
     return tuple(findings)
@@ -146,7 +149,7 @@ def _check_chain(leaf: Path) -> CheckReport:
     findings: list[Finding] = []
     resolution = resolve_chain(leaf)
     if resolution.error is not None:
-        findings.append(Finding("error", "chain", leaf, str(resolution.error)))
+        findings.append(Finding(Severity.ERROR, "chain", leaf, str(resolution.error)))
     findings.extend(leaf_findings)
     leaf_real = leaf.resolve()
     for p in resolution.paths:
@@ -162,7 +165,7 @@ def _check_file(path: Path) -> tuple[Finding, ...]:
         with open_image(path) as image:
             return check_image(image)
     except VdiError as exc:
-        return (Finding("error", "unreadable-image", path, str(exc)),)
+        return (Finding(Severity.ERROR, "unreadable-image", path, str(exc)),)
 
 
 def leftover_findings(folders: Iterable[Path]) -> list[Finding]:
@@ -180,11 +183,11 @@ def leftover_findings(folders: Iterable[Path]) -> list[Finding]:
                            f"by an interrupted operation on {item.target}; 'vdictl clean "
                            f"{folder}' removes it (so does the next writing vdictl command "
                            "in that folder).")
-                findings.append(Finding("warning", "leftover-temp", item.path, message))
+                findings.append(Finding(Severity.WARNING, "leftover-temp", item.path, message))
             else:
                 message = (f"{item.path} ({size}) is the temporary file of an operation "
                            f"running now on {item.target}; leave it alone.")
-                findings.append(Finding("warning", "temp-in-use", item.path, message))
+                findings.append(Finding(Severity.WARNING, "temp-in-use", item.path, message))
     return findings
 
 
@@ -208,7 +211,7 @@ def damage_sentence(image: VdiImage) -> str | None:
     Read-only commands print what they can and then end with this and a non-zero status, so a
     script never takes a truncated or damaged file for a healthy one.
     """
-    errors = [f for f in check_image(image) if f.severity == "error"]
+    errors = [f for f in check_image(image) if f.severity == Severity.ERROR]
     if not errors:
         return None
     detail = errors[0].message

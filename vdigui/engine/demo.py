@@ -38,13 +38,15 @@ import uuid as uuidlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
+
 from vdigui.engine import fileio
-from vdigui.engine.chain import open_paths
-from vdigui.engine.format import FIRST_SPECIAL, read_header
+from vdigui.engine.chain import DiskChain, open_paths
+from vdigui.engine.format import is_allocated, read_header
 from vdigui.engine.image import create_image, open_image
 
 #: Bump when the demo's content changes so old caches are not reused.
-DEMO_VERSION = 2
+DEMO_VERSION = 3
 DEMO_NAME = "Demo VM"
 MIB = 1 << 20
 GIB = 1 << 30
@@ -408,17 +410,43 @@ def _real_base_in(base: Path, uuid: uuidlib.UUID, rng: random.Random, work: Path
         used = usage.used_bytes
         first = (root_lba * 512) // BLOCK + 8
         last = (root_lba * 512 + root_sectors * 512) // BLOCK
-        full = [b for b in range(first, last) if used[b] == BLOCK]
+        full = [b for b in _file_data_blocks(chain) if first <= b < last]
         free = [b for b in range(first, last) if used[b] == 0]
         # The guest zero-filled part of its free space once: allocated all-zero blocks,
         # which plain compaction already drops.
-        stale = [b for b in free if chain.top.block_map[b] < FIRST_SPECIAL]
+        stale = [b for b in free if is_allocated(chain.top.block_map[b])]
         for block in sorted(rng.sample(stale, min(6, len(stale)))):
             chain.write(block * BLOCK, bytes(BLOCK), durable=False)
         chain.top.sync()
     finally:
         chain.close()
     return full, free
+
+
+def _file_data_blocks(chain: DiskChain) -> list[int]:
+    """Guest blocks made entirely of regular files' data on the ext4 volume.
+
+    The snapshots rewrite these to model changed file contents; a block the filesystem's own
+    structures share (a directory, an inode table) must never be one of them, or the demo's
+    later states would hold a damaged filesystem.
+    """
+    from vdigui.engine.guestfs.files import EntryKind, ExtentKind, open_namespace
+    from vdigui.engine.usage_report import GuestReader
+
+    covered = np.zeros(chain.guest_blocks, dtype=np.int64)
+    names = open_namespace(GuestReader(chain), "p1")
+    for _folder, entries in names.walk("/"):
+        for entry in entries:
+            if entry.kind is not EntryKind.FILE:
+                continue
+            for ext in names.extents(entry):
+                if ext.kind is not ExtentKind.DATA or ext.disk_offset is None:
+                    continue
+                start, end = ext.disk_offset, ext.disk_offset + ext.length
+                for block in range(start // BLOCK, (end - 1) // BLOCK + 1):
+                    lo, hi = max(start, block * BLOCK), min(end, (block + 1) * BLOCK)
+                    covered[block] += hi - lo
+    return [int(b) for b in np.flatnonzero(covered == BLOCK)]
 
 
 def _pin_fat_times(image: Path) -> None:

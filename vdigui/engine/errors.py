@@ -107,3 +107,15 @@ class OperationCancelled(VdiError):
 
 class VerificationError(VdiError):
     """The guest content after an operation differs from before; the original is kept."""
+
+
+class GuestFsError(VdiError):
+    """A guest filesystem's metadata cannot be read as it claims (damaged or hostile).
+
+    Raised by the guest file layer (:mod:`vdigui.engine.guestfs.files`) for loops, extents
+    outside the filesystem, impossible sizes and the like; never for ordinary absence.
+    """
+
+
+class GuestPathError(VdiError):
+    """A path inside a guest filesystem names nothing, or the wrong kind of thing."""

@@ -19,13 +19,8 @@ from vdigui.engine.chain import DiskChain
 from vdigui.engine.copier import TempOutput, copy_blocks
 from vdigui.engine.errors import VdiError, VerificationError
 from vdigui.engine.format import BLOCK_ZERO
-from vdigui.engine.operations._common import (
-    commit_new,
-    commit_replace,
-    serving,
-    temp_path_beside,
-)
 from vdigui.engine.operations._rewrite import source_spec
+from vdigui.engine.operations.safefile import commit_new, commit_replace, temp_path_beside
 from vdigui.engine.progress import CancelToken, Progress, ProgressFn, no_progress
 
 CANCELLED = "Cancelled: no output file was written."
@@ -69,7 +64,7 @@ def export_raw(chain: DiskChain, out: Path | str, *, progress: ProgressFn = no_p
     except OSError as exc:
         raise VdiError(f"Cannot write in '{out.parent}': {exc.strerror or exc}.") from exc
     try:
-        layer, entry = serving(chain)
+        layer, entry = chain.serving()
         needed = np.flatnonzero((layer >= 0) & (entry != BLOCK_ZERO))
         spec = source_spec(chain, needed, layer, entry)
         shown = [0]

@@ -158,6 +158,15 @@ class FileOps:
         """``os.chown``."""
         os.chown(path, uid, gid)
 
+    def symlink(self, target: str, path: Path) -> None:
+        """Create a symbolic link ``path`` -> ``target``; fails if ``path`` exists."""
+        path.symlink_to(target)
+
+    def utime(self, path: Path, ns: tuple[int, int]) -> None:
+        """Set access and modification times (nanoseconds) of ``path`` itself, never a link's
+        target."""
+        os.utime(path, ns=ns, follow_symlinks=False)
+
 
 _ops: FileOps = FileOps()
 
@@ -256,6 +265,16 @@ def chmod(path: Path | str, mode: int) -> None:
 def chown(path: Path | str, uid: int, gid: int) -> None:
     """Change the owner."""
     _ops.chown(Path(path), uid, gid)
+
+
+def symlink(target: str, path: Path | str) -> None:
+    """Create a symbolic link that never overwrites (extracting guest links)."""
+    _ops.symlink(target, Path(path))
+
+
+def utime(path: Path | str, ns: tuple[int, int]) -> None:
+    """Set a file's access and modification times in nanoseconds (links are not followed)."""
+    _ops.utime(Path(path), ns)
 
 
 def copy_range(src_fd: int, src_offset: int, dst_fd: int, dst_offset: int, length: int) -> None:

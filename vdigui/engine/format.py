@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import struct
 import uuid as uuidlib
 from collections.abc import Sequence
@@ -396,6 +397,26 @@ def uuid_from_disk(raw: bytes) -> uuidlib.UUID:
 def uuid_to_disk(value: uuidlib.UUID) -> bytes:
     """Encode a UUID the way VirtualBox stores it on disk."""
     return value.bytes_le
+
+
+_UUID_TEXT = re.compile(r"[0-9A-Fa-f]{8}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{4}-?"
+                        r"[0-9A-Fa-f]{12}")
+
+
+def parse_uuid(text: str | None) -> uuidlib.UUID | None:
+    """A UUID written as text (settings files, the command line, the app), or None.
+
+    Accepts what VirtualBox writes (``{xxxxxxxx-xxxx-...}``) and what people type (without
+    braces, any case, surrounding spaces, without dashes); anything else is None rather than
+    an error, because callers usually try a UUID first and a name or path next (a snapshot
+    named "1234" is not a UUID). The one parser of UUID text in vdigui.
+    """
+    if not text:
+        return None
+    candidate = text.strip().strip("{}")
+    if not _UUID_TEXT.fullmatch(candidate):
+        return None
+    return uuidlib.UUID(candidate)
 
 
 def _hex(value: int) -> str:

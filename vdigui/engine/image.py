@@ -295,11 +295,20 @@ class VdiImage:
 
 
 def _read_map(fd: int, header: VdiHeader, path: Path) -> np.ndarray:
-    raw = os.pread(fd, header.map_size, header.offset_blocks)
-    if len(raw) != header.map_size:
+    # Read straight into the array: a bytes object plus a converted copy doubled the peak
+    # memory of every map read (64 MiB more for an 8 TiB disk's 32 MiB map).
+    entries = np.empty(header.blocks, dtype="<u4")
+    view = entries.data.cast("B")
+    got = 0
+    while got < header.map_size:
+        n = os.preadv(fd, [view[got:]], header.offset_blocks + got)
+        if n <= 0:
+            break
+        got += n
+    if got != header.map_size:
         raise ImageCorruptError(f"{path} is truncated: its block map is cut short by the end "
-                                f"of the file ({len(raw)} of {header.map_size} bytes).")
-    return np.frombuffer(raw, dtype="<u4").astype(np.uint32)
+                                f"of the file ({got} of {header.map_size} bytes).")
+    return entries.astype(np.uint32, copy=False)
 
 
 def open_image(path: Path | str, *, writable: bool = False) -> VdiImage:

@@ -55,7 +55,7 @@ import numpy as np
 
 from vdigui.engine.chain import open_paths, resolve_chain
 from vdigui.engine.errors import VdiError
-from vdigui.engine.format import BLOCK_FREE, FIRST_SPECIAL, VdiHeader
+from vdigui.engine.format import BLOCK_FREE, VdiHeader, is_allocated
 from vdigui.engine.guestfs import UsageMap
 from vdigui.engine.image import open_image
 from vdigui.engine.operations.journal import STATE_DIR
@@ -94,6 +94,42 @@ ACTIONS: dict[Category, str] = {
                                "settings backups",
     Category.UNKNOWN: "nothing vdigui can tell: look at the file (vdictl clean removes "
                       "leftovers of interrupted operations)",
+}
+
+#: Short names for legends and hover text (the app's Space tab, the HTML report).
+CATEGORY_LABELS: dict[Category, str] = {
+    Category.HEADER_AND_MAP: "Header and block map",
+    Category.GUEST_DATA: "Data the guest uses",
+    Category.GUEST_UNUSED: "Unused by the guest",
+    Category.ZERO_BLOCKS: "All-zero blocks",
+    Category.HIDDEN: "Hidden by a later layer",
+    Category.SLACK: "Slack",
+    Category.UNDO_DATA: "vdigui's undo data",
+    Category.VIRTUALBOX_OTHER: "VirtualBox's other files",
+    Category.UNKNOWN: "Unknown",
+}
+
+#: What each category is, in plain words.
+CATEGORY_MEANINGS: dict[Category, str] = {
+    Category.HEADER_AND_MAP: "The image's header and block map: bookkeeping every image needs; "
+                             "only deleting the image frees it.",
+    Category.GUEST_DATA: "Blocks the guest's filesystems use (its files). Deleting files inside "
+                         "the guest, then filesystem-aware compaction, frees them.",
+    Category.GUEST_UNUSED: "Blocks the image stores but the guest's filesystems no longer use "
+                           "(deleted files): filesystem-aware compaction drops them.",
+    Category.ZERO_BLOCKS: "Blocks the image stores that hold only zeros: compaction drops them.",
+    Category.HIDDEN: "Blocks a later layer has overwritten in every state that reads through "
+                     "this image; only a snapshot still sees them. Deleting that snapshot frees "
+                     "them.",
+    Category.SLACK: "Space in the image no block uses (slots nothing refers to, bytes after the "
+                    "last block): compaction frees it.",
+    Category.UNDO_DATA: "Backups vdigui keeps so its last operation can be undone. Discarding "
+                        "them frees the space; that operation can then no longer be undone.",
+    Category.VIRTUALBOX_OTHER: "VirtualBox's own files: the settings and their backups, saved "
+                               "states, logs. VirtualBox frees them (discard a saved state, "
+                               "delete old logs).",
+    Category.UNKNOWN: "Bytes vdigui cannot classify: blocks of a filesystem it does not "
+                      "understand, or files it does not know.",
 }
 
 #: Suffixes (lower case) of VirtualBox's own files besides disks.
@@ -321,7 +357,7 @@ def _account_image(path: Path, st: os.stat_result, layout: _Layout, maps: _Maps,
     nslots = -(-(size - data_start) // slot_size) if size > data_start else 0
     blocks = min(header.blocks, entries.size)
     entries = entries[:blocks]
-    stored = np.flatnonzero(entries < FIRST_SPECIAL)
+    stored = np.flatnonzero(is_allocated(entries))
     slots = entries[stored].astype(np.int64)
     inside = slots < nslots
     stored, slots = stored[inside], slots[inside]
@@ -332,6 +368,7 @@ def _account_image(path: Path, st: os.stat_result, layout: _Layout, maps: _Maps,
     cat = np.full(blocks, _INDEX[Category.GUEST_DATA], dtype=np.int8)
     chain = layout.own_chain.get(path)
     usage: UsageMap | None = None
+    zero_found: np.ndarray | None = None
     if chain is None:
         notes.append("Its chain could not be followed, so the guest's use of its blocks is "
                      "unknown.")
@@ -498,6 +535,6 @@ def account_space(path: Path | str, *, scan_zeros: bool = False,
     return SpaceAccount(folder, tuple(files), scan_zeros, tuple(notes))
 
 
-__all__ = ["ACTIONS", "CATEGORIES", "Category", "FileSpace", "SpaceAccount", "account_space",
-           "classify_other", "data_extents", "hidden_blocks", "in_holes",
-           "not_understood_blocks"]
+__all__ = ["ACTIONS", "CATEGORIES", "CATEGORY_LABELS", "CATEGORY_MEANINGS", "Category",
+           "FileSpace", "SpaceAccount", "account_space", "classify_other", "data_extents",
+           "hidden_blocks", "in_holes", "not_understood_blocks"]

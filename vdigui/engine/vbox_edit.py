@@ -33,18 +33,9 @@ import defusedxml.ElementTree as DET
 
 from vdigui.engine import fileio
 from vdigui.engine.errors import SettingsError
+from vdigui.engine.format import parse_uuid
 
 _ROOT_START = re.compile(rb"<(?![?!])")
-
-
-def parse_uuid(text: str | None) -> uuidlib.UUID | None:
-    """``{xxxxxxxx-...}`` (braces optional) -> UUID, or None when absent or malformed."""
-    if not text:
-        return None
-    try:
-        return uuidlib.UUID(text.strip().strip("{}"))
-    except ValueError:
-        return None
 
 
 def format_uuid(value: uuidlib.UUID) -> str:
@@ -275,6 +266,24 @@ class VboxDocument:
                     images.append(image)
         return images
 
+    def disk_devices(self, owner: ET.Element) -> dict[tuple[str, int, int], ET.Element]:
+        """(controller name, port, device) -> the hard-disk <AttachedDevice> of ``owner``.
+
+        Only attachments with an image count: those are the ones whose settings (discard,
+        solid-state) matter to a disk.
+        """
+        found: dict[tuple[str, int, int], ET.Element] = {}
+        for el in self.own_elements(owner):
+            if self._local(el.tag) != "StorageController":
+                continue
+            for dev in el:
+                if (self._local(dev.tag) != "AttachedDevice" or dev.get("type") != "HardDisk"
+                        or dev.find(self.q("Image")) is None):
+                    continue
+                key = (el.get("name") or "", _int(dev.get("port")), _int(dev.get("device")))
+                found[key] = dev
+        return found
+
     def image_refs(self, medium: uuidlib.UUID) -> list[ET.Element]:
         """Every <Image uuid> in the document that names ``medium``."""
         return [e for e in self.machine.iter(self.q("Image"))
@@ -499,6 +508,14 @@ def is_inside(path: Path, folder: Path) -> bool:
     inside: it would otherwise resolve against the current directory.
     """
     return path.is_absolute() and _inside(path, folder)
+
+
+def _int(text: str | None) -> int:
+    """An integer attribute, 0 when absent or not a number (VirtualBox's default)."""
+    try:
+        return int(text or 0)
+    except ValueError:
+        return 0
 
 
 def _set_attr_after(element: ET.Element, name: str, value: str, after: str) -> None:

@@ -35,6 +35,7 @@ import uuid as uuidlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Literal
 from xml.etree.ElementTree import Element, ParseError
@@ -43,6 +44,7 @@ import defusedxml
 import defusedxml.ElementTree as SafeET
 
 from vdigui.engine.errors import SettingsError, VdiError
+from vdigui.engine.format import parse_uuid
 from vdigui.engine.sniff import open_regular, regular_file_problem
 
 NAMESPACES = ("http://www.virtualbox.org/", "http://www.innotek.de/VirtualBox-settings")
@@ -62,7 +64,18 @@ _OLD_STORAGE = {"VirtualDiskImage": "VDI", "VMDKImage": "VMDK", "VHDImage": "VHD
 _KINDS = {"HardDisks": "hard-disk", "DVDImages": "dvd", "FloppyImages": "floppy"}
 _WINDOWS_ABS = re.compile(r"^(?:[A-Za-z]:[\\/]|[\\/]{2}[^\\/])")
 
-Severity = Literal["error", "warning"]
+class Severity(StrEnum):
+    """How bad a problem or a check finding is.
+
+    A ``StrEnum``: the JSON output (``vdictl info --json``, reports) keeps the plain words.
+    """
+
+    #: VirtualBox would refuse the file, or data is at risk.
+    ERROR = "error"
+    #: Suspicious or informational; nothing is at risk.
+    WARNING = "warning"
+
+
 MediumKind = Literal["hard-disk", "dvd", "floppy"]
 
 
@@ -153,6 +166,9 @@ class Attachment:
         discard: TRIM is passed to the image.
         nonrotational: the guest is told it is an SSD.
         host_drive: the ``<HostDrive src>`` of a passthrough drive, if any.
+        controller_type: the controller's ``type`` ("PIIX4", "AHCI", "LsiLogic", "NVMe",
+            "VirtioSCSI", ...; pre-1.7 files: the bus), which decides whether a discard
+            (TRIM/UNMAP) can reach the image at all.
     """
 
     controller: str
@@ -163,6 +179,7 @@ class Attachment:
     discard: bool = False
     nonrotational: bool = False
     host_drive: str | None = None
+    controller_type: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,7 +391,7 @@ def parse_settings_root(root: Element, path: Path) -> MachineSettings | GlobalSe
     info = SettingsFileInfo(path, path.parent, namespace, version, platform)
     ctx = _Context(info)
     if _version_tuple(version) > NEWEST_KNOWN_VERSION:
-        ctx.problem("warning", "future-settings-version",
+        ctx.problem(Severity.WARNING, "future-settings-version",
                     f"'{path.name}' has settings version {version}, newer than the "
                     f"{NEWEST_KNOWN_VERSION[0]}.{NEWEST_KNOWN_VERSION[1]} vdigui knows; it is "
                     "read as far as it is understood.", path)
@@ -418,10 +435,10 @@ class _Context:
         text = self.required(element, name) if required else element.get(name)
         if text is None or (not required and not text.strip()):
             return None
-        try:
-            return uuidlib.UUID(text.strip().strip("{}"))
-        except ValueError:
-            raise self.error(element, f"has {name}=\"{text}\", which is not a UUID") from None
+        value = parse_uuid(text)
+        if value is None:
+            raise self.error(element, f"has {name}=\"{text}\", which is not a UUID")
+        return value
 
     def number(self, element: Element, name: str, default: int) -> int:
         text = element.get(name)
@@ -569,7 +586,7 @@ class _Registry:
                 raise ctx.error(element, f"has type=\"{type_text}\", expected one of "
                                          f"{', '.join(MEDIUM_TYPES.values())}")
         if uuid in self._order:
-            ctx.problem("error", "duplicate-uuid",
+            ctx.problem(Severity.ERROR, "duplicate-uuid",
                         f"'{ctx.path.name}' registers medium {{{uuid}}} twice ('{location}' "
                         f"and '{self._built[uuid].location if uuid in self._built else '?'}'); "
                         "VirtualBox refuses duplicate UUIDs.", ctx.path, uuid)
@@ -642,11 +659,11 @@ def _parse_machine(machine: Element, ctx: _Context) -> MachineSettings:
 
     current_snapshot = ctx.uuid(machine, "currentSnapshot", required=False)
     if current_snapshot is not None and current_snapshot not in seen:
-        ctx.problem("error", "current-snapshot-missing",
+        ctx.problem(Severity.ERROR, "current-snapshot-missing",
                     f"'{ctx.path.name}' names current snapshot {{{current_snapshot}}}, but no "
                     "snapshot has that UUID.", ctx.path, current_snapshot)
     elif current_snapshot is None and root_snapshot is not None:
-        ctx.problem("error", "current-snapshot-missing",
+        ctx.problem(Severity.ERROR, "current-snapshot-missing",
                     f"'{ctx.path.name}' has snapshots but no currentSnapshot attribute, which "
                     "VirtualBox requires.", ctx.path)
 
@@ -673,7 +690,7 @@ def _parse_snapshot(element: Element, parent: uuidlib.UUID | None, ctx: _Context
     assert uuid is not None
     name = ctx.required(element, "name")
     if uuid in seen:
-        ctx.problem("error", "duplicate-uuid",
+        ctx.problem(Severity.ERROR, "duplicate-uuid",
                     f"'{ctx.path.name}' has two snapshots with UUID {{{uuid}}}.", ctx.path, uuid)
     seen.add(uuid)
     wrappers = _children(element, "Snapshots")
@@ -703,16 +720,19 @@ def _parse_attachments(owner: Element, ctx: _Context) -> tuple[Attachment, ...]:
         for controllers in _children(container, "StorageControllers"):
             for controller in _children(controllers, "StorageController"):
                 controller_name = ctx.required(controller, "name")
+                controller_type = controller.get("type") or ""
                 for device in _children(controller, "AttachedDevice"):
-                    out.append(_parse_attached_device(device, controller_name, ctx))
+                    out.append(_parse_attached_device(device, controller_name,
+                                                      controller_type, ctx))
     # Pre-1.7: hard disks in <HardDiskAttachments>, DVD and floppy images in <Hardware>.
     for attachments in _children(owner, "HardDiskAttachments"):
         for item in _children(attachments, "HardDiskAttachment"):
             uuid = ctx.uuid(item, "hardDisk")
+            bus = item.get("bus") or item.get("controller") or "IDE"
             out.append(Attachment(
-                controller=item.get("bus") or item.get("controller") or "IDE",
-                port=ctx.number(item, "channel", 0), device=ctx.number(item, "device", 0),
-                device_type="HardDisk", medium_uuid=uuid))
+                controller=bus, port=ctx.number(item, "channel", 0),
+                device=ctx.number(item, "device", 0), device_type="HardDisk",
+                medium_uuid=uuid, controller_type=bus))
     if hardware is not None:
         for tag, device_type, controller_name, port in (("DVDDrive", "DVD", "IDE", 1),
                                                         ("FloppyDrive", "Floppy", "Floppy", 0)):
@@ -728,7 +748,8 @@ def _parse_attachments(owner: Element, ctx: _Context) -> tuple[Attachment, ...]:
     return tuple(out)
 
 
-def _parse_attached_device(device: Element, controller: str, ctx: _Context) -> Attachment:
+def _parse_attached_device(device: Element, controller: str, controller_type: str,
+                           ctx: _Context) -> Attachment:
     device_type = ctx.required(device, "type")
     image = _child(device, "Image")
     host = _child(device, "HostDrive")
@@ -739,6 +760,7 @@ def _parse_attached_device(device: Element, controller: str, ctx: _Context) -> A
         discard=ctx.flag(device, "discard", False),
         nonrotational=ctx.flag(device, "nonrotational", False),
         host_drive=host.get("src") if host is not None else None,
+        controller_type=controller_type,
     )
 
 

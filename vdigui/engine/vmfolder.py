@@ -33,7 +33,7 @@ from typing import Any
 from vdigui.engine import format as fmt
 from vdigui.engine.chain import ImageIndex, resolve_chain
 from vdigui.engine.errors import SettingsError, VdiError
-from vdigui.engine.format import NULL_UUID, VdiHeader
+from vdigui.engine.format import NULL_UUID, VdiHeader, parse_uuid
 from vdigui.engine.sniff import regular_file_problem
 from vdigui.engine.vbox_xml import (
     Attachment,
@@ -60,7 +60,6 @@ __all__ = [
     "find_settings_file",
     "load_settings",
     "load_vm_folder",
-    "vm_running_hint",
 ]
 
 _PLATFORMS = "linux|windows|macosx|freebsd|solaris|os2|netbsd|openbsd"
@@ -158,7 +157,7 @@ class VmFolder:
             VdiError: no snapshot matches, or several snapshots share the name (the message
                 lists their UUIDs so the user can pick one).
         """
-        wanted = _parse_uuid(text)
+        wanted = parse_uuid(text)
         nodes = list(self.iter_snapshots())
         if wanted is not None:
             for node in nodes:
@@ -244,7 +243,7 @@ class VmFolder:
             uuid_or_path = uuid_or_path.uuid
         if isinstance(uuid_or_path, Path):
             return uuid_or_path.resolve()
-        wanted = uuid_or_path if isinstance(uuid_or_path, uuidlib.UUID) else _parse_uuid(
+        wanted = uuid_or_path if isinstance(uuid_or_path, uuidlib.UUID) else parse_uuid(
             uuid_or_path)
         if wanted is None:
             return Path(str(uuid_or_path)).resolve()
@@ -264,12 +263,12 @@ class VmFolder:
     @property
     def errors(self) -> tuple[Problem, ...]:
         """The problems of severity "error"."""
-        return tuple(p for p in self.problems if p.severity == "error")
+        return tuple(p for p in self.problems if p.severity == Severity.ERROR)
 
     @property
     def warnings(self) -> tuple[Problem, ...]:
         """The problems of severity "warning"."""
-        return tuple(p for p in self.problems if p.severity == "warning")
+        return tuple(p for p in self.problems if p.severity == Severity.WARNING)
 
     def problems_for(self, uuid: uuidlib.UUID | None = None, path: Path | None = None
                      ) -> tuple[Problem, ...]:
@@ -566,7 +565,7 @@ def _merge_registries(settings: MachineSettings, glob: GlobalSettings | None
         for uuid, medium in glob.media.items():
             if uuid in media:
                 problems.append(Problem(
-                    "error", "duplicate-uuid",
+                    Severity.ERROR, "duplicate-uuid",
                     f"Medium {{{uuid}}} is registered both in '{settings.info.settings_path.name}'"
                     f" ('{media[uuid].location}') and in '{glob.info.settings_path.name}' "
                     f"('{medium.location}'); VirtualBox refuses duplicate UUIDs.",
@@ -593,12 +592,12 @@ def _attachment_problems(settings: MachineSettings, media: dict[uuidlib.UUID, Me
             users.setdefault(uuid, (attachment.device_type, []))[1].append(where)
     problems = []
     for uuid, (device_type, wheres) in users.items():
-        severity: Severity = "error" if device_type.lower() == "harddisk" else "warning"
+        severity = Severity.ERROR if device_type.lower() == "harddisk" else Severity.WARNING
         problems.append(Problem(
             severity, "unknown-medium",
             f"{device_type} medium {{{uuid}}} attached in {', '.join(wheres)} is in no loaded "
             f"media registry ('{settings.info.settings_path.name}'"
-            f"{'' if severity == 'error' else ' and perhaps the global VirtualBox.xml'}).",
+            f"{'' if severity == Severity.ERROR else ' and perhaps the global VirtualBox.xml'}).",
             settings.info.settings_path, uuid))
     return problems
 
@@ -611,7 +610,7 @@ def _state_file_problems(view: VmFolder) -> list[Problem]:
     for owner, state, uuid in owners:
         if state is not None and not state.exists():
             problems.append(Problem(
-                "warning", "missing-state-file",
+                Severity.WARNING, "missing-state-file",
                 f"The saved state of {owner} ('{state}') is missing, so that state cannot be "
                 "restored.", state, uuid))
     return problems
@@ -669,7 +668,7 @@ def _scan_disks(settings: MachineSettings, media: dict[uuidlib.UUID, Medium],
             hint = (f"; a file with this UUID exists at '{elsewhere[0]}'" if elsewhere
                     else "")
             foreign = " (a path of another operating system)" if medium.foreign_path else ""
-            severity: Severity = "error" if medium.kind == "hard-disk" else "warning"
+            severity = Severity.ERROR if medium.kind == "hard-disk" else Severity.WARNING
             add(severity, "missing-file",
                 f"Registered {medium.kind} {{{medium.uuid}}} is missing: '{medium.location}'"
                 f"{foreign} does not exist{hint}.", where, medium.uuid)
@@ -679,18 +678,18 @@ def _scan_disks(settings: MachineSettings, media: dict[uuidlib.UUID, Medium],
         resolved = where.resolve()
         if resolved in unreadable:
             reported_unreadable.add(resolved)
-            add("error", "unreadable-image",
+            add(Severity.ERROR, "unreadable-image",
                 f"Registered image '{where.name}' {{{medium.uuid}}} cannot be read: "
                 f"{unreadable[resolved]}", resolved, medium.uuid)
             continue
         header = headers.get(resolved)
         if header is None:
-            add("error", "unreadable-image",
+            add(Severity.ERROR, "unreadable-image",
                 f"Registered image '{medium.location}' {{{medium.uuid}}} is not a regular "
                 "file.", resolved, medium.uuid)
             continue
         if header.uuid != medium.uuid:
-            add("error", "uuid-mismatch",
+            add(Severity.ERROR, "uuid-mismatch",
                 f"UUID {{{header.uuid}}} in the header of '{where.name}' does not match "
                 f"{{{medium.uuid}}} stored in the media registry.", resolved, medium.uuid)
         if medium.parent_uuid is None:
@@ -698,30 +697,30 @@ def _scan_disks(settings: MachineSettings, media: dict[uuidlib.UUID, Medium],
                 what = ("its header says it is a differencing image"
                         if header.image_type == fmt.ImageType.DIFFERENCING
                         else f"its header links to parent {{{header.parent_uuid}}}")
-                add("error", "base-is-differencing",
+                add(Severity.ERROR, "base-is-differencing",
                     f"'{where.name}' is a base disk in the media registry but {what}.",
                     resolved, medium.uuid)
         elif header.parent_uuid != medium.parent_uuid:
             said = ("no parent" if header.parent_uuid == NULL_UUID
                     else f"parent {{{header.parent_uuid}}}")
-            add("error", "parent-mismatch",
+            add(Severity.ERROR, "parent-mismatch",
                 f"The header of '{where.name}' names {said}, but the media registry nests it "
                 f"under {{{medium.parent_uuid}}}.", resolved, medium.uuid)
 
     # Files the registry does not know, unreadable ones, duplicates.
     for path, message in sorted(unreadable.items()):
         if path not in reported_unreadable:
-            add("error", "unreadable-image", f"Image '{path.name}' cannot be read: {message}",
-                path, None)
+            add(Severity.ERROR, "unreadable-image",
+                f"Image '{path.name}' cannot be read: {message}", path, None)
     for uuid, paths in image_paths.items():
         if len(paths) > 1:
             listed = ", ".join(f"'{p}'" for p in paths)
-            add("error", "duplicate-uuid",
+            add(Severity.ERROR, "duplicate-uuid",
                 f"{len(paths)} files share uuidCreate {{{uuid}}} ({listed}); VirtualBox can "
                 "register only one of them.", paths[1], uuid)
         for path in paths:
             if uuid not in media and path.parent in scanned_folders:
-                add("error", "orphan-image",
+                add(Severity.ERROR, "orphan-image",
                     f"Image '{path.name}' {{{uuid}}} in '{path.parent}' is in no loaded media "
                     "registry (an orphan).", path, uuid)
 
@@ -741,24 +740,24 @@ def _scan_disks(settings: MachineSettings, media: dict[uuidlib.UUID, Medium],
             registered = media.get(parent_uuid)
             extra = (f" (it is registered as '{registered.location}', whose file is missing "
                      "or unreadable)" if registered else "")
-            add("error", "missing-parent",
+            add(Severity.ERROR, "missing-parent",
                 f"Parent {{{parent_uuid}}} of '{path.name}' was not found among the VM's "
                 f"images{extra}.", path, uuid)
             continue
         children[parent_uuid].append(uuid)
         parent = headers[parent_path]
         if parent.disk_size != header.disk_size:
-            add("error", "size-mismatch",
+            add(Severity.ERROR, "size-mismatch",
                 f"'{path.name}' has a disk size of {header.disk_size} bytes but its parent "
                 f"'{parent_path.name}' has {parent.disk_size}; a chain needs equal sizes.",
                 path, uuid)
         if parent.block_size != header.block_size:
-            add("error", "block-size-mismatch",
+            add(Severity.ERROR, "block-size-mismatch",
                 f"'{path.name}' uses {header.block_size}-byte blocks but its parent "
                 f"'{parent_path.name}' uses {parent.block_size}.", path, uuid)
         if (header.parent_modify_uuid != NULL_UUID
                 and header.parent_modify_uuid != parent.modify_uuid):
-            add("warning", "parent-modify-mismatch",
+            add(Severity.WARNING, "parent-modify-mismatch",
                 f"uuidParentModify of '{path.name}' ({{{header.parent_modify_uuid}}}) differs "
                 f"from uuidModify of its parent '{parent_path.name}' "
                 f"({{{parent.modify_uuid}}}): the parent was written or merged into after the "
@@ -787,7 +786,7 @@ def _loop_problems(preferred: dict[uuidlib.UUID, Path], headers: dict[Path, VdiH
             reported.update(cycle)
             names = " -> ".join(f"'{preferred[u].name}'" for u in cycle)
             problems.append(Problem(
-                "error", "parent-loop",
+                Severity.ERROR, "parent-loop",
                 f"The parent links of {names} form a loop, so none of them has a base.",
                 preferred[current], current))
     return problems
@@ -819,7 +818,7 @@ def _find_backups(settings: MachineSettings, problems: list[Problem]) -> tuple[P
         except SettingsError:
             if leftover_tmp:
                 problems.append(Problem(
-                    "warning", "failed-save",
+                    Severity.WARNING, "failed-save",
                     f"'{path.name}' is an unreadable leftover of a settings save that did "
                     "not finish.", path))
             continue
@@ -827,7 +826,7 @@ def _find_backups(settings: MachineSettings, problems: list[Problem]) -> tuple[P
             backups.append(path)
             if leftover_tmp:
                 problems.append(Problem(
-                    "warning", "failed-save",
+                    Severity.WARNING, "failed-save",
                     f"'{path.name}' is left over from a settings save that did not finish; "
                     f"compare it with '{current.name}' before deleting it.", path))
     return tuple(backups)
@@ -877,10 +876,6 @@ def find_running_vm_hint(folder: Path | str) -> str | None:
         pid, name, path = holder
         return f"'{path.name}' is held open by process {pid} ({name}), so the VM may be running."
     return None
-
-
-#: The name operations look up (``operations/_common.py``); the same probe.
-vm_running_hint = find_running_vm_hint
 
 
 def _vm_folder_of(path: Path) -> Path:
@@ -967,11 +962,3 @@ def _u(value: uuidlib.UUID | None) -> str | None:
 
 def _s(value: Path | None) -> str | None:
     return str(value) if value is not None else None
-
-
-def _parse_uuid(text: str) -> uuidlib.UUID | None:
-    candidate = text.strip().strip("{}")
-    if not re.fullmatch(r"[0-9A-Fa-f]{8}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{4}-?"
-                        r"[0-9A-Fa-f]{12}", candidate):
-        return None
-    return uuidlib.UUID(candidate)

@@ -25,8 +25,8 @@ from pathlib import Path
 
 from vdigui import __version__
 
-TABS = ("overview", "header", "blockmap", "fragmentation")
-WIZARDS = ("compact", "clone", "delete-snapshot", "repair")
+TABS = ("overview", "header", "blockmap", "fragmentation", "space", "files")
+WIZARDS = ("compact", "clone", "delete-snapshot", "repair", "resize")
 WIZARD_PAGES = ("intro", "options", "preview", "run", "result")
 
 
@@ -290,7 +290,14 @@ def _screenshot(app: object, window: object, args: argparse.Namespace) -> int:
             return 1
         if window.workers.running and not wait_idle():
             return 1
-    window.tabs.setCurrentIndex(TABS.index(args.tab))
+    if args.tab == "files":  # added after the others: found by widget, not position
+        window.tabs.setCurrentWidget(window.files)
+    else:
+        window.tabs.setCurrentIndex(TABS.index(args.tab))
+    # Showing a tab may start work of its own (the Space tab counts on a worker): wait for it.
+    if window.busy and not wait_idle():
+        print("vdigui: error: the tab did not finish loading within 60 s", file=sys.stderr)
+        return 1
     # Let layouts settle and pyqtgraph's debounced redraw run before grabbing.
     for _ in range(5):
         loop = QEventLoop()

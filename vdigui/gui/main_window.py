@@ -41,7 +41,6 @@ from PySide6.QtWidgets import (
     QApplication,
     QDockWidget,
     QFileDialog,
-    QHeaderView,
     QLabel,
     QMainWindow,
     QMenu,
@@ -61,18 +60,21 @@ from vdigui.engine import BLOCK_FREE, BLOCK_ZERO, Progress, open_paths, scan_zer
 from vdigui.gui import messages, theme
 from vdigui.gui.models.media import MediaTreeModel
 from vdigui.gui.models.problems import ProblemRole, ProblemsModel
-from vdigui.gui.models.snapshots import SnapshotTreeModel
+from vdigui.gui.models.snapshots import SnapshotCostLoader, SnapshotTreeModel
+from vdigui.gui.models.tree import install_column_chooser
 from vdigui.gui.session import ChainData, DiskNode, Session, SnapNode, load_chain, load_session
 from vdigui.gui.views.blockmap import BlockMapView
 from vdigui.gui.views.columns import fit_columns
+from vdigui.gui.views.files import install_files_tab
 from vdigui.gui.views.fragmentation import FragmentationView
 from vdigui.gui.views.header import MAP_PREVIEW_ENTRIES, HeaderView
 from vdigui.gui.views.locate import LocateDialog
 from vdigui.gui.views.overview import OverviewView
+from vdigui.gui.views.space import SpaceView
 from vdigui.gui.wizards import install_operation_actions, selection_of
 from vdigui.gui.workers import Runner, WorkerPool
 
-TABS = ("overview", "header", "blockmap", "fragmentation")
+TABS = ("overview", "header", "blockmap", "fragmentation", "space", "files")
 #: The pause between the drawing steps of one selection: the repaint of the previous step
 #: (and any input) is handled in between (bench/bench_gui.py measures the stalls).
 DEFER_MS = 16
@@ -115,6 +117,8 @@ class MainWindow(QMainWindow):
         self.operations = install_operation_actions(
             self, lambda: self.session.vm if self.session is not None else None,
             lambda: selection_of(self), self.reload)
+        self.space.attach(self.operations, self.snapshot_model)
+        self.files = install_files_tab(self)
         for view in (self.snapshot_view, self.media_view):
             view.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
             view.customContextMenuRequested.connect(
@@ -129,6 +133,8 @@ class MainWindow(QMainWindow):
             return
         view.setCurrentIndex(index)
         actions = self.operations.context_actions(selection_of(self))
+        if view is self.snapshot_view and self.files.changes_action is not None:
+            actions = [*actions, self.files.changes_action]
         if actions:
             menu = QMenu(view)
             menu.addActions(actions)
@@ -142,10 +148,16 @@ class MainWindow(QMainWindow):
         self.snapshot_view.setModel(self.snapshot_model)
         self.snapshot_view.setUniformRowHeights(True)
         self.snapshot_view.setAllColumnsShowFocus(True)
-        self.snapshot_view.header().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
-        self.snapshot_view.header().setSectionResizeMode(
-            1, QHeaderView.ResizeMode.ResizeToContents)
-        self.snapshot_view.header().setStretchLastSection(False)
+        # Content widths; the name elides if it must (its tooltip says all, "taken" date
+        # included, so "Taken" starts hidden: the header's menu shows it). The cost columns
+        # (filled on a worker, "…" meanwhile) sort by value; no sort at first.
+        self.snapshot_view.setIndentation(14)
+        self.snapshot_fitter = fit_columns(self.snapshot_view, elastic=((1,), (0,)), fill=0)
+        self.snapshot_columns = install_column_chooser(self.snapshot_view, hidden=(1,))
+        self.snapshot_view.header().setSortIndicator(-1, Qt.SortOrder.AscendingOrder)
+        self.snapshot_view.header().setSortIndicatorClearable(True)
+        self.snapshot_view.setSortingEnabled(True)
+        self.snapshot_costs = SnapshotCostLoader(self.workers, self.snapshot_model, self)
         self.snapshot_view.setToolTip("")
         self.snapshot_view.selectionModel().currentChanged.connect(self._snapshot_chosen)
         self.snapshot_view.setAccessibleName("Snapshots")
@@ -184,17 +196,25 @@ class MainWindow(QMainWindow):
         self.blockmap.locate_requested.connect(self.locate_byte)
         self.blockmap.scan_requested.connect(self.scan_zero_blocks)
         self.fragmentation = FragmentationView()
+        # A pool of its own: the Space tab's count must not queue behind the availability
+        # checks and the cost map on the analysis pool (bench/bench_gui.py measures it).
+        self.space_workers = WorkerPool(self)
+        self.space_workers.idle.connect(self._workers_idle)
+        self.space = SpaceView(self.space_workers)
         self.tabs = QTabWidget()
         self.tabs.addTab(self.overview, "Overview")
         self.tabs.addTab(self.header_view, "Header")
         self.tabs.addTab(self.blockmap, "Block map")
         self.tabs.addTab(self.fragmentation, "Fragmentation")
+        self.tabs.addTab(self.space, "Space")
         self._stale: set[QWidget] = set()
         self.tabs.currentChanged.connect(lambda _index: self._fill_current_tab())
         for i, tip in enumerate(("Figures, UUIDs and the chain of the selected image (Ctrl+1)",
                                  "The first 512 bytes, annotated (Ctrl+2)",
                                  "Which layer holds each guest block (Ctrl+3)",
-                                 "How the blocks are ordered in the files (Ctrl+4)")):
+                                 "How the blocks are ordered in the files (Ctrl+4)",
+                                 "Where the space of the folder goes, and what frees it "
+                                 "(Ctrl+5)")):
             self.tabs.setTabToolTip(i, tip)
 
         self.main_split = QSplitter(Qt.Orientation.Horizontal)
@@ -266,12 +286,17 @@ class MainWindow(QMainWindow):
                                           QKeySequence.StandardKey.Refresh,
                                           "Read the opened folder again from disk")
         self.reload_action.setShortcut(QKeySequence("F5"))
+        self.report_action = self._action(
+            file_menu, "Export &Report…", self.export_report, "Ctrl+Shift+E",
+            "Write one self-contained HTML page about the opened folder or image, to attach "
+            "to a help request")
         file_menu.addSeparator()
         self._action(file_menu, "&Quit", self.close, "Ctrl+Q",
                      "Close vdigui")
 
         view = bar.addMenu("&View")
-        for i, name in enumerate(("&Overview", "&Header", "&Block map", "F&ragmentation")):
+        for i, name in enumerate(("&Overview", "&Header", "&Block map", "F&ragmentation",
+                                     "&Space")):
             self._action(view, name, partial(self.tabs.setCurrentIndex, i), f"Ctrl+{i + 1}",
                          f"Show the {name.replace('&', '')} tab")
         view.addSeparator()
@@ -376,6 +401,7 @@ class MainWindow(QMainWindow):
             self._show_chain(self.chain_data)
         self.header_view.hex.update()
         self.fragmentation.strip.update()
+        self.space.update()
 
     # -- opening ---------------------------------------------------------------------------
     def show_welcome(self) -> None:
@@ -427,17 +453,60 @@ class MainWindow(QMainWindow):
         if self.session is not None:
             self.open_path(self.session.source)
 
+    #: Save-dialog filters of File > Export Report (the redacted one hides home and user).
+    REPORT_FILTERS = ("HTML report (*.html)",
+                      "HTML report, home folder and user name hidden (*.html)",
+                      "JSON, for machines (*.json)")
+
+    def export_report(self, target: str | Path | None = None, chosen_filter: str = "") -> None:
+        """File > Export Report: the shareable report of the opened source, on a worker.
+
+        ``target`` (and ``chosen_filter``) skip the save dialog (tests, scripting); the dialog
+        itself asks before replacing a file, so the report then overwrites.
+        """
+        if self.session is None:
+            return
+        source = Path(self.session.source)
+        if target is None:
+            start = str(Path.home() / f"{source.stem or source.name}-report.html")
+            target, chosen_filter = QFileDialog.getSaveFileName(
+                self, "Export report", start, ";;".join(self.REPORT_FILTERS))
+            if not target:
+                return
+        output = Path(target)
+        as_json = output.suffix.lower() == ".json" or chosen_filter == self.REPORT_FILTERS[2]
+        redacted = chosen_filter == self.REPORT_FILTERS[1]
+        from vdigui.engine import write_report
+
+        self._busy(f"Writing the report of {source.name}…")
+        self.workers.start(
+            lambda progress, token: write_report(source, output, as_json=as_json,
+                                                 redacted=redacted, overwrite=True,
+                                                 progress=progress, cancel=token),
+            "report", progress=self._progress, succeeded=self._report_written,
+            failed=lambda exc: self._failed("Cannot write the report", exc))
+
+    def _report_written(self, path: Path) -> None:
+        self.status_label.setText(f"Wrote the report to {path}.")
+        box = QMessageBox(QMessageBox.Icon.Information, "Report written",
+                          f"The report was written to {path}.", parent=self)
+        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        self.report_box = box
+        box.open()
+
     def _session_ready(self, session: Session, generation: int) -> None:
         if generation != self._generation:
             return
         keep = self.selected_disk.uuid if self.selected_disk is not None and (
             self.session is not None and self.session.source == session.source) else None
         self.session = session
+        self.space.set_session(session)
         self._close_chain()
         self.selected_disk = None
         self._remember(session.source)
         self.setWindowTitle(f"{session.title} — vdigui")
         self.snapshot_model.set_roots(session.snapshot_roots)
+        self.snapshot_costs.load(session)
         self.snapshot_view.expandAll()
         self.media_model.set_roots(session.media_roots)
         self.media_view.expandAll()
@@ -536,6 +605,7 @@ class MainWindow(QMainWindow):
         self.selected_disk = node
         self._close_chain()
         self.overview.show_node(node)
+        self.space.show_selection(node)
         self.header_view.clear()
         self.blockmap.clear()
         self.fragmentation.clear()
@@ -676,6 +746,7 @@ class MainWindow(QMainWindow):
         for action in (self.locate_action, self.map_action, self.scan_action):
             action.setEnabled(has_chain)
         self.reload_action.setEnabled(self.session is not None)
+        self.report_action.setEnabled(self.session is not None)
 
     def _zoom(self, factor: float) -> None:
         self.tabs.setCurrentWidget(self.blockmap)
@@ -788,17 +859,20 @@ class MainWindow(QMainWindow):
 
     def _maybe_idle(self) -> None:
         """Emit :attr:`idle` now if no job runs (paths that finish without a job)."""
-        if not self.workers.running:
+        if not self.workers.running and not self.space_workers.running:
             self._workers_idle()
 
     @property
     def busy(self) -> bool:
         """Whether a job runs or a deferred drawing step is still queued."""
-        return bool(self.workers.running) or self._deferred > 0
+        return (bool(self.workers.running) or bool(self.space_workers.running)
+                or self._deferred > 0)
 
     def _workers_idle(self) -> None:
         if self._deferred:
             return  # the last deferred step calls _maybe_idle again
+        if self.workers.running or self.space_workers.running:
+            return  # the other pool's idle comes later
         self.progress.setVisible(False)
         self.cancel_button.setVisible(False)
         self.idle.emit()
@@ -838,7 +912,9 @@ class MainWindow(QMainWindow):
         """Cancel and wait for every job, then close the open chain (idempotent)."""
         self._shut_down = True
         self.workers.shutdown()
+        self.space_workers.shutdown()
         self._close_chain()
+        self.files.shutdown()
 
 
 _system_palette: QPalette | None = None

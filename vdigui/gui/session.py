@@ -33,6 +33,7 @@ from vdigui.engine import (
     Progress,
     ProgressFn,
     SettingsError,
+    Severity,
     SnapshotNode,
     UsageMap,
     VdiError,
@@ -44,6 +45,7 @@ from vdigui.engine import (
     host_extents,
     load_vm_folder,
     open_paths,
+    parse_uuid,
     read_header,
     resolve_chain,
 )
@@ -183,9 +185,9 @@ class Session:
 
     def find_disk(self, text: str) -> DiskNode | None:
         """A disk by UUID, file name or path (for ``--select``)."""
-        wanted = text.strip().strip("{}").lower()
+        wanted = parse_uuid(text)
         for node in self.iter_disks():
-            if node.uuid is not None and str(node.uuid) == wanted:
+            if wanted is not None and node.uuid == wanted:
                 return node
             if node.path is not None and (node.path.name.lower() == text.lower()
                                           or str(node.path) == text):
@@ -194,10 +196,10 @@ class Session:
 
     def find_snapshot(self, text: str) -> SnapNode | None:
         """A snapshot row by name or UUID ("Current State" finds the current state)."""
-        wanted = text.strip().strip("{}")
+        wanted = parse_uuid(text)
         rows = self.iter_snapshots()
         for row in rows:
-            if row.uuid is not None and str(row.uuid) == wanted.lower():
+            if wanted is not None and row.uuid == wanted:
                 return row
         for row in rows:
             if row.name == text:
@@ -250,7 +252,7 @@ def _load_image(path: Path, *, folder: Path | None = None, note: str = "") -> Se
     problems: list[Problem] = []
     if folder is not None:
         problems.append(Problem(
-            "warning", "no-settings",
+            Severity.WARNING, "no-settings",
             f"{note.rstrip('.')}; the disk tree below was rebuilt from the image headers.",
             None, None))
         for candidate in _folder_images(folder):
@@ -268,7 +270,7 @@ def _load_image(path: Path, *, folder: Path | None = None, note: str = "") -> Se
     for file, head in index.headers.items():
         if head.uuid in nodes:
             problems.append(Problem(
-                "error", "duplicate-uuid",
+                Severity.ERROR, "duplicate-uuid",
                 f"'{file.name}' has the same UUID {{{head.uuid}}} as "
                 f"'{nodes[head.uuid].title}'; VirtualBox refuses to register both.",
                 file, head.uuid))
@@ -277,7 +279,7 @@ def _load_image(path: Path, *, folder: Path | None = None, note: str = "") -> Se
     for file, exc in index.unreadable.items():
         if file == path:
             continue
-        problems.append(Problem("warning", "unreadable-image", str(exc), file, None))
+        problems.append(Problem(Severity.WARNING, "unreadable-image", str(exc), file, None))
     roots: list[DiskNode] = []
     for node in nodes.values():
         assert node.header is not None
@@ -285,7 +287,7 @@ def _load_image(path: Path, *, folder: Path | None = None, note: str = "") -> Se
         parent = nodes.get(parent_uuid)
         if node.header.is_differencing and parent is None:
             problems.append(Problem(
-                "error", "missing-parent",
+                Severity.ERROR, "missing-parent",
                 f"Parent {{{parent_uuid}}} of '{node.title}' was not found (looked in: "
                 f"{', '.join(str(f) for f in index.folders)}).", node.path, node.uuid))
         if parent is not None and parent is not node:

@@ -11,13 +11,18 @@ import numpy as np
 from PySide6.QtGui import QColor, QIcon, QPalette
 from PySide6.QtWidgets import QApplication, QStyle
 
-#: Hues for chain layers, base first (a colour-blind-friendly qualitative set, Okabe-Ito).
-LAYER_HUES = ("#0072B2", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#D55E00", "#F0E442",
-              "#7F3C8D")
-ZERO_COLOUR = "#9AA5B1"
-ALL_ZERO_COLOUR = "#E0442B"
-JUMP_COLOURS = ("#2CA25F", "#A1D99B", "#FEC44F", "#F03B20", "#7A0177")
-JUMP_LABELS = ("in order", "2–16 slots", "17–256", "257–4096", "over 4096")
+# The hex values are declared once, in the engine's palette (vdigui/engine/palette.py), so
+# the HTML report draws in exactly the app's colours.
+from vdigui.engine import (  # noqa: F401  (re-exported for the views)
+    ALL_ZERO_COLOUR,
+    FREE_DARK,
+    FREE_LIGHT,
+    JUMP_COLOURS,
+    JUMP_LABELS,
+    LAYER_HUES,
+    USE_COLOUR,
+    ZERO_COLOUR,
+)
 
 
 def is_dark() -> bool:
@@ -44,7 +49,7 @@ def background() -> QColor:
 
 def free_colour() -> QColor:
     """FREE blocks: a faint tint of the background, so data stands out in both palettes."""
-    return QColor("#3a3f44") if is_dark() else QColor("#e9ecef")
+    return QColor(FREE_DARK) if is_dark() else QColor(FREE_LIGHT)
 
 
 def foreground() -> QColor:

@@ -37,8 +37,8 @@ from vdigui.engine.copier import (
     read_blocks,
 )
 from vdigui.engine.export import export_raw
-from vdigui.engine.operations._common import GuestDigest, digest_of_raw
 from vdigui.engine.operations.clone import plan_clone, run_clone
+from vdigui.engine.operations.verify import GuestDigest, digest_of_raw
 from vdigui.engine.progress import CancelToken
 
 BS = 4096  # small blocks keep the property tests fast; the pipeline does not care

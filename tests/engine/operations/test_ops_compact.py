@@ -33,8 +33,9 @@ from vdigui.engine import (
     VerificationError,
     fileio,
 )
-from vdigui.engine.operations import _common, compact
+from vdigui.engine.operations import compact, inuse
 from vdigui.engine.operations.compact import plan_compact, run_compact
+from vdigui.engine.operations.safefile import backup_path, read_backup
 from vdigui.engine.progress import CancelToken
 
 
@@ -66,7 +67,7 @@ def test_compact_base_drops_zero_blocks_and_fills_holes(tmp_path: Path, qemu_img
     assert after.file_size == after.offset_data + live * MIB == result.size_after
     assert (after.uuid, after.modify_uuid, after.parent_uuid) == (
         before.uuid, before.modify_uuid, before.parent_uuid)
-    assert not _common.backup_path(path).exists()
+    assert not backup_path(path).exists()
     assert files_in(tmp_path) == {path.name}
     rec.assert_sane()
     assert {e.phase for e in rec.events} == {"scanning blocks", "moving blocks", "verifying"}
@@ -285,7 +286,7 @@ def test_refuses_image_open_in_another_process(tmp_path: Path) -> None:
 def test_refuses_image_locked_by_another_process(tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     path, _ = make_base(tmp_path, 8)
-    monkeypatch.setattr(_common, "processes_holding", lambda paths: {})
+    monkeypatch.setattr(inuse, "processes_holding", lambda paths: {})
     proc = holder(path, lock=True)
     try:
         plan = plan_compact(path)
@@ -301,7 +302,7 @@ def test_refuses_when_the_vm_looks_running(tmp_path: Path,
     from vdigui.engine import vmfolder
 
     path, _ = make_base(tmp_path, 8)
-    monkeypatch.setattr(vmfolder, "vm_running_hint",
+    monkeypatch.setattr(vmfolder, "find_running_vm_hint",
                         lambda p: "The VM in 'x' looks running: process 1 (VBoxHeadless).")
     plan = plan_compact(path)
     assert plan.refusals == ("The VM in 'x' looks running: process 1 (VBoxHeadless).",)
@@ -376,8 +377,8 @@ def test_verification_mismatch_is_loud_and_restores_the_map(tmp_path: Path, wher
         run_compact(plan_compact(path))
     assert ops.fired
     assert ref_read([path]) == expected
-    assert _common.backup_path(path).exists()
-    info, _head, block_map = _common.read_backup(_common.backup_path(path))
+    assert backup_path(path).exists()
+    info, _head, block_map = read_backup(backup_path(path))
     assert info["image"] == "disk.vdi" and len(block_map) == 4 * 24
     run_compact(plan_compact(path))
     assert ref_read([path]) == expected

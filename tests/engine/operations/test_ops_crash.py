@@ -40,8 +40,9 @@ from opshelpers import (
 from vdigui.engine import fileio
 from vdigui.engine.check import check_image
 from vdigui.engine.image import open_image
-from vdigui.engine.operations import _common, compact
+from vdigui.engine.operations import compact
 from vdigui.engine.operations.compact import plan_compact, run_compact
+from vdigui.engine.operations.safefile import backup_path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "powerloss"))
 from killrun import kill_mid, kill_points, total_calls
@@ -121,7 +122,7 @@ def assert_recovers(path: Path, paths: list[Path], expected: bytes, qemu_img: st
     live = sorted(e for e in after.entries if e < ZERO)
     assert live == list(range(len(live))) and after.blocks_allocated == len(live)
     assert after.file_size == after.offset_data + len(live) * MIB
-    assert not _common.backup_path(path).exists()
+    assert not backup_path(path).exists()
     if qemu_img:
         assert_qemu_clean(qemu_img, path)
         assert_qemu_same_raw(qemu_img, raw, path)

@@ -46,7 +46,7 @@ def probe(head: bytes) -> bool:
     return len(head) >= 512 and head[3:11] == b"NTFS    " and head[510:512] == b"\x55\xaa"
 
 
-class _Volume:
+class NtfsVolume:
     """Just enough of an NTFS volume to read a few system files."""
 
     def __init__(self, view: View) -> None:
@@ -74,14 +74,17 @@ class _Volume:
         if mft_lcn >= self.clusters:
             raise Unsupported("The MFT location is outside the volume.")
         self.mft_runs: list[_Run] = []
-        rec0 = self._fixup(view.read(mft_lcn * self.cluster, self.record_size), "FILE")
+        rec0 = self.fixup(view.read(mft_lcn * self.cluster, self.record_size), "FILE")
         runs = self._data_runs(rec0, _MFT_RECORD)
         if not runs:
             raise Unsupported("The MFT has no data runs.")
         self.mft_runs = runs
+        # Now that records can be read, pick up $MFT's own runlist fragments that a fragmented
+        # MFT keeps in extension records (its $ATTRIBUTE_LIST).
+        self.mft_runs = self._data_runs(rec0, _MFT_RECORD)
 
     # -- records -------------------------------------------------------------------------
-    def _fixup(self, raw: bytes, magic: str) -> bytearray:
+    def fixup(self, raw: bytes, magic: str) -> bytearray:
         """Apply the update sequence array; a mismatch means a torn write, so give up."""
         buf = bytearray(raw)
         if buf[:4] != magic.encode():
@@ -102,10 +105,22 @@ class _Volume:
             buf[end - 2 : end] = buf[usa_ofs + 2 * i : usa_ofs + 2 * i + 2]
         return buf
 
+    def raw_record(self, number: int) -> bytearray:
+        """MFT record ``number`` read through the MFT's own runlist, fixups applied (in use or
+        not); the guest file reader (files/ntfs.py) shares this with the allocation reader."""
+        if number < 0 or (number + 1) * self.record_size > self.mft_size:
+            raise Unsupported(f"NTFS file record {number} lies past the end of the MFT.")
+        data = self.read_runs(self.mft_runs, number * self.record_size, self.record_size)
+        return self.fixup(data, "FILE")
+
+    @property
+    def mft_size(self) -> int:
+        """Bytes of the MFT the runlist describes."""
+        return int(sum(n for _v, _l, n in self.mft_runs) * self.cluster)
+
     def record(self, number: int) -> bytearray:
         """Read MFT record ``number`` through the MFT's own runlist."""
-        data = self.read_runs(self.mft_runs, number * self.record_size, self.record_size)
-        rec = self._fixup(data, "FILE")
+        rec = self.raw_record(number)
         if not struct.unpack_from("<H", rec, 0x16)[0] & 1:
             raise Unsupported(f"NTFS system file record {number} is not in use.")
         return rec
@@ -133,7 +148,7 @@ class _Volume:
             raise Unsupported("An NTFS resident attribute is damaged.")
         return attr[voff : voff + vlen]
 
-    def _decode_runlist(self, attr: bytes) -> tuple[int, list[_Run], int]:
+    def decode_runlist(self, attr: bytes) -> tuple[int, list[_Run], int]:
         """Start vcn, runs ``(vcn, lcn or None when sparse, length)`` and data size."""
         start_vcn, _last_vcn, roff = struct.unpack_from("<QQH", attr, 16)
         data_size = struct.unpack_from("<Q", attr, 48)[0]
@@ -172,7 +187,7 @@ class _Volume:
             if t == atype and name == aname:
                 if not attr[8]:
                     raise Unsupported("Expected a non-resident NTFS attribute.")
-                pieces.append(self._decode_runlist(attr))
+                pieces.append(self.decode_runlist(attr))
         if attr_list is not None and self.mft_runs:
             pieces = self._from_attribute_list(attr_list, number, atype, aname, pieces)
         if not pieces:
@@ -210,12 +225,12 @@ class _Volume:
                 rec = self.record(other)
                 for t2, n2, attr in self.attributes(rec):
                     if t2 == atype and n2 == aname and attr[8]:
-                        out.append(self._decode_runlist(attr))
+                        out.append(self.decode_runlist(attr))
             pos += rlen
         return out
 
     def _attr_runs(self, attr: bytes) -> tuple[list[_Run], int, int]:
-        _v, runs, size = self._decode_runlist(attr)
+        _v, runs, size = self.decode_runlist(attr)
         return runs, 0, size
 
     def read_runs(self, runs: list[_Run], offset: int, length: int) -> bytes:
@@ -255,7 +270,7 @@ class _Volume:
 def analyze(view: View, marker: Marker, res: FsResult) -> None:
     """Mark every cluster set in ``$Bitmap`` plus the backup boot sector."""
     res.kind = "ntfs"
-    vol = _Volume(view)
+    vol = NtfsVolume(view)
     volrec = vol.record(_VOLUME_RECORD)
     flags = 0
     for t, _name, attr in vol.attributes(volrec):
@@ -289,7 +304,7 @@ def analyze(view: View, marker: Marker, res: FsResult) -> None:
         res.note(f"Large clusters: {vol.cluster // 1024} KiB.")
 
 
-def _check_logfile(vol: _Volume) -> None:
+def _check_logfile(vol: NtfsVolume) -> None:
     """Refuse unless $LogFile is empty or its restart area says the volume is clean."""
     rec = vol.record(_LOGFILE_RECORD)
     page = vol.stream(rec, _LOGFILE_RECORD, _AT_DATA, "", limit=4096)
@@ -303,7 +318,7 @@ def _check_logfile(vol: _Volume) -> None:
     raw = vol.stream(rec, _LOGFILE_RECORD, _AT_DATA, "", limit=sys_page)
     if raw is None or len(raw) < sys_page:
         raise Unsupported("The NTFS $LogFile is too short.")
-    buf = vol._fixup(raw, raw[:4].decode())
+    buf = vol.fixup(raw, raw[:4].decode())
     ra_off = struct.unpack_from("<H", buf, 0x18)[0]
     if ra_off + 16 > len(buf):
         raise Unsupported("The NTFS $LogFile restart area is damaged.")
@@ -314,7 +329,7 @@ def _check_logfile(vol: _Volume) -> None:
         )
 
 
-def _check_hibernation(vol: _Volume) -> None:
+def _check_hibernation(vol: NtfsVolume) -> None:
     """Refuse when hiberfil.sys holds a hibernation or Fast Startup image."""
     ref = _find_in_root(vol, "hiberfil.sys")
     if ref is None:
@@ -328,7 +343,7 @@ def _check_hibernation(vol: _Volume) -> None:
         )
 
 
-def _find_in_root(vol: _Volume, wanted: str) -> int | None:
+def _find_in_root(vol: NtfsVolume, wanted: str) -> int | None:
     """Look a name up in the root directory index; returns the MFT record number."""
     root = vol.record(_ROOT_RECORD)
     wanted = wanted.lower()
@@ -352,7 +367,7 @@ def _find_in_root(vol: _Volume, wanted: str) -> int | None:
             raw = vol.read_runs(runs, i * index_block, index_block)
             if raw[:4] != b"INDX":
                 continue
-            blocks.append((bytes(vol._fixup(raw, "INDX")), 0x18))
+            blocks.append((bytes(vol.fixup(raw, "INDX")), 0x18))
     for buf, hdr in blocks:
         first, total = struct.unpack_from("<II", buf, hdr)
         pos, end = hdr + first, min(hdr + total, len(buf))

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -36,9 +37,11 @@ from vdigui.engine.copier import (
     read_blocks,
     same_bytes,
 )
-from vdigui.engine.format import BLOCK_FREE, BLOCK_ZERO, FIRST_SPECIAL, ImageType, VdiHeader
+from vdigui.engine.errors import VerificationError
+from vdigui.engine.format import BLOCK_FREE, BLOCK_ZERO, ImageType, VdiHeader, is_allocated
 from vdigui.engine.image import open_image
-from vdigui.engine.operations._common import GuestDigest, serving
+from vdigui.engine.operations.safefile import discard, temp_path_beside
+from vdigui.engine.operations.verify import GuestDigest
 from vdigui.engine.progress import CancelToken, Progress, ProgressFn
 
 #: Header fields the finished output must hold exactly as intended.
@@ -182,7 +185,7 @@ def rewrite(chain: DiskChain, out: TempOutput, header: VdiHeader, *, keep_parent
                              cancel_message=cancel_message)
         stored, zero_blocks, parent_blocks, drop_count, mismatch = stats
     else:
-        layer, entry = serving(chain)
+        layer, entry = chain.serving()
         has_data = (layer >= 0) & (entry != BLOCK_ZERO)
         needed = np.flatnonzero(has_data & ~dropped)
         drop_count = int(np.count_nonzero(has_data & dropped))
@@ -230,6 +233,62 @@ def rewrite(chain: DiskChain, out: TempOutput, header: VdiHeader, *, keep_parent
                         drop_count)
 
 
+def rewrite_beside(chain: DiskChain, target: Path, header: VdiHeader, *,
+                   commit: Callable[[Path], None], failure: Callable[[str], str],
+                   check: Callable[[Path], str | None] | None = None, keep_parent: bool,
+                   progress: ProgressFn, cancel: CancelToken | None, verify: bool,
+                   cancel_message: str, phase: str = "copying blocks",
+                   drop: np.ndarray | None = None) -> tuple[RewriteStats, bool | None]:
+    """Rewrite ``chain`` into a new temporary file beside ``target``, verify it, commit it.
+
+    The one sequence clone, convert and defrag share: temporary file beside the target,
+    :func:`rewrite`, verification, a last look at the cancel button, then ``commit(tmp)``
+    (which moves the file into place); on any failure or cancel the temporary file is removed,
+    so a refused, failed or cancelled run leaves nothing behind (docs/crash-safety.md).
+
+    Args:
+        target: the file the result becomes (its folder holds the temporary file).
+        commit: moves the finished temporary file into place (``commit_new`` for a new file,
+            ``replace_original`` for a rebuilt one).
+        failure: the sentence after "Verification failed: " for what differs.
+        check: a further verification of the finished temporary file (the filesystem-aware
+            usage comparison); returns what differs, or None. Runs only when the copy itself
+            verified.
+        The other arguments are :func:`rewrite`'s.
+
+    Returns:
+        The rewrite's statistics and ``True`` when verified (``None`` with ``verify`` off).
+
+    Raises:
+        VerificationError: the new file reads differently (it is removed).
+    """
+    tmp = temp_path_beside(target)
+    out: TempOutput | None = None
+    try:
+        out = TempOutput(tmp)
+        stats = rewrite(chain, out, header, keep_parent=keep_parent, progress=progress,
+                        cancel=cancel, verify=verify, cancel_message=cancel_message,
+                        phase=phase, drop=drop)
+        verified: bool | None = None
+        if verify:
+            problem = stats.mismatch if not stats.verified else (
+                check(tmp) if check is not None else None)
+            if problem is not None:
+                raise VerificationError(f"Verification failed: {failure(problem)}")
+            verified = True
+        if cancel is not None:  # a cancel after the last block still means "nothing done"
+            cancel.raise_if_cancelled(cancel_message)
+        commit(tmp)
+        out.close()
+    except BaseException:
+        if out is not None:
+            out.discard()
+        else:
+            discard(tmp)
+        raise
+    return stats, verified
+
+
 def _keep_parent(chain: DiskChain, out: TempOutput, header: VdiHeader, new_map: np.ndarray,
                  dropped: np.ndarray, digest: GuestDigest | None, top_index: int, *,
                  show: Callable[[int], None], cancel: CancelToken | None, verify: bool,
@@ -239,9 +298,9 @@ def _keep_parent(chain: DiskChain, out: TempOutput, header: VdiHeader, new_map: 
     bs = header.block_size
     top = chain.layers[top_index]
     own = top.block_map[:total]
-    layer, entry = serving(chain, upto=top_index)
+    layer, entry = chain.serving(upto=top_index)
     parent_data = (layer >= 0) & (entry != BLOCK_ZERO)
-    allocated = own < FIRST_SPECIAL
+    allocated = is_allocated(own)
     # Markers and drops first: they need no data.
     new_map[:total][own == BLOCK_ZERO] = BLOCK_ZERO
     drop_here = dropped & (own != BLOCK_FREE)

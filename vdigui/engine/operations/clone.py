@@ -27,30 +27,19 @@ import numpy as np
 from vdigui.engine import format as fmt
 from vdigui.engine.chain import open_paths, resolve_chain
 from vdigui.engine.check import require_sound
-from vdigui.engine.copier import TempOutput
 from vdigui.engine.errors import (
     ImageCorruptError,
     OperationRefused,
     VdiError,
-    VerificationError,
 )
 from vdigui.engine.format import BLOCK_ZERO, ImageType
 from vdigui.engine.guestfs import UsageMap
 from vdigui.engine.image import new_header
-from vdigui.engine.operations._common import (
-    FileStamp,
-    commit_new,
-    discard,
-    free_space,
-    in_use_reasons,
-    require_unchanged,
-    serving,
-    space_refusal,
-    temp_path_beside,
-)
-from vdigui.engine.operations._rewrite import rewrite
+from vdigui.engine.operations._rewrite import rewrite_beside
+from vdigui.engine.operations.inuse import in_use_reasons
 from vdigui.engine.operations.preflight import check_writable_inputs, sweep_leftovers
-from vdigui.engine.operations.space import FileOutcome, SpacePlan
+from vdigui.engine.operations.safefile import FileStamp, commit_new, require_unchanged
+from vdigui.engine.operations.space import FileOutcome, SpacePlan, free_space, space_refusal
 from vdigui.engine.progress import CancelToken, ProgressFn, no_progress
 from vdigui.engine.usage_report import chain_usage, same_usage, unused_mask
 
@@ -179,7 +168,7 @@ def plan_clone(source: Path | str | Sequence[Path], dest: Path | str, *, fixed: 
     warnings: list[str] = []
     with open_paths(paths) as chain:
         top = chain.top.header
-        layer, entry = serving(chain)
+        layer, entry = chain.serving()
         data = (layer >= 0) & (entry != BLOCK_ZERO)
         data_blocks = int(np.count_nonzero(data))
         usage = chain_usage(chain, discard_swap=discard_swap) if fs_aware else None
@@ -266,41 +255,25 @@ def run_clone(plan: ClonePlan, *, progress: ProgressFn = no_progress,
         raise OperationRefused(f"'{plan.dest}' already exists; vdigui never overwrites a file "
                                "with a clone.")
     sweep_leftovers(plan.dest.absolute().parent)  # an interrupted run's temp file (preflight)
-    tmp = temp_path_beside(plan.dest)
-    out: TempOutput | None = None
-    try:
-        with open_paths(plan.chain_paths) as chain:
-            header = _clone_header(chain.top.header, fixed=plan.fixed, uuid=plan.uuid,
-                                   disk_size=plan.disk_size, block_size=plan.block_size)
-            usage = (chain_usage(chain, discard_swap=plan.discard_swap) if plan.fs_aware
-                     else None)
-            out = TempOutput(tmp)
-            stats = rewrite(chain, out, header, keep_parent=False, progress=progress,
-                            cancel=cancel, verify=verify, cancel_message=CANCELLED,
-                            drop=None if usage is None else unused_mask(usage))
-            verified: bool | None = None
-            if verify:
-                problem = None
-                if stats.verified and usage is not None:
-                    with open_paths([tmp]) as clone:
-                        problem = same_usage(usage, chain_usage(
-                            clone, discard_swap=plan.discard_swap))
-                if not stats.verified or problem is not None:
-                    raise VerificationError(
-                        f"Verification failed: the clone of '{plan.source.name}' does not read "
-                        f"back as the source ({problem or stats.mismatch}); it was deleted and "
-                        "the source is unchanged.")
-                verified = True
-            if cancel is not None:  # a cancel after the last block still means "no clone"
-                cancel.raise_if_cancelled(CANCELLED)
-        commit_new(tmp, plan.dest)
-        out.close()
-    except BaseException:
-        if out is not None:
-            out.discard()
-        else:
-            discard(tmp)
-        raise
+    with open_paths(plan.chain_paths) as chain:
+        header = _clone_header(chain.top.header, fixed=plan.fixed, uuid=plan.uuid,
+                               disk_size=plan.disk_size, block_size=plan.block_size)
+        usage = chain_usage(chain, discard_swap=plan.discard_swap) if plan.fs_aware else None
+
+        def usage_after(tmp: Path) -> str | None:
+            if usage is None:
+                return None
+            with open_paths([tmp]) as clone:
+                return same_usage(usage, chain_usage(clone, discard_swap=plan.discard_swap))
+
+        stats, verified = rewrite_beside(
+            chain, plan.dest, header, keep_parent=False, progress=progress, cancel=cancel,
+            verify=verify, cancel_message=CANCELLED,
+            drop=None if usage is None else unused_mask(usage), check=usage_after,
+            commit=lambda tmp: commit_new(tmp, plan.dest),
+            failure=lambda problem: (f"the clone of '{plan.source.name}' does not read back "
+                                     f"as the source ({problem}); it was deleted and the "
+                                     "source is unchanged."))
     return CloneResult(
         dest=plan.dest, uuid=header.uuid, modify_uuid=header.modify_uuid,
         stored_blocks=stats.stored, zero_blocks=stats.zero_blocks, file_size=stats.file_size,

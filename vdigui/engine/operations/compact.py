@@ -60,37 +60,29 @@ from vdigui.engine.chain import DiskChain, open_paths, resolve_chain
 from vdigui.engine.copier import (
     Batch,
     CopySpec,
-    TempOutput,
     copy_blocks,
     nonzero_rows,
     read_blocks,
     same_bytes,
 )
 from vdigui.engine.errors import OperationCancelled, OperationRefused, VdiError, VerificationError
-from vdigui.engine.format import BLOCK_FREE, BLOCK_ZERO, FIRST_SPECIAL, ImageType
+from vdigui.engine.format import BLOCK_FREE, BLOCK_ZERO, ImageType, is_allocated
 from vdigui.engine.guestfs import ReclaimForecast, UsageMap, forecast
 from vdigui.engine.image import VdiImage, fsync_dir, open_image
-from vdigui.engine.operations._common import (
+from vdigui.engine.operations._rewrite import rewrite_beside
+from vdigui.engine.operations.inuse import busy_reasons, in_place_refusals, take_exclusive_lock
+from vdigui.engine.operations.preflight import check_writable_inputs, sweep_leftovers
+from vdigui.engine.operations.safefile import (
     NOTHING_CHANGED,
     FileStamp,
     backup_path,
-    busy_reasons,
-    commit_replace,
-    copy_mode,
     discard,
-    free_space,
     hard_link_warning,
-    in_place_refusals,
+    replace_original,
     require_unchanged,
-    serving,
-    space_refusal,
-    take_exclusive_lock,
-    temp_path_beside,
     write_backup,
 )
-from vdigui.engine.operations._rewrite import rewrite
-from vdigui.engine.operations.preflight import check_writable_inputs, sweep_leftovers
-from vdigui.engine.operations.space import FileOutcome, SpacePlan
+from vdigui.engine.operations.space import FileOutcome, SpacePlan, free_space, space_refusal
 from vdigui.engine.progress import CancelToken, Progress, ProgressFn, no_progress
 from vdigui.engine.sniff import require_regular_file
 from vdigui.engine.usage_report import (
@@ -266,7 +258,7 @@ def _layout(image: VdiImage) -> _Layout:
     h = image.header
     slots_in_file = max(0, (image.file_size - h.offset_data) // h.slot_size)
     entries = image.block_map.copy()
-    live = np.flatnonzero(entries < FIRST_SPECIAL)
+    live = np.flatnonzero(is_allocated(entries))
     slots = entries[live].astype(np.int64)
     beyond = slots >= slots_in_file
     out_of_range = live[beyond]
@@ -293,7 +285,7 @@ class _Moves:
 
 def _moves(entries: np.ndarray) -> _Moves:
     """Pair the lowest holes with the highest live slots (VirtualBox's two-pointer fill)."""
-    live = np.flatnonzero(entries < FIRST_SPECIAL)
+    live = np.flatnonzero(is_allocated(entries))
     slots = entries[live].astype(np.int64)
     count = int(live.size)
     used = np.zeros(max(count, int(slots.max()) + 1 if count else 0), dtype=bool)
@@ -343,7 +335,7 @@ def _scan(chain: DiskChain, entries: np.ndarray, *, progress: ProgressFn,
     bs = chain.block_size
     own = entries[:total_blocks]
     differencing = len(chain.layers) > 1
-    layer, entry = serving(chain, upto=len(chain.layers) - 1)
+    layer, entry = chain.serving(upto=len(chain.layers) - 1)
     parent_data = (layer >= 0) & (entry != BLOCK_ZERO)
     zero_mask = np.zeros(total_blocks, dtype=bool)
     parent_mask = np.zeros(total_blocks, dtype=bool)
@@ -352,7 +344,7 @@ def _scan(chain: DiskChain, entries: np.ndarray, *, progress: ProgressFn,
     if unused is not None:
         k = min(total_blocks, unused.size)
         skip[:k] = unused[:k]
-    allocated = own < FIRST_SPECIAL
+    allocated = is_allocated(own)
     # Unused blocks are dropped without a look unless the forecast wants them classified.
     if not classify:
         fs_mask |= allocated & skip
@@ -486,8 +478,8 @@ def plan_compact(path: Path | str, *, defrag: bool = False, scan: bool = False,
                 if usage is not None:
                     all_zero = np.zeros(chain.guest_blocks, dtype=bool)
                     all_zero[zero_blocks] = True
-                    outlook = forecast(usage, layout.entries[: chain.guest_blocks]
-                                       < FIRST_SPECIAL, all_zero)
+                    outlook = forecast(
+                        usage, is_allocated(layout.entries[: chain.guest_blocks]), all_zero)
                 if not fs_aware:
                     fs_blocks = None
     after = _drops(layout.entries, zero_blocks, parent_blocks, fs_blocks)
@@ -516,7 +508,7 @@ def plan_compact(path: Path | str, *, defrag: bool = False, scan: bool = False,
         block_size=h.block_size, slot_size=h.slot_size,
         guest_blocks=min(h.blocks, -(-h.disk_size // h.block_size)), file_size=file_size,
         slots_in_file=layout.slots_in_file, blocks_allocated=h.blocks_allocated,
-        allocated=int(np.count_nonzero(layout.entries < FIRST_SPECIAL)),
+        allocated=int(np.count_nonzero(is_allocated(layout.entries))),
         out_of_range=layout.out_of_range, cross_linked=layout.cross_linked,
         scanned=zero_blocks is not None, zero_blocks=zero_blocks, parent_blocks=parent_blocks,
         moves=moves_count, moving_blocks=None if defrag else moves.blocks,
@@ -642,7 +634,7 @@ def _write_changes(chain: DiskChain, target: np.ndarray, changed: np.ndarray, mo
     top = chain.top
     h = top.header
     # Slots in use until the drops are durable: every entry that points inside the file.
-    live_before = top.block_map[top.block_map < FIRST_SPECIAL]
+    live_before = top.block_map[is_allocated(top.block_map)]
     in_file = (top.file_size - h.offset_data) // h.slot_size
     live_before = live_before[live_before < in_file]
     high_before = int(live_before.max()) + 1 if live_before.size else 0
@@ -782,38 +774,20 @@ def _run_defrag(plan: CompactPlan, chain: DiskChain, *, progress: ProgressFn,
     usage = chain_usage(chain, discard_swap=plan.discard_swap) if plan.fs_aware else None
     # Rebuild beside the real file: replacing a symlink would leave its target stale.
     target = plan.path.resolve()
-    tmp = temp_path_beside(target)
-    out: TempOutput | None = None
-    try:
-        out = TempOutput(tmp)
-        # keep_parent also for a base (it simply has no parent): ZERO markers stay, new
-        # all-zero blocks become ZERO, as in-place compaction would leave them.
-        stats = rewrite(chain, out, h0, keep_parent=True, progress=progress, cancel=cancel,
-                        verify=verify, cancel_message=NOTHING_CHANGED,
-                        drop=None if usage is None else unused_mask(usage))
-        verified: bool | None = None
-        if verify:
-            problem = (None if not stats.verified or usage is None
-                       else _usage_after(plan, chain, usage, tmp))
-            if not stats.verified or problem is not None:
-                raise VerificationError(
-                    f"Verification failed: the rebuilt '{plan.path.name}' reads differently "
-                    f"({problem or stats.mismatch}); it was deleted and the original is "
-                    "unchanged.")
-            verified = True
-        if cancel is not None:
-            cancel.raise_if_cancelled(NOTHING_CHANGED)
-        assert plan.stamp is not None
-        require_unchanged(target, plan.stamp)
-        copy_mode(target, tmp)
-        commit_replace(tmp, target)
-        out.close()
-    except BaseException:
-        if out is not None:
-            out.discard()
-        else:
-            discard(tmp)
-        raise
+    assert plan.stamp is not None
+    stamp = plan.stamp
+
+    def usage_after(tmp: Path) -> str | None:
+        return None if usage is None else _usage_after(plan, chain, usage, tmp)
+
+    # keep_parent also for a base (it simply has no parent): ZERO markers stay, new
+    # all-zero blocks become ZERO, as in-place compaction would leave them.
+    stats, verified = rewrite_beside(
+        chain, target, h0, keep_parent=True, progress=progress, cancel=cancel, verify=verify,
+        cancel_message=NOTHING_CHANGED, drop=None if usage is None else unused_mask(usage),
+        check=usage_after, commit=lambda tmp: replace_original(tmp, target, stamp),
+        failure=lambda problem: (f"the rebuilt '{plan.path.name}' reads differently "
+                                 f"({problem}); it was deleted and the original is unchanged."))
     with open_image(plan.path) as done:
         after_header = done.header
     return CompactResult(
@@ -826,4 +800,4 @@ def _run_defrag(plan: CompactPlan, chain: DiskChain, *, progress: ProgressFn,
         fs_blocks=stats.dropped_blocks)
 
 
-__all__ = ["CompactPlan", "CompactResult", "backup_path", "plan_compact", "run_compact"]
+__all__ = ["CompactPlan", "CompactResult", "plan_compact", "run_compact"]

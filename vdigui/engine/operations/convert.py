@@ -18,28 +18,20 @@ from typing import Literal
 import numpy as np
 
 from vdigui.engine.chain import open_paths, resolve_chain
-from vdigui.engine.copier import TempOutput
-from vdigui.engine.errors import OperationRefused, VdiError, VerificationError
-from vdigui.engine.format import FIRST_SPECIAL, ImageType
+from vdigui.engine.errors import OperationRefused, VdiError
+from vdigui.engine.format import ImageType, is_allocated
 from vdigui.engine.image import open_image
-from vdigui.engine.operations._common import (
+from vdigui.engine.operations._rewrite import rewrite_beside
+from vdigui.engine.operations.inuse import busy_reasons, in_place_refusals, take_exclusive_lock
+from vdigui.engine.operations.preflight import check_writable_inputs, sweep_leftovers
+from vdigui.engine.operations.safefile import (
     NOTHING_CHANGED,
     FileStamp,
-    busy_reasons,
-    commit_replace,
-    copy_mode,
-    discard,
-    free_space,
     hard_link_warning,
-    in_place_refusals,
+    replace_original,
     require_unchanged,
-    space_refusal,
-    take_exclusive_lock,
-    temp_path_beside,
 )
-from vdigui.engine.operations._rewrite import rewrite
-from vdigui.engine.operations.preflight import check_writable_inputs, sweep_leftovers
-from vdigui.engine.operations.space import FileOutcome, SpacePlan
+from vdigui.engine.operations.space import FileOutcome, SpacePlan, free_space, space_refusal
 from vdigui.engine.progress import CancelToken, ProgressFn, no_progress
 from vdigui.engine.sniff import require_regular_file
 
@@ -132,7 +124,7 @@ def plan_convert(path: Path | str, to: Target) -> ConvertPlan:
     stamp = FileStamp.of(path)
     with open_image(path) as image:
         h = image.header
-        data_blocks = int(np.count_nonzero(image.block_map < FIRST_SPECIAL))
+        data_blocks = int(np.count_nonzero(is_allocated(image.block_map)))
         size_before = image.file_size
     from_type = h.image_type.label
     if h.is_differencing:
@@ -193,39 +185,18 @@ def run_convert(plan: ConvertPlan, *, progress: ProgressFn = no_progress,
     # Rebuild beside the real file: replacing a symlink would leave its target stale.
     target = plan.path.resolve()
     sweep_leftovers(target.parent)  # an interrupted run's temp file (preflight)
-    tmp = temp_path_beside(target)
-    out: TempOutput | None = None
-    try:
-        with open_paths([target], writable_top=True) as chain:
-            # Writable only to hold an exclusive lock: nothing writes the original.
-            take_exclusive_lock(chain.top.fd, plan.path)
-            h0 = chain.top.header
-            header = h0.replace(image_type=ImageType.FIXED if plan.to == "fixed"
-                                else ImageType.DYNAMIC)
-            out = TempOutput(tmp)
-            stats = rewrite(chain, out, header, keep_parent=False, progress=progress,
-                            cancel=cancel, verify=verify, cancel_message=NOTHING_CHANGED,
-                            phase="converting blocks")
-            verified: bool | None = None
-            if verify:
-                if not stats.verified:
-                    raise VerificationError(
-                        f"Verification failed: the converted '{plan.path.name}' reads "
-                        f"differently ({stats.mismatch}); it was deleted and the original "
-                        "is unchanged.")
-                verified = True
-            if cancel is not None:
-                cancel.raise_if_cancelled(NOTHING_CHANGED)
-            require_unchanged(target, plan.stamp)
-            copy_mode(target, tmp)
-            commit_replace(tmp, target)
-            out.close()
-    except BaseException:
-        if out is not None:
-            out.discard()
-        else:
-            discard(tmp)
-        raise
+    with open_paths([target], writable_top=True) as chain:
+        # Writable only to hold an exclusive lock: nothing writes the original.
+        take_exclusive_lock(chain.top.fd, plan.path)
+        header = chain.top.header.replace(
+            image_type=ImageType.FIXED if plan.to == "fixed" else ImageType.DYNAMIC)
+        stats, verified = rewrite_beside(
+            chain, target, header, keep_parent=False, progress=progress, cancel=cancel,
+            verify=verify, cancel_message=NOTHING_CHANGED, phase="converting blocks",
+            commit=lambda tmp: replace_original(tmp, target, plan.stamp),
+            failure=lambda problem: (f"the converted '{plan.path.name}' reads differently "
+                                     f"({problem}); it was deleted and the original is "
+                                     "unchanged."))
     return ConvertResult(
         path=plan.path, to=plan.to, size_before=plan.size_before, size_after=stats.file_size,
         stored_blocks=stats.stored, zero_blocks=stats.zero_blocks, hash=stats.source_hash,

@@ -7,9 +7,10 @@ under a :class:`Journal`: a small JSON file, flushed at every phase change, in t
 
 - the first ``offData`` bytes (pre-header, header, block map) and the size of every VDI the
   operation will write to;
-- the *before-images* of exactly the data slots an in-place write will overwrite (one file
-  per image, see :func:`write_before_images`): a backward merge writes the child's blocks
-  over the parent's existing slots, so that the parent stays dense and exact;
+- when undo data is kept, the *before-images* of exactly the data slots an in-place write
+  will overwrite (one file per image, see :func:`write_before_images`): a backward merge
+  writes the child's blocks over the parent's existing slots, so that the parent stays dense
+  and exact;
 - a whole copy of the ``.vbox`` (and of any other small settings file it rewrites).
 
 Why rollback is always possible before the commit point: every byte the operation changes
@@ -23,6 +24,14 @@ which gives back the exact old file. The commit point is the atomic save of the 
   the ``.vbox``, any file already moved away);
 - completes when it was (removes the merged-away files: moved into the backup folder when
   undo data is kept, unlinked when it is not).
+
+A merge that keeps no undo data writes no before-images, so it cannot be rolled back once it
+has written over a slot. Its journal says ``"recovery": "roll-forward"``: once the backups
+are named (any phase after ``planned``), recovery *finishes* it instead. The operation's own
+module redoes its writes from the unchanged source image and commits
+(:func:`vdigui.engine.operations.merge.roll_forward`, docs/crash-safety.md "Roll-forward");
+:func:`reset_image` puts a target's saved header and map back first, which makes the redo
+start from the same state every time.
 
 After a successful operation the journal becomes ``.vdigui/last-operation.json`` together
 with fingerprints of every file it left behind; ``undo`` applies the same restore as a
@@ -58,6 +67,9 @@ STATE_DIR = ".vdigui"
 JOURNAL_NAME = "journal.json"
 LAST_NAME = "last-operation.json"
 JOURNAL_VERSION = 1
+#: The journal's ``recovery``: how an interrupted operation is finished before its commit point.
+ROLL_BACK = "roll-back"
+ROLL_FORWARD = "roll-forward"
 
 
 def state_dir(folder: Path) -> Path:
@@ -445,6 +457,24 @@ class Journal:
                 fileio.unlink(tmp, missing_ok=True)
                 fileio.fsync_dir(tmp.parent)  # before the journal that names it goes
 
+    def rolls_forward(self) -> bool:
+        """Whether recovery must finish this operation rather than roll it back.
+
+        True for a ``roll-forward`` journal whose backups are named: before that point
+        nothing was written, and rolling back (dropping the journal) is exact.
+        """
+        return (self.data.get("recovery") == ROLL_FORWARD
+                and self.data.get("phase", "planned") != "planned")
+
+    def image_entry(self, path: Path) -> dict[str, Any]:
+        """The backup record of the image ``path`` (its saved header+map and size)."""
+        entry: dict[str, Any] | None = next(
+            (e for e in self.data["images"] if e["path"] == str(path)), None)
+        if entry is None:
+            raise VdiError(f"The vdigui journal in '{self.folder}' has no backup of "
+                           f"'{Path(path).name}' (bug); restore the folder by hand.")
+        return entry
+
     @property
     def keep_undo(self) -> bool:
         """Whether undo data is kept after the operation (default for old journals: yes)."""
@@ -528,6 +558,54 @@ class Journal:
             fileio.remove_tree(self.backup_dir)
 
 
+def _prefix_parts(entry: dict[str, Any]) -> list[tuple[int, bytes]]:
+    """The saved header+map prefix of an image as (file offset, bytes) parts."""
+    saved = Path(entry["backup"]).read_bytes()
+    parts: list[tuple[int, bytes]] = []
+    pos = 0
+    for offset, length in entry.get("prefix_ranges") or [(0, len(saved))]:
+        parts.append((offset, saved[pos:pos + length]))
+        pos += length
+    return parts
+
+
+def reset_image(entry: dict[str, Any]) -> None:
+    """Put an image's saved header and map back, then its saved size (a roll-forward's start).
+
+    Data slots are left as they are: a roll-forward writes every slot it changes again.
+    The header and map are flushed before the file is cut, so a crash in between never
+    leaves an entry pointing past the end of the file (the map is the original one, whose
+    slots all lie within the saved size). Idempotent.
+
+    Raises:
+        VdiError: the file is missing or now has another UUID than the one backed up.
+    """
+    path = Path(entry["path"])
+    if not path.exists():
+        raise VdiError(f"'{path}' is missing, so the interrupted operation cannot be finished; "
+                       "restore it and run the command again.")
+    _, current = image_prefix_length(path)
+    allowed = entry.get("allowed_uuids") or []
+    if current is not None and allowed and current not in allowed:
+        raise VdiError(f"'{path.name}' now has UUID {current}, which is not the image vdigui "
+                       "backed up, so the interrupted operation cannot be finished.")
+    parts = _prefix_parts(entry)
+    fd = fileio.open_fd(path, os.O_RDWR)
+    try:
+        rewrote = False
+        for offset, data in parts:
+            if os.pread(fd, len(data), offset) != data:
+                fileio.pwrite(fd, data, offset)
+                rewrote = True
+        if rewrote:
+            fileio.fsync(fd)
+        if os.fstat(fd).st_size != entry["size"]:
+            fileio.ftruncate(fd, entry["size"])
+            fileio.fsync(fd)
+    finally:
+        fileio.close(fd)
+
+
 def _restore_image(entry: dict[str, Any]) -> list[str]:
     """Before-images, then the saved header+map prefix, then the saved size (and tail)."""
     path = Path(entry["path"])
@@ -538,12 +616,7 @@ def _restore_image(entry: dict[str, Any]) -> list[str]:
     if current is not None and allowed and current not in allowed:
         return [f"'{path.name}' now has UUID {current}, which is not the image vdigui backed "
                 "up; it was left alone"]
-    saved = Path(entry["backup"]).read_bytes()
-    parts: list[tuple[int, bytes]] = []
-    pos = 0
-    for offset, length in entry.get("prefix_ranges") or [(0, len(saved))]:
-        parts.append((offset, saved[pos:pos + length]))
-        pos += length
+    parts = _prefix_parts(entry)
     before = entry.get("before_images")
     before_path = Path(before) if before and Path(before).exists() else None
     expected = entry.get("before_records")
@@ -564,19 +637,23 @@ def _restore_image(entry: dict[str, Any]) -> list[str]:
             if os.pread(fd, len(data), offset) != data:
                 fileio.pwrite(fd, data, offset)
                 rewrote += len(data)
+        # The cut tail is compared, not only its length: a power cut during an earlier
+        # rollback can leave the file at its old length with torn tail sectors.
+        tail = entry.get("tail_backup")
+        if tail:
+            with open(tail, "rb") as src:
+                pos = entry["tail_start"]
+                while chunk := src.read(8 * fmt.MIB):
+                    if os.pread(fd, len(chunk), pos) != chunk:
+                        fileio.pwrite(fd, chunk, pos)
+                        rewrote += len(chunk)
+                    pos += len(chunk)
         changed = (rewrote > 0 or size != entry["size"]
                    or any(os.pread(fd, len(data), off) != data for off, data in parts))
         if not changed:
             return []
         for off, data in parts:
             fileio.pwrite(fd, data, off)
-        tail = entry.get("tail_backup")
-        if tail and size < entry["size"]:
-            with open(tail, "rb") as src:
-                pos = entry["tail_start"]
-                while chunk := src.read(8 * fmt.MIB):
-                    fileio.pwrite(fd, chunk, pos)
-                    pos += len(chunk)
         fileio.ftruncate(fd, entry["size"])
         fileio.fsync(fd)
     finally:
@@ -654,7 +731,8 @@ def recover_pending(folder: Path) -> RecoveryResult | None:
     """Roll back or complete an interrupted operation in ``folder``; None if there was none.
 
     Every writing vdictl command calls this first, so an interruption (cancel, crash, power
-    loss) is never left half done.
+    loss) is never left half done. A ``roll-forward`` journal (a merge without undo data)
+    past its ``planned`` phase is finished rather than rolled back.
     """
     journal = Journal.load(folder)
     if journal is None:
@@ -668,6 +746,14 @@ def recover_pending(folder: Path) -> RecoveryResult | None:
         notes = _apply_undo(journal.data["undo_of"])
         _close_undo(journal)
         return RecoveryResult(kind, "completed", summary, tuple(notes))
+    if not journal.is_committed() and journal.rolls_forward():
+        notes = _roll_forward(journal)  # ends at the commit point
+        notes += journal.complete()
+        hook = _COMPLETION_HOOKS.get(kind)
+        if hook is not None:
+            notes += hook(journal)
+        journal.finish()
+        return RecoveryResult(kind, "completed", summary, tuple(notes))
     if journal.is_committed():
         notes = journal.complete()
         hook = _COMPLETION_HOOKS.get(kind)
@@ -678,6 +764,17 @@ def recover_pending(folder: Path) -> RecoveryResult | None:
     notes = journal.rollback()
     journal.abandon()
     return RecoveryResult(kind, "rolled back", summary, tuple(notes))
+
+
+def _roll_forward(journal: Journal) -> list[str]:
+    """Finish an uncommitted roll-forward operation up to its commit point (see module doc)."""
+    kind = journal.data.get("kind")
+    if kind in ("snapshot-delete", "merge"):
+        from vdigui.engine.operations.merge import roll_forward  # merge imports this module
+
+        return roll_forward(journal)
+    raise VdiError(f"The interrupted vdigui operation in '{journal.folder}' ({kind}) must be "
+                   "finished, but this vdigui does not know how; use the vdigui that began it.")
 
 
 def last_operation(folder: Path) -> dict[str, Any] | None:

@@ -32,6 +32,30 @@ the journal; rollback (before the commit point) and undo (after it) write them b
 saved header+map prefix, then truncate to the saved size (:mod:`.journal`). A forward merge
 only fills the child's FREE blocks, so it appends and never overwrites.
 
+Without undo data (``keep_undo`` False: ``--no-undo``, or the wizard's "Keep undo data"
+unchecked) no before-image is written, which halves the writes of a backward merge: an
+interrupted merge is then *rolled forward* (finished), not rolled back (docs/crash-safety.md,
+"Roll-forward"). Why that is safe, per layer, at every moment of the run:
+
+- the *source* (the child C of a backward merge, the parent P of a forward one) is only read,
+  and is removed only after the commit point: every write the merge makes can be redone from
+  it. The journal names the operation, source, target, ancestors and the saved header+map of
+  the target; the copy is a function of those alone (:mod:`.merge_copy`), so recovery puts
+  the target's saved header and map back and runs the same copy again (:func:`roll_forward`).
+- the states that survive read the source's view: backward, everything built on C reads
+  C's blocks from C, and the merge writes only blocks C defines, so they read the same
+  whatever part of P's slots and map is written; forward, C's new map entries point only at
+  slots whose data (P's own bytes) is durable first. They are relinked only once the target
+  is complete and flushed.
+- the deleted snapshot reads the target P of a backward merge as it was: its data is lost
+  with the first in-place write, which comes after the journal record is durable; from then
+  on recovery only ever finishes the deletion.
+
+A cancel is honoured until the first in-place write of a backward merge (a forward merge
+never writes in place, so it can be rolled back up to the commit point); from there on the
+deletion runs to its end, and an error leaves the journal for the next vdictl command to
+finish the merge.
+
 Space: the plan carries a :class:`~vdigui.engine.operations.space.SpacePlan`. With
 ``keep_undo`` (the default) the merged-away image and the snapshot's saved state move into
 ``.vdigui/backups`` with the before-images, and ``vdictl undo`` can bring the snapshot back;
@@ -62,10 +86,10 @@ from vdigui.engine.errors import (
     VdiError,
     VerificationError,
 )
-from vdigui.engine.format import BLOCK_FREE, ImageType
+from vdigui.engine.format import BLOCK_FREE, ImageType, parse_uuid
 from vdigui.engine.image import VdiImage, open_image
 from vdigui.engine.operations import journal as jr
-from vdigui.engine.operations._common import check_not_in_use, free_space
+from vdigui.engine.operations.inuse import check_not_in_use
 from vdigui.engine.operations.journal import Journal
 from vdigui.engine.operations.merge_copy import (
     CopyOutcome,
@@ -75,9 +99,9 @@ from vdigui.engine.operations.merge_copy import (
     overwritten_slots,
     verify_merge,
 )
-from vdigui.engine.operations.space import FileOutcome, SpacePlan
+from vdigui.engine.operations.space import FileOutcome, SpacePlan, free_space
 from vdigui.engine.progress import CancelToken, Progress, ProgressFn, no_progress
-from vdigui.engine.vbox_edit import VboxDocument, is_inside, parse_uuid
+from vdigui.engine.vbox_edit import VboxDocument, is_inside, sha256_file
 
 #: Rough sustained copy rate used for time estimates (bytes per second).
 ESTIMATED_RATE = 200 * fmt.MIB
@@ -252,6 +276,7 @@ class MergePlan:
                 "direction": s.direction, "source": ref(s.source), "target": ref(s.target),
                 "relink": [ref(r) for r in s.relink],
                 "new_parent": str(s.new_parent) if s.new_parent else None,
+                "ancestors": [ref(r) for r in s.ancestors],
                 "costs": [{"direction": c.direction, "allowed": c.allowed, "blocks": c.blocks,
                            "bytes": c.bytes, "temp_space": c.temp_space,
                            "free_space": c.free_space, "seconds": round(c.seconds, 1)}
@@ -261,7 +286,51 @@ class MergePlan:
             "files_removed": [{"path": str(p), "outside": o} for p, o in self.files_removed],
             "notes": list(self.notes), "keep_undo": self.keep_undo,
             "space": self.space.to_dict(),
+            "vbox_sha256": self.vbox_sha256, "allow_outside": self.allow_outside,
+            "extra_removed": [str(p) for p in self.extra_removed],
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> MergePlan:
+        """The plan back from :meth:`to_dict` (what roll-forward recovery runs again).
+
+        The space figures are not restored (recovery does not plan space).
+        """
+        def ref(r: dict[str, Any] | None) -> ImageRef | None:
+            return None if r is None else ImageRef(Path(r["path"]), uuidlib.UUID(r["uuid"]),
+                                                   bool(r.get("outside")))
+
+        def must(r: dict[str, Any]) -> ImageRef:
+            out = ref(r)
+            assert out is not None
+            return out
+
+        steps = tuple(DiskStep(
+            must(s["medium"]), s["action"], s["reason"], s.get("direction"),
+            ref(s.get("source")), ref(s.get("target")),
+            tuple(must(r) for r in s.get("relink", [])),
+            uuidlib.UUID(s["new_parent"]) if s.get("new_parent") else None,
+            tuple(must(r) for r in s.get("ancestors", [])),
+            tuple(DirectionCost(c["direction"], c["allowed"], c["blocks"], c["bytes"],
+                                c["temp_space"], c["free_space"], c["seconds"])
+                  for c in s.get("costs", [])),
+        ) for s in data["steps"])
+        snap = data.get("snapshot") or {}
+        return cls(
+            kind=data["kind"], folder=Path(data["folder"]),
+            vbox=Path(data["vbox"]) if data.get("vbox") else None,
+            vbox_sha256=data.get("vbox_sha256"),
+            snapshot_uuid=uuidlib.UUID(snap["uuid"]) if snap.get("uuid") else None,
+            snapshot_name=snap.get("name"), steps=steps,
+            extra_removed=tuple(Path(p) for p in data.get("extra_removed", [])),
+            files_written=tuple((Path(f["path"]), bool(f["outside"]))
+                                for f in data.get("files_written", [])),
+            files_removed=tuple((Path(f["path"]), bool(f["outside"]))
+                                for f in data.get("files_removed", [])),
+            was_current=bool(data.get("was_current")),
+            allow_outside=bool(data.get("allow_outside")),
+            notes=tuple(data.get("notes", [])), keep_undo=bool(data.get("keep_undo", True)),
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,11 +389,11 @@ def _header_of(path: Path, expected: uuidlib.UUID, role: str) -> fmt.VdiHeader:
 
 
 def _costs(source: VdiImage, target: VdiImage, direction: str, allowed: bool,
-           free: int) -> DirectionCost:
+           free: int, keep_undo: bool = True) -> DirectionCost:
     """Cost of merging, computed from the two maps (no data is read).
 
-    Extra space: the slots appended to the target plus (backward) the before-images of the
-    slots it overwrites in place.
+    Extra space: the slots appended to the target plus (backward, when undo data is kept)
+    the before-images of the slots it overwrites in place.
     """
     bs = source.header.block_size
     backward = direction == "backward"
@@ -332,10 +401,10 @@ def _costs(source: VdiImage, target: VdiImage, direction: str, allowed: bool,
     s_map = source.block_map[:n]
     t_map = target.block_map[:n]
     moved = (s_map != BLOCK_FREE) if backward else (s_map != BLOCK_FREE) & (t_map == BLOCK_FREE)
-    data = moved & (s_map < fmt.FIRST_SPECIAL)
+    data = moved & fmt.is_allocated(s_map)
     nbytes = int(data.sum()) * bs
     grow = new_slot_bound(s_map, t_map, backward) * target.header.slot_size
-    before = _before_image_size(source, target, backward)
+    before = _before_image_size(source, target, backward) if keep_undo else 0
     return DirectionCost(direction, allowed, int(moved.sum()), nbytes, grow + before, free,
                          nbytes / ESTIMATED_RATE)
 
@@ -350,10 +419,11 @@ def _before_image_size(source: VdiImage, target: VdiImage, backward: bool) -> in
 
 
 def _both_costs(parent: ImageRef, child: ImageRef, forward_allowed: bool,
-                chosen: str) -> tuple[DirectionCost, ...]:
+                chosen: str, keep_undo: bool = True) -> tuple[DirectionCost, ...]:
     with open_image(parent.path) as p, open_image(child.path) as c:
-        backward = _costs(c, p, "backward", True, free_space(parent.path.parent))
-        forward = _costs(p, c, "forward", forward_allowed, free_space(child.path.parent))
+        backward = _costs(c, p, "backward", True, free_space(parent.path.parent), keep_undo)
+        forward = _costs(p, c, "forward", forward_allowed, free_space(child.path.parent),
+                         keep_undo)
         if chosen == "backward":
             _check_target(p, c, True, "target (parent)")
         else:
@@ -370,7 +440,7 @@ def _check_target(target: VdiImage, source: VdiImage, backward: bool, role: str)
     """
     h = target.header
     slot_count = h.blocks_allocated
-    live = target.block_map[target.block_map < fmt.FIRST_SPECIAL]
+    live = target.block_map[fmt.is_allocated(target.block_map)]
     if live.size and (int(live.max()) >= slot_count or np.unique(live).size != live.size):
         raise _refuse(f"The block map of '{target.path.name}' has cross-linked slots or "
                       "slots past cBlocksAllocated (a crash leftover); run 'vdictl repair' "
@@ -433,9 +503,9 @@ def plan_snapshot_delete(vm: Path | str, key: str, *, direction: str = "auto",
                          allow_outside: bool = False, keep_undo: bool = True) -> MergePlan:
     """Plan the deletion of snapshot ``key`` (name or UUID) of the VM in ``vm``.
 
-    Read-only and fast (headers and block maps only). ``keep_undo`` False plans to delete
-    the merged-away files and the before-images once committed (the plan's ``space`` then
-    says undo is impossible).
+    Read-only and fast (headers and block maps only). ``keep_undo`` False plans no
+    before-images (an interrupted run is rolled forward) and deletes the merged-away files
+    once committed (the plan's ``space`` then says undo is impossible).
 
     Raises:
         OperationRefused: one of VirtualBox's refusals (or vdigui's), with what to do instead.
@@ -475,7 +545,8 @@ def plan_snapshot_delete(vm: Path | str, key: str, *, direction: str = "auto",
         medium_uuid = parse_uuid(image_el.get("uuid"))
         if medium_uuid is None:
             continue
-        steps.append(_plan_disk(doc, snap, medium_uuid, registry, scan_dirs, folder, direction))
+        steps.append(_plan_disk(doc, snap, medium_uuid, registry, scan_dirs, folder, direction,
+                                keep_undo))
     written: list[Path] = []
     removed: list[Path] = []
     for step in steps:
@@ -522,7 +593,7 @@ def plan_snapshot_delete(vm: Path | str, key: str, *, direction: str = "auto",
 
 def _plan_disk(doc: VboxDocument, snap: Any, medium_uuid: uuidlib.UUID,
                registry: dict[uuidlib.UUID, Any], scan_dirs: list[Path], folder: Path,
-               direction: str) -> DiskStep:
+               direction: str, keep_undo: bool = True) -> DiskStep:
     name = doc.snapshot_uuid(snap)
     element = registry.get(medium_uuid)
     if element is None:
@@ -585,7 +656,7 @@ def _plan_disk(doc: VboxDocument, snap: Any, medium_uuid: uuidlib.UUID,
         raise _refuse(f"'{path.name}' is a base in the registry but its header says it is "
                       "differencing; run 'vdictl repair' first.")
     chosen, reason = _choose(direction, parent_is_base, path, child_path)
-    costs = _both_costs(medium, child, not parent_is_base, chosen)
+    costs = _both_costs(medium, child, not parent_is_base, chosen, keep_undo)
     ancestors = _registry_ancestors(doc, parent_el, folder)
     if chosen == "backward":
         grand = _scan_children(scan_dirs, child_uuid)
@@ -669,7 +740,7 @@ def plan_merge(image: Path | str, *, mode: str = "auto",
         others = ", ".join(p.name for p in siblings)
         raise _refuse(f"'{parent_path.name}' has other children ({others}); "
                       "merging into it would change what they show, so it is refused.")
-    costs = _both_costs(parent, child, True, chosen)
+    costs = _both_costs(parent, child, True, chosen, keep_undo)
     ancestors = tuple(ImageRef(p, h.uuid) for p, h in zip(resolution.paths[:-2],
                                                           resolution.headers[:-2], strict=True))
     if chosen == "backward":
@@ -722,7 +793,8 @@ def _with_space(plan: MergePlan) -> MergePlan:
             size = target.file_size
             files.append(FileOutcome(step.target.path, size, max(size, end)))
             growth += max(size, end) - size
-            before_images += _before_image_size(source, target, backward)
+            if plan.keep_undo:  # without undo data, recovery rolls forward instead
+                before_images += _before_image_size(source, target, backward)
         for ref in (step.target, *step.relink):
             prefixes += jr.prefix_backup_size(ref.path)
         for ref in step.relink:
@@ -778,14 +850,18 @@ def run_merge(plan: MergePlan, *, progress: ProgressFn = no_progress,
 
     Order, per merge: the preflight (inputs writable, room for the plan's peak, sound maps)
     before anything is written; the journal; header+map prefixes and the ``.vbox`` saved;
-    the before-images of the slots to be overwritten saved; the copy; the relink; the
-    verification (default on: writes are read back as they are made, then the maps and
-    links are checked, see :mod:`.merge_copy`); the commit (the ``.vbox`` save, or
-    the journal's commit mark); then the removals. Before the commit point a cancel, an error
-    or a failed verification rolls everything back; after it the operation is completed. A
-    crash at any moment is rolled back or completed by
+    with undo data, the before-images of the slots to be overwritten saved; the copy (data,
+    flush, map, flush); its verification (default on: writes are read back as they are
+    made, then the map is checked, see :mod:`.merge_copy`); the relink and its check; the
+    commit (the ``.vbox`` save, or the journal's commit mark); then the removals.
+
+    With undo data, a cancel, an error or a failed verification before the commit point
+    rolls everything back, and so does the recovery of a crash. Without undo data, the same
+    holds until the first in-place write of a backward merge; from then on a cancel is no
+    longer honoured, an error leaves the journal for the next vdictl command, and a crash is
+    rolled forward (module docstring). After the commit point the operation is completed.
     :func:`vdigui.engine.operations.journal.recover_pending`, which every writing vdictl
-    command runs first.
+    command runs first, does the recovery.
 
     Args:
         plan: from :func:`plan_snapshot_delete` or :func:`plan_merge`.
@@ -797,6 +873,8 @@ def run_merge(plan: MergePlan, *, progress: ProgressFn = no_progress,
             be touched without ``allow_outside``, or the preflight failed.
         OperationCancelled: cancelled before the commit point (everything rolled back).
         VerificationError: the result did not read as it must (everything rolled back).
+        VdiError: an error after the point of no return of a run without undo data (the
+            next vdictl command on the folder finishes the deletion).
     """
     from vdigui.engine.operations.preflight import check_writable_inputs, sweep_around
 
@@ -824,8 +902,11 @@ def run_merge(plan: MergePlan, *, progress: ProgressFn = no_progress,
                           needed=plan.space.peak_extra)
     sweep_around([p for p, _ in plan.files_written], plan.folder)  # interrupted runs' temps
     journal = Journal.begin(plan.folder, plan.kind, plan.to_dict(), plan.summary, plan.vbox,
-                            keep_undo=plan.keep_undo)
+                            keep_undo=plan.keep_undo,
+                            extra={"recovery": jr.ROLL_BACK if plan.keep_undo
+                                   else jr.ROLL_FORWARD, "verify": verify})
     written = blocks = 0
+    state = _RunState()
     try:
         for step in plan.steps:
             if step.action != "merge":
@@ -836,39 +917,31 @@ def run_merge(plan: MergePlan, *, progress: ProgressFn = no_progress,
                 journal.backup_image(ref.path, [str(ref.uuid)], save=False)
         if plan.vbox is not None:
             journal.backup_file(plan.vbox, save=False)
-        journal.set_phase("backed-up")  # names every backup before the first write
+        # Names every backup before the first write; without undo data, from here on a
+        # crash is rolled forward.
+        journal.set_phase("backed-up")
         merges = [s for s in plan.steps if s.action == "merge"]
-        outcomes: list[tuple[CopyOutcome, bool]] = []
         for number, step in enumerate(merges, start=1):
             outcome, was_dense = _merge_data(step, journal, progress, cancel, number,
-                                             len(merges), verify)
-            outcomes.append((outcome, was_dense))
+                                             len(merges), verify, keep_undo=plan.keep_undo,
+                                             state=state)
+            if verify:
+                _verify_target(step, outcome, was_dense)
             blocks += outcome.entries
             written += outcome.bytes_written
-        cancel.raise_if_cancelled("Cancelled: rolling back.")
-        journal.set_phase("relinking")
-        for step in merges:
-            _relink(step)
-        cancel.raise_if_cancelled("Cancelled: rolling back.")
-        if verify:
-            for step, (outcome, was_dense) in zip(merges, outcomes, strict=True):
-                _verify_step(step, outcome, was_dense)
-        for step in plan.steps:
-            if step.action == "merge":
-                assert step.source is not None
-                journal.plan_removal(step.source.path, str(step.source.uuid))
-            elif step.action == "remove":
-                journal.plan_removal(step.medium.path, str(step.medium.uuid))
-        for extra in plan.extra_removed:
-            journal.plan_removal(extra, None)
-        if doc is not None:
-            _edit_vbox(doc, plan)
-            journal.save_vbox(doc.to_bytes())
-        else:
-            journal.commit()
+        state.check_cancel(cancel)
+        _relink_all(merges, journal, verify)
+        state.check_cancel(cancel)
+        _commit(plan, journal, doc)
     except Exception as exc:
         if journal.is_committed():
             raise  # after the commit point: the next command's recovery completes it
+        if state.no_return:
+            raise VdiError(
+                f"The {plan.summary} stopped after it had begun writing over "
+                f"'{state.target_name}' ({exc}). Without undo data it cannot be rolled back; "
+                f"the next vdictl command on '{plan.folder}' finishes it from the unchanged "
+                "source image.") from exc
         journal.rollback()
         journal.abandon()
         if isinstance(exc, OperationCancelled):
@@ -884,20 +957,141 @@ def run_merge(plan: MergePlan, *, progress: ProgressFn = no_progress,
                        backup_dir, tuple(notes), verified=verify, undoable=plan.keep_undo)
 
 
-def _verify_step(step: DiskStep, outcome: CopyOutcome, was_dense: bool) -> None:
-    """Verify one merge after the relink: the target's map (merge_copy) and every new link.
+@dataclass
+class _RunState:
+    """Whether a run without undo data has passed its point of no return (and where)."""
 
-    The data was read back and compared while it was written (``copy_blocks``).
+    no_return: bool = False
+    target_name: str = ""
+
+    def check_cancel(self, cancel: CancelToken) -> None:
+        """Honour a cancel only while everything can still be rolled back."""
+        if not self.no_return:
+            cancel.raise_if_cancelled("Cancelled: rolling back.")
+
+
+def _relink_all(merges: list[DiskStep], journal: Journal, verify: bool) -> None:
+    """Relink every image built on a merged-away one (the targets are complete and flushed)."""
+    journal.set_phase("relinking")
+    for step in merges:
+        _relink(step)
+    if verify:
+        for step in merges:
+            _verify_links(step)
+
+
+def _commit(plan: MergePlan, journal: Journal, doc: VboxDocument | None) -> None:
+    """Announce the removals, then the commit point: the new ``.vbox`` (or the commit mark).
+
+    Shared by a run and its roll-forward recovery, so both commit exactly the same bytes.
+    """
+    journal.data["removals"] = []  # a recovery re-announces them (same names, same order)
+    for step in plan.steps:
+        if step.action == "merge":
+            assert step.source is not None
+            journal.plan_removal(step.source.path, str(step.source.uuid))
+        elif step.action == "remove":
+            journal.plan_removal(step.medium.path, str(step.medium.uuid))
+    for extra in plan.extra_removed:
+        journal.plan_removal(extra, None)
+    if doc is not None:
+        _edit_vbox(doc, plan)
+        journal.save_vbox(doc.to_bytes())
+    else:
+        journal.commit()
+
+
+def roll_forward(journal: Journal) -> list[str]:
+    """Finish an interrupted merge that kept no undo data, exactly as the run would have.
+
+    Called by :func:`vdigui.engine.operations.journal.recover_pending` for a journal whose
+    recovery is ``roll-forward`` and whose backups are named (a crash before that changed
+    nothing and is rolled back). Steps, each one safe to repeat after another crash:
+
+    1. unless the journal says the copies were finished (phase ``relinking`` or later): for
+       every merge, put the target's saved header and map back and cut it to its saved size
+       (:func:`vdigui.engine.operations.journal.reset_image`), then run the same copy again
+       from the unchanged source: the same bytes land in the same places (:mod:`.merge_copy`);
+       verified when the run was;
+    2. relink every image built on a merged-away one (idempotent header writes);
+    3. the commit: the ``.vbox`` edited from the saved original (the copy in the backup
+       folder) and saved, or the commit mark; the caller then removes the merged-away files.
+
+    Raises:
+        VdiError: a file the plan names is missing or is no longer the planned image, or the
+            ``.vbox`` was changed by something else since; the journal is left in place.
+    """
+    plan = MergePlan.from_dict(journal.data["plan"])
+    verify = bool(journal.data.get("verify", True))
+    doc = _original_vbox(journal, plan) if plan.vbox is not None else None
+    for step in plan.steps:
+        if step.action == "merge":
+            assert step.source is not None
+            if not step.source.path.exists():
+                raise VdiError(
+                    f"The interrupted {plan.summary} cannot be finished: its source image "
+                    f"'{step.source.path}' is missing; restore it (it must be unchanged) and "
+                    "run the command again.")
+    _verify_identities(plan)
+    notes: list[str] = []
+    merges = [s for s in plan.steps if s.action == "merge"]
+    if journal.data.get("phase") not in ("relinking", "saving-vbox", "committed"):
+        for number, step in enumerate(merges, start=1):
+            assert step.source is not None and step.target is not None
+            jr.reset_image(journal.image_entry(step.target.path))
+            outcome, was_dense = _merge_data(step, journal, no_progress, CancelToken(), number,
+                                             len(merges), verify, keep_undo=False, state=None)
+            if verify:
+                _verify_target(step, outcome, was_dense)
+            notes.append(f"merged '{step.source.path.name}' into '{step.target.path.name}' "
+                         "again from the unchanged source")
+    _relink_all(merges, journal, verify)
+    _commit(plan, journal, doc)
+    notes.append("saved the new settings" if doc is not None else "committed the merge")
+    return notes
+
+
+def _original_vbox(journal: Journal, plan: MergePlan) -> VboxDocument:
+    """The settings as they were before the run, from the backup folder.
+
+    The live file must still be that original (an uncommitted run never replaces it); if
+    something else changed it since, finishing would lose that change, so recovery stops.
+    """
+    assert plan.vbox is not None
+    entry = next((e for e in journal.data["files"] if e["path"] == str(plan.vbox)), None)
+    if entry is None:
+        raise VdiError(f"The journal of the interrupted {plan.summary} names no backup of "
+                       f"'{plan.vbox.name}' (bug); restore the folder by hand.")
+    raw = Path(entry["backup"]).read_bytes()
+    if hashlib.sha256(raw).hexdigest() != entry["sha256"]:
+        raise VdiError(f"The backup of '{plan.vbox.name}' in '{entry['backup']}' is damaged, so "
+                       f"the interrupted {plan.summary} cannot be finished safely.")
+    if plan.vbox.exists() and sha256_file(plan.vbox) != entry["sha256"]:
+        raise VdiError(f"'{plan.vbox.name}' was changed since the interrupted {plan.summary} "
+                       "began, so vdigui will not finish it over those changes; compare it "
+                       f"with '{entry['backup']}' by hand.")
+    return VboxDocument(plan.vbox, raw)
+
+
+def _verify_target(step: DiskStep, outcome: CopyOutcome, was_dense: bool) -> None:
+    """Verify one merge's target map (merge_copy) right after its copy.
+
+    The data was read back and compared while it was written (``copy_blocks``). Checked
+    before anything is relinked: a target that fails is never built upon.
     """
     assert step.target is not None
     verify_merge(step.target.path, outcome, was_dense=was_dense)
+
+
+def _verify_links(step: DiskStep) -> None:
+    """Every image built on the merged-away one now links to the new parent."""
     for ref in step.relink:
         header = fmt.read_header(ref.path)
         want = step.new_parent or fmt.NULL_UUID
         if header.parent_uuid != want or (step.new_parent is None and header.is_differencing):
             raise VerificationError(
                 f"After the merge '{ref.path.name}' links to {{{header.parent_uuid}}}, not to "
-                f"{{{want}}}; everything was rolled back (please report this).")
+                f"{{{want}}} (please report this).")
 
 
 def _verify_identities(plan: MergePlan) -> None:
@@ -915,8 +1109,13 @@ def _verify_identities(plan: MergePlan) -> None:
 
 
 def _merge_data(step: DiskStep, journal: Journal, progress: ProgressFn, cancel: CancelToken,
-                number: int, count: int, verify: bool) -> tuple[CopyOutcome, bool]:
-    """Save the before-images of the slots to overwrite, then copy (one loop, both ways)."""
+                number: int, count: int, verify: bool, *, keep_undo: bool,
+                state: _RunState | None) -> tuple[CopyOutcome, bool]:
+    """Save the before-images (with undo data) of the slots to overwrite, then copy.
+
+    Without undo data, the first in-place write is the run's point of no return
+    (``state.no_return``): the copy then ignores ``cancel``. ``state`` None: a recovery.
+    """
     assert step.source is not None and step.target is not None
     phase = f"merging disk {number} of {count} ({step.direction})"
     backward = step.direction == "backward"
@@ -933,13 +1132,17 @@ def _merge_data(step: DiskStep, journal: Journal, progress: ProgressFn, cancel: 
             _check_target(target, source, backward, "target")
             was_dense = is_dense(target)
             slots = overwritten_slots(source, target, backward)
-            if slots.size:
+            if slots.size and keep_undo:
                 journal.backup_before_images(target.fd, step.target.path, target.header, slots,
                                              progress=progress, cancel=cancel)
             journal.set_phase("copying", step=number, overwrites=int(slots.size))
+            if state is not None and slots.size and not keep_undo:
+                state.no_return = True
+                state.target_name = step.target.path.name
+            token = cancel if state is not None and not state.no_return else CancelToken()
             outcome = copy_blocks(source, target, ancestors, backward=backward,
                                   overwrite=slots, verify=verify, progress=progress,
-                                  cancel=cancel, phase=phase)
+                                  cancel=token, phase=phase)
             return outcome, was_dense
     finally:
         if ancestors is not None:

@@ -5,35 +5,49 @@ The copy. A merge writes, into a *target* image, every block the *source* image 
 (parent into child) every non-FREE block of the parent that the child leaves FREE. Per block:
 
 - the target already holds a slot for it (backward only): the new content is written **in
-  place** over that slot. The slot's old content was saved first as a before-image (see
-  :func:`vdigui.engine.operations.journal.write_before_images`), which is what keeps the
-  merge undoable without copy-on-write. An all-zero block (or a ZERO entry) from the child is
-  written as zeros into the slot, so the target stays dense: no slot is freed, none added.
+  place** over that slot. With undo data kept, the slot's old content was saved first as a
+  before-image (:func:`vdigui.engine.operations.journal.write_before_images`); without, the
+  merge rolls forward after a crash instead (docs/crash-safety.md, "Roll-forward"). An
+  all-zero block (or a ZERO entry) from the child is written as zeros into the slot, so the
+  target stays dense: no slot is freed, none added.
 - the target has no slot (FREE or ZERO): when the content equals what the target shows there
   anyway (its fall-through: the ancestors below it, or zeros) nothing is written; an all-zero
   content over non-zero fall-through becomes a ZERO entry (VirtualBox gh-850: leaving it FREE
   would re-expose the old data); anything else goes to a new slot at ``cBlocksAllocated``,
-  appended densely.
+  appended densely, numbered in guest block order.
 
 So a dense target with an exact ``cBlocksAllocated`` stays dense and exact, and the map never
-needs more entries than the disk has blocks (the old copy-on-write merge had to raise
-``cBlocks``; that is gone).
+needs more entries than the disk has blocks.
 
-Data is read in runs of consecutive source slots into one buffer, then written with batched
-``pwritev`` calls (coalesced by file offset), then the map entries and the header; one fsync
-at the end (the journal's backups make intermediate states harmless).
+Both directions run through the one loop of :func:`vdigui.engine.copier.copy_blocks` (reads
+on a helper thread, batched ``pwritev``, write-back started as it goes, read-back checks on a
+helper thread): the jobs are the source's data blocks in guest order; the destination of a
+block that has a target slot is known up front, and the ``decide`` hook makes the choice
+above for the others (and numbers their new slots). ZERO entries of the source need no read;
+those over target slots are written as zeros first.
+
+Order on disk (docs/crash-safety.md, "data before the metadata that points at it"): all data,
+one fsync, then the map entries and ``cBlocksAllocated``, one fsync. A map entry therefore
+never points at a slot whose data is not durable, so a state that reads the target through
+its map (the child's view, in a forward merge) reads correctly at every moment.
+
+The result depends only on the source, the target's *original* header and map, and the
+ancestors (the in-place slots are overwritten, never read): running the copy again from the
+original header and map writes the same bytes to the same places. That makes the merge
+idempotent, which is what lets crash recovery redo it
+(:func:`vdigui.engine.operations.merge.roll_forward`).
 
 The verification, and why it is enough. The state that must survive a merge is the view of
 the child (backward: the child's view becomes the target's own; forward: the child is the
 target). It is proved in two parts, reading back only what the merge wrote:
 
-- while copying (``verify=True``), every batch of writes is re-read from the target right
-  after it was written and compared byte for byte with the source bytes still in the copy
-  buffer (the data already read for the copy; the source is not read twice). The writer
-  also records the map the target must end with (``expected_map``): the old entries, with
-  each new slot, ZERO entry or in-place write the loop decided. A block the loop left FREE
-  was compared with the fall-through (or found all-zero over zeros) by the loop itself.
-- after the relink, :func:`verify_merge` re-reads the target's map: it must equal
+- while copying (``verify=True``), every block is re-read from the target right after it was
+  written and compared byte for byte with the source bytes still in the copy buffer (the
+  data already read for the copy; the source is not read twice). The loop also records the
+  map the target must end with (``expected_map``): the old entries, with each new slot, ZERO
+  entry or in-place write it decided. A block it left FREE was compared with the
+  fall-through (or found all-zero over zeros) by the loop itself.
+- after the copy, :func:`verify_merge` re-reads the target's map: it must equal
   ``expected_map`` exactly (so every block the merge does not define keeps its entry); every
   slot a defined block points at must be one the writer wrote and checked; no slot of an
   undefined block may be among the written ones; and a target that was dense must still be.
@@ -51,18 +65,15 @@ from pathlib import Path
 
 import numpy as np
 
-from vdigui.engine import fileio
+from vdigui.engine import copier, fileio
 from vdigui.engine import format as fmt
 from vdigui.engine.chain import DiskChain
+from vdigui.engine.copier import CopySpec, same_bytes
 from vdigui.engine.errors import VdiError, VerificationError
 from vdigui.engine.format import BLOCK_FREE, BLOCK_ZERO
 from vdigui.engine.image import VdiImage, zeros
 from vdigui.engine.progress import CancelToken, Progress, ProgressFn
 
-#: Data moved per batch (one read run, the writes it causes, then the map update).
-BATCH_BYTES = 16 * fmt.MIB
-#: Most buffers one pwritev call takes (Linux IOV_MAX).
-_IOV_MAX = 1024
 _CANCELLED = "Cancelled: rolling back."
 
 
@@ -98,11 +109,11 @@ def candidate_mask(source_map: np.ndarray, target_map: np.ndarray, backward: boo
 
 
 def overwritten_slots(source: VdiImage, target: VdiImage, backward: bool) -> np.ndarray:
-    """Sorted target slots the merge writes over in place (their before-images are saved)."""
+    """Sorted target slots the merge writes over in place (before-images, when undo is kept)."""
     n = min(source.guest_blocks, target.guest_blocks)
     t_map = target.block_map[:n]
     cand = candidate_mask(source.block_map[:n], t_map, backward)
-    slots = t_map[cand & (t_map < fmt.FIRST_SPECIAL)].astype(np.int64)
+    slots = t_map[cand & fmt.is_allocated(t_map)].astype(np.int64)
     return np.unique(slots)
 
 
@@ -111,138 +122,46 @@ def new_slot_bound(source_map: np.ndarray, target_map: np.ndarray, backward: boo
     n = min(source_map.size, target_map.size)
     s, t = source_map[:n], target_map[:n]
     cand = candidate_mask(s, t, backward)
-    return int((cand & (s < fmt.FIRST_SPECIAL) & (t >= fmt.FIRST_SPECIAL)).sum())
+    return int((cand & fmt.is_allocated(s) & ~fmt.is_allocated(t)).sum())
 
 
-def _words(data: memoryview | bytes) -> np.ndarray:
-    """The bytes as 64-bit words where they fit (blocks are multiples of 512 bytes): faster."""
-    return np.frombuffer(data, dtype=np.uint64 if len(data) % 8 == 0 else np.uint8)
+class _Placement:
+    """The map the target must end with, as the loop decides it, and the slots it writes."""
 
-
-def _nonzero(view: memoryview | bytes) -> bool:
-    return bool(_words(view).any())
-
-
-class _BlockWriter:
-    """Collects slot writes and map entries of one batch; flushes data, then the map."""
-
-    def __init__(self, target: VdiImage, allowed_overwrites: np.ndarray, expected_map: np.ndarray,
-                 check: bool) -> None:
+    def __init__(self, target: VdiImage, allowed_overwrites: np.ndarray,
+                 old_map: np.ndarray) -> None:
         self.target = target
-        self.expected_map = expected_map
-        self.check = check
-        self.scratch = bytearray(BATCH_BYTES) if check else bytearray()
         self.h = target.header
         self.first_new = self.h.blocks_allocated
         self.next_slot = self.first_new
         self.allowed = {int(s) for s in allowed_overwrites.tolist()}
-        self.items: list[tuple[int, bytes | memoryview]] = []
-        self.pending_blocks: list[int] = []
-        self.pending_values: list[int] = []
+        self.expected_map = old_map.copy()
+        self.blocks: list[int] = []
+        self.values: list[int] = []
         self.written: list[int] = []
-        self.bytes_written = 0
-        self.entries = 0
 
-    def overwrite(self, slot: int, data: bytes | memoryview) -> None:
-        """Write ``data`` over an existing slot (only one whose before-image was saved)."""
+    def overwrite(self, slot: int) -> int:
+        """An existing slot gets new content (only one the caller declared it overwrites)."""
         if slot < self.first_new and slot not in self.allowed:
             raise VdiError(f"internal error: slot {slot} of '{self.target.path.name}' would be "
-                           "overwritten without a before-image (bug); rolling back.")
-        self.items.append((self.h.slot_offset(slot), data))
+                           "overwritten although the plan does not overwrite it (bug); "
+                           "rolling back.")
         self.written.append(slot)
+        return self.h.slot_offset(slot)
 
-    def append(self, block: int, data: bytes | memoryview) -> None:
-        """Give ``block`` a new slot at the end (``cBlocksAllocated``) holding ``data``."""
+    def append(self, block: int) -> int:
+        """Give ``block`` the next new slot (``cBlocksAllocated`` onwards); its data offset."""
         slot = self.next_slot
         self.next_slot += 1
-        self.overwrite(slot, data)
+        self.written.append(slot)
         self.set_entry(block, slot)
+        return self.h.slot_offset(slot)
 
     def set_entry(self, block: int, value: int) -> None:
-        """Change one map entry (written after the data, at the next flush)."""
-        self.pending_blocks.append(block)
-        self.pending_values.append(value)
+        """One map entry to write once the data is durable."""
+        self.blocks.append(block)
+        self.values.append(value)
         self.expected_map[block] = value
-
-    def flush(self) -> None:
-        """Data first (coalesced pwritev by file offset), then map entries and the header."""
-        if self.items:
-            self.items.sort(key=lambda item: item[0])
-            start, bufs, length = self.items[0][0], [self.items[0][1]], len(self.items[0][1])
-            for offset, data in self.items[1:]:
-                if offset == start + length and len(bufs) < _IOV_MAX:
-                    bufs.append(data)
-                    length += len(data)
-                    continue
-                self._write(start, bufs, length)
-                start, bufs, length = offset, [data], len(data)
-            self._write(start, bufs, length)
-            self.items = []
-        if self.pending_blocks:
-            self.target.write_entries(self.pending_blocks, self.pending_values)
-            self.entries += len(self.pending_blocks)
-            self.pending_blocks, self.pending_values = [], []
-        if self.next_slot != self.target.header.blocks_allocated:
-            self.target.write_header(self.target.header.replace(blocks_allocated=self.next_slot))
-
-    def _write(self, offset: int, bufs: list[bytes | memoryview], length: int) -> None:
-        fileio.pwritev(self.target.fd, bufs, offset)
-        self.target.file_size = max(self.target.file_size, offset + length)
-        self.bytes_written += length
-        if self.check:
-            self._read_back(offset, bufs, length)
-
-    def _read_back(self, offset: int, bufs: list[bytes | memoryview], length: int) -> None:
-        """Re-read what was just written and compare it with the bytes it was written from."""
-        if len(self.scratch) < length:
-            self.scratch = bytearray(length)
-        view = memoryview(self.scratch)[:length]
-        if os.preadv(self.target.fd, [view], offset) != length:
-            raise VerificationError(f"'{self.target.path.name}' is shorter than what the merge "
-                                    "just wrote; everything was rolled back.")
-        pos = 0
-        for data in bufs:
-            size = len(data)
-            if not np.array_equal(_words(view[pos:pos + size]), _words(data)):
-                slot = (offset + pos - self.h.offset_data) // self.h.slot_size
-                raise VerificationError(
-                    f"Slot {slot} of '{self.target.path.name}' does not read back as the merged "
-                    "data just written to it; everything was rolled back (please check the "
-                    "disk, then report this).")
-            pos += size
-
-
-def _runs(entries: np.ndarray, blocks: np.ndarray, limit: int) -> list[tuple[int, int]]:
-    """Split ``blocks`` (indices) into [start, end) index ranges of consecutive slots."""
-    if blocks.size == 0:
-        return []
-    slots = entries[blocks].astype(np.int64)
-    breaks = np.flatnonzero(np.diff(slots) != 1) + 1
-    out: list[tuple[int, int]] = []
-    for seg_start, seg_end in zip(np.r_[0, breaks], np.r_[breaks, blocks.size], strict=True):
-        s = int(seg_start)
-        while s < seg_end:
-            e = min(int(seg_end), s + limit)
-            out.append((s, e))
-            s = e
-    return out
-
-
-def read_run(image: VdiImage, first_slot: int, count: int, buf: bytearray) -> memoryview:
-    """Guest data of ``count`` consecutive slots from ``first_slot`` into ``buf``."""
-    h = image.header
-    size = count * h.block_size
-    view = memoryview(buf)[:size]
-    if h.block_extra:
-        for i in range(count):
-            view[i * h.block_size:(i + 1) * h.block_size] = image.read_slot(first_slot + i)
-        return view
-    if not image.slot_in_file(first_slot + count - 1):
-        image.read_slot(first_slot + count - 1)  # raises the corrupt-image error
-    got = os.preadv(image.fd, [view], h.slot_offset(first_slot))
-    if got != size:
-        raise VdiError(f"Short read from '{image.path.name}' ({image.path}).")
-    return view
 
 
 class _FallThrough:
@@ -262,6 +181,25 @@ class _FallThrough:
         return None if data == self.zero else data
 
 
+def _slot_offsets(h: fmt.VdiHeader, slots: np.ndarray) -> np.ndarray:
+    """File offsets of the guest data of ``slots`` (vectorised ``slot_offset``)."""
+    return (h.offset_data + h.block_extra
+            + slots.astype(np.int64) * np.int64(h.slot_size)).astype(np.int64)
+
+
+def _write_zero_slots(target: VdiImage, slots: list[int], check: bool) -> None:
+    """Write zeros over whole slots (ZERO entries of a backward merge's child), read back."""
+    bs = target.header.block_size
+    zero = zeros(bs)
+    for slot in sorted(slots):
+        offset = target.header.slot_offset(slot)
+        fileio.pwritev(target.fd, [zero], offset)
+        if check and os.pread(target.fd, bs, offset) != zero:
+            raise VerificationError(
+                f"Slot {slot} of '{target.path.name}' does not read back as the zeros just "
+                "written to it (please check the disk, then report this).")
+
+
 def copy_blocks(source: VdiImage, target: VdiImage, ancestors: DiskChain | None, *,
                 backward: bool, overwrite: np.ndarray, verify: bool, progress: ProgressFn,
                 cancel: CancelToken, phase: str) -> CopyOutcome:
@@ -269,79 +207,113 @@ def copy_blocks(source: VdiImage, target: VdiImage, ancestors: DiskChain | None,
 
     Args:
         source: the image merged away (read-only).
-        target: the image that receives the data (writable).
+        target: the image that receives the data (writable), with its original map.
         ancestors: the chain the target falls through to afterwards (read-only), or None.
         backward: child into parent (True) or parent into child (False).
-        overwrite: the target slots whose before-images are saved (the only existing slots
-            this may write).
-        verify: record the crc32 of every candidate's content for :func:`verify_merge`.
+        overwrite: the target slots the merge writes over in place
+            (:func:`overwritten_slots`; the only existing slots this may write).
+        verify: read every write back and compare it (and record what
+            :func:`verify_merge` needs).
+
+    Returns the outcome once the data, then the map and header, are durable.
     """
-    bs = target.header.block_size
+    h = target.header
+    bs = h.block_size
     n = min(source.guest_blocks, target.guest_blocks)
     s_map = source.block_map[:n].copy()
     t_map = target.block_map[:n].copy()
     cand = candidate_mask(s_map, t_map, backward)
-    zero = zeros(bs)
     fall = _FallThrough(ancestors, bs)
-    writer = _BlockWriter(target, overwrite, t_map.copy(), verify)
+    place = _Placement(target, overwrite, t_map)
     blocks = np.flatnonzero(cand)
     total = int(blocks.size)
-    done = 0
     progress(Progress(phase, 0, total))
 
-    def place(block: int, data: bytes | memoryview, is_zero: bool) -> None:
-        entry = int(t_map[block])
-        if entry < fmt.FIRST_SPECIAL:
-            writer.overwrite(entry, zero if is_zero else data)
-            return
-        if entry == BLOCK_FREE:
-            below = fall.read(block)
-            if below is None and is_zero:
-                return  # reads as zeros already
-            if below is not None and not is_zero and np.array_equal(_words(data),
-                                                                  _words(below)):
-                return  # the fall-through shows the same bytes
-        if is_zero:
-            if entry != BLOCK_ZERO:
-                writer.set_entry(block, BLOCK_ZERO)
-            return
-        writer.append(block, data)
-
+    # ZERO entries of the source: no data to read.
     zero_blocks = blocks[s_map[blocks] == BLOCK_ZERO]
+    zero_slots: list[int] = []
     for i, block in enumerate(zero_blocks.tolist()):
         if i % 256 == 0:
             cancel.raise_if_cancelled(_CANCELLED)
-        place(block, zero, True)
-        if len(writer.items) * bs >= BATCH_BYTES:
-            writer.flush()
-    writer.flush()
-    done += int(zero_blocks.size)
-    progress(Progress(phase, done, total, writer.bytes_written))
+        entry = int(t_map[block])
+        if fmt.is_allocated(entry):
+            place.overwrite(entry)
+            zero_slots.append(entry)
+        elif entry == BLOCK_FREE and fall.read(block) is None:
+            continue  # reads as zeros already
+        elif entry != BLOCK_ZERO:
+            place.set_entry(block, BLOCK_ZERO)
+    _write_zero_slots(target, zero_slots, verify)
+    done_before = int(zero_blocks.size)
+    progress(Progress(phase, done_before, total, len(zero_slots) * bs))
 
-    data_blocks = blocks[s_map[blocks] < fmt.FIRST_SPECIAL]
-    buf = bytearray(max(BATCH_BYTES, bs))
-    per_run = max(1, len(buf) // bs)
-    for start, end in _runs(s_map, data_blocks, per_run):
-        cancel.raise_if_cancelled(_CANCELLED)
-        run_blocks = data_blocks[start:end]
-        view = read_run(source, int(s_map[run_blocks[0]]), len(run_blocks), buf)
-        for i, block in enumerate(run_blocks.tolist()):
-            data = view[i * bs:(i + 1) * bs]
-            place(block, data, not _nonzero(data))
-        writer.flush()  # writes (and reads back) before the buffer is reused
-        done += len(run_blocks)
-        progress(Progress(phase, min(done, total), total, writer.bytes_written))
-    writer.flush()
+    # Data blocks of the source: the copier's loop, in guest block order.
+    jobs = blocks[fmt.is_allocated(s_map[blocks])]
+    spec = CopySpec([source.fd], np.zeros(jobs.size, dtype=np.int64),
+                    _slot_offsets(source.header, s_map[jobs]), bs)
+    has_slot = fmt.is_allocated(t_map[jobs])
+    dst = np.full(jobs.size, -1, dtype=np.int64)
+    dst[has_slot] = _slot_offsets(h, t_map[jobs][has_slot])
+    moved = [len(zero_slots) * bs]
+
+    def decide(first: int, count: int, data: memoryview, nonzero: np.ndarray) -> np.ndarray:
+        # Runs before the copier reads ``dst`` for this batch: new slots are numbered here.
+        rows = np.ones(count, dtype=bool)
+        for i in range(count):
+            job = first + i
+            block = int(jobs[job])
+            entry = int(t_map[block])
+            if fmt.is_allocated(entry):
+                place.overwrite(entry)
+                continue
+            is_zero = not bool(nonzero[i])
+            if entry == BLOCK_FREE:
+                below = fall.read(block)
+                if (below is None and is_zero) or (
+                        below is not None and not is_zero
+                        and same_bytes(data[i * bs:(i + 1) * bs], memoryview(below))):
+                    rows[i] = False  # the target shows these bytes already
+                    continue
+            if is_zero:
+                rows[i] = False
+                if entry != BLOCK_ZERO:
+                    place.set_entry(block, BLOCK_ZERO)
+                continue
+            dst[job] = place.append(block)
+        moved[0] += int(rows.sum()) * bs
+        return rows
+
+    def report(done: int) -> None:
+        progress(Progress(phase, done_before + done, total, moved[0]))
+
+    outcome = copier.copy_blocks(spec, target.fd, dst=dst, verify=verify, decide=decide,
+                                 report=report, cancel=cancel, cancel_message=_CANCELLED)
+    if outcome.mismatch is not None:
+        block = int(jobs[outcome.mismatch])
+        raise VerificationError(
+            f"Guest block {block} of '{target.path.name}' does not read back as the merged "
+            "data just written to it (please check the disk, then report this).")
+    if outcome.stored:
+        end = int(outcome.dst[outcome.written].max()) + bs
+        target.file_size = max(target.file_size, end)
+    # Data before the metadata that points at it: flush, then the map and the header.
     target.sync()
-    progress(Progress(phase, total, total, writer.bytes_written))
-    written = np.unique(np.asarray(writer.written, dtype=np.int64))
-    return CopyOutcome(writer.entries, writer.bytes_written, cand, t_map, written,
-                       writer.expected_map, verify)
+    if place.blocks:
+        target.write_entries(place.blocks, place.values)
+    if place.next_slot != target.header.blocks_allocated:
+        target.write_header(target.header.replace(blocks_allocated=place.next_slot))
+    if place.blocks or place.next_slot != place.first_new:
+        target.sync()
+    progress(Progress(phase, total, total, moved[0]))
+    written = np.unique(np.asarray(place.written, dtype=np.int64))
+    bytes_written = (int(outcome.stored) + len(zero_slots)) * bs
+    return CopyOutcome(len(place.blocks), bytes_written, cand, t_map, written,
+                       place.expected_map, verify)
 
 
 def is_dense(image: VdiImage) -> bool:
     """Slots in use are exactly 0..cBlocksAllocated-1, each used once."""
-    live = image.block_map[image.block_map < fmt.FIRST_SPECIAL].astype(np.int64)
+    live = image.block_map[fmt.is_allocated(image.block_map)].astype(np.int64)
     if live.size != image.header.blocks_allocated:
         return False
     return live.size == 0 or (int(live.max()) == live.size - 1 and
@@ -370,7 +342,7 @@ def verify_merge(target_path: Path, outcome: CopyOutcome, *, was_dense: bool) ->
                 f"After the merge '{name}' maps guest block {int(differ[0])} differently from "
                 "what the merge wrote; everything was rolled back (please report this).")
         cand = outcome.candidates
-        live = new < fmt.FIRST_SPECIAL
+        live = fmt.is_allocated(new)
         defined = new[cand & live].astype(np.int64)
         unwritten = defined[~np.isin(defined, outcome.written_slots)]
         if unwritten.size:

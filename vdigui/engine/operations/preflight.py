@@ -249,7 +249,7 @@ def _try_lock(path: Path) -> int | None:
 
 def _open_elsewhere(path: Path) -> bool:
     # The /proc scan catches a writer between creating its file and locking it.
-    from vdigui.engine.operations._common import processes_holding
+    from vdigui.engine.operations.inuse import processes_holding
 
     return bool(processes_holding([path]))
 

@@ -30,6 +30,7 @@ import hashlib
 import os
 import uuid as uuidlib
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -38,15 +39,31 @@ import numpy as np
 from vdigui.engine import format as fmt
 from vdigui.engine.chain import ImageIndex, resolve_chain
 from vdigui.engine.errors import ChainLoopError, OperationRefused, VdiError, VerificationError
-from vdigui.engine.format import BLOCK_FREE, ImageType
+from vdigui.engine.format import BLOCK_FREE, ImageType, parse_uuid
 from vdigui.engine.image import open_image
 from vdigui.engine.operations import journal as jr
 from vdigui.engine.operations.journal import Journal, new_uuid, state_dir
 from vdigui.engine.operations.space import FileOutcome, SpacePlan
 from vdigui.engine.progress import CancelToken, Progress, ProgressFn, no_progress
-from vdigui.engine.vbox_edit import VboxDocument, format_uuid, is_inside, parse_uuid
+from vdigui.engine.vbox_edit import VboxDocument, format_uuid, is_inside
 
 QUARANTINE = "vdigui-quarantine"
+
+
+class Strength(StrEnum):
+    """How sure the evidence for a fix is; the wizard ticks only certain and strong fixes.
+
+    A ``StrEnum``: ``vdictl repair --json`` keeps the plain words.
+    """
+
+    #: The files themselves show it (a map read against the file size), or it was asked for.
+    CERTAIN = "certain"
+    #: Independent fields agree (a uuidModify link, the registry and a header).
+    STRONG = "strong"
+    #: Only circumstantial (the sizes match); needs ``--force``.
+    WEAK = "weak"
+    #: Nothing supports it; never proposed.
+    NONE = "none"
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +77,7 @@ class Fix:
         problem: what is wrong, one sentence.
         action: what the fix does, one sentence.
         evidence: why vdigui believes the fix is right.
-        strength: "certain", "strong", "weak" or "none".
+        strength: how sure the evidence makes the fix (:class:`Strength`).
         group: fixes with the same group answer the same problem; one of them is applied.
         default: chosen when the user chooses nothing in its group.
         needs_force: refused unless ``force`` (weak or no evidence).
@@ -73,7 +90,7 @@ class Fix:
     problem: str
     action: str
     evidence: str
-    strength: str
+    strength: Strength
     group: str
     default: bool
     needs_force: bool
@@ -156,7 +173,7 @@ class _Builder:
         self.fixes: list[Fix] = []
         self.notes: list[str] = []
 
-    def add(self, kind: str, problem: str, action: str, evidence: str, strength: str,
+    def add(self, kind: str, problem: str, action: str, evidence: str, strength: Strength,
             files: list[Path], *, group: str | None = None, default: bool = True,
             needs_force: bool = False, **params: Any) -> None:
         fid = f"F{len(self.fixes) + 1}"
@@ -183,7 +200,7 @@ def _image_fixes(path: Path, b: _Builder, registered_base: bool | None) -> None:
     with open_image(path) as image:
         entries = image.block_map.astype(np.int64)
         h = image.header
-        live_idx = np.flatnonzero(entries < fmt.FIRST_SPECIAL)
+        live_idx = np.flatnonzero(fmt.is_allocated(entries))
         slots = entries[live_idx]
         past = slots * h.slot_size + h.offset_data + h.slot_size > size
         _, first = np.unique(slots, return_index=True)
@@ -215,7 +232,7 @@ def _image_fixes(path: Path, b: _Builder, registered_base: bool | None) -> None:
               "Clear the bad entries as VirtualBox's repairhd does (lowest guest block keeps "
               f"a shared slot), set cBlocksAllocated to {new_count} and cut the file to "
               f"{expected_end} bytes." + loss,
-              "read from the block map and the file size", "certain", [path],
+              "read from the block map and the file size", Strength.CERTAIN, [path],
               path=path, uuid=h.uuid, clear=clear.tolist(), count=new_count,
               end=expected_end)
     if registered_base is not False and h.parent_uuid == fmt.NULL_UUID and \
@@ -225,13 +242,13 @@ def _image_fixes(path: Path, b: _Builder, registered_base: bool | None) -> None:
               "Set the image type to dynamic (normal).",
               "the link to a parent is null" + (" and the registry lists it as a base"
                                                  if registered_base else ""),
-              "strong", [path], path=path, uuid=h.uuid)
+              Strength.STRONG, [path], path=path, uuid=h.uuid)
     if registered_base and h.parent_uuid != fmt.NULL_UUID:
         b.add("base-type", f"'{path.name}' is a base in the registry but its header links to "
               f"parent {{{h.parent_uuid}}}.",
               "Zero the parent link, as VirtualBox itself does for this old VDCopy bug.",
               "the registry nests it as a base (VirtualBox Main applies the same repair)",
-              "strong", [path], path=path, uuid=h.uuid, clear_link=True)
+              Strength.STRONG, [path], path=path, uuid=h.uuid, clear_link=True)
 
 
 # -- planning -------------------------------------------------------------------------------
@@ -294,7 +311,7 @@ def plan_repair(path: Path | str, *, search_dirs: list[Path] | None = None,
                       "Give the copy a new UUID; the registered original keeps its identity "
                       "(differencing images made on the copy, if any, need 'vdictl set-uuid' "
                       "care: they cannot be told apart by UUID).",
-                      "the registered location holds the original", "strong", [copy],
+                      "the registered location holds the original", Strength.STRONG, [copy],
                       path=copy, old=uid)
         elif uid not in registry:
             for orphan in paths:
@@ -318,7 +335,7 @@ def _missing_fixes(doc: VboxDocument, el: Any, uid: uuidlib.UUID, p: Path,
     if found is not None:
         b.add("relocate", f"Registered disk {{{uid}}} is missing at '{p}'.",
               f"Point the registry at '{found}', which has that UUID.",
-              f"the header UUID of '{found.name}' is {{{uid}}}", "strong", [doc.path],
+              f"the header UUID of '{found.name}' is {{{uid}}}", Strength.STRONG, [doc.path],
               group=group, uuid=uid, new_path=found)
     children = doc.disk_children(el)
     parent_el = doc.disk_parent(el)
@@ -340,7 +357,7 @@ def _missing_fixes(doc: VboxDocument, el: Any, uid: uuidlib.UUID, p: Path,
           "the file is not in the VM folder" + (
               " nor in the searched folders" if search_dirs
               else "; pass --search DIR to look for it elsewhere first"),
-          "certain", [doc.path], group=group, default=found is None,
+          Strength.CERTAIN, [doc.path], group=group, default=found is None,
           needs_force=True, uuid=uid, parent=parent_uuid)
 
 
@@ -358,7 +375,8 @@ def _uuid_mismatch_fixes(doc: VboxDocument, el: Any, uid: uuidlib.UUID, p: Path,
           f"Set the header UUID back to {{{uid}}}" + (
               f" and relink {len(kids_to_file)} child image(s)" if kids_to_file else "") + ".",
           f"{len(kids_to_reg)} image(s) link to the registry UUID, {len(kids_to_file)} to the "
-          "header UUID", "strong" if not registry_default else "weak", [p, *kids_to_file],
+          "header UUID", Strength.WEAK if registry_default else Strength.STRONG,
+          [p, *kids_to_file],
           group=group, default=not registry_default, path=p, old=file_uuid, new=uid,
           children=[str(q) for q in kids_to_file])
     if not clash:
@@ -367,22 +385,23 @@ def _uuid_mismatch_fixes(doc: VboxDocument, el: Any, uid: uuidlib.UUID, p: Path,
               f"{{{file_uuid}}}" + (f" and relink {len(kids_to_reg)} child image(s)"
                                     if kids_to_reg else "") + ".",
               f"{len(kids_to_file)} image(s) link to the header UUID",
-              "strong" if registry_default else "weak", [doc.path, *kids_to_reg],
+              Strength.STRONG if registry_default else Strength.WEAK, [doc.path, *kids_to_reg],
               group=group, default=registry_default, old=uid, new=file_uuid,
               children=[str(q) for q in kids_to_reg])
 
 
-def _evidence(child: fmt.VdiHeader, candidate: fmt.VdiHeader) -> tuple[str, str]:
+def _evidence(child: fmt.VdiHeader, candidate: fmt.VdiHeader) -> tuple[Strength, str]:
     size = child.disk_size == candidate.disk_size and child.block_size == candidate.block_size
     modify = child.parent_modify_uuid == candidate.modify_uuid
     if size and modify:
-        return "strong", ("the child's uuidParentModify equals the candidate's uuidModify (it "
-                          "was not written since the child was made) and the sizes match")
+        return Strength.STRONG, ("the child's uuidParentModify equals the candidate's "
+                                 "uuidModify (it was not written since the child was made) "
+                                 "and the sizes match")
     if size:
-        return "weak", ("only the disk size matches; uuidParentModify differs, so the "
-                        "candidate may have been written after the child was made, which "
-                        "would silently corrupt the child's view")
-    return "none", "the sizes differ"
+        return Strength.WEAK, ("only the disk size matches; uuidParentModify differs, so the "
+                               "candidate may have been written after the child was made, "
+                               "which would silently corrupt the child's view")
+    return Strength.NONE, "the sizes differ"
 
 
 def _parent_mismatch_fix(doc: VboxDocument, p: Path, header: fmt.VdiHeader, parent_el: Any,
@@ -395,7 +414,7 @@ def _parent_mismatch_fix(doc: VboxDocument, p: Path, header: fmt.VdiHeader, pare
     if parent_h is None:
         return
     strength, why = _evidence(header, parent_h)
-    if strength == "none":
+    if strength == Strength.NONE:
         b.notes.append(f"'{p.name}' links to {{{header.parent_uuid}}} but is nested under "
                        f"{{{parent_uuid}}}, whose size differs; no fix is safe")
         return
@@ -403,7 +422,7 @@ def _parent_mismatch_fix(doc: VboxDocument, p: Path, header: fmt.VdiHeader, pare
           f"nests it under {{{parent_uuid}}} (VirtualBox: \"Parent UUID does not match\").",
           f"Set its parent link to {{{parent_uuid}}} "
           f"('{parent_path.name if parent_path else ''}').",
-          why, strength, [p], needs_force=strength != "strong", path=p, uuid=header.uuid,
+          why, strength, [p], needs_force=strength != Strength.STRONG, path=p, uuid=header.uuid,
           parent=parent_uuid)
 
 
@@ -428,7 +447,7 @@ def _relink_fixes_bare(path: Path, b: _Builder, force: bool) -> None:
     strength, why = _evidence(header, h)
     b.add("relink", f"'{path.name}' links to parent {{{header.parent_uuid}}}, which no image "
           "in the folder has.", f"Relink it to '{q.name}' {{{h.uuid}}}.", why, strength,
-          [path], needs_force=strength != "strong", path=path, uuid=header.uuid,
+          [path], needs_force=strength != Strength.STRONG, path=path, uuid=header.uuid,
           parent=h.uuid)
 
 
@@ -441,12 +460,12 @@ def _orphan_fixes(doc: VboxDocument, orphan: Path, header: fmt.VdiHeader,
         b.add("register-orphan", f"'{orphan.name}' is a differencing image no registry lists "
               "(an orphan, e.g. from a crash during a snapshot).",
               f"Register it under its parent {{{header.parent_uuid}}} so its data can be "
-              "attached or cloned.", "its parent link names a registered disk", "strong",
+              "attached or cloned.", "its parent link names a registered disk", Strength.STRONG,
               [doc.path], group=group, path=orphan, uuid=header.uuid,
               parent=header.parent_uuid)
     b.add("quarantine-orphan", f"'{orphan.name}' is an image no registry lists.",
           f"Move it to '{quarantine.parent}' (never deleted).",
-          "no registered medium uses it", "certain", [orphan], group=group,
+          "no registered medium uses it", Strength.CERTAIN, [orphan], group=group,
           default=not (header.is_differencing and parent_registered), path=orphan,
           uuid=header.uuid, dest=quarantine)
 
@@ -478,7 +497,7 @@ def plan_set_uuid(image: Path | str, new: uuidlib.UUID | None = None) -> RepairP
     b.add("new-uuid", f"Set the UUID of '{image.name}' (now {{{header.uuid}}}).",
           f"Write {{{new}}} as its uuidCreate, relink {len(children)} child image(s)"
           + (" and update the registry and <Image> references in the .vbox" if registered
-             else "") + ".", "requested", "certain", files, path=image, old=header.uuid,
+             else "") + ".", "requested", Strength.CERTAIN, files, path=image, old=header.uuid,
           new=new, children=[str(c) for c in children], registry=registered)
     return _with_space(RepairPlan(image, folder, vbox if registered else None,
                                   hashlib.sha256(doc.original_bytes).hexdigest()

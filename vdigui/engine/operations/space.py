@@ -8,6 +8,7 @@ file will be at the end. Tests then measure the real files against these figures
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,8 +76,10 @@ class SpacePlan:
         it in its own words.
         """
         out: list[str] = []
-        if self.frees >= 0:
+        if self.frees > 0:
             out.append(f"Frees {human_size(self.frees)} ({self.frees:,} bytes) of disk files.")
+        elif self.frees == 0:
+            out.append("Frees no space: the disk files keep their size.")
         else:
             out.append(f"Uses {human_size(-self.frees)} more ({-self.frees:,} bytes).")
         if self.undoable and self.keep_undo and self.undo_bytes:
@@ -118,3 +121,24 @@ class SpacePlan:
             "files": [{"path": str(f.path), "size_before": f.size_before,
                        "size_after": f.size_after} for f in self.files],
         }
+
+
+# -- host space now -------------------------------------------------------------------------
+def free_space(folder: Path) -> int:
+    """Bytes an unprivileged user may still write in ``folder``'s filesystem."""
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return 0
+
+
+def space_refusal(folder: Path, needed: int, free: int, what: str) -> str | None:
+    """The refusal sentence when ``needed`` bytes do not fit in ``free``, else None."""
+    if needed <= free:
+        return None
+    return (f"Not enough free space in '{folder}' for {what}: {_mib(needed)} needed, "
+            f"{_mib(free)} free.")
+
+
+def _mib(value: int) -> str:
+    return f"{value / (1 << 20):.1f} MiB"

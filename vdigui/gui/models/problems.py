@@ -6,7 +6,7 @@ from typing import Any
 
 from PySide6.QtCore import QAbstractTableModel, QModelIndex, QObject, QPersistentModelIndex, Qt
 
-from vdigui.engine import Problem
+from vdigui.engine import Problem, Severity
 from vdigui.gui.format import short_file_name, tooltip_html
 from vdigui.gui.theme import badge_icon
 
@@ -26,7 +26,7 @@ class ProblemsModel(QAbstractTableModel):
     def set_problems(self, rows: list[Problem]) -> None:
         """Replace the list (errors first)."""
         self.beginResetModel()
-        self._rows = sorted(rows, key=lambda p: p.severity != "error")
+        self._rows = sorted(rows, key=lambda p: p.severity != Severity.ERROR)
         self.endResetModel()
 
     @property

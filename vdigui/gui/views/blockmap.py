@@ -67,7 +67,7 @@ from vdigui.gui.blockstates import (
 from vdigui.gui.views.partitionbar import PartitionBar, volume_text
 
 #: The colour of a block the guest uses completely (the "Guest uses" row).
-USE_COLOUR = "#7F3C8D"
+USE_COLOUR = theme.USE_COLOUR  # declared once, in vdigui/engine/palette.py
 
 pg.setConfigOptions(imageAxisOrder="row-major", antialias=False)
 
@@ -539,6 +539,55 @@ class BlockMapView(QWidget):
         if self.layer_codes[layer, block] == ALL_ZERO:
             text += " The block holds only zeros."
         return text
+
+    # -- highlight overlay (the Files tab's "Show in block map") ---------------------------
+    #: Most highlighted stretches drawn; more are merged across their smallest gaps.
+    MAX_HIGHLIGHTS = 200
+
+    def set_highlight(self, blocks: np.ndarray | None, text: str = "") -> None:
+        """Highlight guest ``blocks`` over every row (None or empty clears) and say ``text``.
+
+        Drawn as a few translucent regions (consecutive blocks joined), so a file of any size
+        costs at most :data:`MAX_HIGHLIGHTS` items; zooms to the highlighted blocks.
+        """
+        for region in getattr(self, "_highlights", []):
+            self.plot.removeItem(region)
+        self._highlights: list[pg.LinearRegionItem] = []
+        label = getattr(self, "highlight_label", None)
+        if label is None:
+            label = self.highlight_label = QLabel()
+            label.setWordWrap(True)
+            label.setTextFormat(Qt.TextFormat.PlainText)
+            layout = self.layout()
+            assert isinstance(layout, QVBoxLayout)
+            layout.insertWidget(1, label)
+        label.setText(text)
+        label.setVisible(bool(text))
+        self.highlighted = np.zeros(0, dtype=np.int64) if blocks is None else np.unique(
+            np.asarray(blocks, dtype=np.int64))
+        if not self.highlighted.size:
+            return
+        b = self.highlighted
+        cuts = np.flatnonzero(np.diff(b) != 1) + 1
+        starts, stops = b[np.r_[0, cuts]], b[np.r_[cuts - 1, b.size - 1]] + 1
+        while starts.size > self.MAX_HIGHLIGHTS:
+            gaps = starts[1:] - stops[:-1]
+            keep = gaps > np.sort(gaps)[gaps.size - self.MAX_HIGHLIGHTS]
+            starts = starts[np.r_[True, keep]]
+            stops = stops[np.r_[keep, True]]
+        colour = QColor("#FFB000")  # amber: no layer or state of the map uses it
+        colour.setAlpha(110)
+        for lo, hi in zip(starts.tolist(), stops.tolist(), strict=True):
+            region = pg.LinearRegionItem(values=(lo, hi), movable=False, brush=colour,
+                                         pen=pg.mkPen(colour.darker(150), width=1))
+            region.setZValue(10)
+            self.plot.addItem(region)
+            self._highlights.append(region)
+        first, last = int(b[0]), int(b[-1]) + 1
+        pad = max(8, (last - first) // 10)
+        self.plot.getViewBox().setXRange(max(0, first - pad), min(self.blocks, last + pad),
+                                         padding=0)
+        self.refresh()
 
 
 def use_colours(share: np.ndarray, k: int) -> np.ndarray:

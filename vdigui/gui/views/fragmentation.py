@@ -32,7 +32,15 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from vdigui.engine import Analysis, HostExtents, UsageMap, Volume, fragmentation, human_size
+from vdigui.engine import (
+    Analysis,
+    HostExtents,
+    UsageMap,
+    Volume,
+    fragmentation,
+    human_size,
+    is_allocated,
+)
 from vdigui.gui import theme
 from vdigui.gui.views.partitionbar import bar_volumes
 
@@ -81,7 +89,7 @@ def density_image(blocks: np.ndarray, slots: np.ndarray, classes: np.ndarray, gu
 
 def layer_points(entries_row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(guest blocks, slots) of the allocated entries of one layer, in guest order."""
-    blocks = np.flatnonzero(entries_row < 0xFFFFFFFE)
+    blocks = np.flatnonzero(is_allocated(entries_row))
     return blocks, entries_row[blocks].astype(np.int64)
 
 

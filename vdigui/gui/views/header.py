@@ -10,7 +10,6 @@ from __future__ import annotations
 import html
 import re
 import struct
-import uuid as uuidlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -31,7 +30,16 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from vdigui.engine import SIGNATURE, FieldKind, HeaderField, ImageType, header_layout, human_size
+from vdigui.engine import (
+    SIGNATURE,
+    FieldKind,
+    HeaderField,
+    ImageType,
+    header_layout,
+    human_size,
+    is_allocated,
+    uuid_from_disk,
+)
 from vdigui.gui import theme
 from vdigui.gui.format import uuid_text
 
@@ -206,7 +214,7 @@ def field_value(field: HeaderField, raw: bytes) -> str:
         text = items[0].split(b"\0", 1)[0].decode("latin-1").replace("\n", "\\n")
         return f'"{text}"' if text else "(empty)"
     if kind is FieldKind.UUID:
-        return uuid_text(uuidlib.UUID(bytes_le=items[0]))
+        return uuid_text(uuid_from_disk(items[0]))
     if kind is FieldKind.GEOMETRY:
         c, h, s, b = items
         return f"{c} cylinders, {h} heads, {s} sectors, {b}-byte sectors"
@@ -392,7 +400,7 @@ class HeaderView(QWidget):
             entry = struct.unpack_from("<I", raw, block * 4)[0]
             spans.append(Span(offset + block * 4, 4, f"Map entry of guest block {block:,}",
                               describe(block, entry), "One 32-bit entry per guest block.",
-                              0 if entry >= 0xFFFFFFFE else 2))
+                              2 if is_allocated(entry) else 0))
         self.map_hex.set_content(raw, offset, spans)
         # Spans are regular (4 bytes each), so look them up arithmetically, not by search.
         self.map_hex.span_for = lambda o: spans[(o - offset) // 4] if 0 <= o - offset < len(

@@ -133,7 +133,14 @@ class OverviewView(QScrollArea):
                                     "the UUID of the row above it (hover a cell for the "
                                     "whole UUID)")
         chain_layout.addWidget(self.chain_table)
-        layout.addWidget(chain_box, 1)
+        layout.addWidget(chain_box)
+        layout.addStretch(1)  # sections sit at the top; spare height stays below them
+        self._layout = layout
+
+    def add_section(self, box: QWidget) -> None:
+        """Add a box below the chain (the undo data, the disk attachments), above the spare
+        space."""
+        self._layout.insertWidget(self._layout.count() - 1, box)
 
     def clear(self, message: str = "") -> None:
         """Nothing selected (or a message instead)."""
@@ -226,3 +233,15 @@ class OverviewView(QScrollArea):
                 item.setToolTip(tip)
                 self.chain_table.setItem(row, column, item)
         self.chain_fitter.schedule()
+        self._fit_chain_height()
+
+    def _fit_chain_height(self) -> None:
+        """As tall as its rows (at least three), so the boxes below stay in view at 900 px."""
+        table = self.chain_table
+        rows = max(3, table.rowCount())
+        height = (table.horizontalHeader().sizeHint().height()
+                  + sum(table.sizeHintForRow(r) for r in range(table.rowCount()))
+                  + max(0, rows - table.rowCount()) * table.verticalHeader().defaultSectionSize()
+                  + 2 * table.frameWidth() + table.horizontalScrollBar().sizeHint().height())
+        table.setMaximumHeight(height)
+        table.setMinimumHeight(min(height, 160))

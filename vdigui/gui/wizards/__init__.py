@@ -4,6 +4,8 @@ Integration API (the main window and ``app.py`` use only these names):
 
 - :func:`install_operation_actions` adds the Operations menu, toolbar actions with shortcuts
   and tooltips, context-menu actions, the busy lock and the close guard to a main window.
+- :data:`REGISTRY` lists the operations (:class:`Operation` keys: title, menu entry, wizard,
+  availability); :meth:`OperationActions.open_wizard` opens one by key.
 - :func:`operation_availability` says which operations can run on a selection and why not (the
   reasons are the engine's refusal sentences). It plans (reads block maps, looks for programs
   holding the files), so the window asks it on a worker (``checks.AvailabilityChecks``).
@@ -19,21 +21,26 @@ from vdigui.gui.wizards.base import OperationWizard, Outcome
 from vdigui.gui.wizards.clone import CloneWizard
 from vdigui.gui.wizards.compact import CompactWizard
 from vdigui.gui.wizards.delete_snapshot import DeleteSnapshotWizard
+from vdigui.gui.wizards.registry import (
+    OPERATIONS,
+    REGISTRY,
+    Operation,
+    OperationSpec,
+    operation_availability,
+)
 from vdigui.gui.wizards.repair import RepairWizard
 from vdigui.gui.wizards.screenshot import render_wizard_screenshot, wizard_class
-from vdigui.gui.wizards.targets import (
-    OPERATIONS,
-    Target,
-    operation_availability,
-    resolve_target,
-)
+from vdigui.gui.wizards.targets import Target, resolve_target
 
 __all__ = [
     "OPERATIONS",
+    "REGISTRY",
     "CloneWizard",
     "CompactWizard",
     "DeleteSnapshotWizard",
+    "Operation",
     "OperationActions",
+    "OperationSpec",
     "OperationWizard",
     "Outcome",
     "RepairWizard",

@@ -18,28 +18,14 @@ from PySide6.QtWidgets import QMainWindow, QMenu, QStyle, QToolBar
 
 from vdigui.engine import VdiError, VmFolder
 from vdigui.gui import messages
+from vdigui.gui.views.disk_settings import DiskSettingsController
 from vdigui.gui.wizards import base
 from vdigui.gui.wizards.base import OperationWizard
 from vdigui.gui.wizards.checks import AvailabilityChecks
-from vdigui.gui.wizards.screenshot import wizard_class
-from vdigui.gui.wizards.targets import (
-    OPERATIONS,
-    TITLES,
-    Availability,
-    Target,
-    resolve_target,
-)
+from vdigui.gui.wizards.registry import OPERATIONS, REGISTRY, Availability, Operation, spec
+from vdigui.gui.wizards.targets import Target, TargetKind, resolve_target
 from vdigui.gui.wizards.undo import UndoController
 from vdigui.gui.workers import WorkerPool
-
-SHORTCUTS = {"compact": "Ctrl+Shift+C", "clone": "Ctrl+Shift+N",
-             "delete-snapshot": "Ctrl+Shift+Del", "repair": "Ctrl+Shift+R"}
-MENU_TEXT = {"compact": "&Compact…", "clone": "C&lone / Convert…",
-             "delete-snapshot": "&Delete Snapshot…", "repair": "&Repair Chain…"}
-ICONS = {"compact": QStyle.StandardPixmap.SP_ArrowDown,
-         "clone": QStyle.StandardPixmap.SP_FileDialogNewFolder,
-         "delete-snapshot": QStyle.StandardPixmap.SP_TrashIcon,
-         "repair": QStyle.StandardPixmap.SP_DialogApplyButton}
 
 
 class OperationActions(QObject):
@@ -77,19 +63,23 @@ class OperationActions(QObject):
         self.checks.answered.connect(self.refresh)
         self.undo = UndoController(
             window, self.checks.pool, self.pool,
-            lambda folder: self.busy_reason(Target("image", "the folder", folder=folder),
+            lambda folder: self.busy_reason(Target(TargetKind.IMAGE, "the folder", folder=folder),
                                             include_undo=False))
         self.undo.running_changed.connect(self.refresh)
+        self.disk_settings = DiskSettingsController(
+            window, self.checks.pool, self.pool,
+            lambda folder: self.busy_reason(Target(TargetKind.IMAGE, "the folder", folder=folder)))
+        self.disk_settings.changed.connect(self.reload)
         self.wizards: list[OperationWizard] = []
-        self.actions: dict[str, QAction] = {}
+        self.actions: dict[Operation, QAction] = {}
         self._context: list[QAction] = []
         self._context_target: object = None
         self._pending_select: Any = None
         style = window.style()
-        for key in OPERATIONS:
-            action = QAction(MENU_TEXT[key], window)
-            action.setIcon(style.standardIcon(ICONS[key]))
-            action.setShortcut(QKeySequence(SHORTCUTS[key]))
+        for key, op in REGISTRY.items():
+            action = QAction(op.menu_text, window)
+            action.setIcon(style.standardIcon(getattr(QStyle.StandardPixmap, op.icon)))
+            action.setShortcut(QKeySequence(op.shortcut))
             action.triggered.connect(lambda _checked=False, k=key: self.open_wizard(k))
             window.addAction(action)
             self.actions[key] = action
@@ -147,8 +137,8 @@ class OperationActions(QObject):
             return "An undo is running on this folder; wait for it to finish."
         for wizard in self.wizards:
             if wizard.running and (not keys or keys & wizard.target.lock_keys):
-                return (f"{TITLES[wizard.kind]} is running on {wizard.target.label}; wait for "
-                        "it to finish.")
+                return (f"{wizard.title} is running on {wizard.target.label}; wait for it "
+                        "to finish.")
         return None
 
     @property
@@ -186,7 +176,7 @@ class OperationActions(QObject):
             return dict.fromkeys(result, (False, busy))
         return result
 
-    def _apply(self, action: QAction, key: str, enabled: bool, reason: str) -> None:
+    def _apply(self, action: QAction, key: Operation, enabled: bool, reason: str) -> None:
         shortcut = action.shortcut().toString(QKeySequence.SequenceFormat.NativeText)
         action.setEnabled(enabled)
         tip = reason + (f" ({shortcut})" if shortcut and enabled else "")
@@ -220,7 +210,7 @@ class OperationActions(QObject):
         self._context_target = target
         state = self.availability(target, "context")
         for key in OPERATIONS:
-            action = QAction(MENU_TEXT[key], self)
+            action = QAction(spec(key).menu_text, self)
             action.setIcon(self.actions[key].icon())
             # Shown in the menu; only the menu bar's action reacts to the key (no ambiguity).
             action.setShortcut(self.actions[key].shortcut())
@@ -233,21 +223,24 @@ class OperationActions(QObject):
         return list(self._context)
 
     # -- wizards ---------------------------------------------------------------------------------
-    def open_wizard(self, kind: str, selection: object = None, **kwargs: Any
+    def open_wizard(self, kind: Operation | str, selection: object = None, **kwargs: Any
                     ) -> OperationWizard | None:
         """Open the wizard ``kind`` on ``selection`` (default: the window's selection).
 
+        ``kind`` is an :class:`Operation` or its string value ("compact", "clone",
+        "delete-snapshot", "repair"); ``kwargs`` go to the wizard (a pre-filled wizard).
         Refuses with the reason (in the status bar) when the operation cannot run now.
         """
+        op = spec(kind)
         selection = self.get_selection() if selection is None else selection
-        enabled, reason = self.availability_now(selection)[kind]
+        enabled, reason = self.availability_now(selection)[op.key]
         if not enabled:
             bar = getattr(self.window, "statusBar", None)
             if bar is not None:
-                self.window.statusBar().showMessage(f"{TITLES[kind]}: {reason}", 8000)
+                self.window.statusBar().showMessage(f"{op.title}: {reason}", 8000)
             return None
-        wizard = wizard_class(kind)(self.get_vm(), self._target(selection), pool=self.pool,
-                                    parent=self.window, **kwargs)
+        wizard = op.wizard_class()(self.get_vm(), self._target(selection), pool=self.pool,
+                                   parent=self.window, **kwargs)
         # Not modal: inspection stays usable while an operation runs.
         wizard.setWindowModality(Qt.WindowModality.NonModal)
         wizard.running_changed.connect(lambda _running: self.refresh())
@@ -301,7 +294,7 @@ class OperationActions(QObject):
     def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # Qt override
         """Closing the window while an operation runs: ask, cancel, wait."""
         if watched is self.window and event.type() == QEvent.Type.Close and self.running:
-            names = ", ".join(TITLES[w.kind] for w in self.running)
+            names = ", ".join(w.title for w in self.running)
             if not base.confirm(self.window, f"{names} is still running. Cancel it (it stops "
                                              "at the next block) and quit?"):
                 event.ignore()

@@ -8,6 +8,11 @@ run and there is no way back. The run page runs the operation on a worker thread
 next block and says the state the engine reports, closing while it runs asks, cancels and waits,
 and every ending -- success, cancel or failure -- reaches the result page and asks the window to
 reload the folder from disk.
+
+Why declarative: a wizard states what it is (its :class:`Operation`, plan and run functions,
+intro, options page) as class attributes and overrides only what really differs (the preview
+and the result); the base class is generic over the plan and result types, so each wizard's
+hooks are typed with the engine's own plan and result classes.
 """
 
 from __future__ import annotations
@@ -16,8 +21,9 @@ import html
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Generic, TypeVar
 
 from PySide6.QtCore import QEventLoop, Qt, Signal
 from PySide6.QtGui import QCloseEvent
@@ -45,9 +51,9 @@ from vdigui.engine import (
     recover_pending,
 )
 from vdigui.gui import messages
-from vdigui.gui.wizards._engine import ESTIMATED_RATE
-from vdigui.gui.wizards.targets import TITLES, Target, resolve_target
-from vdigui.gui.wizards.widgets import figures, heading, notice, rule
+from vdigui.gui.wizards.registry import Operation, spec
+from vdigui.gui.wizards.targets import Target, resolve_target
+from vdigui.gui.wizards.widgets import Level, figures, heading, notice, rule
 from vdigui.gui.workers import Runner, WorkerPool
 
 INTRO, OPTIONS, PREVIEW, RUN, RESULT = range(5)
@@ -70,17 +76,35 @@ def ask_yes_no(parent: QWidget, question: str) -> bool:
 confirm: Confirm = ask_yes_no
 
 
+PlanT = TypeVar("PlanT")
+ResultT = TypeVar("ResultT")
+
+
+class OutcomeKind(StrEnum):
+    """How an operation ended."""
+
+    SUCCEEDED = "succeeded"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+    @property
+    def level(self) -> Level:
+        """How the ending is shown: ok, warning (cancelled) or error."""
+        return {OutcomeKind.SUCCEEDED: Level.OK, OutcomeKind.CANCELLED: Level.WARNING,
+                OutcomeKind.FAILED: Level.ERROR}[self]
+
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
     """How an operation ended.
 
     Attributes:
-        kind: "succeeded", "cancelled" or "failed".
+        kind: succeeded, cancelled or failed.
         value: the engine's result (succeeded), the exception (failed), or None.
         message: the state in words (the engine's OperationCancelled sentence on cancel).
     """
 
-    kind: str
+    kind: OutcomeKind
     value: Any
     message: str
 
@@ -101,6 +125,17 @@ def duration_text(seconds: float) -> str:
         return f"about {seconds / 60:.0f} min"
     hours, rest = divmod(int(seconds), 3600)
     return f"about {hours} h {rest // 60} min"
+
+
+def empty(layout: QVBoxLayout) -> None:
+    """Remove (and delete) every widget of ``layout``: a page rebuilt from a new plan."""
+    while layout.count():
+        item = layout.takeAt(0)
+        widget = item.widget() if item is not None else None
+        if widget is not None:
+            widget.hide()
+            widget.setParent(None)
+            widget.deleteLater()
 
 
 class TextPage(QWizardPage):
@@ -163,13 +198,7 @@ class PreviewPage(QWizardPage):
 
     def clear(self) -> None:
         """Remove the previous plan's widgets."""
-        while self.content_layout.count():
-            item = self.content_layout.takeAt(0)
-            widget = item.widget() if item is not None else None
-            if widget is not None:
-                widget.hide()
-                widget.setParent(None)
-                widget.deleteLater()
+        empty(self.content_layout)
 
     def add(self, widget: QWidget) -> None:
         """Append a section."""
@@ -229,7 +258,7 @@ class RunPage(QWizardPage):
         self.ended = False
 
     def initializePage(self) -> None:  # Qt override
-        """Start the operation (or show the simulated state of the screenshot mode)."""
+        """Start the operation."""
         self.ended = False
         self.summary.setText(self._wizard.run_summary(self._wizard.plan))
         self.meaning.setText(self._wizard.cancel_meaning())
@@ -262,11 +291,11 @@ class RunPage(QWizardPage):
             left = elapsed * (event.total - event.done) / event.done
             self.remaining.setText(f"Time remaining in this step: {duration_text(left)}")
 
-    def show_end(self, text: str, level: str) -> None:
+    def show_end(self, text: str, level: Level) -> None:
         """Say how it ended and let the wizard move on."""
-        colour = {"ok": "#2e7d32", "warning": "#b26a00", "error": "#c62828"}[level]
+        colour = level.colour or ""
         self.state.setText(f'<span style="color:{colour}"><b>{html.escape(text)}</b></span>')
-        if level == "ok" and self.bar.maximum() == 0:
+        if level is Level.OK and self.bar.maximum() == 0:
             self.bar.setRange(0, 1)
             self.bar.setValue(1)
         self.ended = True
@@ -296,13 +325,7 @@ class ResultPage(QWizardPage):
 
     def initializePage(self) -> None:  # Qt override
         """Render the outcome."""
-        while self.content_layout.count():
-            item = self.content_layout.takeAt(0)
-            widget = item.widget() if item is not None else None
-            if widget is not None:
-                widget.hide()
-                widget.setParent(None)
-                widget.deleteLater()
+        empty(self.content_layout)
         self._wizard.fill_result(self)
 
     def add(self, widget: QWidget) -> None:
@@ -310,8 +333,21 @@ class ResultPage(QWizardPage):
         self.content_layout.addWidget(widget)
 
 
-class OperationWizard(QWizard):
-    """Base of the four wizards. Subclasses supply words, options, plan, preview and result.
+class OperationWizard(QWizard, Generic[PlanT, ResultT]):
+    """Base of the four wizards, generic over the engine's plan and result types.
+
+    A wizard declares (class attributes):
+
+    - ``operation``: which :class:`Operation` it runs (its title comes from the registry);
+    - ``plan_function`` and ``run_function``: the engine's functions (the constructor's
+      ``plan_fn`` / ``run_fn`` replace them, which is how tests pass fakes);
+    - ``intro`` (page 1, HTML) and ``subtitle`` (a line under it; ``{target}``, ``{image}``
+      and ``{where}`` are filled in from the target);
+    - ``options_page_class``: page 2's class, built with the wizard (``self.opts``);
+    - ``action_text``: the commit button's verb;
+
+    and overrides :meth:`compute_plan`, :meth:`fill_preview` and :meth:`describe_result`
+    (plus whatever else it really does differently).
 
     Signals:
         changed: an operation ended (in any way) and may have written: reload the folder.
@@ -320,8 +356,15 @@ class OperationWizard(QWizard):
         running_changed: an operation started (True) or ended (False).
     """
 
-    kind = ""
+    operation: ClassVar[Operation]
+    plan_function: ClassVar[Callable[..., Any]]
+    run_function: ClassVar[Callable[..., Any]]
+    intro: ClassVar[str]
+    subtitle: ClassVar[str] = ""
+    options_page_class: ClassVar[type[QWizardPage]]
     action_text = "Run"
+    outcome: Outcome | None
+    plan: PlanT | None
     #: How an interrupted earlier operation is recovered (tests inject; None: the engine's).
     recover_fn: Callable[[Path], Any] | None = None
     changed = Signal(object)
@@ -329,34 +372,35 @@ class OperationWizard(QWizard):
     running_changed = Signal(bool)
 
     def __init__(self, vm: VmFolder | None, target: object, *, pool: WorkerPool | None = None,
-                 plan_fn: Callable[..., Any] | None = None,
-                 run_fn: Callable[..., Any] | None = None, simulate: bool = False,
+                 plan_fn: Callable[..., PlanT] | None = None,
+                 run_fn: Callable[..., ResultT] | None = None,
                  parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.vm = vm
         self.target: Target = resolve_target(vm, target)
         self.pool = pool if pool is not None else WorkerPool(self)
-        self.plan_fn = plan_fn or self.default_plan_fn()
-        self.run_fn = run_fn or self.default_run_fn()
-        self.simulate = simulate
-        self.plan: Any = None
+        cls = type(self)
+        self.plan_fn: Callable[..., PlanT] = plan_fn or cls.plan_function
+        self.run_fn: Callable[..., ResultT] = run_fn or cls.run_function
+        self.plan: PlanT | None = None
         self.plan_error: BaseException | None = None
         self.outcome: Outcome | None = None
         self.runner: Runner | None = None
         self.preview_runner: Runner | None = None
         self.started_at = 0.0
-        self.setWindowTitle(f"{TITLES[self.kind]} — {self.target.label}")
+        self.setWindowTitle(f"{self.title} — {self.target.label}")
         self.setWizardStyle(QWizard.WizardStyle.ClassicStyle)
         self.setOption(QWizard.WizardOption.NoBackButtonOnLastPage, True)
         self.setOption(QWizard.WizardOption.NoBackButtonOnStartPage, True)
         self.setOption(QWizard.WizardOption.NoCancelButtonOnLastPage, True)
         self.setMinimumSize(760, 560)
-        self.intro_page = TextPage(TITLES[self.kind], self.intro_subtitle(), self.intro_html())
-        self.options_page = self.make_options_page()
+        self.intro_page = TextPage(self.title, self.subtitle.format(**self._words()),
+                                   self.intro)
+        self.opts: QWizardPage = cls.options_page_class(self)
         self.preview_page = PreviewPage(self)
         self.run_page = RunPage(self)
         self.result_page = ResultPage(self)
-        for page_id, page in ((INTRO, self.intro_page), (OPTIONS, self.options_page),
+        for page_id, page in ((INTRO, self.intro_page), (OPTIONS, self.opts),
                               (PREVIEW, self.preview_page), (RUN, self.run_page),
                               (RESULT, self.result_page)):
             self.setPage(page_id, page)
@@ -375,53 +419,45 @@ class OperationWizard(QWizard):
                       button.FinishButton, button.CancelButton]
         self.setButtonLayout(layout)
 
+    @property
+    def title(self) -> str:
+        """The operation's title ("Clone or Convert"), from the registry."""
+        return spec(self.operation).title
+
+    def _words(self) -> dict[str, str]:
+        """What ``subtitle`` may name: the target, its image, the VM or the target."""
+        target = self.target
+        return {"target": target.label,
+                "image": target.image.name if target.image else "the selected image",
+                "where": f"VM '{self.vm.name}'" if self.vm is not None else target.label}
+
     # -- for subclasses ------------------------------------------------------------------------
-    def default_plan_fn(self) -> Callable[..., Any]:
-        """The engine's plan function."""
-        raise NotImplementedError
-
-    def default_run_fn(self) -> Callable[..., Any]:
-        """The engine's run function (progress=, cancel= keywords)."""
-        raise NotImplementedError
-
-    def intro_subtitle(self) -> str:
-        """One line under the intro title."""
-        return ""
-
-    def intro_html(self) -> str:
-        """Page 1 in plain words."""
-        raise NotImplementedError
-
-    def make_options_page(self) -> QWizardPage:
-        """Page 2."""
-        raise NotImplementedError
-
-    def compute_plan(self) -> Any:
+    def compute_plan(self) -> PlanT:
         """Call the plan function with the chosen options (fast, synchronous)."""
         raise NotImplementedError
 
-    def refusals(self, plan: Any) -> tuple[str, ...]:
+    def refusals(self, plan: PlanT) -> tuple[str, ...]:
         """Why the plan cannot run (empty: it can)."""
         return tuple(getattr(plan, "refusals", ()) or ())
 
-    def fill_preview(self, page: PreviewPage, plan: Any) -> None:
+    def fill_preview(self, page: PreviewPage, plan: PlanT) -> None:
         """Page 3 from the plan."""
         raise NotImplementedError
 
-    def preview_job(self, plan: Any) -> Callable[..., Any] | None:
+    def preview_job(self, plan: PlanT) -> Callable[..., PlanT] | None:
         """A slow read-only refinement of the plan to run behind the preview (or None)."""
         del plan
         return None
 
-    def run_call(self, plan: Any, progress: Callable[[Progress], None],
-                 token: CancelToken) -> Any:
+    def run_call(self, plan: PlanT, progress: Callable[[Progress], None],
+                 token: CancelToken) -> ResultT:
         """Call the run function (subclasses add their keywords)."""
         return self.run_fn(plan, progress=progress, cancel=token)
 
-    def run_summary(self, plan: Any) -> str:
+    def run_summary(self, plan: PlanT) -> str:
         """One sentence on the run page: what is being done."""
         del plan
-        return f"{TITLES[self.kind]}: {self.target.label}."
+        return f"{self.title}: {self.target.label}."
 
     def cancel_meaning(self) -> str:
         """What Cancel leaves behind, in words, before the user presses it."""
@@ -442,16 +478,7 @@ class OperationWizard(QWizard):
             raise VdiError(f"{recovered.message()} The folder changed, so nothing else was "
                            "done; open the wizard again to plan on the recovered folder.")
 
-    def simulated_progress(self, plan: Any) -> Progress:
-        """A realistic mid-run progress event for the screenshot mode."""
-        del plan
-        return Progress("working", 42, 100, 42 << 20)
-
-    def simulated_result(self, plan: Any) -> Any:
-        """A plan-derived result for the screenshot mode (nothing runs)."""
-        raise NotImplementedError
-
-    def describe_result(self, page: ResultPage, result: Any) -> None:
+    def describe_result(self, page: ResultPage, result: ResultT) -> None:
         """Page 5 for a finished operation."""
         raise NotImplementedError
 
@@ -470,7 +497,7 @@ class OperationWizard(QWizard):
             self.plan = self.compute_plan()
         except (VdiError, OSError, ValueError) as exc:
             self.plan_error = exc
-            page.add(notice(messages.sentence(exc), "error"))
+            page.add(notice(messages.sentence(exc), Level.ERROR))
             page.finish()
             return
         self.fill_preview(page, self.plan)
@@ -486,13 +513,6 @@ class OperationWizard(QWizard):
 
     def _start_preview_job(self, job: Callable[..., Any]) -> None:
         page = self.preview_page
-        if self.simulate:
-            try:
-                plan = job(lambda _e: None, CancelToken())
-            except (VdiError, OSError):
-                return
-            self._preview_done(plan)
-            return
         page.scan_label.setText("Reading the allocated blocks for exact figures (read-only; "
                                 "you may go on without waiting)…")
         page.scan_label.setVisible(True)
@@ -500,7 +520,7 @@ class OperationWizard(QWizard):
         page.scan_bar.setVisible(True)
         # Slots are connected before the job starts (a fast job's signals are never lost).
         self.preview_runner = self.pool.start(
-            job, f"{self.kind}-preview", progress=self._preview_progress,
+            job, f"{self.operation}-preview", progress=self._preview_progress,
             succeeded=self._preview_done, failed=self._preview_failed,
             cancelled=self._preview_ended)
 
@@ -515,10 +535,14 @@ class OperationWizard(QWizard):
         self.preview_page.scan_label.setVisible(False)
         self.preview_page.scan_bar.setVisible(False)
 
-    def _preview_done(self, plan: Any) -> None:
+    def _preview_done(self, plan: PlanT) -> None:
         self._preview_ended()
-        if self.currentId() not in (PREVIEW, -1) and not self.simulate:
+        if self.currentId() not in (PREVIEW, -1):
             return
+        self.show_refined(plan)
+
+    def show_refined(self, plan: PlanT) -> None:
+        """Show the plan the background read refined (the preview is rebuilt)."""
         self.plan = plan
         page = self.preview_page
         page.clear()
@@ -544,7 +568,7 @@ class OperationWizard(QWizard):
         page.add(heading("Disk space"))
         # "Cannot be undone" is said once, plainly, below.
         for line in space.total_lines("Edit > Discard Undo Data", say_not_undoable=False):
-            page.add(notice(line, "info"))
+            page.add(notice(line, Level.INFO))
         files = space.file_lines()
         if files:
             page.add(figures([("End size of each file", "\n".join(files))]))
@@ -556,7 +580,7 @@ class OperationWizard(QWizard):
         """The plan's :class:`SpacePlan` (None when the plan carries none)."""
         return getattr(plan, "space", None)
 
-    def undo_sentence(self, plan: Any, space: Any) -> tuple[str, str]:
+    def undo_sentence(self, plan: PlanT, space: Any) -> tuple[str, Level]:
         """Whether the operation can be undone afterwards, in one plain sentence and a level.
 
         ``space`` is the plan's SpacePlan, or None when the plan states none (then only a
@@ -564,16 +588,16 @@ class OperationWizard(QWizard):
         """
         del plan
         if space is None:
-            return "", ""
+            return "", Level.INFO
         if not space.undoable or not space.keep_undo:
-            return ("Undo will be impossible: this operation keeps no undo data.", "warning")
+            return ("Undo will be impossible: this operation keeps no undo data.", Level.WARNING)
         return ("Edit > Undo (or 'vdictl undo') can put everything back afterwards, until "
-                "another operation runs or the undo data is discarded.", "ok")
+                "another operation runs or the undo data is discarded.", Level.OK)
 
     def _preview_failed(self, exc: BaseException) -> None:
         self._preview_ended()
         self.preview_page.add(notice("The exact figures could not be computed: "
-                                     + messages.sentence(exc), "warning"))
+                                     + messages.sentence(exc), Level.WARNING))
 
     def stop_preview_job(self) -> None:
         """Cancel the preview's background read and wait for it (it is read-only)."""
@@ -590,16 +614,11 @@ class OperationWizard(QWizard):
         return self.runner is not None and self.outcome is None
 
     def start_operation(self) -> None:
-        """Run the plan on the worker pool (or show a simulated state in screenshot mode)."""
-        if self.simulate:
-            event = self.simulated_progress(self.plan)
-            # As if the disk ran at the estimated rate: what a user would typically see.
-            elapsed = max(0.25, (event.bytes_done or event.done << 20) / ESTIMATED_RATE)
-            self.run_page.show_progress(event, elapsed=elapsed)
-            return
+        """Run the plan on the worker pool."""
         if self.runner is not None:
             return
         plan = self.plan
+        assert plan is not None  # the run page follows a plan that can run
         seen: dict[str, Any] = {}
 
         def job(progress: Callable[[Progress], None], token: CancelToken) -> Any:
@@ -616,10 +635,10 @@ class OperationWizard(QWizard):
         self._seen = seen
 
         self.runner = self.pool.start(
-            job, self.kind, progress=self.run_page.show_progress,
-            succeeded=lambda result: self._ended("succeeded", result),
-            failed=lambda exc: self._ended("failed", exc),
-            cancelled=lambda: self._ended("cancelled", None))
+            job, str(self.operation), progress=self.run_page.show_progress,
+            succeeded=lambda result: self._ended(OutcomeKind.SUCCEEDED, result),
+            failed=lambda exc: self._ended(OutcomeKind.FAILED, exc),
+            cancelled=lambda: self._ended(OutcomeKind.CANCELLED, None))
         self.button(QWizard.WizardButton.CancelButton).setText("Cancel")
         self.running_changed.emit(True)
 
@@ -632,65 +651,62 @@ class OperationWizard(QWizard):
                                     "then says what state the disk is in…")
         self.button(QWizard.WizardButton.CancelButton).setEnabled(False)
 
-    def _ended(self, kind: str, value: Any) -> None:
+    def _ended(self, kind: OutcomeKind, value: Any) -> None:
         seen = getattr(self, "_seen", {})
-        if kind == "cancelled" and "result" in seen:
+        if kind is OutcomeKind.CANCELLED and "result" in seen:
             # The job finished before it saw the token: the operation is complete.
-            kind, value = "succeeded", seen["result"]
+            kind, value = OutcomeKind.SUCCEEDED, seen["result"]
         message = ""
-        if kind == "cancelled":
+        if kind is OutcomeKind.CANCELLED:
             message = seen.get("cancel_message") or "Cancelled: nothing was changed."
-        elif kind == "failed":
+        elif kind is OutcomeKind.FAILED:
             message = messages.sentence(value)
         self.outcome = Outcome(kind, value, message)
         cancel = self.button(QWizard.WizardButton.CancelButton)
         cancel.setEnabled(True)
-        level = {"succeeded": "ok", "cancelled": "warning", "failed": "error"}[kind]
-        self.run_page.show_end("Finished." if kind == "succeeded" else message, level)
+        self.run_page.show_end("Finished." if kind is OutcomeKind.SUCCEEDED else message,
+                               kind.level)
         self.running_changed.emit(False)
         self.changed.emit(self.target)
-        if kind == "failed":
-            messages.report(self, f"{TITLES[self.kind]} failed", value)
+        if kind is OutcomeKind.FAILED:
+            messages.report(self, f"{self.title} failed", value)
         if self.currentId() == RUN:
             self.next()
 
     def fill_result(self, page: ResultPage) -> None:
         """Page 5: the outcome, then the subclass's figures for a success."""
         outcome = self.outcome
-        if outcome is None and self.simulate:
-            outcome = Outcome("succeeded", self.simulated_result(self.plan), "")
         if outcome is None:
-            page.add(notice("The operation has not run.", "info"))
+            page.add(notice("The operation has not run.", Level.INFO))
             page.show_button.setVisible(False)
             return
-        if outcome.kind == "succeeded":
+        if outcome.kind is OutcomeKind.SUCCEEDED:
             page.setSubTitle("The operation finished.")
             self.describe_result(page, outcome.value)
             self.describe_check(page)
-        elif outcome.kind == "cancelled":
+        elif outcome.kind is OutcomeKind.CANCELLED:
             page.setSubTitle("The operation was cancelled.")
-            page.add(notice(outcome.message, "warning"))
+            page.add(notice(outcome.message, Level.WARNING))
         else:
             page.setSubTitle("The operation failed.")
-            page.add(notice(outcome.message, "error"))
+            page.add(notice(outcome.message, Level.ERROR))
             page.add(notice("The full technical details were shown in the error dialog "
-                            "(\"Copy details\").", "info"))
+                            "(\"Copy details\").", Level.INFO))
 
     def describe_check(self, page: ResultPage) -> None:
         """After a change to a VM: load the folder again and compare its problem count."""
-        if self.vm is None or self.kind not in ("delete-snapshot", "repair"):
+        if self.vm is None or self.operation not in (Operation.DELETE_SNAPSHOT,
+                                                     Operation.REPAIR):
             return
         before = len(self.vm.problems)
-        if self.simulate:
-            return
         try:
             after = load_vm_folder(self.vm.folder)
         except VdiError as exc:
             page.add(notice("Checked afterwards: the VM folder can no longer be read: "
-                            + messages.sentence(exc), "error"))
+                            + messages.sentence(exc), Level.ERROR))
             return
         count = len(after.problems)
-        level = "ok" if count <= before else "warning"
+        level = Level.OK if count <= before else Level.WARNING
         page.add(notice(f"Checked afterwards: the VM folder loads, with {count} problem"
                         f"{'s' if count != 1 else ''} (before: {before}).", level))
 
@@ -726,7 +742,7 @@ class OperationWizard(QWizard):
     def closeEvent(self, event: QCloseEvent) -> None:  # Qt override
         """Closing while the operation runs: ask, cancel, wait, then close."""
         if self.running:
-            if not confirm(self, f"{TITLES[self.kind]} is still running. Cancel it (it stops "
+            if not confirm(self, f"{self.title} is still running. Cancel it (it stops "
                                  "at the next block) and close?"):
                 event.ignore()
                 return

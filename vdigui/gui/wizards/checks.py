@@ -20,14 +20,14 @@ from PySide6.QtCore import QObject, Signal
 
 from vdigui.engine import VdiError, VmFolder
 from vdigui.gui import messages
-from vdigui.gui.wizards.targets import (
+from vdigui.gui.wizards.registry import (
     OPERATIONS,
-    TITLES,
     Availability,
-    Target,
+    Operation,
     operation_availability,
-    repair_availability,
+    spec,
 )
+from vdigui.gui.wizards.targets import Target, repair_availability
 from vdigui.gui.workers import WorkerPool
 
 #: What an availability answer is cached under: the operation's key, then what it depends on.
@@ -36,13 +36,17 @@ CheckKey = tuple[object, ...]
 #: The reason every action shows while its answer is being worked out.
 CHECKING = "Checking whether this can run…"
 
+#: The operations planned together on one worker (repair is planned apart: it reads every
+#: image of the folder).
+_TOGETHER = tuple(k for k in OPERATIONS if not spec(k).planned_apart)
+
 #: A job that found its selection already left behind returns this instead of an answer.
 _SKIPPED = object()
 
 
-def checking_reason(kind: str) -> str:
+def checking_reason(kind: Operation | str) -> str:
     """The tooltip of an action whose availability is not known yet."""
-    return f"{CHECKING[:-1]} ({TITLES[kind]})…"
+    return f"{CHECKING[:-1]} ({spec(kind).title})…"
 
 
 class AvailabilityChecks(QObject):
@@ -97,19 +101,19 @@ class AvailabilityChecks(QObject):
         ops = self._known(ops_key, vm)
         if ops is None:
             self._start(ops_key, vm, lambda: operation_availability(vm, target, repair=False))
-            result.update({k: (False, checking_reason(k)) for k in OPERATIONS if k != "repair"})
+            result.update({k: (False, checking_reason(k)) for k in _TOGETHER})
         else:
             result.update(ops)
         if where is None:
-            result["repair"] = (False, "Open a VM folder or a disk image to check it for "
+            result[Operation.REPAIR] = (False, "Open a VM folder or a disk image to check it for "
                                        "repairs.")
         else:
             repair = self._known(repair_key, vm)
             if repair is None:
                 self._start(repair_key, vm, lambda: repair_availability(vm, target))
-                result["repair"] = (False, checking_reason("repair"))
+                result[Operation.REPAIR] = (False, checking_reason(Operation.REPAIR))
             else:
-                result["repair"] = repair
+                result[Operation.REPAIR] = repair
         return {k: result[k] for k in OPERATIONS}
 
     def now(self, vm: VmFolder | None, target: Target) -> Availability:
@@ -124,7 +128,7 @@ class AvailabilityChecks(QObject):
             repair = (repair_availability(vm, target) if where is not None else
                       (False, "Open a VM folder or a disk image to check it for repairs."))
             self._answers[("repair", id(vm), where)] = (vm, repair)
-        return {**ops, "repair": repair}
+        return {**ops, Operation.REPAIR: repair}
 
     # -- internals -------------------------------------------------------------------------
     def _known(self, key: CheckKey, vm: VmFolder | None) -> Any:
@@ -150,7 +154,7 @@ class AvailabilityChecks(QObject):
                 reason = messages.sentence(exc)
                 if key[0] == "repair":
                     return (False, reason)
-                return {k: (False, reason) for k in OPERATIONS if k != "repair"}
+                return dict.fromkeys(_TOGETHER, (False, reason))
 
         def done(answer: Any) -> None:
             if epoch != self._epoch:
@@ -162,7 +166,7 @@ class AvailabilityChecks(QObject):
 
         def failed(exc: BaseException) -> None:
             done((False, messages.sentence(exc)) if key[0] == "repair" else
-                 {k: (False, messages.sentence(exc)) for k in OPERATIONS if k != "repair"})
+                 {k: (False, messages.sentence(exc)) for k in _TOGETHER})
 
         self.pool.start(job, "availability", succeeded=done, failed=failed,
                         cancelled=lambda: done(_SKIPPED))

@@ -42,9 +42,17 @@ from vdigui.engine import (
 from vdigui.gui import theme
 from vdigui.gui.views.blockmap import served_codes
 from vdigui.gui.wizards import _engine as eng
-from vdigui.gui.wizards.base import OperationWizard, PreviewPage, ResultPage, duration_text
-from vdigui.gui.wizards.targets import chain_of, layer_names, short_name
+from vdigui.gui.wizards.base import (
+    OperationWizard,
+    OutcomeKind,
+    PreviewPage,
+    ResultPage,
+    duration_text,
+)
+from vdigui.gui.wizards.registry import Operation
+from vdigui.gui.wizards.targets import TargetKind, chain_of, layer_names, short_name
 from vdigui.gui.wizards.widgets import (
+    Level,
     StripRow,
     before_after,
     figures,
@@ -175,33 +183,28 @@ class CloneOptionsPage(QWizardPage):
         return self.converting or bool(self.dest.text().strip())
 
 
-class CloneWizard(OperationWizard):
+#: What the wizard plans and runs: a clone, or (the convert option) an in-place conversion.
+ClonePlans = eng.ClonePlan | eng.ConvertPlan
+CloneResults = eng.CloneResult | eng.ConvertResult
+
+
+class CloneWizard(OperationWizard[ClonePlans, CloneResults]):
     """Clone a disk state to a new image, or convert an image in place."""
 
-    kind = "clone"
+    operation = Operation.CLONE
+    plan_function = staticmethod(eng.plan_clone)
+    run_function = staticmethod(eng.run_clone)
+    intro = INTRO
+    options_page_class = CloneOptionsPage
+    subtitle = "Copy {target} into a standalone disk image, or convert it."
     action_text = "Clone now"
-
-    def default_plan_fn(self) -> Callable[..., Any]:
-        """:func:`plan_clone` (convert uses :func:`plan_convert`)."""
-        return eng.plan_clone
-
-    def default_run_fn(self) -> Callable[..., Any]:
-        """:func:`run_clone` (convert uses :func:`run_convert`)."""
-        return eng.run_clone
+    opts: CloneOptionsPage
 
     def __init__(self, *args: Any, convert_plan_fn: Callable[..., Any] | None = None,
                  convert_run_fn: Callable[..., Any] | None = None, **kwargs: Any) -> None:
         self.convert_plan_fn = convert_plan_fn or eng.plan_convert
         self.convert_run_fn = convert_run_fn or eng.run_convert
         super().__init__(*args, **kwargs)
-
-    def intro_subtitle(self) -> str:
-        """What is cloned."""
-        return f"Copy {self.target.label} into a standalone disk image, or convert it."
-
-    def intro_html(self) -> str:
-        """Clone vs convert in plain words."""
-        return INTRO
 
     def default_dest(self) -> Path:
         """A free name beside the source: "<stem> clone.vdi", "<stem> clone 2.vdi", ..."""
@@ -210,9 +213,9 @@ class CloneWizard(OperationWizard):
             return Path.home() / "clone.vdi"
         folder = self.target.folder or image.parent
         stem = image.stem.strip("{}")
-        if self.target.kind == "snapshot" and self.target.snapshot_name:
+        if self.target.kind is TargetKind.SNAPSHOT and self.target.snapshot_name:
             stem = f"{self.vm.name if self.vm else stem} - {self.target.snapshot_name}"
-        elif self.target.kind == "current" and self.vm is not None:
+        elif self.target.kind is TargetKind.CURRENT and self.vm is not None:
             stem = f"{self.vm.name} - current state"
         candidate = folder / f"{stem} clone.vdi"
         n = 2
@@ -243,17 +246,12 @@ class CloneWizard(OperationWizard):
                            "instead for a standalone copy.")
         return True, "Rebuild this image as the other type, keeping its name and UUID"
 
-    def make_options_page(self) -> QWizardPage:
-        """Mode, type, UUID and destination."""
-        self.opts = CloneOptionsPage(self)
-        return self.opts
-
     @property
     def converting(self) -> bool:
         """Whether the options chose convert."""
         return self.opts.converting
 
-    def compute_plan(self) -> Any:
+    def compute_plan(self) -> ClonePlans:
         """plan_convert or plan_clone with the chosen options."""
         fixed = self.opts.fixed.isChecked()
         if self.converting:
@@ -267,15 +265,15 @@ class CloneWizard(OperationWizard):
         return self.plan_fn(list(paths), dest, fixed=fixed,
                             keep_uuid=self.opts.keep_uuid.isChecked(), **extra)
 
-    def run_call(self, plan: Any, progress: Callable[[Progress], None],
-                 token: CancelToken) -> Any:
+    def run_call(self, plan: ClonePlans, progress: Callable[[Progress], None],
+                 token: CancelToken) -> CloneResults:
         """run_convert or run_clone."""
         if isinstance(plan, eng.ConvertPlan):
             return self.convert_run_fn(plan, progress=progress, cancel=token)
         return self.run_fn(plan, progress=progress, cancel=token)
 
     # -- preview -------------------------------------------------------------------------------
-    def fill_preview(self, page: PreviewPage, plan: Any) -> None:
+    def fill_preview(self, page: PreviewPage, plan: ClonePlans) -> None:
         """The chain's guest view before, the single image after, figures and risks."""
         if isinstance(plan, eng.ConvertPlan):
             self._fill_convert(page, plan)
@@ -285,7 +283,7 @@ class CloneWizard(OperationWizard):
         if plan.refusals:
             page.add(heading("The clone cannot be made as set up."))
             for text in plan.refusals:
-                page.add(notice(text, "error"))
+                page.add(notice(text, Level.ERROR))
         else:
             page.add(heading(f"A new {kind} image '{plan.dest.name}' of "
                              f"{human_size(plan.output_size)}"
@@ -334,13 +332,13 @@ class CloneWizard(OperationWizard):
         ]
         page.add(figures(rows))
         for text in plan.warnings:
-            page.add(notice(text, "warning"))
+            page.add(notice(text, Level.WARNING))
 
-    def _fill_convert(self, page: PreviewPage, plan: Any) -> None:
+    def _fill_convert(self, page: PreviewPage, plan: eng.ConvertPlan) -> None:
         if plan.refusals:
             page.add(heading(f"'{plan.path.name}' cannot be converted as set up."))
             for text in plan.refusals:
-                page.add(notice(text, "error"))
+                page.add(notice(text, Level.ERROR))
         else:
             page.add(heading(f"'{plan.path.name}' becomes a {plan.to} image: "
                              f"{human_size(plan.size_before)} → {human_size(plan.size_after)}."))
@@ -370,22 +368,22 @@ class CloneWizard(OperationWizard):
         ]
         page.add(figures(rows))
         for text in plan.warnings:
-            page.add(notice(text, "warning"))
+            page.add(notice(text, Level.WARNING))
         page.add(notice("The file name, UUID and every other header field stay the same, so "
-                        "the VM's settings need no change.", "info"))
+                        "the VM's settings need no change.", Level.INFO))
 
-    def undo_sentence(self, plan: Any, space: Any) -> tuple[str, str]:
+    def undo_sentence(self, plan: ClonePlans, space: Any) -> tuple[str, Level]:
         """A clone is a new file; a convert replaces the image in place."""
         if space is not None and space.undoable and space.keep_undo:
             return super().undo_sentence(plan, space)
         if isinstance(plan, eng.ConvertPlan):
             return ("Undo will be impossible: converting replaces the image in place and keeps "
                     "no undo data. What the guest sees stays exactly the same (verified).",
-                    "warning")
+                    Level.WARNING)
         return ("There is nothing to undo afterwards: the clone is a new file, and deleting it "
-                "puts everything back as it was.", "info")
+                "puts everything back as it was.", Level.INFO)
 
-    def run_summary(self, plan: Any) -> str:
+    def run_summary(self, plan: ClonePlans) -> str:
         """What runs."""
         if isinstance(plan, eng.ConvertPlan):
             return (f"Rebuilding '{plan.path.name}' as a {plan.to} image beside the original, "
@@ -398,39 +396,18 @@ class CloneWizard(OperationWizard):
         return ("Cancel stops at the next block; the half-written file is removed and the "
                 "source is untouched.")
 
-    # -- screenshot mode -----------------------------------------------------------------------
-    def simulated_progress(self, plan: Any) -> Progress:
-        """Part-way through copying."""
-        total = max(1, getattr(plan, "guest_blocks", 0) or plan.data_blocks)
-        done = max(1, total * 3 // 5)
-        phase = "converting blocks" if isinstance(plan, eng.ConvertPlan) else "copying blocks"
-        return Progress(phase, done, total, done * plan.block_size)
-
-    def simulated_result(self, plan: Any) -> Any:
-        """The plan's figures as a result."""
-        if isinstance(plan, eng.ConvertPlan):
-            return eng.ConvertResult(path=plan.path, to=plan.to, size_before=plan.size_before,
-                                     size_after=plan.size_after, stored_blocks=plan.data_blocks,
-                                     zero_blocks=0, hash=None, verified=True)
-        return eng.CloneResult(dest=plan.dest, uuid=plan.uuid, modify_uuid=plan.uuid,
-                               stored_blocks=plan.data_blocks,
-                               zero_blocks=plan.guest_blocks - plan.data_blocks,
-                               file_size=plan.output_size,
-                               source_size=sum(s.size for s in plan.stamps), hash=None,
-                               verified=True)
-
-    def describe_result(self, page: ResultPage, result: Any) -> None:
+    def describe_result(self, page: ResultPage, result: CloneResults) -> None:
         """Verification and figures."""
-        if result.verified and getattr(result, "fs_blocks", 0):
+        if result.verified and isinstance(result, eng.CloneResult) and result.fs_blocks:
             page.add(notice("Verified: the clone's filesystems read back with the same usage "
                             "and every block the guest uses reads as in the source (the "
-                            "blocks left out read as zeros).", "ok"))
+                            "blocks left out read as zeros).", Level.OK))
         elif result.verified:
             page.add(notice("Verified: the new file reads back exactly as the source"
                             + (f" (digest {result.hash[:16]}…)." if result.hash else "."),
-                            "ok"))
+                            Level.OK))
         else:
-            page.add(notice("Not verified (verification was switched off).", "warning"))
+            page.add(notice("Not verified (verification was switched off).", Level.WARNING))
         if isinstance(result, eng.ConvertResult):
             page.add(heading(f"'{result.path.name}' is now a {result.to} image."))
             page.add(figures([
@@ -449,11 +426,11 @@ class CloneWizard(OperationWizard):
             ("UUID", f"{{{result.uuid}}}"),
         ]))
         page.add(notice("The clone is not registered with any VM; attach it in VirtualBox's "
-                        "storage settings to use it.", "info"))
+                        "storage settings to use it.", Level.INFO))
 
     def changed_path(self) -> Any:
         """The clone (or the converted image)."""
         outcome = self.outcome
-        if outcome is not None and outcome.kind == "succeeded":
+        if outcome is not None and outcome.kind is OutcomeKind.SUCCEEDED:
             return getattr(outcome.value, "dest", None) or getattr(outcome.value, "path", None)
         return getattr(self.plan, "dest", None) or self.target.image

@@ -27,7 +27,10 @@ from vdigui.gui import theme
 from vdigui.gui.views.blockmap import layer_codes
 from vdigui.gui.wizards import _engine as eng
 from vdigui.gui.wizards.base import OperationWizard, PreviewPage, ResultPage, duration_text
+from vdigui.gui.wizards.registry import Operation
+from vdigui.gui.wizards.targets import TargetKind
 from vdigui.gui.wizards.widgets import (
+    Level,
     StripRow,
     before_after,
     figures,
@@ -86,7 +89,7 @@ def volumes_table(usage: Any) -> QWidget:
     layout.addWidget(heading("What the guest disk holds (filesystem-aware)"))
     layout.addWidget(figures(rows or [("Volumes", "none found")]))
     for note in usage.notes:
-        layout.addWidget(notice(note, "info"))
+        layout.addWidget(notice(note, Level.INFO))
     return box
 
 
@@ -102,9 +105,9 @@ class CompactOptionsPage(QWizardPage):
         self.setTitle("Options")
         target = wizard.target
         what = target.image.name if target.image is not None else target.label
-        if target.kind == "snapshot":
+        if target.kind is TargetKind.SNAPSHOT:
             what += f" (the image snapshot '{target.snapshot_name}' froze)"
-        elif target.kind == "current":
+        elif target.kind is TargetKind.CURRENT:
             what += " (the image the current state writes to)"
         self.setSubTitle(f"How to compact {what}.")
         self.defrag = QCheckBox("Also put the blocks in guest order (defragment)")
@@ -146,33 +149,17 @@ class CompactOptionsPage(QWizardPage):
         layout.addStretch(1)
 
 
-class CompactWizard(OperationWizard):
+class CompactWizard(OperationWizard[eng.CompactPlan, eng.CompactResult]):
     """Compact one image in place (optionally defragmenting it)."""
 
-    kind = "compact"
+    operation = Operation.COMPACT
+    plan_function = staticmethod(eng.plan_compact)
+    run_function = staticmethod(eng.run_compact)
+    intro = INTRO
+    options_page_class = CompactOptionsPage
+    subtitle = "Give back the space of unused blocks in {image}."
     action_text = "Compact now"
-
-    def default_plan_fn(self) -> Callable[..., Any]:
-        """:func:`plan_compact`."""
-        return eng.plan_compact
-
-    def default_run_fn(self) -> Callable[..., Any]:
-        """:func:`run_compact`."""
-        return eng.run_compact
-
-    def intro_subtitle(self) -> str:
-        """What is compacted."""
-        name = self.target.image.name if self.target.image else "the selected image"
-        return f"Give back the space of unused blocks in {name}."
-
-    def intro_html(self) -> str:
-        """Why disks grow, why zero-fill, what compaction does."""
-        return INTRO
-
-    def make_options_page(self) -> QWizardPage:
-        """Defrag and verify switches."""
-        self.opts = CompactOptionsPage(self)
-        return self.opts
+    opts: CompactOptionsPage
 
     def _kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"defrag": self.opts.defrag.isChecked()}
@@ -182,13 +169,13 @@ class CompactWizard(OperationWizard):
                 kwargs["discard_swap"] = True
         return kwargs
 
-    def compute_plan(self) -> Any:
+    def compute_plan(self) -> eng.CompactPlan:
         """The fast plan (maps only); the scan follows in the background."""
         if self.target.image is None:
             raise ValueError(f"{self.target.label.capitalize()} has no disk image to compact.")
         return self.plan_fn(self.target.image, **self._kwargs())
 
-    def refusals(self, plan: Any) -> tuple[str, ...]:
+    def refusals(self, plan: eng.CompactPlan) -> tuple[str, ...]:
         """The plan's refusals; an image that is already compact has nothing to run."""
         if plan.refusals:
             return tuple(plan.refusals)
@@ -196,7 +183,7 @@ class CompactWizard(OperationWizard):
             return (f"{plan.path.name} is already compact.",)
         return ()
 
-    def preview_job(self, plan: Any) -> Callable[..., Any] | None:
+    def preview_job(self, plan: eng.CompactPlan) -> Callable[..., Any] | None:
         """Read the allocated blocks to know exactly which are all zero."""
         if plan.refusals or plan.scanned:
             return None
@@ -213,14 +200,14 @@ class CompactWizard(OperationWizard):
 
     extras: dict[str, Any]
 
-    def run_call(self, plan: Any, progress: Callable[[Progress], None],
-                 token: CancelToken) -> Any:
+    def run_call(self, plan: eng.CompactPlan, progress: Callable[[Progress], None],
+                 token: CancelToken) -> eng.CompactResult:
         """run_compact(plan, verify=...)."""
         return self.run_fn(plan, progress=progress, cancel=token,
                            verify=self.opts.verify.isChecked())
 
     # -- preview -------------------------------------------------------------------------------
-    def _maps(self, plan: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _maps(self, plan: eng.CompactPlan) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Guest-block codes and file-slot codes, before and after (from the image's map)."""
         with open_image(plan.path) as image:
             entries = image.block_map[: plan.guest_blocks].copy()
@@ -250,18 +237,18 @@ class CompactWizard(OperationWizard):
         slots_after = np.full(max(kept, 1), SLOT_DATA if kept else SLOT_HOLE, dtype=np.uint8)
         return guest_before, guest_after, slots, slots_after
 
-    def fill_preview(self, page: PreviewPage, plan: Any) -> None:
+    def fill_preview(self, page: PreviewPage, plan: eng.CompactPlan) -> None:
         """Headline, before/after maps, figures, refusals and warnings."""
         name = plan.path.name
         saved = plan.bytes_reclaimed
         if plan.refusals:
             page.add(heading(f"{name} cannot be compacted now."))
             for text in plan.refusals:
-                page.add(notice(text, "error"))
+                page.add(notice(text, Level.ERROR))
         elif plan.nothing_to_do:
             page.add(heading(f"{name} is already compact: nothing would change."))
             for text in self.nothing_to_do_advice(plan):
-                page.add(notice(text, "info"))
+                page.add(notice(text, Level.INFO))
         elif plan.scanned:
             page.add(heading(f"Compacting {name} gives back {human_size(saved)}: "
                              f"{human_size(plan.file_size)} → {human_size(plan.size_after)}."))
@@ -313,12 +300,12 @@ class CompactWizard(OperationWizard):
             rows.append(("Bad map entries repaired", f"{bad:,}"))
         page.add(figures(rows, columns=2))
         for text in plan.warnings:
-            page.add(notice(text, "warning"))
+            page.add(notice(text, Level.WARNING))
         if plan.differencing and not plan.refusals:
             page.add(notice("This is a snapshot's differencing image: blocks identical to the "
                             "parent become unallocated (the parent shows the same bytes) and "
                             "all-zero blocks become zero entries, which keep hiding the "
-                            "parent's older data.", "info"))
+                            "parent's older data.", Level.INFO))
         forecast = getattr(self, "extras", {}).get("forecast")
         if forecast is not None and plan.scanned and not plan.refusals:
             self._explain(page, plan, forecast)
@@ -328,10 +315,10 @@ class CompactWizard(OperationWizard):
         if not plan.refusals:
             page.add(notice("UUIDs and the guest's view stay the same, so the VM and every "
                             "snapshot keep working. The header and block map are backed up "
-                            "beside the image until the compaction has been verified.", "info"))
+                            "beside the image until the compaction has been verified.", Level.INFO))
 
     @staticmethod
-    def nothing_to_do_advice(plan: Any) -> list[str]:
+    def nothing_to_do_advice(plan: eng.CompactPlan) -> list[str]:
         """What could still make the image smaller, following the scan's forecast.
 
         Zero-filling inside the guest only helps when blocks hold stale data the guest does
@@ -372,7 +359,7 @@ class CompactWizard(OperationWizard):
         return out
 
     @staticmethod
-    def _explain(page: PreviewPage, plan: Any, forecast: Any) -> None:
+    def _explain(page: PreviewPage, plan: eng.CompactPlan, forecast: Any) -> None:
         """"Why not more?": what the guest's filesystems say about the remaining blocks."""
         usage, numbers = forecast
         unused = numbers.fs_unused_blocks * numbers.block_size
@@ -382,35 +369,35 @@ class CompactWizard(OperationWizard):
             page.add(notice(f"{human_size(unused)} more sit in {numbers.fs_unused_blocks:,} "
                             "blocks the guest's filesystem does not use but that still hold "
                             "old data. Go back and tick \"Filesystem-aware\" (or zero the "
-                            "free space inside the guest) to give them back too.", "info"))
+                            "free space inside the guest) to give them back too.", Level.INFO))
         if numbers.partly_used_blocks:
             page.add(notice(f"{numbers.partly_used_blocks:,} blocks are only partly used by "
                             f"the guest ({human_size(numbers.partly_used_free_bytes)} free "
                             "inside them); a block is kept while any byte of it is in use, so "
-                            "defragmenting inside the guest could free some of them.", "info"))
+                            "defragmenting inside the guest could free some of them.", Level.INFO))
         kept = [v for v in usage.volumes if v.kept_whole]
         if kept and not understood and not plan.fs_aware:  # fs-aware lists the volumes
             kinds = ", ".join(sorted({v.kind for v in kept}))
             page.add(notice(f"vdigui could not read the guest's filesystems ({kinds}), so it "
                             "cannot say how much of the stored data the guest still uses; only "
-                            "all-zero blocks are given back.", "info"))
+                            "all-zero blocks are given back.", Level.INFO))
 
     @staticmethod
-    def _estimate(plan: Any) -> float:
+    def _estimate(plan: eng.CompactPlan) -> float:
         """Read everything stored (scan + verify), plus copy the moved blocks."""
         stored = plan.allocated * plan.block_size
         moved = plan.moves * plan.block_size
         return (2 * stored + 2 * moved) / eng.ESTIMATED_RATE
 
-    def undo_sentence(self, plan: Any, space: Any) -> tuple[str, str]:
+    def undo_sentence(self, plan: eng.CompactPlan, space: Any) -> tuple[str, Level]:
         """Compaction changes the image in place; its undo is the verification beforehand."""
         if space is not None and space.undoable and space.keep_undo:
             return super().undo_sentence(plan, space)
         return ("Undo will be impossible: compaction changes the image in place and keeps no "
                 "undo data. What the guest sees stays exactly the same"
-                + (" (verified)." if self.opts.verify.isChecked() else "."), "warning")
+                + (" (verified)." if self.opts.verify.isChecked() else "."), Level.WARNING)
 
-    def run_summary(self, plan: Any) -> str:
+    def run_summary(self, plan: eng.CompactPlan) -> str:
         """What runs."""
         how = "Defragmenting" if plan.defrag else "Compacting"
         return (f"{how} '{plan.path.name}': reading its blocks, dropping the all-zero ones, "
@@ -421,46 +408,22 @@ class CompactWizard(OperationWizard):
         return ("Cancel stops at the next block. The image stays consistent at every moment: "
                 "a cancelled compaction leaves it unchanged or partly compacted, never broken.")
 
-    # -- screenshot mode -------------------------------------------------------------------------
-    def simulated_progress(self, plan: Any) -> Progress:
-        """Half-way through moving blocks (or scanning, when nothing moves)."""
-        if plan.moves:
-            done = max(1, plan.moves * 2 // 5)
-            return Progress("moving blocks", done, plan.moves, done * plan.block_size)
-        total = max(1, plan.allocated)
-        done = max(1, total * 2 // 5)
-        return Progress("scanning blocks", done, total, done * plan.block_size)
-
-    def simulated_result(self, plan: Any) -> Any:
-        """The plan's figures as if the run had done exactly that."""
-        zero = 0 if plan.zero_blocks is None else int(plan.zero_blocks.size)
-        parent = 0 if plan.parent_blocks is None else int(plan.parent_blocks.size)
-        fs_array = getattr(plan, "fs_blocks", None)
-        unused = 0 if fs_array is None else int(fs_array.size)
-        kept = plan.allocated - zero - parent - unused
-        return eng.CompactResult(
-            path=plan.path, defragmented=plan.defrag, changed=not plan.nothing_to_do,
-            size_before=plan.file_size, size_after=plan.size_after,
-            blocks_allocated_before=plan.blocks_allocated, blocks_allocated_after=kept,
-            sanitised_blocks=int(plan.out_of_range.size + plan.cross_linked.size),
-            zero_blocks=zero, parent_blocks=parent, moved_blocks=plan.moves, hash=None,
-            verified=True, **({"fs_blocks": unused} if unused else {}))
-
     # -- result --------------------------------------------------------------------------------
-    def describe_result(self, page: ResultPage, result: Any) -> None:
+    def describe_result(self, page: ResultPage, result: eng.CompactResult) -> None:
         """Verification, then before/after figures."""
         if not result.changed:
             page.add(notice(f"{result.path.name} was already compact; nothing was written.",
-                            "ok"))
-        elif result.verified and getattr(result, "fs_blocks", 0):
+                            Level.OK))
+        elif result.verified and result.fs_blocks:
             page.add(notice("Verified: the guest's filesystems read back with the same usage, "
                             "and every block they use reads exactly as before (the dropped "
-                            "unused blocks now read as zeros).", "ok"))
+                            "unused blocks now read as zeros).", Level.OK))
         elif result.verified:
-            page.add(notice("Verified: the guest sees exactly the same disk as before"
-                            + (f" (digest {result.hash[:16]}…)." if result.hash else "."), "ok"))
+            digest = f" (digest {result.hash[:16]}…)." if result.hash else "."
+            page.add(notice("Verified: the guest sees exactly the same disk as before" + digest,
+                            Level.OK))
         else:
-            page.add(notice("Not verified (verification was switched off).", "warning"))
+            page.add(notice("Not verified (verification was switched off).", Level.WARNING))
         how = "Defragmented" if result.defragmented else "Compacted"
         page.add(heading(f"{how} {result.path.name}: gave back "
                          f"{human_size(result.bytes_reclaimed)}."))

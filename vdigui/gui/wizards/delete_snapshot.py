@@ -35,8 +35,10 @@ from vdigui.engine import (
 from vdigui.gui import theme
 from vdigui.gui.wizards import _engine as eng
 from vdigui.gui.wizards.base import OperationWizard, PreviewPage, ResultPage, duration_text
+from vdigui.gui.wizards.registry import Operation
 from vdigui.gui.wizards.targets import layer_names, short_name
 from vdigui.gui.wizards.widgets import (
+    Level,
     StripRow,
     before_after,
     figures,
@@ -110,8 +112,8 @@ class DeleteOptionsPage(QWizardPage):
             inner.addWidget(button)
         self.explain = QLabel()
         self.explain.setWordWrap(True)
-        self.verify = QCheckBox("Verify: hash the state built on each merged disk before and "
-                                "after, and roll back on any difference (reads it twice)")
+        self.verify = QCheckBox("Verify: read every write back and check each merged disk "
+                                "before anything is built on it")
         self.verify.setToolTip("Proves that the next snapshot (or the current state) reads "
                                "exactly as before; slow for large disks.")
         self.verify.setChecked(True)
@@ -148,7 +150,9 @@ class DeleteOptionsPage(QWizardPage):
                 "Discard Undo Data). Until then Edit > Undo brings the snapshot back.")
         else:
             self.undo_explain.setText(
-                f"Frees {size} more at once, but the deletion can never be undone.")
+                f"Frees {size} more at once, but the deletion can never be undone; once it "
+                "starts writing into the snapshot's image it can no longer be cancelled, and "
+                "an interruption (even a power cut) is finished rather than rolled back.")
 
     def initializePage(self) -> None:  # Qt override
         """Disable directions the plan does not allow, saying why."""
@@ -193,32 +197,17 @@ class DeleteOptionsPage(QWizardPage):
         return "auto"
 
 
-class DeleteSnapshotWizard(OperationWizard):
+class DeleteSnapshotWizard(OperationWizard[eng.MergePlan, VerifiedDeletion]):
     """Delete one snapshot by merging its disks, with the .vbox updated."""
 
-    kind = "delete-snapshot"
+    operation = Operation.DELETE_SNAPSHOT
+    plan_function = staticmethod(eng.plan_snapshot_delete)
+    run_function = staticmethod(eng.run_merge)
+    intro = INTRO
+    options_page_class = DeleteOptionsPage
+    subtitle = "Delete {target} and keep every other state as it is."
     action_text = "Delete snapshot"
-
-    def default_plan_fn(self) -> Callable[..., Any]:
-        """:func:`plan_snapshot_delete`."""
-        return eng.plan_snapshot_delete
-
-    def default_run_fn(self) -> Callable[..., Any]:
-        """:func:`run_merge`."""
-        return eng.run_merge
-
-    def intro_subtitle(self) -> str:
-        """Which snapshot."""
-        return f"Delete {self.target.label} and keep every other state as it is."
-
-    def intro_html(self) -> str:
-        """What deletion merges and what survives."""
-        return INTRO
-
-    def make_options_page(self) -> QWizardPage:
-        """Direction choice."""
-        self.opts = DeleteOptionsPage(self)
-        return self.opts
+    opts: DeleteOptionsPage
 
     def _key(self) -> tuple[Any, str]:
         if self.vm is None or self.target.snapshot_uuid is None:
@@ -233,14 +222,14 @@ class DeleteSnapshotWizard(OperationWizard):
         except (VdiError, OSError):
             return None
 
-    def compute_plan(self) -> Any:
+    def compute_plan(self) -> eng.MergePlan:
         """plan_snapshot_delete with the chosen direction and undo choice (refusals raise)."""
         folder, key = self._key()
         return self.plan_fn(folder, key, direction=self.opts.direction,
                             keep_undo=self.opts.keep_undo.isChecked())
 
-    def run_call(self, plan: Any, progress: Callable[[Progress], None],
-                 token: CancelToken) -> Any:
+    def run_call(self, plan: eng.MergePlan, progress: Callable[[Progress], None],
+                 token: CancelToken) -> VerifiedDeletion:
         """run_merge with the chosen verification and undo data."""
         verify = self.opts.verify.isChecked()
         self.recover_first(plan.folder, self.recover_fn)
@@ -249,7 +238,7 @@ class DeleteSnapshotWizard(OperationWizard):
         merges = sum(1 for s in plan.steps if s.action == "merge")
         return VerifiedDeletion(result, True if verify else None, merges)
 
-    def refusals(self, plan: Any) -> tuple[str, ...]:
+    def refusals(self, plan: eng.MergePlan) -> tuple[str, ...]:
         """Refusals are raised by the planner; files outside the folder refuse here."""
         outside = plan.outside_files
         if outside and not plan.allow_outside:
@@ -259,7 +248,7 @@ class DeleteSnapshotWizard(OperationWizard):
         return ()
 
     # -- preview -------------------------------------------------------------------------------
-    def fill_preview(self, page: PreviewPage, plan: Any) -> None:
+    def fill_preview(self, page: PreviewPage, plan: eng.MergePlan) -> None:
         """Per disk: before/after maps and both directions' costs; then files and notes."""
         merges = [s for s in plan.steps if s.action == "merge"]
         moved = sum(s.costs[0].bytes for s in merges if s.costs)
@@ -269,17 +258,17 @@ class DeleteSnapshotWizard(OperationWizard):
                "needs no data to be merged. ")
             + "Every other snapshot and the current state stay exactly as they are."))
         for text in self.refusals(plan):
-            page.add(notice(text, "error"))
+            page.add(notice(text, Level.ERROR))
         if plan.was_current:
             page.add(notice("This is the current snapshot: afterwards the current state is "
-                            "based on its parent snapshot.", "info"))
+                            "based on its parent snapshot.", Level.INFO))
         for step in plan.steps:
             page.add(rule())
             name = step.medium.path.name
             if step.action != "merge":
                 verb = {"remove": "removed", "keep": "kept as it is",
                         "skip": "left alone"}.get(step.action, step.action)
-                page.add(notice(f"Disk {short_name(name)}: {verb} ({step.reason}).", "info"))
+                page.add(notice(f"Disk {short_name(name)}: {verb} ({step.reason}).", Level.INFO))
                 continue
             page.add(self._merge_section(step))
         page.add(rule())
@@ -296,7 +285,7 @@ class DeleteSnapshotWizard(OperationWizard):
         ]))
         for text in plan.notes:
             page.add(notice(text[:1].upper() + text[1:] + ("" if text.endswith(".") else "."),
-                            "info"))
+                            Level.INFO))
 
     def _merge_section(self, step: Any) -> Any:
         from PySide6.QtWidgets import QVBoxLayout, QWidget
@@ -359,17 +348,17 @@ class DeleteSnapshotWizard(OperationWizard):
         layout.addWidget(figures(rows))
         if chosen is not None and chosen.temp_space > chosen.free_space:
             layout.addWidget(notice("There is not enough free space for this direction; "
-                                    "choose the other one or free some space.", "error"))
+                                    "choose the other one or free some space.", Level.ERROR))
         return box
 
-    def undo_sentence(self, plan: Any, space: Any) -> tuple[str, str]:
+    def undo_sentence(self, plan: eng.MergePlan, space: Any) -> tuple[str, Level]:
         """With "Keep undo data" off the merged-away image is deleted: say so plainly."""
         if space is not None and space.undoable and not space.keep_undo:
             return ("Undo will be impossible: \"Keep undo data\" is off, so the merged-away "
-                    "image and the backups are deleted once the deletion is done.", "warning")
+                    "image and the backups are deleted once the deletion is done.", Level.WARNING)
         return super().undo_sentence(plan, space)
 
-    def run_summary(self, plan: Any) -> str:
+    def run_summary(self, plan: eng.MergePlan) -> str:
         """What runs."""
         return (f"Deleting snapshot '{plan.snapshot_name}': backing up, merging the disk data, "
                 "re-linking, saving the .vbox, then "
@@ -384,30 +373,7 @@ class DeleteSnapshotWizard(OperationWizard):
                 + (" and can only be undone (Edit > Undo)." if self.opts.keep_undo.isChecked()
                    else "."))
 
-    # -- screenshot mode -----------------------------------------------------------------------
-    def simulated_progress(self, plan: Any) -> Progress:
-        """Part-way through the first merge."""
-        merges = [s for s in plan.steps if s.action == "merge"]
-        if not merges or not merges[0].costs:
-            return Progress("removing merged-away files", 0, 1)
-        cost = merges[0].costs[0]
-        total = max(1, cost.blocks)
-        done = max(1, total // 2)
-        per_block = cost.bytes // max(1, cost.blocks)
-        return Progress(f"merging disk 1 of {len(merges)} ({merges[0].direction})", done, total,
-                        done * per_block)
-
-    def simulated_result(self, plan: Any) -> Any:
-        """The plan's costs as a (verified) result."""
-        merges = [s for s in plan.steps if s.action == "merge"]
-        blocks = sum(s.costs[0].blocks for s in merges if s.costs)
-        nbytes = sum(s.costs[0].bytes for s in merges if s.costs)
-        removed = tuple(f"moved '{p.name}' into the undo backup" for p, _ in plan.files_removed)
-        result = eng.MergeResult(plan, blocks, nbytes, nbytes / eng.ESTIMATED_RATE, removed,
-                                 plan.folder / ".vdigui" / "backups", ())
-        return VerifiedDeletion(result, True, len(merges))
-
-    def describe_result(self, page: ResultPage, wrapped: Any) -> None:
+    def describe_result(self, page: ResultPage, wrapped: VerifiedDeletion) -> None:
         """The verification, what was merged and removed, where the undo backup is."""
         result = wrapped.result if isinstance(wrapped, VerifiedDeletion) else wrapped
         verified = wrapped.verified if isinstance(wrapped, VerifiedDeletion) else None
@@ -417,11 +383,11 @@ class DeleteSnapshotWizard(OperationWizard):
         if verified:
             page.add(notice("Verified: the state built on the merged disk reads exactly as "
                             "before (sha256 of the guest disk, checked before the change was "
-                            "committed).", "ok"))
+                            "committed).", Level.OK))
         else:
             page.add(notice("The remaining states were not re-read (switch on \"Verify\" in "
                             "the options to do so); every file's identity was checked before "
-                            "it was written.", "info"))
+                            "it was written.", Level.INFO))
         page.add(figures([
             ("Blocks written", f"{result.blocks_written:,}"),
             ("Data copied", human_size(result.bytes_written)),
@@ -430,13 +396,13 @@ class DeleteSnapshotWizard(OperationWizard):
             *([("Undo data", str(result.backup_dir))] if keep else []),
         ]))
         for text in result.notes:
-            page.add(notice(text, "info"))
+            page.add(notice(text, Level.INFO))
         if keep:
             page.add(notice(f"Edit > Undo (or 'vdictl undo \"{plan.folder}\"') restores the "
                             "previous state; discarding the undo data (VM Overview) frees its "
-                            "space.", "info"))
+                            "space.", Level.INFO))
         else:
-            page.add(notice("No undo data was kept: this deletion cannot be undone.", "info"))
+            page.add(notice("No undo data was kept: this deletion cannot be undone.", Level.INFO))
 
     def changed_path(self) -> Any:
         """The image that received the data (or the VM folder)."""

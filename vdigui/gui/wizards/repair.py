@@ -31,7 +31,8 @@ from PySide6.QtWidgets import (
 from vdigui.engine import CancelToken, Progress, VdiError
 from vdigui.gui.wizards import _engine as eng
 from vdigui.gui.wizards.base import OperationWizard, PreviewPage, ResultPage
-from vdigui.gui.wizards.widgets import figures, heading, notice, rule
+from vdigui.gui.wizards.registry import Operation
+from vdigui.gui.wizards.widgets import Level, figures, heading, notice, rule
 
 INTRO = """
 <p><b>What a repair is for.</b> A VM's disks are linked twice: the .vbox file's media registry
@@ -54,8 +55,8 @@ fixes answer the same problem you pick one.</p>
 a journal makes the repair all-or-nothing, and <code>vdictl undo</code> reverts it.</p>
 """
 
-STRENGTH_WORDS = {"certain": "certain", "strong": "strong evidence", "weak": "weak evidence",
-                  "none": "no evidence"}
+STRENGTH_WORDS = {eng.Strength.CERTAIN: "certain", eng.Strength.STRONG: "strong evidence",
+                  eng.Strength.WEAK: "weak evidence", eng.Strength.NONE: "no evidence"}
 
 
 class RepairOptionsPage(QWizardPage):
@@ -95,10 +96,10 @@ class RepairOptionsPage(QWizardPage):
         content = QWidget()
         inner = QVBoxLayout(content)
         if isinstance(proposal, BaseException):
-            inner.addWidget(notice(str(proposal), "error"))
+            inner.addWidget(notice(str(proposal), Level.ERROR))
         elif not proposal.fixes:
             inner.addWidget(notice("Nothing to repair: vdigui found no problem it knows how "
-                                   "to fix.", "ok"))
+                                   "to fix.", Level.OK))
         else:
             groups: dict[str, list[Any]] = {}
             for fix in proposal.fixes:
@@ -107,7 +108,7 @@ class RepairOptionsPage(QWizardPage):
                 inner.addWidget(self._group_box(members))
         for note in getattr(proposal, "notes", ()):
             inner.addWidget(notice(note[:1].upper() + note[1:] + ("" if note.endswith(".")
-                                                                   else "."), "warning"))
+                                                                   else "."), Level.WARNING))
         inner.addStretch(1)
         self.scroller.setWidget(content)
         self.completeChanged.emit()
@@ -139,7 +140,7 @@ class RepairOptionsPage(QWizardPage):
                               f"{fix.evidence}")
             evidence.setWordWrap(True)
             evidence.setIndent(24)
-            evidence.setEnabled(fix.strength in ("certain", "strong"))
+            evidence.setEnabled(fix.strength in (eng.Strength.CERTAIN, eng.Strength.STRONG))
             layout.addWidget(evidence)
         if group is not None:
             skip = QRadioButton("Leave this problem as it is")
@@ -175,37 +176,21 @@ def _wrapped(button: QAbstractButton) -> QWidget:
     return holder
 
 
-class RepairWizard(OperationWizard):
+class RepairWizard(OperationWizard[eng.RepairPlan, eng.RepairResult]):
     """Repair a VM folder (or a bare image) with the fixes the user ticks."""
 
-    kind = "repair"
+    operation = Operation.REPAIR
+    plan_function = staticmethod(eng.plan_repair)
+    run_function = staticmethod(eng.run_repair)
+    intro = INTRO
+    options_page_class = RepairOptionsPage
+    subtitle = "Find and fix broken links between the disks of {where}."
     action_text = "Apply the fixes"
+    opts: RepairOptionsPage
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.proposal: Any = None
         super().__init__(*args, **kwargs)
-
-    def default_plan_fn(self) -> Callable[..., Any]:
-        """:func:`plan_repair`."""
-        return eng.plan_repair
-
-    def default_run_fn(self) -> Callable[..., Any]:
-        """:func:`run_repair`."""
-        return eng.run_repair
-
-    def intro_subtitle(self) -> str:
-        """What is repaired."""
-        where = f"VM '{self.vm.name}'" if self.vm is not None else self.target.label
-        return f"Find and fix broken links between the disks of {where}."
-
-    def intro_html(self) -> str:
-        """What a repair changes."""
-        return INTRO
-
-    def make_options_page(self) -> QWizardPage:
-        """The fix list."""
-        self.opts = RepairOptionsPage(self)
-        return self.opts
 
     def where(self) -> Path | None:
         """The VM folder, or the selected image outside any VM."""
@@ -223,7 +208,7 @@ class RepairWizard(OperationWizard):
                 self.proposal = exc
         return self.proposal
 
-    def compute_plan(self) -> Any:
+    def compute_plan(self) -> eng.RepairPlan:
         """The proposal narrowed to the ticked fixes."""
         proposal = self.propose()
         if isinstance(proposal, BaseException):
@@ -232,7 +217,7 @@ class RepairWizard(OperationWizard):
         return dataclasses.replace(proposal, fixes=tuple(
             f for f in proposal.fixes if f.id in chosen))
 
-    def plan_space(self, plan: Any) -> Any:
+    def plan_space(self, plan: eng.RepairPlan) -> Any:
         """The engine states the space of its default choice of fixes; shown only for it."""
         proposal = self.propose()
         if isinstance(proposal, BaseException) or not hasattr(proposal, "selected"):
@@ -240,12 +225,12 @@ class RepairWizard(OperationWizard):
         default = {f.id for f in proposal.selected()}
         return getattr(plan, "space", None) if default == {f.id for f in plan.fixes} else None
 
-    def refusals(self, plan: Any) -> tuple[str, ...]:
+    def refusals(self, plan: eng.RepairPlan) -> tuple[str, ...]:
         """Nothing ticked: nothing to run."""
         return () if plan.fixes else ("No fix is ticked; go back and tick at least one.",)
 
-    def run_call(self, plan: Any, progress: Callable[[Progress], None],
-                 token: CancelToken) -> Any:
+    def run_call(self, plan: eng.RepairPlan, progress: Callable[[Progress], None],
+                 token: CancelToken) -> eng.RepairResult:
         """run_repair with the ticked fixes chosen explicitly (weak ones included)."""
         if plan.vbox is not None:
             self.recover_first(plan.folder, self.recover_fn)
@@ -254,7 +239,7 @@ class RepairWizard(OperationWizard):
                            verify=self.opts.verify.isChecked())
 
     # -- preview -------------------------------------------------------------------------------
-    def fill_preview(self, page: PreviewPage, plan: Any) -> None:
+    def fill_preview(self, page: PreviewPage, plan: eng.RepairPlan) -> None:
         """The exact list of changes with their evidence and the files each writes."""
         count = len(plan.fixes)
         page.add(heading(f"{count} change{'s' if count != 1 else ''} will be made:"))
@@ -268,21 +253,21 @@ class RepairWizard(OperationWizard):
                 ("Evidence", f"{fix.evidence} ({STRENGTH_WORDS.get(fix.strength, fix.strength)})"),
                 ("Files written", files),
             ]))
-            if fix.strength in ("weak", "none"):
+            if fix.strength in (eng.Strength.WEAK, eng.Strength.NONE):
                 page.add(notice("The evidence for this fix is weak: apply it only if you know "
-                                "the files belong together.", "warning"))
+                                "the files belong together.", Level.WARNING))
         page.add(rule())
         for text in plan.notes:
             page.add(notice(text[:1].upper() + text[1:] + ("" if text.endswith(".") else "."),
-                            "warning"))
+                            Level.WARNING))
         folder = plan.folder
         # With the space figures shown, the section below says how undo works; said once.
         undo = ("." if self.plan_space(plan) is not None else
                 f"; Edit > Undo (or 'vdictl undo \"{folder}\"') reverts this repair.")
         page.add(notice(f"Backups of every header, block map and the .vbox go to "
-                        f"'{folder / '.vdigui'}' first{undo}", "info"))
+                        f"'{folder / '.vdigui'}' first{undo}", Level.INFO))
 
-    def run_summary(self, plan: Any) -> str:
+    def run_summary(self, plan: eng.RepairPlan) -> str:
         """What runs."""
         return (f"Applying {', '.join(f.id for f in plan.fixes)} after backing up every file "
                 "they change.")
@@ -292,28 +277,16 @@ class RepairWizard(OperationWizard):
         return ("Cancel stops before the next fix and restores the backups: a repair is "
                 "applied completely or not at all.")
 
-    # -- screenshot mode -----------------------------------------------------------------------
-    def simulated_progress(self, plan: Any) -> Progress:
-        """Half-way through the fixes."""
-        total = max(1, len(plan.fixes))
-        return Progress("repairing", total // 2, total)
-
-    def simulated_result(self, plan: Any) -> Any:
-        """The ticked fixes as applied."""
-        return eng.RepairResult(tuple(f.id for f in plan.fixes),
-                                tuple(f"{f.id}: {f.action}" for f in plan.fixes),
-                                plan.folder / ".vdigui" / "backups")
-
-    def describe_result(self, page: ResultPage, result: Any) -> None:
+    def describe_result(self, page: ResultPage, result: eng.RepairResult) -> None:
         """What was applied and where the backup is."""
         count = len(result.applied)
         page.add(notice(f"Applied {count} fix{'es' if count != 1 else ''}: "
                         f"{', '.join(result.applied)}. The main window has read the folder "
-                        "again; its Problems panel shows what remains.", "ok"))
+                        "again; its Problems panel shows what remains.", Level.OK))
         page.add(figures([("Changes", "\n".join(result.notes) or "none"),
                           ("Backup", str(result.backup_dir))]))
         page.add(notice(f"Edit > Undo (or 'vdictl undo \"{self.where()}\"') reverts this "
-                        "repair.", "info"))
+                        "repair.", Level.INFO))
 
     def changed_path(self) -> Any:
         """The repaired folder or image."""

@@ -12,15 +12,24 @@ from __future__ import annotations
 import uuid as uuidlib
 from collections.abc import Iterable
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
-from vdigui.engine import VdiError, VmFolder, load_vm_folder, resolve_chain
+from vdigui.engine import VdiError, VmFolder, load_vm_folder, parse_uuid, resolve_chain
 from vdigui.gui.wizards import _engine as eng
 
-#: The operations, in menu order. Keys are what ``--wizard`` takes.
-OPERATIONS = ("compact", "clone", "delete-snapshot", "repair")
-TITLES = {"compact": "Compact", "clone": "Clone or Convert", "delete-snapshot": "Delete Snapshot",
-          "repair": "Repair Chain"}
+
+class TargetKind(StrEnum):
+    """What an operation is about."""
+
+    #: A snapshot (its image: the disk it froze).
+    SNAPSHOT = "snapshot"
+    #: The VM's current state (its image: the leaf the VM writes to).
+    CURRENT = "current"
+    #: One image file, with or without a VM folder around it.
+    IMAGE = "image"
+    #: Nothing is selected.
+    NONE = "none"
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,7 +37,7 @@ class Target:
     """The thing an operation is about.
 
     Attributes:
-        kind: "snapshot", "current" (the current state), "image" or "none".
+        kind: a snapshot, the current state, an image, or nothing.
         label: how the wizard names it ("snapshot 'Updates'", "'disk.vdi'").
         image: the image file (a snapshot's: the disk it froze; the current state's: the leaf).
         snapshot_uuid: the snapshot, for kind "snapshot".
@@ -38,7 +47,7 @@ class Target:
         error: why the selected image cannot be read (a missing or foreign file).
     """
 
-    kind: str
+    kind: TargetKind
     label: str
     image: Path | None = None
     snapshot_uuid: uuidlib.UUID | None = None
@@ -59,7 +68,7 @@ class Target:
         return frozenset(keys)
 
 
-NONE = Target("none", "nothing")
+NONE = Target(TargetKind.NONE, "nothing")
 
 
 def _first_disk_path(vm: VmFolder, uuids: Iterable[uuidlib.UUID]) -> tuple[Path | None,
@@ -81,16 +90,16 @@ def _first_disk_path(vm: VmFolder, uuids: Iterable[uuidlib.UUID]) -> tuple[Path 
 def _snapshot_target(vm: VmFolder, uuid: uuidlib.UUID, name: str) -> Target:
     media = vm.disk_for_snapshot(vm.snapshot_by_name_or_uuid(str(uuid)))
     path, medium = _first_disk_path(vm, [m.uuid for m in media])
-    return Target("snapshot", f"snapshot '{name}'", path, uuid, name, vm.folder, medium)
+    return Target(TargetKind.SNAPSHOT, f"snapshot '{name}'", path, uuid, name, vm.folder, medium)
 
 
 def _current_target(vm: VmFolder) -> Target:
     path, medium = _first_disk_path(vm, [m.uuid for m in vm.current_disks()])
-    return Target("current", "the current state", path, None, None, vm.folder, medium)
+    return Target(TargetKind.CURRENT, "the current state", path, None, None, vm.folder, medium)
 
 
 def _image_target(vm: VmFolder | None, path: Path, uuid: uuidlib.UUID | None = None) -> Target:
-    return Target("image", f"'{path.name}'", path, None, None,
+    return Target(TargetKind.IMAGE, f"'{path.name}'", path, None, None,
                   vm.folder if vm is not None else None, uuid)
 
 
@@ -119,7 +128,7 @@ def resolve_target(vm: VmFolder | None, selection: object) -> Target:
     if hasattr(selection, "path") and hasattr(selection, "title"):
         title = str(getattr(selection, "title", "the image"))
         error = str(getattr(selection, "error", "") or "the file is missing")
-        return Target("image", f"'{title}'", None, folder=vm.folder if vm else None,
+        return Target(TargetKind.IMAGE, f"'{title}'", None, folder=vm.folder if vm else None,
                       medium_uuid=getattr(selection, "uuid", None), error=error)
     if isinstance(selection, Path):
         return _image_target(vm, selection)
@@ -139,10 +148,10 @@ def target_by_name(vm: VmFolder | None, text: str) -> Target:
             node = None
         if node is not None:
             return _snapshot_target(vm, node.uuid, node.name)
-        wanted = text.strip().strip("{}").lower()
+        wanted = parse_uuid(text)
         for uuid, paths in vm.image_paths.items():
             for p in paths:
-                if str(uuid) == wanted or p.name.lower() == text.lower() or str(p) == text:
+                if uuid == wanted or p.name.lower() == text.lower() or str(p) == text:
                     return _image_target(vm, p, uuid)
     candidate = Path(text)
     if candidate.is_file():
@@ -178,12 +187,10 @@ def chain_of(vm: VmFolder | None, target: Target) -> tuple[Path, ...]:
     return tuple(resolution.paths)
 
 
-# -- availability ---------------------------------------------------------------------------
-
-Availability = dict[str, tuple[bool, str]]
+# -- availability (the registry's ``availability`` functions) ---------------------------------
 
 
-def _first_sentence(text: str, limit: int = 220) -> str:
+def first_sentence(text: str, limit: int = 220) -> str:
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
@@ -192,44 +199,48 @@ def _no_image(target: Target, verb: str) -> str:
     """Why there is nothing to ``verb``: an unreadable image, a disk-less snapshot, nothing."""
     if target.error:
         return f"{target.label} cannot be read: {target.error}."
-    if target.kind in ("snapshot", "current"):
+    if target.kind in (TargetKind.SNAPSHOT, TargetKind.CURRENT):
         return f"{target.label.capitalize()} has no disk image vdigui can read."
     return f"Select a disk image or a snapshot to {verb}."
 
 
-def _compact_reason(target: Target) -> tuple[bool, str]:
+def compact_availability(vm: VmFolder | None, target: Target) -> tuple[bool, str]:
+    """Whether ``target``'s image can be compacted (its plan has no refusal)."""
+    del vm
     if target.image is None:
         return False, _no_image(target, "compact")
     try:
         plan = eng.plan_compact(target.image)
     except VdiError as exc:
-        return False, _first_sentence(str(exc))
+        return False, first_sentence(str(exc))
     if plan.refusals:
-        return False, _first_sentence(plan.refusals[0])
+        return False, first_sentence(plan.refusals[0])
     return True, f"Compact {target.image.name}: drop all-zero blocks and give the space back"
 
 
-def _clone_reason(vm: VmFolder | None, target: Target) -> tuple[bool, str]:
+def clone_availability(vm: VmFolder | None, target: Target) -> tuple[bool, str]:
+    """Whether ``target``'s chain can be read whole (what a clone copies)."""
     if target.image is None:
         return False, _no_image(target, "clone")
     try:
         chain_of(vm, target)
     except VdiError as exc:
-        return False, _first_sentence(str(exc))
+        return False, first_sentence(str(exc))
     return True, f"Copy {target.label} into a standalone disk image (or convert it)"
 
 
-def _delete_reason(vm: VmFolder | None, target: Target) -> tuple[bool, str]:
+def delete_snapshot_availability(vm: VmFolder | None, target: Target) -> tuple[bool, str]:
+    """Whether ``target`` is a snapshot whose deletion the engine can plan."""
     if vm is None:
         return False, "Snapshots belong to a VM: open the VM folder to delete one."
-    if target.kind == "current":
+    if target.kind is TargetKind.CURRENT:
         return False, "The current state is not a snapshot; select a snapshot to delete."
-    if target.kind != "snapshot" or target.snapshot_uuid is None:
+    if target.kind is not TargetKind.SNAPSHOT or target.snapshot_uuid is None:
         return False, "Select a snapshot in the snapshot tree to delete it."
     try:
         eng.plan_snapshot_delete(vm.folder, str(target.snapshot_uuid))
     except VdiError as exc:
-        return False, _first_sentence(str(exc))
+        return False, first_sentence(str(exc))
     return True, f"Delete {target.label}, merging its disk changes so every other state stays"
 
 
@@ -266,7 +277,7 @@ def _plan_repair_reason(vm: VmFolder | None, where: Path) -> tuple[bool, str]:
     try:
         plan = eng.plan_repair(where)
     except VdiError as exc:
-        return False, _first_sentence(str(exc))
+        return False, first_sentence(str(exc))
     if not plan.fixes:
         return False, "Nothing to repair: vdigui found no problem it knows how to fix."
     count = len({f.group for f in plan.fixes})
@@ -274,52 +285,67 @@ def _plan_repair_reason(vm: VmFolder | None, where: Path) -> tuple[bool, str]:
         "VM" if vm is not None else "image")
 
 
-def operation_availability(vm: VmFolder | None, target: object, *,
-                           repair: bool = True) -> Availability:
-    """For each operation: (enabled, reason) where reason is the tooltip.
+def resize_source(vm: VmFolder | None, target: Target) -> tuple[Path, str | None]:
+    """What ``plan_resize`` is given for ``target``: (source, disk).
 
-    It runs only the engine's plans, which read headers and block maps (never the data) and
-    look for programs holding the files open: too slow for the GUI thread on big disks, so the
-    window calls it on a worker (``checks.AvailabilityChecks``).
-    A disabled operation's reason is the engine's own refusal sentence. With ``repair=False``
-    the repair entry is left out (the window plans it on a worker: it checks every image).
+    A disk of a VM (its current state's image, or any image of that disk's chain) resizes
+    through the VM folder, so every snapshot layer grows with it; ``disk`` is its position
+    among the current state's disks ("1", "2"...). A bare image resizes alone.
+
+    Raises:
+        VdiError: nothing resizable is selected (no image, or a snapshot).
     """
-    try:
-        resolved = resolve_target(vm, target)
-    except VdiError as exc:
-        reason = _first_sentence(str(exc))
-        return dict.fromkeys(OPERATIONS, (False, reason))
-    return {
-        "compact": _compact_reason(resolved),
-        "clone": _clone_reason(vm, resolved),
-        "delete-snapshot": _delete_reason(vm, resolved),
-        **({"repair": repair_availability(vm, resolved)} if repair else {}),
-    }
-
-
-def first_suitable(vm: VmFolder | None, image: Path | None, kind: str) -> Target:
-    """The target ``--wizard KIND`` uses when no ``--target`` is given.
-
-    The current state first, then every snapshot, then every image: the first one the
-    operation can run on (or the current state when none can, so the wizard can say why).
-    """
-    candidates: list[Target] = []
+    if target.image is None:
+        raise VdiError(_no_image(target, "resize"))
+    if target.kind is TargetKind.SNAPSHOT:
+        raise VdiError("A snapshot's disk cannot be resized on its own: select the current "
+                       "state (resizing it grows every snapshot's image with it, each keeping "
+                       "its content).")
     if vm is None:
-        if image is None:
-            return NONE
-        return _image_target(None, image)
-    candidates.append(_current_target(vm))
-    candidates += [_snapshot_target(vm, n.uuid, n.name) for n in reversed(list(
+        return target.image, None
+    wanted = target.image.resolve()
+    disks = list(vm.current_disks())  # numbered as plan_resize numbers them
+    for i, medium in enumerate(disks, start=1):
+        if medium.path is not None and medium.path.resolve() == wanted:
+            return vm.folder, str(i)
+    for i, medium in enumerate(disks, start=1):
+        if medium.path is None:
+            continue
+        try:
+            chain = [Path(p).resolve() for p in vm.chain_for(medium)]
+        except VdiError:
+            continue
+        if wanted in chain:
+            return vm.folder, str(i)
+    return target.image, None
+
+
+def resize_availability(vm: VmFolder | None, target: Target) -> tuple[bool, str]:
+    """Whether ``target``'s disk can be resized (the engine's limits read without refusal)."""
+    try:
+        source, disk = resize_source(vm, target)
+        limits = eng.resize_limits(source, disk=disk)
+    except VdiError as exc:
+        return False, first_sentence(str(exc))
+    what = target.image.name if target.image is not None else target.label
+    return True, (f"Grow or shrink the disk {what} ({eng.human_size(limits.current_size)})"
+                  + (" with its snapshots" if limits.images > 1 else ""))
+
+
+def candidates(vm: VmFolder | None, image: Path | None) -> list[Target]:
+    """Every target an operation could open on, in the order ``--wizard`` tries them.
+
+    The current state first, then every snapshot (newest first), then every image; a bare
+    image alone; nothing when nothing is open.
+    """
+    if vm is None:
+        return [] if image is None else [_image_target(None, image)]
+    found = [_current_target(vm)]
+    found += [_snapshot_target(vm, n.uuid, n.name) for n in reversed(list(
         vm.iter_snapshots()))]
     for uuid, paths in vm.image_paths.items():
-        candidates += [_image_target(vm, p, uuid) for p in paths[:1]]
-    for candidate in candidates:
-        if kind == "delete-snapshot" and candidate.kind != "snapshot":
-            continue
-        enabled, _ = operation_availability(vm, candidate)[kind]
-        if enabled:
-            return candidate
-    return candidates[0]
+        found += [_image_target(vm, p, uuid) for p in paths[:1]]
+    return found
 
 
 def short_name(name: str, limit: int = 24) -> str:

@@ -51,7 +51,7 @@ from vdigui.engine import (
     undo_last,
 )
 from vdigui.gui import messages
-from vdigui.gui.wizards.widgets import figures, heading, notice
+from vdigui.gui.wizards.widgets import Level, figures, heading, notice
 from vdigui.gui.workers import Runner, WorkerPool
 
 
@@ -182,7 +182,7 @@ class UndoDialog(QDialog):
         self.pool = pool
         self.undo_fn = undo_fn
         self.runner: Runner | None = None
-        self.outcome: tuple[str, str] | None = None
+        self.outcome: tuple[Level, str] | None = None
         self.setWindowTitle(f"Undo {status.summary}")
         self.setMinimumSize(640, 420)
         layout = QVBoxLayout(self)
@@ -192,7 +192,7 @@ class UndoDialog(QDialog):
         layout.addWidget(notice(
             "This puts back exactly what the operation changed, from the undo data in "
             f"{status.backups}" + (f" (it finished {finished} UTC)." if finished else ".")
-            + f" It is the same as 'vdictl undo \"{status.folder}\"'.", "info"))
+            + f" It is the same as 'vdictl undo \"{status.folder}\"'.", Level.INFO))
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QScrollArea.Shape.NoFrame)
@@ -206,7 +206,7 @@ class UndoDialog(QDialog):
         layout.addWidget(scroll, 1)
         layout.addWidget(notice("Shut the VM down first. Nothing the guest wrote since the "
                                 "operation is lost: undo refuses if any of these files "
-                                "changed.", "warning"))
+                                "changed.", Level.WARNING))
         self.bar = QProgressBar()
         self.bar.setVisible(False)
         self.state = QLabel()
@@ -248,10 +248,10 @@ class UndoDialog(QDialog):
         self.bar.setVisible(True)
         self.state.setText("Undoing…")
         self.runner = self.pool.start(job, "undo", progress=self._progress,
-                                      succeeded=lambda text: self._ended("ok", text),
-                                      failed=lambda exc: self._ended("error",
+                                      succeeded=lambda text: self._ended(Level.OK, text),
+                                      failed=lambda exc: self._ended(Level.ERROR,
                                                                      messages.sentence(exc)),
-                                      cancelled=lambda: self._ended("warning", "Cancelled."))
+                                      cancelled=lambda: self._ended(Level.WARNING, "Cancelled."))
         self.started.emit()
 
     def _progress(self, event: Progress) -> None:
@@ -259,12 +259,12 @@ class UndoDialog(QDialog):
             self.bar.setRange(0, event.total)
             self.bar.setValue(event.done)
 
-    def _ended(self, level: str, text: str) -> None:
+    def _ended(self, level: Level, text: str) -> None:
         self.outcome = (level, text)
-        colour = {"ok": "#2e7d32", "warning": "#b26a00", "error": "#c62828"}[level]
+        colour = level.colour or ""
         self.state.setText(f'<span style="color:{colour}"><b>{html.escape(text)}</b></span>')
         self.bar.setRange(0, 1)
-        self.bar.setValue(1 if level == "ok" else 0)
+        self.bar.setValue(1 if level is Level.OK else 0)
         self.undo_button.setVisible(False)
         self.close_button.setText("Close")
         self.close_button.setEnabled(True)
@@ -364,9 +364,8 @@ class UndoController(QObject):
         self.box = UndoDataBox()
         self.box.discard.clicked.connect(self.discard)
         overview = getattr(window, "overview", None)
-        body = overview.widget() if overview is not None and hasattr(overview, "widget") else None
-        if body is not None and body.layout() is not None:
-            body.layout().addWidget(self.box)
+        if overview is not None:
+            overview.add_section(self.box)
         session_loaded = getattr(window, "session_loaded", None)
         if session_loaded is not None:
             session_loaded.connect(lambda session: self.reload_status(undo_folder(session)))
@@ -522,10 +521,10 @@ class UndoController(QObject):
             return False
         folder = status.folder
 
-        def ended(message: str, level: str) -> None:
+        def ended(message: str, level: Level) -> None:
             self.discarding = None
             self._say(message)
-            if level == "error":
+            if level is Level.ERROR:
                 messages.reporter(self.window, "Cannot discard the undo data", message, "")
             self._changed()
 
@@ -533,9 +532,9 @@ class UndoController(QObject):
             lambda _p, _t: int(discard_undo_data(folder)), "discard undo data",
             succeeded=lambda freed: ended(
                 f"Discarded the undo data: {human_size(freed)} ({freed:,} bytes) freed; the "
-                "last operation can no longer be undone.", "ok"),
-            failed=lambda exc: ended(messages.sentence(exc), "error"),
-            cancelled=lambda: ended("Stopped.", "warning"))
+                "last operation can no longer be undone.", Level.OK),
+            failed=lambda exc: ended(messages.sentence(exc), Level.ERROR),
+            cancelled=lambda: ended("Stopped.", Level.WARNING))
         self._running_changed()
         return True
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 
 import numpy as np
 from PySide6.QtCore import QRectF, QSize, Qt
@@ -33,6 +34,26 @@ from vdigui.gui.views.blockmap import bin_colours
 WARN_COLOUR = "#b26a00"
 ERROR_COLOUR = "#c62828"
 OK_COLOUR = "#2e7d32"
+
+
+class Level(StrEnum):
+    """How a notice (or the run page's last line) is shown: its symbol and colour."""
+
+    INFO = "info"
+    OK = "ok"
+    WARNING = "warning"
+    ERROR = "error"
+
+    @property
+    def symbol(self) -> str:
+        """The leading symbol."""
+        return {Level.ERROR: "✖", Level.WARNING: "⚠", Level.OK: "✔"}.get(self, "ℹ")
+
+    @property
+    def colour(self) -> str | None:
+        """The tint (None: the text colour, for plain information)."""
+        return {Level.ERROR: ERROR_COLOUR, Level.WARNING: WARN_COLOUR,
+                Level.OK: OK_COLOUR}.get(self)
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,10 +229,10 @@ def figures(rows: Sequence[tuple[str, str]], *, columns: int = 1) -> QWidget:
     return box
 
 
-def notice(text: str, level: str = "info") -> QLabel:
-    """A wrapped sentence, tinted for "warning" and "error", with a leading symbol."""
-    symbol = {"error": "✖", "warning": "⚠", "ok": "✔"}.get(level, "ℹ")
-    colour = {"error": ERROR_COLOUR, "warning": WARN_COLOUR, "ok": OK_COLOUR}.get(level)
+def notice(text: str, level: Level = Level.INFO) -> QLabel:
+    """A wrapped sentence, tinted for warnings, errors and good news, with a leading symbol."""
+    level = Level(level)
+    symbol, colour = level.symbol, level.colour
     body = html.escape(text)
     if colour:
         body = f'<span style="color:{colour}">{symbol}</span>&nbsp;{body}'
