@@ -1,12 +1,15 @@
 # Convenience targets; scripts/ holds the real commands.
-.PHONY: setup test lint demo bench pictures
+.PHONY: setup test lint format demo bench pictures
 setup:
 	bash scripts/setup-env.sh test
 test:
 	bash scripts/test.sh
 lint:
 	.venv/bin/python -m ruff check vdigui tests bench
+	.venv/bin/python -m ruff format --check vdigui tests bench
 	.venv/bin/python -m mypy
+format:
+	.venv/bin/python -m ruff format vdigui tests bench
 demo:
 	bash scripts/run-demo.sh
 pictures:

@@ -116,8 +116,12 @@ def use_bytecode_cache(folder: Path) -> None:
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     # With a prefix Python looks for every module's bytecode there only, so the standard
     # library and the dependencies are compiled into it too (a few seconds, once).
-    subprocess.run([sys.executable, "-c", _COMPILE_ALL, str(REPO / "vdigui")], env=env,
-                   check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-c", _COMPILE_ALL, str(REPO / "vdigui")],
+        env=env,
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
     RUN_ENV = env
 
 
@@ -127,8 +131,14 @@ def load() -> str:
 
 
 # -- building inputs ----------------------------------------------------------------------------
-def build_stream(path: Path, blocks: int, content: Callable[[int], bytes], seed: int,
-                 stored: list[int] | None = None, disk_blocks: int | None = None) -> Path:
+def build_stream(
+    path: Path,
+    blocks: int,
+    content: Callable[[int], bytes],
+    seed: int,
+    stored: list[int] | None = None,
+    disk_blocks: int | None = None,
+) -> Path:
     """A dynamic image whose guest blocks ``stored`` (default: all) hold ``content(block)``,
     in shuffled slot order, written block by block (memory stays small at any size)."""
     if path.exists():
@@ -147,8 +157,9 @@ def build_stream(path: Path, blocks: int, content: Callable[[int], bytes], seed:
             os.pwrite(fd, content(block), header.slot_offset(slot))
             block_map[block] = slot
         os.pwrite(fd, block_map.tobytes(), header.offset_blocks)
-        os.pwrite(fd, fmt.pack_header(header.replace(blocks_allocated=len(order))),
-                  fmt.PREHEADER_SIZE)
+        os.pwrite(
+            fd, fmt.pack_header(header.replace(blocks_allocated=len(order))), fmt.PREHEADER_SIZE
+        )
         os.ftruncate(fd, header.expected_file_size(len(order)))
         os.fsync(fd)
     finally:
@@ -188,12 +199,14 @@ def build_fs_image(folder: Path) -> Path | None:
     for name, mib in (("keep", 200), ("gone1", 200), ("gone2", 200)):
         data = folder / name
         data.write_bytes(rng.bytes(mib * MIB))
-        subprocess.run([debugfs, "-w", "-R", f"write {data} {name}", str(raw)], check=True,
-                       capture_output=True)
+        subprocess.run(
+            [debugfs, "-w", "-R", f"write {data} {name}", str(raw)], check=True, capture_output=True
+        )
         data.unlink()
     for name in ("gone1", "gone2"):
-        subprocess.run([debugfs, "-w", "-R", f"rm {name}", str(raw)], check=True,
-                       capture_output=True)
+        subprocess.run(
+            [debugfs, "-w", "-R", f"rm {name}", str(raw)], check=True, capture_output=True
+        )
     subprocess.run([qemu, "convert", "-f", "raw", "-O", "vdi", str(raw), str(path)], check=True)
     raw.unlink()
     return path
@@ -207,8 +220,9 @@ def build_huge_image(path: Path, data_mib: int = 64) -> Path:
 
 
 # -- running side by side -----------------------------------------------------------------------
-def alternate(commands: dict[str, str], prepare: dict[str, str], rounds: int,
-              work: Path) -> dict[str, dict[str, float]]:
+def alternate(
+    commands: dict[str, str], prepare: dict[str, str], rounds: int, work: Path
+) -> dict[str, dict[str, float]]:
     """Run every command once per round, in an order rotated each round; medians per command.
 
     Returns {name: {"wall": median s, "cpu": median user+sys s, "min": s, "max": s}}.
@@ -218,7 +232,7 @@ def alternate(commands: dict[str, str], prepare: dict[str, str], rounds: int,
     walls: dict[str, list[float]] = {n: [] for n in names}
     cpus: dict[str, list[float]] = {n: [] for n in names}
     for r in range(rounds):
-        order = names[r % len(names):] + names[:r % len(names)]
+        order = names[r % len(names) :] + names[: r % len(names)]
         out = work / "hyperfine.json"
         cmd = [hyperfine, "--runs", "1", "--style", "none", "--export-json", str(out)]
         for n in order:
@@ -231,12 +245,24 @@ def alternate(commands: dict[str, str], prepare: dict[str, str], rounds: int,
                 raise SystemExit(f"{res['command']} failed")
             walls[res["command"]].append(res["times"][0])
             cpus[res["command"]].append(res["user"] + res["system"])
-    return {n: {"wall": statistics.median(walls[n]), "cpu": statistics.median(cpus[n]),
-                "min": min(walls[n]), "max": max(walls[n])} for n in names}
+    return {
+        n: {
+            "wall": statistics.median(walls[n]),
+            "cpu": statistics.median(cpus[n]),
+            "min": min(walls[n]),
+            "max": max(walls[n]),
+        }
+        for n in names
+    }
 
 
-def show(title: str, stats: dict[str, dict[str, float]], checks: list[tuple[str, str, float]],
-         rounds: int, started_load: str) -> list[str]:
+def show(
+    title: str,
+    stats: dict[str, dict[str, float]],
+    checks: list[tuple[str, str, float]],
+    rounds: int,
+    started_load: str,
+) -> list[str]:
     """Print one table and the target checks (name over reference <= limit)."""
     print(f"\n## {title} ({rounds} rounds, load {started_load} -> {load()})")
     print(f"{'command':36s} {'median s':>9s} {'min':>7s} {'max':>7s} {'cpu s':>7s}")
@@ -268,26 +294,42 @@ def bench_export_clone(folder: Path, gib: int, rounds: int) -> list[str]:
     export = {
         "vdictl export": f"{v} export {img} {raw}",
         "qemu-img convert -O raw": f"{qemu} convert -f vdi -O raw {img} {raw}",
-        "qemu-img convert -t writeback -O raw":
-            f"{qemu} convert -t writeback -f vdi -O raw {img} {raw}",
+        "qemu-img convert -t writeback -O raw": (
+            f"{qemu} convert -t writeback -f vdi -O raw {img} {raw}"
+        ),
     }
     stats = alternate(export, dict.fromkeys(export, clean), rounds, folder)
-    lines = show(f"export, {gib} GiB of data", stats, [
-        ("vdictl export", "qemu-img convert -t writeback -O raw", 1.0),
-        ("vdictl export", "qemu-img convert -O raw", 1.5)], rounds, start)
+    lines = show(
+        f"export, {gib} GiB of data",
+        stats,
+        [
+            ("vdictl export", "qemu-img convert -t writeback -O raw", 1.0),
+            ("vdictl export", "qemu-img convert -O raw", 1.5),
+        ],
+        rounds,
+        start,
+    )
     settle(img)
     start = load()
     clone = {
         "vdictl clone": f"{v} clone {img} {vdi}",
         "vdictl clone --no-verify": f"{v} clone --no-verify {img} {vdi}",
         "qemu-img convert -O vdi": f"{qemu} convert -f vdi -O vdi {img} {vdi}",
-        "qemu-img convert -t writeback -O vdi":
-            f"{qemu} convert -t writeback -f vdi -O vdi {img} {vdi}",
+        "qemu-img convert -t writeback -O vdi": (
+            f"{qemu} convert -t writeback -f vdi -O vdi {img} {vdi}"
+        ),
     }
     stats = alternate(clone, dict.fromkeys(clone, clean), rounds, folder)
-    lines += show(f"clone, {gib} GiB of data", stats, [
-        ("vdictl clone", "qemu-img convert -t writeback -O vdi", 1.0),
-        ("vdictl clone", "vdictl clone --no-verify", 1.25)], rounds, start)
+    lines += show(
+        f"clone, {gib} GiB of data",
+        stats,
+        [
+            ("vdictl clone", "qemu-img convert -t writeback -O vdi", 1.0),
+            ("vdictl clone", "vdictl clone --no-verify", 1.25),
+        ],
+        rounds,
+        start,
+    )
     for path in (raw, vdi):
         path.unlink(missing_ok=True)
     return lines
@@ -310,9 +352,16 @@ def bench_compact(folder: Path, gib: int, rounds: int, cold: bool) -> list[str]:
     start = load()
     stats = alternate(commands, dict.fromkeys(commands, fresh), rounds, folder)
     which = "cold" if cold else "warm"
-    lines = show(f"compact in place, {gib} GiB, 25 % zero blocks, {which} cache", stats, [
-        ("vdictl compact", "cat IMAGE > /dev/null", 1.5),
-        ("vdictl compact", "vdictl compact --no-verify", 1.25)], rounds, start)
+    lines = show(
+        f"compact in place, {gib} GiB, 25 % zero blocks, {which} cache",
+        stats,
+        [
+            ("vdictl compact", "cat IMAGE > /dev/null", 1.5),
+            ("vdictl compact", "vdictl compact --no-verify", 1.25),
+        ],
+        rounds,
+        start,
+    )
     work.unlink(missing_ok=True)
     return lines
 
@@ -324,12 +373,16 @@ def bench_ratios(folder: Path, rounds: int) -> list[str]:
     data = build_data_image(folder / "data1g.vdi", 1)
     comp = build_compact_image(folder / "compact1g.vdi", 1)
     work, out = folder / "work.vdi", folder / "out.vdi"
-    cases = [("convert to fixed, 1 GiB of data", data, "convert {w} --to fixed"),
-             ("defrag, 1 GiB, 25 % zero", comp, "compact --defrag {w}")]
+    cases = [
+        ("convert to fixed, 1 GiB of data", data, "convert {w} --to fixed"),
+        ("defrag, 1 GiB, 25 % zero", comp, "compact --defrag {w}"),
+    ]
     fs = build_fs_image(folder)
     if fs is not None:
-        cases += [("fs-aware compact, 2 GiB ext4", fs, "compact --fs-aware {w}"),
-                  ("fs-aware clone, 2 GiB ext4", fs, "clone --fs-aware {w} " + str(out))]
+        cases += [
+            ("fs-aware compact, 2 GiB ext4", fs, "compact --fs-aware {w}"),
+            ("fs-aware clone, 2 GiB ext4", fs, "clone --fs-aware {w} " + str(out)),
+        ]
     else:
         print("\n(fs-aware ratios skipped: mkfs.ext4, debugfs and qemu-img are needed)")
     for title, source, args in cases:
@@ -349,8 +402,7 @@ def bench_ratios(folder: Path, rounds: int) -> list[str]:
 def peak_rss_mib(cmd: list[str]) -> float:
     """Peak RSS of one run of ``cmd`` (GNU time's %M, from a small parent)."""
     gnu_time = shutil.which("time") or "/usr/bin/time"
-    proc = subprocess.run([gnu_time, "-f", "%M", *cmd], capture_output=True, text=True,
-                          env=RUN_ENV)
+    proc = subprocess.run([gnu_time, "-f", "%M", *cmd], capture_output=True, text=True, env=RUN_ENV)
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed: {proc.stderr}")
     return int(proc.stderr.strip().splitlines()[-1]) / 1024
@@ -364,17 +416,22 @@ def bench_memory(folder: Path) -> list[str]:
     work, out, raw = folder / "work.vdi", folder / "out.vdi", folder / "out.raw"
     rows: list[tuple[str, float]] = []
     for label, source in (("1 GiB data", data), ("2 TiB virtual", huge)):
-        for what, cmd in (("export", [v, "export", str(source), str(raw)]),
-                          ("clone", [v, "clone", str(source), str(out)]),
-                          ("clone --fixed", [v, "clone", "--fixed", str(source), str(out)])):
+        for what, cmd in (
+            ("export", [v, "export", str(source), str(raw)]),
+            ("clone", [v, "clone", str(source), str(out)]),
+            ("clone --fixed", [v, "clone", "--fixed", str(source), str(out)]),
+        ):
             if what == "clone --fixed" and source == huge:
                 continue  # 2 TiB of preallocated space
             raw.unlink(missing_ok=True)
             out.unlink(missing_ok=True)
             rows.append((f"{what} ({label})", peak_rss_mib(cmd)))
     for label, source in (("1 GiB, 25 % zero", comp), ("2 TiB virtual", huge)):
-        for what, args in (("compact", ["compact"]), ("compact --defrag", ["compact", "--defrag"]),
-                           ("convert --to fixed", ["convert", "--to", "fixed"])):
+        for what, args in (
+            ("compact", ["compact"]),
+            ("compact --defrag", ["compact", "--defrag"]),
+            ("convert --to fixed", ["convert", "--to", "fixed"]),
+        ):
             if what.startswith("convert") and source == huge:
                 continue
             shutil.copyfile(source, work)
@@ -392,13 +449,20 @@ def bench_memory(folder: Path) -> list[str]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dir", type=Path, help="where to build the images (default: a "
-                        "temporary folder under /tmp, removed at the end unless --keep)")
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        help="where to build the images (default: a "
+        "temporary folder under /tmp, removed at the end unless --keep)",
+    )
     parser.add_argument("--rounds", type=int, default=5, help="rounds per bench (default 5)")
     parser.add_argument("--sizes", default="1,8", help="GiB of data for export/clone (1,8)")
     parser.add_argument("--compact-gib", type=int, default=4)
-    parser.add_argument("--only", default="export,compact,ratios,memory",
-                        help="comma-separated: export (and clone), compact, ratios, memory")
+    parser.add_argument(
+        "--only",
+        default="export,compact,ratios,memory",
+        help="comma-separated: export (and clone), compact, ratios, memory",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the built images")
     args = parser.parse_args()
     wanted = set(args.only.split(","))
@@ -407,8 +471,10 @@ def main() -> int:
     use_bytecode_cache(folder)
     t0 = time.perf_counter()
     summary: list[str] = []
-    print(f"# vdigui copy benchmarks ({time.strftime('%Y-%m-%d %H:%M:%S %Z')}, "
-          f"{os.cpu_count()} CPUs, images in {folder}; vdigui bytecode cached in {folder}/pycache)")
+    print(
+        f"# vdigui copy benchmarks ({time.strftime('%Y-%m-%d %H:%M:%S %Z')}, "
+        f"{os.cpu_count()} CPUs, images in {folder}; vdigui bytecode cached in {folder}/pycache)"
+    )
     try:
         if "export" in wanted or "clone" in wanted:
             for gib in (int(x) for x in args.sizes.split(",")):

@@ -34,8 +34,18 @@ def main() -> int:
     try:
         vm = folder / "vm"
         big_vm(vm)
-        cli = [sys.executable, "-m", "vdigui.cli", "snapshot", "list", str(vm), "--cost",
-               "--json", "--rate", "200"]
+        cli = [
+            sys.executable,
+            "-m",
+            "vdigui.cli",
+            "snapshot",
+            "list",
+            str(vm),
+            "--cost",
+            "--json",
+            "--rate",
+            "200",
+        ]
         walls = []
         for _ in range(3):
             t0 = time.perf_counter()
@@ -51,11 +61,15 @@ def main() -> int:
         shutil.rmtree(folder, ignore_errors=True)
     print(f"load {os.getloadavg()[0]:.2f}")
     wall = statistics.median(walls)
-    print(f"vdictl snapshot list --cost --json, 2 TiB x 3 snapshots: {wall:.3f} s (median of 3) "
-          f"{'ok' if wall <= TARGET_SECONDS else f'MISSED ({TARGET_SECONDS} s)'}")
+    print(
+        f"vdictl snapshot list --cost --json, 2 TiB x 3 snapshots: {wall:.3f} s (median of 3) "
+        f"{'ok' if wall <= TARGET_SECONDS else f'MISSED ({TARGET_SECONDS} s)'}"
+    )
     print(f"snapshot_costs in process: {engine:.3f} s")
-    print(f"best_order of {len(order.order)} snapshots ({order.tried} orders planned): "
-          f"{ordering:.3f} s")
+    print(
+        f"best_order of {len(order.order)} snapshots ({order.tried} orders planned): "
+        f"{ordering:.3f} s"
+    )
     return 0
 
 

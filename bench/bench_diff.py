@@ -50,15 +50,32 @@ def build(work: Path, count: int) -> tuple[Path, Path, int]:
             (folder / f"f{i:04d}.txt").write_bytes(os.urandom(rng.randint(10, 3000)))
     size = max(512, count // 100 * 8) * MIB
     one, two = work / "one.img", work / "two.img"
-    sh("mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-N", str(count + 1000), "-d", tree,
-       one, f"{size // 1024}k")
+    sh(
+        "mke2fs",
+        "-q",
+        "-F",
+        "-t",
+        "ext4",
+        "-b",
+        "4096",
+        "-N",
+        str(count + 1000),
+        "-d",
+        tree,
+        one,
+        f"{size // 1024}k",
+    )
     shutil.copy(one, two)
     changed = rng.sample(range(count), count // 100)
     (work / "new").write_bytes(b"changed content\n" * 50)
     script = work / "cmds"
-    script.write_text("".join(
-        f"rm /d{c // per:03d}/f{c % per:04d}.txt\n"
-        f"write {work / 'new'} /d{c // per:03d}/f{c % per:04d}.txt\n" for c in changed))
+    script.write_text(
+        "".join(
+            f"rm /d{c // per:03d}/f{c % per:04d}.txt\n"
+            f"write {work / 'new'} /d{c // per:03d}/f{c % per:04d}.txt\n"
+            for c in changed
+        )
+    )
     sh("debugfs", "-w", "-f", script, two)
     base, child = work / "base.vdi", work / "child.vdi"
     create_image(base, size)
@@ -69,10 +86,11 @@ def build(work: Path, count: int) -> tuple[Path, Path, int]:
 
 
 def _write_differing(vdi: Path, raw: Path, previous: Path | None) -> None:
-    chain = open_paths([vdi] if previous is None else [vdi.with_name("base.vdi"), vdi],
-                       writable_top=True)
+    chain = open_paths(
+        [vdi] if previous is None else [vdi.with_name("base.vdi"), vdi], writable_top=True
+    )
     try:
-        with open(raw, "rb") as f, (open(previous, "rb") if previous else open(raw, "rb")) as p:
+        with open(raw, "rb") as f, open(previous, "rb") if previous else open(raw, "rb") as p:
             block = 0
             while True:
                 data = f.read(MIB)
@@ -97,8 +115,7 @@ def main() -> int:
     try:
         t0 = time.monotonic()
         base, child, changed = build(work, args.files)
-        print(f"built {args.files:,} files, {changed:,} changed, in "
-              f"{time.monotonic() - t0:.1f} s")
+        print(f"built {args.files:,} files, {changed:,} changed, in {time.monotonic() - t0:.1f} s")
         times = []
         result = None
         for _ in range(args.runs):
@@ -109,11 +126,13 @@ def main() -> int:
         assert result is not None
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         found = len(result.changes)
-        print(f"vdictl diff, {args.files:,} files, 1 % changed: median "
-              f"{statistics.median(times):.2f} s (target <= 3 s); {found:,} changes "
-              f"({result.stats.compared:,} files' contents read, "
-              f"{result.stats.changed_blocks:,} changed blocks); peak RSS {peak:.0f} MiB "
-              "(target <= 300 MiB)")
+        print(
+            f"vdictl diff, {args.files:,} files, 1 % changed: median "
+            f"{statistics.median(times):.2f} s (target <= 3 s); {found:,} changes "
+            f"({result.stats.compared:,} files' contents read, "
+            f"{result.stats.changed_blocks:,} changed blocks); peak RSS {peak:.0f} MiB "
+            "(target <= 300 MiB)"
+        )
         return 0
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -78,8 +78,10 @@ def bench_export(folder: Path, runs: int, gib: int) -> dict[str, object]:
     img = folder / "data1g.vdi"
     t0 = time.perf_counter()
     build_data_image(img, gib)
-    print(f"built {img.name} ({gib} GiB of data, shuffled slots) in "
-          f"{time.perf_counter() - t0:.1f} s", flush=True)
+    print(
+        f"built {img.name} ({gib} GiB of data, shuffled slots) in {time.perf_counter() - t0:.1f} s",
+        flush=True,
+    )
     out = folder / "out.raw"
     # qemu-img convert's default cache mode for the target is "unsafe": it never flushes.
     # vdictl export fsyncs its output before renaming it into place, so "-t writeback" (flush
@@ -107,9 +109,13 @@ def bench_export(folder: Path, runs: int, gib: int) -> dict[str, object]:
     img.unlink()
     med = {k: statistics.median(v) for k, v in times.items()}
     cpu_med = {k: statistics.median(v) for k, v in cpus.items()}
-    return {"times": times, "median": med, "cpu": cpu_med,
-            "ratio": med["vdictl"] / med["qemu"],
-            "ratio_flush": med["vdictl"] / med["qemu -t writeback"]}
+    return {
+        "times": times,
+        "median": med,
+        "cpu": cpu_med,
+        "ratio": med["vdictl"] / med["qemu"],
+        "ratio_flush": med["vdictl"] / med["qemu -t writeback"],
+    }
 
 
 # -- (b) info and frag on a 2 TiB, 3-deep chain -------------------------------------------
@@ -120,8 +126,9 @@ def build_big_chain(folder: Path, allocated: int, depth: int = 3) -> Path:
     parent: RawHeader | None = None
     path = folder
     for level in range(depth):
-        h = RawHeader(disk_size=disk, blocks=blocks, block_size=MIB,
-                      image_type=1 if parent is None else 4)
+        h = RawHeader(
+            disk_size=disk, blocks=blocks, block_size=MIB, image_type=1 if parent is None else 4
+        )
         if parent is not None:
             h.uuid_linkage = parent.uuid_create
             h.uuid_parent_modify = parent.uuid_modify
@@ -141,8 +148,11 @@ def build_big_chain(folder: Path, allocated: int, depth: int = 3) -> Path:
 def bench_big(folder: Path, runs: int, allocated: int) -> dict[str, dict[str, list[float]]]:
     t0 = time.perf_counter()
     leaf = build_big_chain(folder, allocated)
-    print(f"built a 3-deep chain of 2 TiB images, {allocated} shuffled blocks each, in "
-          f"{time.perf_counter() - t0:.1f} s", flush=True)
+    print(
+        f"built a 3-deep chain of 2 TiB images, {allocated} shuffled blocks each, in "
+        f"{time.perf_counter() - t0:.1f} s",
+        flush=True,
+    )
     results: dict[str, dict[str, list[float]]] = {}
     for cmd in ("info", "frag"):
         walls: list[float] = []
@@ -158,12 +168,17 @@ def bench_big(folder: Path, runs: int, allocated: int) -> dict[str, dict[str, li
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dir", type=Path, help="where to build the images (default: a temp "
-                        "folder on the same filesystem as /tmp; needs ~2.5 GiB free)")
+    parser.add_argument(
+        "--dir",
+        type=Path,
+        help="where to build the images (default: a temp "
+        "folder on the same filesystem as /tmp; needs ~2.5 GiB free)",
+    )
     parser.add_argument("--runs", type=int, default=3, help="runs per tool (default 3)")
     parser.add_argument("--gib", type=int, default=1, help="GiB of data for bench (a)")
-    parser.add_argument("--blocks", type=int, default=200_000,
-                        help="allocated blocks per layer for bench (b)")
+    parser.add_argument(
+        "--blocks", type=int, default=200_000, help="allocated blocks per layer for bench (b)"
+    )
     parser.add_argument("--only", choices=["export", "big"], help="run one bench only")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="vdigui-bench-", dir=args.dir))
@@ -174,10 +189,14 @@ def main() -> int:
             big = bench_big(folder, max(args.runs, 3), args.blocks)
             for cmd, r in big.items():
                 wall, peak = statistics.median(r["wall"]), max(r["rss"])
-                rows.append((f"vdictl {cmd}, 2 TiB x 3 layers",
-                             f"{wall:.3f} s (median; best {min(r['wall']):.3f} s)",
-                             f"{peak:.1f} MiB peak RSS",
-                             "ok" if wall <= 0.5 and peak <= 150 else "MISSED (0.5 s, 150 MiB)"))
+                rows.append(
+                    (
+                        f"vdictl {cmd}, 2 TiB x 3 layers",
+                        f"{wall:.3f} s (median; best {min(r['wall']):.3f} s)",
+                        f"{peak:.1f} MiB peak RSS",
+                        "ok" if wall <= 0.5 and peak <= 150 else "MISSED (0.5 s, 150 MiB)",
+                    )
+                )
         if args.only in (None, "export"):
             exp = bench_export(folder, args.runs, args.gib)
             med = exp["median"]
@@ -187,18 +206,24 @@ def main() -> int:
             for key, label in (("ratio", "qemu"), ("ratio_flush", "qemu -t writeback")):
                 ratio = float(exp[key])  # type: ignore[arg-type]
                 best = min(times["vdictl"]) / min(times[label])
-                rows.append((f"export {args.gib} GiB: vdictl / {label.replace('qemu', 'qemu-img')}",
-                             f"{med['vdictl']:.2f} s / {med[label]:.2f} s (medians; CPU "
-                             f"{cpu['vdictl']:.2f} s / {cpu[label]:.2f} s)",
-                             f"ratio {ratio:.2f} (best-of-runs ratio {best:.2f})",
-                             "ok" if ratio <= 1.0 else "MISSED (<= 1.0)"))
+                rows.append(
+                    (
+                        f"export {args.gib} GiB: vdictl / {label.replace('qemu', 'qemu-img')}",
+                        f"{med['vdictl']:.2f} s / {med[label]:.2f} s (medians; CPU "
+                        f"{cpu['vdictl']:.2f} s / {cpu[label]:.2f} s)",
+                        f"ratio {ratio:.2f} (best-of-runs ratio {best:.2f})",
+                        "ok" if ratio <= 1.0 else "MISSED (<= 1.0)",
+                    )
+                )
     finally:
         shutil.rmtree(folder, ignore_errors=True)
     width = [max(len(r[i]) for r in rows) for i in range(4)]
     print()
     load = os.getloadavg()[0]
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, runs={args.runs}, "
-          f"load average {load:.1f} at the end (figures are only meaningful near 0)")
+    print(
+        f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, runs={args.runs}, "
+        f"load average {load:.1f} at the end (figures are only meaningful near 0)"
+    )
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, width, strict=True)))
     return 0

@@ -41,7 +41,7 @@ from vdigui.engine.usage_report import GuestReader, chain_usage, usage_of_chain 
 
 MIB = 1 << 20
 GIB = 1 << 30
-PATTERN = (b"stale guest data \xa5\x5a 0123456789 " * 64)
+PATTERN = b"stale guest data \xa5\x5a 0123456789 " * 64
 ENV = {**os.environ, "E2FSPROGS_FAKE_TIME": "1700000000"}
 
 
@@ -78,8 +78,9 @@ def files(root: Path, total: int, seed: int, largest: int = 8 * MIB) -> list[Pat
 
 def mbr(disk: Path, parts: list[tuple[int, int, str]]) -> None:
     script = "label: dos\n" + "".join(f"start={s}, size={n}, type={t}\n" for s, n, t in parts)
-    subprocess.run(["sfdisk", "-q", str(disk)], input=script, text=True, check=True,
-                   capture_output=True)
+    subprocess.run(
+        ["sfdisk", "-q", str(disk)], input=script, text=True, check=True, capture_output=True
+    )
 
 
 def place(disk: Path, part: Path, sector: int) -> None:
@@ -119,7 +120,7 @@ def to_vdi(raw: Path, vdi: Path) -> Path:
                 data = chain.read(base, MIB)[: offset - base] + data
                 data += bytes(-len(data) % MIB)
             for at in range(0, len(data), MIB):
-                piece = data[at:at + MIB]
+                piece = data[at : at + MIB]
                 if piece.count(0) != len(piece):
                     chain.write(base + at, piece, durable=False)
         chain.top.sync()
@@ -151,8 +152,21 @@ def bench_4g(work: Path, runs: int) -> str:
     sh("debugfs", "-w", "-f", rm, ext)
     place(disk, ext, 2048)
     ntfs = sparse(work / "ntfs.img", ntfs_sectors * 512)
-    sh("mkntfs", "-F", "-f", "-q", "-c", "4096", "-p", str(ntfs_start), "-H", "255", "-S", "63",
-       ntfs)
+    sh(
+        "mkntfs",
+        "-F",
+        "-f",
+        "-q",
+        "-c",
+        "4096",
+        "-p",
+        str(ntfs_start),
+        "-H",
+        "255",
+        "-S",
+        "63",
+        ntfs,
+    )
     for p in files(work / "tree-ntfs", 60 * MIB, 2):
         sh("ntfscp", "-q", ntfs, p, p.name)
     place(disk, ntfs, ntfs_start)
@@ -161,10 +175,13 @@ def bench_4g(work: Path, runs: int) -> str:
         seconds, usage = median_time(lambda: chain_usage(chain), runs)
         reader = GuestReader(chain)
         from vdigui.engine.guestfs import analyze_usage
+
         analyze_usage(reader, chain.block_size)
     kinds = [v.kind for v in usage.volumes]  # type: ignore[attr-defined]
-    return (f"usage of a 4 GiB disk ({', '.join(kinds)}): {seconds:.3f} s "
-            f"({reader.reads} block reads; target <= 0.2 s)")
+    return (
+        f"usage of a 4 GiB disk ({', '.join(kinds)}): {seconds:.3f} s "
+        f"({reader.reads} block reads; target <= 0.2 s)"
+    )
 
 
 def bench_1t(work: Path, runs: int) -> str:
@@ -172,8 +189,16 @@ def bench_1t(work: Path, runs: int) -> str:
     sectors = (1 << 40) // 512 - 2048 - 2048
     mbr(disk, [(2048, sectors, "83")])
     ext = sparse(work / "t1.img", sectors * 512)
-    sh("mke2fs", "-q", "-F", "-t", "ext4", "-E",
-       "nodiscard,lazy_itable_init=1,lazy_journal_init=1", ext)
+    sh(
+        "mke2fs",
+        "-q",
+        "-F",
+        "-t",
+        "ext4",
+        "-E",
+        "nodiscard,lazy_itable_init=1,lazy_journal_init=1",
+        ext,
+    )
     place(disk, ext, 2048)
     ext.unlink()
     t = time.perf_counter()
@@ -183,8 +208,10 @@ def bench_1t(work: Path, runs: int) -> str:
     with open_paths([vdi]) as chain:
         seconds, usage = median_time(lambda: chain_usage(chain), runs)
     used = int(usage.used_bytes.astype(np.int64).sum())  # type: ignore[attr-defined]
-    return (f"usage of an empty 1 TiB ext4: {seconds:.2f} s (guest uses {used / GIB:.1f} GiB; "
-            f"VDI {vdi.stat().st_size / MIB:.0f} MiB built in {build:.0f} s; target <= 4 s)")
+    return (
+        f"usage of an empty 1 TiB ext4: {seconds:.2f} s (guest uses {used / GIB:.1f} GiB; "
+        f"VDI {vdi.stat().st_size / MIB:.0f} MiB built in {build:.0f} s; target <= 4 s)"
+    )
 
 
 def bench_compact(work: Path, runs: int) -> list[str]:
@@ -192,8 +219,20 @@ def bench_compact(work: Path, runs: int) -> list[str]:
     disk = prefilled(work / "stale.raw", size)
     mbr(disk, [(2048, size // 512 - 2048, "83")])
     ext = prefilled(work / "stale-ext.img", size - MIB)
-    sh("mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-E", "nodiscard",
-       "-d", files(work / "tree-stale", 210 * MIB, 3, largest=24 * MIB)[0].parent, ext)
+    sh(
+        "mke2fs",
+        "-q",
+        "-F",
+        "-t",
+        "ext4",
+        "-b",
+        "4096",
+        "-E",
+        "nodiscard",
+        "-d",
+        files(work / "tree-stale", 210 * MIB, 3, largest=24 * MIB)[0].parent,
+        ext,
+    )
     with open(disk, "r+b") as d, open(ext, "rb") as e:
         d.seek(MIB)
         shutil.copyfileobj(e, d, 8 * MIB)

@@ -84,8 +84,7 @@ class Heartbeat:
 
 def settled(window: MainWindow) -> bool:
     """Nothing loads, analyses or checks any more."""
-    return (not window.busy and not window.operations.pool.running
-            and not window.operations.checking)
+    return not window.busy and not window.operations.pool.running and not window.operations.checking
 
 
 def wait_until(app: QApplication, done: Callable[[], bool], timeout: float = 120.0) -> None:
@@ -99,13 +98,18 @@ def wait_until(app: QApplication, done: Callable[[], bool], timeout: float = 120
 
 def shown(window: MainWindow) -> bool:
     """The trees and the selected chain's block map are drawn (availability may be pending)."""
-    return (window.session is not None and window.chain_data is not None
-            and window.blockmap.blocks == BLOCKS and window._deferred == 0
-            and not any(r.name in ("open", "chain") for r in window.workers.running))
+    return (
+        window.session is not None
+        and window.chain_data is not None
+        and window.blockmap.blocks == BLOCKS
+        and window._deferred == 0
+        and not any(r.name in ("open", "chain") for r in window.workers.running)
+    )
 
 
-def measure_open(app: QApplication, window: MainWindow, folder: Path
-                 ) -> tuple[float, float, tuple[float, float]]:
+def measure_open(
+    app: QApplication, window: MainWindow, folder: Path
+) -> tuple[float, float, tuple[float, float]]:
     """Seconds until the trees and the block map are shown, seconds until every action's
     availability is known too, and the longest GUI stall meanwhile (wall, CPU)."""
     heart = Heartbeat()
@@ -184,14 +188,16 @@ class SpaceStamps:
         def stamped(node: object) -> None:
             self.selected_at = time.perf_counter()
             select(node)
+
         return stamped
 
     def _shown(self, _root: object) -> None:
         self.latencies.append(time.perf_counter() - self.selected_at)
 
 
-def measure_space(app: QApplication, window: MainWindow, folder: Path
-                  ) -> tuple[float, list[float], tuple[float, float]]:
+def measure_space(
+    app: QApplication, window: MainWindow, folder: Path
+) -> tuple[float, list[float], tuple[float, float]]:
     """With the Space tab shown: open the folder, then click every node. Seconds from the
     first selection until its account appears (counted on a worker), seconds for each later
     click (from the cache), and the longest GUI stall over all of it (wall, CPU)."""
@@ -220,17 +226,20 @@ def measure_space(app: QApplication, window: MainWindow, folder: Path
 def row(name: str, values: list[float], scale: float, limit: float, digits: int = 0) -> str:
     """One table line: max first (what the target is judged on), then median and min."""
     worst = max(values) * scale
-    return (f"{name:<46}{worst:>9.{digits}f}{statistics.median(values) * scale:>9.{digits}f}"
-            f"{min(values) * scale:>9.{digits}f}  <= {limit:<5g}"
-            f"{'met' if worst <= limit else 'MISSED'}")
+    return (
+        f"{name:<46}{worst:>9.{digits}f}{statistics.median(values) * scale:>9.{digits}f}"
+        f"{min(values) * scale:>9.{digits}f}  <= {limit:<5g}"
+        f"{'met' if worst <= limit else 'MISSED'}"
+    )
 
 
 def main() -> None:
     """Run the benchmark and print a table."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--space-only", action="store_true",
-                        help="measure only the Space tab (a shorter run)")
+    parser.add_argument(
+        "--space-only", action="store_true", help="measure only the Space tab (a shorter run)"
+    )
     args = parser.parse_args()
     app = QApplication.instance() or QApplication([])
     assert isinstance(app, QApplication)
@@ -250,8 +259,7 @@ def main() -> None:
         folder = big_vm(Path(tmp) / "big")
         for run in range(0 if args.space_only else args.runs):
             # A fresh window per run: nothing cached from the previous one.
-            settings = QSettings(str(Path(tmp) / f"settings{run}.ini"),
-                                 QSettings.Format.IniFormat)
+            settings = QSettings(str(Path(tmp) / f"settings{run}.ini"), QSettings.Format.IniFormat)
             window = MainWindow(settings=settings)
             window.resize(1400, 900)
             window.show()
@@ -289,9 +297,11 @@ def main() -> None:
             window.deleteLater()
             app.processEvents()
     load = os.getloadavg()
-    print(f"{args.runs} runs; {clicks} nodes clicked per run; stall = longest gap between "
-          f"{PERIOD_MS} ms GUI-thread beats; load average at the end {load[0]:.2f} on "
-          f"{os.cpu_count()} CPUs (stalls mean something only on a quiet machine)")
+    print(
+        f"{args.runs} runs; {clicks} nodes clicked per run; stall = longest gap between "
+        f"{PERIOD_MS} ms GUI-thread beats; load average at the end {load[0]:.2f} on "
+        f"{os.cpu_count()} CPUs (stalls mean something only on a quiet machine)"
+    )
     print(f"{'measure':<46}{'max':>9}{'median':>9}{'min':>9}  target")
     if not args.space_only:
         print(row("open 2 TiB VM folder: trees + block map (s)", drawn, 1, 1.0, 3))

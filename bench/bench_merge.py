@@ -92,10 +92,12 @@ def _fill(path: Path, header: fmt.VdiHeader, blocks: np.ndarray, seed: int) -> N
         os.close(fd)
 
 
-_HW = ('<Hardware><Memory RAMSize="1024"/><StorageControllers>'
-       '<StorageController name="SATA" type="AHCI" PortCount="1">'
-       '<AttachedDevice type="HardDisk" port="0" device="0"><Image uuid="{%s}"/>'
-       "</AttachedDevice></StorageController></StorageControllers></Hardware>")
+_HW = (
+    '<Hardware><Memory RAMSize="1024"/><StorageControllers>'
+    '<StorageController name="SATA" type="AHCI" PortCount="1">'
+    '<AttachedDevice type="HardDisk" port="0" device="0"><Image uuid="{%s}"/>'
+    "</AttachedDevice></StorageController></StorageControllers></Hardware>"
+)
 VBOX = (
     '<?xml version="1.0"?>\n<VirtualBox xmlns="http://www.virtualbox.org/" '
     'version="1.19-linux">\n'
@@ -124,27 +126,34 @@ def build(folder: Path, base_mib: int, diff_mib: int) -> Path:
     count = diff_mib * MIB // base_h.block_size
     step = max(1, base_h.blocks // count)
     _fill(diff, diff_h, np.arange(0, base_h.blocks, step)[:count], seed=2)
-    (folder / "bench.vbox").write_text(VBOX % {
-        "vm": uuidlib.uuid4(), "snap": uuidlib.uuid4(), "base": base_h.uuid,
-        "diff": diff_h.uuid})
+    (folder / "bench.vbox").write_text(
+        VBOX
+        % {"vm": uuidlib.uuid4(), "snap": uuidlib.uuid4(), "base": base_h.uuid, "diff": diff_h.uuid}
+    )
     return diff
 
 
 def child(folder: Path, keep_undo: bool) -> None:
     from vdigui.engine.operations.merge import plan_snapshot_delete, run_merge
+
     before = _io_counters()
     started = time.perf_counter()
     plan = plan_snapshot_delete(folder, "before", keep_undo=keep_undo)
     result = run_merge(plan)
     seconds = time.perf_counter() - started
     after = _io_counters()
-    print(json.dumps({
-        "seconds": seconds, "wchar": after["wchar"] - before["wchar"],
-        "write_bytes": after["write_bytes"] - before["write_bytes"],
-        "data_bytes": result.bytes_written,
-        "must_move": plan.steps[0].costs[0].bytes,
-        "maxrss_kib": _vm_hwm_kib(),
-    }))
+    print(
+        json.dumps(
+            {
+                "seconds": seconds,
+                "wchar": after["wchar"] - before["wchar"],
+                "write_bytes": after["write_bytes"] - before["write_bytes"],
+                "data_bytes": result.bytes_written,
+                "must_move": plan.steps[0].costs[0].bytes,
+                "maxrss_kib": _vm_hwm_kib(),
+            }
+        )
+    )
 
 
 def run_row(root: Path, args: argparse.Namespace, keep_undo: bool) -> dict[str, float]:
@@ -170,16 +179,25 @@ def run_row(root: Path, args: argparse.Namespace, keep_undo: bool) -> dict[str, 
     r = json.loads(out.stdout.strip().splitlines()[-1])
     if not args.keep:
         shutil.rmtree(folder, ignore_errors=True)
-    row = {"plain": plain, "seconds": r["seconds"], "wchar": r["wchar"],
-           "must_move": r["must_move"], "data": r["data_bytes"],
-           "peak_mib": r["maxrss_kib"] / 1024, "load_before": load,
-           "load_after": os.getloadavg()[0], "built": built}
+    row = {
+        "plain": plain,
+        "seconds": r["seconds"],
+        "wchar": r["wchar"],
+        "must_move": r["must_move"],
+        "data": r["data_bytes"],
+        "peak_mib": r["maxrss_kib"] / 1024,
+        "load_before": load,
+        "load_after": os.getloadavg()[0],
+        "built": built,
+    }
     row["ratio_time"] = row["seconds"] / plain
     row["ratio_bytes"] = row["wchar"] / row["must_move"]
-    print(f"  {_label(keep_undo):<27} merge {row['seconds']:5.2f} s, plain copy {plain:5.2f} s "
-          f"-> {row['ratio_time']:.2f}x; written {row['wchar'] / MIB:6.1f} MiB of "
-          f"{row['must_move'] / MIB:.0f} MiB to move -> {row['ratio_bytes']:.3f}x; "
-          f"RSS {row['peak_mib']:.0f} MiB; load {load:.2f} -> {row['load_after']:.2f}")
+    print(
+        f"  {_label(keep_undo):<27} merge {row['seconds']:5.2f} s, plain copy {plain:5.2f} s "
+        f"-> {row['ratio_time']:.2f}x; written {row['wchar'] / MIB:6.1f} MiB of "
+        f"{row['must_move'] / MIB:.0f} MiB to move -> {row['ratio_bytes']:.3f}x; "
+        f"RSS {row['peak_mib']:.0f} MiB; load {load:.2f} -> {row['load_after']:.2f}"
+    )
     return row
 
 
@@ -193,13 +211,24 @@ def main() -> int:
     parser.add_argument("--diff-mib", type=int, default=1024)
     parser.add_argument("--dir", type=Path, default=None)
     parser.add_argument("--keep", action="store_true")
-    parser.add_argument("--rounds", type=int, default=3,
-                        help="runs per row, alternating rows (default 3)")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="runs per row, alternating rows (default 3)"
+    )
     only = parser.add_mutually_exclusive_group()
-    only.add_argument("--no-undo", dest="rows", action="store_const", const=(False,),
-                      help="only the row without undo data (roll-forward recovery)")
-    only.add_argument("--undo", dest="rows", action="store_const", const=(True,),
-                      help="only the default row (undo data kept, before-images written)")
+    only.add_argument(
+        "--no-undo",
+        dest="rows",
+        action="store_const",
+        const=(False,),
+        help="only the row without undo data (roll-forward recovery)",
+    )
+    only.add_argument(
+        "--undo",
+        dest="rows",
+        action="store_const",
+        const=(True,),
+        help="only the default row (undo data kept, before-images written)",
+    )
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -207,8 +236,10 @@ def main() -> int:
         return 0
     rows: tuple[bool, ...] = args.rows or (True, False)
     root = Path(tempfile.mkdtemp(prefix="vdigui-bench-", dir=args.dir))
-    print(f"{args.base_mib} MiB base, {args.diff_mib} MiB diff (every 4th block overwrites a "
-          f"base slot), verified; {args.rounds} round(s); load {os.getloadavg()[0]:.2f}")
+    print(
+        f"{args.base_mib} MiB base, {args.diff_mib} MiB diff (every 4th block overwrites a "
+        f"base slot), verified; {args.rounds} round(s); load {os.getloadavg()[0]:.2f}"
+    )
     runs: dict[bool, list[dict[str, float]]] = {keep: [] for keep in rows}
     try:
         for _ in range(max(1, args.rounds)):
@@ -220,8 +251,10 @@ def main() -> int:
     # The fastest run of each is the one least disturbed by other load on a shared machine
     # (plain copies varied from 0.7 to 3 s under load here): the targets use those; the
     # medians are given beside them.
-    print("| row | merge s (min / median) | plain copy s (min / median) | time ratio of the "
-          "minimums (<= 1.5) | of the medians | bytes ratio (<= 1.1) | peak RSS MiB (<= 200) |")
+    print(
+        "| row | merge s (min / median) | plain copy s (min / median) | time ratio of the "
+        "minimums (<= 1.5) | of the medians | bytes ratio (<= 1.1) | peak RSS MiB (<= 200) |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- |")
     ok = True
     for keep, results in runs.items():
@@ -231,9 +264,11 @@ def main() -> int:
         typical = statistics.median(merge) / statistics.median(plain)
         written = max(r["ratio_bytes"] for r in results)
         peak = max(r["peak_mib"] for r in results)
-        print(f"| {_label(keep)} | {min(merge):.2f} / {statistics.median(merge):.2f} | "
-              f"{min(plain):.2f} / {statistics.median(plain):.2f} | {fastest:.2f} | "
-              f"{typical:.2f} | {written:.3f} | {peak:.0f} |")
+        print(
+            f"| {_label(keep)} | {min(merge):.2f} / {statistics.median(merge):.2f} | "
+            f"{min(plain):.2f} / {statistics.median(plain):.2f} | {fastest:.2f} | "
+            f"{typical:.2f} | {written:.3f} | {peak:.0f} |"
+        )
         if not keep:  # the targets are for the row without undo data (see the docstring)
             ok = fastest <= 1.5 and written <= 1.1 and peak <= 200
     print(f"load at the end {os.getloadavg()[0]:.2f}; {'PASS' if ok else 'FAIL'}")

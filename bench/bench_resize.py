@@ -58,22 +58,33 @@ MEMORY_LIMIT_MIB = 150
 def build(path: Path, disk_blocks: int, data_mib: int, seed: int) -> Path:
     """A dynamic image of ``disk_blocks`` MiB with ``data_mib`` blocks of data spread over it."""
     chosen = random.Random(seed).sample(range(disk_blocks), data_mib)
-    return bc.build_stream(path, disk_blocks, lambda b: bc.pattern(b, MIB), seed=seed,
-                           stored=chosen, disk_blocks=disk_blocks)
+    return bc.build_stream(
+        path,
+        disk_blocks,
+        lambda b: bc.pattern(b, MIB),
+        seed=seed,
+        stored=chosen,
+        disk_blocks=disk_blocks,
+    )
 
 
 def fresh(work: Path, source: Path) -> str:
     """The --prepare step: a fresh copy of ``source`` alone in ``work``."""
-    return bc.prep(f"rm -rf '{work}'", f"mkdir -p '{work}'",
-                   f"cp --sparse=always '{source}' '{work}/disk.vdi'", "sync")
+    return bc.prep(
+        f"rm -rf '{work}'",
+        f"mkdir -p '{work}'",
+        f"cp --sparse=always '{source}' '{work}/disk.vdi'",
+        "sync",
+    )
 
 
 def peak_mib(command: list[str], prepare: str) -> float:
     """Peak RSS (MiB) of ``command`` after ``prepare``, from GNU time (-f %M, KiB)."""
     subprocess.run(prepare, shell=True, check=True)
     time_tool = bc.require("/usr/bin/time", "time")
-    done = subprocess.run([time_tool, "-f", "%M", *command], capture_output=True, text=True,
-                          env=bc.RUN_ENV)
+    done = subprocess.run(
+        [time_tool, "-f", "%M", *command], capture_output=True, text=True, env=bc.RUN_ENV
+    )
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed: {done.stderr.strip()}")
     return int(done.stderr.strip().splitlines()[-1]) / 1024
@@ -110,13 +121,14 @@ def main() -> int:
         # 1. no data moves: vdictl alone, against the 0.5 s target.
         work = folder / "w-nomove"
         target = 2 * TIB
-        stats = bc.alternate({"vdictl resize (no move)": f"'{vdictl}' resize "
-                              f"'{work}/disk.vdi' --size {target}"},
-                             {"vdictl resize (no move)": fresh(work, small)},
-                             args.rounds, folder)
+        stats = bc.alternate(
+            {"vdictl resize (no move)": f"'{vdictl}' resize '{work}/disk.vdi' --size {target}"},
+            {"vdictl resize (no move)": fresh(work, small)},
+            args.rounds,
+            folder,
+        )
         wall = stats["vdictl resize (no move)"]["wall"]
-        bc.show("grow 2 TiB less 1 GiB -> 2 TiB, no data moves", stats, [], args.rounds,
-                started)
+        bc.show("grow 2 TiB less 1 GiB -> 2 TiB, no data moves", stats, [], args.rounds, started)
         verdict = "met" if wall <= 0.5 else f"MISSED by {100 * (wall / 0.5 - 1):.0f} %"
         line = f"grow to 2 TiB, no data moves: median {wall:.3f} s (target <= 0.5 s): {verdict}"
         print("  " + line)
@@ -128,37 +140,57 @@ def main() -> int:
         work_v, work_d = folder / "w-grow", folder / "w-dd"
         dd = bc.require("dd", "coreutils")
         commands = {
-            "vdictl resize (map grows)": f"'{vdictl}' resize '{work_v}/disk.vdi' "
-                                         f"--size {new_size}",
+            "vdictl resize (map grows)": f"'{vdictl}' resize '{work_v}/disk.vdi' --size {new_size}",
             "dd of the moved slots": f"'{dd}' if='{work_d}/disk.vdi' of='{work_d}/disk.vdi' "
-                                     f"bs=1M skip={first // MIB} seek={end // MIB} count={k} "
-                                     "conv=notrunc,fsync status=none",
+            f"bs=1M skip={first // MIB} seek={end // MIB} count={k} "
+            "conv=notrunc,fsync status=none",
         }
-        prepare = {"vdictl resize (map grows)": fresh(work_v, big),
-                   "dd of the moved slots": fresh(work_d, big)}
+        prepare = {
+            "vdictl resize (map grows)": fresh(work_v, big),
+            "dd of the moved slots": fresh(work_d, big),
+        }
         stats = bc.alternate(commands, prepare, args.rounds, folder)
-        summary += bc.show(f"grow 2 TiB -> {args.grow_tib} TiB: {k} slots ({k} MiB) move",
-                           stats, [("vdictl resize (map grows)", "dd of the moved slots", 1.2)],
-                           args.rounds, started)
+        summary += bc.show(
+            f"grow 2 TiB -> {args.grow_tib} TiB: {k} slots ({k} MiB) move",
+            stats,
+            [("vdictl resize (map grows)", "dd of the moved slots", 1.2)],
+            args.rounds,
+            started,
+        )
 
         # 3. peak memory of both resizes.
         print(f"\n## peak memory (target <= {MEMORY_LIMIT_MIB} MiB)")
-        for name, where, source, size in (("no move", work, small, target),
-                                         ("map grows", work_v, big, new_size)):
-            mib = peak_mib([vdictl, "resize", str(where / "disk.vdi"), "--size", str(size)],
-                           fresh(where, source))
-            verdict = ("met" if mib <= MEMORY_LIMIT_MIB else
-                       f"MISSED by {100 * (mib / MEMORY_LIMIT_MIB - 1):.0f} %")
+        for name, where, source, size in (
+            ("no move", work, small, target),
+            ("map grows", work_v, big, new_size),
+        ):
+            mib = peak_mib(
+                [vdictl, "resize", str(where / "disk.vdi"), "--size", str(size)],
+                fresh(where, source),
+            )
+            verdict = (
+                "met"
+                if mib <= MEMORY_LIMIT_MIB
+                else f"MISSED by {100 * (mib / MEMORY_LIMIT_MIB - 1):.0f} %"
+            )
             line = f"peak RSS, vdictl resize ({name}): {mib:.1f} MiB: {verdict}"
             print("  " + line)
             summary.append(line)
         print(f"\n## summary (load at start {started}, at end {bc.load()})")
         for line in summary:
             print("  " + line)
-        (folder / "summary.json").write_text(json.dumps(
-            {"load_start": started, "load_end": bc.load(), "lines": summary,
-             "median_no_move_s": wall,
-             "medians": {n: s["wall"] for n, s in stats.items()}}, indent=2))
+        (folder / "summary.json").write_text(
+            json.dumps(
+                {
+                    "load_start": started,
+                    "load_end": bc.load(),
+                    "lines": summary,
+                    "median_no_move_s": wall,
+                    "medians": {n: s["wall"] for n, s in stats.items()},
+                },
+                indent=2,
+            )
+        )
     finally:
         if args.dir is None and not args.keep:
             shutil.rmtree(folder, ignore_errors=True)

@@ -198,8 +198,11 @@ def write_raw(path: Path, img: RawImage) -> Path:
     with open(path, "wb") as f:
         f.write(pack_header(h))
         f.seek(h.map_offset)
-        f.write(img.map_bytes if img.map_bytes is not None
-                else struct.pack(f"<{len(img.entries)}I", *img.entries))
+        f.write(
+            img.map_bytes
+            if img.map_bytes is not None
+            else struct.pack(f"<{len(img.entries)}I", *img.entries)
+        )
         extra = bytes([img.extra_fill]) * h.extra
         for i, data in enumerate(img.slots):
             if data is None:
@@ -249,7 +252,7 @@ def model_read(layers: Sequence[Mapping[int, Content]], disk_size: int, block_si
             if not isinstance(c, str):
                 start = b * block_size
                 n = min(block_size, disk_size - start)
-                out[start:start + n] = c[:n]
+                out[start : start + n] = c[:n]
             break
     return bytes(out)
 
@@ -297,9 +300,14 @@ def build_image(
     else:
         kind = 1
     h = RawHeader(
-        banner=banner, version=version, header_size=header_size,
+        banner=banner,
+        version=version,
+        header_size=header_size,
         image_type=kind if image_type is None else image_type,
-        disk_size=disk_size, block_size=block_size, block_extra=block_extra, blocks=n_blocks,
+        disk_size=disk_size,
+        block_size=block_size,
+        block_extra=block_extra,
+        blocks=n_blocks,
         uuid_linkage=parent.uuid_create if parent else NULL,
         uuid_parent_modify=parent.uuid_modify if parent else NULL,
     )
@@ -369,8 +377,7 @@ class BuiltChain:
 
     def expected_upto(self, depth: int) -> bytes:
         """What the first ``depth`` layers show."""
-        return model_read([b.layer for b in self.images[:depth]], self.disk_size,
-                          self.block_size)
+        return model_read([b.layer for b in self.images[:depth]], self.disk_size, self.block_size)
 
 
 def build_chain(
@@ -395,15 +402,29 @@ def build_chain(
         parent = built[-1].header if built else None
         default = "base.vdi" if depth == 0 else f"{{{uuidlib.uuid4()}}}.vdi"
         name = names[depth] if names else default
-        b = build_image(folder / name, disk_size, layer, block_size=block_size, parent=parent,
-                        slot_order=slot_order, seed=seed + depth, **kwargs)  # type: ignore[arg-type]
+        b = build_image(
+            folder / name,
+            disk_size,
+            layer,
+            block_size=block_size,
+            parent=parent,
+            slot_order=slot_order,
+            seed=seed + depth,
+            **kwargs,
+        )  # type: ignore[arg-type]
         built.append(b)
     expected = model_read([b.layer for b in built], disk_size, block_size)
     return BuiltChain(built, expected, disk_size, block_size)
 
 
-def random_layers(rng: random.Random, blocks: int, block_size: int, depth: int,
-                  density: float = 0.5, zero_share: float = 0.2) -> list[dict[int, Content]]:
+def random_layers(
+    rng: random.Random,
+    blocks: int,
+    block_size: int,
+    depth: int,
+    density: float = 0.5,
+    zero_share: float = 0.2,
+) -> list[dict[int, Content]]:
     """Random layer contents: each block of each layer is data, ZERO or FREE."""
     layers: list[dict[int, Content]] = []
     for d in range(depth):
@@ -432,32 +453,43 @@ def folder_state(folder: Path) -> dict[str, tuple[int, int, str]]:
         if p.is_file():
             st = p.stat()
             state[str(p.relative_to(folder))] = (
-                st.st_size, st.st_mtime_ns, hashlib.sha256(p.read_bytes()).hexdigest())
+                st.st_size,
+                st.st_mtime_ns,
+                hashlib.sha256(p.read_bytes()).hexdigest(),
+            )
     return state
 
 
-def write_vbox(path: Path, machine_uuid: uuidlib.UUID, name: str,
-               disks: Sequence[tuple[uuidlib.UUID, str, Sequence[tuple[uuidlib.UUID, str]]]],
-               version: str = "1.19",
-               snapshot: tuple[str, uuidlib.UUID] | None = None) -> Path:
+def write_vbox(
+    path: Path,
+    machine_uuid: uuidlib.UUID,
+    name: str,
+    disks: Sequence[tuple[uuidlib.UUID, str, Sequence[tuple[uuidlib.UUID, str]]]],
+    version: str = "1.19",
+    snapshot: tuple[str, uuidlib.UUID] | None = None,
+) -> Path:
     """A minimal .vbox (reference 6.6): one machine, base disks with nested diffs.
 
     ``disks`` is a list of (uuid, location, [(diff uuid, diff location), ...]); each diff is
     nested under the previous one and the current state attaches the last. With ``snapshot``
     = (name, uuid), one snapshot attaches the image below each top (what it froze).
     """
+
     def hd(u: uuidlib.UUID, loc: str, base: bool, inner: str) -> str:
         kind = ' type="Normal"' if base else ""
-        return (f'<HardDisk uuid="{{{u}}}" location="{loc}" format="VDI"{kind}>'
-                f"{inner}</HardDisk>")
+        return f'<HardDisk uuid="{{{u}}}" location="{loc}" format="VDI"{kind}>{inner}</HardDisk>'
 
     def controllers(uuids: Sequence[uuidlib.UUID]) -> str:
         attach = "".join(
             f'<AttachedDevice type="HardDisk" hotpluggable="false" port="{port}" device="0">'
-            f'<Image uuid="{{{u}}}"/></AttachedDevice>' for port, u in enumerate(uuids))
-        return (f'<StorageControllers><StorageController name="SATA" type="AHCI" '
-                f'PortCount="{max(1, len(uuids))}">{attach}</StorageController>'
-                "</StorageControllers>")
+            f'<Image uuid="{{{u}}}"/></AttachedDevice>'
+            for port, u in enumerate(uuids)
+        )
+        return (
+            f'<StorageControllers><StorageController name="SATA" type="AHCI" '
+            f'PortCount="{max(1, len(uuids))}">{attach}</StorageController>'
+            "</StorageControllers>"
+        )
 
     parts = []
     for u, loc, diffs in disks:
@@ -472,9 +504,11 @@ def write_vbox(path: Path, machine_uuid: uuidlib.UUID, name: str,
         snap_name, snap_uuid = snapshot
         frozen = [c[-2] if len(c) > 1 else c[-1] for c in chains]
         current_attr = f' currentSnapshot="{{{snap_uuid}}}"'
-        snap_xml = (f'<Snapshot uuid="{{{snap_uuid}}}" name="{snap_name}" '
-                    f'timeStamp="2024-01-01T00:00:00Z"><Hardware>{controllers(frozen)}'
-                    "</Hardware></Snapshot>")
+        snap_xml = (
+            f'<Snapshot uuid="{{{snap_uuid}}}" name="{snap_name}" '
+            f'timeStamp="2024-01-01T00:00:00Z"><Hardware>{controllers(frozen)}'
+            "</Hardware></Snapshot>"
+        )
     text = f"""<?xml version="1.0"?>
 <VirtualBox xmlns="http://www.virtualbox.org/" version="{version}-linux">
   <Machine uuid="{{{machine_uuid}}}" name="{name}" OSType="Linux_64"
@@ -496,11 +530,20 @@ def sparse_file_blocks(path: Path) -> int:
 
 # -- a VM for the discard advisor ---------------------------------------------------------
 
-def _trim_vbox(sata: uuidlib.UUID, fixed: uuidlib.UUID, ide: uuidlib.UUID, scsi: uuidlib.UUID,
-               nvme: uuidlib.UUID, snap: uuidlib.UUID) -> str:
+
+def _trim_vbox(
+    sata: uuidlib.UUID,
+    fixed: uuidlib.UUID,
+    ide: uuidlib.UUID,
+    scsi: uuidlib.UUID,
+    nvme: uuidlib.UUID,
+    snap: uuidlib.UUID,
+) -> str:
     def dev(port: int, u: uuidlib.UUID, extra: str = "") -> str:
-        return (f'<AttachedDevice{extra} type="HardDisk" hotpluggable="false" port="{port}" '
-                f'device="0"><Image uuid="{{{u}}}"/></AttachedDevice>')
+        return (
+            f'<AttachedDevice{extra} type="HardDisk" hotpluggable="false" port="{port}" '
+            f'device="0"><Image uuid="{{{u}}}"/></AttachedDevice>'
+        )
 
     def hd(u: uuidlib.UUID, name: str) -> str:
         return f'<HardDisk uuid="{{{u}}}" location="{name}" format="VDI" type="Normal"/>'
@@ -556,11 +599,21 @@ def build_trim_vm(folder: Path, qemu_img: str) -> Path:
     uuids = {}
     for name in ("sata", "fixed", "ide", "scsi", "nvme"):
         opts = ["-o", "static=on"] if name == "fixed" else []
-        subprocess.run([qemu_img, "create", "-q", "-f", "vdi", *opts,
-                        str(folder / f"{name}.vdi"), "4M"], check=True)
+        subprocess.run(
+            [qemu_img, "create", "-q", "-f", "vdi", *opts, str(folder / f"{name}.vdi"), "4M"],
+            check=True,
+        )
         raw = (folder / f"{name}.vdi").read_bytes()[0x188:0x198]
         uuids[name] = uuidlib.UUID(bytes_le=raw)  # uuidCreate, little-endian fields
     (folder / "Trim.vbox").write_text(
-        _trim_vbox(uuids["sata"], uuids["fixed"], uuids["ide"], uuids["scsi"], uuids["nvme"],
-                   uuidlib.uuid4()), encoding="utf-8")
+        _trim_vbox(
+            uuids["sata"],
+            uuids["fixed"],
+            uuids["ide"],
+            uuids["scsi"],
+            uuids["nvme"],
+            uuidlib.uuid4(),
+        ),
+        encoding="utf-8",
+    )
     return folder

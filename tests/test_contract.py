@@ -34,8 +34,9 @@ BLOCKER = textwrap.dedent("""
 
 def run_blocked(body: str, *args: str) -> subprocess.CompletedProcess[str]:
     code = BLOCKER + textwrap.dedent(body)
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
-                          timeout=120, cwd=REPO)
+    return subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120, cwd=REPO
+    )
 
 
 def test_blocker_really_blocks() -> None:
@@ -54,9 +55,14 @@ def test_blocker_really_blocks() -> None:
 
 
 def test_engine_and_cli_run_without_qt(tmp_path: Path) -> None:
-    ch = build_chain(tmp_path, 4 * MIB, [{0: pattern(0, MIB)}, {1: pattern(1, MIB), 2: "zero"}],
-                     names=["base.vdi", "leaf.vdi"])
-    r = run_blocked("""
+    ch = build_chain(
+        tmp_path,
+        4 * MIB,
+        [{0: pattern(0, MIB)}, {1: pattern(1, MIB), 2: "zero"}],
+        names=["base.vdi", "leaf.vdi"],
+    )
+    r = run_blocked(
+        """
         import json, sys
         import vdigui.engine
         from vdigui.engine import open_chain
@@ -82,14 +88,23 @@ def test_engine_and_cli_run_without_qt(tmp_path: Path) -> None:
                      if m.split(".")[0] in ("PySide6", "shiboken6", "pyqtgraph")
                      or m.startswith("vdigui.gui"))
         print("RESULT", json.dumps({"codes": codes, "bad": bad}))
-    """, str(ch.leaf), str(tmp_path / "out.raw"))
+    """,
+        str(ch.leaf),
+        str(tmp_path / "out.raw"),
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert "usage: vdictl" in r.stdout
     assert "Traceback" not in r.stderr
     result = json.loads(r.stdout.rsplit("RESULT ", 1)[1])
     assert result["bad"] == []
-    assert result["codes"] == {"info": 0, "info-json": 0, "map": 0, "check": 0, "frag": 0,
-                               "export": 0}
+    assert result["codes"] == {
+        "info": 0,
+        "info-json": 0,
+        "map": 0,
+        "check": 0,
+        "frag": 0,
+        "export": 0,
+    }
     assert (tmp_path / "out.raw").read_bytes() == ch.expected
 
 
@@ -104,17 +119,22 @@ def _imports(path: Path) -> list[tuple[int, str]]:
             found += [(node.lineno, alias.name) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             if node.level:
-                base = package[:len(package) - node.level + 1]
+                base = package[: len(package) - node.level + 1]
                 mod = ".".join(base + ([node.module] if node.module else []))
             else:
                 mod = node.module or ""
             found.append((node.lineno, mod))
             found += [(node.lineno, f"{mod}.{alias.name}") for alias in node.names]
-        elif (isinstance(node, ast.Call) and node.args
-              and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)
-              and ((isinstance(node.func, ast.Name) and node.func.id == "__import__")
-                   or (isinstance(node.func, ast.Attribute)
-                       and node.func.attr == "import_module"))):
+        elif (
+            isinstance(node, ast.Call)
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+            and (
+                (isinstance(node.func, ast.Name) and node.func.id == "__import__")
+                or (isinstance(node.func, ast.Attribute) and node.func.attr == "import_module")
+            )
+        ):
             found.append((node.lineno, node.args[0].value))
     return found
 
@@ -127,14 +147,20 @@ def _sources() -> list[Path]:
 
 def test_sources_exist() -> None:
     names = {p.relative_to(REPO).as_posix() for p in _sources()}
-    assert {"vdigui/engine/__init__.py", "vdigui/engine/format.py",
-            "vdigui/cli/__init__.py"} <= names
+    assert {
+        "vdigui/engine/__init__.py",
+        "vdigui/engine/format.py",
+        "vdigui/cli/__init__.py",
+    } <= names
 
 
 @pytest.mark.parametrize("path", _sources(), ids=lambda p: p.relative_to(REPO).as_posix())
 def test_no_gui_imports_in_engine_or_cli(path: Path) -> None:
-    bad = [(line, name) for line, name in _imports(path)
-           if any(name == f or name.startswith(f + ".") for f in FORBIDDEN)]
+    bad = [
+        (line, name)
+        for line, name in _imports(path)
+        if any(name == f or name.startswith(f + ".") for f in FORBIDDEN)
+    ]
     assert not bad, f"{path.relative_to(REPO)} imports GUI modules: {bad}"
 
 
@@ -148,14 +174,24 @@ def test_import_scanner_catches_relative_gui_import(tmp_path: Path) -> None:
     assert "vdigui.gui" in names and "PySide6" in names
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "vdigui" / "gui").rglob("*.py")),
-                         ids=lambda p: p.relative_to(REPO).as_posix())
+@pytest.mark.parametrize(
+    "path",
+    sorted((REPO / "vdigui" / "gui").rglob("*.py")),
+    ids=lambda p: p.relative_to(REPO).as_posix(),
+)
 def test_gui_uses_only_the_engines_public_names(path: Path) -> None:
     """The GUI imports ``vdigui.engine`` itself, never its submodules (architecture 2.2)."""
     tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
-    modules = [(node.lineno, node.module or "") for node in ast.walk(tree)
-               if isinstance(node, ast.ImportFrom)]
-    modules += [(node.lineno, alias.name) for node in ast.walk(tree)
-                if isinstance(node, ast.Import) for alias in node.names]
+    modules = [
+        (node.lineno, node.module or "")
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom)
+    ]
+    modules += [
+        (node.lineno, alias.name)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Import)
+        for alias in node.names
+    ]
     deep = [(line, name) for line, name in modules if name.startswith("vdigui.engine.")]
     assert not deep, f"{path.relative_to(REPO)} reaches into engine internals: {deep}"

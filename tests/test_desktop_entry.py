@@ -18,8 +18,9 @@ def _vdigui(*args: str, data_home: Path) -> subprocess.CompletedProcess[str]:
     launcher = Path(sys.executable).parent / "vdigui"
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY")}
     env["XDG_DATA_HOME"] = str(data_home)
-    return subprocess.run([str(launcher), *args], capture_output=True, text=True, timeout=60,
-                          env=env, check=False)
+    return subprocess.run(
+        [str(launcher), *args], capture_output=True, text=True, timeout=60, env=env, check=False
+    )
 
 
 def _keys(text: str) -> dict[str, str]:
@@ -42,8 +43,9 @@ def test_install_writes_entry_and_icon_with_absolute_exec(tmp_path: Path) -> Non
     assert "inode/directory" not in keys["MimeType"], "must not claim every folder"
     assert str(desktop) in done.stdout and str(icon) in done.stdout
     # The entry really starts this vdigui: its Exec program answers --version.
-    version = subprocess.run([keys["TryExec"], "--version"], capture_output=True, text=True,
-                             timeout=60, check=False)
+    version = subprocess.run(
+        [keys["TryExec"], "--version"], capture_output=True, text=True, timeout=60, check=False
+    )
     assert version.stdout.startswith("vdigui ")
 
 
@@ -51,8 +53,13 @@ def test_installed_entry_passes_desktop_file_validate(tmp_path: Path) -> None:
     validate = require_tool("desktop-file-validate")
     data = tmp_path / "share"
     assert _vdigui("--install-desktop-entry", data_home=data).returncode == 0
-    result = subprocess.run([validate, str(data / "applications" / "vdigui.desktop")],
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [validate, str(data / "applications" / "vdigui.desktop")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0 and not result.stdout.strip(), result.stdout
 
 
@@ -63,8 +70,9 @@ def test_exec_quoting_survives_odd_paths(tmp_path: Path, folder: str) -> None:
     text = entry_text([program])
     path = tmp_path / "vdigui.desktop"
     path.write_text(text, encoding="utf-8")
-    result = subprocess.run([validate, str(path)], capture_output=True, text=True, timeout=60,
-                            check=False)
+    result = subprocess.run(
+        [validate, str(path)], capture_output=True, text=True, timeout=60, check=False
+    )
     assert result.returncode == 0 and not result.stdout.strip(), result.stdout
     # Undo the two escaping layers of the spec by hand and get the path back.
     exec_value = _keys(text)["Exec"].removesuffix(" %f")
@@ -87,8 +95,9 @@ def test_uninstall_removes_exactly_what_install_wrote(tmp_path: Path) -> None:
     apps = data / "applications"
     apps.mkdir(parents=True)
     neighbour = apps / "other.desktop"
-    neighbour.write_text("[Desktop Entry]\nType=Application\nName=Other\nExec=other\n",
-                         encoding="utf-8")
+    neighbour.write_text(
+        "[Desktop Entry]\nType=Application\nName=Other\nExec=other\n", encoding="utf-8"
+    )
     assert _vdigui("--install-desktop-entry", data_home=data).returncode == 0
     done = _vdigui("--uninstall-desktop-entry", data_home=data)
     assert done.returncode == 0, done.stderr

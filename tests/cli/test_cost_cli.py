@@ -34,14 +34,24 @@ def cost_json(vm: VmBuilder, capsys: pytest.CaptureFixture[str], *extra: str) ->
 
 
 def test_json_is_a_list_of_objects_with_the_plan_figures(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     vm = three(tmp_path)
     doc = cost_json(vm, capsys, "--rate", "100")
     assert isinstance(doc, list) and [d["name"] for d in doc] == ["base install", "two", "three"]
     for item in doc:
-        for key in ("name", "uuid", "frees", "copies", "needs", "only_here",
-                    "frees_keeping_undo", "frees_without_undo", "seconds_estimate",
-                    "refused_reason"):
+        for key in (
+            "name",
+            "uuid",
+            "frees",
+            "copies",
+            "needs",
+            "only_here",
+            "frees_keeping_undo",
+            "frees_without_undo",
+            "seconds_estimate",
+            "refused_reason",
+        ):
             assert key in item, key
         assert item["uuid"] == str(vm.snap(item["name"]).uuid)
         kept = mg.plan_snapshot_delete(vm.folder, item["name"])
@@ -57,7 +67,8 @@ def test_json_is_a_list_of_objects_with_the_plan_figures(
 
 
 def test_refused_snapshot_has_a_reason_and_no_figures(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     vm = three(tmp_path)
     vm.restore(vm.snap("two"))  # 'two' is current and has a child: VirtualBox refuses
     doc = cost_json(vm, capsys)
@@ -73,7 +84,7 @@ def test_table_columns_are_aligned(tmp_path: Path, capsys: pytest.CaptureFixture
     vm = three(tmp_path)
     assert main(["snapshot", "list", str(vm.folder), "--cost", "--rate", "50"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    table = lines[:lines.index("")]
+    table = lines[: lines.index("")]
     assert table[0].split()[:4] == ["Snapshot", "Only", "here", "Frees"]
     assert len(table) == 4
     assert len({len(line) for line in table}) == 1, table  # right-aligned to the same edge
@@ -86,7 +97,8 @@ def test_table_columns_are_aligned(tmp_path: Path, capsys: pytest.CaptureFixture
 
 
 def test_order_picks_the_cheapest_and_says_so(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     vm = three(tmp_path)
     capsys.readouterr()
     assert main(["snapshot", "list", str(vm.folder), "--order", "two", "three", "--json"]) == 0
@@ -103,10 +115,12 @@ def test_order_picks_the_cheapest_and_says_so(
     assert set(both) == {"snapshots", "order"} and both["order"]["order"] == ["two"]
 
 
-@pytest.mark.parametrize("args", [["--order", "nope"], ["--cost", "--rate", "0"],
-                                  ["--cost", "--json"]])
-def test_errors_are_one_sentence(tmp_path: Path, capsys: pytest.CaptureFixture[str],
-                                 args: list[str]) -> None:
+@pytest.mark.parametrize(
+    "args", [["--order", "nope"], ["--cost", "--rate", "0"], ["--cost", "--json"]]
+)
+def test_errors_are_one_sentence(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str]
+) -> None:
     vm = three(tmp_path)
     target = vm.folder if args[-1] != "--json" else tmp_path / "missing"
     capsys.readouterr()
@@ -121,7 +135,11 @@ def test_every_option_has_help(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         main(["snapshot", "list", "--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for option, words in (("--cost", "frees, copies and needs"), ("--order", "cheapest order"),
-                          ("--no-undo", "--no-undo"), ("--rate", "copy rate"),
-                          ("--json", "machine-readable")):
+    for option, words in (
+        ("--cost", "frees, copies and needs"),
+        ("--order", "cheapest order"),
+        ("--no-undo", "--no-undo"),
+        ("--rate", "copy rate"),
+        ("--json", "machine-readable"),
+    ):
         assert option in text and words in text, option

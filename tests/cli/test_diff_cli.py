@@ -38,8 +38,19 @@ def test_json_shape_and_content(capsys: pytest.CaptureFixture[str], dvm: DiffVm)
     assert set(doc) == {"a", "b", "changes", "summary", "notes", "stats"}
     assert doc["a"]["state"] == "S1" and doc["b"]["state"] == "current"
     assert len(doc["b"]["images"]) == 3 and len(doc["a"]["images"]) == 1
-    keys = {"volume", "path", "change", "kind", "size_a", "size_b", "delta", "mtime_a",
-            "mtime_b", "content_changed", "decided"}
+    keys = {
+        "volume",
+        "path",
+        "change",
+        "kind",
+        "size_a",
+        "size_b",
+        "delta",
+        "mtime_a",
+        "mtime_b",
+        "content_changed",
+        "decided",
+    }
     assert all(set(c) == keys for c in doc["changes"])
     got = {(c["volume"], c["path"]): (c["change"], c["content_changed"]) for c in doc["changes"]}
     assert got == dvm.expected("S1", "current")
@@ -59,8 +70,9 @@ def test_text_output_marks_each_change(capsys: pytest.CaptureFixture[str], dvm: 
     assert "A  p1:/new.txt  (+30 bytes)" in lines
     assert "D  p1:/hard1  (-13 bytes)" in lines
     assert "A  p1:/newdir/" in lines
-    assert any(line.startswith("M  p1:/etc/hostname  10 bytes -> 30 bytes (+20 bytes)")
-               for line in lines)
+    assert any(
+        line.startswith("M  p1:/etc/hostname  10 bytes -> 30 bytes (+20 bytes)") for line in lines
+    )
     assert any(line.startswith("m  p1:/Ünïcødé ñame.txt") for line in lines)
     assert lines[-1].startswith("3 added, 2 removed, 4 changed")
 

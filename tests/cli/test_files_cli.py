@@ -62,8 +62,14 @@ def vm(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     shutil.copy(ext1, ext2)
     shutil.copy(fat1, fat2)
     (tmp / "host2").write_bytes(b"guest-two, renamed\n")
-    debugfs(ext2, "rm /etc/hostname", f"write {tmp / 'host2'} /etc/hostname",
-            f"write {tmp / 'host2'} /new.txt", "rm /hard1", write=True)
+    debugfs(
+        ext2,
+        "rm /etc/hostname",
+        f"write {tmp / 'host2'} /etc/hostname",
+        f"write {tmp / 'host2'} /new.txt",
+        "rm /hard1",
+        write=True,
+    )
     (tmp / "readme2").write_bytes(b"version two, longer\n")
     run("mcopy", "-o", "-i", fat2, tmp / "readme2", "::/README.TXT")
     run("mdel", "-i", fat2, "::/Old Notes.txt")
@@ -73,29 +79,42 @@ def vm(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
     builder = VmBuilder(tmp / "vm", disk_size=DISK)
     one, two = raw1.read_bytes(), raw2.read_bytes()
     for b in range(DISK // MiB):
-        chunk = one[b * MiB:(b + 1) * MiB]
+        chunk = one[b * MiB : (b + 1) * MiB]
         if chunk.count(0) != MiB:
             builder.write(b * MiB, chunk)
     builder.take_snapshot("S1")
     changed = []
     for b in range(DISK // MiB):
-        if two[b * MiB:(b + 1) * MiB] != one[b * MiB:(b + 1) * MiB]:
-            builder.write(b * MiB, two[b * MiB:(b + 1) * MiB])
+        if two[b * MiB : (b + 1) * MiB] != one[b * MiB : (b + 1) * MiB]:
+            builder.write(b * MiB, two[b * MiB : (b + 1) * MiB])
             changed.append(b)
     assert changed
-    return {"folder": builder.folder, "ext1": ext1, "ext2": ext2, "fat1": fat1, "fat2": fat2,
-            "tree": tree, "raw1": raw1, "starts": starts, "changed": changed,
-            "vdi": to_vdi(raw1, tmp / "v1.vdi")}
+    return {
+        "folder": builder.folder,
+        "ext1": ext1,
+        "ext2": ext2,
+        "fat1": fat1,
+        "fat2": fat2,
+        "tree": tree,
+        "raw1": raw1,
+        "starts": starts,
+        "changed": changed,
+        "vdi": to_vdi(raw1, tmp / "v1.vdi"),
+    }
 
 
 def _state(vm: dict, which: str) -> list[str]:
-    return [str(vm["folder"]), "--snapshot", "S1"] if which == "S1" else [
-        str(vm["folder"]), "--current"]
+    return (
+        [str(vm["folder"]), "--snapshot", "S1"]
+        if which == "S1"
+        else [str(vm["folder"]), "--current"]
+    )
 
 
 @pytest.mark.parametrize("which", ["S1", "current"])
-def test_ls_each_state_equals_debugfs(capsysbinary: pytest.CaptureFixture[bytes], vm: dict,
-                                      which: str) -> None:
+def test_ls_each_state_equals_debugfs(
+    capsysbinary: pytest.CaptureFixture[bytes], vm: dict, which: str
+) -> None:
     image = vm["ext1"] if which == "S1" else vm["ext2"]
     for path in ("/", "/etc", "/a"):
         code, out, err = vdictl(capsysbinary, "ls", *_state(vm, which), f"p1:{path}", "--json")
@@ -110,22 +129,23 @@ def test_ls_each_state_equals_debugfs(capsysbinary: pytest.CaptureFixture[bytes]
 
 
 def test_cat_differs_between_states(capsysbinary: pytest.CaptureFixture[bytes], vm: dict) -> None:
-    for which, image, fat in (("S1", vm["ext1"], vm["fat1"]), ("current", vm["ext2"],
-                                                                 vm["fat2"])):
+    for which, image, fat in (("S1", vm["ext1"], vm["fat1"]), ("current", vm["ext2"], vm["fat2"])):
         code, out, _ = vdictl(capsysbinary, "cat", *_state(vm, which), "p1:/etc/hostname")
         assert code == 0 and out == debugfs_bytes(image, "cat /etc/hostname")
         code, out, _ = vdictl(capsysbinary, "cat", *_state(vm, which), "p2:/README.TXT")
         assert code == 0
         assert out == run("mtype", "-i", fat, "::/README.TXT", text=False).stdout
     assert debugfs_bytes(vm["ext1"], "cat /etc/hostname") != debugfs_bytes(
-        vm["ext2"], "cat /etc/hostname")
+        vm["ext2"], "cat /etc/hostname"
+    )
     code, out, err = vdictl(capsysbinary, "cat", *_state(vm, "current"), "p2:/Old Notes.txt")
     assert code == 1 and err.count("\n") == 1 and "does not exist" in err
     assert "Traceback" not in err
 
 
-def test_ls_lists_volumes_and_needs_one(capsysbinary: pytest.CaptureFixture[bytes],
-                                        vm: dict) -> None:
+def test_ls_lists_volumes_and_needs_one(
+    capsysbinary: pytest.CaptureFixture[bytes], vm: dict
+) -> None:
     code, out, _ = vdictl(capsysbinary, "ls", *_state(vm, "S1"))
     assert code == 0
     text = out.decode()
@@ -145,16 +165,26 @@ def test_find_across_volumes(capsysbinary: pytest.CaptureFixture[bytes], vm: dic
     assert code == 0 and out.decode().splitlines() == ["/Old Notes.txt"]
 
 
-def test_get_tree_keeps_bytes_times_and_links(capsysbinary: pytest.CaptureFixture[bytes], vm: dict,
-                                              tmp_path: Path) -> None:
+def test_get_tree_keeps_bytes_times_and_links(
+    capsysbinary: pytest.CaptureFixture[bytes], vm: dict, tmp_path: Path
+) -> None:
     dest = tmp_path / "out"
-    code, _, err = vdictl(capsysbinary, "get", *_state(vm, "S1"), "p1:/etc", "p1:/a", "p1:/evil",
-                          "p1:/sparse.img", dest)
+    code, _, err = vdictl(
+        capsysbinary,
+        "get",
+        *_state(vm, "S1"),
+        "p1:/etc",
+        "p1:/a",
+        "p1:/evil",
+        "p1:/sparse.img",
+        dest,
+    )
     assert code == 0, err
     tree: Path = vm["tree"]
     assert (dest / "etc" / "hostname").read_bytes() == (tree / "etc" / "hostname").read_bytes()
     assert int((dest / "etc" / "hostname").stat().st_mtime) == int(
-        (tree / "etc" / "hostname").stat().st_mtime)
+        (tree / "etc" / "hostname").stat().st_mtime
+    )
     assert (dest / "a" / "b" / "c" / "d" / "e" / "bottom.txt").read_bytes() == b"deep down\n"
     assert (dest / "sparse.img").read_bytes() == (tree / "sparse.img").read_bytes()
     assert (dest / "sparse.img").stat().st_blocks * 512 < 1 * MiB  # holes stay holes
@@ -170,8 +200,9 @@ def test_get_tree_keeps_bytes_times_and_links(capsysbinary: pytest.CaptureFixtur
     assert (dest / "etc" / "hostname").read_bytes() == (tree / "etc" / "hostname").read_bytes()
 
 
-def test_get_never_follows_links_inside_dest(capsysbinary: pytest.CaptureFixture[bytes], vm: dict,
-                                             tmp_path: Path) -> None:
+def test_get_never_follows_links_inside_dest(
+    capsysbinary: pytest.CaptureFixture[bytes], vm: dict, tmp_path: Path
+) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
     dest = tmp_path / "dest"
@@ -182,16 +213,18 @@ def test_get_never_follows_links_inside_dest(capsysbinary: pytest.CaptureFixture
     assert list(outside.iterdir()) == []
     # An existing link where a file goes is not written through, even with --force.
     (dest / "hostname").symlink_to(outside / "victim")
-    code, _, err = vdictl(capsysbinary, "get", *_state(vm, "S1"), "p1:/etc/hostname", dest,
-                          "--force")
+    code, _, err = vdictl(
+        capsysbinary, "get", *_state(vm, "S1"), "p1:/etc/hostname", dest, "--force"
+    )
     assert code == 0, err
     assert not (outside / "victim").exists()
     assert not (dest / "hostname").is_symlink()
     assert (dest / "hostname").read_bytes() == (vm["tree"] / "etc" / "hostname").read_bytes()
 
 
-def test_get_refuses_names_the_host_cannot_hold(capsysbinary: pytest.CaptureFixture[bytes],
-                                                tmp_path: Path) -> None:
+def test_get_refuses_names_the_host_cannot_hold(
+    capsysbinary: pytest.CaptureFixture[bytes], tmp_path: Path
+) -> None:
     need("mkfs.fat", "mcopy", "sfdisk")
     fat = tmp_path / "fat.img"
     run("mkfs.fat", "-C", "-F", "16", fat, "16384")
@@ -213,36 +246,52 @@ def test_get_refuses_names_the_host_cannot_hold(capsysbinary: pytest.CaptureFixt
     assert not dest.exists() or list(dest.iterdir()) == []
 
 
-def test_where_matches_qemu_img_map(capsysbinary: pytest.CaptureFixture[bytes], vm: dict,
-                                    qemu_img: str) -> None:
+def test_where_matches_qemu_img_map(
+    capsysbinary: pytest.CaptureFixture[bytes], vm: dict, qemu_img: str
+) -> None:
     vdi: Path = vm["vdi"]
     code, out, err = vdictl(capsysbinary, "where", vdi, "p1:/big.bin", "--json")
     assert code == 0, err
     doc = json.loads(out)
     start = vm["starts"][0] * 512
-    blocks = [b for x in doc["extents"] for b in range(
-        x["volume_offset"] // 4096, (x["volume_offset"] + x["length"] + 4095) // 4096)]
+    blocks = [
+        b
+        for x in doc["extents"]
+        for b in range(
+            x["volume_offset"] // 4096, (x["volume_offset"] + x["length"] + 4095) // 4096
+        )
+    ]
     assert blocks == debugfs_blocks(vm["ext1"], "/big.bin")
     mapping = json.loads(run(qemu_img, "map", "--output=json", "-f", "vdi", vdi).stdout)
     pieces = [p for x in doc["extents"] for p in x["blocks"]]
     assert pieces
     for piece in pieces:
         assert piece["disk_offset"] >= start
-        m = next(m for m in mapping
-                 if m["start"] <= piece["disk_offset"] < m["start"] + m["length"])
-        assert m["data"] and piece["image_offset"] == m["offset"] + piece["disk_offset"] - \
-            m["start"]
+        m = next(
+            m for m in mapping if m["start"] <= piece["disk_offset"] < m["start"] + m["length"]
+        )
+        assert (
+            m["data"] and piece["image_offset"] == m["offset"] + piece["disk_offset"] - m["start"]
+        )
     # The host extents under each piece equal filefrag's (e2fsprogs, FIEMAP), where the host
     # filesystem reports extents at all.
     frag = run("filefrag", "-v", "-b1", vdi, check=False)
-    host = [tuple(map(int, m.groups())) for m in re.finditer(
-        r"^\s*\d+:\s+(\d+)\.\.\s*(\d+):\s+(\d+)\.\.", frag.stdout, re.M)]
+    host = [
+        tuple(map(int, m.groups()))
+        for m in re.finditer(r"^\s*\d+:\s+(\d+)\.\.\s*(\d+):\s+(\d+)\.\.", frag.stdout, re.M)
+    ]
     if frag.returncode == 0 and host:
         for piece in pieces:
             lo, hi = piece["image_offset"], piece["image_offset"] + piece["length"]
-            expected = [{"logical": max(lo, a), "physical": p + max(lo, a) - a,
-                         "length": min(hi, b + 1) - max(lo, a)}
-                        for a, b, p in host if max(lo, a) < min(hi, b + 1)]
+            expected = [
+                {
+                    "logical": max(lo, a),
+                    "physical": p + max(lo, a) - a,
+                    "length": min(hi, b + 1) - max(lo, a),
+                }
+                for a, b, p in host
+                if max(lo, a) < min(hi, b + 1)
+            ]
             assert piece["host"] == expected
     else:
         assert str(vdi) in doc["host_notes"]
@@ -251,7 +300,8 @@ def test_where_matches_qemu_img_map(capsysbinary: pytest.CaptureFixture[bytes], 
 
 
 def test_where_names_the_layer_that_serves_a_changed_file(
-        capsysbinary: pytest.CaptureFixture[bytes], vm: dict) -> None:
+    capsysbinary: pytest.CaptureFixture[bytes], vm: dict
+) -> None:
     code, out, err = vdictl(capsysbinary, "where", *_state(vm, "current"), "p1:/new.txt", "--json")
     assert code == 0, err
     pieces = [p for x in json.loads(out)["extents"] for p in x["blocks"]]
@@ -259,8 +309,9 @@ def test_where_names_the_layer_that_serves_a_changed_file(
     assert all(p["layer"] == 1 and "Snapshots" in p["image"] for p in pieces)
 
 
-def test_get_keeps_permission_bits(capsysbinary: pytest.CaptureFixture[bytes], vm: dict,
-                                   tmp_path: Path) -> None:
+def test_get_keeps_permission_bits(
+    capsysbinary: pytest.CaptureFixture[bytes], vm: dict, tmp_path: Path
+) -> None:
     expected = debugfs_ls(vm["ext1"], "/etc")["hostname"][1] & 0o777
     code, _, err = vdictl(capsysbinary, "get", *_state(vm, "S1"), "p1:/etc", tmp_path / "o")
     assert code == 0, err

@@ -37,8 +37,19 @@ NOBODY = 65534
 #: Cases that need root to set up (mknod, tmpfs, running as another user).
 ROOT_CASES = {"device", "read-only", "no-write", "full-disk"}
 
-CASES = ["fifo", "device", "folder", "link-loop", "read-only", "no-write", "full-disk",
-         "truncated", "flipped-bits", "past-eof", "cyclic"]
+CASES = [
+    "fifo",
+    "device",
+    "folder",
+    "link-loop",
+    "read-only",
+    "no-write",
+    "full-disk",
+    "truncated",
+    "flipped-bits",
+    "past-eof",
+    "cyclic",
+]
 
 #: name -> argument template ({T} the image, {F} the folder).
 COMMANDS: dict[str, list[str]] = {
@@ -84,15 +95,23 @@ def must_fail(case: str, command: str) -> bool:
     if case in DAMAGED:
         return command in READERS | IN_PLACE | {"clone"}
     if case == "cyclic":
-        return command in {"check", "frag", "usage", "export", "compact", "compact-defrag",
-                           "compact-fs-aware", "clone", "merge"}
+        return command in {
+            "check",
+            "frag",
+            "usage",
+            "export",
+            "compact",
+            "compact-defrag",
+            "compact-fs-aware",
+            "clone",
+            "merge",
+        }
     if case == "no-write":
         return command in IN_PLACE | {"create", "clone", "export", "clean"}
     if case == "read-only":
         return command in IN_PLACE
     if case == "full-disk":
-        return command in {"create", "clone", "export", "convert", "compact",
-                           "compact-defrag"}
+        return command in {"create", "clone", "export", "convert", "compact", "compact-defrag"}
     return False
 
 
@@ -139,9 +158,13 @@ def _shared_folder() -> Iterator[Path]:
 @contextlib.contextmanager
 def _tmpfs(size: str) -> Iterator[Path]:
     with _shared_folder() as mount:
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs",
-                               str(mount)], capture_output=True, text=True, timeout=60,
-                              check=False)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(mount)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
         if done.returncode != 0:
             message = f"cannot mount a tmpfs for the full-disk case: {done.stderr.strip()}"
             if IN_CI:
@@ -219,10 +242,24 @@ def case(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Case]:
         yield Case(folder, target)
     elif kind == "cyclic":
         ua, ub = uuidlib.uuid4(), uuidlib.uuid4()
-        a = build_image(folder / "x.vdi", 4 * MIB, {0: pattern(5, MIB)}, image_type=4,
-                        uuid_create=ua, uuid_linkage=ub, uuid_parent_modify=uuidlib.uuid4())
-        b = build_image(folder / "y.vdi", 4 * MIB, {1: pattern(6, MIB)}, image_type=4,
-                        uuid_create=ub, uuid_linkage=ua, uuid_parent_modify=uuidlib.uuid4())
+        a = build_image(
+            folder / "x.vdi",
+            4 * MIB,
+            {0: pattern(5, MIB)},
+            image_type=4,
+            uuid_create=ua,
+            uuid_linkage=ub,
+            uuid_parent_modify=uuidlib.uuid4(),
+        )
+        b = build_image(
+            folder / "y.vdi",
+            4 * MIB,
+            {1: pattern(6, MIB)},
+            image_type=4,
+            uuid_create=ub,
+            uuid_linkage=ua,
+            uuid_parent_modify=uuidlib.uuid4(),
+        )
         assert a.header.uuid_linkage == b.header.uuid_create
         yield Case(folder, a.path)
     else:  # pragma: no cover
@@ -252,20 +289,27 @@ def vdictl(case: Case, args: list[str]) -> subprocess.CompletedProcess[str]:
     if case.user is not None:
         prefix = ["setpriv", f"--reuid={case.user}", f"--regid={case.user}", "--clear-groups"]
     env = {**os.environ, "PYTHONPATH": str(REPO), "HOME": str(case.folder)}
-    return subprocess.run([*prefix, sys.executable, "-m", "vdigui.cli", *argv], cwd=case.folder,
-                          env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                          timeout=60, check=False)
+    return subprocess.run(
+        [*prefix, sys.executable, "-m", "vdigui.cli", *argv],
+        cwd=case.folder,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
 @pytest.mark.parametrize("case", CASES, indirect=True)
-def test_command_on_hostile_input(case: Case, command: str, request: pytest.FixtureRequest
-                                  ) -> None:
+def test_command_on_hostile_input(case: Case, command: str, request: pytest.FixtureRequest) -> None:
     kind = request.node.callspec.params["case"]
     before = snapshot(case.folder)
     done = vdictl(case, COMMANDS[command])
-    where = (f"{kind}/{command}: rc={done.returncode}\nstdout:\n{done.stdout}\n"
-             f"stderr:\n{done.stderr}")
+    where = (
+        f"{kind}/{command}: rc={done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr}"
+    )
     assert "Traceback" not in done.stderr and "internal error" not in done.stderr, where
     if must_fail(kind, command):
         assert done.returncode != 0, where
@@ -318,9 +362,14 @@ def test_holes_between_slots_are_cleaned_not_refused(tmp_path: Path) -> None:
     """Slots left unused by older merges are untidy, not damaged: compaction closes them."""
     path = _healthy(tmp_path / "h.vdi")
     _poke_entry(path, 2, FREE)  # slot 1 now unreferenced: a hole
-    done = subprocess.run([sys.executable, "-m", "vdigui.cli", "compact", str(path)],
-                          env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
-                          text=True, timeout=60, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "vdigui.cli", "compact", str(path)],
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     assert path.stat().st_size == MIB * 2 + 2 * MIB  # blocks 0 and 5 kept; zero block dropped
 
@@ -333,8 +382,14 @@ def test_interrupted_defrag_leftover_is_reported_then_swept(tmp_path: Path) -> N
     env = {**os.environ, "PYTHONPATH": str(REPO)}
 
     def vdictl_here(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "vdigui.cli", *args], env=env,
-                              capture_output=True, text=True, timeout=60, check=False)
+        return subprocess.run(
+            [sys.executable, "-m", "vdigui.cli", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
 
     done = vdictl_here("check", str(path))
     assert done.returncode == 2

@@ -45,8 +45,13 @@ def image(folder: Path, name: str = "disk.vdi", blocks: int = 24, **kw: object) 
         elif r < 0.8:
             layer[b] = pattern(b, MIB)
     folder.mkdir(parents=True, exist_ok=True)
-    return build_image(folder / name, blocks * MIB, layer, slot_order="shuffle",  # type: ignore[arg-type]
-                       **kw).path
+    return build_image(
+        folder / name,
+        blocks * MIB,
+        layer,
+        slot_order="shuffle",  # type: ignore[arg-type]
+        **kw,
+    ).path
 
 
 def test_compact_dry_run_then_run(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -79,20 +84,24 @@ def test_compact_defrag_no_verify(capsys: pytest.CaptureFixture[str], tmp_path: 
     assert guest(path) == before
 
 
-def test_compact_refusal_is_one_sentence(capsys: pytest.CaptureFixture[str],
-                                         tmp_path: Path) -> None:
+def test_compact_refusal_is_one_sentence(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     fixed = build_image(tmp_path / "f.vdi", 4 * MIB, {0: pattern(0, MIB)}, fixed=True).path
     code, out, err = run(capsys, "compact", str(fixed))
     assert code == 1 and out == ""
-    assert err == (f"vdictl: error: 'f.vdi' is a fixed-size image; compacting would break its "
-                   f"preallocated layout. Convert it first with 'vdictl convert {fixed} --to "
-                   "dynamic', which also drops its all-zero blocks.\n")
+    assert err == (
+        f"vdictl: error: 'f.vdi' is a fixed-size image; compacting would break its "
+        f"preallocated layout. Convert it first with 'vdictl convert {fixed} --to "
+        "dynamic', which also drops its all-zero blocks.\n"
+    )
     code, out, err = run(capsys, "compact", str(fixed), "--dry-run")
     assert code == 1 and "Refused: 'f.vdi' is a fixed-size image" in out
 
 
-def test_compact_cancel_exits_130(capsys: pytest.CaptureFixture[str], tmp_path: Path,
-                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compact_cancel_exits_130(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from vdigui.cli import common
 
     path = image(tmp_path)
@@ -121,8 +130,7 @@ def test_clone_image_and_keep_uuid(capsys: pytest.CaptureFixture[str], tmp_path:
     code, out, err = run(capsys, "clone", str(path), str(dest))
     assert code == 1 and "already exists" in err
     fixed = tmp_path / "fixed.vdi"
-    code, out, err = run(capsys, "clone", str(path), str(fixed), "--fixed", "--keep-uuid",
-                         "--json")
+    code, out, err = run(capsys, "clone", str(path), str(fixed), "--fixed", "--keep-uuid", "--json")
     assert code == 0, err
     assert err.startswith("vdictl: warning: The clone keeps the source's UUID")
     result = json.loads(out)["result"]
@@ -134,17 +142,25 @@ def _vm_with_snapshot(folder: Path) -> tuple[Path, bytes, bytes]:
     """A VM folder: snapshot "Before" froze the base; the current state adds a diff."""
     vm = folder / "Demo"
     (vm / "Snapshots").mkdir(parents=True)
-    base = build_image(vm / "Demo.vdi", 8 * MIB, {0: pattern(0, MIB), 2: pattern(2, MIB),
-                                                  5: pattern(5, MIB)})
+    base = build_image(
+        vm / "Demo.vdi", 8 * MIB, {0: pattern(0, MIB), 2: pattern(2, MIB), 5: pattern(5, MIB)}
+    )
     du = uuidlib.uuid4()
-    diff = build_image(vm / "Snapshots" / f"{{{du}}}.vdi", 8 * MIB,
-                       {2: "zero", 3: pattern(33, MIB)}, parent=base.header, uuid_create=du)
+    diff = build_image(
+        vm / "Snapshots" / f"{{{du}}}.vdi",
+        8 * MIB,
+        {2: "zero", 3: pattern(33, MIB)},
+        parent=base.header,
+        uuid_create=du,
+    )
 
     def hardware(disk: uuidlib.UUID) -> str:
-        return ('<Hardware><StorageControllers><StorageController name="SATA" type="AHCI" '
-                'PortCount="1"><AttachedDevice type="HardDisk" hotpluggable="false" port="0" '
-                f'device="0"><Image uuid="{{{disk}}}"/></AttachedDevice></StorageController>'
-                "</StorageControllers></Hardware>")
+        return (
+            '<Hardware><StorageControllers><StorageController name="SATA" type="AHCI" '
+            'PortCount="1"><AttachedDevice type="HardDisk" hotpluggable="false" port="0" '
+            f'device="0"><Image uuid="{{{disk}}}"/></AttachedDevice></StorageController>'
+            "</StorageControllers></Hardware>"
+        )
 
     snap = uuidlib.uuid4()
     (vm / "Demo.vbox").write_text(
@@ -159,16 +175,20 @@ def _vm_with_snapshot(folder: Path) -> tuple[Path, bytes, bytes]:
         f'    <Snapshot uuid="{{{snap}}}" name="Before" timeStamp="2026-03-02T09:14:05Z">'
         f"{hardware(base.uuid)}</Snapshot>\n"
         f"    {hardware(du)}\n"
-        "  </Machine>\n</VirtualBox>\n", encoding="utf-8")
-    return (vm, model_read([base.layer], 8 * MIB, MIB),
-            model_read([base.layer, diff.layer], 8 * MIB, MIB))
+        "  </Machine>\n</VirtualBox>\n",
+        encoding="utf-8",
+    )
+    return (
+        vm,
+        model_read([base.layer], 8 * MIB, MIB),
+        model_read([base.layer, diff.layer], 8 * MIB, MIB),
+    )
 
 
 def test_clone_from_vm_folder(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     vm, at_snapshot, current = _vm_with_snapshot(tmp_path)
     state = folder_state(vm)
-    code, _, err = run(capsys, "clone", str(vm), str(tmp_path / "snap.vdi"),
-                         "--snapshot", "Before")
+    code, _, err = run(capsys, "clone", str(vm), str(tmp_path / "snap.vdi"), "--snapshot", "Before")
     assert code == 0, err
     assert guest(tmp_path / "snap.vdi") == at_snapshot
     code, _, err = run(capsys, "clone", str(vm), str(tmp_path / "cur.vdi"), "--current")
@@ -203,9 +223,14 @@ def test_real_ctrl_c_cancels_a_clone_at_the_next_block(tmp_path: Path) -> None:
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "vdigui.cli", "clone", str(src),
-                             str(out_dir / "c.vdi")], cwd=REPO, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vdigui.cli", "clone", str(src), str(out_dir / "c.vdi")],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 30
     while not list(out_dir.iterdir()) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.002)
@@ -218,7 +243,8 @@ def test_real_ctrl_c_cancels_a_clone_at_the_next_block(tmp_path: Path) -> None:
     _out, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert err.strip().endswith(
-        "vdictl: Cancelled: nothing was changed and no clone was left behind."), err
+        "vdictl: Cancelled: nothing was changed and no clone was left behind."
+    ), err
     assert "Traceback" not in err
     assert list(out_dir.iterdir()) == []
 
@@ -235,8 +261,16 @@ def guest_disk(tmp_path_factory: pytest.TempPathFactory) -> Any:
 def test_usage_text_and_json(capsys: pytest.CaptureFixture[str], guest_disk: Any) -> None:
     code, out, err = run(capsys, "usage", str(guest_disk.vdi))
     assert code == 0, err
-    for word in ("Guest uses", "partly used", "Zero blocks alone", "FS-aware", "ext4",
-                 "ntfs", "fat16", "MBR #3"):
+    for word in (
+        "Guest uses",
+        "partly used",
+        "Zero blocks alone",
+        "FS-aware",
+        "ext4",
+        "ntfs",
+        "fat16",
+        "MBR #3",
+    ):
         assert word in out, word
     code, out, err = run(capsys, "usage", str(guest_disk.vdi), "--json")
     doc = json.loads(out)
@@ -248,8 +282,9 @@ def test_usage_text_and_json(capsys: pytest.CaptureFixture[str], guest_disk: Any
     assert doc["forecast"]["bytes_fs_aware"] > 60 * MIB
 
 
-def test_compact_fs_aware(capsys: pytest.CaptureFixture[str], guest_disk: Any,
-                          tmp_path: Path) -> None:
+def test_compact_fs_aware(
+    capsys: pytest.CaptureFixture[str], guest_disk: Any, tmp_path: Path
+) -> None:
     path = Path(shutil.copy(guest_disk.vdi, tmp_path / "g.vdi"))
     code, out, err = run(capsys, "compact", str(path), "--fs-aware", "--dry-run")
     assert code == 0, err
@@ -262,8 +297,9 @@ def test_compact_fs_aware(capsys: pytest.CaptureFixture[str], guest_disk: Any,
     assert path.stat().st_size < size - 60 * MIB
 
 
-def test_compact_fs_aware_dry_run_names_kept_volumes(capsys: pytest.CaptureFixture[str],
-                                                     tmp_path: Path) -> None:
+def test_compact_fs_aware_dry_run_names_kept_volumes(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     """A disk without a filesystem vdigui understands: kept whole, and the preview says why."""
     path = image(tmp_path)
     code, out, err = run(capsys, "compact", str(path), "--fs-aware", "--dry-run")
@@ -271,8 +307,9 @@ def test_compact_fs_aware_dry_run_names_kept_volumes(capsys: pytest.CaptureFixtu
     assert "Kept whole:\n  whole disk (unknown" in out
 
 
-def test_clone_fs_aware(capsys: pytest.CaptureFixture[str], guest_disk: Any,
-                        tmp_path: Path) -> None:
+def test_clone_fs_aware(
+    capsys: pytest.CaptureFixture[str], guest_disk: Any, tmp_path: Path
+) -> None:
     dest = tmp_path / "c.vdi"
     code, out, err = run(capsys, "clone", str(guest_disk.vdi), str(dest), "--fs-aware")
     assert code == 0, err
@@ -281,13 +318,13 @@ def test_clone_fs_aware(capsys: pytest.CaptureFixture[str], guest_disk: Any,
 
 
 def test_writing_commands_recover_an_interrupted_operation(
-        capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     from vdigui.engine.operations import journal
 
     path = image(tmp_path)
     journal.Journal.begin(tmp_path, "merge", {}, "merge of something")
     code, _out, err = run(capsys, "compact", str(path), "--dry-run")
     assert code == 0, err
-    assert "An interrupted vdigui operation (merge of something) was found and rolled back" \
-        in err
+    assert "An interrupted vdigui operation (merge of something) was found and rolled back" in err
     assert not journal.journal_path(tmp_path).exists()

@@ -41,11 +41,20 @@ def vm(tmp_path: Path) -> Path:
     (folder / "Snapshots").mkdir(parents=True)
     base = build_image(folder / "Demo.vdi", 4 * MIB, {0: pattern(0, MIB)})
     du = uuidlib.uuid4()
-    build_image(folder / "Snapshots" / f"{{{du}}}.vdi", 4 * MIB, {1: pattern(1, MIB)},
-                parent=base.header, uuid_create=du)
-    write_vbox(folder / "Demo.vbox", uuidlib.uuid4(), "Demo",
-               [(base.uuid, "Demo.vdi", [(du, f"Snapshots/{{{du}}}.vdi")])],
-               snapshot=("Before", uuidlib.uuid4()))
+    build_image(
+        folder / "Snapshots" / f"{{{du}}}.vdi",
+        4 * MIB,
+        {1: pattern(1, MIB)},
+        parent=base.header,
+        uuid_create=du,
+    )
+    write_vbox(
+        folder / "Demo.vbox",
+        uuidlib.uuid4(),
+        "Demo",
+        [(base.uuid, "Demo.vdi", [(du, f"Snapshots/{{{du}}}.vdi")])],
+        snapshot=("Before", uuidlib.uuid4()),
+    )
     return folder
 
 
@@ -53,14 +62,16 @@ INSPECTORS = ["info", "map", "frag", "check", "usage", "export"]
 
 
 def _args(command: str, source: str, tmp_path: Path, *which: str) -> list[str]:
-    extra = [str(tmp_path / f"out-{len(list(tmp_path.iterdir()))}.raw")] \
-        if command == "export" else []
+    extra = (
+        [str(tmp_path / f"out-{len(list(tmp_path.iterdir()))}.raw")] if command == "export" else []
+    )
     return [command, source, *extra, *which]
 
 
 @pytest.mark.parametrize("command", INSPECTORS)
 def test_every_inspector_takes_a_vm_with_current_snapshot_or_disk(
-        capsys: pytest.CaptureFixture[str], vm: Path, tmp_path: Path, command: str) -> None:
+    capsys: pytest.CaptureFixture[str], vm: Path, tmp_path: Path, command: str
+) -> None:
     for source in (str(vm), str(vm / "Demo.vbox")):
         for which in (["--current"], ["--snapshot", "Before"], ["--disk", "1"]):
             code, out, err = run(capsys, *_args(command, source, tmp_path, *which))
@@ -73,8 +84,9 @@ def test_every_inspector_takes_a_vm_with_current_snapshot_or_disk(
 
 
 @pytest.mark.parametrize("command", [c for c in INSPECTORS if c != "check"])
-def test_a_vbox_is_never_called_a_vm_folder(capsys: pytest.CaptureFixture[str], vm: Path,
-                                            tmp_path: Path, command: str) -> None:
+def test_a_vbox_is_never_called_a_vm_folder(
+    capsys: pytest.CaptureFixture[str], vm: Path, tmp_path: Path, command: str
+) -> None:
     code, _, err = run(capsys, *_args(command, str(vm / "Demo.vbox"), tmp_path))
     line = one_error(code, err)
     assert "VM folder" not in line and "settings file" in line and "--current" in line
@@ -82,8 +94,9 @@ def test_a_vbox_is_never_called_a_vm_folder(capsys: pytest.CaptureFixture[str], 
     assert "is a VM folder" in one_error(code, err)
 
 
-def test_snapshot_options_on_an_image_are_refused_plainly(capsys: pytest.CaptureFixture[str],
-                                                         vm: Path) -> None:
+def test_snapshot_options_on_an_image_are_refused_plainly(
+    capsys: pytest.CaptureFixture[str], vm: Path
+) -> None:
     code, _, err = run(capsys, "info", str(vm / "Demo.vdi"), "--current")
     assert "is an image" in one_error(code, err)
 
@@ -92,14 +105,16 @@ def test_snapshot_options_on_an_image_are_refused_plainly(capsys: pytest.Capture
 def _vmdk(tmp_path: Path) -> Path:
     qemu_img = require_tool("qemu-img")
     path = tmp_path / "disk.vmdk"
-    subprocess.run([qemu_img, "create", "-q", "-f", "vmdk", str(path), "4M"], check=True,
-                   timeout=60)
+    subprocess.run(
+        [qemu_img, "create", "-q", "-f", "vmdk", str(path), "4M"], check=True, timeout=60
+    )
     return path
 
 
 @pytest.mark.parametrize("kind", ["vmdk", "text", "truncated", "missing"])
-def test_check_on_a_file_that_is_not_a_vdi(capsys: pytest.CaptureFixture[str], tmp_path: Path,
-                                           kind: str) -> None:
+def test_check_on_a_file_that_is_not_a_vdi(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, kind: str
+) -> None:
     if kind == "vmdk":
         path = _vmdk(tmp_path)
         words = "it is a VMDK sparse disk"
@@ -147,16 +162,18 @@ def test_every_subcommand_and_option_has_a_help_line() -> None:
     assert _walk(build_parser(), "vdictl") == []
 
 
-def test_json_keeps_non_ascii_names_as_text(capsys: pytest.CaptureFixture[str],
-                                            tmp_path: Path) -> None:
+def test_json_keeps_non_ascii_names_as_text(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     path = build_image(tmp_path / "Диск données.vdi", MIB, {}, comment="系统盘".encode()).path
     code, out, _ = run(capsys, "info", "--json", str(path))
     assert code == 0
     assert "Диск données.vdi" in out and "系统盘" in out and "\\u" not in out
 
 
-def test_tree_without_snapshots_shows_only_the_state(capsys: pytest.CaptureFixture[str],
-                                                     tmp_path: Path) -> None:
+def test_tree_without_snapshots_shows_only_the_state(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     folder = tmp_path / "Plain"
     folder.mkdir()
     base = build_image(folder / "Plain.vdi", MIB, {})
@@ -167,8 +184,9 @@ def test_tree_without_snapshots_shows_only_the_state(capsys: pytest.CaptureFixtu
     assert "Current State (no snapshots): Plain.vdi" in out
 
 
-def test_pre_17_vm_beside_its_disk(capsys: pytest.CaptureFixture[str], samples: Path,
-                                   tmp_path: Path) -> None:
+def test_pre_17_vm_beside_its_disk(
+    capsys: pytest.CaptureFixture[str], samples: Path, tmp_path: Path
+) -> None:
     folder = tmp_path / "Windoze"
     folder.mkdir()
     shutil.copyfile(samples / "windoze_1.3-linux_machine.xml", folder / "Windoze.xml")
@@ -184,8 +202,9 @@ def test_pre_17_vm_beside_its_disk(capsys: pytest.CaptureFixture[str], samples: 
 
 
 # -- usage ----------------------------------------------------------------------------------
-def test_usage_of_a_blank_disk_is_unknown(capsys: pytest.CaptureFixture[str],
-                                          tmp_path: Path) -> None:
+def test_usage_of_a_blank_disk_is_unknown(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     path = build_image(tmp_path / "blank.vdi", 30 * MIB, {}).path
     code, out, err = run(capsys, "usage", str(path))
     assert code == 0, err
@@ -195,8 +214,9 @@ def test_usage_of_a_blank_disk_is_unknown(capsys: pytest.CaptureFixture[str],
     assert json.loads(out)["guest_uses"] is None
 
 
-def test_usage_counts_zero_blocks_only_when_asked(capsys: pytest.CaptureFixture[str],
-                                                  tmp_path: Path) -> None:
+def test_usage_counts_zero_blocks_only_when_asked(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     layer = {0: pattern(0, MIB), 1: bytes(MIB), 2: bytes(MIB)}
     path = build_image(tmp_path / "z.vdi", 4 * MIB, layer).path
     code, out, _ = run(capsys, "usage", str(path), "--json")
@@ -210,8 +230,9 @@ def test_usage_counts_zero_blocks_only_when_asked(capsys: pytest.CaptureFixture[
 
 
 # -- clean ------------------------------------------------------------------------------------
-def test_clean_removes_leftovers_but_never_one_in_use(capsys: pytest.CaptureFixture[str],
-                                                      tmp_path: Path) -> None:
+def test_clean_removes_leftovers_but_never_one_in_use(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     build_image(tmp_path / "disk.vdi", MIB, {})
     old = tmp_path / ".disk.vdi.vdigui-tmp-0badf00d"
     old.write_bytes(b"partial")
@@ -229,17 +250,19 @@ def test_clean_removes_leftovers_but_never_one_in_use(capsys: pytest.CaptureFixt
 
 
 @pytest.mark.parametrize("command", ["merge", "create", "compact", "convert"])
-def test_the_next_writing_command_sweeps_leftovers(capsys: pytest.CaptureFixture[str],
-                                                   tmp_path: Path, command: str) -> None:
+def test_the_next_writing_command_sweeps_leftovers(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, command: str
+) -> None:
     base = build_image(tmp_path / "base.vdi", 4 * MIB, {0: pattern(0, MIB), 1: bytes(MIB)})
-    child = build_image(tmp_path / "child.vdi", 4 * MIB, {2: pattern(2, MIB)},
-                        parent=base.header)
+    child = build_image(tmp_path / "child.vdi", 4 * MIB, {2: pattern(2, MIB)}, parent=base.header)
     leftover = tmp_path / ".base.vdi.vdigui-tmp-5eed5eed"
     leftover.write_bytes(b"\x00" * 3000)
-    args = {"merge": ["merge", str(child.path), "--into-parent"],
-            "create": ["create", str(tmp_path / "new.vdi"), "--size", "1M"],
-            "compact": ["compact", str(base.path)],
-            "convert": ["convert", str(base.path), "--to", "fixed"]}[command]
+    args = {
+        "merge": ["merge", str(child.path), "--into-parent"],
+        "create": ["create", str(tmp_path / "new.vdi"), "--size", "1M"],
+        "compact": ["compact", str(base.path)],
+        "convert": ["convert", str(base.path), "--to", "fixed"],
+    }[command]
     code, _, err = run(capsys, *args)
     assert code == 0, err
     assert not leftover.exists()

@@ -33,8 +33,14 @@ HOSTILE_XML = "&lt;script&gt;alert(1)&lt;/script&gt;"
 
 def vdictl(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run vdictl as a separate process (what a user or script runs)."""
-    return subprocess.run([sys.executable, "-m", "vdigui.cli", *args], capture_output=True,
-                          text=True, timeout=300, cwd=REPO, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "vdigui.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+        env=env,
+    )
 
 
 def build_vm(folder: Path) -> VmBuilder:
@@ -141,8 +147,11 @@ def test_space_figures_equal_vdictl_space(vm: VmBuilder, report: Path) -> None:
     assert r.returncode == 0, r.stderr
     space = json.loads(r.stdout)
     t = tables(report)
-    total = {row["data-category"]: bytes_of(cells)
-             for row, cells in t["space-total"] if "data-category" in row}
+    total = {
+        row["data-category"]: bytes_of(cells)
+        for row, cells in t["space-total"]
+        if "data-category" in row
+    }
     assert total == space["total"]
     files = {}
     for row, cells in t["space-files"]:
@@ -150,7 +159,8 @@ def test_space_figures_equal_vdictl_space(vm: VmBuilder, report: Path) -> None:
             continue
         files[row["data-path"]] = (
             {c["data-category"]: int(c["data-bytes"]) for c in cells if "data-category" in c},
-            {c["data-field"]: int(c["data-bytes"]) for c in cells if "data-field" in c})
+            {c["data-field"]: int(c["data-bytes"]) for c in cells if "data-field" in c},
+        )
     assert set(files) == {f["path"] for f in space["files"]}
     for f in space["files"]:
         categories, fields = files[f["path"]]
@@ -165,9 +175,14 @@ def test_cost_figures_equal_snapshot_list_cost(vm: VmBuilder, report: Path) -> N
     assert r.returncode == 0, r.stderr
     costs = json.loads(r.stdout)
     assert sorted(c["name"] for c in costs) == sorted([HOSTILE, "C", "D"])
-    rows = {row["data-uuid"]: (row["data-name"], {c["data-field"]: c for c in cells
-                                                  if "data-field" in c})
-            for row, cells in tables(report)["snapshot-costs"] if "data-uuid" in row}
+    rows = {
+        row["data-uuid"]: (
+            row["data-name"],
+            {c["data-field"]: c for c in cells if "data-field" in c},
+        )
+        for row, cells in tables(report)["snapshot-costs"]
+        if "data-uuid" in row
+    }
     assert set(rows) == {c["uuid"] for c in costs}
     for c in costs:
         name, cells = rows[c["uuid"]]
@@ -180,15 +195,14 @@ def test_cost_figures_equal_snapshot_list_cost(vm: VmBuilder, report: Path) -> N
 
 def test_chain_table_has_the_four_uuids(vm: VmBuilder, report: Path) -> None:
     rows = {row["data-path"] for row, _ in tables(report)["chain-table"] if "data-path" in row}
-    on_disk = {str(p.resolve()) for p in vm.folder.rglob("*.vdi")
-               if ".vdigui" not in p.parts}
+    on_disk = {str(p.resolve()) for p in vm.folder.rglob("*.vdi") if ".vdigui" not in p.parts}
     assert rows == on_disk
     text = report.read_text(encoding="utf-8")
     for path in on_disk:
         raw = Path(path).read_bytes()[:512]
         # uuidCreate, uuidModify, uuidLinkage, uuidParentModify at 0x188.. in a v1.1 header.
         for off in (0x188, 0x198, 0x1A8, 0x1B8):
-            value = raw[off:off + 16]
+            value = raw[off : off + 16]
             if value == bytes(16):
                 continue
             import uuid as uuidlib
@@ -215,8 +229,11 @@ def test_self_contained_and_no_network_reference(report: Path) -> None:
             value = attrs.get(key, "").strip().lower()
             assert not value.startswith(("http:", "https:", "//")), (tag, key, value)
             assert not value or value.startswith("data:"), (tag, key, value)
-    csp = [a for t, a in page.tags if t == "meta" and a.get("http-equiv", "").lower()
-           == "content-security-policy"]
+    csp = [
+        a
+        for t, a in page.tags
+        if t == "meta" and a.get("http-equiv", "").lower() == "content-security-policy"
+    ]
     assert csp and "default-src 'none'" in csp[0]["content"]
     styles = report.read_text(encoding="utf-8")
     assert "@import" not in styles and "url(" not in styles
@@ -279,9 +296,11 @@ def test_refuses_to_overwrite_without_force(vm: VmBuilder, tmp_path: Path) -> No
 
 def test_errors_are_one_line_and_write_nothing(tmp_path: Path) -> None:
     out = tmp_path / "r.html"
-    for args in (["report", str(tmp_path / "missing"), "-o", str(out)],
-                 ["report", str(tmp_path), "-o", str(tmp_path / "no" / "r.html")],
-                 ["report", str(tmp_path)]):
+    for args in (
+        ["report", str(tmp_path / "missing"), "-o", str(out)],
+        ["report", str(tmp_path), "-o", str(tmp_path / "no" / "r.html")],
+        ["report", str(tmp_path)],
+    ):
         r = vdictl(*args)
         assert r.returncode == 1, args
         assert r.stderr.count("\n") == 1 and r.stderr.startswith("vdictl: error: "), r.stderr
@@ -300,19 +319,35 @@ def test_image_source(tmp_path: Path) -> None:
     rows = [row["data-path"] for row, _ in tables(out)["chain-table"] if "data-path" in row]
     assert rows == [str(p.resolve()) for p in vm.chain_paths(vm.leaves[0])]
     space = json.loads(vdictl("space", str(leaf), "--json").stdout)
-    total = {row["data-category"]: bytes_of(cells)
-             for row, cells in tables(out)["space-total"] if "data-category" in row}
+    total = {
+        row["data-category"]: bytes_of(cells)
+        for row, cells in tables(out)["space-total"]
+        if "data-category" in row
+    }
     assert total == space["total"]
 
 
 # -- a real browser ------------------------------------------------------------------------------
 def chromium_flags(profile: Path, netlog: Path) -> list[str]:
-    return ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
-            "--disable-extensions", "--disable-background-networking", "--disable-sync",
-            "--disable-component-update", "--disable-default-apps", "--no-default-browser-check",
-            "--metrics-recording-only", "--enable-logging=stderr", "--v=0",
-            '--host-resolver-rules=MAP * ~NOTFOUND', f"--user-data-dir={profile}",
-            f"--log-net-log={netlog}", "--net-log-capture-mode=Everything"]
+    return [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-extensions",
+        "--disable-background-networking",
+        "--disable-sync",
+        "--disable-component-update",
+        "--disable-default-apps",
+        "--no-default-browser-check",
+        "--metrics-recording-only",
+        "--enable-logging=stderr",
+        "--v=0",
+        "--host-resolver-rules=MAP * ~NOTFOUND",
+        f"--user-data-dir={profile}",
+        f"--log-net-log={netlog}",
+        "--net-log-capture-mode=Everything",
+    ]
 
 
 def page_requests(netlog: Path) -> list[str]:
@@ -327,8 +362,11 @@ def page_requests(netlog: Path) -> list[str]:
     urls = []
     for event in doc.get("events", []):
         params = event.get("params") or {}
-        if (event.get("type") == start_job and "url" in params
-                and params.get("initiator") != "not an origin"):
+        if (
+            event.get("type") == start_job
+            and "url" in params
+            and params.get("initiator") != "not an origin"
+        ):
             urls.append(str(params["url"]))
     return urls
 
@@ -338,8 +376,12 @@ def open_in_chromium(page: Path, work: Path) -> tuple[str, list[str], list[str]]
     chromium = require_tool("chromium")
     work.mkdir()
     netlog = work / "net.json"
-    r = subprocess.run([chromium, *chromium_flags(work / "profile", netlog), "--dump-dom",
-                        page.as_uri()], capture_output=True, text=True, timeout=180)
+    r = subprocess.run(
+        [chromium, *chromium_flags(work / "profile", netlog), "--dump-dom", page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     console = [line for line in r.stderr.splitlines() if ":CONSOLE" in line]
     return r.stdout, console, page_requests(netlog)
@@ -349,9 +391,11 @@ def test_opens_in_chromium_without_errors_or_requests(report: Path, tmp_path: Pa
     # The check itself must see what it looks for: a page with a failing script and a remote
     # image shows both.
     control = tmp_path / "control.html"
-    control.write_text('<!DOCTYPE html><html><head><meta charset="utf-8"><title>c</title>'
-                       '</head><body><img src="http://example.invalid/x.png">'
-                       "<script>missing_function();</script></body></html>")
+    control.write_text(
+        '<!DOCTYPE html><html><head><meta charset="utf-8"><title>c</title>'
+        '</head><body><img src="http://example.invalid/x.png">'
+        "<script>missing_function();</script></body></html>"
+    )
     _, console, requests = open_in_chromium(control, tmp_path / "control")
     assert any("missing_function" in line for line in console), console
     assert requests == ["http://example.invalid/x.png"]

@@ -36,8 +36,13 @@ def qemu_disk(folder: Path, qemu_img: str, size: str, table: str | None = None) 
     raw = folder / "d.raw"
     subprocess.run([qemu_img, "create", "-q", "-f", "raw", str(raw), size], check=True)
     if table:
-        subprocess.run([require_tool("sfdisk"), "-q", str(raw)], input=table, text=True,
-                       check=True, capture_output=True)
+        subprocess.run(
+            [require_tool("sfdisk"), "-q", str(raw)],
+            input=table,
+            text=True,
+            check=True,
+            capture_output=True,
+        )
     vdi = folder / "d.vdi"
     subprocess.run([qemu_img, "convert", "-O", "vdi", str(raw), str(vdi)], check=True)
     raw.unlink()
@@ -45,13 +50,15 @@ def qemu_disk(folder: Path, qemu_img: str, size: str, table: str | None = None) 
 
 
 def virtual_size(qemu_img: str, vdi: Path) -> int:
-    info = subprocess.run([qemu_img, "info", "--output=json", str(vdi)], capture_output=True,
-                          text=True, check=True).stdout
+    info = subprocess.run(
+        [qemu_img, "info", "--output=json", str(vdi)], capture_output=True, text=True, check=True
+    ).stdout
     return int(json.loads(info)["virtual-size"])
 
 
-def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path: Path, qemu_img: str,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_dry_run_prints_the_plan_and_writes_nothing(
+    tmp_path: Path, qemu_img: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     vdi = qemu_disk(tmp_path, qemu_img, "8M")
     before = folder_state(tmp_path)
     code, out, err = run(capsys, "resize", vdi, "--size", "1G", "--dry-run")
@@ -64,8 +71,9 @@ def test_dry_run_prints_the_plan_and_writes_nothing(tmp_path: Path, qemu_img: st
     assert plan["images"][0]["path"] == str(vdi)
 
 
-def test_grow_by_and_undo(tmp_path: Path, qemu_img: str,
-                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_grow_by_and_undo(
+    tmp_path: Path, qemu_img: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     vdi = qemu_disk(tmp_path, qemu_img, "8M")
     original = hashlib.sha256(vdi.read_bytes()).hexdigest()
     code, out, err = run(capsys, "resize", vdi, "--size", "+24M")
@@ -78,32 +86,44 @@ def test_grow_by_and_undo(tmp_path: Path, qemu_img: str,
     assert hashlib.sha256(vdi.read_bytes()).hexdigest() == original
 
 
-def test_grow_partition_json(tmp_path: Path, qemu_img: str,
-                             capsys: pytest.CaptureFixture[str]) -> None:
+def test_grow_partition_json(
+    tmp_path: Path, qemu_img: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     vdi = qemu_disk(tmp_path, qemu_img, "16M", "label: dos\nstart=2048, size=20480, type=83\n")
-    code, out, err = run(capsys, "resize", vdi, "--size", "32M", "--grow-partition", "--json",
-                         "--no-undo")
+    code, out, err = run(
+        capsys, "resize", vdi, "--size", "32M", "--grow-partition", "--json", "--no-undo"
+    )
     assert code == 0, err
     result = json.loads(out)
     assert result["done"] and result["verified"] and not result["undoable"]
     assert result["partition_table"]["grown_partition"] == "MBR #1"
     raw = tmp_path / "out.raw"
     subprocess.run([qemu_img, "convert", "-O", "raw", str(vdi), str(raw)], check=True)
-    dump = json.loads(subprocess.run([require_tool("sfdisk"), "-J", str(raw)],
-                                     capture_output=True, text=True, check=True).stdout)
+    dump = json.loads(
+        subprocess.run(
+            [require_tool("sfdisk"), "-J", str(raw)], capture_output=True, text=True, check=True
+        ).stdout
+    )
     part = dump["partitiontable"]["partitions"][0]
     assert part["start"] + part["size"] == 32 * MIB // 512
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (("--size", "4M"), "no partition table"),
-    (("--size", "lots"), "is not a size"),
-    (("--size", "8M", "--disk", "2"), "--disk chooses a disk of a VM"),
-    (("--size", "64M", "--grow-partition"), "no partition table vdigui recognises"),
-])
-def test_refusals_are_one_line_and_write_nothing(tmp_path: Path, qemu_img: str,
-                                                 capsys: pytest.CaptureFixture[str],
-                                                 args: tuple[str, ...], message: str) -> None:
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--size", "4M"), "no partition table"),
+        (("--size", "lots"), "is not a size"),
+        (("--size", "8M", "--disk", "2"), "--disk chooses a disk of a VM"),
+        (("--size", "64M", "--grow-partition"), "no partition table vdigui recognises"),
+    ],
+)
+def test_refusals_are_one_line_and_write_nothing(
+    tmp_path: Path,
+    qemu_img: str,
+    capsys: pytest.CaptureFixture[str],
+    args: tuple[str, ...],
+    message: str,
+) -> None:
     vdi = qemu_disk(tmp_path, qemu_img, "8M")
     before = folder_state(tmp_path)
     code, out, err = run(capsys, "resize", vdi, *args)
@@ -113,8 +133,9 @@ def test_refusals_are_one_line_and_write_nothing(tmp_path: Path, qemu_img: str,
     assert folder_state(tmp_path) == before
 
 
-def test_shrink_refusal_names_the_minimum(tmp_path: Path, qemu_img: str,
-                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_shrink_refusal_names_the_minimum(
+    tmp_path: Path, qemu_img: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     vdi = qemu_disk(tmp_path, qemu_img, "32M", "label: dos\nstart=2048, size=20480, type=83\n")
     before = folder_state(tmp_path)
     code, _out, err = run(capsys, "resize", vdi, "--size", "8M")
@@ -130,6 +151,13 @@ def test_help_describes_every_option(capsys: pytest.CaptureFixture[str]) -> None
     with pytest.raises(SystemExit):
         main(["resize", "--help"])
     out = capsys.readouterr().out
-    for option in ("--size", "--grow-partition", "--dry-run", "--no-verify", "--no-undo",
-                   "--json", "--disk"):
+    for option in (
+        "--size",
+        "--grow-partition",
+        "--dry-run",
+        "--no-verify",
+        "--no-undo",
+        "--json",
+        "--disk",
+    ):
         assert option in out

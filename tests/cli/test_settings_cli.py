@@ -47,8 +47,12 @@ def _devices(vbox: Path) -> dict[tuple[str, str], dict[str, str]]:
     assert machine is not None
     out = {}
     holders = [machine, *machine.findall(f"{ns}Hardware")]
-    controllers = [c for h in holders for group in h.findall(f"{ns}StorageControllers")
-                   for c in group.findall(f"{ns}StorageController")]
+    controllers = [
+        c
+        for h in holders
+        for group in h.findall(f"{ns}StorageControllers")
+        for c in group.findall(f"{ns}StorageController")
+    ]
     for ctl in controllers:
         for dev in ctl.findall(f"{ns}AttachedDevice"):
             out[(ctl.get("name", ""), dev.get("port", ""))] = dict(dev.attrib)
@@ -64,8 +68,9 @@ def _without_flags(data: bytes) -> str:
     return ET.canonicalize(ET.tostring(root), strip_text=True)
 
 
-def test_listing_says_which_bus_can_discard(trim_vm: Path,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_listing_says_which_bus_can_discard(
+    trim_vm: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     code, out, _ = run(capsys, "settings", str(trim_vm), "--json")
     assert code == 0
     rows = {(a["controller"], a["port"]): a for a in json.loads(out)["attachments"]}
@@ -81,7 +86,8 @@ def test_listing_says_which_bus_can_discard(trim_vm: Path,
 
 
 def test_discard_on_edits_only_eligible_current_attachments_and_undo_restores(
-        trim_vm: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trim_vm: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     vbox = trim_vm / "Trim.vbox"
     original = vbox.read_bytes()
     code, out, err = run(capsys, "settings", str(trim_vm), "--discard", "on")
@@ -111,8 +117,9 @@ def test_discard_on_edits_only_eligible_current_attachments_and_undo_restores(
     assert hashlib.sha256(vbox.read_bytes()).digest() == hashlib.sha256(original).digest()
 
 
-def test_discard_off_keeps_the_solid_state_flag(trim_vm: Path,
-                                                capsys: pytest.CaptureFixture[str]) -> None:
+def test_discard_off_keeps_the_solid_state_flag(
+    trim_vm: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     vbox = trim_vm / "Trim.vbox"
     assert run(capsys, "settings", str(trim_vm), "--discard", "on")[0] == 0
     code, _, err = run(capsys, "settings", str(trim_vm), "--discard", "off")
@@ -122,20 +129,23 @@ def test_discard_off_keeps_the_solid_state_flag(trim_vm: Path,
     assert devices[("SATA", "0")].get("nonrotational") == "true"
 
 
-def test_dry_run_and_refusals_write_nothing(trim_vm: Path,
-                                            capsys: pytest.CaptureFixture[str]) -> None:
+def test_dry_run_and_refusals_write_nothing(
+    trim_vm: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     before = folder_state(trim_vm)
-    code, out, _ = run(capsys, "settings", str(trim_vm), "--discard", "on", "--dry-run",
-                       "--json")
+    code, out, _ = run(capsys, "settings", str(trim_vm), "--discard", "on", "--dry-run", "--json")
     assert code == 0
     plan = json.loads(out)
     assert {(c["controller"], c["port"]) for c in plan["changes"]} == {("SATA", 0), ("SCSI", 0)}
     assert folder_state(trim_vm) == before
     # A saved state: VirtualBox refuses storage changes, and so does vdigui.
     vbox = trim_vm / "Trim.vbox"
-    vbox.write_text(vbox.read_text(encoding="utf-8").replace(
-        'snapshotFolder="Snapshots"', 'snapshotFolder="Snapshots" stateFile="now.sav"'),
-        encoding="utf-8")
+    vbox.write_text(
+        vbox.read_text(encoding="utf-8").replace(
+            'snapshotFolder="Snapshots"', 'snapshotFolder="Snapshots" stateFile="now.sav"'
+        ),
+        encoding="utf-8",
+    )
     (trim_vm / "now.sav").write_bytes(b"saved")
     before = folder_state(trim_vm)
     code, _, err = run(capsys, "settings", str(trim_vm), "--discard", "on")
@@ -144,8 +154,9 @@ def test_dry_run_and_refusals_write_nothing(trim_vm: Path,
     assert folder_state(trim_vm) == before
 
 
-def test_real_vbox_files_round_trip(samples: Path, tmp_path: Path,
-                                    capsys: pytest.CaptureFixture[str]) -> None:
+def test_real_vbox_files_round_trip(
+    samples: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """Every real .vbox: on, then off; only the intended attributes change (read with
     ElementTree, not with vdigui), and a refused change leaves the file as it was."""
     tried = changed = 0

@@ -44,8 +44,7 @@ def test_list_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
     assert doc["snapshots"][1]["current"] is True
 
 
-def test_delete_dry_run_changes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]
-                                        ) -> None:
+def test_delete_dry_run_changes_nothing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     vm = linear(tmp_path)
     before = vm.vbox_path().read_bytes()
     assert main(["snapshot", "delete", str(vm.folder), "one", "--dry-run"]) == 0
@@ -98,8 +97,12 @@ def test_merge_repair_set_uuid(tmp_path: Path, capsys: pytest.CaptureFixture[str
 
 def _run_cli(*args: str) -> subprocess.Popen[bytes]:
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.Popen([sys.executable, "-m", "vdigui.cli", *args], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    return subprocess.Popen(
+        [sys.executable, "-m", "vdigui.cli", *args],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
 def test_sigkill_during_deletion_then_next_run_recovers(tmp_path: Path) -> None:
@@ -110,8 +113,11 @@ def test_sigkill_during_deletion_then_next_run_recovers(tmp_path: Path) -> None:
         vm = linear(tmp_path / f"a{attempt}", disk_size=48 * MIB, blocks=40)
         proc = _run_cli("snapshot", "delete", str(vm.folder), "one")
         deadline = time.monotonic() + 30
-        while not jr.journal_path(vm.folder).exists() and proc.poll() is None \
-                and time.monotonic() < deadline:
+        while (
+            not jr.journal_path(vm.folder).exists()
+            and proc.poll() is None
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.002)  # wait until it has started writing...
         time.sleep(rng.uniform(0.0, 0.6))  # ...then kill at a random moment
         proc.send_signal(signal.SIGKILL)
@@ -126,10 +132,10 @@ def test_sigkill_during_deletion_then_next_run_recovers(tmp_path: Path) -> None:
     print("kill outcomes:", sorted(outcomes))  # random moments; every one must be consistent
 
 
-def test_next_command_reports_recovery(tmp_path: Path, capsys: pytest.CaptureFixture[str]
-                                       ) -> None:
+def test_next_command_reports_recovery(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     vm = linear(tmp_path)
     from vdigui.engine.operations import merge as mg
+
     plan = mg.plan_snapshot_delete(vm.folder, "two")
     journal = jr.Journal.begin(plan.folder, plan.kind, plan.to_dict(), plan.summary, plan.vbox)
     journal.backup_file(vm.vbox_path())
@@ -140,11 +146,13 @@ def test_next_command_reports_recovery(tmp_path: Path, capsys: pytest.CaptureFix
     assert_all_states(vm)
 
 
-def test_space_in_plan_no_undo_and_discard(tmp_path: Path, capsys: pytest.CaptureFixture[str]
-                                           ) -> None:
+def test_space_in_plan_no_undo_and_discard(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     vm = linear(tmp_path)
-    assert main(["snapshot", "delete", str(vm.folder), "two", "--dry-run", "--no-undo",
-                 "--json"]) == 0
+    assert (
+        main(["snapshot", "delete", str(vm.folder), "two", "--dry-run", "--no-undo", "--json"]) == 0
+    )
     plan = json.loads(capsys.readouterr().out)
     assert plan["keep_undo"] is False and plan["space"]["keep_undo"] is False
     assert plan["space"]["frees"] > 0 and plan["space"]["undo_bytes"] == 0
@@ -178,8 +186,9 @@ def test_verify_flag_is_gone(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert_all_states(vm)
 
 
-def test_bare_merge_cli_space_and_no_undo(tmp_path: Path, capsys: pytest.CaptureFixture[str]
-                                          ) -> None:
+def test_bare_merge_cli_space_and_no_undo(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from vdigui.engine import create_image
 
     folder = tmp_path / "chain"

@@ -19,8 +19,17 @@ from vmbuild import MIB, VmBuilder, read_header_fields  # noqa: E402
 
 from vdigui.cli import main  # noqa: E402
 
-NAMES = ["header_and_map", "guest_data", "guest_unused", "zero_blocks", "hidden", "slack",
-         "undo_data", "virtualbox_other", "unknown"]
+NAMES = [
+    "header_and_map",
+    "guest_data",
+    "guest_unused",
+    "zero_blocks",
+    "hidden",
+    "slack",
+    "undo_data",
+    "virtualbox_other",
+    "unknown",
+]
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -62,20 +71,21 @@ def test_space_json_adds_up(capsys: pytest.CaptureFixture[str], vm: VmBuilder) -
     assert doc["total"]["header_and_map"] == head
     assert doc["total"]["undo_data"] == 5000
     sav = vm.folder / str(vm.snaps[0].state_file)
-    assert doc["total"]["virtualbox_other"] == (sav.stat().st_size
-                                                + vm.vbox_path().stat().st_size)
+    assert doc["total"]["virtualbox_other"] == (sav.stat().st_size + vm.vbox_path().stat().st_size)
     assert base.exists()
 
 
-def test_space_text_names_the_actions(capsys: pytest.CaptureFixture[str], vm: VmBuilder
-                                      ) -> None:
+def test_space_text_names_the_actions(capsys: pytest.CaptureFixture[str], vm: VmBuilder) -> None:
     code, out, err = run(capsys, "space", str(vm.vbox_path()))
     assert code == 0, err
     assert "vm.vdi: 6.0 MiB (6,291,456 bytes)" in out
-    total = out[out.index("Total:"):]
-    for name, action in (("hidden", "vdictl snapshot delete"), ("undo_data", "vdictl undo "
-                         "--discard"), ("virtualbox_other", "VirtualBox"),
-                         ("header_and_map", "nothing")):
+    total = out[out.index("Total:") :]
+    for name, action in (
+        ("hidden", "vdictl snapshot delete"),
+        ("undo_data", "vdictl undo --discard"),
+        ("virtualbox_other", "VirtualBox"),
+        ("header_and_map", "nothing"),
+    ):
         line = next(ln for ln in total.splitlines() if ln.strip().startswith(name))
         assert action in line, line
     # One image alone.

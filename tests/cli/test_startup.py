@@ -16,16 +16,24 @@ from builders import MIB, build_image, pattern
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _python(code: str, *args: str, env: dict[str, str] | None = None
-            ) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
-                          cwd=REPO, env=env, timeout=120)
+def _python(
+    code: str, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=120,
+    )
 
 
 def test_numpy_is_imported_with_one_blas_thread() -> None:
     env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_NUM_THREADS"}
-    done = _python("import os, vdigui.cli, numpy; print(os.environ.get('OPENBLAS_NUM_THREADS'))",
-                   env=env)
+    done = _python(
+        "import os, vdigui.cli, numpy; print(os.environ.get('OPENBLAS_NUM_THREADS'))", env=env
+    )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "1"
 

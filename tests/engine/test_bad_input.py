@@ -94,10 +94,10 @@ HEADER_CASES: list[tuple[str, dict[str, object], str, str]] = [
 ]
 
 
-@pytest.mark.parametrize(("overrides", "field", "value"),
-                         [c[1:] for c in HEADER_CASES], ids=[c[0] for c in HEADER_CASES])
-def test_header_check(tmp_path: Path, overrides: dict[str, object], field: str,
-                      value: str) -> None:
+@pytest.mark.parametrize(
+    ("overrides", "field", "value"), [c[1:] for c in HEADER_CASES], ids=[c[0] for c in HEADER_CASES]
+)
+def test_header_check(tmp_path: Path, overrides: dict[str, object], field: str, value: str) -> None:
     b = build_image(tmp_path / "bad.vdi", FOUR, {0: pattern(0, MIB)}, override=overrides)
     err = assert_refused(b.path, HeaderError, field, value)
     assert isinstance(err, HeaderError)
@@ -115,12 +115,15 @@ LEGACY_CASES: list[tuple[str, dict[str, object], str, str]] = [
 ]
 
 
-@pytest.mark.parametrize(("overrides", "field", "value"),
-                         [c[1:] for c in LEGACY_CASES], ids=[c[0] for c in LEGACY_CASES])
-def test_legacy_header_check(tmp_path: Path, overrides: dict[str, object], field: str,
-                             value: str) -> None:
-    b = build_image(tmp_path / "old.vdi", FOUR, {0: pattern(0, MIB)}, version=V0_2,
-                    override=overrides)
+@pytest.mark.parametrize(
+    ("overrides", "field", "value"), [c[1:] for c in LEGACY_CASES], ids=[c[0] for c in LEGACY_CASES]
+)
+def test_legacy_header_check(
+    tmp_path: Path, overrides: dict[str, object], field: str, value: str
+) -> None:
+    b = build_image(
+        tmp_path / "old.vdi", FOUR, {0: pattern(0, MIB)}, version=V0_2, override=overrides
+    )
     assert_refused(b.path, HeaderError, field, value)
 
 
@@ -135,8 +138,10 @@ def test_unsupported_version(tmp_path: Path) -> None:
     assert_refused(b.path, HeaderError, "u32Version", "0x00020001")
 
 
-@pytest.mark.parametrize("content", [b"", b"x", b"<<< Oracle VirtualBox Disk Image >>>\n",
-                                     b"\x00" * 4096, b"QFI\xfb" + bytes(508)])
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"x", b"<<< Oracle VirtualBox Disk Image >>>\n", b"\x00" * 4096, b"QFI\xfb" + bytes(508)],
+)
 def test_not_a_vdi(tmp_path: Path, content: bytes) -> None:
     p = tmp_path / "junk.vdi"
     p.write_bytes(content)
@@ -160,8 +165,9 @@ def test_truncated_legacy_map(tmp_path: Path) -> None:
 
 
 def test_truncated_in_data_area(tmp_path: Path) -> None:
-    b = build_image(tmp_path / "cut.vdi", FOUR, {0: pattern(0, MIB), 2: pattern(2, MIB)},
-                    slot_order="reverse")  # block 2 -> slot 0, block 0 -> slot 1
+    b = build_image(
+        tmp_path / "cut.vdi", FOUR, {0: pattern(0, MIB), 2: pattern(2, MIB)}, slot_order="reverse"
+    )  # block 2 -> slot 0, block 0 -> slot 1
     with open(b.path, "r+b") as f:
         f.truncate(2 * MIB + MIB + 100)  # slot 1 is cut short
     before = folder_state(tmp_path)
@@ -176,8 +182,9 @@ def test_truncated_in_data_area(tmp_path: Path) -> None:
 
 # -- block map problems -------------------------------------------------------------------
 def test_map_entry_past_eof(tmp_path: Path) -> None:
-    b = build_image(tmp_path / "eof.vdi", FOUR, {0: pattern(0, MIB), 1: pattern(1, MIB)},
-                    poke={3: 1000})
+    b = build_image(
+        tmp_path / "eof.vdi", FOUR, {0: pattern(0, MIB), 1: pattern(1, MIB)}, poke={3: 1000}
+    )
     assert b.unreadable == {3}
     before = folder_state(tmp_path)
     with open_chain(b.path) as chain:
@@ -190,8 +197,9 @@ def test_map_entry_past_eof(tmp_path: Path) -> None:
 
 
 def test_map_entry_past_eof_in_a_parent(tmp_path: Path) -> None:
-    ch = build_chain(tmp_path, FOUR, [{0: pattern(0, MIB)}, {1: pattern(1, MIB)}],
-                     names=["base.vdi", "diff.vdi"])
+    ch = build_chain(
+        tmp_path, FOUR, [{0: pattern(0, MIB)}, {1: pattern(1, MIB)}], names=["base.vdi", "diff.vdi"]
+    )
     with open(ch.paths[0], "r+b") as f:
         f.seek(MIB + 4 * 2)
         f.write(struct.pack("<I", 77))
@@ -213,8 +221,13 @@ def test_map_entry_at_huge_slot_does_not_overflow(tmp_path: Path) -> None:
 
 def test_duplicate_slots_read_like_virtualbox(tmp_path: Path) -> None:
     # VirtualBox does not validate duplicates on a normal open: both blocks show the slot.
-    b = build_image(tmp_path / "dup.vdi", FOUR, {0: pattern(0, MIB), 1: pattern(1, MIB)},
-                    slot_order="reverse", poke={3: 0})  # block 1 and block 3 share slot 0
+    b = build_image(
+        tmp_path / "dup.vdi",
+        FOUR,
+        {0: pattern(0, MIB), 1: pattern(1, MIB)},
+        slot_order="reverse",
+        poke={3: 0},
+    )  # block 1 and block 3 share slot 0
     before = folder_state(tmp_path)
     with open_chain(b.path) as chain:
         assert chain.read_block(3) == chain.read_block(1) == pattern(1, MIB)
@@ -224,8 +237,9 @@ def test_duplicate_slots_read_like_virtualbox(tmp_path: Path) -> None:
 
 def test_parent_loop_writes_nothing(tmp_path: Path) -> None:
     ua, ub = uuidlib.uuid4(), uuidlib.uuid4()
-    build_image(tmp_path / "a.vdi", MIB, {0: pattern(0, MIB)}, image_type=4, uuid_create=ua,
-                uuid_linkage=ub)
+    build_image(
+        tmp_path / "a.vdi", MIB, {0: pattern(0, MIB)}, image_type=4, uuid_create=ua, uuid_linkage=ub
+    )
     build_image(tmp_path / "b.vdi", MIB, {}, image_type=4, uuid_create=ub, uuid_linkage=ua)
     before = folder_state(tmp_path)
     for leaf in ("a.vdi", "b.vdi"):
@@ -276,8 +290,10 @@ def test_sample_windows10_base_and_diff(samples: Path, tmp_path: Path) -> None:
     (vm / "Snapshots").mkdir(parents=True)
     base = vm / "Windows 10.vdi"
     diff = vm / "Snapshots" / "{0b77d7b1-a7f9-4bc4-953a-f50c2d3ade39}.vdi"
-    for name, dest in [("windows10_1.15-windows_base-dynamic-empty.vdi.gz", base),
-                       ("windows10_1.15-windows_diff-0b77d7b1.vdi.gz", diff)]:
+    for name, dest in [
+        ("windows10_1.15-windows_base-dynamic-empty.vdi.gz", base),
+        ("windows10_1.15-windows_diff-0b77d7b1.vdi.gz", diff),
+    ]:
         with gzip.open(samples / name) as src, open(dest, "wb") as out:
             shutil.copyfileobj(src, out)
     before = folder_state(vm)
@@ -313,8 +329,7 @@ def test_random_map_damage_reads_and_checks(tmp_path: Path, seed: int) -> None:
     rng = random.Random(seed)
     bs = 4096
     blocks = 16
-    layer: dict = {b: pattern(rng.randrange(999), bs) for b in range(blocks)
-                   if rng.random() < 0.6}
+    layer: dict = {b: pattern(rng.randrange(999), bs) for b in range(blocks) if rng.random() < 0.6}
     n_slots = len(layer)
     poke: dict[int, int] = {}
     for b in rng.sample(range(blocks), rng.randrange(0, 4)):
@@ -322,8 +337,16 @@ def test_random_map_damage_reads_and_checks(tmp_path: Path, seed: int) -> None:
             poke[b] = rng.randrange(n_slots)  # shares a slot (a duplicate)
         else:
             poke[b] = n_slots + rng.randrange(0, 5)  # past the end of the file
-    b = build_image(tmp_path / "r.vdi", blocks * bs, layer, block_size=bs, placement="qemu",
-                    slot_order="shuffle", seed=seed, poke=poke)
+    b = build_image(
+        tmp_path / "r.vdi",
+        blocks * bs,
+        layer,
+        block_size=bs,
+        placement="qemu",
+        slot_order="shuffle",
+        seed=seed,
+        poke=poke,
+    )
     before = folder_state(tmp_path)
     with open_chain(b.path) as chain:
         for block in range(blocks):
@@ -333,8 +356,10 @@ def test_random_map_damage_reads_and_checks(tmp_path: Path, seed: int) -> None:
                 assert f"block {block}" in str(info.value)
                 assert f"slot {b.entries[block]}" in str(info.value)
             else:
-                assert chain.read(block * bs, bs) == model_read([b.layer], blocks * bs,
-                                                                bs)[block * bs:(block + 1) * bs]
+                assert (
+                    chain.read(block * bs, bs)
+                    == model_read([b.layer], blocks * bs, bs)[block * bs : (block + 1) * bs]
+                )
         findings = check_image(chain.top)
     kinds = {f.kind: set(f.blocks) for f in findings}
     assert kinds.get("slot-past-eof", set()) == set(b.unreadable)

@@ -38,7 +38,7 @@ KIB = 1024
 
 def entries_on_disk(path: Path) -> list[int]:
     h = read_header(path)
-    raw = path.read_bytes()[h.offset_blocks:h.offset_blocks + 4 * h.blocks]
+    raw = path.read_bytes()[h.offset_blocks : h.offset_blocks + 4 * h.blocks]
     return list(struct.unpack(f"<{h.blocks}I", raw))
 
 
@@ -51,18 +51,25 @@ def entries_on_disk(path: Path) -> list[int]:
         (4 * KIB, {"placement": "packed", "block_extra": 1024, "banner": BANNERS["sun"]}),
     ],
 )
-def test_chain_reads_match_model(tmp_path: Path, depth: int, block_size: int,
-                                 kwargs: dict) -> None:
+def test_chain_reads_match_model(tmp_path: Path, depth: int, block_size: int, kwargs: dict) -> None:
     rng = random.Random(depth * 1000 + block_size)
     blocks = 12
     disk = blocks * block_size - 1024
-    ch = build_chain(tmp_path, disk, random_layers(rng, blocks, block_size, depth),
-                     block_size=block_size, seed=depth, **kwargs)
+    ch = build_chain(
+        tmp_path,
+        disk,
+        random_layers(rng, blocks, block_size, depth),
+        block_size=block_size,
+        seed=depth,
+        **kwargs,
+    )
     with open_chain(ch.leaf) as chain:
         assert [layer.path for layer in chain.layers] == [p.resolve() for p in ch.paths]
         assert chain.read(0, disk) == ch.expected
-        assert chain.read(block_size - 5, block_size + 10) == \
-            ch.expected[block_size - 5:2 * block_size + 5]
+        assert (
+            chain.read(block_size - 5, block_size + 10)
+            == ch.expected[block_size - 5 : 2 * block_size + 5]
+        )
     # Every prefix of the chain reads as the model of that prefix.
     for k in range(1, depth + 1):
         with open_paths(ch.paths[:k]) as chain:
@@ -71,11 +78,15 @@ def test_chain_reads_match_model(tmp_path: Path, depth: int, block_size: int,
 
 def test_free_falls_through_and_zero_hides(tmp_path: Path) -> None:
     a, b, c = pattern(1, MIB), pattern(2, MIB), pattern(3, MIB)
-    ch = build_chain(tmp_path, 4 * MIB, [
-        {0: a, 1: a, 2: a, 3: a},
-        {1: b, 2: "zero"},
-        {3: c},  # 0, 1, 2 FREE in the leaf
-    ])
+    ch = build_chain(
+        tmp_path,
+        4 * MIB,
+        [
+            {0: a, 1: a, 2: a, 3: a},
+            {1: b, 2: "zero"},
+            {3: c},  # 0, 1, 2 FREE in the leaf
+        ],
+    )
     with open_chain(ch.leaf) as chain:
         assert chain.read_block(0) == a  # two FREE layers fall through to the base
         assert chain.read_block(1) == b
@@ -98,10 +109,10 @@ def test_parents_found_in_vm_and_snapshot_folders(tmp_path: Path) -> None:
     snaps = vm / "Snapshots"
     snaps.mkdir(parents=True)
     base = build_image(vm / "disk.vdi", 2 * MIB, {0: pattern(0, MIB)})
-    d1 = build_image(snaps / f"{{{uuidlib.uuid4()}}}.vdi", 2 * MIB, {1: pattern(1, MIB)},
-                     parent=base.header)
-    d2 = build_image(snaps / f"{{{uuidlib.uuid4()}}}.vdi", 2 * MIB, {0: "zero"},
-                     parent=d1.header)
+    d1 = build_image(
+        snaps / f"{{{uuidlib.uuid4()}}}.vdi", 2 * MIB, {1: pattern(1, MIB)}, parent=base.header
+    )
+    d2 = build_image(snaps / f"{{{uuidlib.uuid4()}}}.vdi", 2 * MIB, {0: "zero"}, parent=d1.header)
     with open_chain(d2.path) as chain:
         assert len(chain.layers) == 3
         assert chain.read(0, 2 * MIB) == bytes(MIB) + pattern(1, MIB)
@@ -145,21 +156,36 @@ def _assert_broken(folder: Path, leaf: Path, exc_type: type[Exception], *names: 
 
 
 def test_missing_parent(tmp_path: Path) -> None:
-    ch = build_chain(tmp_path, 2 * MIB, [{0: pattern(0, MIB)}, {1: pattern(1, MIB)}, {}],
-                     names=["base.vdi", "mid.vdi", "leaf.vdi"])
+    ch = build_chain(
+        tmp_path,
+        2 * MIB,
+        [{0: pattern(0, MIB)}, {1: pattern(1, MIB)}, {}],
+        names=["base.vdi", "mid.vdi", "leaf.vdi"],
+    )
     (tmp_path / "base.vdi").unlink()
-    _assert_broken(tmp_path, ch.leaf, MissingParentError, "mid.vdi",
-                   str(ch.images[0].uuid))
+    _assert_broken(tmp_path, ch.leaf, MissingParentError, "mid.vdi", str(ch.images[0].uuid))
     res = resolve_chain(ch.leaf)
     assert [p.name for p in res.paths] == ["mid.vdi", "leaf.vdi"]
 
 
 def test_parent_loop(tmp_path: Path) -> None:
     ua, ub = uuidlib.uuid4(), uuidlib.uuid4()
-    build_image(tmp_path / "a.vdi", 2 * MIB, {0: pattern(0, MIB)}, image_type=4,
-                uuid_create=ua, uuid_linkage=ub)
-    build_image(tmp_path / "b.vdi", 2 * MIB, {1: pattern(1, MIB)}, image_type=4,
-                uuid_create=ub, uuid_linkage=ua)
+    build_image(
+        tmp_path / "a.vdi",
+        2 * MIB,
+        {0: pattern(0, MIB)},
+        image_type=4,
+        uuid_create=ua,
+        uuid_linkage=ub,
+    )
+    build_image(
+        tmp_path / "b.vdi",
+        2 * MIB,
+        {1: pattern(1, MIB)},
+        image_type=4,
+        uuid_create=ub,
+        uuid_linkage=ua,
+    )
     _assert_broken(tmp_path, tmp_path / "a.vdi", ChainError, "loops", "a.vdi")
 
 
@@ -172,8 +198,15 @@ def test_self_loop(tmp_path: Path) -> None:
 def test_disk_size_mismatch(tmp_path: Path) -> None:
     base = build_image(tmp_path / "base.vdi", 3 * MIB, {0: pattern(0, MIB)})
     build_image(tmp_path / "diff.vdi", 2 * MIB, {}, parent=base.header)
-    _assert_broken(tmp_path, tmp_path / "diff.vdi", ChainError, "diff.vdi", "base.vdi",
-                   str(2 * MIB), str(3 * MIB))
+    _assert_broken(
+        tmp_path,
+        tmp_path / "diff.vdi",
+        ChainError,
+        "diff.vdi",
+        "base.vdi",
+        str(2 * MIB),
+        str(3 * MIB),
+    )
 
 
 def test_block_size_mismatch(tmp_path: Path) -> None:
@@ -184,8 +217,7 @@ def test_block_size_mismatch(tmp_path: Path) -> None:
 
 def test_base_whose_header_says_differencing(tmp_path: Path) -> None:
     build_image(tmp_path / "orphan.vdi", MIB, {}, image_type=4)
-    _assert_broken(tmp_path, tmp_path / "orphan.vdi", ChainError, "orphan.vdi",
-                   "differencing")
+    _assert_broken(tmp_path, tmp_path / "orphan.vdi", ChainError, "orphan.vdi", "differencing")
 
 
 def test_unreadable_sibling_does_not_break_resolution(tmp_path: Path) -> None:
@@ -198,8 +230,12 @@ def test_unreadable_sibling_does_not_break_resolution(tmp_path: Path) -> None:
 # -- writes into a differencing image -----------------------------------------------------
 def _diff_chain(tmp_path: Path) -> tuple[Path, Path, bytes]:
     p = pattern(7, MIB)
-    ch = build_chain(tmp_path, 4 * MIB, [{0: p, 1: p, 2: p}, {2: pattern(8, MIB)}],
-                     names=["base.vdi", "diff.vdi"])
+    ch = build_chain(
+        tmp_path,
+        4 * MIB,
+        [{0: p, 1: p, 2: p}, {2: pattern(8, MIB)}],
+        names=["base.vdi", "diff.vdi"],
+    )
     return ch.paths[0], ch.paths[1], ch.expected
 
 
@@ -211,13 +247,13 @@ def test_partial_write_keeps_parent_data(tmp_path: Path) -> None:
         chain.write(MIB + 1000, b"\x00new\x00")
     assert base.read_bytes() == base_before  # the parent is never written
     want = bytearray(expected)
-    want[MIB + 1000:MIB + 1005] = b"\x00new\x00"
+    want[MIB + 1000 : MIB + 1005] = b"\x00new\x00"
     with open_chain(diff) as chain:
         assert chain.read(0, 4 * MIB) == bytes(want)
     h = read_header(diff)
     assert h.blocks_allocated == 2 and entries_on_disk(diff)[1] == 1
-    slot = diff.read_bytes()[h.offset_data + MIB:h.offset_data + 2 * MIB]
-    assert slot == bytes(want[MIB:2 * MIB])  # the new block carries the parent's data
+    slot = diff.read_bytes()[h.offset_data + MIB : h.offset_data + 2 * MIB]
+    assert slot == bytes(want[MIB : 2 * MIB])  # the new block carries the parent's data
 
 
 def test_all_zero_block_over_parent_data_persists_zero(tmp_path: Path) -> None:
@@ -239,7 +275,7 @@ def test_zero_write_spanning_blocks_in_diff(tmp_path: Path) -> None:
     with open_chain(diff, writable=True) as chain:
         chain.write(MIB // 2, bytes(2 * MIB))  # half of 0, all of 1, half of 2
     want = bytearray(expected)
-    want[MIB // 2:MIB // 2 + 2 * MIB] = bytes(2 * MIB)
+    want[MIB // 2 : MIB // 2 + 2 * MIB] = bytes(2 * MIB)
     with open_chain(diff) as chain:
         assert chain.read(0, 4 * MIB) == bytes(want)
     ents = entries_on_disk(diff)
@@ -303,7 +339,7 @@ def test_random_writes_through_chain_match_model(tmp_path: Path) -> None:
             n = rng.randrange(1, min(3 * bs, disk - off))
             data = bytes(n) if rng.random() < 0.4 else rng.randbytes(n)
             chain.write(off, data)
-            want[off:off + n] = data
+            want[off : off + n] = data
         assert chain.read(0, disk) == bytes(want)
     with open_chain(ch.leaf) as chain:
         assert chain.read(0, disk) == bytes(want)
@@ -336,13 +372,36 @@ def test_chain_of_mixed_versions_layouts_and_extra(tmp_path: Path) -> None:
     disk = 10 * bs
     rng = random.Random(3)
     layers = random_layers(rng, 10, bs, 3, density=0.6)
-    base = build_image(tmp_path / "old.vdi", disk, layers[0], block_size=bs, version=0x2,
-                       banner=BANNERS["innotek"], slot_order="shuffle")
-    mid = build_image(tmp_path / "mid.vdi", disk, layers[1], block_size=bs, parent=base.header,
-                      placement="qemu", header_size=0x180, block_extra=512,
-                      slot_order="reverse")
-    top = build_image(tmp_path / "top.vdi", disk, layers[2], block_size=bs, parent=mid.header,
-                      placement="packed", banner=BANNERS["garbage"], slot_order="shuffle")
+    base = build_image(
+        tmp_path / "old.vdi",
+        disk,
+        layers[0],
+        block_size=bs,
+        version=0x2,
+        banner=BANNERS["innotek"],
+        slot_order="shuffle",
+    )
+    mid = build_image(
+        tmp_path / "mid.vdi",
+        disk,
+        layers[1],
+        block_size=bs,
+        parent=base.header,
+        placement="qemu",
+        header_size=0x180,
+        block_extra=512,
+        slot_order="reverse",
+    )
+    top = build_image(
+        tmp_path / "top.vdi",
+        disk,
+        layers[2],
+        block_size=bs,
+        parent=mid.header,
+        placement="packed",
+        banner=BANNERS["garbage"],
+        slot_order="shuffle",
+    )
     want = model_read([base.layer, mid.layer, top.layer], disk, bs)
     with open_chain(top.path, writable=True) as chain:
         assert [layer.header.version_text for layer in chain.layers] == ["0.2", "1.1", "1.1"]
@@ -350,7 +409,7 @@ def test_chain_of_mixed_versions_layouts_and_extra(tmp_path: Path) -> None:
         chain.write(bs - 1, b"\x01\x02")
         chain.write(5 * bs, bytes(bs))
     w = bytearray(want)
-    w[bs - 1:bs + 1] = b"\x01\x02"
-    w[5 * bs:6 * bs] = bytes(bs)
+    w[bs - 1 : bs + 1] = b"\x01\x02"
+    w[5 * bs : 6 * bs] = bytes(bs)
     with open_chain(top.path) as chain:
         assert chain.read(0, disk) == bytes(w)

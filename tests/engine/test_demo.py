@@ -20,8 +20,7 @@ from vdigui.engine.demo import FAT_MIB, ROOT_MIB, build_demo_vm
 MIB = 1 << 20
 
 #: The states whose chains are whole (the demo's "Before experiment" has a broken link).
-STATES = ["--current", "--snapshot=Alternative", "--snapshot=Updates",
-          "--snapshot=Fresh install"]
+STATES = ["--current", "--snapshot=Alternative", "--snapshot=Updates", "--snapshot=Fresh install"]
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +40,7 @@ def test_every_state_holds_clean_filesystems(demo: Path, state: str, tmp_path: P
         for out, start, size in ((root, 1, ROOT_MIB), (fat, 1 + ROOT_MIB, FAT_MIB)):
             src.seek(start * MIB)
             out.write_bytes(src.read(size * MIB))
-    done = subprocess.run([e2fsck, "-fn", str(root)], capture_output=True, text=True,
-                          check=False)
+    done = subprocess.run([e2fsck, "-fn", str(root)], capture_output=True, text=True, check=False)
     assert done.returncode == 0, f"{state}: e2fsck\n{done.stdout}{done.stderr}"
-    done = subprocess.run([fsck_vfat, "-n", str(fat)], capture_output=True, text=True,
-                          check=False)
+    done = subprocess.run([fsck_vfat, "-n", str(fat)], capture_output=True, text=True, check=False)
     assert done.returncode == 0, f"{state}: fsck.vfat\n{done.stdout}{done.stderr}"

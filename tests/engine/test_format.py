@@ -28,11 +28,18 @@ from vdigui.engine.format import ImageType, parse_header, read_header
         (V0_2, 0, "legacy"),
     ],
 )
-def test_header_fields_match_the_builder(tmp_path: Path, version: int, header_size: int,
-                                         placement: str) -> None:
-    b = build_image(tmp_path / "x.vdi", 5 * MIB - 512, {1: pattern(1, MIB), 3: "zero"},
-                    version=version, header_size=header_size,
-                    placement=placement, comment=b"hello \xc3\xa9")  # type: ignore[arg-type]
+def test_header_fields_match_the_builder(
+    tmp_path: Path, version: int, header_size: int, placement: str
+) -> None:
+    b = build_image(
+        tmp_path / "x.vdi",
+        5 * MIB - 512,
+        {1: pattern(1, MIB), 3: "zero"},
+        version=version,
+        header_size=header_size,
+        placement=placement,
+        comment=b"hello \xc3\xa9",
+    )  # type: ignore[arg-type]
     h = read_header(b.path)
     raw = b.header
     assert h.version == version
@@ -102,11 +109,17 @@ def test_valid_flags(tmp_path: Path, flags: int) -> None:
     assert read_header(b.path).flags == flags
 
 
-@pytest.mark.parametrize(("block_size", "extra"), [(512, 0), (4096, 512), (64 * 1024, 16),
-                                                   (2 * MIB, 0), (MIB, 1 << 20)])
+@pytest.mark.parametrize(
+    ("block_size", "extra"), [(512, 0), (4096, 512), (64 * 1024, 16), (2 * MIB, 0), (MIB, 1 << 20)]
+)
 def test_block_sizes_and_extra(tmp_path: Path, block_size: int, extra: int) -> None:
-    b = build_image(tmp_path / "x.vdi", 4 * block_size, block_size=block_size,
-                    block_extra=extra, placement="qemu")
+    b = build_image(
+        tmp_path / "x.vdi",
+        4 * block_size,
+        block_size=block_size,
+        block_extra=extra,
+        placement="qemu",
+    )
     h = read_header(b.path)
     assert (h.block_size, h.block_extra) == (block_size, extra)
     assert h.slot_size == block_size + extra
@@ -123,17 +136,26 @@ def test_comment_is_cut_at_byte_255(tmp_path: Path) -> None:
     assert read_header(b.path).comment == "a" * 255
 
 
-@pytest.mark.parametrize(("version", "header_size"), [(V1_1, 0x190), (V1_1, 0x180),
-                                                      (V0_2, 0)])
-def test_pack_header_reproduces_the_bytes_on_disk(tmp_path: Path, version: int,
-                                                  header_size: int) -> None:
-    b = build_image(tmp_path / "x.vdi", 3 * MIB, {0: pattern(0, MIB)}, version=version,
-                    header_size=header_size, placement="qemu", comment=b"c",
-                    lchs=(1023, 16, 63, 512), legacy_geometry=(1, 2, 3, 512), dummy=7)
+@pytest.mark.parametrize(("version", "header_size"), [(V1_1, 0x190), (V1_1, 0x180), (V0_2, 0)])
+def test_pack_header_reproduces_the_bytes_on_disk(
+    tmp_path: Path, version: int, header_size: int
+) -> None:
+    b = build_image(
+        tmp_path / "x.vdi",
+        3 * MIB,
+        {0: pattern(0, MIB)},
+        version=version,
+        header_size=header_size,
+        placement="qemu",
+        comment=b"c",
+        lchs=(1023, 16, 63, 512),
+        legacy_geometry=(1, 2, 3, 512),
+        dummy=7,
+    )
     data = b.path.read_bytes()
     h = parse_header(data[:512], b.path, len(data))
     packed = fmt.pack_header(h)
-    assert data[0x48:0x48 + len(packed)] == packed
+    assert data[0x48 : 0x48 + len(packed)] == packed
     assert fmt.pack_preheader(h.banner, h.version) == data[:0x48]
     if version == V1_1:
         assert h.legacy_geometry == (1, 2, 3, 512)

@@ -16,8 +16,12 @@ from builders import pack_header as builder_pack
 from vdigui.engine import format as fmt
 
 #: engine attribute -> the builder's name for the same field
-BUILDER_NAMES = {"uuid": "uuid_create", "modify_uuid": "uuid_modify",
-                 "parent_uuid": "uuid_linkage", "parent_modify_uuid": "uuid_parent_modify"}
+BUILDER_NAMES = {
+    "uuid": "uuid_create",
+    "modify_uuid": "uuid_modify",
+    "parent_uuid": "uuid_linkage",
+    "parent_modify_uuid": "uuid_parent_modify",
+}
 
 LAYOUTS = {
     "v1.1+": (*fmt.PREHEADER_FIELDS, *fmt.V1PLUS_FIELDS),
@@ -28,12 +32,27 @@ LAYOUTS = {
 def distinct_raw_header(version: int) -> RawHeader:
     """A builder header whose every field holds a different, recognisable value."""
     return RawHeader(
-        banner=b"banner text\n", version=version, header_size=0x190, image_type=4,
-        flags=0x100, comment=b"a comment", offset_blocks=0x1111, offset_data=0x22222,
-        legacy_geometry=(3, 5, 7, 512), dummy=9, disk_size=0x123456789A, block_size=1 << 20,
-        block_extra=64, blocks=11, blocks_allocated=6, uuid_create=uuidlib.uuid4(),
-        uuid_modify=uuidlib.uuid4(), uuid_linkage=uuidlib.uuid4(),
-        uuid_parent_modify=uuidlib.uuid4(), lchs=(13, 16, 63, 512))
+        banner=b"banner text\n",
+        version=version,
+        header_size=0x190,
+        image_type=4,
+        flags=0x100,
+        comment=b"a comment",
+        offset_blocks=0x1111,
+        offset_data=0x22222,
+        legacy_geometry=(3, 5, 7, 512),
+        dummy=9,
+        disk_size=0x123456789A,
+        block_size=1 << 20,
+        block_extra=64,
+        blocks=11,
+        blocks_allocated=6,
+        uuid_create=uuidlib.uuid4(),
+        uuid_modify=uuidlib.uuid4(),
+        uuid_linkage=uuidlib.uuid4(),
+        uuid_parent_modify=uuidlib.uuid4(),
+        lchs=(13, 16, 63, 512),
+    )
 
 
 @pytest.mark.parametrize(("version", "layout"), [(V1_1, "v1.1+"), (V0_2, "legacy")])

@@ -35,24 +35,32 @@ ENTRY_POINTS = {
     "open_image": "from vdigui.engine.image import open_image as f",
     "read_header": "from vdigui.engine.format import read_header as f",
     "resolve_chain": "from vdigui.engine.chain import resolve_chain as g\n"
-                     "def f(p):\n    r = g(p)\n    if r.error: raise r.error",
+    "def f(p):\n    r = g(p)\n    if r.error: raise r.error",
     "open_chain": "from vdigui.engine import open_chain as f",
     "check_path": "from vdigui.engine.check import check_path as f",
     "load_vm_folder": "from vdigui.engine.vmfolder import load_vm_folder as f",
     "plan_compact": "from vdigui.engine.operations.compact import plan_compact as f",
     "plan_convert": "from vdigui.engine.operations.convert import plan_convert as g\n"
-                    "def f(p): g(p, 'fixed')",
+    "def f(p): g(p, 'fixed')",
 }
 
 
 def _call_in_child(entry: str, path: Path) -> subprocess.CompletedProcess[str]:
-    code = (f"import sys\n{ENTRY_POINTS[entry]}\n"
-            "from vdigui.engine.errors import VdiError\n"
-            "try:\n    f(sys.argv[1])\n"
-            "except VdiError as exc:\n    print(str(exc)); sys.exit(3)\n")
-    return subprocess.run([sys.executable, "-c", code, str(path)], cwd=REPO,
-                          env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
-                          text=True, timeout=60, check=False)
+    code = (
+        f"import sys\n{ENTRY_POINTS[entry]}\n"
+        "from vdigui.engine.errors import VdiError\n"
+        "try:\n    f(sys.argv[1])\n"
+        "except VdiError as exc:\n    print(str(exc)); sys.exit(3)\n"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code, str(path)],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def _make(kind: str, folder: Path, name: str) -> Path:
@@ -73,8 +81,9 @@ def _make(kind: str, folder: Path, name: str) -> Path:
 
 @pytest.mark.parametrize("entry", sorted(ENTRY_POINTS))
 @pytest.mark.parametrize("kind", ["fifo", "folder", "loop", "device"])
-def test_reader_entry_points_refuse_non_files_without_blocking(tmp_path: Path, kind: str,
-                                                               entry: str) -> None:
+def test_reader_entry_points_refuse_non_files_without_blocking(
+    tmp_path: Path, kind: str, entry: str
+) -> None:
     if entry == "load_vm_folder" or (entry == "check_path" and kind == "folder"):
         path = _make(kind, tmp_path, "x.vbox")
     else:
@@ -100,8 +109,9 @@ def test_a_fifo_beside_the_image_does_not_block_the_parent_search(tmp_path: Path
 def _qemu(tmp_path: Path, fmt: str, name: str, *opts: str) -> Path:
     qemu_img = require_tool("qemu-img")
     path = tmp_path / name
-    subprocess.run([qemu_img, "create", "-q", "-f", fmt, *opts, str(path), "4M"], check=True,
-                   timeout=60)
+    subprocess.run(
+        [qemu_img, "create", "-q", "-f", fmt, *opts, str(path), "4M"], check=True, timeout=60
+    )
     return path
 
 
@@ -129,23 +139,35 @@ def _raw_disk(tmp_path: Path, table: str) -> Path:
         f.truncate(8 * MIB)
     if table == "mbr":
         sfdisk = require_tool("sfdisk")
-        subprocess.run([sfdisk, "-q", str(path)], input=b"label: dos\n,,L\n", check=True,
-                       timeout=60, capture_output=True)
+        subprocess.run(
+            [sfdisk, "-q", str(path)],
+            input=b"label: dos\n,,L\n",
+            check=True,
+            timeout=60,
+            capture_output=True,
+        )
     else:
         sgdisk = require_tool("sgdisk")
-        subprocess.run([sgdisk, "-n", "1:0:0", str(path)], check=True, timeout=60,
-                       capture_output=True)
+        subprocess.run(
+            [sgdisk, "-n", "1:0:0", str(path)], check=True, timeout=60, capture_output=True
+        )
     return path
 
 
 CASES = {
     # name: (builder, words that must appear, advice that must appear)
     "vmdk-sparse": (lambda t: _qemu(t, "vmdk", "disk.vmdk"), "VMDK sparse", "qemu-img convert"),
-    "vmdk-descriptor": (lambda t: _qemu(t, "vmdk", "flat.vmdk", "-o", "subformat=monolithicFlat"),
-                        "VMDK descriptor", "VBoxManage clonemedium"),
+    "vmdk-descriptor": (
+        lambda t: _qemu(t, "vmdk", "flat.vmdk", "-o", "subformat=monolithicFlat"),
+        "VMDK descriptor",
+        "VBoxManage clonemedium",
+    ),
     "vhd-dynamic": (lambda t: _qemu(t, "vpc", "disk.vhd"), "VHD", "qemu-img convert"),
-    "vhd-fixed": (lambda t: _qemu(t, "vpc", "fixed.vhd", "-o", "subformat=fixed"), "VHD",
-                  "qemu-img convert"),
+    "vhd-fixed": (
+        lambda t: _qemu(t, "vpc", "fixed.vhd", "-o", "subformat=fixed"),
+        "VHD",
+        "qemu-img convert",
+    ),
     "vhdx": (lambda t: _qemu(t, "vhdx", "disk.vhdx"), "VHDX", "qemu-img convert"),
     "qcow2": (lambda t: _qemu(t, "qcow2", "disk.qcow2"), "qcow2", "qemu-img convert"),
     "gzip": (lambda t: _compressed(t, "gzip"), "gzip", "gunzip"),
@@ -180,9 +202,12 @@ def test_text_empty_and_unknown_files(tmp_path: Path) -> None:
     junk.write_bytes(bytes(range(256)) * 8)
     short = tmp_path / "short.vdi"
     short.write_bytes(b"\x00\x01" * 10)
-    expected = {text: "it is a text file", empty: "it is an empty file",
-                junk: "header field u32Signature is 0x43424140, expected 0xBEDA107F",
-                short: "too short to be a VDI image"}
+    expected = {
+        text: "it is a text file",
+        empty: "it is an empty file",
+        junk: "header field u32Signature is 0x43424140, expected 0xBEDA107F",
+        short: "too short to be a VDI image",
+    }
     for path, words in expected.items():
         with pytest.raises(NotVdiImageError) as info:
             open_image(path)
@@ -191,8 +216,7 @@ def test_text_empty_and_unknown_files(tmp_path: Path) -> None:
 
 
 def test_truncated_map_leads_with_plain_words(tmp_path: Path) -> None:
-    built = build_image(tmp_path / "cut.vdi", 4 * MIB, {0: pattern(0, MIB)},
-                        placement="qemu")
+    built = build_image(tmp_path / "cut.vdi", 4 * MIB, {0: pattern(0, MIB)}, placement="qemu")
     os.truncate(built.path, 0x200 + 8)  # the map of 4 entries is cut after 2
     with pytest.raises(HeaderError) as info:
         open_image(built.path)
@@ -201,8 +225,7 @@ def test_truncated_map_leads_with_plain_words(tmp_path: Path) -> None:
     assert "cBlocks" in message  # the field detail after the plain words
 
 
-def test_sniff_identity_of_vdi_like_names_is_not_guessed_from_the_suffix(tmp_path: Path
-                                                                         ) -> None:
+def test_sniff_identity_of_vdi_like_names_is_not_guessed_from_the_suffix(tmp_path: Path) -> None:
     """A qcow2 named .vdi is still said to be qcow2 (the bytes decide, not the name)."""
     path = _qemu(tmp_path, "qcow2", "renamed.vdi")
     identity = sniff.identify(path)
@@ -210,8 +233,9 @@ def test_sniff_identity_of_vdi_like_names_is_not_guessed_from_the_suffix(tmp_pat
 
 
 # -- usage: metadata only unless zeros are asked for ---------------------------------------
-def test_usage_metadata_only_reads_no_data_blocks(tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_usage_metadata_only_reads_no_data_blocks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     layer = {b: pattern(b, MIB) for b in range(48)}
     layer.update({b: bytes(MIB) for b in range(48, 56)})
     path = build_image(tmp_path / "d.vdi", 64 * MIB, layer).path
@@ -248,8 +272,13 @@ def test_pre_17_vm_in_one_folder_with_snapshot_diff(tmp_path: Path) -> None:
     (folder / "Snapshots").mkdir(parents=True)
     base = build_image(folder / "Old.vdi", 2 * MIB, {0: pattern(0, MIB)})
     diff_uuid = uuidlib.uuid4()
-    build_image(folder / "Snapshots" / f"{{{diff_uuid}}}.vdi", 2 * MIB, {1: pattern(1, MIB)},
-                parent=base.header, uuid_create=diff_uuid)
+    build_image(
+        folder / "Snapshots" / f"{{{diff_uuid}}}.vdi",
+        2 * MIB,
+        {1: pattern(1, MIB)},
+        parent=base.header,
+        uuid_create=diff_uuid,
+    )
     machine = uuidlib.uuid4()
     (folder / "Old.xml").write_text(
         '<?xml version="1.0"?>\n'
@@ -257,12 +286,12 @@ def test_pre_17_vm_in_one_folder_with_snapshot_diff(tmp_path: Path) -> None:
         f'<Machine uuid="{{{machine}}}" name="Old" OSType="Linux">'
         "<Hardware/><HardDiskAttachments>"
         f'<HardDiskAttachment hardDisk="{{{diff_uuid}}}" bus="IDE" channel="0" device="0"/>'
-        "</HardDiskAttachments></Machine></VirtualBox>\n")
+        "</HardDiskAttachments></Machine></VirtualBox>\n"
+    )
     vm = load_vm_folder(folder)
     assert vm.problems == ()
     (disk,) = vm.current_disks()
-    assert vm.chain_for(disk) == [folder / "Old.vdi",
-                                  folder / "Snapshots" / f"{{{diff_uuid}}}.vdi"]
+    assert vm.chain_for(disk) == [folder / "Old.vdi", folder / "Snapshots" / f"{{{diff_uuid}}}.vdi"]
     # A current settings file keeps its own registry and is not second-guessed.
     write_vbox(tmp_path / "New.vbox", uuidlib.uuid4(), "New", [])
     assert load_vm_folder(tmp_path / "New.vbox").media == {}

@@ -33,7 +33,7 @@ def read_all(path: Path) -> bytes:
 
 def entries_on_disk(path: Path) -> list[int]:
     h = read_header(path)
-    raw = path.read_bytes()[h.offset_blocks:h.offset_blocks + 4 * h.blocks]
+    raw = path.read_bytes()[h.offset_blocks : h.offset_blocks + 4 * h.blocks]
     return list(struct.unpack(f"<{h.blocks}I", raw))
 
 
@@ -62,21 +62,36 @@ def test_read_matches_model(tmp_path: Path, kwargs: dict, block_size: int, order
             layer[b] = pattern(rng.randrange(1000), block_size)
         elif r < 0.7:
             layer[b] = "zero"
-    b = build_image(tmp_path / "x.vdi", disk, layer, block_size=block_size,
-                    slot_order=order, seed=3, **kwargs)
+    b = build_image(
+        tmp_path / "x.vdi", disk, layer, block_size=block_size, slot_order=order, seed=3, **kwargs
+    )
     expected = model_read([b.layer], disk, block_size)
     assert read_all(b.path) == expected
     with DiskChain([open_image(b.path)]) as chain:
         # Ranges across block boundaries, inside one block, zero-length, the very end.
-        for off, n in [(0, 1), (block_size - 3, 7), (block_size // 2, 3 * block_size),
-                       (disk - 1, 1), (disk, 0), (0, disk), (5 * block_size + 1, 511)]:
-            assert chain.read(off, n) == expected[off:off + n], (off, n)
+        for off, n in [
+            (0, 1),
+            (block_size - 3, 7),
+            (block_size // 2, 3 * block_size),
+            (disk - 1, 1),
+            (disk, 0),
+            (0, disk),
+            (5 * block_size + 1, 511),
+        ]:
+            assert chain.read(off, n) == expected[off : off + n], (off, n)
 
 
 def test_extra_prefix_is_skipped(tmp_path: Path) -> None:
-    b = build_image(tmp_path / "x.vdi", 2 * 4096, {0: b"\x77" * 4096, 1: b"\x55" * 4096},
-                    block_size=4096, block_extra=512, extra_fill=0xEE, placement="qemu",
-                    slot_order="reverse")
+    b = build_image(
+        tmp_path / "x.vdi",
+        2 * 4096,
+        {0: b"\x77" * 4096, 1: b"\x55" * 4096},
+        block_size=4096,
+        block_extra=512,
+        extra_fill=0xEE,
+        placement="qemu",
+        slot_order="reverse",
+    )
     assert read_all(b.path) == b"\x77" * 4096 + b"\x55" * 4096
 
 
@@ -103,7 +118,7 @@ def test_slot_past_eof_raises_naming_block_and_slot(tmp_path: Path) -> None:
 
 
 def test_crash_tail_is_tolerated(tmp_path: Path) -> None:
-    b = build_image(tmp_path / "x.vdi", 4 * MIB, {1: pattern(1, MIB)}, tail=b"\xAB" * 70000)
+    b = build_image(tmp_path / "x.vdi", 4 * MIB, {1: pattern(1, MIB)}, tail=b"\xab" * 70000)
     assert read_all(b.path) == model_read([b.layer], 4 * MIB, MIB)
 
 
@@ -119,8 +134,13 @@ def test_open_is_read_only_by_default(tmp_path: Path) -> None:
 
 # -- writes into a base image -------------------------------------------------------------
 def test_partial_write_allocates_next_slot_zero_padded(tmp_path: Path) -> None:
-    b = build_image(tmp_path / "x.vdi", 8 * MIB, {5: pattern(5, MIB), 2: pattern(2, MIB)},
-                    placement="qemu", slot_order="reverse")
+    b = build_image(
+        tmp_path / "x.vdi",
+        8 * MIB,
+        {5: pattern(5, MIB), 2: pattern(2, MIB)},
+        placement="qemu",
+        slot_order="reverse",
+    )
     size0 = b.path.stat().st_size
     with DiskChain([open_image(b.path, writable=True)]) as chain:
         chain.write(3 * MIB + 100, b"hello")
@@ -130,9 +150,9 @@ def test_partial_write_allocates_next_slot_zero_padded(tmp_path: Path) -> None:
     assert entries[3] == 2  # slot = previous cBlocksAllocated
     assert b.path.stat().st_size == size0 + MIB
     expected = bytearray(model_read([b.layer], 8 * MIB, MIB))
-    expected[3 * MIB + 100:3 * MIB + 105] = b"hello"
+    expected[3 * MIB + 100 : 3 * MIB + 105] = b"hello"
     assert read_all(b.path) == bytes(expected)
-    slot = b.path.read_bytes()[h.offset_data + 2 * MIB:h.offset_data + 3 * MIB]
+    slot = b.path.read_bytes()[h.offset_data + 2 * MIB : h.offset_data + 3 * MIB]
     assert slot == bytes(100) + b"hello" + bytes(MIB - 105)
 
 
@@ -146,16 +166,17 @@ def test_zero_write_into_free_base_block_changes_nothing(tmp_path: Path) -> None
 
 
 def test_write_into_allocated_block_is_in_place(tmp_path: Path) -> None:
-    b = build_image(tmp_path / "x.vdi", 4 * MIB, {0: pattern(0, MIB), 1: pattern(1, MIB)},
-                    slot_order="reverse")
+    b = build_image(
+        tmp_path / "x.vdi", 4 * MIB, {0: pattern(0, MIB), 1: pattern(1, MIB)}, slot_order="reverse"
+    )
     with DiskChain([open_image(b.path, writable=True)]) as chain:
         chain.write(MIB - 2, b"ABCD")  # spans blocks 0 and 1
         chain.write(MIB + 10, bytes(MIB - 10))  # zeros into an allocated block stay data
     assert read_header(b.path).blocks_allocated == 2
     assert entries_on_disk(b.path)[:2] == [1, 0]
     expected = bytearray(model_read([b.layer], 4 * MIB, MIB))
-    expected[MIB - 2:MIB + 2] = b"ABCD"
-    expected[MIB + 10:2 * MIB] = bytes(MIB - 10)
+    expected[MIB - 2 : MIB + 2] = b"ABCD"
+    expected[MIB + 10 : 2 * MIB] = bytes(MIB - 10)
     assert read_all(b.path) == bytes(expected)
 
 
@@ -169,40 +190,45 @@ def test_nonzero_write_into_zero_block_allocates(tmp_path: Path) -> None:
 
 
 def test_write_in_legacy_and_extra_layouts(tmp_path: Path) -> None:
-    for name, kw in [("v0.vdi", {"version": V0_2}),
-                     ("ex.vdi", {"block_extra": 512, "placement": "packed"})]:
-        b = build_image(tmp_path / name, 4 * 4096, {1: pattern(1, 4096)}, block_size=4096,
-                        **kw)  # type: ignore[arg-type]
+    for name, kw in [
+        ("v0.vdi", {"version": V0_2}),
+        ("ex.vdi", {"block_extra": 512, "placement": "packed"}),
+    ]:
+        b = build_image(tmp_path / name, 4 * 4096, {1: pattern(1, 4096)}, block_size=4096, **kw)  # type: ignore[arg-type]
         with DiskChain([open_image(b.path, writable=True)]) as chain:
             chain.write(4096 * 3 - 1, b"\x09\x08")
         expected = bytearray(model_read([b.layer], 4 * 4096, 4096))
-        expected[4096 * 3 - 1:4096 * 3 + 1] = b"\x09\x08"
+        expected[4096 * 3 - 1 : 4096 * 3 + 1] = b"\x09\x08"
         assert read_all(b.path) == bytes(expected)
         assert read_header(b.path).blocks_allocated == 3
 
 
 def test_write_refuses_to_cross_link_after_crash_state_c(tmp_path: Path) -> None:
     # Map entry written but header not (reference 2.5 (c)): entry == cBlocksAllocated.
-    b = build_image(tmp_path / "x.vdi", 4 * MIB, {0: pattern(0, MIB), 1: pattern(1, MIB)},
-                    blocks_allocated=1)
+    b = build_image(
+        tmp_path / "x.vdi", 4 * MIB, {0: pattern(0, MIB), 1: pattern(1, MIB)}, blocks_allocated=1
+    )
     assert read_all(b.path) == model_read([b.layer], 4 * MIB, MIB)  # still readable
     before = b.path.read_bytes()
-    with DiskChain([open_image(b.path, writable=True)]) as chain, \
-            pytest.raises(ImageCorruptError, match="cross-linked"):
+    with (
+        DiskChain([open_image(b.path, writable=True)]) as chain,
+        pytest.raises(ImageCorruptError, match="cross-linked"),
+    ):
         chain.write(3 * MIB, b"new")
     assert b.path.read_bytes() == before
 
 
 def test_write_after_crash_state_a_reuses_orphan_tail(tmp_path: Path) -> None:
-    b = build_image(tmp_path / "x.vdi", 4 * MIB, {0: pattern(0, MIB)}, tail=b"\xAA" * MIB)
+    b = build_image(tmp_path / "x.vdi", 4 * MIB, {0: pattern(0, MIB)}, tail=b"\xaa" * MIB)
     with DiskChain([open_image(b.path, writable=True)]) as chain:
         chain.write(2 * MIB, b"\x01" * 10)
     assert entries_on_disk(b.path)[2] == 1
-    assert read_all(b.path)[2 * MIB:3 * MIB] == b"\x01" * 10 + bytes(MIB - 10)
+    assert read_all(b.path)[2 * MIB : 3 * MIB] == b"\x01" * 10 + bytes(MIB - 10)
 
 
-def test_write_order_data_then_flush_then_metadata(tmp_path: Path,
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+def test_write_order_data_then_flush_then_metadata(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     b = build_image(tmp_path / "x.vdi", 4 * MIB, {0: pattern(0, MIB)})
     h = b.header
     events: list[tuple[str, int, int]] = []
@@ -304,7 +330,7 @@ def test_created_image_written_and_reopened(tmp_path: Path) -> None:
             off = rng.randrange(8 * MIB - 70000)
             data = rng.randbytes(rng.randrange(1, 70000))
             chain.write(off, data)
-            expected[off:off + len(data)] = data
+            expected[off : off + len(data)] = data
     assert read_all(p) == bytes(expected)
     h = read_header(p)
     ents = entries_on_disk(p)
@@ -314,11 +340,17 @@ def test_created_image_written_and_reopened(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("block_size", [64 * KIB, 2 * MIB])
-def test_create_differencing_over_parent_with_other_block_size(tmp_path: Path,
-                                                               block_size: int) -> None:
+def test_create_differencing_over_parent_with_other_block_size(
+    tmp_path: Path, block_size: int
+) -> None:
     """The new diff must form a readable chain with its parent (same block size)."""
-    base = build_image(tmp_path / "base.vdi", 4 * block_size,
-                       {1: pattern(1, block_size)}, block_size=block_size, placement="qemu")
+    base = build_image(
+        tmp_path / "base.vdi",
+        4 * block_size,
+        {1: pattern(1, block_size)},
+        block_size=block_size,
+        placement="qemu",
+    )
     p = tmp_path / "diff.vdi"
     create_image(p, parent=base.path)
     assert read_header(p).block_size == block_size
@@ -329,5 +361,5 @@ def test_create_differencing_over_parent_with_other_block_size(tmp_path: Path,
     with open_chain(p) as chain:
         got = chain.read(0, 4 * block_size)
     want = bytearray(model_read([base.layer], 4 * block_size, block_size))
-    want[block_size + 3:block_size + 6] = b"xyz"
+    want[block_size + 3 : block_size + 6] = b"xyz"
     assert got == bytes(want)

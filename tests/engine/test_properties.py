@@ -27,8 +27,9 @@ from support import SAMPLES as SAMPLE_DIR
 from vdigui.engine import DiskChain, VdiError, open_chain, open_image
 from vdigui.engine.format import parse_header
 
-SETTINGS = settings(max_examples=150, deadline=None, derandomize=False,
-                    suppress_health_check=[HealthCheck.too_slow])
+SETTINGS = settings(
+    max_examples=150, deadline=None, derandomize=False, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
 @contextmanager
@@ -67,12 +68,26 @@ def layouts(draw: st.DrawFn) -> dict:
 def test_whole_read_equals_chunked_reads_equals_model(layout: dict) -> None:
     rng = random.Random(layout["seed"])
     bs, disk = layout["block_size"], layout["disk"]
-    layers = random_layers(rng, layout["blocks"], bs, layout["depth"],
-                           density=layout["density"], zero_share=layout["zero_share"])
+    layers = random_layers(
+        rng,
+        layout["blocks"],
+        bs,
+        layout["depth"],
+        density=layout["density"],
+        zero_share=layout["zero_share"],
+    )
     with scratch() as folder:
-        ch = build_chain(folder, disk, layers, block_size=bs, slot_order=layout["order"],
-                         seed=layout["seed"], placement=layout["placement"],
-                         block_extra=layout["extra"], header_size=layout["header_size"])
+        ch = build_chain(
+            folder,
+            disk,
+            layers,
+            block_size=bs,
+            slot_order=layout["order"],
+            seed=layout["seed"],
+            placement=layout["placement"],
+            block_extra=layout["extra"],
+            header_size=layout["header_size"],
+        )
         with open_chain(ch.leaf) as chain:
             whole = chain.read(0, disk)
             assert whole == ch.expected
@@ -83,7 +98,7 @@ def test_whole_read_equals_chunked_reads_equals_model(layout: dict) -> None:
                 parts.append(chain.read(pos, n))
                 pos += n
                 i += 1
-            assert b"".join(parts) == ch.expected[layout["start"]:]
+            assert b"".join(parts) == ch.expected[layout["start"] :]
 
 
 # -- hostile input ------------------------------------------------------------------------
@@ -97,8 +112,10 @@ def test_random_bytes_raise_only_vdi_errors(raw: bytes) -> None:
 
 
 @SETTINGS
-@given(st.binary(min_size=0x1D8 - 0x48, max_size=0x1D8 - 0x48),
-       st.sampled_from([V1_1, V1_0, V0_2, 0x00010005]))
+@given(
+    st.binary(min_size=0x1D8 - 0x48, max_size=0x1D8 - 0x48),
+    st.sampled_from([V1_1, V1_0, V0_2, 0x00010005]),
+)
 def test_random_header_after_valid_signature(body: bytes, version: int) -> None:
     raw = b"\0" * 64 + struct.pack("<II", 0xBEDA107F, version) + body
     try:
@@ -143,8 +160,13 @@ def _seed_files() -> dict[str, bytes]:
         for name, kw in specs.items():
             bs = int(kw["block_size"])  # type: ignore[call-overload]
             layer: dict = {0: pattern(1, bs), 2: "zero", 3: pattern(3, bs)}
-            b = build_image(d / f"{name}.vdi", 5 * bs - 512 if bs > 512 else 5 * bs, layer,
-                            slot_order="reverse", **kw)  # type: ignore[arg-type]
+            b = build_image(
+                d / f"{name}.vdi",
+                5 * bs - 512 if bs > 512 else 5 * bs,
+                layer,
+                slot_order="reverse",
+                **kw,
+            )  # type: ignore[arg-type]
             _SEEDS[name] = b.path.read_bytes()
     windoze = SAMPLE_DIR / "windoze_1.3-era_sun-xvm_empty-10G.vdi"
     if windoze.is_file():
@@ -164,19 +186,27 @@ def test_mutated_images_raise_only_vdi_errors(data: st.DataObject) -> None:
     name = data.draw(st.sampled_from(sorted(seeds)))
     blob = bytearray(seeds[name])
     h_end = min(len(blob), 0x200)
-    flips = data.draw(st.lists(st.tuples(st.integers(0, h_end * 8 - 1), st.booleans()),
-                               min_size=1, max_size=6))
+    flips = data.draw(
+        st.lists(st.tuples(st.integers(0, h_end * 8 - 1), st.booleans()), min_size=1, max_size=6)
+    )
     for bit, anywhere in flips:
         pos = bit // 8 if not anywhere else data.draw(st.integers(0, len(blob) - 1))
         blob[pos] ^= 1 << (bit % 8)
     if data.draw(st.booleans()):
         # A whole 32-bit field replaced by an extreme value.
         off = data.draw(st.integers(0x40, h_end - 4).map(lambda x: x & ~3))
-        struct.pack_into("<I", blob, off,
-                         data.draw(st.sampled_from([0, 1, 0xFFFFFFFF, 0xFFFFFFFE, 0x7FFFFFFF,
-                                                    0x80000000, 512, 0x200000])))
+        struct.pack_into(
+            "<I",
+            blob,
+            off,
+            data.draw(
+                st.sampled_from(
+                    [0, 1, 0xFFFFFFFF, 0xFFFFFFFE, 0x7FFFFFFF, 0x80000000, 512, 0x200000]
+                )
+            ),
+        )
     if data.draw(st.booleans()):
-        blob = blob[:data.draw(st.integers(0, len(blob)))]
+        blob = blob[: data.draw(st.integers(0, len(blob)))]
     with scratch() as d:
         p = d / "mutant.vdi"
         p.write_bytes(bytes(blob))
@@ -187,9 +217,14 @@ def test_mutated_images_raise_only_vdi_errors(data: st.DataObject) -> None:
 @given(st.data())
 def test_mutated_chain_leaf_raises_only_vdi_errors(data: st.DataObject) -> None:
     with scratch() as d:
-        ch = build_chain(d, 6 * 4096, [{0: pattern(0, 4096), 1: pattern(1, 4096)},
-                                       {1: "zero", 2: pattern(2, 4096)}],
-                         block_size=4096, placement="qemu", names=["base.vdi", "leaf.vdi"])
+        ch = build_chain(
+            d,
+            6 * 4096,
+            [{0: pattern(0, 4096), 1: pattern(1, 4096)}, {1: "zero", 2: pattern(2, 4096)}],
+            block_size=4096,
+            placement="qemu",
+            names=["base.vdi", "leaf.vdi"],
+        )
         blob = bytearray(ch.leaf.read_bytes())
         for _ in range(data.draw(st.integers(1, 4))):
             pos = data.draw(st.integers(0x40, 0x200 + 4 * 6 - 1))
@@ -221,19 +256,33 @@ def write_plans(draw: st.DrawFn) -> dict:
 def test_writes_through_chain_match_model(plan: dict) -> None:
     rng = random.Random(plan["seed"])
     bs, disk = plan["block_size"], plan["disk"]
-    layers = random_layers(rng, plan["blocks"], bs, plan["depth"], density=plan["density"],
-                           zero_share=plan["zero_share"])
+    layers = random_layers(
+        rng,
+        plan["blocks"],
+        bs,
+        plan["depth"],
+        density=plan["density"],
+        zero_share=plan["zero_share"],
+    )
     with scratch() as folder:
-        ch = build_chain(folder, disk, layers, block_size=bs, slot_order=plan["order"],
-                         seed=plan["seed"], placement=plan["placement"],
-                         block_extra=plan["extra"], header_size=plan["header_size"])
+        ch = build_chain(
+            folder,
+            disk,
+            layers,
+            block_size=bs,
+            slot_order=plan["order"],
+            seed=plan["seed"],
+            placement=plan["placement"],
+            block_extra=plan["extra"],
+            header_size=plan["header_size"],
+        )
         parents = [p.read_bytes() for p in ch.paths[:-1]]
         want = bytearray(ch.expected)
         with open_chain(ch.leaf, writable=True) as chain:
             for off, n, kind, byte in plan["writes"]:
                 data = bytes(n) if kind != "data" else bytes([byte | 1]) * n
                 chain.write(off, data, durable=False)
-                want[off:off + n] = data
+                want[off : off + n] = data
             assert chain.read(0, disk) == bytes(want)
         with open_chain(ch.leaf) as chain:  # reopened from the files
             assert chain.read(0, disk) == bytes(want)

@@ -67,8 +67,9 @@ def assert_map_agrees(qemu_img: str, image: Path) -> None:
                     within = max(rng["start"], b * h.block_size) - rng["start"]
                     assert entry < 0xFFFFFFFE, (b, rng)
                     pos = max(rng["start"], b * h.block_size)
-                    assert h.slot_offset(entry) + pos - b * h.block_size == \
-                        rng["offset"] + within, (b, rng)
+                    assert (
+                        h.slot_offset(entry) + pos - b * h.block_size == rng["offset"] + within
+                    ), (b, rng)
                 else:
                     assert entry >= 0xFFFFFFFE, (b, rng)
         allocated = {b for b in range(img.guest_blocks) if img.entry(b) < 0xFFFFFFFE}
@@ -76,14 +77,19 @@ def assert_map_agrees(qemu_img: str, image: Path) -> None:
 
 
 @pytest.mark.parametrize("size", ["64M", str(16 * MIB - 512), str(3 * MIB + 4096)])
-def test_qemu_written_dynamic_images_read_like_qemu(tmp_path: Path, qemu_img: str,
-                                                    qemu_io: str, size: str) -> None:
+def test_qemu_written_dynamic_images_read_like_qemu(
+    tmp_path: Path, qemu_img: str, qemu_io: str, size: str
+) -> None:
     p = tmp_path / "d.vdi"
     assert run(qemu_img, "create", "-f", "vdi", str(p), size).returncode == 0
     disk = 64 * MIB if size == "64M" else int(size)
     rng = random.Random(disk)
-    writes = [(5 * MIB if disk > 6 * MIB else MIB, MIB, 0xCD), (0, 512, 0x11),
-              (3149824 % (disk - 4096), 4096, 0xAB), (disk - 512, 512, 0x5A)]
+    writes = [
+        (5 * MIB if disk > 6 * MIB else MIB, MIB, 0xCD),
+        (0, 512, 0x11),
+        (3149824 % (disk - 4096), 4096, 0xAB),
+        (disk - 512, 512, 0x5A),
+    ]
     for _ in range(12):  # scattered, unaligned, block-crossing
         n = rng.choice([512, 1024, 4096, 65536, MIB + 512])
         off = rng.randrange(0, (disk - n) // 512) * 512
@@ -105,8 +111,7 @@ def test_qemu_fixed_image_reads_like_qemu(tmp_path: Path, qemu_img: str, qemu_io
     assert_map_agrees(qemu_img, p)
 
 
-def test_qemu_slot_order_matches_the_reference(tmp_path: Path, qemu_img: str,
-                                               qemu_io: str) -> None:
+def test_qemu_slot_order_matches_the_reference(tmp_path: Path, qemu_img: str, qemu_io: str) -> None:
     # Reference 10.3: slots are allocated in write order, partial blocks zero-padded.
     p = tmp_path / "o.vdi"
     run(qemu_img, "create", "-f", "vdi", str(p), "64M")
@@ -126,12 +131,14 @@ def test_qemu_slot_order_matches_the_reference(tmp_path: Path, qemu_img: str,
         {"placement": "qemu", "header_size": 0x190, "lchs": (1023, 16, 63, 512)},
     ],
 )
-def test_builder_images_read_the_same_in_qemu_and_engine(tmp_path: Path, qemu_img: str,
-                                                         kwargs: dict) -> None:
+def test_builder_images_read_the_same_in_qemu_and_engine(
+    tmp_path: Path, qemu_img: str, kwargs: dict
+) -> None:
     """Checks the test builder itself against qemu, then the engine against both."""
     layer: dict = {0: pattern(0, MIB), 2: "zero", 3: pattern(3, MIB), 6: pattern(6, MIB)}
-    b = build_image(tmp_path / "b.vdi", 8 * MIB - 512, layer, slot_order="shuffle", seed=4,
-                    **kwargs)
+    b = build_image(
+        tmp_path / "b.vdi", 8 * MIB - 512, layer, slot_order="shuffle", seed=4, **kwargs
+    )
     expected = model_read([b.layer], 8 * MIB - 512, MIB)
     assert qemu_raw(qemu_img, b.path) == expected
     assert engine_raw(b.path) == expected
@@ -149,16 +156,17 @@ def _write_randomly(image: Path, disk: int, seed: int) -> bytes:
             off = rng.randrange(0, disk - n + 1)
             data = bytes(n) if i % 5 == 0 else rng.randbytes(n)
             chain.write(off, data)
-            expected[off:off + n] = data
+            expected[off : off + n] = data
         chain.write(disk - 3, b"end")
-        expected[disk - 3:] = b"end"
+        expected[disk - 3 :] = b"end"
     return bytes(expected)
 
 
 @pytest.mark.parametrize("fixed", [False, True], ids=["dynamic", "fixed"])
 @pytest.mark.parametrize("disk", [24 * MIB, 16 * MIB - 512])
-def test_vdigui_images_pass_qemu_check_and_compare(tmp_path: Path, qemu_img: str,
-                                                   fixed: bool, disk: int) -> None:
+def test_vdigui_images_pass_qemu_check_and_compare(
+    tmp_path: Path, qemu_img: str, fixed: bool, disk: int
+) -> None:
     p = tmp_path / "v.vdi"
     create_image(p, disk, fixed=fixed)
     r = run(qemu_img, "check", "-f", "vdi", str(p))
@@ -195,11 +203,15 @@ def test_vdigui_writes_into_qemu_image(tmp_path: Path, qemu_img: str, qemu_io: s
     before = bytearray(qemu_raw(qemu_img, p))
     expected = bytearray(before)
     with DiskChain([open_image(p, writable=True)]) as chain:
-        for off, data in [(MIB - 10, b"\x05" * 20), (7 * MIB, b"\x06" * 100),
-                          (19 * MIB, bytes(4096)), (12 * MIB, bytes(MIB)),
-                          (20 * MIB - 512 - 5, b"tail!")]:
+        for off, data in [
+            (MIB - 10, b"\x05" * 20),
+            (7 * MIB, b"\x06" * 100),
+            (19 * MIB, bytes(4096)),
+            (12 * MIB, bytes(MIB)),
+            (20 * MIB - 512 - 5, b"tail!"),
+        ]:
             chain.write(off, data)
-            expected[off:off + len(data)] = data
+            expected[off : off + len(data)] = data
     with open_image(p) as img:
         assert img.header.header_size == 0x180  # never upgraded in place
         assert img.header.blocks_allocated == 4  # 0, 7 from qemu; 1 and 19 from vdigui

@@ -71,13 +71,14 @@ class Rects(HTMLParser):
 
 def distance(a: str, b: str) -> float:
     """Euclidean distance of two #rrggbb colours."""
-    ca = [int(a[i:i + 2], 16) for i in (1, 3, 5)]
-    cb = [int(b[i:i + 2], 16) for i in (1, 3, 5)]
+    ca = [int(a[i : i + 2], 16) for i in (1, 3, 5)]
+    cb = [int(b[i : i + 2], 16) for i in (1, 3, 5)]
     return sum((x - y) ** 2 for x, y in zip(ca, cb, strict=True)) ** 0.5
 
 
-def cells_drawn(svg: str, row_y: float, cells: int, left: float = 190.0, width: float = 768.0
-                ) -> dict[int, list[str]]:
+def cells_drawn(
+    svg: str, row_y: float, cells: int, left: float = 190.0, width: float = 768.0
+) -> dict[int, list[str]]:
     """Cell index -> fills of the non-background rectangles drawn over it in one row."""
     parser = Rects()
     parser.feed(svg)
@@ -109,8 +110,9 @@ def test_every_cell_holding_a_block_is_drawn(tmp_path: Path) -> None:
     # One block of 16 is plainly visible: at least half-way from the background to the
     # layer's colour (a share-weighted shade would be 1/16 of the way).
     for fills in base_row.values():
-        assert all(distance(f, FREE_LIGHT) >= 0.45 * distance(LAYER_HUES[0], FREE_LIGHT)
-                   for f in fills)
+        assert all(
+            distance(f, FREE_LIGHT) >= 0.45 * distance(LAYER_HUES[0], FREE_LIGHT) for f in fills
+        )
     diff_row = cells_drawn(svg, 24, MAP_CELLS)
     assert set(diff_row) == {40, 100}
     assert len(diff_row[40]) == 2 and len(set(diff_row[40])) == 2  # mixed: two bands
@@ -123,13 +125,13 @@ def test_every_cell_holding_a_block_is_drawn(tmp_path: Path) -> None:
     assert "blocks 640–655: 14 free, 1 zero entries, 1 data" in titles
     assert "blocks 640–655: 15 free, 1 data" in titles
     served = [t for t in titles if "read as zeros" in t]
-    assert served and served[0].startswith("blocks 640–655: 13 read as zeros (no layer), "
-                                           "1 zero entries, 1 from base.vdi, 1 from")
+    assert served and served[0].startswith(
+        "blocks 640–655: 13 read as zeros (no layer), 1 zero entries, 1 from base.vdi, 1 from"
+    )
 
 
 @pytest.mark.parametrize(("order", "expected"), [("sequential", {"0"}), ("reverse", {"1"})])
-def test_fragmentation_grid_shows_the_seeks(tmp_path: Path, order: str,
-                                            expected: set[str]) -> None:
+def test_fragmentation_grid_shows_the_seeks(tmp_path: Path, order: str, expected: set[str]) -> None:
     # 300 consecutive guest blocks stored in order, or in reverse order (every step seeks
     # back two slots: the 2-16 class); the grid holds the worst class of each cell.
     bs = 64 * KIB
@@ -149,11 +151,26 @@ def test_fragmentation_grid_shows_the_seeks(tmp_path: Path, order: str,
 
 def test_redaction_rules() -> None:
     rules = redaction_rules(home="/home/al", user="al")
-    doc = {"/home/al/VMs/a.vdi": ["/home/al", "/home/alice/x", "al-box and normal words, halt",
-                                  "'/home/al/x y'", "(in /home/al, /home/al2)"], "n": 3}
-    assert redact(doc, rules) == {"~/VMs/a.vdi": ["~", "/home/alice/x",
-                                                  "<user>-box and normal words, halt",
-                                                  "'~/x y'", "(in ~, /home/al2)"], "n": 3}
+    doc = {
+        "/home/al/VMs/a.vdi": [
+            "/home/al",
+            "/home/alice/x",
+            "al-box and normal words, halt",
+            "'/home/al/x y'",
+            "(in /home/al, /home/al2)",
+        ],
+        "n": 3,
+    }
+    assert redact(doc, rules) == {
+        "~/VMs/a.vdi": [
+            "~",
+            "/home/alice/x",
+            "<user>-box and normal words, halt",
+            "'~/x y'",
+            "(in ~, /home/al2)",
+        ],
+        "n": 3,
+    }
     assert redact("/", redaction_rules(home="/", user="")) == "/"
 
 
@@ -164,16 +181,34 @@ def test_history_from_vdigui_records(tmp_path: Path) -> None:
     for folder, size in ((old, 100), (last, 50)):
         folder.mkdir(parents=True)
         (folder / "000-a.vdi.head").write_bytes(b"x" * size)
-    (state / "last-operation.json").write_text(json.dumps({
-        "kind": "snapshot-delete", "summary": "delete snapshot 'Old'", "backup_dir": str(last),
-        "started": "2026-02-02T08:00:00+00:00", "finished": "2026-02-02T08:00:05+00:00",
-        "undoable": True}))
-    (state / "journal.json").write_text(json.dumps({
-        "kind": "merge", "summary": "merge x", "backup_dir": str(state / "backups" / "gone"),
-        "started": "2026-03-03T00:00:00+00:00"}))
+    (state / "last-operation.json").write_text(
+        json.dumps(
+            {
+                "kind": "snapshot-delete",
+                "summary": "delete snapshot 'Old'",
+                "backup_dir": str(last),
+                "started": "2026-02-02T08:00:00+00:00",
+                "finished": "2026-02-02T08:00:05+00:00",
+                "undoable": True,
+            }
+        )
+    )
+    (state / "journal.json").write_text(
+        json.dumps(
+            {
+                "kind": "merge",
+                "summary": "merge x",
+                "backup_dir": str(state / "backups" / "gone"),
+                "started": "2026-03-03T00:00:00+00:00",
+            }
+        )
+    )
     history = operation_history(tmp_path)
     assert [(h["kind"], h["undo_data"]) for h in history] == [
-        ("repair", 100), ("snapshot-delete", 50), ("merge", None)]
+        ("repair", 100),
+        ("snapshot-delete", 50),
+        ("merge", None),
+    ]
     assert history[0]["started"] == "2026-01-01T10:10:10+00:00"
     assert history[1]["summary"] == "delete snapshot 'Old'"
     assert history[1]["status"] == "done, can be undone"
@@ -181,7 +216,7 @@ def test_history_from_vdigui_records(tmp_path: Path) -> None:
     assert operation_history(tmp_path / "nothing") == []
 
 
-HOSTILE = '<img src=x onerror=alert(1)>"\'&'
+HOSTILE = "<img src=x onerror=alert(1)>\"'&"
 
 
 def hostile_vm(folder: Path) -> VmBuilder:
@@ -191,8 +226,12 @@ def hostile_vm(folder: Path) -> VmBuilder:
     vm.take_snapshot("S")
     vm.scribble([1])
     vbox = vm.vbox_path()
-    escaped = HOSTILE.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace(
-        '"', "&quot;")
+    escaped = (
+        HOSTILE.replace("&", "&amp;")
+        .replace("<", "&lt;")
+        .replace(">", "&gt;")
+        .replace('"', "&quot;")
+    )
     text = vbox.read_text().replace(HOSTILE, escaped).replace('name="S"', f'name="{escaped}"')
     vbox.write_text(text)
     return vm

@@ -37,6 +37,7 @@ FREE, ZERO = 0xFFFFFFFF, 0xFFFFFFFE
 
 # -- builders and measures ----------------------------------------------------------------------
 
+
 def chain_vm(folder: Path, snapshots: int, *, branch: bool = False, seed: int = 7) -> VmBuilder:
     """A VM with two disks and ``snapshots`` snapshots of random data (some with saved states).
 
@@ -78,8 +79,11 @@ def folder_bytes(folder: Path) -> int:
 
 
 def vdi_sizes(folder: Path) -> dict[Path, int]:
-    return {p.relative_to(folder): p.stat().st_size for p in folder.rglob("*.vdi")
-            if ".vdigui" not in p.parts}
+    return {
+        p.relative_to(folder): p.stat().st_size
+        for p in folder.rglob("*.vdi")
+        if ".vdigui" not in p.parts
+    }
 
 
 def changed_images(before: dict[Path, int], after: dict[Path, int]) -> int:
@@ -90,8 +94,12 @@ def changed_images(before: dict[Path, int], after: dict[Path, int]) -> int:
 def read_map(path: Path) -> np.ndarray:
     f = read_header_fields(path)
     raw = path.read_bytes()
-    return np.frombuffer(raw, dtype="<u4", count=int(f["blocks"]),  # type: ignore[call-overload]
-                         offset=int(f["off_blocks"]))  # type: ignore[call-overload]
+    return np.frombuffer(
+        raw,
+        dtype="<u4",
+        count=int(f["blocks"]),  # type: ignore[call-overload]
+        offset=int(f["off_blocks"]),
+    )  # type: ignore[call-overload]
 
 
 def only_here_expected(vm: VmBuilder, name: str) -> int:
@@ -117,8 +125,9 @@ SHAPES = [(1, False), (2, False), (3, False), (5, False), (3, True), (4, True)]
 
 
 @pytest.mark.parametrize(("snapshots", "branch"), SHAPES)
-def test_each_deletion_frees_what_the_cost_map_said(tmp_path: Path, snapshots: int,
-                                                   branch: bool) -> None:
+def test_each_deletion_frees_what_the_cost_map_said(
+    tmp_path: Path, snapshots: int, branch: bool
+) -> None:
     vm = chain_vm(tmp_path / "vm", snapshots, branch=branch)
     kept_costs = snapshot_costs(vm.folder, rate=100 * MIB)
     bare_costs = snapshot_costs(vm.folder, keep_undo=False, rate=100 * MIB)
@@ -195,8 +204,10 @@ def test_the_demo_vm(tmp_path: Path) -> None:
 
     folder = build_demo_vm(tmp_path / "demo")
     costs = snapshot_costs(folder)
-    assert [c.name for c in costs if c.refused_reason is None] == ["Before experiment",
-                                                                   "Alternative"]
+    assert [c.name for c in costs if c.refused_reason is None] == [
+        "Before experiment",
+        "Alternative",
+    ]
     assert check_every_deletion(folder, tmp_path / "runs") == 4
 
 
@@ -222,14 +233,25 @@ def test_the_cost_map_writes_nothing(tmp_path: Path) -> None:
 def test_to_dict_keys(tmp_path: Path) -> None:
     vm = chain_vm(tmp_path / "vm", 2)
     d = snapshot_costs(vm.folder, rate=50 * MIB)[0].to_dict()
-    for key in ("name", "uuid", "only_here", "frees", "frees_keeping_undo",
-                "frees_without_undo", "copies", "needs", "seconds_estimate", "refused_reason"):
+    for key in (
+        "name",
+        "uuid",
+        "only_here",
+        "frees",
+        "frees_keeping_undo",
+        "frees_without_undo",
+        "copies",
+        "needs",
+        "seconds_estimate",
+        "refused_reason",
+    ):
         assert key in d
     assert d["name"] == "s1" and d["uuid"] == str(vm.snap("s1").uuid)
     assert all(k == k.lower() and " " not in k for k in d)
 
 
 # -- the cheapest order ---------------------------------------------------------------------------
+
 
 def run_order(vm: VmBuilder, order: tuple[str, ...], where: Path) -> int:
     """Delete ``order`` for real on a copy; the cost model of the plans each step made."""
@@ -262,8 +284,10 @@ def test_cheapest_order_is_no_more_expensive_than_any_other(tmp_path: Path) -> N
     vm = uneven_vm(tmp_path / "vm")
     best = best_order(vm.folder, ["a", "b", "c"])
     assert isinstance(best, OrderCost) and best.exhaustive and best.tried == 6
-    real = {order: run_order(vm, order, tmp_path / "-".join(order))
-            for order in itertools.permutations(["a", "b", "c"])}
+    real = {
+        order: run_order(vm, order, tmp_path / "-".join(order))
+        for order in itertools.permutations(["a", "b", "c"])
+    }
     assert real[best.order] == best.cost
     assert all(best.cost <= cost for cost in real.values())
     assert len(set(real.values())) > 1, "the orders must differ for this test to mean anything"

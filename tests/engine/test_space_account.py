@@ -52,16 +52,18 @@ def test_slots_holes_and_tail_of_one_image(tmp_path: Path) -> None:
     # Block 0 -> slot 0 (data), block 1 -> slot 2 (a hole: reads as zeros), block 2 ZERO,
     # block 5 -> slot 3 (data); slot 1 is referenced by nobody; 1000 stray bytes at the end.
     entries = [0, 2, ZERO, FREE, FREE, 3, FREE, FREE]
-    path = write_raw(tmp_path / "loose.vdi",
-                     RawImage(h, entries, [data[0], data[1], None, data[3]], tail=b"x" * 1000))
+    path = write_raw(
+        tmp_path / "loose.vdi",
+        RawImage(h, entries, [data[0], data[1], None, data[3]], tail=b"x" * 1000),
+    )
     account = account_space(path)
     (f,) = account.files
     assert f.size == h.data_offset + 4 * MIB + 1000 == path.stat().st_size
     assert {c: v for c, v in f.categories.items() if v} == {
         C.HEADER_AND_MAP: h.data_offset,
-        C.ZERO_BLOCKS: MIB,              # slot 2: a host hole
-        C.SLACK: MIB + 1000,             # slot 1 and the tail
-        C.UNKNOWN: 2 * MIB,              # random bytes, no partition table: not understood
+        C.ZERO_BLOCKS: MIB,  # slot 2: a host hole
+        C.SLACK: MIB + 1000,  # slot 1 and the tail
+        C.UNKNOWN: 2 * MIB,  # random bytes, no partition table: not understood
     }
     assert f.allocated < f.size  # the hole costs the host nothing
     # Reading the stored blocks finds nothing more: blocks 0 and 5 are random.
@@ -81,9 +83,11 @@ def _extras(folder: Path) -> dict[str, tuple[Category, int]]:
     backup.mkdir(parents=True)
     (backup / "before.bin").write_bytes(b"u" * 70_000)
     (folder / "notes.txt").write_bytes(b"my notes")
-    return {"Logs/VBox.log.1": (C.VIRTUALBOX_OTHER, 2700),
-            ".vdigui/backups/20260101-000000-merge/before.bin": (C.UNDO_DATA, 70_000),
-            "notes.txt": (C.UNKNOWN, 8)}
+    return {
+        "Logs/VBox.log.1": (C.VIRTUALBOX_OTHER, 2700),
+        ".vdigui/backups/20260101-000000-merge/before.bin": (C.UNDO_DATA, 70_000),
+        "notes.txt": (C.UNKNOWN, 8),
+    }
 
 
 def test_vm_folder_by_hand(tmp_path: Path) -> None:
@@ -113,8 +117,7 @@ def test_vm_folder_by_hand(tmp_path: Path) -> None:
     # Base blocks 2 and 3 are overwritten in both states that read through the base; only S1
     # sees them. d1's block 3 is overwritten by d2 in the one state reading through d1.
     # Every other stored block is visible; the disk holds random bytes, no filesystem: unknown.
-    assert files[rel(base)] == {C.HEADER_AND_MAP: head(base), C.HIDDEN: 2 * MIB,
-                                C.UNKNOWN: 4 * MIB}
+    assert files[rel(base)] == {C.HEADER_AND_MAP: head(base), C.HIDDEN: 2 * MIB, C.UNKNOWN: 4 * MIB}
     assert files[rel(d1)] == {C.HEADER_AND_MAP: head(d1), C.HIDDEN: MIB, C.UNKNOWN: MIB}
     assert files[rel(d2)] == {C.HEADER_AND_MAP: head(d2), C.UNKNOWN: 2 * MIB}
     assert files["vm.vbox"] == {C.VIRTUALBOX_OTHER: vm.vbox_path().stat().st_size}
@@ -125,18 +128,23 @@ def test_vm_folder_by_hand(tmp_path: Path) -> None:
     assert len(files) == 4 + 3 + 1
     total = account.total
     assert total[C.HIDDEN] == 3 * MIB and total[C.UNDO_DATA] == 70_000
-    assert sum(total.values()) == account.size == sum(
-        p.stat().st_size for p in vm.folder.rglob("*") if p.is_file())
+    assert (
+        sum(total.values())
+        == account.size
+        == sum(p.stat().st_size for p in vm.folder.rglob("*") if p.is_file())
+    )
     assert written == {base: {0, 1, 2, 3, 4, 5}, d1: {2, 3}, d2: {3, 7}}
 
 
-def model_hidden(vm: VmBuilder, written: dict[uuidlib.UUID, set[int]]
-                 ) -> dict[uuidlib.UUID, set[int]]:
+def model_hidden(
+    vm: VmBuilder, written: dict[uuidlib.UUID, set[int]]
+) -> dict[uuidlib.UUID, set[int]]:
     """The rule, from the builder's model: blocks overwritten in every state reading through.
 
     States: every snapshot's frozen disk and the current leaf; a state reads through an image
     when its chain continues past it.
     """
+
     def chain(leaf: uuidlib.UUID) -> list[uuidlib.UUID]:
         out: list[uuidlib.UUID] = []
         node: uuidlib.UUID | None = leaf
@@ -151,7 +159,7 @@ def model_hidden(vm: VmBuilder, written: dict[uuidlib.UUID, set[int]]
         through = [c for c in states if uid in c and c[-1] != uid]
         hid = set(blocks) if through else set()
         for c in through:
-            later = set().union(*(written.get(u, set()) for u in c[c.index(uid) + 1:]))
+            later = set().union(*(written.get(u, set()) for u in c[c.index(uid) + 1 :]))
             hid &= later
         hidden[uid] = hid
     return hidden
@@ -179,8 +187,11 @@ def test_vm_folder_snapshots_and_a_branch(tmp_path: Path, snapshots: int) -> Non
     for uid, blocks in written.items():
         name = vm.disks[uid].path.resolve().relative_to(root).as_posix()
         head = int(read_header_fields(vm.disks[uid].path)["off_data"])  # type: ignore[arg-type]
-        expected = {C.HEADER_AND_MAP: head, C.HIDDEN: len(hidden[uid]) * MIB,
-                    C.UNKNOWN: (len(blocks) - len(hidden[uid])) * MIB}
+        expected = {
+            C.HEADER_AND_MAP: head,
+            C.HIDDEN: len(hidden[uid]) * MIB,
+            C.UNKNOWN: (len(blocks) - len(hidden[uid])) * MIB,
+        }
         assert files[name] == {c: v for c, v in expected.items() if v}, name
     # Images that received no write since (empty diffs): header only.
     for uid, disk in vm.disks.items():
@@ -201,7 +212,7 @@ def ext4_used_blocks(part: Path, disk_blocks: int, start: int) -> np.ndarray:
     for line in re.findall(r"^\s+Free blocks: (.*)$", out, re.M):
         for piece in filter(None, (p.strip() for p in line.split(","))):
             a, _, b = piece.partition("-")
-            used[int(a): int(b or a) + 1] = False
+            used[int(a) : int(b or a) + 1] = False
     mask = np.zeros(disk_blocks, dtype=bool)
     for block in np.flatnonzero(used).tolist():
         mask[(start + block * bs) // MIB] = True
@@ -218,11 +229,11 @@ def fat16_used_blocks(part: Path, disk_blocks: int, start: int) -> np.ndarray:
     data = reserved + nfats * fatsz + -(-root_entries * 32 // bps)
     clusters = (total - data) // spc
     mask = np.zeros(disk_blocks, dtype=bool)
-    mask[start // MIB: (start + data * bps - 1) // MIB + 1] = True  # boot, FATs, root dir
+    mask[start // MIB : (start + data * bps - 1) // MIB + 1] = True  # boot, FATs, root dir
     fat = np.frombuffer(raw, dtype="<u2", count=clusters + 2, offset=reserved * bps)
     for cluster in (np.flatnonzero(fat[2:]) + 2).tolist():
         first = start + (data + (cluster - 2) * spc) * bps
-        mask[first // MIB: (first + spc * bps - 1) // MIB + 1] = True
+        mask[first // MIB : (first + spc * bps - 1) // MIB + 1] = True
     return mask
 
 
@@ -240,8 +251,13 @@ def guest_raw(tmp_path: Path) -> tuple[Path, np.ndarray]:
     layout = (("ext4", 1 * MIB, 40 * MIB, "83"), ("fat16", 41 * MIB, 24 * MIB, "e"))
     tree = make_tree(tmp_path / "tree", big=4 * MIB)
     raw = prefill(tmp_path / "disk.raw", disk)  # stale non-zero bytes everywhere
-    run("sfdisk", "-q", raw, stdin="label: dos\n" + "".join(
-        f"start={s // 512}, size={n // 512}, type={t}\n" for _, s, n, t in layout))
+    run(
+        "sfdisk",
+        "-q",
+        raw,
+        stdin="label: dos\n"
+        + "".join(f"start={s // 512}, size={n // 512}, type={t}\n" for _, s, n, t in layout),
+    )
     blocks = disk // MIB
     used = np.zeros(blocks, dtype=bool)
     used[0] = True  # the MBR
@@ -311,8 +327,13 @@ def test_guest_filesystems_under_a_snapshot(tmp_path: Path) -> None:
     others = stored.copy()
     others[[rewrite, scribble]] = False
     assert files[rel(base)] == {
-        C.HEADER_AND_MAP: head(base), C.HIDDEN: 2 * MIB,
+        C.HEADER_AND_MAP: head(base),
+        C.HIDDEN: 2 * MIB,
         C.GUEST_DATA: int((others & used).sum()) * MIB,
-        C.GUEST_UNUSED: int((others & ~used).sum()) * MIB}
-    assert files[rel(child)] == {C.HEADER_AND_MAP: head(child), C.GUEST_DATA: MIB,
-                                 C.GUEST_UNUSED: MIB}
+        C.GUEST_UNUSED: int((others & ~used).sum()) * MIB,
+    }
+    assert files[rel(child)] == {
+        C.HEADER_AND_MAP: head(child),
+        C.GUEST_DATA: MIB,
+        C.GUEST_UNUSED: MIB,
+    }

@@ -46,8 +46,15 @@ NS = "http://www.virtualbox.org/"
 # -- builders -----------------------------------------------------------------------------
 
 
-def disk(u: uuid.UUID, location: str, *children: str, top: bool = True, type_: str = "Normal",
-         fmt: str = "VDI", auto_reset: bool = False) -> str:
+def disk(
+    u: uuid.UUID,
+    location: str,
+    *children: str,
+    top: bool = True,
+    type_: str = "Normal",
+    fmt: str = "VDI",
+    auto_reset: bool = False,
+) -> str:
     """One <HardDisk> element; ``top`` ones carry a type, nested ones don't (like VBox)."""
     attrs = f'uuid="{{{u}}}" location={quoteattr(location)} format="{fmt}"'
     if top:
@@ -61,10 +68,14 @@ def storage(*images: uuid.UUID | None, under: str = "hardware") -> tuple[str, st
     """(inside-Hardware, beside-Hardware) storage XML attaching ``images`` on SATA ports."""
     devices = "".join(
         f'<AttachedDevice type="HardDisk" port="{i}" device="0" discard="true">'
-        + (f'<Image uuid="{{{u}}}"/>' if u else "") + "</AttachedDevice>"
-        for i, u in enumerate(images))
-    xml = (f'<StorageControllers><StorageController name="SATA" type="AHCI" PortCount="4">'
-           f"{devices}</StorageController></StorageControllers>")
+        + (f'<Image uuid="{{{u}}}"/>' if u else "")
+        + "</AttachedDevice>"
+        for i, u in enumerate(images)
+    )
+    xml = (
+        f'<StorageControllers><StorageController name="SATA" type="AHCI" PortCount="4">'
+        f"{devices}</StorageController></StorageControllers>"
+    )
     return (xml, "") if under == "hardware" else ("", xml)
 
 
@@ -73,24 +84,36 @@ def owner_body(*images: uuid.UUID | None, under: str = "hardware") -> str:
     return f'<Hardware><Memory RAMSize="512"/>{inside}</Hardware>{beside}'
 
 
-def vbox_text(disks: str, *, current: tuple[uuid.UUID | None, ...], snapshots: str = "",
-              current_snapshot: uuid.UUID | None = None, version: str = "1.19-linux",
-              name: str = "demo", machine_attrs: str = "", dvds: str = "",
-              under: str = "hardware", namespace: str = NS) -> str:
+def vbox_text(
+    disks: str,
+    *,
+    current: tuple[uuid.UUID | None, ...],
+    snapshots: str = "",
+    current_snapshot: uuid.UUID | None = None,
+    version: str = "1.19-linux",
+    name: str = "demo",
+    machine_attrs: str = "",
+    dvds: str = "",
+    under: str = "hardware",
+    namespace: str = NS,
+) -> str:
     cs = f' currentSnapshot="{{{current_snapshot}}}"' if current_snapshot else ""
-    return (f'<?xml version="1.0"?>\n<VirtualBox xmlns="{namespace}" version="{version}">\n'
-            f'<Machine uuid="{{{MACHINE}}}" name="{name}" OSType="Debian_64"{cs} '
-            f'snapshotFolder="Snapshots" {machine_attrs}>'
-            f"<MediaRegistry><HardDisks>{disks}</HardDisks>"
-            f"<DVDImages>{dvds}</DVDImages></MediaRegistry>"
-            f"{snapshots}{owner_body(*current, under=under)}</Machine></VirtualBox>\n")
+    return (
+        f'<?xml version="1.0"?>\n<VirtualBox xmlns="{namespace}" version="{version}">\n'
+        f'<Machine uuid="{{{MACHINE}}}" name="{name}" OSType="Debian_64"{cs} '
+        f'snapshotFolder="Snapshots" {machine_attrs}>'
+        f"<MediaRegistry><HardDisks>{disks}</HardDisks>"
+        f"<DVDImages>{dvds}</DVDImages></MediaRegistry>"
+        f"{snapshots}{owner_body(*current, under=under)}</Machine></VirtualBox>\n"
+    )
 
 
-def snapshot(u: uuid.UUID, name: str, image: uuid.UUID, children: str = "",
-             extra: str = "") -> str:
+def snapshot(u: uuid.UUID, name: str, image: uuid.UUID, children: str = "", extra: str = "") -> str:
     inner = f"<Snapshots>{children}</Snapshots>" if children else ""
-    return (f'<Snapshot uuid="{{{u}}}" name="{name}" timeStamp="2024-05-01T10:00:00Z"{extra}>'
-            f"<Description>about {name}</Description>{owner_body(image)}{inner}</Snapshot>")
+    return (
+        f'<Snapshot uuid="{{{u}}}" name="{name}" timeStamp="2024-05-01T10:00:00Z"{extra}>'
+        f"<Description>about {name}</Description>{owner_body(image)}{inner}</Snapshot>"
+    )
 
 
 class Vm:
@@ -117,9 +140,16 @@ class Vm:
         return "demo.vdi" if h.uuid == self.base.uuid else f"Snapshots/{{{h.uuid}}}.vdi"
 
     def registry(self) -> str:
-        return disk(self.base.uuid, "demo.vdi",
-                    disk(self.d1.uuid, self.loc(self.d1),
-                         disk(self.d2.uuid, self.loc(self.d2), top=False), top=False))
+        return disk(
+            self.base.uuid,
+            "demo.vdi",
+            disk(
+                self.d1.uuid,
+                self.loc(self.d1),
+                disk(self.d2.uuid, self.loc(self.d2), top=False),
+                top=False,
+            ),
+        )
 
     def snapshots(self) -> str:
         return snapshot(S1, "clean", self.base.uuid, snapshot(S2, "work", self.d1.uuid))
@@ -152,8 +182,11 @@ def tree_digest(root: Path) -> dict[str, tuple[int, int, str]]:
     for path in sorted(root.rglob("*")):
         if path.is_file():
             st = path.stat()
-            out[str(path)] = (st.st_size, st.st_mtime_ns,
-                              hashlib.sha256(path.read_bytes()).hexdigest())
+            out[str(path)] = (
+                st.st_size,
+                st.st_mtime_ns,
+                hashlib.sha256(path.read_bytes()).hexdigest(),
+            )
     return out
 
 
@@ -172,8 +205,11 @@ def test_clean_vm_folder(vm: Vm) -> None:
     assert folder.settings_version == "1.19" and folder.platform == "linux"
     assert folder.snapshot_folder == vm.snaps
     assert folder.registry_tree == (vm.base.uuid,)
-    assert folder.header_tree == {vm.base.uuid: (vm.d1.uuid,), vm.d1.uuid: (vm.d2.uuid,),
-                                  vm.d2.uuid: ()}
+    assert folder.header_tree == {
+        vm.base.uuid: (vm.d1.uuid,),
+        vm.d1.uuid: (vm.d2.uuid,),
+        vm.d2.uuid: (),
+    }
     assert folder.header_roots == (vm.base.uuid,)
     assert set(folder.images) == {vm.base_path, vm.path(vm.d1), vm.path(vm.d2)}
     assert [n.name for n in folder.iter_snapshots()] == ["clean", "work"]
@@ -203,7 +239,8 @@ def test_storage_under_machine_and_platform(vm: Vm) -> None:
     assert [m.uuid for m in folder.current_disks()] == [vm.d2.uuid]
     text = vbox_text(vm.registry(), current=(vm.d2.uuid,), version="1.20-linux")
     text = text.replace("<StorageControllers>", "<Platform><StorageControllers>").replace(
-        "</StorageControllers>", "</StorageControllers></Platform>")
+        "</StorageControllers>", "</StorageControllers></Platform>"
+    )
     vm.settings.write_text(text)
     assert [m.uuid for m in load_vm_folder(vm.settings).current_disks()] == [vm.d2.uuid]
 
@@ -211,12 +248,23 @@ def test_storage_under_machine_and_platform(vm: Vm) -> None:
 def test_media_types_auto_reset_and_kinds(vm: Vm) -> None:
     other = create_image(vm.folder / "shared.vdi", MIB, fixed=True)
     dvd = uuid.uuid4()
-    disks = (disk(vm.base.uuid, "demo.vdi",
-                  disk(vm.d1.uuid, vm.loc(vm.d1), top=False, auto_reset=True), type_="immutable")
-             + disk(other.uuid, "shared.vdi", type_="SHAREABLE")
-             + disk(uuid.uuid4(), "Other.vmdk", fmt="VMDK", type_="MultiAttach"))
-    folder = vm.load(disks, current=(vm.d1.uuid, other.uuid), snapshots="",
-                     current_snapshot=None, dvds=f'<Image uuid="{{{dvd}}}" location="x.iso"/>')
+    disks = (
+        disk(
+            vm.base.uuid,
+            "demo.vdi",
+            disk(vm.d1.uuid, vm.loc(vm.d1), top=False, auto_reset=True),
+            type_="immutable",
+        )
+        + disk(other.uuid, "shared.vdi", type_="SHAREABLE")
+        + disk(uuid.uuid4(), "Other.vmdk", fmt="VMDK", type_="MultiAttach")
+    )
+    folder = vm.load(
+        disks,
+        current=(vm.d1.uuid, other.uuid),
+        snapshots="",
+        current_snapshot=None,
+        dvds=f'<Image uuid="{{{dvd}}}" location="x.iso"/>',
+    )
     media = folder.media
     assert media[vm.base.uuid].type == "Immutable"
     assert media[vm.d1.uuid].auto_reset and media[vm.d1.uuid].type == "Normal"
@@ -235,13 +283,19 @@ def test_media_types_auto_reset_and_kinds(vm: Vm) -> None:
 def test_uuid_mismatch(vm: Vm) -> None:
     """sethduuid on a registered disk (reference 8.2)."""
     stale = uuid.uuid4()
-    disks = disk(stale, "demo.vdi", disk(vm.d1.uuid, vm.loc(vm.d1),
-                                         disk(vm.d2.uuid, vm.loc(vm.d2), top=False), top=False))
-    folder = vm.load(disks, snapshots=snapshot(S1, "clean", stale,
-                                               snapshot(S2, "work", vm.d1.uuid)))
+    disks = disk(
+        stale,
+        "demo.vdi",
+        disk(vm.d1.uuid, vm.loc(vm.d1), disk(vm.d2.uuid, vm.loc(vm.d2), top=False), top=False),
+    )
+    folder = vm.load(
+        disks, snapshots=snapshot(S1, "clean", stale, snapshot(S2, "work", vm.d1.uuid))
+    )
     problem = next(p for p in folder.problems if p.kind == "uuid-mismatch")
-    assert problem.message == (f"UUID {{{vm.base.uuid}}} in the header of 'demo.vdi' does not "
-                               f"match {{{stale}}} stored in the media registry.")
+    assert problem.message == (
+        f"UUID {{{vm.base.uuid}}} in the header of 'demo.vdi' does not "
+        f"match {{{stale}}} stored in the media registry."
+    )
     assert problem.severity == "error" and problem.path == vm.base_path
     # The child's linkage names the real base, not the registry's: a parent mismatch too.
     assert "parent-mismatch" in kinds(folder)
@@ -250,15 +304,21 @@ def test_uuid_mismatch(vm: Vm) -> None:
 
 def test_parent_mismatch(vm: Vm) -> None:
     """A diff nested under the wrong parent in the registry (reference 8.3)."""
-    disks = disk(vm.base.uuid, "demo.vdi", disk(vm.d1.uuid, vm.loc(vm.d1), top=False),
-                 disk(vm.d2.uuid, vm.loc(vm.d2), top=False))
+    disks = disk(
+        vm.base.uuid,
+        "demo.vdi",
+        disk(vm.d1.uuid, vm.loc(vm.d1), top=False),
+        disk(vm.d2.uuid, vm.loc(vm.d2), top=False),
+    )
     folder = vm.load(disks)
     assert kinds(folder) == ["parent-mismatch"]
     problem = folder.problems[0]
     assert problem.uuid == vm.d2.uuid
-    assert problem.message == (f"The header of '{{{vm.d2.uuid}}}.vdi' names parent "
-                               f"{{{vm.d1.uuid}}}, but the media registry nests it under "
-                               f"{{{vm.base.uuid}}}.")
+    assert problem.message == (
+        f"The header of '{{{vm.d2.uuid}}}.vdi' names parent "
+        f"{{{vm.d1.uuid}}}, but the media registry nests it under "
+        f"{{{vm.base.uuid}}}."
+    )
     # The header tree keeps the truth; the registry tree shows what VirtualBox believes.
     assert folder.header_tree[vm.d1.uuid] == (vm.d2.uuid,)
     assert folder.media[vm.base.uuid].children == (vm.d1.uuid, vm.d2.uuid)
@@ -271,7 +331,8 @@ def test_missing_file_is_a_problem_not_a_crash(vm: Vm) -> None:
     assert kinds(folder) == ["missing-file"]
     assert folder.problems[0].message == (
         f"Registered hard-disk {{{vm.d2.uuid}}} is missing: 'Snapshots/{{{vm.d2.uuid}}}.vdi' "
-        "does not exist.")
+        "does not exist."
+    )
     with pytest.raises(VdiError, match="is missing or unreadable"):
         folder.chain_for(vm.d2.uuid)
     assert folder.chain_for(vm.d1.uuid)[-1] == vm.path(vm.d1)
@@ -320,32 +381,56 @@ def test_base_is_differencing(vm: Vm) -> None:
     # demo.vdi is now unregistered, and d1 is registered as a base.
     assert kinds(folder) == ["base-is-differencing", "orphan-image"]
     problem = next(p for p in folder.problems if p.kind == "base-is-differencing")
-    assert problem.message == (f"'{{{vm.d1.uuid}}}.vdi' is a base disk in the media registry "
-                               "but its header says it is a differencing image.")
+    assert problem.message == (
+        f"'{{{vm.d1.uuid}}}.vdi' is a base disk in the media registry "
+        "but its header says it is a differencing image."
+    )
 
 
 def test_size_and_block_size_mismatch(vm: Vm) -> None:
     bigger = vm.diff(vm.d2.replace(disk_size=8 * MIB))
     other_blocks = vm.diff(vm.d2, block_size=512 * 1024)
-    disks = disk(vm.base.uuid, "demo.vdi", disk(vm.d1.uuid, vm.loc(vm.d1), disk(
-        vm.d2.uuid, vm.loc(vm.d2), disk(bigger.uuid, vm.loc(bigger), top=False),
-        disk(other_blocks.uuid, vm.loc(other_blocks), top=False), top=False), top=False))
+    disks = disk(
+        vm.base.uuid,
+        "demo.vdi",
+        disk(
+            vm.d1.uuid,
+            vm.loc(vm.d1),
+            disk(
+                vm.d2.uuid,
+                vm.loc(vm.d2),
+                disk(bigger.uuid, vm.loc(bigger), top=False),
+                disk(other_blocks.uuid, vm.loc(other_blocks), top=False),
+                top=False,
+            ),
+            top=False,
+        ),
+    )
     folder = vm.load(disks)
     assert kinds(folder) == ["block-size-mismatch", "size-mismatch"]
     size = next(p for p in folder.problems if p.kind == "size-mismatch")
     assert size.uuid == bigger.uuid
-    assert size.message == (f"'{{{bigger.uuid}}}.vdi' has a disk size of {8 * MIB} bytes but "
-                            f"its parent '{{{vm.d2.uuid}}}.vdi' has {4 * MIB}; a chain needs "
-                            "equal sizes.")
+    assert size.message == (
+        f"'{{{bigger.uuid}}}.vdi' has a disk size of {8 * MIB} bytes but "
+        f"its parent '{{{vm.d2.uuid}}}.vdi' has {4 * MIB}; a chain needs "
+        "equal sizes."
+    )
     with pytest.raises(VdiError, match="a chain needs equal sizes"):
         folder.chain_for(bigger.uuid)
 
 
 def test_parent_modify_mismatch_is_a_warning(vm: Vm) -> None:
     stale = vm.diff(vm.d2.replace(modify_uuid=uuid.uuid4()))
-    disks = disk(vm.base.uuid, "demo.vdi", disk(vm.d1.uuid, vm.loc(vm.d1), disk(
-        vm.d2.uuid, vm.loc(vm.d2), disk(stale.uuid, vm.loc(stale), top=False), top=False),
-        top=False))
+    disks = disk(
+        vm.base.uuid,
+        "demo.vdi",
+        disk(
+            vm.d1.uuid,
+            vm.loc(vm.d1),
+            disk(vm.d2.uuid, vm.loc(vm.d2), disk(stale.uuid, vm.loc(stale), top=False), top=False),
+            top=False,
+        ),
+    )
     folder = vm.load(disks)
     assert kinds(folder) == ["parent-modify-mismatch"]
     assert folder.problems[0].severity == "warning" and folder.errors == ()
@@ -359,9 +444,11 @@ def test_missing_parent(vm: Vm) -> None:
     folder = vm.load(disks)
     assert kinds(folder) == ["missing-file", "missing-parent"]
     problem = next(p for p in folder.problems if p.kind == "missing-parent")
-    assert problem.message == (f"Parent {{{lost}}} of '{{{child.uuid}}}.vdi' was not found among "
-                               "the VM's images (it is registered as 'lost.vdi', whose file is "
-                               "missing or unreadable).")
+    assert problem.message == (
+        f"Parent {{{lost}}} of '{{{child.uuid}}}.vdi' was not found among "
+        "the VM's images (it is registered as 'lost.vdi', whose file is "
+        "missing or unreadable)."
+    )
     assert child.uuid in folder.header_roots
     with pytest.raises(VdiError, match=f"Parent image {{{lost}}}"):
         folder.chain_for(child.uuid)
@@ -372,8 +459,13 @@ def test_parent_loop(vm: Vm) -> None:
     create_image(vm.snaps / "a.vdi", parent=vm.base.replace(uuid=b), uuid=a)
     create_image(vm.snaps / "b.vdi", parent=vm.base.replace(uuid=a), uuid=b)
     folder = vm.load()
-    assert kinds(folder) == ["orphan-image", "orphan-image", "parent-loop",
-                             "parent-modify-mismatch", "parent-modify-mismatch"]
+    assert kinds(folder) == [
+        "orphan-image",
+        "orphan-image",
+        "parent-loop",
+        "parent-modify-mismatch",
+        "parent-modify-mismatch",
+    ]
     with pytest.raises(VdiError, match="loops"):
         folder.chain_for(a)
 
@@ -386,8 +478,9 @@ def test_unreadable_image(vm: Vm) -> None:
     (vm.snaps / "junk.vdi").write_bytes(b"not a disk")
     folder = load_vm_folder(vm.folder)
     assert kinds(folder) == ["missing-parent", "unreadable-image", "unreadable-image"]
-    registered = next(p for p in folder.problems
-                      if p.kind == "unreadable-image" and p.uuid == vm.d1.uuid)
+    registered = next(
+        p for p in folder.problems if p.kind == "unreadable-image" and p.uuid == vm.d1.uuid
+    )
     assert "u32Signature" in registered.message and registered.path == vm.path(vm.d1)
     assert vm.snaps / "junk.vdi" in folder.unreadable
 
@@ -397,13 +490,15 @@ def test_current_snapshot_missing_and_unknown_medium(vm: Vm) -> None:
     folder = vm.load(current_snapshot=ghost, current=(vm.d2.uuid, uuid.UUID(int=7)))
     assert kinds(folder) == ["current-snapshot-missing", "unknown-medium"]
     missing = next(p for p in folder.problems if p.kind == "current-snapshot-missing")
-    assert missing.message == (f"'demo.vbox' names current snapshot {{{ghost}}}, but no "
-                               "snapshot has that UUID.")
+    assert missing.message == (
+        f"'demo.vbox' names current snapshot {{{ghost}}}, but no snapshot has that UUID."
+    )
     assert folder.current_snapshot is None
     text = vm.settings.read_text().replace(
         "</StorageController></StorageControllers></Hardware></Machine>",
         f'<AttachedDevice type="DVD" port="3" device="0"><Image uuid="{{{dvd}}}"/>'
-        "</AttachedDevice></StorageController></StorageControllers></Hardware></Machine>")
+        "</AttachedDevice></StorageController></StorageControllers></Hardware></Machine>",
+    )
     vm.settings.write_text(text)
     folder = load_vm_folder(vm.settings)
     unknown = {p.uuid: p.severity for p in folder.problems if p.kind == "unknown-medium"}
@@ -417,8 +512,13 @@ def test_snapshots_without_current_snapshot(vm: Vm) -> None:
 
 
 def test_missing_state_files_and_failed_save(vm: Vm) -> None:
-    snaps = snapshot(S1, "clean", vm.base.uuid, snapshot(S2, "work", vm.d1.uuid),
-                     extra=' stateFile="Snapshots/2024-05-01T10-00-00-000000000Z.sav"')
+    snaps = snapshot(
+        S1,
+        "clean",
+        vm.base.uuid,
+        snapshot(S2, "work", vm.d1.uuid),
+        extra=' stateFile="Snapshots/2024-05-01T10-00-00-000000000Z.sav"',
+    )
     vm.write(snapshots=snaps, machine_attrs='stateFile="Snapshots/now.sav"')
     shutil.copyfile(vm.settings, vm.folder / "demo.vbox-tmp")
     (vm.folder / "demo.vbox-prev").write_text("<VirtualBox")  # truncated: not a backup
@@ -438,16 +538,20 @@ def test_future_settings_version_is_read(vm: Vm) -> None:
 
 def test_innotek_namespace_and_pre_17_attachments(tmp_path: Path) -> None:
     base = create_image(tmp_path / "old.vdi", MIB)
-    text = (f'<VirtualBox xmlns="http://www.innotek.de/VirtualBox-settings" version="1.3-linux">'
-            f'<Machine uuid="{{{MACHINE}}}" name="old" OSType="winxp">'
-            f'<Hardware><DVDDrive passthrough="false"><HostDrive src="/dev/sr0"/></DVDDrive>'
-            f'</Hardware><HardDiskAttachments><HardDiskAttachment hardDisk="{{{base.uuid}}}" '
-            f'bus="SATA" channel="2" device="0"/></HardDiskAttachments></Machine></VirtualBox>')
+    text = (
+        f'<VirtualBox xmlns="http://www.innotek.de/VirtualBox-settings" version="1.3-linux">'
+        f'<Machine uuid="{{{MACHINE}}}" name="old" OSType="winxp">'
+        f'<Hardware><DVDDrive passthrough="false"><HostDrive src="/dev/sr0"/></DVDDrive>'
+        f'</Hardware><HardDiskAttachments><HardDiskAttachment hardDisk="{{{base.uuid}}}" '
+        f'bus="SATA" channel="2" device="0"/></HardDiskAttachments></Machine></VirtualBox>'
+    )
     (tmp_path / "old.xml").write_text(text)
-    glob = (f'<VirtualBox xmlns="http://www.innotek.de/VirtualBox-settings" version="1.3-linux">'
-            f'<Global><DiskRegistry><HardDisks><HardDisk uuid="{{{base.uuid}}}" type="normal">'
-            f'<VirtualDiskImage filePath="old.vdi"/></HardDisk></HardDisks></DiskRegistry>'
-            f"</Global></VirtualBox>")
+    glob = (
+        f'<VirtualBox xmlns="http://www.innotek.de/VirtualBox-settings" version="1.3-linux">'
+        f'<Global><DiskRegistry><HardDisks><HardDisk uuid="{{{base.uuid}}}" type="normal">'
+        f'<VirtualDiskImage filePath="old.vdi"/></HardDisk></HardDisks></DiskRegistry>'
+        f"</Global></VirtualBox>"
+    )
     (tmp_path / "global.xml").write_text(glob)
     folder = load_vm_folder(tmp_path / "old.xml", global_settings=tmp_path / "global.xml")
     assert folder.problems == ()
@@ -478,18 +582,25 @@ def test_find_settings_file(vm: Vm) -> None:
     shutil.copyfile(vm.settings, vm.folder / "demo-1.18-linux.vbox")
     shutil.copyfile(vm.settings, vm.folder / "demo.vbox-prev")
     assert find_settings_file(vm.folder) == vm.settings
-    assert load_vm_folder(vm.folder).backups == (vm.folder / "demo-1.18-linux.vbox",
-                                                 vm.folder / "demo.vbox-prev")
+    assert load_vm_folder(vm.folder).backups == (
+        vm.folder / "demo-1.18-linux.vbox",
+        vm.folder / "demo.vbox-prev",
+    )
     shutil.copyfile(vm.settings, vm.folder / "second.vbox")
     with pytest.raises(SettingsError) as info:
         load_vm_folder(vm.folder)
-    assert str(info.value) == (f"Folder '{vm.folder}' holds several machine settings files "
-                               "(demo.vbox, second.vbox); open one of them directly.")
+    assert str(info.value) == (
+        f"Folder '{vm.folder}' holds several machine settings files "
+        "(demo.vbox, second.vbox); open one of them directly."
+    )
     empty = vm.folder.parent / "empty"
     empty.mkdir()
     (empty / "x.vbox-prev").write_text("")
-    with pytest.raises(SettingsError, match=r"holds no VirtualBox machine settings file \(\.vbox"
-                                            r"\); backups exist \(x\.vbox-prev\)"):
+    with pytest.raises(
+        SettingsError,
+        match=r"holds no VirtualBox machine settings file \(\.vbox"
+        r"\); backups exist \(x\.vbox-prev\)",
+    ):
         load_vm_folder(empty)
     with pytest.raises(SettingsError, match="does not exist"):
         load_vm_folder(empty / "nothing")
@@ -533,8 +644,11 @@ DTD_ONLY = """<?xml version="1.0"?>
 """
 
 
-@pytest.mark.parametrize("text", [BILLION_LAUGHS, EXTERNAL_ENTITY, PARAMETER_ENTITY, DTD_ONLY],
-                         ids=["billion-laughs", "external-entity", "parameter-entity", "dtd"])
+@pytest.mark.parametrize(
+    "text",
+    [BILLION_LAUGHS, EXTERNAL_ENTITY, PARAMETER_ENTITY, DTD_ONLY],
+    ids=["billion-laughs", "external-entity", "parameter-entity", "dtd"],
+)
 def test_hostile_xml_is_refused_and_nothing_is_written(tmp_path: Path, text: str) -> None:
     folder = tmp_path / "evil"
     folder.mkdir()
@@ -543,8 +657,10 @@ def test_hostile_xml_is_refused_and_nothing_is_written(tmp_path: Path, text: str
     before = tree_digest(tmp_path)
     with pytest.raises(SettingsError) as info:
         load_vm_folder(folder)
-    assert str(info.value) == (f"Settings file '{target}' declares a DTD, which VirtualBox "
-                               "never writes; refusing to read it.")
+    assert str(info.value) == (
+        f"Settings file '{target}' declares a DTD, which VirtualBox "
+        "never writes; refusing to read it."
+    )
     with pytest.raises(SettingsError):
         load_settings(target)
     assert find_running_vm_hint(folder) is None
@@ -557,27 +673,51 @@ MALFORMED = {
     "no-version": ("<VirtualBox><Machine/></VirtualBox>", "has no version attribute"),
     "bad-version": ('<VirtualBox version="new"><Machine/></VirtualBox>', "has version 'new'"),
     "empty-document": ('<VirtualBox version="1.19-linux"/>', "has neither <Machine> nor <Global>"),
-    "no-uuid": ('<VirtualBox version="1.19-linux"><Machine name="x"/></VirtualBox>',
-                "<Machine> has no 'uuid' attribute, which VirtualBox requires."),
-    "bad-uuid": ('<VirtualBox version="1.19-linux"><Machine uuid="{zz}" name="x"/></VirtualBox>',
-                 '<Machine> has uuid="{zz}", which is not a UUID.'),
-    "no-name": (f'<VirtualBox version="1.19-linux"><Machine uuid="{{{MACHINE}}}"/></VirtualBox>',
-                "<Machine> has no 'name' attribute"),
-    "bad-type": (vbox_text(disk(MACHINE, "x.vdi", type_="Sticky"), current=()),
-                 '<HardDisk> has type="Sticky", expected one of Normal, Immutable'),
-    "no-location": (vbox_text(f'<HardDisk uuid="{{{MACHINE}}}" format="VDI"/>', current=()),
-                    "<HardDisk> has no location"),
-    "bad-port": (vbox_text("", current=(None,)).replace('port="0"', 'port="x"'),
-                 'has port="x", expected a number'),
-    "no-device-type": (vbox_text("", current=(None,)).replace('type="HardDisk" ', ""),
-                       "<AttachedDevice> has no 'type' attribute"),
-    "two-root-snapshots": (vbox_text("", current=(), snapshots=snapshot(S1, "a", MACHINE)
-                                     + snapshot(S2, "b", MACHINE), current_snapshot=S1),
-                           "has 2 <Snapshot> children"),
-    "bad-bool": (vbox_text("", current=(), machine_attrs='aborted="maybe"'),
-                 'has aborted="maybe", expected true or false'),
-    "not-utf8": ('<?xml version="1.0" encoding="utf-8"?><VirtualBox version="1.19-linux" a="\xff'
-                 '"/>', "is not well-formed XML"),
+    "no-uuid": (
+        '<VirtualBox version="1.19-linux"><Machine name="x"/></VirtualBox>',
+        "<Machine> has no 'uuid' attribute, which VirtualBox requires.",
+    ),
+    "bad-uuid": (
+        '<VirtualBox version="1.19-linux"><Machine uuid="{zz}" name="x"/></VirtualBox>',
+        '<Machine> has uuid="{zz}", which is not a UUID.',
+    ),
+    "no-name": (
+        f'<VirtualBox version="1.19-linux"><Machine uuid="{{{MACHINE}}}"/></VirtualBox>',
+        "<Machine> has no 'name' attribute",
+    ),
+    "bad-type": (
+        vbox_text(disk(MACHINE, "x.vdi", type_="Sticky"), current=()),
+        '<HardDisk> has type="Sticky", expected one of Normal, Immutable',
+    ),
+    "no-location": (
+        vbox_text(f'<HardDisk uuid="{{{MACHINE}}}" format="VDI"/>', current=()),
+        "<HardDisk> has no location",
+    ),
+    "bad-port": (
+        vbox_text("", current=(None,)).replace('port="0"', 'port="x"'),
+        'has port="x", expected a number',
+    ),
+    "no-device-type": (
+        vbox_text("", current=(None,)).replace('type="HardDisk" ', ""),
+        "<AttachedDevice> has no 'type' attribute",
+    ),
+    "two-root-snapshots": (
+        vbox_text(
+            "",
+            current=(),
+            snapshots=snapshot(S1, "a", MACHINE) + snapshot(S2, "b", MACHINE),
+            current_snapshot=S1,
+        ),
+        "has 2 <Snapshot> children",
+    ),
+    "bad-bool": (
+        vbox_text("", current=(), machine_attrs='aborted="maybe"'),
+        'has aborted="maybe", expected true or false',
+    ),
+    "not-utf8": (
+        '<?xml version="1.0" encoding="utf-8"?><VirtualBox version="1.19-linux" a="\xff"/>',
+        "is not well-formed XML",
+    ),
 }
 
 
@@ -611,8 +751,14 @@ def test_running_hints(vm: Vm) -> None:
     vm.write()
     assert find_running_vm_hint(vm.folder) is None
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys,time; f=open(sys.argv[1],'rb'); print(1, flush=True);"
-         " time.sleep(30)", str(vm.path(vm.d2))], stdout=subprocess.PIPE)
+        [
+            sys.executable,
+            "-c",
+            "import sys,time; f=open(sys.argv[1],'rb'); print(1, flush=True); time.sleep(30)",
+            str(vm.path(vm.d2)),
+        ],
+        stdout=subprocess.PIPE,
+    )
     try:
         assert holder.stdout is not None and holder.stdout.readline()
         hint = find_running_vm_hint(vm.folder)
@@ -626,8 +772,15 @@ def test_running_hints(vm: Vm) -> None:
     (vm.folder / "Logs" / "VBox.log").write_text("log\n")
     assert find_running_vm_hint(vm.folder) is None  # a fresh log alone is not enough on Linux
     fake = subprocess.Popen(
-        ["bash", "-c", 'exec -a VBoxHeadless "$0" -c "import time; time.sleep(30)" '
-                       '--comment demo --startvm "$1"', sys.executable, str(MACHINE)])
+        [
+            "bash",
+            "-c",
+            'exec -a VBoxHeadless "$0" -c "import time; time.sleep(30)" '
+            '--comment demo --startvm "$1"',
+            sys.executable,
+            str(MACHINE),
+        ]
+    )
     try:
         deadline = time.monotonic() + 5
         hint = None
@@ -679,9 +832,12 @@ def test_chain_for_medium_and_running_hint_from_an_image(vm: Vm) -> None:
 def test_mutated_settings_raise_only_settings_error(tmp_path: Path) -> None:
     """Random damage to a real-shaped .vbox either parses or raises SettingsError, never else."""
     u = uuid.uuid4()
-    original = vbox_text(disk(u, "a.vdi", disk(uuid.uuid4(), "Snapshots/b.vdi", top=False)),
-                         current=(u,), snapshots=snapshot(S1, "s", u, snapshot(S2, "t", u)),
-                         current_snapshot=S2).encode()
+    original = vbox_text(
+        disk(u, "a.vdi", disk(uuid.uuid4(), "Snapshots/b.vdi", top=False)),
+        current=(u,),
+        snapshots=snapshot(S1, "s", u, snapshot(S2, "t", u)),
+        current_snapshot=S2,
+    ).encode()
     rng = random.Random(1234)
     target = tmp_path / "m.vbox"
     outcomes = {"parsed": 0, "refused": 0}
@@ -691,9 +847,9 @@ def test_mutated_settings_raise_only_settings_error(tmp_path: Path) -> None:
             pos = rng.randrange(len(data))
             action = rng.randrange(3)
             if action == 0:
-                del data[pos:pos + rng.randint(1, 40)]
+                del data[pos : pos + rng.randint(1, 40)]
             elif action == 1:
-                data[pos:pos] = data[rng.randrange(len(data)):][:rng.randint(1, 60)]
+                data[pos:pos] = data[rng.randrange(len(data)) :][: rng.randint(1, 60)]
             else:
                 data[pos] = rng.choice(b'<>"={}/- x0&;')
         try:

@@ -23,24 +23,52 @@ VBOX_NS = "http://www.virtualbox.org/"
 # file -> (settings version, namespace, machine name, snapshots, media, current hard disk)
 MACHINES = {
     "b2b-vm_1.16-macosx_aborted.vbox": ("1.16", VBOX_NS, "b2b-vm", 0, 2, "89216be0"),
-    "born2beroot_1.17-linux_vbox6.1_1snap.vbox":
-        ("1.17", VBOX_NS, "born2beroot", 1, 4, "99a7c2c6"),
+    "born2beroot_1.17-linux_vbox6.1_1snap.vbox": ("1.17", VBOX_NS, "born2beroot", 1, 4, "99a7c2c6"),
     "born2beroot_1.18-linux_savedstate.vbox": ("1.18", VBOX_NS, "Born2beroot", 0, 2, "fbbd758c"),
     "goad-dc01_1.19-linux_vbox7.2_2snaps.vbox": ("1.19", VBOX_NS, "GOAD-DC01", 2, 5, "e6800503"),
-    "influenza_1.15-windows_vhd-description.vbox":
-        ("1.15", VBOX_NS, "Influenza", 0, 2, "960f2c97"),
-    "metasploitable_1.19-windows_3snaps-branching.vbox":
-        ("1.19", VBOX_NS, "Meta", 3, 4, "9b9fe9b6"),
-    "samba-ad-debian_1.19-windows_19snaps-branching.vbox":
-        ("1.19", VBOX_NS, "Debian", 19, 22, "7e96d184"),
+    "influenza_1.15-windows_vhd-description.vbox": ("1.15", VBOX_NS, "Influenza", 0, 2, "960f2c97"),
+    "metasploitable_1.19-windows_3snaps-branching.vbox": (
+        "1.19",
+        VBOX_NS,
+        "Meta",
+        3,
+        4,
+        "9b9fe9b6",
+    ),
+    "samba-ad-debian_1.19-windows_19snaps-branching.vbox": (
+        "1.19",
+        VBOX_NS,
+        "Debian",
+        19,
+        22,
+        "7e96d184",
+    ),
     "streambot_1.12-windows_innotek-ns.vbox": ("1.12", INNOTEK, "StreamBot", 0, 3, "f0985323"),
     "ubuntu_1.16-linux_1snap-savedstates.vbox": ("1.16", VBOX_NS, "Ubuntu", 1, 3, "181848e3"),
-    "ubuntu_1.17-windows_vbox6.0_storage-under-machine.vbox":
-        ("1.17", VBOX_NS, "Ubuntu", 0, 3, "34691cb8"),
-    "win2012server2_1.19-windows_savedstate-1snap.vbox":
-        ("1.19", VBOX_NS, "Win2012Server2", 1, 3, "89067c0f"),
-    "windows10_1.15-windows_1snap-savedstate.vbox":
-        ("1.15", VBOX_NS, "Windows 10", 1, 2, "0b77d7b1"),
+    "ubuntu_1.17-windows_vbox6.0_storage-under-machine.vbox": (
+        "1.17",
+        VBOX_NS,
+        "Ubuntu",
+        0,
+        3,
+        "34691cb8",
+    ),
+    "win2012server2_1.19-windows_savedstate-1snap.vbox": (
+        "1.19",
+        VBOX_NS,
+        "Win2012Server2",
+        1,
+        3,
+        "89067c0f",
+    ),
+    "windows10_1.15-windows_1snap-savedstate.vbox": (
+        "1.15",
+        VBOX_NS,
+        "Windows 10",
+        1,
+        2,
+        "0b77d7b1",
+    ),
     "windoze_1.3-linux_machine.xml": ("1.3", INNOTEK, "Windoze", 0, 0, "af4dca4f"),
     "winxp_1.14-linux_innotek-ns.vbox": ("1.14", INNOTEK, "WinXP", 0, 1, "d4ae40f5"),
 }
@@ -160,8 +188,10 @@ def test_metasploitable_branches_and_windows_absolute_base(samples: Path) -> Non
     settings = _machine(samples, "metasploitable_1.19-windows_3snaps-branching.vbox")
     root = settings.root_snapshot
     assert root is not None and root.name == "Sicherungspunkt 1"
-    assert [c.name for c in root.children] == ["Root. End Practice One",
-                                               "Root Hacked - Student version"]
+    assert [c.name for c in root.children] == [
+        "Root. End Practice One",
+        "Root Hacked - Student version",
+    ]
     base = settings.media[settings.registry_roots[0]]
     assert base.location.startswith("C:/Users/joerg/")
     assert base.foreign_path
@@ -180,11 +210,15 @@ def test_storage_controller_placements(samples: Path) -> None:
     born = _machine(samples, "born2beroot_1.17-linux_vbox6.1_1snap.vbox")
     assert born.root_snapshot is not None
     assert [(a.controller, a.device_type) for a in born.root_snapshot.attachments] == [
-        ("IDE", "DVD"), ("SATA", "HardDisk")]
+        ("IDE", "DVD"),
+        ("SATA", "HardDisk"),
+    ]
     # 1.17 written by 6.0: directly under Machine.
     vm6 = _machine(samples, "ubuntu_1.17-windows_vbox6.0_storage-under-machine.vbox")
     assert [(a.controller, a.port, a.device_type) for a in vm6.current_attachments] == [
-        ("IDE", 0, "DVD"), ("SATA", 0, "HardDisk")]
+        ("IDE", 0, "DVD"),
+        ("SATA", 0, "HardDisk"),
+    ]
 
 
 def test_misc_machine_attributes(samples: Path) -> None:
@@ -209,8 +243,9 @@ def test_windows10_real_base_and_diff(samples: Path, tmp_path: Path) -> None:
     """The complete .vbox + base + diff set, at its original relative paths: a clean tree."""
     folder = tmp_path / "Windows 10"
     (folder / "Snapshots").mkdir(parents=True)
-    shutil.copyfile(samples / "windows10_1.15-windows_1snap-savedstate.vbox",
-                    folder / "Windows 10.vbox")
+    shutil.copyfile(
+        samples / "windows10_1.15-windows_1snap-savedstate.vbox", folder / "Windows 10.vbox"
+    )
     base_gz = samples / "windows10_1.15-windows_base-dynamic-empty.vdi.gz"
     diff_gz = samples / "windows10_1.15-windows_diff-0b77d7b1.vdi.gz"
     diff_path = folder / "Snapshots" / "{0b77d7b1-a7f9-4bc4-953a-f50c2d3ade39}.vdi"
@@ -244,8 +279,9 @@ def test_windoze_old_layout_with_global_registry(samples: Path, tmp_path: Path) 
     (home / "Machines" / "Windoze").mkdir(parents=True)
     (home / "VDI").mkdir()
     shutil.copyfile(samples / "global_1.3-linux_VirtualBox.xml", home / "VirtualBox.xml")
-    shutil.copyfile(samples / "windoze_1.3-linux_machine.xml",
-                    home / "Machines" / "Windoze" / "Windoze.xml")
+    shutil.copyfile(
+        samples / "windoze_1.3-linux_machine.xml", home / "Machines" / "Windoze" / "Windoze.xml"
+    )
     shutil.copyfile(samples / "windoze_1.3-era_sun-xvm_empty-10G.vdi", home / "VDI" / "Windoze.vdi")
 
     vm = load_vm_folder(home / "Machines" / "Windoze")
@@ -258,7 +294,6 @@ def test_windoze_old_layout_with_global_registry(samples: Path, tmp_path: Path) 
     header = vm.images[home / "VDI" / "Windoze.vdi"]
     assert header.uuid == disk[0].uuid and header.disk_size == 10 << 30
     assert vm.chain_for(str(disk[0].uuid)) == [home / "VDI" / "Windoze.vdi"]
-
 
 
 def test_windoze_old_layout_in_one_folder(samples: Path, tmp_path: Path) -> None:
@@ -301,8 +336,9 @@ def test_global_files(samples: Path) -> None:
     assert new.default_machine_folder == "C:\\Users\\USER\\VirtualBox VMs"
     doubled = new.machine_entries[0]
     assert "\\\\" in doubled.src
-    assert doubled.path.as_posix() == ("C:/Program Files/Huawei/eNSP/VBoxServer/AR_Base/"
-                                       "AR_Base.vbox")
+    assert doubled.path.as_posix() == (
+        "C:/Program Files/Huawei/eNSP/VBoxServer/AR_Base/AR_Base.vbox"
+    )
     assert doubled.foreign_path
 
     with pytest.raises(SettingsError, match=r"global VirtualBox\.xml, not a machine"):
@@ -318,5 +354,7 @@ def test_version_bump_backup_is_recognised(samples: Path, tmp_path: Path) -> Non
     shutil.copyfile(other, tmp_path / "b2b-vm-1.16-macosx.vbox")  # another machine's copy
     vm = load_vm_folder(tmp_path)
     assert vm.settings_path == tmp_path / "Born2beroot.vbox"
-    assert vm.backups == (tmp_path / "Born2beroot-1.18-linux.vbox",
-                          tmp_path / "Born2beroot.vbox-prev")
+    assert vm.backups == (
+        tmp_path / "Born2beroot-1.18-linux.vbox",
+        tmp_path / "Born2beroot.vbox-prev",
+    )

@@ -12,12 +12,17 @@ from builders import FREE, RawHeader, RawImage, place, write_raw
 BLOCKS = 2 * 1024 * 1024  # 2 TiB of 1 MiB blocks
 
 
-def image(path: Path, allocated: int, rng: np.random.Generator,
-           parent: RawHeader | None = None) -> RawHeader:
-    h = RawHeader(disk_size=BLOCKS << 20, block_size=1 << 20, blocks=BLOCKS,
-                  uuid_linkage=parent.uuid_create if parent else uuid.UUID(int=0),
-                  uuid_parent_modify=parent.uuid_modify if parent else uuid.UUID(int=0),
-                  image_type=4 if parent else 1)
+def image(
+    path: Path, allocated: int, rng: np.random.Generator, parent: RawHeader | None = None
+) -> RawHeader:
+    h = RawHeader(
+        disk_size=BLOCKS << 20,
+        block_size=1 << 20,
+        blocks=BLOCKS,
+        uuid_linkage=parent.uuid_create if parent else uuid.UUID(int=0),
+        uuid_parent_modify=parent.uuid_modify if parent else uuid.UUID(int=0),
+        image_type=4 if parent else 1,
+    )
     h = place(h, "vbox")
     entries = np.full(BLOCKS, FREE, dtype="<u4")
     entries[rng.choice(BLOCKS, allocated, replace=False)] = rng.permutation(allocated)
@@ -39,29 +44,37 @@ def big_vm(folder: Path) -> Path:
     snaps = [uuid.uuid4() for _ in range(3)]
 
     def hardware(u: uuid.UUID) -> str:
-        return ('<Hardware><Memory RAMSize="512"/><StorageControllers><StorageController '
-                'name="SATA" type="AHCI"><AttachedDevice type="HardDisk" port="0" device="0">'
-                f'<Image uuid="{{{u}}}"/></AttachedDevice></StorageController>'
-                "</StorageControllers></Hardware>")
+        return (
+            '<Hardware><Memory RAMSize="512"/><StorageControllers><StorageController '
+            'name="SATA" type="AHCI"><AttachedDevice type="HardDisk" port="0" device="0">'
+            f'<Image uuid="{{{u}}}"/></AttachedDevice></StorageController>'
+            "</StorageControllers></Hardware>"
+        )
 
     inner = ""
     for h, name in reversed(list(zip(headers[1:], names, strict=True))):
-        inner = (f'<HardDisk uuid="{{{h.uuid_create}}}" location="Snapshots/{name}" '
-                 f'format="VDI">{inner}</HardDisk>')
-    registry = (f'<MediaRegistry><HardDisks><HardDisk uuid="{{{headers[0].uuid_create}}}" '
-                f'location="disk.vdi" format="VDI" type="Normal">{inner}</HardDisk>'
-                "</HardDisks></MediaRegistry>")
+        inner = (
+            f'<HardDisk uuid="{{{h.uuid_create}}}" location="Snapshots/{name}" '
+            f'format="VDI">{inner}</HardDisk>'
+        )
+    registry = (
+        f'<MediaRegistry><HardDisks><HardDisk uuid="{{{headers[0].uuid_create}}}" '
+        f'location="disk.vdi" format="VDI" type="Normal">{inner}</HardDisk>'
+        "</HardDisks></MediaRegistry>"
+    )
     tree = ""
     for i in reversed(range(3)):
         children = f"<Snapshots>{tree}</Snapshots>" if tree else ""
-        tree = (f'<Snapshot uuid="{{{snaps[i]}}}" name="S{i + 1}" '
-                f'timeStamp="2026-01-0{i + 1}T00:00:00Z">'
-                f"{hardware(headers[i].uuid_create)}{children}</Snapshot>")
+        tree = (
+            f'<Snapshot uuid="{{{snaps[i]}}}" name="S{i + 1}" '
+            f'timeStamp="2026-01-0{i + 1}T00:00:00Z">'
+            f"{hardware(headers[i].uuid_create)}{children}</Snapshot>"
+        )
     (folder / "big.vbox").write_text(
         '<?xml version="1.0"?><VirtualBox xmlns="http://www.virtualbox.org/" '
         f'version="1.19-linux"><Machine uuid="{{{uuid.uuid4()}}}" name="big" OSType="Linux_64" '
         f'currentSnapshot="{{{snaps[2]}}}">{registry}{tree}'
-        f"{hardware(headers[3].uuid_create)}</Machine></VirtualBox>", encoding="utf-8")
+        f"{hardware(headers[3].uuid_create)}</Machine></VirtualBox>",
+        encoding="utf-8",
+    )
     return folder
-
-

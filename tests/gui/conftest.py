@@ -33,9 +33,12 @@ QT_WARNING_IGNORES = (
 def _fail_on_qt_warnings(qtlog: object) -> Iterator[None]:
     """Any Qt warning, critical or fatal message fails the test (qt_log_level_fail=WARNING)."""
     yield
-    bad = [r for r in qtlog.records  # type: ignore[attr-defined]
-           if r.type in (QtMsgType.QtWarningMsg, QtMsgType.QtCriticalMsg, QtMsgType.QtFatalMsg)
-           and not any(r.message.startswith(i) for i in QT_WARNING_IGNORES)]
+    bad = [
+        r
+        for r in qtlog.records  # type: ignore[attr-defined]
+        if r.type in (QtMsgType.QtWarningMsg, QtMsgType.QtCriticalMsg, QtMsgType.QtFatalMsg)
+        and not any(r.message.startswith(i) for i in QT_WARNING_IGNORES)
+    ]
     if bad:
         pytest.fail("Qt warnings: " + "; ".join(r.message for r in bad))
 
@@ -44,8 +47,9 @@ def _fail_on_qt_warnings(qtlog: object) -> Iterator[None]:
 def reports(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
     """Errors the window reported (title, sentence) instead of modal dialogs."""
     seen: list[tuple[str, str]] = []
-    monkeypatch.setattr(messages, "reporter",
-                        lambda _parent, title, text, _details: seen.append((title, text)))
+    monkeypatch.setattr(
+        messages, "reporter", lambda _parent, title, text, _details: seen.append((title, text))
+    )
     return seen
 
 
@@ -56,8 +60,9 @@ def settings(tmp_path: Path) -> QSettings:
 
 
 @pytest.fixture
-def window(qtbot: object, settings: QSettings, reports: list[tuple[str, str]]
-           ) -> Iterator[MainWindow]:
+def window(
+    qtbot: object, settings: QSettings, reports: list[tuple[str, str]]
+) -> Iterator[MainWindow]:
     """A shown main window; at teardown: closed, workers stopped, no thread or window left."""
     before = {t.ident for t in threading.enumerate()}
     win = MainWindow(settings)
@@ -68,11 +73,17 @@ def window(qtbot: object, settings: QSettings, reports: list[tuple[str, str]]
     win.close()
     assert win.workers.pool.activeThreadCount() == 0, "a worker thread is still running"
     assert not win.workers.running, "a job never delivered its terminal signal"
-    leaked = [t for t in threading.enumerate() if t.ident not in before
-              and not isinstance(t, threading._DummyThread)]  # type: ignore[attr-defined]
+    leaked = [
+        t
+        for t in threading.enumerate()
+        if t.ident not in before and not isinstance(t, threading._DummyThread)
+    ]  # type: ignore[attr-defined]
     assert not leaked, f"leaked threads: {leaked}"
     app = QApplication.instance()
     assert app is not None
-    stray = [w for w in QApplication.topLevelWidgets()
-             if w.isVisible() and w is not win and w.windowTitle() not in ("",)]
+    stray = [
+        w
+        for w in QApplication.topLevelWidgets()
+        if w.isVisible() and w is not win and w.windowTitle() not in ("",)
+    ]
     assert not stray, f"windows left open: {[w.windowTitle() for w in stray]}"

@@ -53,38 +53,54 @@ def write_blocks(paths: list[Path], writes: list[tuple[int, bytes]]) -> None:
         chain.close()
 
 
-def vbox_text(name: str, base: tuple[uuidlib.UUID, str], diff: tuple[uuidlib.UUID, str] | None,
-              snapshot: uuidlib.UUID | None, *, extra_attach: uuidlib.UUID | None = None) -> str:
+def vbox_text(
+    name: str,
+    base: tuple[uuidlib.UUID, str],
+    diff: tuple[uuidlib.UUID, str] | None,
+    snapshot: uuidlib.UUID | None,
+    *,
+    extra_attach: uuidlib.UUID | None = None,
+) -> str:
     """A .vbox with one snapshot ("First") that froze the base, and the diff as current."""
 
     def hardware(disk: uuidlib.UUID) -> str:
-        extra = (f'<AttachedDevice type="HardDisk" port="1" device="0">'
-                 f'<Image uuid="{{{extra_attach}}}"/></AttachedDevice>' if extra_attach else "")
-        return (f'<Hardware><Memory RAMSize="512"/><StorageControllers>'
-                f'<StorageController name="SATA" type="AHCI" PortCount="2">'
-                f'<AttachedDevice type="HardDisk" port="0" device="0">'
-                f'<Image uuid="{{{disk}}}"/></AttachedDevice>{extra}'
-                f"</StorageController></StorageControllers></Hardware>")
+        extra = (
+            f'<AttachedDevice type="HardDisk" port="1" device="0">'
+            f'<Image uuid="{{{extra_attach}}}"/></AttachedDevice>'
+            if extra_attach
+            else ""
+        )
+        return (
+            f'<Hardware><Memory RAMSize="512"/><StorageControllers>'
+            f'<StorageController name="SATA" type="AHCI" PortCount="2">'
+            f'<AttachedDevice type="HardDisk" port="0" device="0">'
+            f'<Image uuid="{{{disk}}}"/></AttachedDevice>{extra}'
+            f"</StorageController></StorageControllers></Hardware>"
+        )
 
-    inner = (f'<HardDisk uuid="{{{diff[0]}}}" location="{diff[1]}" format="VDI"/>'
-             if diff else "")
-    registry = (f'<MediaRegistry><HardDisks><HardDisk uuid="{{{base[0]}}}" location="{base[1]}" '
-                f'format="VDI" type="Normal">{inner}</HardDisk></HardDisks></MediaRegistry>')
+    inner = f'<HardDisk uuid="{{{diff[0]}}}" location="{diff[1]}" format="VDI"/>' if diff else ""
+    registry = (
+        f'<MediaRegistry><HardDisks><HardDisk uuid="{{{base[0]}}}" location="{base[1]}" '
+        f'format="VDI" type="Normal">{inner}</HardDisk></HardDisks></MediaRegistry>'
+    )
     snap = ""
     current_attr = ""
     if snapshot is not None:
         current_attr = f' currentSnapshot="{{{snapshot}}}"'
-        snap = (f'<Snapshot uuid="{{{snapshot}}}" name="First" timeStamp="2026-01-02T03:04:05Z">'
-                f"<Description>The first one</Description>{hardware(base[0])}</Snapshot>")
+        snap = (
+            f'<Snapshot uuid="{{{snapshot}}}" name="First" timeStamp="2026-01-02T03:04:05Z">'
+            f"<Description>The first one</Description>{hardware(base[0])}</Snapshot>"
+        )
     current = diff[0] if diff else base[0]
-    return (f'<?xml version="1.0"?>\n<VirtualBox xmlns="http://www.virtualbox.org/" '
-            f'version="1.19-linux"><Machine uuid="{{{uuidlib.uuid4()}}}" name="{name}" '
-            f'OSType="Linux_64" snapshotFolder="Snapshots"{current_attr}>{registry}{snap}'
-            f"{hardware(current)}</Machine></VirtualBox>\n")
+    return (
+        f'<?xml version="1.0"?>\n<VirtualBox xmlns="http://www.virtualbox.org/" '
+        f'version="1.19-linux"><Machine uuid="{{{uuidlib.uuid4()}}}" name="{name}" '
+        f'OSType="Linux_64" snapshotFolder="Snapshots"{current_attr}>{registry}{snap}'
+        f"{hardware(current)}</Machine></VirtualBox>\n"
+    )
 
 
-def make_vm(folder: Path, name: str = "Test VM", *, extra_attach: uuidlib.UUID | None = None
-            ) -> Vm:
+def make_vm(folder: Path, name: str = "Test VM", *, extra_attach: uuidlib.UUID | None = None) -> Vm:
     """The VM described in the module docstring."""
     folder.mkdir(parents=True, exist_ok=True)
     snaps = folder / "Snapshots"
@@ -98,9 +114,16 @@ def make_vm(folder: Path, name: str = "Test VM", *, extra_attach: uuidlib.UUID |
     write_blocks([base, diff], [(1, block(11)), (3, bytes(MIB))])
     snapshot = uuidlib.uuid4()
     vbox = folder / f"{name}.vbox"
-    vbox.write_text(vbox_text(name, (header.uuid, "disk.vdi"),
-                              (diff_uuid, f"Snapshots/{diff.name}"), snapshot,
-                              extra_attach=extra_attach), encoding="utf-8")
+    vbox.write_text(
+        vbox_text(
+            name,
+            (header.uuid, "disk.vdi"),
+            (diff_uuid, f"Snapshots/{diff.name}"),
+            snapshot,
+            extra_attach=extra_attach,
+        ),
+        encoding="utf-8",
+    )
     return Vm(folder, vbox, base, diff, header.uuid, diff_uuid, snapshot)
 
 

@@ -28,6 +28,7 @@ def planned(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bool]]:
         def call(*args: Any, **kwargs: Any) -> Any:
             calls.append((name, threading.current_thread() is threading.main_thread()))
             return real(*args, **kwargs)
+
         return call
 
     for name in ("plan_compact", "plan_snapshot_delete", "plan_repair"):
@@ -35,8 +36,9 @@ def planned(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, bool]]:
     return calls
 
 
-def test_actions_check_on_a_worker_then_answer(qtbot: Any, window: MainWindow, tmp_path: Path,
-                                               planned: list[tuple[str, bool]]) -> None:
+def test_actions_check_on_a_worker_then_answer(
+    qtbot: Any, window: MainWindow, tmp_path: Path, planned: list[tuple[str, bool]]
+) -> None:
     vm = make_vm(tmp_path / "vm")
     open_and_wait(qtbot, window, vm.folder)
     actions = window.operations
@@ -45,8 +47,7 @@ def test_actions_check_on_a_worker_then_answer(qtbot: Any, window: MainWindow, t
     assert window.session is not None
     # Opening selects the current state, and its answer is known once the window is idle.
     assert not delete.isEnabled()
-    assert delete.toolTip() == ("The current state is not a snapshot; select a snapshot to "
-                                "delete.")
+    assert delete.toolTip() == ("The current state is not a snapshot; select a snapshot to delete.")
 
     # (Forget what opening may have checked already, so "First" is surely new.)
     actions.checks.clear()
@@ -80,12 +81,12 @@ def test_actions_check_on_a_worker_then_answer(qtbot: Any, window: MainWindow, t
     assert delete.isEnabled() and len(planned) > before
 
     assert planned and not any(on_gui for _name, on_gui in planned), planned
-    assert {name for name, _ in planned} >= {"plan_compact", "plan_snapshot_delete",
-                                              "plan_repair"}
+    assert {name for name, _ in planned} >= {"plan_compact", "plan_snapshot_delete", "plan_repair"}
 
 
-def test_a_failing_check_says_why(qtbot: Any, window: MainWindow, tmp_path: Path,
-                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failing_check_says_why(
+    qtbot: Any, window: MainWindow, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     vm = make_vm(tmp_path / "vm")
 
     def unreadable(path: Any, **_kwargs: Any) -> Any:

@@ -69,12 +69,14 @@ def test_columns_appear_with_tooltips(qapp: Any) -> None:
     for column in (FREES, COPIES, NEEDS, TIME):
         tip = model.headerData(column, Qt.Orientation.Horizontal, Qt.ItemDataRole.ToolTipRole)
         assert tip and len(tip) > 40
-    assert "estimate" in model.headerData(TIME, Qt.Orientation.Horizontal,
-                                          Qt.ItemDataRole.ToolTipRole)
+    assert "estimate" in model.headerData(
+        TIME, Qt.Orientation.Horizontal, Qt.ItemDataRole.ToolTipRole
+    )
 
 
 def test_cells_say_pending_then_fill_without_blocking_selection(
-        qtbot: Any, window: MainWindow, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    qtbot: Any, window: MainWindow, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     vm = branched_vm(tmp_path / "vm")
     release = threading.Event()
     real = snapshot_costs
@@ -122,8 +124,9 @@ def test_cells_say_pending_then_fill_without_blocking_selection(
     assert cell(model, current, FREES) == ""
 
 
-def test_sorting_by_a_cost_column_reorders_siblings(qapp: Any, qtmodeltester: Any,
-                                                    tmp_path: Path) -> None:
+def test_sorting_by_a_cost_column_reorders_siblings(
+    qapp: Any, qtmodeltester: Any, tmp_path: Path
+) -> None:
     vm = branched_vm(tmp_path / "vm")
     session = load_session(vm.folder)
     model = SnapshotTreeModel(session.snapshot_roots)
@@ -140,8 +143,9 @@ def test_sorting_by_a_cost_column_reorders_siblings(qapp: Any, qtmodeltester: An
     assert by_name["s2"].copies != by_name["side"].copies
     model.sort(COPIES, Qt.SortOrder.AscendingOrder)
     ascending = kids()
-    assert [by_name[n].copies for n in ascending] == sorted(by_name[n].copies or 0
-                                                            for n in ascending)
+    assert [by_name[n].copies for n in ascending] == sorted(
+        by_name[n].copies or 0 for n in ascending
+    )
     model.sort(COPIES, Qt.SortOrder.DescendingOrder)
     assert kids() == ascending[::-1]
     qtmodeltester.check(model, force_py=True)

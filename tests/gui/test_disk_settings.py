@@ -24,23 +24,32 @@ NS = "{http://www.virtualbox.org/}"
 
 def settle(qtbot: Any, window: MainWindow) -> None:
     ops = window.operations
-    qtbot.waitUntil(lambda: not window.busy and not ops.checking and not ops.undo.checking
-                    and ops.disk_settings.settings is not None and not ops.pool.running,
-                    timeout=20000)
+    qtbot.waitUntil(
+        lambda: (
+            not window.busy
+            and not ops.checking
+            and not ops.undo.checking
+            and ops.disk_settings.settings is not None
+            and not ops.pool.running
+        ),
+        timeout=20000,
+    )
 
 
 def discard_flags(vbox: Path) -> dict[str, tuple[str | None, str | None]]:
     root = ET.parse(vbox).getroot()
     hardware = root.find(f"{NS}Machine/{NS}Hardware")
     assert hardware is not None
-    return {f"{c.get('name')}:{d.get('port')}": (d.get("discard"), d.get("nonrotational"))
-            for c in hardware.iter(f"{NS}StorageController")
-            for d in c.findall(f"{NS}AttachedDevice")}
+    return {
+        f"{c.get('name')}:{d.get('port')}": (d.get("discard"), d.get("nonrotational"))
+        for c in hardware.iter(f"{NS}StorageController")
+        for d in c.findall(f"{NS}AttachedDevice")
+    }
 
 
 def test_box_shows_each_attachment_and_turns_discard_on(
-        qtbot: Any, window: MainWindow, tmp_path: Path, qemu_img: str,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+    qtbot: Any, window: MainWindow, tmp_path: Path, qemu_img: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     folder = build_trim_vm(tmp_path / "Trim", qemu_img)
     vbox = folder / "Trim.vbox"
     original = vbox.read_bytes()
@@ -56,8 +65,9 @@ def test_box_shows_each_attachment_and_turns_discard_on(
     assert box.turn_on.isEnabled(), box.turn_on.toolTip()
 
     asked: list[str] = []
-    monkeypatch.setattr(disk_settings, "confirm_turn_on",
-                        lambda _parent, _title, body: asked.append(body) or True)
+    monkeypatch.setattr(
+        disk_settings, "confirm_turn_on", lambda _parent, _title, body: asked.append(body) or True
+    )
     with qtbot.waitSignal(window.session_loaded, timeout=20000):
         assert controller.turn_on()
     settle(qtbot, window)
@@ -80,13 +90,17 @@ def test_box_shows_each_attachment_and_turns_discard_on(
     assert vbox.read_bytes() == original
 
 
-def test_saved_state_disables_the_action(qtbot: Any, window: MainWindow, tmp_path: Path,
-                                         qemu_img: str) -> None:
+def test_saved_state_disables_the_action(
+    qtbot: Any, window: MainWindow, tmp_path: Path, qemu_img: str
+) -> None:
     folder = build_trim_vm(tmp_path / "Trim", qemu_img)
     vbox = folder / "Trim.vbox"
-    vbox.write_text(vbox.read_text(encoding="utf-8").replace(
-        'snapshotFolder="Snapshots"', 'snapshotFolder="Snapshots" stateFile="now.sav"'),
-        encoding="utf-8")
+    vbox.write_text(
+        vbox.read_text(encoding="utf-8").replace(
+            'snapshotFolder="Snapshots"', 'snapshotFolder="Snapshots" stateFile="now.sav"'
+        ),
+        encoding="utf-8",
+    )
     (folder / "now.sav").write_bytes(b"saved")
     before = vbox.read_bytes()
     open_and_wait(qtbot, window, folder)

@@ -42,8 +42,11 @@ def gui_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     original = GuestReader.read
 
     def read(self: GuestReader, offset: int, length: int) -> bytes:
-        seen.append(threading.current_thread().name
-                    if threading.current_thread() is not threading.main_thread() else "GUI")
+        seen.append(
+            threading.current_thread().name
+            if threading.current_thread() is not threading.main_thread()
+            else "GUI"
+        )
         return original(self, offset, length)
 
     monkeypatch.setattr(GuestReader, "read", read)
@@ -67,9 +70,13 @@ def names(view: FilesView) -> set[str]:
     return {e.name for e in view.model.entries}
 
 
-def test_tab_fills_on_workers_and_lists_like_debugfs(qtbot: Any, window: MainWindow,
-                                                     dvm: DiffVm, gui_reads: list[str],
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_tab_fills_on_workers_and_lists_like_debugfs(
+    qtbot: Any,
+    window: MainWindow,
+    dvm: DiffVm,
+    gui_reads: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     started: list[str] = []
     original = window.workers.start
 
@@ -87,7 +94,7 @@ def test_tab_fills_on_workers_and_lists_like_debugfs(qtbot: Any, window: MainWin
     view.table.sortByColumn(1, Qt.SortOrder.DescendingOrder)
     files = [e for e in view.model.entries if not e.is_dir]
     assert files and files[0].name == "sparse.img"  # 9 MiB + 3 bytes, the largest
-    assert all(e.is_dir for e in view.model.entries[:len(view.model.entries) - len(files)])
+    assert all(e.is_dir for e in view.model.entries[: len(view.model.entries) - len(files)])
     view.open_folder("/etc")
     settle(qtbot, window)
     etc = {e.name: e for e in view.model.entries}
@@ -99,8 +106,9 @@ def test_tab_fills_on_workers_and_lists_like_debugfs(qtbot: Any, window: MainWin
     assert gui_reads and "GUI" not in gui_reads, "the GUI thread read the disk"
 
 
-def test_selecting_a_snapshot_shows_its_files(qtbot: Any, window: MainWindow,
-                                              dvm: DiffVm, gui_reads: list[str]) -> None:
+def test_selecting_a_snapshot_shows_its_files(
+    qtbot: Any, window: MainWindow, dvm: DiffVm, gui_reads: list[str]
+) -> None:
     view = show_files(qtbot, window, dvm)
     assert window.session is not None
     row = window.session.find_snapshot("S1")
@@ -109,8 +117,7 @@ def test_selecting_a_snapshot_shows_its_files(qtbot: Any, window: MainWindow,
         window.select_snapshot(row)
     settle(qtbot, window)
     assert view.state_label.text().startswith("Snapshot 'S1'")
-    assert names(view) - {"lost+found"} == set(debugfs_ls(dvm.exts["S1"], "/")) - {
-        "lost+found"}
+    assert names(view) - {"lost+found"} == set(debugfs_ls(dvm.exts["S1"], "/")) - {"lost+found"}
     assert "hard1" in names(view) and "new.txt" not in names(view)
     assert "GUI" not in gui_reads
 
@@ -120,14 +127,16 @@ def test_find_by_glob(qtbot: Any, window: MainWindow, dvm: DiffVm) -> None:
     view.search.setText("file00*.dat")
     view.find_files()
     settle(qtbot, window)
-    expected = {f"/many/{p.name}" for p in (dvm.tree / "many").iterdir()
-                if p.name.startswith("file00")}
+    expected = {
+        f"/many/{p.name}" for p in (dvm.tree / "many").iterdir() if p.name.startswith("file00")
+    }
     assert {e.path for e in view.model.entries} == expected
     assert view.model.show_paths
 
 
-def test_extract_writes_the_bytes_and_asks_before_replacing(qtbot: Any, window: MainWindow,
-                                                            dvm: DiffVm, tmp_path: Path) -> None:
+def test_extract_writes_the_bytes_and_asks_before_replacing(
+    qtbot: Any, window: MainWindow, dvm: DiffVm, tmp_path: Path
+) -> None:
     view = show_files(qtbot, window, dvm)
     top = {e.name: e for e in view.model.entries}
     dest = tmp_path / "out"
@@ -142,6 +151,7 @@ def test_extract_writes_the_bytes_and_asks_before_replacing(qtbot: Any, window: 
 
     asked: list[list[str]] = []
     (dest / "big.bin").write_bytes(b"mine")
+
     def refuse(existing: list[str]) -> bool:
         asked.append(existing)
         return False
@@ -171,8 +181,9 @@ class CancelOnFirstWrite(fileio.FileOps):
         return super().pwrite(fd, data, offset)
 
 
-def test_cancel_leaves_no_partial_file(qtbot: Any, window: MainWindow, dvm: DiffVm,
-                                       tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cancel_leaves_no_partial_file(
+    qtbot: Any, window: MainWindow, dvm: DiffVm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     view = show_files(qtbot, window, dvm)
     big = next(e for e in view.model.entries if e.name == "big.bin")
     assert big.kind is EntryKind.FILE and big.size > 3 << 20
@@ -189,7 +200,8 @@ def test_cancel_leaves_no_partial_file(qtbot: Any, window: MainWindow, dvm: Diff
 
 
 def test_changes_since_lists_the_recorded_changes_and_opens_them(
-        qtbot: Any, window: MainWindow, dvm: DiffVm, gui_reads: list[str]) -> None:
+    qtbot: Any, window: MainWindow, dvm: DiffVm, gui_reads: list[str]
+) -> None:
     from vdigui.gui.views.changes import ChangesDialog
 
     view = show_files(qtbot, window, dvm)
@@ -238,8 +250,9 @@ def test_changes_since_lists_the_recorded_changes_and_opens_them(
     dialog.close()
 
 
-def test_show_in_block_map_highlights_the_files_blocks(qtbot: Any, window: MainWindow,
-                                                       dvm: DiffVm) -> None:
+def test_show_in_block_map_highlights_the_files_blocks(
+    qtbot: Any, window: MainWindow, dvm: DiffVm
+) -> None:
     from fsbuild import MiB, debugfs_blocks
 
     view = show_files(qtbot, window, dvm)
@@ -248,8 +261,7 @@ def test_show_in_block_map_highlights_the_files_blocks(qtbot: Any, window: MainW
         view.show_blocks(big)
     settle(qtbot, window)
     base = dvm.starts[0] * 512
-    expected = {(base + b * 4096) // MiB for b in debugfs_blocks(dvm.exts["current"],
-                                                                 "/big.bin")}
+    expected = {(base + b * 4096) // MiB for b in debugfs_blocks(dvm.exts["current"], "/big.bin")}
     assert window.tabs.currentWidget() is window.blockmap
     assert set(window.blockmap.highlighted.tolist()) == expected
     text = window.blockmap.highlight_label.text()
@@ -281,10 +293,25 @@ def test_screenshot_of_the_files_tab(dvm: DiffVm, tmp_path: Path) -> None:
 
     out = tmp_path / "files.png"
     result = subprocess.run(
-        [sys.executable, "-m", "vdigui", str(dvm.folder), "--screenshot", str(out),
-         "--tab", "files", "--size", "1400x900", "--select", "S2"],
-        capture_output=True, text=True, timeout=120,
-        env={**__import__("os").environ, "QT_QPA_PLATFORM": "offscreen"})
+        [
+            sys.executable,
+            "-m",
+            "vdigui",
+            str(dvm.folder),
+            "--screenshot",
+            str(out),
+            "--tab",
+            "files",
+            "--size",
+            "1400x900",
+            "--select",
+            "S2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**__import__("os").environ, "QT_QPA_PLATFORM": "offscreen"},
+    )
     assert result.returncode == 0, result.stderr
     image = QImage(str(out))
     assert (image.width(), image.height()) == (1400, 900)
@@ -292,8 +319,7 @@ def test_screenshot_of_the_files_tab(dvm: DiffVm, tmp_path: Path) -> None:
     assert len(colours) > 20, "the screenshot looks blank"
 
 
-def test_a_disk_without_filesystems_says_so(qtbot: Any, window: MainWindow,
-                                            tmp_path: Path) -> None:
+def test_a_disk_without_filesystems_says_so(qtbot: Any, window: MainWindow, tmp_path: Path) -> None:
     from tests.gui.gui_vmkit import make_vm
 
     vm = make_vm(tmp_path / "vm")

@@ -24,18 +24,39 @@ from vdigui.gui.views.partitionbar import bar_volumes, volume_text
 MiB = 1 << 20
 
 
-def _vol(kind: str, start: int, size: int, used: int | None, partition: str,
-         kept: bool = False, notes: tuple[str, ...] = ()) -> Volume:
-    return Volume(kind, "", start * MiB, size * MiB, None if used is None else used * MiB,
-                  None if used is None else (size - used) * MiB, kept, notes, partition)
+def _vol(
+    kind: str,
+    start: int,
+    size: int,
+    used: int | None,
+    partition: str,
+    kept: bool = False,
+    notes: tuple[str, ...] = (),
+) -> Volume:
+    return Volume(
+        kind,
+        "",
+        start * MiB,
+        size * MiB,
+        None if used is None else used * MiB,
+        None if used is None else (size - used) * MiB,
+        kept,
+        notes,
+        partition,
+    )
 
 
-USAGE = UsageMap(MiB, np.array([MiB, MiB // 2, 0, 0, MiB, MiB, MiB, 0], dtype=np.uint32), (
-    _vol("partition-table", 0, 1, 1, "MBR"),
-    _vol("ext4", 1, 4, 2, "MBR #1"),
-    _vol("swap", 5, 2, None, "MBR #2", kept=True, notes=("Swap is kept whole.",)),
-    _vol("free", 7, 1, 0, "unpartitioned"),
-), ())
+USAGE = UsageMap(
+    MiB,
+    np.array([MiB, MiB // 2, 0, 0, MiB, MiB, MiB, 0], dtype=np.uint32),
+    (
+        _vol("partition-table", 0, 1, 1, "MBR"),
+        _vol("ext4", 1, 4, 2, "MBR #1"),
+        _vol("swap", 5, 2, None, "MBR #2", kept=True, notes=("Swap is kept whole.",)),
+        _vol("free", 7, 1, 0, "unpartitioned"),
+    ),
+    (),
+)
 
 
 def test_use_colours_blend_by_share() -> None:
@@ -54,8 +75,10 @@ def test_volume_helpers() -> None:
     assert "Kept whole: Swap is kept whole." in volume_text(USAGE.volumes[2])
     assert list(volume_index(USAGE, 8)) == [0, 1, 1, 1, 1, 2, 2, -1]
     # Layer storing blocks 1, 4, 2 in slots 0, 1, 5 and the swap's block 5 in slot 2.
-    places = {p.volume.kind: p for p in volume_placements(
-        USAGE, np.array([1, 2, 4, 5]), np.array([0, 5, 1, 2]))}
+    places = {
+        p.volume.kind: p
+        for p in volume_placements(USAGE, np.array([1, 2, 4, 5]), np.array([0, 5, 1, 2]))
+    }
     assert (places["ext4"].blocks, places["ext4"].runs) == (3, 2)
     assert (places["ext4"].first_slot, places["ext4"].last_slot) == (0, 5)
     assert places["partition-table"].blocks == 0 and "free" not in places
@@ -103,8 +126,9 @@ def test_demo_shows_the_guest_level(qtbot: Any, window: MainWindow, demo: Path) 
     assert "guest volume" in frag.legend.text()
 
 
-def test_no_usage_for_a_disk_without_filesystems(qtbot: Any, window: MainWindow,
-                                                  tmp_path: Path) -> None:
+def test_no_usage_for_a_disk_without_filesystems(
+    qtbot: Any, window: MainWindow, tmp_path: Path
+) -> None:
     vm = make_vm(tmp_path / "vm")
     open_and_wait(qtbot, window, vm.folder)
     window.tabs.setCurrentWidget(window.blockmap)
@@ -115,4 +139,3 @@ def test_no_usage_for_a_disk_without_filesystems(qtbot: Any, window: MainWindow,
     assert not view.has_use_row and view.rows == len(data.paths) + 1  # nothing to shade
     assert view.partition_bar.isVisible()  # but the bar says the disk is kept whole
     assert any(v.kept_whole for v, _rect in view.partition_bar.boxes())
-

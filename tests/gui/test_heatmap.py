@@ -77,8 +77,11 @@ def check_cells(view: BlockMapView, written: np.ndarray) -> tuple[int, int]:
 
         xa, xb = x_of(start), x_of(stop)
         # Pixels whose centres lie well inside the cell show it, whatever the rounding.
-        pixels = [p for p in range(int(xa), int(xb) + 1) if xa + 0.2 <= p + 0.5 <= xb - 0.2
-                  and left + 8 <= p <= right - 3]  # clear of the axis and its ticks
+        pixels = [
+            p
+            for p in range(int(xa), int(xb) + 1)
+            if xa + 0.2 <= p + 0.5 <= xb - 0.2 and left + 8 <= p <= right - 3
+        ]  # clear of the axis and its ticks
         if pixels:
             for row in (0.3, 1.3):  # the layer's own row and the "Guest sees" row
                 y = view.plot.mapFromScene(vb.mapViewToScene(QPointF(start, row))).y()
@@ -86,19 +89,21 @@ def check_cells(view: BlockMapView, written: np.ndarray) -> tuple[int, int]:
                     pixel = image.pixelColor(x, int(y))
                     seen = diff(pixel, free)
                     if holds:
-                        assert seen >= MARGIN, (f"cell {start}-{stop} (k={k}) holds {holds} "
-                                                f"block(s) but is drawn {pixel.name()}")
+                        assert seen >= MARGIN, (
+                            f"cell {start}-{stop} (k={k}) holds {holds} "
+                            f"block(s) but is drawn {pixel.name()}"
+                        )
                     else:
-                        assert seen <= 3, (f"empty cell {start}-{stop} (k={k}) drawn "
-                                           f"{pixel.name()}")
+                        assert seen <= 3, f"empty cell {start}-{stop} (k={k}) drawn {pixel.name()}"
             with_data += bool(holds)
             empty += not holds
         start += k
     return with_data, empty
 
 
-def test_scattered_blocks_are_visible_at_every_zoom(qtbot: Any, window: MainWindow,
-                                                    tmp_path: Path) -> None:
+def test_scattered_blocks_are_visible_at_every_zoom(
+    qtbot: Any, window: MainWindow, tmp_path: Path
+) -> None:
     written = scattered_image(tmp_path / "scattered.vdi", 2995, seed=3)
     window.resize(1400, 900)
     window.tabs.setCurrentWidget(window.blockmap)
@@ -134,8 +139,8 @@ def test_scattered_blocks_are_visible_at_every_zoom(qtbot: Any, window: MainWind
 def test_mixed_cells_show_a_band_per_kind(qapp: Any) -> None:
     blocks = 1 << 17
     entries = np.full((2, blocks), FREE, dtype=np.uint32)
-    entries[0, 0] = 0           # cell 0: one block of the base's data ...
-    entries[1, 1] = 0           # ... one of the snapshot's data ...
+    entries[0, 0] = 0  # cell 0: one block of the base's data ...
+    entries[1, 1] = 0  # ... one of the snapshot's data ...
     entries[1, 2] = BLOCK_ZERO  # ... and one zero entry: three kinds in the served row
     entries[0, 4096:8192] = np.arange(1, 4097)  # a run the base holds whole
     serving = np.full(blocks, -1, dtype=np.int16)
@@ -168,14 +173,16 @@ def test_mixed_cells_show_a_band_per_kind(qapp: Any) -> None:
     assert (view.bands[1, :, whole, :3] == free[:3].astype(int)).all()
     # Hover: counts per kind.
     text = view.describe(0, 2)
-    assert (f"{k - 3:,} not served (reads as zeros), 1 zero entries, 1 served by base, "
-            "1 served by snap") in text
+    assert (
+        f"{k - 3:,} not served (reads as zeros), 1 zero entries, 1 served by base, 1 served by snap"
+    ) in text
     assert f"{k - 2:,} free, 1 zero, 1 allocated" in view.describe(0, 1)
     view.deleteLater()
 
 
-def test_fragmentation_pixels_show_every_block(qtbot: Any, window: MainWindow,
-                                               tmp_path: Path) -> None:
+def test_fragmentation_pixels_show_every_block(
+    qtbot: Any, window: MainWindow, tmp_path: Path
+) -> None:
     written = scattered_image(tmp_path / "many.vdi", 30_000, seed=5)
     window.resize(1400, 900)
     window.tabs.setCurrentWidget(window.fragmentation)
@@ -211,10 +218,14 @@ def test_count_pyramid_matches_a_direct_count() -> None:
     spots = rng.choice(codes.size, 5000, replace=False)
     codes[spots] = rng.integers(1, 4, spots.size)
     pyramid = CountPyramid(codes, 4)
-    for k, w0, w1 in ((64, 0, codes.size), (4096, 0, codes.size), (128, 8192, 100_000),
-                      (16, 1024, 3000), (1024, 299_008, codes.size)):
+    for k, w0, w1 in (
+        (64, 0, codes.size),
+        (4096, 0, codes.size),
+        (128, 8192, 100_000),
+        (16, 1024, 3000),
+        (1024, 299_008, codes.size),
+    ):
         counts = pyramid.counts(k, w0, w1)
         starts = np.arange(w0, w1, k)
-        expected = np.array([np.bincount(codes[s:min(s + k, w1)], minlength=4)
-                             for s in starts])
+        expected = np.array([np.bincount(codes[s : min(s + k, w1)], minlength=4) for s in starts])
         np.testing.assert_array_equal(counts, expected)

@@ -72,8 +72,14 @@ def test_media_tree_links_diffs_under_their_base(qapp: Any, tmp_path: Path) -> N
     assert model.data(model.index(0, 3)) == "4.0 MiB"
 
 
-KINDS = ("missing-file", "orphan-image", "missing-parent", "uuid-mismatch", "unreadable-image",
-         "parent-modify-mismatch")
+KINDS = (
+    "missing-file",
+    "orphan-image",
+    "missing-parent",
+    "uuid-mismatch",
+    "unreadable-image",
+    "parent-modify-mismatch",
+)
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -129,7 +135,12 @@ def test_command_line_help_needs_no_display() -> None:
     import sys
 
     env = {k: v for k, v in os.environ.items() if k != "QT_QPA_PLATFORM"}
-    result = subprocess.run([sys.executable, "-m", "vdigui", "--help"], capture_output=True,
-                            text=True, timeout=60, env=env)
+    result = subprocess.run(
+        [sys.executable, "-m", "vdigui", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+    )
     assert result.returncode == 0
     assert "--screenshot OUT.png" in result.stdout

@@ -26,24 +26,39 @@ from PySide6.QtWidgets import QAbstractItemView, QApplication
 from vdigui.engine import create_image
 from vdigui.gui.main_window import MainWindow
 
-LONG_A = ("Before the big distribution upgrade with the experimental kernel, the proprietary "
-          "graphics driver and the new desktop")
-LONG_B = ("After installing the complete development toolchain, databases, browsers and every "
-          "language server anyone ever asked for")
-LONG_C = ("A third snapshot whose name is also far longer than any column could show at once "
-          "without eliding it somewhere")
+LONG_A = (
+    "Before the big distribution upgrade with the experimental kernel, the proprietary "
+    "graphics driver and the new desktop"
+)
+LONG_B = (
+    "After installing the complete development toolchain, databases, browsers and every "
+    "language server anyone ever asked for"
+)
+LONG_C = (
+    "A third snapshot whose name is also far longer than any column could show at once "
+    "without eliding it somewhere"
+)
 
 
 def _env_without_display(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("DISPLAY", "WAYLAND_DISPLAY", "QT_QPA_PLATFORM")
+    }
     env.update(extra)
     return env
 
 
 def _run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "vdigui", *args], capture_output=True,
-                          text=True, timeout=120, env=env or dict(os.environ), check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "vdigui", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env or dict(os.environ),
+        check=False,
+    )
 
 
 # -- no display -----------------------------------------------------------------------------
@@ -81,8 +96,14 @@ def test_select_that_matches_nothing_writes_no_png(tmp_path: Path) -> None:
 
     vm = make_vm(tmp_path / "vm")
     out = tmp_path / "shots" / "x.png"
-    done = _run(str(vm.folder), "--screenshot", str(out), "--select", "Frist",
-                env=_env_without_display(QT_QPA_PLATFORM="offscreen"))
+    done = _run(
+        str(vm.folder),
+        "--screenshot",
+        str(out),
+        "--select",
+        "Frist",
+        env=_env_without_display(QT_QPA_PLATFORM="offscreen"),
+    )
     assert done.returncode == 1
     assert not out.exists() and not out.parent.exists()
     lines = done.stderr.strip().splitlines()
@@ -102,8 +123,12 @@ def test_demo_clean_removes_the_demo_and_says_how_much(tmp_path: Path) -> None:
     keep = cache / "vdigui" / "settings-or-anything-else"
     keep.write_text("not the demo", encoding="utf-8")
     # find's %b: the 512-byte blocks each file occupies (what the space freed is made of).
-    listed = subprocess.run(["find", str(demo), "-type", "f", "-printf", "%b\n"],
-                            capture_output=True, text=True, check=True).stdout
+    listed = subprocess.run(
+        ["find", str(demo), "-type", "f", "-printf", "%b\n"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     files = sum(int(n) * 512 for n in listed.split())
     assert files > 4 * MIB
     env = {**os.environ, "XDG_CACHE_HOME": str(cache)}
@@ -122,16 +147,21 @@ def test_clean_needs_demo() -> None:
 
 
 # -- a VM folder made to provoke clipping ---------------------------------------------------
-def _snapshot(uuid: uuidlib.UUID, name: str, when: str, description: str, disks: list[Any],
-              inner: str = "") -> str:
+def _snapshot(
+    uuid: uuidlib.UUID, name: str, when: str, description: str, disks: list[Any], inner: str = ""
+) -> str:
     attach = "".join(
         f'<AttachedDevice type="HardDisk" port="{port}" device="0">'
-        f'<Image uuid="{{{u}}}"/></AttachedDevice>' for port, u in enumerate(disks))
+        f'<Image uuid="{{{u}}}"/></AttachedDevice>'
+        for port, u in enumerate(disks)
+    )
     children = f"<Snapshots>{inner}</Snapshots>" if inner else ""
-    return (f'<Snapshot uuid="{{{uuid}}}" name="{html.escape(name)}" timeStamp="{when}">'
-            f"<Description>{html.escape(description)}</Description><Hardware>"
-            f'<StorageControllers><StorageController name="SATA" type="AHCI" PortCount="2">'
-            f"{attach}</StorageController></StorageControllers></Hardware>{children}</Snapshot>")
+    return (
+        f'<Snapshot uuid="{{{uuid}}}" name="{html.escape(name)}" timeStamp="{when}">'
+        f"<Description>{html.escape(description)}</Description><Hardware>"
+        f'<StorageControllers><StorageController name="SATA" type="AHCI" PortCount="2">'
+        f"{attach}</StorageController></StorageControllers></Hardware>{children}</Snapshot>"
+    )
 
 
 def make_long_vm(folder: Path) -> dict[str, Any]:
@@ -168,34 +198,54 @@ def make_long_vm(folder: Path) -> dict[str, Any]:
     with open_image(lost, writable=True) as image:
         image.write_header(image.header.replace(parent_uuid=uuidlib.uuid4()))
     s = [uuidlib.uuid4() for _ in range(3)]
-    desc = ("A long description that goes on and on, as people write them when they want to "
-            "remember exactly why a snapshot was taken and what state the machine was in. ") * 3
-    tree = _snapshot(s[0], LONG_A, "2026-01-02T03:04:05Z", desc, [uuids[0], data_h.uuid],
-                     _snapshot(s[1], LONG_B, "2026-02-03T04:05:06Z", desc,
-                               [uuids[1], data_h.uuid],
-                               _snapshot(s[2], LONG_C, "2026-03-04T05:06:07Z", desc,
-                                         [uuids[2], data_h.uuid])))
+    desc = (
+        "A long description that goes on and on, as people write them when they want to "
+        "remember exactly why a snapshot was taken and what state the machine was in. "
+    ) * 3
+    tree = _snapshot(
+        s[0],
+        LONG_A,
+        "2026-01-02T03:04:05Z",
+        desc,
+        [uuids[0], data_h.uuid],
+        _snapshot(
+            s[1],
+            LONG_B,
+            "2026-02-03T04:05:06Z",
+            desc,
+            [uuids[1], data_h.uuid],
+            _snapshot(s[2], LONG_C, "2026-03-04T05:06:07Z", desc, [uuids[2], data_h.uuid]),
+        ),
+    )
     inner = ""
     for u, path in reversed(list(zip(uuids[1:], chain[1:], strict=True))):
-        inner = (f'<HardDisk uuid="{{{u}}}" location="Snapshots/{path.name}" format="VDI">'
-                 f"{inner}</HardDisk>")
+        inner = (
+            f'<HardDisk uuid="{{{u}}}" location="Snapshots/{path.name}" format="VDI">'
+            f"{inner}</HardDisk>"
+        )
     inner += f'<HardDisk uuid="{{{lost_u}}}" location="Snapshots/{lost.name}" format="VDI"/>'
-    registry = (f'<MediaRegistry><HardDisks><HardDisk uuid="{{{base_h.uuid}}}" '
-                f'location="{html.escape(base.name)}" format="VDI" type="Normal">{inner}'
-                f'</HardDisk><HardDisk uuid="{{{data_h.uuid}}}" location="{data.name}" '
-                'format="VDI" type="Writethrough"/></HardDisks></MediaRegistry>')
-    current = (f'<Hardware><StorageControllers><StorageController name="SATA" type="AHCI" '
-               f'PortCount="2"><AttachedDevice type="HardDisk" port="0" device="0">'
-               f'<Image uuid="{{{uuids[3]}}}"/></AttachedDevice>'
-               f'<AttachedDevice type="HardDisk" port="1" device="0">'
-               f'<Image uuid="{{{data_h.uuid}}}"/></AttachedDevice>'
-               "</StorageController></StorageControllers></Hardware>")
+    registry = (
+        f'<MediaRegistry><HardDisks><HardDisk uuid="{{{base_h.uuid}}}" '
+        f'location="{html.escape(base.name)}" format="VDI" type="Normal">{inner}'
+        f'</HardDisk><HardDisk uuid="{{{data_h.uuid}}}" location="{data.name}" '
+        'format="VDI" type="Writethrough"/></HardDisks></MediaRegistry>'
+    )
+    current = (
+        f'<Hardware><StorageControllers><StorageController name="SATA" type="AHCI" '
+        f'PortCount="2"><AttachedDevice type="HardDisk" port="0" device="0">'
+        f'<Image uuid="{{{uuids[3]}}}"/></AttachedDevice>'
+        f'<AttachedDevice type="HardDisk" port="1" device="0">'
+        f'<Image uuid="{{{data_h.uuid}}}"/></AttachedDevice>'
+        "</StorageController></StorageControllers></Hardware>"
+    )
     name = "Development workstation with a long machine name"
     (folder / f"{name}.vbox").write_text(
         f'<?xml version="1.0"?>\n<VirtualBox xmlns="http://www.virtualbox.org/" '
         f'version="1.19-linux"><Machine uuid="{{{uuidlib.uuid4()}}}" name="{name}" '
         f'OSType="Ubuntu_64" snapshotFolder="Snapshots" currentSnapshot="{{{s[2]}}}">'
-        f"{registry}{tree}{current}</Machine></VirtualBox>\n", encoding="utf-8")
+        f"{registry}{tree}{current}</Machine></VirtualBox>\n",
+        encoding="utf-8",
+    )
     return {"folder": folder, "base": base, "data": data, "chain": chain}
 
 
@@ -251,8 +301,10 @@ def _elided_without_tooltip(view: QAbstractItemView) -> list[str]:
                 # whole: each piece around the "…" must be.
                 pieces = " ".join(_shown_core(str(text)).split()).split("…")
                 if not all(piece in tip for piece in pieces):
-                    bad.append(f"{view.accessibleName() or type(view).__name__} "
-                               f"{text!r} (tooltip {tip[:80]!r})")
+                    bad.append(
+                        f"{view.accessibleName() or type(view).__name__} "
+                        f"{text!r} (tooltip {tip[:80]!r})"
+                    )
             walk(model.index(row, 0, parent))
 
     walk(QModelIndex())
@@ -265,8 +317,10 @@ def _check_no_clipping(window: MainWindow) -> list[str]:
     problems = []
     for area in window.findChildren(QAbstractScrollArea):
         if area.isVisible() and area.horizontalScrollBar().isVisible():
-            problems.append(f"horizontal scroll bar on {type(area).__name__} "
-                            f"{area.accessibleName() or area.objectName()}")
+            problems.append(
+                f"horizontal scroll bar on {type(area).__name__} "
+                f"{area.accessibleName() or area.objectName()}"
+            )
     views = [window.snapshot_view, window.media_view, window.problems_view]
     current = window.tabs.currentWidget()
     if current is window.overview:
@@ -285,19 +339,28 @@ def big_window(qtbot: Any, window: MainWindow) -> MainWindow:
     return window
 
 
-@pytest.mark.parametrize("name", [LONG_B, "Current State", "shared data.vdi",
-                                  "Workstation main system disk (Ubuntu 24.04 LTS).vdi"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        LONG_B,
+        "Current State",
+        "shared data.vdi",
+        "Workstation main system disk (Ubuntu 24.04 LTS).vdi",
+    ],
+)
 @pytest.mark.parametrize("tab", ["overview", "header"])
 def test_long_names_fit_without_scrolling_or_silent_elision(
-        qtbot: Any, big_window: MainWindow, long_vm: dict[str, Any], name: str, tab: str) -> None:
+    qtbot: Any, big_window: MainWindow, long_vm: dict[str, Any], name: str, tab: str
+) -> None:
     open_and_wait(qtbot, big_window, long_vm["folder"])
     _show(qtbot, big_window, name, tab)
     assert big_window.problems_model.rowCount() >= 2
     assert _check_no_clipping(big_window) == []
 
 
-def test_demo_fits_at_1400x900(qtbot: Any, big_window: MainWindow,
-                               tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_demo_fits_at_1400x900(
+    qtbot: Any, big_window: MainWindow, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     from vdigui.engine.demo import build_demo_vm
 
     folder = build_demo_vm(tmp_path_factory.mktemp("demo-polish"))
@@ -310,8 +373,7 @@ def test_demo_fits_at_1400x900(qtbot: Any, big_window: MainWindow,
     _show(qtbot, big_window, "Current State", "overview")
     table = big_window.overview.chain_table
     header = table.horizontalHeader()
-    assert sum(header.sectionSize(c) for c in range(header.count())) <= (
-        table.viewport().width())
+    assert sum(header.sectionSize(c) for c in range(header.count())) <= (table.viewport().width())
     for column in range(1, table.columnCount()):
         for row in range(table.rowCount()):
             index = table.model().index(row, column)
@@ -319,7 +381,8 @@ def test_demo_fits_at_1400x900(qtbot: Any, big_window: MainWindow,
 
 
 def test_chain_table_shortens_uuids_and_keeps_them_whole_in_tooltips(
-        qtbot: Any, big_window: MainWindow, long_vm: dict[str, Any]) -> None:
+    qtbot: Any, big_window: MainWindow, long_vm: dict[str, Any]
+) -> None:
     open_and_wait(qtbot, big_window, long_vm["folder"])
     _show(qtbot, big_window, "Current State", "overview")
     table = big_window.overview.chain_table
@@ -336,8 +399,9 @@ def test_chain_table_shortens_uuids_and_keeps_them_whole_in_tooltips(
     assert table.item(0, 6).text() == "null"
 
 
-def test_partition_bar_labels_keep_off_the_outline(qtbot: Any, big_window: MainWindow,
-                                                   long_vm: dict[str, Any]) -> None:
+def test_partition_bar_labels_keep_off_the_outline(
+    qtbot: Any, big_window: MainWindow, long_vm: dict[str, Any]
+) -> None:
     from vdigui.gui.views.partitionbar import OUTLINE
 
     open_and_wait(qtbot, big_window, long_vm["folder"])
@@ -352,15 +416,18 @@ def test_partition_bar_labels_keep_off_the_outline(qtbot: Any, big_window: MainW
         inner = boxes[id(volume)].adjusted(OUTLINE, OUTLINE, -OUTLINE, -OUTLINE)
         margin = inner.adjusted(2, 2, -2, -2)
         assert margin.contains(rect), (text, rect, inner)
-        assert rect.height() >= metrics.height() and rect.width() >= metrics.horizontalAdvance(
-            text) - 1
+        assert (
+            rect.height() >= metrics.height()
+            and rect.width() >= metrics.horizontalAdvance(text) - 1
+        )
     # Two lines (name and size) fit one above the other without overlapping.
     first, second = labels[0][2], labels[1][2]
     assert first.bottom() <= second.top()
 
 
 def test_empty_image_fragmentation_axes_show_whole_numbers(
-        qtbot: Any, big_window: MainWindow, long_vm: dict[str, Any]) -> None:
+    qtbot: Any, big_window: MainWindow, long_vm: dict[str, Any]
+) -> None:
     open_and_wait(qtbot, big_window, long_vm["folder"])
     _show(qtbot, big_window, "shared data.vdi", "fragmentation")
     plot = big_window.fragmentation.plot.getPlotItem()
@@ -381,8 +448,12 @@ def test_header_values_break_into_lines_that_fit() -> None:
     def advance(text: str) -> int:
         return 7 * len(text)
 
-    for text in ("{9bb9d102-014a-4d01-b170-fcc8979edb2f}", "0x100000 (1.0 MiB into the file)",
-                 "0" * 60, "short"):
+    for text in (
+        "{9bb9d102-014a-4d01-b170-fcc8979edb2f}",
+        "0x100000 (1.0 MiB into the file)",
+        "0" * 60,
+        "short",
+    ):
         lines = wrap_text(text, 100, advance)
         assert all(advance(line) <= 100 for line in lines), lines
         assert "".join(lines).replace(" ", "") == text.replace(" ", "")

@@ -15,8 +15,9 @@ from tests.gui.gui_vmkit import make_vm, open_and_wait
 from vdigui.gui.main_window import MainWindow
 
 
-def test_export_report_writes_the_page(qtbot: Any, window: MainWindow, tmp_path: Path,
-                                       reports: list[tuple[str, str]]) -> None:
+def test_export_report_writes_the_page(
+    qtbot: Any, window: MainWindow, tmp_path: Path, reports: list[tuple[str, str]]
+) -> None:
     assert not window.report_action.isEnabled()  # nothing opened yet
     vm = make_vm(tmp_path / "vm", name="Report VM")
     open_and_wait(qtbot, window, vm.folder)
@@ -34,8 +35,9 @@ def test_export_report_writes_the_page(qtbot: Any, window: MainWindow, tmp_path:
     assert str(vm.folder) in page
 
 
-def test_export_report_failure_is_reported(qtbot: Any, window: MainWindow, tmp_path: Path,
-                                           reports: list[tuple[str, str]]) -> None:
+def test_export_report_failure_is_reported(
+    qtbot: Any, window: MainWindow, tmp_path: Path, reports: list[tuple[str, str]]
+) -> None:
     vm = make_vm(tmp_path / "vm")
     open_and_wait(qtbot, window, vm.folder)
     out = tmp_path / "no such folder" / "r.html"

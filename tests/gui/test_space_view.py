@@ -71,13 +71,23 @@ def vm_folder(tmp_path_factory: pytest.TempPathFactory) -> Folder:
         vm.write(block * MIB, content[block].tobytes())
     vm.take_snapshot("S1")
     # Two stored base blocks rewritten after the snapshot: only S1 still sees the base's copy.
-    vm.scribble(stored[1:1 + HIDDEN_BLOCKS])
+    vm.scribble(stored[1 : 1 + HIDDEN_BLOCKS])
     base = vm.disks[vm.snaps[0].disks[0]].path
     # The base's last slot (the highest stored block) becomes a host hole: all zero.
     header = read_header_fields(base)
     assert base.stat().st_size == int(header["off_data"]) + len(stored) * MIB  # type: ignore[call-overload]
-    subprocess.run(["fallocate", "--punch-hole", "--offset", str(base.stat().st_size - MIB),
-                    "--length", str(MIB), str(base)], check=True)
+    subprocess.run(
+        [
+            "fallocate",
+            "--punch-hole",
+            "--offset",
+            str(base.stat().st_size - MIB),
+            "--length",
+            str(MIB),
+            str(base),
+        ],
+        check=True,
+    )
     backup = vm.folder / ".vdigui" / "backups" / "20260101-000000-merge"
     backup.mkdir(parents=True)
     (backup / "before.bin").write_bytes(b"u" * UNDO_BYTES)
@@ -105,13 +115,19 @@ def show_space(qtbot: Any, window: MainWindow) -> SpaceView:
 
 
 def settle(qtbot: Any, window: MainWindow) -> None:
-    qtbot.waitUntil(lambda: not window.busy and not window.operations.checking
-                    and not window.operations.undo.checking, timeout=20000)
+    qtbot.waitUntil(
+        lambda: (
+            not window.busy
+            and not window.operations.checking
+            and not window.operations.undo.checking
+        ),
+        timeout=20000,
+    )
 
 
-def test_space_view_fills_on_a_worker_and_adds_up(qtbot: Any, window: MainWindow,
-                                                  vm_folder: Folder,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_space_view_fills_on_a_worker_and_adds_up(
+    qtbot: Any, window: MainWindow, vm_folder: Folder, monkeypatch: pytest.MonkeyPatch
+) -> None:
     threads: list[threading.Thread] = []
     real = space_module.account_space
 
@@ -169,12 +185,16 @@ def test_space_view_fills_on_a_worker_and_adds_up(qtbot: Any, window: MainWindow
     settle(qtbot, window)
 
 
-def test_hover_gives_exact_bytes_and_meaning(qtbot: Any, window: MainWindow,
-                                             vm_folder: Folder) -> None:
+def test_hover_gives_exact_bytes_and_meaning(
+    qtbot: Any, window: MainWindow, vm_folder: Folder
+) -> None:
     open_and_wait(qtbot, window, vm_folder.folder)
     view = show_space(qtbot, window)
-    index = next(i for i, r in enumerate(view.bars.rows)
-                 if r.space.path.resolve() == vm_folder.base.resolve())
+    index = next(
+        i
+        for i, r in enumerate(view.bars.rows)
+        if r.space.path.resolve() == vm_folder.base.resolve()
+    )
     rect = view.bars.segment_rect(index, Category.HIDDEN)
     assert not rect.isEmpty()
     QTest.mouseMove(view.bars, rect.center().toPoint())
@@ -190,9 +210,9 @@ def test_hover_gives_exact_bytes_and_meaning(qtbot: Any, window: MainWindow,
     settle(qtbot, window)
 
 
-def test_each_button_opens_the_wizard_that_frees_it(qtbot: Any, window: MainWindow,
-                                                    vm_folder: Folder,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_each_button_opens_the_wizard_that_frees_it(
+    qtbot: Any, window: MainWindow, vm_folder: Folder, monkeypatch: pytest.MonkeyPatch
+) -> None:
     open_and_wait(qtbot, window, vm_folder.folder)
     window.select_disk(window.session.find_disk(vm_folder.base.name))  # type: ignore[union-attr]
     qtbot.waitUntil(lambda: not window.workers.running, timeout=20000)
@@ -232,16 +252,18 @@ def test_each_button_opens_the_wizard_that_frees_it(qtbot: Any, window: MainWind
 
     # Undo data: the Overview's own "Discard undo data…" (its confirmation, its figures).
     asked: list[str] = []
-    monkeypatch.setattr(undo, "confirm_discard",
-                        lambda _parent, _title, text: (asked.append(text), False)[1])
+    monkeypatch.setattr(
+        undo, "confirm_discard", lambda _parent, _title, text: (asked.append(text), False)[1]
+    )
     assert view.offers[Category.UNDO_DATA].action == Action.DISCARD_UNDO
     view.buttons[Category.UNDO_DATA].click()
     assert len(asked) == 1 and f"{UNDO_BYTES:,} bytes" in asked[0]
     assert (vm_folder.folder / ".vdigui" / "backups").exists()  # answered "No"
 
     # A deletion the cost map says would be refused is not offered; the button says why.
-    view._cost_of = lambda _snap: SimpleNamespace(refused_reason="It has two children.",
-                                                  frees_without_undo=None)
+    view._cost_of = lambda _snap: SimpleNamespace(
+        refused_reason="It has two children.", frees_without_undo=None
+    )
     view._refresh_offers()
     assert not view.buttons[Category.HIDDEN].isEnabled()
     assert "It has two children." in view.buttons[Category.HIDDEN].toolTip()
@@ -258,8 +280,7 @@ def test_each_button_opens_the_wizard_that_frees_it(qtbot: Any, window: MainWind
     settle(qtbot, window)
 
 
-def test_a_single_image_is_counted_alone(qtbot: Any, window: MainWindow,
-                                         vm_folder: Folder) -> None:
+def test_a_single_image_is_counted_alone(qtbot: Any, window: MainWindow, vm_folder: Folder) -> None:
     open_and_wait(qtbot, window, vm_folder.base)
     view = show_space(qtbot, window)
     assert [r.space.path.resolve() for r in view.bars.rows] == [vm_folder.base.resolve()]
@@ -277,20 +298,25 @@ def test_squarify_tiles_the_rectangle_in_proportion() -> None:
     total = 300 * 200
     for value, rect in zip(values, rects, strict=True):
         assert rect.width() * rect.height() == pytest.approx(total * value / 100)
-        assert value == 0 or (rect.left() >= -1e-9 and rect.right() <= 300 + 1e-9
-                              and rect.top() >= -1e-9 and rect.bottom() <= 200 + 1e-9)
+        assert value == 0 or (
+            rect.left() >= -1e-9
+            and rect.right() <= 300 + 1e-9
+            and rect.top() >= -1e-9
+            and rect.bottom() <= 200 + 1e-9
+        )
     # No two rectangles overlap.
     real = [r for r in rects if not r.isEmpty()]
     for i, a in enumerate(real):
-        for b in real[i + 1:]:
+        for b in real[i + 1 :]:
             inter = a.intersected(b)
             assert inter.width() * inter.height() == pytest.approx(0, abs=1e-6)
     parts = split_rect(QRectF(0, 0, 100, 10), [(Category.GUEST_DATA, 3), (Category.SLACK, 1)])
     assert [p.width() for _, p in parts] == [75, 25]
 
 
-def test_nothing_clipped_at_1400x900(qtbot: Any, window: MainWindow, vm_folder: Folder,
-                                     tmp_path_factory: pytest.TempPathFactory) -> None:
+def test_nothing_clipped_at_1400x900(
+    qtbot: Any, window: MainWindow, vm_folder: Folder, tmp_path_factory: pytest.TempPathFactory
+) -> None:
     """The demo VM and the test VM: no horizontal scrolling, every label and button whole."""
     from PySide6.QtWidgets import QAbstractScrollArea, QLabel, QPushButton
 
@@ -300,8 +326,11 @@ def test_nothing_clipped_at_1400x900(qtbot: Any, window: MainWindow, vm_folder: 
     demo = build_demo_vm(tmp_path_factory.mktemp("demo-space"))
     for folder in (demo, vm_folder.folder):
         open_and_wait(qtbot, window, folder, timeout=30000)
-        view = show_space(qtbot, window) if window.tabs.currentWidget() is not window.space \
+        view = (
+            show_space(qtbot, window)
+            if window.tabs.currentWidget() is not window.space
             else window.space
+        )
         qtbot.waitUntil(lambda: window.space.account is not None, timeout=20000)
         settle(qtbot, window)
         for _ in range(3):
@@ -318,21 +347,35 @@ def test_nothing_clipped_at_1400x900(qtbot: Any, window: MainWindow, vm_folder: 
         assert bad == [], folder
 
 
-def test_screenshot_of_the_space_tab_waits_for_the_count(vm_folder: Folder,
-                                                         tmp_path: Path) -> None:
+def test_screenshot_of_the_space_tab_waits_for_the_count(vm_folder: Folder, tmp_path: Path) -> None:
     from PySide6.QtGui import QColor, QImage
 
     out = tmp_path / "space.png"
     result = subprocess.run(
-        [sys.executable, "-m", "vdigui", str(vm_folder.folder), "--screenshot", str(out),
-         "--tab", "space", "--size", "1400x900"],
-        capture_output=True, text=True, timeout=120,
-        env={**os.environ, "QT_QPA_PLATFORM": "offscreen"})
+        [
+            sys.executable,
+            "-m",
+            "vdigui",
+            str(vm_folder.folder),
+            "--screenshot",
+            str(out),
+            "--tab",
+            "space",
+            "--size",
+            "1400x900",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "QT_QPA_PLATFORM": "offscreen"},
+    )
     assert result.returncode == 0, result.stderr
     image = QImage(str(out))
     assert (image.width(), image.height()) == (1400, 900)
     # The account is drawn, not "Counting…": the treemap's and the bars' colours are there.
-    wanted = {QColor(CATEGORY_COLOURS[c]).rgb()
-              for c in (Category.GUEST_DATA, Category.HIDDEN, Category.UNDO_DATA)}
+    wanted = {
+        QColor(CATEGORY_COLOURS[c]).rgb()
+        for c in (Category.GUEST_DATA, Category.HIDDEN, Category.UNDO_DATA)
+    }
     seen = {image.pixel(x, y) for x in range(0, 1400, 3) for y in range(0, 900, 3)}
     assert wanted <= seen

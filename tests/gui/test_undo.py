@@ -30,9 +30,15 @@ def backup_bytes(folder: Path) -> int:
 
 def settle(qtbot: Any, window: MainWindow) -> None:
     """Wait until nothing loads, checks or runs."""
-    qtbot.waitUntil(lambda: not window.busy and not window.operations.checking
-                    and not window.operations.undo.checking
-                    and not window.operations.pool.running, timeout=20000)
+    qtbot.waitUntil(
+        lambda: (
+            not window.busy
+            and not window.operations.checking
+            and not window.operations.undo.checking
+            and not window.operations.pool.running
+        ),
+        timeout=20000,
+    )
 
 
 def test_nothing_to_undo_says_why(qtbot: Any, window: MainWindow, tmp_path: Path) -> None:
@@ -68,7 +74,7 @@ def test_undo_a_snapshot_deletion(qtbot: Any, window: MainWindow, tmp_path: Path
     preview = html.unescape("\n".join(label.text() for label in dialog.findChildren(QLabel)))
     assert "'First' comes back" in preview
     assert vm.diff.name in preview and vm.vbox.name in preview
-    assert f"vdictl undo \"{vm.folder}\"" in preview
+    assert f'vdictl undo "{vm.folder}"' in preview
     with qtbot.waitSignal(window.session_loaded, timeout=20000):
         dialog.undo_button.click()
     settle(qtbot, window)
@@ -89,8 +95,9 @@ def controller_summary(dialog: undo.UndoDialog) -> str:
     return str(dialog.status.record["summary"])
 
 
-def test_discard_undo_data(qtbot: Any, window: MainWindow, tmp_path: Path,
-                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_discard_undo_data(
+    qtbot: Any, window: MainWindow, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     vm = make_vm(tmp_path / "vm")
     eng.run_merge(eng.plan_snapshot_delete(vm.folder, "First"))
     kept = backup_bytes(vm.folder)
@@ -100,8 +107,9 @@ def test_discard_undo_data(qtbot: Any, window: MainWindow, tmp_path: Path,
     controller = window.operations.undo
     asked: list[str] = []
     answer = [False]
-    monkeypatch.setattr(undo, "confirm_discard",
-                        lambda _parent, _title, text: (asked.append(text), answer[0])[1])
+    monkeypatch.setattr(
+        undo, "confirm_discard", lambda _parent, _title, text: (asked.append(text), answer[0])[1]
+    )
     assert controller.box.discard.isEnabled()
     controller.box.discard.click()  # "No": nothing happens
     assert asked and backup_bytes(vm.folder) == kept

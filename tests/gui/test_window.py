@@ -28,7 +28,8 @@ def _tree_titles(model: Any) -> list[str]:
 
 
 def test_open_vm_folder_fills_trees_and_selects_current_state(
-        qtbot: Any, window: MainWindow, tmp_path: Path) -> None:
+    qtbot: Any, window: MainWindow, tmp_path: Path
+) -> None:
     from PySide6.QtCore import QThread
 
     vm = make_vm(tmp_path / "vm")
@@ -46,7 +47,8 @@ def test_open_vm_folder_fills_trees_and_selects_current_state(
 
 
 def test_selecting_a_snapshot_selects_the_image_it_froze(
-        qtbot: Any, window: MainWindow, tmp_path: Path) -> None:
+    qtbot: Any, window: MainWindow, tmp_path: Path
+) -> None:
     vm = make_vm(tmp_path / "vm")
     open_and_wait(qtbot, window, vm.folder)
     first = window.session.find_snapshot("First")
@@ -75,7 +77,8 @@ def test_open_single_vdi_resolves_its_chain(qtbot: Any, window: MainWindow, tmp_
 
 
 def test_broken_folder_opens_with_problems_and_a_partial_chain(
-        qtbot: Any, window: MainWindow, tmp_path: Path) -> None:
+    qtbot: Any, window: MainWindow, tmp_path: Path
+) -> None:
     vm = make_vm(tmp_path / "vm")
     break_vm(vm, "missing-parent")
     open_and_wait(qtbot, window, vm.folder)
@@ -90,7 +93,8 @@ def test_broken_folder_opens_with_problems_and_a_partial_chain(
 
 
 def test_folder_without_settings_is_rebuilt_from_headers(
-        qtbot: Any, window: MainWindow, tmp_path: Path) -> None:
+    qtbot: Any, window: MainWindow, tmp_path: Path
+) -> None:
     vm = make_vm(tmp_path / "vm")
     vm.vbox.unlink()
     open_and_wait(qtbot, window, vm.folder)
@@ -101,7 +105,8 @@ def test_folder_without_settings_is_rebuilt_from_headers(
 
 
 def test_empty_folder_gives_a_clear_message(
-        qtbot: Any, window: MainWindow, tmp_path: Path, reports: list[tuple[str, str]]) -> None:
+    qtbot: Any, window: MainWindow, tmp_path: Path, reports: list[tuple[str, str]]
+) -> None:
     (tmp_path / "empty").mkdir()
     with qtbot.waitSignal(window.idle, timeout=10000):
         window.open_path(tmp_path / "empty")
@@ -110,7 +115,8 @@ def test_empty_folder_gives_a_clear_message(
 
 
 def test_non_vdi_file_gives_a_clear_message(
-        qtbot: Any, window: MainWindow, tmp_path: Path, reports: list[tuple[str, str]]) -> None:
+    qtbot: Any, window: MainWindow, tmp_path: Path, reports: list[tuple[str, str]]
+) -> None:
     junk = tmp_path / "notes.vdi"
     junk.write_bytes(b"hello world, not a disk" * 40)
     with qtbot.waitSignal(window.idle, timeout=10000):
@@ -124,14 +130,16 @@ def test_non_vdi_file_gives_a_clear_message(
 
 
 def test_missing_path_gives_a_clear_message(
-        qtbot: Any, window: MainWindow, tmp_path: Path, reports: list[tuple[str, str]]) -> None:
+    qtbot: Any, window: MainWindow, tmp_path: Path, reports: list[tuple[str, str]]
+) -> None:
     with qtbot.waitSignal(window.idle, timeout=10000):
         window.open_path(tmp_path / "nowhere")
     assert reports == [("Cannot open nowhere", f"'{tmp_path / 'nowhere'}' does not exist.")]
 
 
-def test_block_map_receives_the_chain_arrays(qtbot: Any, window: MainWindow,
-                                             tmp_path: Path) -> None:
+def test_block_map_receives_the_chain_arrays(
+    qtbot: Any, window: MainWindow, tmp_path: Path
+) -> None:
     vm = make_vm(tmp_path / "vm")
     open_and_wait(qtbot, window, vm.folder)
     view = window.blockmap
@@ -141,9 +149,10 @@ def test_block_map_receives_the_chain_arrays(qtbot: Any, window: MainWindow,
     np.testing.assert_array_equal(view.entries[0], [1, 2, FREE, 0])
     np.testing.assert_array_equal(view.entries[1], [FREE, 0, FREE, ZERO])
     np.testing.assert_array_equal(view.serving, [0, 1, -1, 1])
-    np.testing.assert_array_equal(view.layer_codes,
-                                  [[ALLOCATED, ALLOCATED, S_FREE, ALLOCATED],
-                                   [S_FREE, ALLOCATED, S_FREE, S_ZERO]])
+    np.testing.assert_array_equal(
+        view.layer_codes,
+        [[ALLOCATED, ALLOCATED, S_FREE, ALLOCATED], [S_FREE, ALLOCATED, S_FREE, S_ZERO]],
+    )
     # served row: 2 + layer for data, 1 for a ZERO entry, 0 for nothing.
     np.testing.assert_array_equal(view.served_codes, [2, 3, 0, 1])
     window.tabs.setCurrentWidget(view)
@@ -203,10 +212,14 @@ def test_block_map_scales_to_millions_of_blocks(qapp: Any) -> None:
 
 
 def test_fragmentation_view_receives_slots_in_guest_order(
-        qtbot: Any, window: MainWindow, tmp_path: Path) -> None:
-    chain = build_chain(tmp_path / "img", 8 * MIB,
-                        [{b: pattern(b, MIB) for b in (0, 1, 2, 5, 6)}],
-                        slot_order="reverse")
+    qtbot: Any, window: MainWindow, tmp_path: Path
+) -> None:
+    chain = build_chain(
+        tmp_path / "img",
+        8 * MIB,
+        [{b: pattern(b, MIB) for b in (0, 1, 2, 5, 6)}],
+        slot_order="reverse",
+    )
     open_and_wait(qtbot, window, chain.leaf)
     view = window.fragmentation
     window.tabs.setCurrentWidget(view)
@@ -221,7 +234,8 @@ def test_fragmentation_view_receives_slots_in_guest_order(
 
 
 def test_locate_byte_answers_with_block_layer_slot_and_offset(
-        qtbot: Any, window: MainWindow, tmp_path: Path) -> None:
+    qtbot: Any, window: MainWindow, tmp_path: Path
+) -> None:
     vm = make_vm(tmp_path / "vm")
     open_and_wait(qtbot, window, vm.folder)
     data = window.chain_data
@@ -288,7 +302,8 @@ def test_zero_scan_marks_all_zero_blocks(qtbot: Any, window: MainWindow, tmp_pat
 
 
 def test_opening_and_visiting_every_tab_writes_nothing(
-        qtbot: Any, window: MainWindow, tmp_path: Path) -> None:
+    qtbot: Any, window: MainWindow, tmp_path: Path
+) -> None:
     vm = make_vm(tmp_path / "vm")
     break_vm(vm, "orphan-image")
     before = folder_state(vm.folder)
@@ -318,8 +333,13 @@ def test_drop_opens_the_path(qtbot: Any, window: MainWindow, tmp_path: Path) -> 
     vm = make_vm(tmp_path / "vm")
     mime = QMimeData()
     mime.setUrls([QUrl.fromLocalFile(str(vm.folder))])
-    event = QDropEvent(QPointF(10, 10), Qt.DropAction.CopyAction, mime,
-                       Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier)
+    event = QDropEvent(
+        QPointF(10, 10),
+        Qt.DropAction.CopyAction,
+        mime,
+        Qt.MouseButton.LeftButton,
+        Qt.KeyboardModifier.NoModifier,
+    )
     with qtbot.waitSignal(window.session_loaded, timeout=10000):
         window.dropEvent(event)
     qtbot.waitUntil(lambda: not window.workers.running, timeout=10000)
@@ -330,8 +350,11 @@ def test_every_menu_action_has_a_shortcut_and_tooltip(window: MainWindow) -> Non
     missing = []
     for menu in window.menuBar().findChildren(type(window.menuBar().actions()[0].menu())):
         for action in menu.actions():
-            if action.isSeparator() or action.menu() is not None or (not action.isEnabled() \
-                    and action.text().startswith("(")):
+            if (
+                action.isSeparator()
+                or action.menu() is not None
+                or (not action.isEnabled() and action.text().startswith("("))
+            ):
                 continue
             if action.text() in ("About &Qt",):
                 continue
@@ -342,8 +365,7 @@ def test_every_menu_action_has_a_shortcut_and_tooltip(window: MainWindow) -> Non
     assert not missing, missing
 
 
-def test_settings_remember_geometry_and_splitters(qtbot: Any, settings: Any,
-                                                  reports: Any) -> None:
+def test_settings_remember_geometry_and_splitters(qtbot: Any, settings: Any, reports: Any) -> None:
     win = MainWindow(settings)
     qtbot.addWidget(win)
     win.resize(790, 570)  # the offscreen screen is 800x600; restoreGeometry clamps to it
@@ -364,10 +386,25 @@ def test_screenshot_writes_a_png_of_the_asked_size(tmp_path: Path, tab: str) -> 
     vm = make_vm(tmp_path / "vm")
     out = tmp_path / f"{tab}.png"
     result = subprocess.run(
-        [sys.executable, "-m", "vdigui", str(vm.folder), "--screenshot", str(out),
-         "--tab", tab, "--size", "900x600", "--select", "First"],
-        capture_output=True, text=True, timeout=60,
-        env={**__import__("os").environ, "QT_QPA_PLATFORM": "offscreen"})
+        [
+            sys.executable,
+            "-m",
+            "vdigui",
+            str(vm.folder),
+            "--screenshot",
+            str(out),
+            "--tab",
+            tab,
+            "--size",
+            "900x600",
+            "--select",
+            "First",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**__import__("os").environ, "QT_QPA_PLATFORM": "offscreen"},
+    )
     assert result.returncode == 0, result.stderr
     image = QImage(str(out))
     assert (image.width(), image.height()) == (900, 600)
@@ -375,8 +412,9 @@ def test_screenshot_writes_a_png_of_the_asked_size(tmp_path: Path, tab: str) -> 
     assert len(colours) > 20, "the screenshot looks blank"
 
 
-def test_demo_builds_once_and_opens(qtbot: Any, window: MainWindow, tmp_path: Path,
-                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_demo_builds_once_and_opens(
+    qtbot: Any, window: MainWindow, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from vdigui.engine.demo import DEMO_VERSION, build_demo_vm
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
@@ -399,7 +437,8 @@ def test_demo_builds_once_and_opens(qtbot: Any, window: MainWindow, tmp_path: Pa
 
 
 def test_uncaught_exceptions_reach_the_error_dialog(
-        qtbot: Any, reports: list[tuple[str, str]], monkeypatch: pytest.MonkeyPatch) -> None:
+    qtbot: Any, reports: list[tuple[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
     import threading
 
     from vdigui.gui import messages
@@ -416,13 +455,16 @@ def test_uncaught_exceptions_reach_the_error_dialog(
     thread.start()
     thread.join()
     qtbot.waitUntil(lambda: len(reports) == 2, timeout=5000)
-    assert reports[0] == ("Unexpected error", "vdigui hit an unexpected error "
-                                              "(RuntimeError: boom). This is a bug.")
+    assert reports[0] == (
+        "Unexpected error",
+        "vdigui hit an unexpected error (RuntimeError: boom). This is a bug.",
+    )
     assert "ZeroDivisionError" in reports[1][1]
 
 
-def test_switching_palettes_redraws_the_views(qtbot: Any, window: MainWindow,
-                                              tmp_path: Path) -> None:
+def test_switching_palettes_redraws_the_views(
+    qtbot: Any, window: MainWindow, tmp_path: Path
+) -> None:
     from PySide6.QtGui import QPalette
     from PySide6.QtWidgets import QApplication
 
@@ -435,7 +477,8 @@ def test_switching_palettes_redraws_the_views(qtbot: Any, window: MainWindow,
         window.set_theme("dark")
         assert theme.is_dark()
         assert list(window.blockmap.cells[0, 2, :3]) == list(
-            theme.rgba(theme.free_colour())[:3].astype(int))  # the dark "free" colour
+            theme.rgba(theme.free_colour())[:3].astype(int)
+        )  # the dark "free" colour
         window.set_theme("light")
         assert not theme.is_dark()
     finally:

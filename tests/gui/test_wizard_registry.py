@@ -36,8 +36,13 @@ WIZARDS = (CompactWizard, CloneWizard, DeleteSnapshotWizard, RepairWizard, Resiz
 
 
 def test_every_operation_is_one_entry_with_its_own_wizard() -> None:
-    assert OPERATIONS == (Operation.COMPACT, Operation.CLONE, Operation.DELETE_SNAPSHOT,
-                          Operation.REPAIR, Operation.RESIZE)
+    assert OPERATIONS == (
+        Operation.COMPACT,
+        Operation.CLONE,
+        Operation.DELETE_SNAPSHOT,
+        Operation.REPAIR,
+        Operation.RESIZE,
+    )
     assert [spec(key).wizard_class() for key in OPERATIONS] == list(WIZARDS)
     for key, entry in REGISTRY.items():
         assert entry.key is key and entry.wizard_class().operation is key
@@ -49,16 +54,32 @@ def test_every_operation_is_one_entry_with_its_own_wizard() -> None:
 
 
 def test_wizards_declare_instead_of_overriding() -> None:
-    expected = {CompactWizard: (eng.CompactPlan, eng.CompactResult),
-                RepairWizard: (eng.RepairPlan, eng.RepairResult)}
+    expected = {
+        CompactWizard: (eng.CompactPlan, eng.CompactResult),
+        RepairWizard: (eng.RepairPlan, eng.RepairResult),
+    }
     for cls in WIZARDS:
         own = vars(cls)
-        for gone in ("kind", "default_plan_fn", "default_run_fn", "intro_subtitle",
-                     "intro_html", "make_options_page", "simulated_progress",
-                     "simulated_result"):
+        for gone in (
+            "kind",
+            "default_plan_fn",
+            "default_run_fn",
+            "intro_subtitle",
+            "intro_html",
+            "make_options_page",
+            "simulated_progress",
+            "simulated_result",
+        ):
             assert gone not in own, f"{cls.__name__}.{gone}"
-        for declared in ("operation", "plan_function", "run_function", "intro", "subtitle",
-                         "options_page_class", "action_text"):
+        for declared in (
+            "operation",
+            "plan_function",
+            "run_function",
+            "intro",
+            "subtitle",
+            "options_page_class",
+            "action_text",
+        ):
             assert declared in own, f"{cls.__name__} does not declare {declared}"
         (base,) = cls.__orig_bases__  # type: ignore[attr-defined]
         assert typing.get_origin(base) is OperationWizard
@@ -81,19 +102,22 @@ def test_levels_and_outcomes_are_enums(qapp: object) -> None:
     assert OutcomeKind("cancelled") is OutcomeKind.CANCELLED
 
 
-def test_menu_comes_from_the_registry_and_opens_by_either_key(window: Any, qtbot: Any,
-                                                               tmp_path: Path) -> None:
+def test_menu_comes_from_the_registry_and_opens_by_either_key(
+    window: Any, qtbot: Any, tmp_path: Path
+) -> None:
     vm = make_vm(tmp_path / "vm")
     open_and_wait(qtbot, window, vm.folder)
     actions = install_operation_actions(
-        window, lambda: window.session.vm if window.session else None,
-        lambda: window.session.find_disk("disk.vdi"), window.reload)
+        window,
+        lambda: window.session.vm if window.session else None,
+        lambda: window.session.find_disk("disk.vdi"),
+        window.reload,
+    )
     assert list(actions.actions) == list(OPERATIONS)
     for key, action in actions.actions.items():
         assert action.text() == REGISTRY[key].menu_text
         assert action.shortcut().toString() == REGISTRY[key].shortcut
-    assert [a.text() for a in actions.menu.actions()] == [e.menu_text
-                                                          for e in REGISTRY.values()]
+    assert [a.text() for a in actions.menu.actions()] == [e.menu_text for e in REGISTRY.values()]
     for key in ("clone", Operation.CLONE):  # the string the Space view passes, or the enum
         wizard = actions.open_wizard(key)
         assert isinstance(wizard, CloneWizard)

@@ -48,32 +48,43 @@ GIB = 1 << 30
 
 def virtual_size(qemu_img: str, path: Path) -> int:
     """The disk size qemu-img reads from the image."""
-    out = subprocess.run([qemu_img, "info", "--output=json", str(path)], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        [qemu_img, "info", "--output=json", str(path)], capture_output=True, text=True, check=True
+    ).stdout
     return int(json.loads(out)["virtual-size"])
 
 
-def partitioned_disk(folder: Path, qemu_img: str, table: str, size_mib: int = 64,
-                     ext4: tuple[int, int] | None = None) -> Path:
+def partitioned_disk(
+    folder: Path, qemu_img: str, table: str, size_mib: int = 64, ext4: tuple[int, int] | None = None
+) -> Path:
     """A VDI converted by qemu-img from a raw disk with an sfdisk ``table`` (and an ext4)."""
     folder.mkdir(parents=True, exist_ok=True)
     raw = folder / "disk.raw"
     with open(raw, "wb") as f:
         f.truncate(size_mib * MIB)
-    subprocess.run([require_tool("sfdisk"), "-q", str(raw)], input=table, text=True,
-                   check=True, capture_output=True)
+    subprocess.run(
+        [require_tool("sfdisk"), "-q", str(raw)],
+        input=table,
+        text=True,
+        check=True,
+        capture_output=True,
+    )
     if ext4 is not None:
         start, sectors = ext4
         fs = folder / "fs.img"
-        subprocess.run([require_tool("mkfs.ext4"), "-q", "-F", str(fs), f"{sectors // 2}k"],
-                       check=True, capture_output=True)
+        subprocess.run(
+            [require_tool("mkfs.ext4"), "-q", "-F", str(fs), f"{sectors // 2}k"],
+            check=True,
+            capture_output=True,
+        )
         with open(raw, "r+b") as out:
             out.seek(start * 512)
             out.write(fs.read_bytes())
         fs.unlink()
     vdi = folder / "disk.vdi"
-    subprocess.run([qemu_img, "convert", "-O", "vdi", str(raw), str(vdi)], check=True,
-                   capture_output=True)
+    subprocess.run(
+        [qemu_img, "convert", "-O", "vdi", str(raw), str(vdi)], check=True, capture_output=True
+    )
     raw.unlink()
     return vdi
 
@@ -81,8 +92,9 @@ def partitioned_disk(folder: Path, qemu_img: str, table: str, size_mib: int = 64
 def options_ready(qtbot: Any, wizard: ResizeWizard) -> None:
     """Go to the options page and wait for the limits (or the refusal) to arrive."""
     go_to(qtbot, wizard, OPTIONS)
-    qtbot.waitUntil(lambda: wizard.opts.limits is not None or bool(wizard.opts.error),
-                    timeout=15000)
+    qtbot.waitUntil(
+        lambda: wizard.opts.limits is not None or bool(wizard.opts.error), timeout=15000
+    )
 
 
 def guest_bytes(folder: Path) -> dict[str, bytes]:
@@ -94,8 +106,9 @@ def guest_bytes(folder: Path) -> dict[str, bytes]:
     return out
 
 
-def test_opens_on_the_current_state_of_a_vm_with_snapshots(make_wizard: Factory, qtbot: Any,
-                                                           vm: Any, qemu_img: str) -> None:
+def test_opens_on_the_current_state_of_a_vm_with_snapshots(
+    make_wizard: Factory, qtbot: Any, vm: Any, qemu_img: str
+) -> None:
     wizard = make_wizard(ResizeWizard, vm.folder, None)
     assert wizard.target.kind == "current" and wizard.target.image == vm.diff
     options_ready(qtbot, wizard)
@@ -141,10 +154,16 @@ def test_slider_and_field_stay_in_step(make_wizard: Factory, qtbot: Any, vm: Any
     assert abs(opts.size_field.value() - limits.max_size / (1 << 40)) < 0.001
 
 
-def test_limits_labels_are_the_engine_plans_figures(make_wizard: Factory, qtbot: Any,
-                                                    tmp_path: Path, qemu_img: str) -> None:
-    vdi = partitioned_disk(tmp_path / "img", qemu_img,
-                           "label: dos\nstart=2048, size=40960, type=83\n", 64, (2048, 40960))
+def test_limits_labels_are_the_engine_plans_figures(
+    make_wizard: Factory, qtbot: Any, tmp_path: Path, qemu_img: str
+) -> None:
+    vdi = partitioned_disk(
+        tmp_path / "img",
+        qemu_img,
+        "label: dos\nstart=2048, size=40960, type=83\n",
+        64,
+        (2048, 40960),
+    )
     wizard = make_wizard(ResizeWizard, None, vdi)
     options_ready(qtbot, wizard)
     limits = wizard.opts.limits
@@ -170,7 +189,8 @@ def test_limits_labels_are_the_engine_plans_figures(make_wizard: Factory, qtbot:
 
 
 def test_a_real_run_grows_the_disk_and_every_snapshot_reads_as_before(
-        make_wizard: Factory, qtbot: Any, vm: Any, qemu_img: str) -> None:
+    make_wizard: Factory, qtbot: Any, vm: Any, qemu_img: str
+) -> None:
     before = guest_bytes(vm.folder)
     assert set(before) == {"First#0", "Current State#0"}
     new_size = 64 * MIB
@@ -185,7 +205,8 @@ def test_a_real_run_grows_the_disk_and_every_snapshot_reads_as_before(
     assert {c.path for c in wizard.plan.images} == {vm.base, vm.diff}
     run_to_end(qtbot, wizard)
     assert wizard.outcome is not None and wizard.outcome.kind is OutcomeKind.SUCCEEDED, (
-        wizard.outcome.message if wizard.outcome else "")
+        wizard.outcome.message if wizard.outcome else ""
+    )
     # qemu reads base images only; the snapshot layer's header by the independent parser.
     assert virtual_size(qemu_img, vm.base) == new_size
     check = subprocess.run([qemu_img, "check", str(vm.base)], capture_output=True, text=True)
@@ -206,8 +227,9 @@ def test_cancel_leaves_every_file_unchanged(make_wizard: Factory, qtbot: Any, vm
     before = files_state(vm.folder)
     seen: list[str] = []
 
-    def run_after_cancel(plan: Any, *, progress: Callable[[Progress], None], cancel: Any,
-                         **kwargs: Any) -> Any:
+    def run_after_cancel(
+        plan: Any, *, progress: Callable[[Progress], None], cancel: Any, **kwargs: Any
+    ) -> Any:
         """The real run, started once Cancel was pressed (it must roll back)."""
         progress(Progress("saving before-images", 0, 1))
         deadline = time.monotonic() + 20  # a ceiling only: the test cancels at once
@@ -229,16 +251,21 @@ def test_cancel_leaves_every_file_unchanged(make_wizard: Factory, qtbot: Any, vm
     qtbot.waitUntil(lambda: wizard.currentId() == RESULT, timeout=10000)
 
 
-def test_refusals_show_their_reason(make_wizard: Factory, qtbot: Any, vm: Any,
-                                    tmp_path: Path, qemu_img: str) -> None:
+def test_refusals_show_their_reason(
+    make_wizard: Factory, qtbot: Any, vm: Any, tmp_path: Path, qemu_img: str
+) -> None:
     folder = load_vm_folder(vm.folder)
     # A snapshot is not resized on its own.
     snapshot = resolve_target(folder, "First")
     enabled, reason = operation_availability(folder, snapshot)[Operation.RESIZE]
     assert not enabled and "current state" in reason
     # A last partition that is swap: the option is offered disabled, with the reason.
-    swap = partitioned_disk(tmp_path / "swap", qemu_img, "label: dos\nstart=2048, size=20480, "
-                            "type=83\nstart=22528, size=8192, type=82\n", 16)
+    swap = partitioned_disk(
+        tmp_path / "swap",
+        qemu_img,
+        "label: dos\nstart=2048, size=20480, type=83\nstart=22528, size=8192, type=82\n",
+        16,
+    )
     wizard = make_wizard(ResizeWizard, None, swap)
     options_ready(qtbot, wizard)
     assert not wizard.opts.grow.isEnabled()
@@ -251,9 +278,10 @@ def test_refusals_show_their_reason(make_wizard: Factory, qtbot: Any, vm: Any,
     sav = vm.folder / "Snapshots" / "state.sav"
     sav.write_bytes(b"saved")
     vbox = vm.vbox.read_text(encoding="utf-8")
-    vm.vbox.write_text(vbox.replace('OSType="Linux_64"',
-                                    'OSType="Linux_64" stateFile="Snapshots/state.sav"'),
-                       encoding="utf-8")
+    vm.vbox.write_text(
+        vbox.replace('OSType="Linux_64"', 'OSType="Linux_64" stateFile="Snapshots/state.sav"'),
+        encoding="utf-8",
+    )
     saved = make_wizard(ResizeWizard, vm.folder, None)
     options_ready(qtbot, saved)
     assert saved.opts.limits is None and "saved state" in saved.opts.error

@@ -58,8 +58,9 @@ def slow_run(steps: int = 400) -> Callable[..., Any]:
     machine is (the wait has a ceiling only so a broken test cannot hang the suite).
     """
 
-    def run(plan: Any, *, progress: Callable[[Progress], None], cancel: CancelToken,
-            **_kwargs: Any) -> Any:
+    def run(
+        plan: Any, *, progress: Callable[[Progress], None], cancel: CancelToken, **_kwargs: Any
+    ) -> Any:
         progress(Progress("moving blocks", 10, steps, 10 * MIB))
         deadline = time.monotonic() + 60
         while not cancel.cancelled:
@@ -73,6 +74,7 @@ def slow_run(steps: int = 400) -> Callable[..., Any]:
 
 
 # -- end to end ----------------------------------------------------------------------------------
+
 
 def test_compact_end_to_end(make_wizard: Factory, vm: Any, qtbot: Any) -> None:
     hashes = state_hashes(vm.folder)
@@ -172,6 +174,7 @@ def test_repair_with_a_chosen_alternative(make_wizard: Factory, vm: Any, qtbot: 
 
 # -- cancel --------------------------------------------------------------------------------------
 
+
 def test_cancel_with_a_slow_fake(make_wizard: Factory, vm: Any, qtbot: Any) -> None:
     before = files_state(vm.folder)
     wizard = make_wizard(CompactWizard, vm.folder, "disk.vdi", run_fn=slow_run())
@@ -190,8 +193,9 @@ def test_cancel_with_a_slow_fake(make_wizard: Factory, vm: Any, qtbot: Any) -> N
 
 
 def test_real_cancel_of_a_clone(make_wizard: Factory, vm: Any, qtbot: Any) -> None:
-    def cancelling_clone(plan: Any, *, progress: Callable[[Progress], None],
-                         cancel: CancelToken) -> Any:
+    def cancelling_clone(
+        plan: Any, *, progress: Callable[[Progress], None], cancel: CancelToken
+    ) -> Any:
         def report(event: Progress) -> None:
             progress(event)
             cancel.cancel()  # as if the user pressed Cancel during the first block
@@ -210,8 +214,9 @@ def test_real_cancel_of_a_clone(make_wizard: Factory, vm: Any, qtbot: Any) -> No
 def test_real_cancel_of_a_compact_scan(make_wizard: Factory, vm: Any, qtbot: Any) -> None:
     before = files_state(vm.folder)
 
-    def cancelling_compact(plan: Any, *, progress: Callable[[Progress], None],
-                           cancel: CancelToken, verify: bool) -> Any:
+    def cancelling_compact(
+        plan: Any, *, progress: Callable[[Progress], None], cancel: CancelToken, verify: bool
+    ) -> Any:
         def report(event: Progress) -> None:
             progress(event)
             cancel.cancel()
@@ -226,8 +231,9 @@ def test_real_cancel_of_a_compact_scan(make_wizard: Factory, vm: Any, qtbot: Any
 
 
 def test_cancel_too_late_reports_success(make_wizard: Factory, vm: Any, qtbot: Any) -> None:
-    def finishes_anyway(plan: Any, *, progress: Callable[[Progress], None],
-                        cancel: CancelToken, **_kw: Any) -> Any:
+    def finishes_anyway(
+        plan: Any, *, progress: Callable[[Progress], None], cancel: CancelToken, **_kw: Any
+    ) -> Any:
         cancel.cancel()  # the token is set, but the operation had passed its last check
         return eng.CompactResult(plan.path, False, False, 1, 1, 0, 0, 0, 0, 0, 0, None, None)
 
@@ -236,8 +242,9 @@ def test_cancel_too_late_reports_success(make_wizard: Factory, vm: Any, qtbot: A
     assert wizard.outcome.kind is OutcomeKind.SUCCEEDED
 
 
-def test_closing_while_running_asks_cancels_and_waits(make_wizard: Factory, vm: Any, qtbot: Any,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_closing_while_running_asks_cancels_and_waits(
+    make_wizard: Factory, vm: Any, qtbot: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     asked: list[str] = []
     answer = [False]
     monkeypatch.setattr(base, "confirm", lambda _p, q: (asked.append(q), answer[0])[1])
@@ -253,10 +260,11 @@ def test_closing_while_running_asks_cancels_and_waits(make_wizard: Factory, vm: 
 
 # -- failure -------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("error", ["oserror", "vdierror"])
-def test_failure_reports_one_sentence_with_the_file(make_wizard: Factory, vm: Any, qtbot: Any,
-                                                    reports: list[tuple[str, str]],
-                                                    error: str) -> None:
+def test_failure_reports_one_sentence_with_the_file(
+    make_wizard: Factory, vm: Any, qtbot: Any, reports: list[tuple[str, str]], error: str
+) -> None:
     before = files_state(vm.folder)
 
     def failing(plan: Any, **_kwargs: Any) -> Any:
@@ -284,8 +292,9 @@ def test_refused_plan_blocks_the_commit(make_wizard: Factory, vm: Any, qtbot: An
     assert not wizard.button(QWizard.WizardButton.CommitButton).isEnabled()
 
 
-def test_already_compact_has_nothing_to_run(make_wizard: Factory, tmp_path: Path,
-                                            qtbot: Any) -> None:
+def test_already_compact_has_nothing_to_run(
+    make_wizard: Factory, tmp_path: Path, qtbot: Any
+) -> None:
     tidy = make_vm(tmp_path / "Tidy")
     wizard = make_wizard(CompactWizard, tidy.folder, "disk.vdi")
     go_to(qtbot, wizard, PREVIEW)
@@ -294,6 +303,7 @@ def test_already_compact_has_nothing_to_run(make_wizard: Factory, tmp_path: Path
 
 
 # -- availability and the window's actions ----------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -310,7 +320,9 @@ def test_disabled_action_reasons(demo: Path, tmp_path: Path) -> None:
     assert "has 2 child snapshots" in updates["delete-snapshot"][1]
     current = operation_availability(vm, "Current State")
     assert current["delete-snapshot"] == (
-        False, "The current state is not a snapshot; select a snapshot to delete.")
+        False,
+        "The current state is not a snapshot; select a snapshot to delete.",
+    )
     assert current["clone"][0] and current["compact"][0] and current["repair"][0]
     assert operation_availability(vm, "Alternative")["delete-snapshot"][0]
     broken = next(p for p in vm.images if p.name.startswith("{07686b32"))
@@ -321,12 +333,15 @@ def test_disabled_action_reasons(demo: Path, tmp_path: Path) -> None:
     alone = operation_availability(None, fixed)
     assert alone["compact"][0] is False and "fixed-size" in alone["compact"][1]
     assert alone["delete-snapshot"][1].startswith("Snapshots belong to a VM")
-    assert alone["repair"] == (False, "Nothing to repair: vdigui found no problem it knows how "
-                                      "to fix.")
+    assert alone["repair"] == (
+        False,
+        "Nothing to repair: vdigui found no problem it knows how to fix.",
+    )
 
 
-def test_window_actions_lock_and_close(window: Any, qtbot: Any, vm: Any,
-                                       monkeypatch: pytest.MonkeyPatch) -> None:
+def test_window_actions_lock_and_close(
+    window: Any, qtbot: Any, vm: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     open_and_wait(qtbot, window, vm.folder)
     selection: list[object] = [None]
     reloads: list[int] = []
@@ -336,8 +351,8 @@ def test_window_actions_lock_and_close(window: Any, qtbot: Any, vm: Any,
         window.reload()
 
     actions = install_operation_actions(
-        window, lambda: window.session.vm if window.session else None,
-        lambda: selection[0], reload)
+        window, lambda: window.session.vm if window.session else None, lambda: selection[0], reload
+    )
     menus = [a.text().replace("&", "") for a in window.menuBar().actions()]
     assert "Operations" in menus and menus.index("Operations") < menus.index("Help")
     selection[0] = window.session.find_snapshot("First")
@@ -354,8 +369,9 @@ def test_window_actions_lock_and_close(window: Any, qtbot: Any, vm: Any,
     # Known from the first selection above: no second check.
     # Nothing to repair; a snapshot is not resized on its own.
     assert [a.isEnabled() for a in context] == [True, True, True, False, False]
-    wizard = actions.open_wizard("compact", window.session.find_disk("disk.vdi"),
-                                 run_fn=slow_run(steps=2000))
+    wizard = actions.open_wizard(
+        "compact", window.session.find_disk("disk.vdi"), run_fn=slow_run(steps=2000)
+    )
     assert wizard is not None
     go_to(qtbot, wizard, RUN)
     qtbot.waitUntil(lambda: not actions.actions["clone"].isEnabled(), timeout=3000)
@@ -366,7 +382,6 @@ def test_window_actions_lock_and_close(window: Any, qtbot: Any, vm: Any,
     assert wizard.outcome is not None and wizard.outcome.kind is OutcomeKind.CANCELLED
     assert not wizard.isVisible() and reloads
     assert actions.pool.pool.activeThreadCount() == 0
-
 
 
 def test_reasons_for_tree_nodes(vm: Any) -> None:
@@ -388,8 +403,9 @@ def test_reasons_for_tree_nodes(vm: Any) -> None:
 def test_real_cancel_of_a_deletion_rolls_back(make_wizard: Factory, vm: Any, qtbot: Any) -> None:
     before = files_state(vm.folder)
 
-    def cancelling_merge(plan: Any, *, progress: Callable[[Progress], None],
-                         cancel: CancelToken, **kwargs: Any) -> Any:
+    def cancelling_merge(
+        plan: Any, *, progress: Callable[[Progress], None], cancel: CancelToken, **kwargs: Any
+    ) -> Any:
         def report(event: Progress) -> None:
             progress(event)
             cancel.cancel()
@@ -403,8 +419,9 @@ def test_real_cancel_of_a_deletion_rolls_back(make_wizard: Factory, vm: Any, qtb
     assert files_state(vm.folder) == before
 
 
-def test_interrupted_operation_is_recovered_first(make_wizard: Factory, vm: Any,
-                                                  qtbot: Any) -> None:
+def test_interrupted_operation_is_recovered_first(
+    make_wizard: Factory, vm: Any, qtbot: Any
+) -> None:
     class Recovered:
         def message(self) -> str:
             return "An interrupted vdigui operation (a test) was found and rolled back."
@@ -416,16 +433,18 @@ def test_interrupted_operation_is_recovered_first(make_wizard: Factory, vm: Any,
     run_to_end(qtbot, wizard)
     assert calls == [vm.folder.resolve()]
     assert wizard.outcome.kind is OutcomeKind.FAILED
-    assert "rolled back" in wizard.outcome.message and "open the wizard again" in \
-        wizard.outcome.message
+    assert (
+        "rolled back" in wizard.outcome.message
+        and "open the wizard again" in wizard.outcome.message
+    )
     assert files_state(vm.folder) == before
 
 
-def test_context_action_opens_the_wizard_on_its_target(window: Any, qtbot: Any,
-                                                       vm: Any) -> None:
+def test_context_action_opens_the_wizard_on_its_target(window: Any, qtbot: Any, vm: Any) -> None:
     open_and_wait(qtbot, window, vm.folder)
     actions = install_operation_actions(
-        window, lambda: window.session.vm, lambda: None, window.reload)
+        window, lambda: window.session.vm, lambda: None, window.reload
+    )
     row = window.session.find_snapshot("First")
     clone = actions.context_actions(row)[1]
     # Not known yet: disabled and saying so, then the answer from the worker arrives.

@@ -35,18 +35,22 @@ def texts(widget: Any) -> str:
 
 def recording(real: Callable[..., Any], seen: dict[str, Any]) -> Callable[..., Any]:
     """The real engine function, remembering the keywords it was called with."""
+
     def run(plan: Any, **kwargs: Any) -> Any:
         seen.update(kwargs)
         return real(plan, **kwargs)
+
     return run
 
 
-def test_delete_keeps_undo_and_verifies_by_default(make_wizard: Factory, vm: Any,
-                                                   qtbot: Any) -> None:
+def test_delete_keeps_undo_and_verifies_by_default(
+    make_wizard: Factory, vm: Any, qtbot: Any
+) -> None:
     hashes = state_hashes(vm.folder)
     seen: dict[str, Any] = {}
-    wizard = make_wizard(DeleteSnapshotWizard, vm.folder, "First",
-                         run_fn=recording(eng.run_merge, seen))
+    wizard = make_wizard(
+        DeleteSnapshotWizard, vm.folder, "First", run_fn=recording(eng.run_merge, seen)
+    )
     go_to(qtbot, wizard, OPTIONS)
     assert wizard.opts.verify.isChecked() and wizard.opts.keep_undo.isChecked()
     go_to(qtbot, wizard, PREVIEW)
@@ -67,12 +71,14 @@ def test_delete_keeps_undo_and_verifies_by_default(make_wizard: Factory, vm: Any
     assert kept, "the merged-away image should be kept as undo data"
 
 
-def test_delete_without_undo_data_says_undo_is_impossible(make_wizard: Factory, vm: Any,
-                                                          qtbot: Any) -> None:
+def test_delete_without_undo_data_says_undo_is_impossible(
+    make_wizard: Factory, vm: Any, qtbot: Any
+) -> None:
     hashes = state_hashes(vm.folder)
     seen: dict[str, Any] = {}
-    wizard = make_wizard(DeleteSnapshotWizard, vm.folder, "First",
-                         run_fn=recording(eng.run_merge, seen))
+    wizard = make_wizard(
+        DeleteSnapshotWizard, vm.folder, "First", run_fn=recording(eng.run_merge, seen)
+    )
     go_to(qtbot, wizard, OPTIONS)
     wizard.opts.keep_undo.setChecked(False)
     assert "never be undone" in wizard.opts.undo_explain.text()
@@ -109,8 +115,9 @@ def test_repair_verifies_by_default(make_wizard: Factory, vm: Any, qtbot: Any) -
     assert state_hashes(vm.folder) == hashes
 
 
-def test_compact_advice_follows_the_forecast(make_wizard: Factory, tmp_path: Path,
-                                             qtbot: Any) -> None:
+def test_compact_advice_follows_the_forecast(
+    make_wizard: Factory, tmp_path: Path, qtbot: Any
+) -> None:
     """Once filesystem-aware compaction dropped the stale blocks, the guest's files fill every
     stored block: zero-filling inside the guest would give nothing back, so it is not advised."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine" / "operations"))
@@ -133,8 +140,9 @@ def test_compact_advice_follows_the_forecast(make_wizard: Factory, tmp_path: Pat
     assert "holds data the guest's files still use" in shown
 
 
-def test_compact_and_clone_say_whether_they_can_be_undone(make_wizard: Factory, vm: Any,
-                                                          qtbot: Any) -> None:
+def test_compact_and_clone_say_whether_they_can_be_undone(
+    make_wizard: Factory, vm: Any, qtbot: Any
+) -> None:
     compact = make_wizard(CompactWizard, vm.folder, "disk.vdi")
     go_to(qtbot, compact, PREVIEW)
     qtbot.waitUntil(lambda: compact.preview_runner is None, timeout=10000)

@@ -90,8 +90,10 @@ def files_state(folder: Path) -> dict[str, tuple[int, str]]:
     out = {}
     for path in sorted(folder.rglob("*")):
         if path.is_file() and ".vdigui" not in path.parts:
-            out[str(path.relative_to(folder))] = (path.stat().st_size,
-                                                 hashlib.sha256(path.read_bytes()).hexdigest())
+            out[str(path.relative_to(folder))] = (
+                path.stat().st_size,
+                hashlib.sha256(path.read_bytes()).hexdigest(),
+            )
     return out
 
 
@@ -113,6 +115,7 @@ def run_to_end(qtbot: Any, wizard: OperationWizard, timeout: int = 20000) -> Non
 
 
 # -- fixtures (test modules import make_wizard_fixture and vm_fixture to use them) ---------------
+
 
 @pytest.fixture(name="make_wizard")
 def make_wizard_fixture(qtbot: Any, reports: list[tuple[str, str]]) -> Iterator[Factory]:
@@ -139,8 +142,11 @@ def make_wizard_fixture(qtbot: Any, reports: list[tuple[str, str]]) -> Iterator[
         assert pool.shutdown(10000), "a worker did not stop"
         assert not pool.running, "a job never delivered its terminal signal"
     assert QThreadPool.globalInstance().waitForDone(5000)
-    leaked = [t for t in threading.enumerate() if t.ident not in before
-              and not isinstance(t, threading._DummyThread)]  # type: ignore[attr-defined]
+    leaked = [
+        t
+        for t in threading.enumerate()
+        if t.ident not in before and not isinstance(t, threading._DummyThread)
+    ]  # type: ignore[attr-defined]
     assert not leaked, f"leaked threads: {leaked}"
 
 

@@ -49,7 +49,17 @@ DIR = -1  # the namespace value of a directory
 
 #: Kinds of recorded events.
 WRITE, TRUNC, SYNC, CREATE, RENAME, LINK, UNLINK, MKDIR, RMDIR, DIRSYNC = (
-    "write", "trunc", "sync", "create", "rename", "link", "unlink", "mkdir", "rmdir", "dirsync")
+    "write",
+    "trunc",
+    "sync",
+    "create",
+    "rename",
+    "link",
+    "unlink",
+    "mkdir",
+    "rmdir",
+    "dirsync",
+)
 NAMESPACE = (CREATE, RENAME, LINK, UNLINK, MKDIR, RMDIR)
 
 
@@ -130,7 +140,7 @@ class Recorder(fileio.FileOps):
         if not absolute.startswith(root + os.sep):
             self.outside.append(absolute)
             return None
-        return absolute[len(root) + 1:].replace(os.sep, "/")
+        return absolute[len(root) + 1 :].replace(os.sep, "/")
 
     def _add(self, kind: str, call: str, **fields: object) -> None:
         self.events.append(Event(len(self.events), kind, call=call, **fields))  # type: ignore[arg-type]
@@ -182,8 +192,9 @@ class Recorder(fileio.FileOps):
             self._write(fd, "pwritev", offset, b"".join(bytes(b) for b in buffers))
             return n
 
-    def copy_range(self, src_fd: int, dst_fd: int, length: int, src_offset: int,
-                   dst_offset: int) -> int:
+    def copy_range(
+        self, src_fd: int, dst_fd: int, length: int, src_offset: int, dst_offset: int
+    ) -> int:
         with self._lock:
             n = super().copy_range(src_fd, dst_fd, length, src_offset, dst_offset)
             if n > 0:
@@ -293,8 +304,14 @@ class CrashState:
         for name in sorted(self.dirs):
             h.update(b"D" + name.encode() + b"\0")
         for name in sorted(self.files):
-            h.update(b"F" + name.encode() + b"\0" + _content_digest(self.files[name])
-                     + self.links.get(name, "").encode() + b"\0")
+            h.update(
+                b"F"
+                + name.encode()
+                + b"\0"
+                + _content_digest(self.files[name])
+                + self.links.get(name, "").encode()
+                + b"\0"
+            )
         return h.hexdigest()
 
     def materialise(self, root: Path) -> None:
@@ -329,14 +346,14 @@ def _content_digest(data: bytes) -> bytes:
 def _apply(content: bytearray, ev: Event) -> None:
     if ev.kind == TRUNC:
         if ev.size < len(content):
-            del content[ev.size:]
+            del content[ev.size :]
         else:
             content.extend(bytes(ev.size - len(content)))
     else:
         end = ev.offset + len(ev.data)
         if end > len(content):
             content.extend(bytes(end - len(content)))
-        content[ev.offset:end] = ev.data
+        content[ev.offset : end] = ev.data
 
 
 def _pages(ev: Event, unit: int = PAGE) -> Iterator[tuple[int, Event]]:
@@ -344,8 +361,17 @@ def _pages(ev: Event, unit: int = PAGE) -> Iterator[tuple[int, Event]]:
     pos, end = ev.offset, ev.offset + len(ev.data)
     while pos < end:
         stop = min(end, (pos // unit + 1) * unit)
-        yield pos // unit, Event(ev.seq, WRITE, ev.inode, pos,
-                                 ev.data[pos - ev.offset:stop - ev.offset], path=ev.path)
+        yield (
+            pos // unit,
+            Event(
+                ev.seq,
+                WRITE,
+                ev.inode,
+                pos,
+                ev.data[pos - ev.offset : stop - ev.offset],
+                path=ev.path,
+            ),
+        )
         pos = stop
 
 
@@ -369,7 +395,7 @@ class CrashModel:
 
     def _durable_ns(self, ev: Event, point: int) -> bool:
         need = set(ev.dirs())
-        for e in self.events[ev.seq + 1:point]:
+        for e in self.events[ev.seq + 1 : point]:
             if e.kind == DIRSYNC:
                 need.discard(e.path)
                 if not need:
@@ -445,8 +471,9 @@ class CrashModel:
         for ino in {v for v in names.values() if v != DIR}:
             synced = self._last_sync(ino, point)
             base = self._content_at(ino, synced + 1)
-            volatile = [e for e in events[synced + 1:point]
-                        if e.inode == ino and e.kind in (WRITE, TRUNC)]
+            volatile = [
+                e for e in events[synced + 1 : point] if e.inode == ino and e.kind in (WRITE, TRUNC)
+            ]
             if not volatile:
                 contents[ino] = base
                 continue
@@ -457,21 +484,24 @@ class CrashModel:
             elif mode == "cut":
                 picked = [e for e in volatile if e.seq < cut]
             else:
-                picked = self._page_prefixes(volatile, rng,
-                                             SECTOR if mode == "sectors" else PAGE)
+                picked = self._page_prefixes(volatile, rng, SECTOR if mode == "sectors" else PAGE)
             data = bytearray(base)
             for e in picked:
                 _apply(data, e)
             contents[ino] = bytes(data)
             if 0 < len(picked) < len(volatile) or (not picked and volatile):
-                notes.append(f"{volatile[0].path}: {len(picked)} of {len(volatile)} volatile "
-                             "writes/pieces kept")
+                notes.append(
+                    f"{volatile[0].path}: {len(picked)} of {len(volatile)} volatile "
+                    "writes/pieces kept"
+                )
         if volatile_ns and keep_ns < len(volatile_ns):
             kept_seqs = {e.seq for e in kept_ns}
             lost = [e for e in volatile_ns if e.seq not in kept_seqs]
             dropped = ", ".join(e.describe() for e in lost[:4])
-            notes.append(f"names: {keep_ns} of {len(volatile_ns)} pending operations kept "
-                         f"(lost: {dropped}{', ...' if len(lost) > 4 else ''})")
+            notes.append(
+                f"names: {keep_ns} of {len(volatile_ns)} pending operations kept "
+                f"(lost: {dropped}{', ...' if len(lost) > 4 else ''})"
+            )
         # reachable names only
         dirs = {n for n, v in names.items() if v == DIR}
 
@@ -501,8 +531,7 @@ class CrashModel:
         return CrashState(point, mode, files, frozenset(dirs), links, "; ".join(notes))
 
     @staticmethod
-    def _page_prefixes(volatile: list[Event], rng: random.Random,
-                       unit: int = PAGE) -> list[Event]:
+    def _page_prefixes(volatile: list[Event], rng: random.Random, unit: int = PAGE) -> list[Event]:
         """Per page (or sector: a torn page) and for the size, a random prefix of the
         volatile updates."""
         units: dict[object, list[Event]] = {}
@@ -542,8 +571,10 @@ class CrashModel:
             pending = point - previous - 1
             previous = point
             extra = min(3 * per_barrier, per_barrier + pending // 2) - len(fixed)
-            randoms = [rng.choice(("cut", "pages", "pages", "names-any", "sectors"))
-                       for _ in range(max(0, extra))]
+            randoms = [
+                rng.choice(("cut", "pages", "pages", "names-any", "sectors"))
+                for _ in range(max(0, extra))
+            ]
             for mode in fixed + randoms:
                 st = self.state(point, mode, rng)
                 key = st.digest()
@@ -578,9 +609,11 @@ class Report:
     nested: int = 0
 
     def text(self, limit: int = 6) -> str:
-        head = (f"{self.name}: {self.calls} calls, {self.barriers} barriers, {self.states} "
-                f"crash states, outcomes {self.outcomes}, {len(self.failures)} failing, "
-                f"{len(self.leftovers)} with leftovers")
+        head = (
+            f"{self.name}: {self.calls} calls, {self.barriers} barriers, {self.states} "
+            f"crash states, outcomes {self.outcomes}, {len(self.failures)} failing, "
+            f"{len(self.leftovers)} with leftovers"
+        )
         return "\n".join([head, *self.failures[:limit], *self.leftovers[:limit]])
 
 
@@ -591,11 +624,13 @@ SUMMARY_LINES: list[str] = []
 
 def record_summary(report: Report) -> None:
     """Append one line per operation to the summary table printed at the end of the run."""
-    line = (f"{report.name:<38} calls {report.calls:>5}  barriers {report.barriers:>4}  "
-            f"states {report.states:>5} (second cut {report.nested:>3})  "
-            f"failing {len(report.failures):>3}  "
-            f"leftovers {len(report.leftovers):>3}  "
-            f"{' '.join(f'{k}={v}' for k, v in sorted(report.outcomes.items()))}\n")
+    line = (
+        f"{report.name:<38} calls {report.calls:>5}  barriers {report.barriers:>4}  "
+        f"states {report.states:>5} (second cut {report.nested:>3})  "
+        f"failing {len(report.failures):>3}  "
+        f"leftovers {len(report.leftovers):>3}  "
+        f"{' '.join(f'{k}={v}' for k, v in sorted(report.outcomes.items()))}\n"
+    )
     print(line, end="")
     SUMMARY_LINES.append(line.rstrip("\n"))
     with open(SUMMARY_FILE, "a", encoding="utf-8") as f:
@@ -625,10 +660,20 @@ def record(root: Path, operation: Callable[[], object]) -> tuple[Recorder, BaseE
     return rec, error
 
 
-def explore(name: str, root: Path, rec: Recorder, check: Callable[[CrashState], str], *,
-            seed: int = 0, per_barrier: int = 8, max_states: int = 400,
-            recover: Callable[[], object] | None = None, nested: int = 0,
-            nested_states: int = 30, outer_points: Sequence[int] = ()) -> Report:
+def explore(
+    name: str,
+    root: Path,
+    rec: Recorder,
+    check: Callable[[CrashState], str],
+    *,
+    seed: int = 0,
+    per_barrier: int = 8,
+    max_states: int = 400,
+    recover: Callable[[], object] | None = None,
+    nested: int = 0,
+    nested_states: int = 30,
+    outer_points: Sequence[int] = (),
+) -> Report:
     """Materialise the crash states of ``rec`` into ``root`` and ``check`` each one.
 
     ``check`` runs the user's recovery and the independent comparison; it returns the
@@ -653,9 +698,12 @@ def explore(name: str, root: Path, rec: Recorder, check: Callable[[CrashState], 
     real = snapshot_tree(root)
     if real != final.files:  # a call that bypassed the boundary, or a recorder bug
         diff = sorted(set(real) ^ set(final.files)) or sorted(
-            n for n in real if real[n] != final.files[n])
-        raise AssertionError(f"{name}: the recorded trace does not reproduce the folder "
-                             f"(differs in {diff[:5]}); some change bypassed vdigui.engine.fileio")
+            n for n in real if real[n] != final.files[n]
+        )
+        raise AssertionError(
+            f"{name}: the recorded trace does not reproduce the folder "
+            f"(differs in {diff[:5]}); some change bypassed vdigui.engine.fileio"
+        )
     states = list(model.states(seed, per_barrier))
     if len(states) > max_states:  # keep both ends and an even spread
         step = len(states) / max_states
@@ -665,7 +713,7 @@ def explore(name: str, root: Path, rec: Recorder, check: Callable[[CrashState], 
     if recover is not None and (nested or outer_points):
         points = model.crash_points()
         step = max(1, len(points) // max(1, nested))
-        chosen = [(p, "visible") for p in points[step // 2::step][:nested]]
+        chosen = [(p, "visible") for p in points[step // 2 :: step][:nested]]
         chosen += [(p, "visible") for p in outer_points or ()]
         for point, mode in dict.fromkeys(chosen):
             outer = model.state(point, mode, random.Random(point))
@@ -687,21 +735,29 @@ def explore(name: str, root: Path, rec: Recorder, check: Callable[[CrashState], 
     return report
 
 
-def _check_one(report: Report, model: CrashModel, st: CrashState, root: Path,
-               check: Callable[[CrashState], str], prefix: str) -> None:
+def _check_one(
+    report: Report,
+    model: CrashModel,
+    st: CrashState,
+    root: Path,
+    check: Callable[[CrashState], str],
+    prefix: str,
+) -> None:
     st.materialise(root)
     try:
         outcome = check(st)
     except Leftover as exc:
-        report.leftovers.append(f"  {prefix}[{st.mode}] crash {model.describe_point(st.point)}:"
-                                f" {exc}")
+        report.leftovers.append(
+            f"  {prefix}[{st.mode}] crash {model.describe_point(st.point)}: {exc}"
+        )
         outcome = "leftover"
     except Exception as exc:
         msg = str(exc).strip().splitlines()
         first = msg[0] if msg else type(exc).__name__
         report.failures.append(
             f"  {prefix}[{st.mode}] crash {model.describe_point(st.point)}; state: "
-            f"{st.note or 'nothing volatile'} -> {type(exc).__name__}: {first[:300]}")
+            f"{st.note or 'nothing volatile'} -> {type(exc).__name__}: {first[:300]}"
+        )
         outcome = "FAILED"
     report.outcomes[outcome] = report.outcomes.get(outcome, 0) + 1
     report.states += 1

@@ -25,8 +25,23 @@ from pathlib import Path
 
 from vdigui.engine import fileio
 
-COUNTED = ("pwrite", "pwritev", "copy_range", "ftruncate", "fallocate", "fsync", "fdatasync",
-           "replace", "link", "unlink", "mkdir", "rmdir", "fsync_dir", "chmod", "chown")
+COUNTED = (
+    "pwrite",
+    "pwritev",
+    "copy_range",
+    "ftruncate",
+    "fallocate",
+    "fsync",
+    "fdatasync",
+    "replace",
+    "link",
+    "unlink",
+    "mkdir",
+    "rmdir",
+    "fsync_dir",
+    "chmod",
+    "chown",
+)
 
 
 class KillAt(fileio.FileOps):

@@ -22,8 +22,14 @@ REPO = DRIVER.parents[2]
 def run_driver(args: list[str], kill_at: int, count_file: Path) -> tuple[int, int, str]:
     """(return code, file-changing calls done, stderr) of one driver run."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.run([sys.executable, str(DRIVER), str(count_file), str(kill_at), *args],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, str(DRIVER), str(count_file), str(kill_at), *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     done = int(count_file.read_text() or 0) if count_file.exists() else -1
     return proc.returncode, done, proc.stderr
 
@@ -43,8 +49,12 @@ def kill_points(total: int, count: int, seed: int) -> list[int]:
         return candidates
     rng = random.Random(seed)
     step = len(candidates) / count
-    return sorted({candidates[min(len(candidates) - 1, int(i * step + rng.random() * step))]
-                   for i in range(count)})
+    return sorted(
+        {
+            candidates[min(len(candidates) - 1, int(i * step + rng.random() * step))]
+            for i in range(count)
+        }
+    )
 
 
 def kill_mid(args: list[str], kill_at: int, count_file: Path) -> int:
@@ -52,6 +62,7 @@ def kill_mid(args: list[str], kill_at: int, count_file: Path) -> int:
     code, done, err = run_driver(args, kill_at, count_file)
     assert code == -signal.SIGKILL, (
         f"the command finished before the kill at call {kill_at} (exit {code}, {done} calls "
-        f"done): this run proves nothing\n{err}")
+        f"done): this run proves nothing\n{err}"
+    )
     assert done == kill_at - 1, f"killed after {done} calls, expected {kill_at - 1}"
     return done

@@ -23,10 +23,12 @@ def assert_consistent(path: Path) -> None:
     assert len(set(live)) == len(live), f"{path.name}: cross-linked slots"
     slot = img.block_size
     for e in live:
-        assert e < img.blocks_allocated, f"{path.name}: entry {e} >= cBlocksAllocated " \
-            f"{img.blocks_allocated}"
-        assert img.offset_data + (e + 1) * slot <= img.file_size, \
+        assert e < img.blocks_allocated, (
+            f"{path.name}: entry {e} >= cBlocksAllocated {img.blocks_allocated}"
+        )
+        assert img.offset_data + (e + 1) * slot <= img.file_size, (
             f"{path.name}: slot {e} lies past the end of the file ({img.file_size} bytes)"
+        )
 
 
 def assert_reads(paths: list[Path], expected: bytes, what: str) -> None:
@@ -34,16 +36,23 @@ def assert_reads(paths: list[Path], expected: bytes, what: str) -> None:
     got = ref_read(paths)
     if got != expected:
         bs = ref_open(paths[0]).block_size
-        bad = [b for b in range(-(-len(expected) // bs))
-               if got[b * bs:(b + 1) * bs] != expected[b * bs:(b + 1) * bs]]
-        raise AssertionError(f"{what} reads differently in guest block(s) {bad[:8]} "
-                             f"(of {len(bad)} differing)")
+        bad = [
+            b
+            for b in range(-(-len(expected) // bs))
+            if got[b * bs : (b + 1) * bs] != expected[b * bs : (b + 1) * bs]
+        ]
+        raise AssertionError(
+            f"{what} reads differently in guest block(s) {bad[:8]} (of {len(bad)} differing)"
+        )
 
 
 def leftovers(folder: Path) -> list[str]:
     """vdigui temporary files a finished command left behind."""
-    return sorted(p.name for p in folder.iterdir()
-                  if p.is_file() and any(m in p.name for m in (".vdigui-tmp", ".vdigui-backup")))
+    return sorted(
+        p.name
+        for p in folder.iterdir()
+        if p.is_file() and any(m in p.name for m in (".vdigui-tmp", ".vdigui-backup"))
+    )
 
 
 def assert_no_leftovers(folder: Path) -> None:
@@ -64,8 +73,10 @@ def vdictl(*args: str | Path) -> str:
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         code = main([str(a) for a in args])
-    assert code == 0, f"vdictl {' '.join(map(str, args[:1]))} failed ({code}): " \
+    assert code == 0, (
+        f"vdictl {' '.join(map(str, args[:1]))} failed ({code}): "
         f"{' '.join((err.getvalue() + out.getvalue()).split())[:300]}"
+    )
     return out.getvalue()
 
 

@@ -75,23 +75,34 @@ def visible(folder: Path) -> dict[str, str]:
     out = {}
     for p in sorted(folder.rglob("*")):
         rel = p.relative_to(folder)
-        if (not p.is_file() or jr.STATE_DIR in rel.parts or p.name.endswith("-prev")
-                or _temporary(p.name)):
+        if (
+            not p.is_file()
+            or jr.STATE_DIR in rel.parts
+            or p.name.endswith("-prev")
+            or _temporary(p.name)
+        ):
             continue
         out[rel.as_posix()] = hashlib.sha256(p.read_bytes()).hexdigest()
     return out
 
 
 def no_leftovers(folder: Path) -> None:
-    found = [p.name for p in folder.rglob("*") if p.is_file() and jr.STATE_DIR not in
-             p.relative_to(folder).parts and _temporary(p.name)]
+    found = [
+        p.name
+        for p in folder.rglob("*")
+        if p.is_file() and jr.STATE_DIR not in p.relative_to(folder).parts and _temporary(p.name)
+    ]
     if found:
         raise Leftover(f"the recovery left {found}")
 
 
-def recover_and_classify(folder: Path, before: dict[str, str], after: dict[str, str],
-                         extra: Callable[[str], None] | None = None,
-                         checked: tuple[str, ...] = ("rolled back", "completed")) -> str:
+def recover_and_classify(
+    folder: Path,
+    before: dict[str, str],
+    after: dict[str, str],
+    extra: Callable[[str], None] | None = None,
+    checked: tuple[str, ...] = ("rolled back", "completed"),
+) -> str:
     """The user's next command, then: exactly the old folder or exactly the new one, which
     ``vdictl check`` finds clean (for the ``checked`` outcomes: a repair's "before" is the
     broken folder it repairs)."""
@@ -100,12 +111,17 @@ def recover_and_classify(folder: Path, before: dict[str, str], after: dict[str, 
     now = visible(folder)
     outcome = "rolled back" if now == before else "completed" if now == after else None
     if outcome is None:
-        changed = sorted(k for k in set(now) | set(before) | set(after)
-                         if now.get(k) not in (before.get(k), after.get(k)))
+        changed = sorted(
+            k
+            for k in set(now) | set(before) | set(after)
+            if now.get(k) not in (before.get(k), after.get(k))
+        )
         mixed = sorted(k for k in now if now.get(k) == before.get(k) != after.get(k))
         newer = sorted(k for k in now if now.get(k) == after.get(k) != before.get(k))
-        raise AssertionError(f"the folder is neither as before nor as after: files matching "
-                             f"neither {changed}, old {mixed}, new {newer}")
+        raise AssertionError(
+            f"the folder is neither as before nor as after: files matching "
+            f"neither {changed}, old {mixed}, new {newer}"
+        )
     if extra is not None:
         extra(outcome)
     if outcome in checked:
@@ -119,10 +135,18 @@ def recover_and_classify(folder: Path, before: dict[str, str], after: dict[str, 
     return outcome
 
 
-def run_journaled(name: str, root: Path, folder: Path, operation: Callable[[], object],
-                  states_check: Callable[[str], None] | None, *, seed: int,
-                  max_states: int = 160, nested: int = 3,
-                  checked: tuple[str, ...] = ("rolled back", "completed")) -> None:
+def run_journaled(
+    name: str,
+    root: Path,
+    folder: Path,
+    operation: Callable[[], object],
+    states_check: Callable[[str], None] | None,
+    *,
+    seed: int,
+    max_states: int = 160,
+    nested: int = 3,
+    checked: tuple[str, ...] = ("rolled back", "completed"),
+) -> None:
     before = visible(folder)
     rec, error = record(root, operation)
     assert error is None, error
@@ -135,20 +159,37 @@ def run_journaled(name: str, root: Path, folder: Path, operation: Callable[[], o
     # Second cuts at spread points, and right at each commit point (the settings file's
     # rename), where recovery has the most to decide.
     commits = [e.seq for e in rec.events if e.kind == "rename" and e.dst.endswith(".vbox")]
-    report = explore(name, root, rec, check, seed=seed, per_barrier=5, max_states=max_states,
-                     recover=lambda: jr.recover_pending(folder), nested=nested,
-                     outer_points=commits)
+    report = explore(
+        name,
+        root,
+        rec,
+        check,
+        seed=seed,
+        per_barrier=5,
+        max_states=max_states,
+        recover=lambda: jr.recover_pending(folder),
+        nested=nested,
+        outer_points=commits,
+    )
     finish(report)
-    assert report.outcomes.get("rolled back", 0) and report.outcomes.get("completed", 0), \
+    assert report.outcomes.get("rolled back", 0) and report.outcomes.get("completed", 0), (
         report.outcomes
+    )
 
 
 # -- snapshot deletion and merges -------------------------------------------------------------
-@pytest.mark.parametrize(("snap", "direction", "ndisks", "keep_undo"), [
-    ("one", "auto", 2, True), ("two", "forward", 1, True), ("two", "backward", 1, True),
-    ("two", "auto", 1, False)])
-def test_snapshot_delete(shm_root: Path, snap: str, direction: str, ndisks: int,
-                         keep_undo: bool) -> None:
+@pytest.mark.parametrize(
+    ("snap", "direction", "ndisks", "keep_undo"),
+    [
+        ("one", "auto", 2, True),
+        ("two", "forward", 1, True),
+        ("two", "backward", 1, True),
+        ("two", "auto", 1, False),
+    ],
+)
+def test_snapshot_delete(
+    shm_root: Path, snap: str, direction: str, ndisks: int, keep_undo: bool
+) -> None:
     vm = small_vm(shm_root / "vm", ndisks)
     uid = vm.snap(snap).uuid
     plan = mg.plan_snapshot_delete(vm.folder, snap, direction=direction, keep_undo=keep_undo)
@@ -157,20 +198,31 @@ def test_snapshot_delete(shm_root: Path, snap: str, direction: str, ndisks: int,
         assert_all_states(vm, deleted=set() if outcome == "rolled back" else {uid})
 
     undo = "" if keep_undo else ", no undo"
-    run_journaled(f"snapshot delete {snap} ({direction}{undo})", shm_root, vm.folder,
-                  lambda: mg.run_merge(plan), states, seed=11)
+    run_journaled(
+        f"snapshot delete {snap} ({direction}{undo})",
+        shm_root,
+        vm.folder,
+        lambda: mg.run_merge(plan),
+        states,
+        seed=11,
+    )
 
 
-@pytest.mark.parametrize(("mode", "keep_undo"), [
-    ("into-parent", True), ("parent-into-this", True), ("into-parent", False)])
+@pytest.mark.parametrize(
+    ("mode", "keep_undo"),
+    [("into-parent", True), ("parent-into-this", True), ("into-parent", False)],
+)
 def test_bare_merge(shm_root: Path, mode: str, keep_undo: bool) -> None:
     """A chain of three in a folder without a .vbox: merge the leaf with its parent."""
     vm = small_vm(shm_root / "vm")
     bare = shm_root / "bare"
     (bare / "Snapshots").mkdir(parents=True)
     leaf_uid = vm.leaves[0]
-    chain = [vm.disks[vm.snap("one").disks[0]], vm.disks[vm.snap("two").disks[0]],
-             vm.disks[leaf_uid]]  # base, middle, leaf
+    chain = [
+        vm.disks[vm.snap("one").disks[0]],
+        vm.disks[vm.snap("two").disks[0]],
+        vm.disks[leaf_uid],
+    ]  # base, middle, leaf
     for disk, name in zip(chain, ("layer0.vdi", "layer1.vdi", "leaf.vdi"), strict=True):
         shutil.copy(disk.path, bare / name)
     shutil.rmtree(vm.folder)
@@ -184,8 +236,14 @@ def test_bare_merge(shm_root: Path, mode: str, keep_undo: bool) -> None:
             leaf = read_header_fields(plan.steps[0].target.path)["uuid"]  # type: ignore[union-attr,assignment]
         assert np.array_equal(read_state(bare, leaf), expected), "the leaf reads differently"
 
-    run_journaled(f"bare merge ({mode}{'' if keep_undo else ', no undo'})", shm_root, bare,
-                  lambda: mg.run_merge(plan), states, seed=12)
+    run_journaled(
+        f"bare merge ({mode}{'' if keep_undo else ', no undo'})",
+        shm_root,
+        bare,
+        lambda: mg.run_merge(plan),
+        states,
+        seed=12,
+    )
 
 
 # -- repairs ------------------------------------------------------------------------------
@@ -219,14 +277,15 @@ def _slots(root: Path) -> tuple[Path, Callable[[], object], Callable[[str], None
     poke(path, off + 4 * 8, struct.pack("<I", 100))  # past EOF  # type: ignore[operator]
     poke(path, 0x184, struct.pack("<I", 3))  # wrong cBlocksAllocated
     with open(path, "ab") as fh:
-        fh.write(b"\xAA" * MIB)  # crash tail
+        fh.write(b"\xaa" * MIB)  # crash tail
     plan = rp.plan_repair(path)
     assert [f.kind for f in plan.fixes] == ["slots"]
     return folder, lambda: rp.run_repair(plan), None
 
 
-def _vm_repair(kind: str) -> Callable[[Path], tuple[Path, Callable[[], object],
-                                                    Callable[[str], None] | None]]:
+def _vm_repair(
+    kind: str,
+) -> Callable[[Path], tuple[Path, Callable[[], object], Callable[[str], None] | None]]:
     def setup(root: Path) -> tuple[Path, Callable[[], object], Callable[[str], None] | None]:
         vm = linear(root / "vm")
         search: list[Path] | None = None
@@ -276,12 +335,28 @@ def _vm_repair(kind: str) -> Callable[[Path], tuple[Path, Callable[[], object],
         kinds = [f.kind for f in plan.fixes]
         assert kind in kinds, kinds
         return vm.folder, lambda: rp.run_repair(plan, choose=choose(plan), force=force), check
+
     return setup
 
 
-REPAIRS = {"slots": _slots, **{k: _vm_repair(k) for k in (
-    "base-type", "relink", "header-uuid", "registry-uuid", "new-uuid", "relocate",
-    "drop-entry", "register-orphan", "quarantine-orphan", "set-uuid")}}
+REPAIRS = {
+    "slots": _slots,
+    **{
+        k: _vm_repair(k)
+        for k in (
+            "base-type",
+            "relink",
+            "header-uuid",
+            "registry-uuid",
+            "new-uuid",
+            "relocate",
+            "drop-entry",
+            "register-orphan",
+            "quarantine-orphan",
+            "set-uuid",
+        )
+    },
+}
 
 
 @pytest.mark.parametrize("kind", list(REPAIRS))
@@ -292,8 +367,9 @@ def test_repair(shm_root: Path, kind: str) -> None:
     # is broken by design, and some "after"s keep a finding (new-uuid leaves an unregistered
     # copy), so there the exact before/after comparison stands alone.
     checked = ("rolled back", "completed") if kind == "set-uuid" else ()
-    run_journaled(name, shm_root, folder, operation, states, seed=13, max_states=40, nested=1,
-                  checked=checked)
+    run_journaled(
+        name, shm_root, folder, operation, states, seed=13, max_states=40, nested=1, checked=checked
+    )
 
 
 # -- undo ---------------------------------------------------------------------------------
@@ -314,5 +390,12 @@ def test_undo(shm_root: Path, what: str) -> None:
         snaps, _, _ = vbox_states(vm.vbox_path())
         assert (uid in snaps) == (outcome == "completed" or not gone)
 
-    run_journaled(f"undo of {what}", shm_root, vm.folder, lambda: jr.undo_last(vm.folder),
-                  states, seed=14, max_states=120)
+    run_journaled(
+        f"undo of {what}",
+        shm_root,
+        vm.folder,
+        lambda: jr.undo_last(vm.folder),
+        states,
+        seed=14,
+        max_states=120,
+    )

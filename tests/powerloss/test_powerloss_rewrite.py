@@ -45,6 +45,7 @@ def _quick(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(compact, "MOVE_BATCH_BYTES", 3 * BS)
     monkeypatch.setattr(compact, "busy_reasons", lambda path: ())
     from vdigui.engine.operations import convert
+
     monkeypatch.setattr(convert, "busy_reasons", lambda path: ())
 
 
@@ -53,8 +54,9 @@ def layer_of(blocks: int, seed: int, *, markers: int = 2) -> dict[int, object]:
     rng = random.Random(seed)
     chosen = sorted(rng.sample(range(blocks), blocks - 3))
     zero = set(rng.sample(chosen, blocks // 5))
-    layer: dict[int, object] = {b: bytes(BS) if b in zero else pattern(seed * 1000 + b, BS)
-                                for b in chosen}
+    layer: dict[int, object] = {
+        b: bytes(BS) if b in zero else pattern(seed * 1000 + b, BS) for b in chosen
+    }
     for b in rng.sample(chosen, markers):
         layer[b] = "zero"
     return layer
@@ -84,8 +86,15 @@ def test_compact(shm_root: Path, tmp_path: Path, qemu_img: str, defrag: bool) ->
     blocks = 16
     folder = shm_root / "vm"
     folder.mkdir()
-    built = build_image(folder / "d.vdi", blocks * BS, layer_of(blocks, 5), block_size=BS,  # type: ignore[arg-type]
-                        placement="qemu", slot_order="shuffle", seed=5)
+    built = build_image(
+        folder / "d.vdi",
+        blocks * BS,
+        layer_of(blocks, 5),
+        block_size=BS,  # type: ignore[arg-type]
+        placement="qemu",
+        slot_order="shuffle",
+        seed=5,
+    )
     path = built.path
     expected = model_read([built.layer], blocks * BS, BS)
     rec, error = record(folder, lambda: run_compact(plan_compact(path, defrag=defrag)))
@@ -104,9 +113,19 @@ def test_compact(shm_root: Path, tmp_path: Path, qemu_img: str, defrag: bool) ->
         return "already compact" if "already compact" in out else "changed by next run"
 
     # The next compact loses power too (a second cut) at a few points.
-    finish(explore("compact --defrag" if defrag else "compact", folder, rec, check, seed=1,
-                   per_barrier=12, nested=3, nested_states=12,
-                   recover=lambda: vdictl("compact", path, *(["--defrag"] if defrag else []))))
+    finish(
+        explore(
+            "compact --defrag" if defrag else "compact",
+            folder,
+            rec,
+            check,
+            seed=1,
+            per_barrier=12,
+            nested=3,
+            nested_states=12,
+            recover=lambda: vdictl("compact", path, *(["--defrag"] if defrag else [])),
+        )
+    )
 
 
 def test_compact_differencing(shm_root: Path) -> None:
@@ -117,8 +136,15 @@ def test_compact_differencing(shm_root: Path) -> None:
     top = layer_of(blocks, 6)
     for b in (1, 2, 3):  # identical to the parent: dropped as FREE
         top[b] = base.get(b, bytes(BS))
-    chain = build_chain(folder, blocks * BS, [base, top], block_size=BS, placement="qemu",  # type: ignore[list-item]
-                        names=["base.vdi", "top.vdi"], seed=6)
+    chain = build_chain(
+        folder,
+        blocks * BS,
+        [base, top],
+        block_size=BS,
+        placement="qemu",  # type: ignore[list-item]
+        names=["base.vdi", "top.vdi"],
+        seed=6,
+    )
     paths = chain.paths
     rec, error = record(folder, lambda: run_compact(plan_compact(paths[-1])))
     assert error is None, error
@@ -133,8 +159,19 @@ def test_compact_differencing(shm_root: Path) -> None:
         assert_no_leftovers(folder)
         return "ok"
 
-    finish(explore("compact (differencing)", folder, rec, check, seed=2, per_barrier=12,
-                   nested=3, nested_states=12, recover=lambda: vdictl("compact", paths[-1])))
+    finish(
+        explore(
+            "compact (differencing)",
+            folder,
+            rec,
+            check,
+            seed=2,
+            per_barrier=12,
+            nested=3,
+            nested_states=12,
+            recover=lambda: vdictl("compact", paths[-1]),
+        )
+    )
 
 
 @pytest.mark.parametrize("fixed", [False, True], ids=["dynamic", "fixed"])
@@ -142,10 +179,19 @@ def test_clone(shm_root: Path, tmp_path: Path, qemu_img: str, fixed: bool) -> No
     blocks = 12
     folder = shm_root / "vm"
     rng = random.Random(3)
-    layers = [{b: pattern(100 + b, BS) for b in range(blocks) if rng.random() < 0.6},
-              layer_of(blocks, 7)]
-    chain = build_chain(folder, blocks * BS, layers, block_size=BS, placement="qemu",  # type: ignore[arg-type]
-                        names=["base.vdi", "top.vdi"], seed=3)
+    layers = [
+        {b: pattern(100 + b, BS) for b in range(blocks) if rng.random() < 0.6},
+        layer_of(blocks, 7),
+    ]
+    chain = build_chain(
+        folder,
+        blocks * BS,
+        layers,
+        block_size=BS,
+        placement="qemu",  # type: ignore[arg-type]
+        names=["base.vdi", "top.vdi"],
+        seed=3,
+    )
     dest = folder / "clone.vdi"
     sources = {p: p.read_bytes() for p in chain.paths}
     rec, error = record(folder, lambda: run_clone(plan_clone(chain.leaf, dest, fixed=fixed)))
@@ -173,8 +219,11 @@ def test_clone(shm_root: Path, tmp_path: Path, qemu_img: str, fixed: bool) -> No
         assert_no_leftovers(folder)
         return outcome
 
-    finish(explore(f"clone ({'fixed' if fixed else 'dynamic'})", folder, rec, check, seed=3,
-                   per_barrier=12))
+    finish(
+        explore(
+            f"clone ({'fixed' if fixed else 'dynamic'})", folder, rec, check, seed=3, per_barrier=12
+        )
+    )
 
 
 @pytest.mark.parametrize("to", ["fixed", "dynamic"])
@@ -183,8 +232,16 @@ def test_convert(shm_root: Path, tmp_path: Path, qemu_img: str, to: str) -> None
     folder = shm_root / "vm"
     folder.mkdir()
     layer = layer_of(blocks, 8, markers=0)
-    built = build_image(folder / "d.vdi", blocks * BS, layer, block_size=BS, placement="qemu",  # type: ignore[arg-type]
-                        fixed=(to == "dynamic"), slot_order="sequential", seed=8)
+    built = build_image(
+        folder / "d.vdi",
+        blocks * BS,
+        layer,
+        block_size=BS,
+        placement="qemu",  # type: ignore[arg-type]
+        fixed=(to == "dynamic"),
+        slot_order="sequential",
+        seed=8,
+    )
     path = built.path
     expected = model_read([built.layer], blocks * BS, BS)
     before_type = ref_open(path).image_type
@@ -218,10 +275,19 @@ def test_export(shm_root: Path) -> None:
     blocks = 10
     folder = shm_root / "vm"
     rng = random.Random(4)
-    layers = [{b: pattern(200 + b, BS) for b in range(blocks) if rng.random() < 0.6},
-              layer_of(blocks, 9)]
-    chain = build_chain(folder, blocks * BS, layers, block_size=BS, placement="qemu",  # type: ignore[arg-type]
-                        names=["base.vdi", "top.vdi"], seed=4)
+    layers = [
+        {b: pattern(200 + b, BS) for b in range(blocks) if rng.random() < 0.6},
+        layer_of(blocks, 9),
+    ]
+    chain = build_chain(
+        folder,
+        blocks * BS,
+        layers,
+        block_size=BS,
+        placement="qemu",  # type: ignore[arg-type]
+        names=["base.vdi", "top.vdi"],
+        seed=4,
+    )
     out = folder / "disk.raw"
     sources = {p: p.read_bytes() for p in chain.paths}
     rec, error = record(folder, lambda: vdictl("export", chain.leaf, out))
@@ -258,8 +324,12 @@ def guest_disk(folder: Path, work: Path) -> tuple[Path, dict[str, str]]:
 
     need("sfdisk", "mke2fs", "debugfs", "e2fsck")
     raw = prefill(work / "disk.raw", PART_START * 512 + PART_SIZE)
-    run("sfdisk", "-q", raw, stdin=f"label: dos\nstart={PART_START}, size={PART_SIZE // 512}, "
-        "type=83\n")
+    run(
+        "sfdisk",
+        "-q",
+        raw,
+        stdin=f"label: dos\nstart={PART_START}, size={PART_SIZE // 512}, type=83\n",
+    )
     part = work / "ext4.img"
     make_fs("ext4", part, PART_SIZE, make_tree(work / "tree", big=2 << 20))
     run("debugfs", "-w", "-R", "rm /sub/big.bin", part)
@@ -272,7 +342,7 @@ def guest_disk(folder: Path, work: Path) -> tuple[Path, dict[str, str]]:
     create_image(vdi, len(data), block_size=FS_BS)
     with open_paths([vdi], writable_top=True) as chain:
         for off in range(0, len(data), FS_BS):
-            chunk = data[off:off + FS_BS]
+            chunk = data[off : off + FS_BS]
             if chunk.count(0) != len(chunk):
                 chain.write(off, chunk, durable=False)
         chain.top.sync()
@@ -292,21 +362,28 @@ def test_compact_fs_aware(shm_root: Path, tmp_path: Path) -> None:
     zero = bytes(FS_BS)
     rec, error = record(folder, lambda: run_compact(plan_compact(vdi, fs_aware=True)))
     assert error is None, error
-    dropped = sum(1 for b in range(0, len(before), FS_BS)
-                  if ref_read([vdi])[b:b + FS_BS] != before[b:b + FS_BS])
+    dropped = sum(
+        1
+        for b in range(0, len(before), FS_BS)
+        if ref_read([vdi])[b : b + FS_BS] != before[b : b + FS_BS]
+    )
     assert dropped >= 8, "the stale blocks should have been dropped"
     checks = [0]
 
     def guest_ok(what: str) -> None:
         now = ref_read([vdi])
-        bad = [b // FS_BS for b in range(0, len(before), FS_BS)
-               if now[b:b + FS_BS] not in (before[b:b + FS_BS], zero)]
+        bad = [
+            b // FS_BS
+            for b in range(0, len(before), FS_BS)
+            if now[b : b + FS_BS] not in (before[b : b + FS_BS], zero)
+        ]
         assert not bad, f"{what}: guest blocks {bad[:8]} read neither as before nor as zeros"
         checks[0] += 1
         part = tmp_path / f"p{checks[0]}.img"
-        part.write_bytes(now[PART_START * 512:PART_START * 512 + PART_SIZE])
-        assert fs_check("ext4", part, tmp_path / f"f{checks[0]}") == hashes, \
+        part.write_bytes(now[PART_START * 512 : PART_START * 512 + PART_SIZE])
+        assert fs_check("ext4", part, tmp_path / f"f{checks[0]}") == hashes, (
             f"{what}: the guest's files differ"
+        )
         part.unlink()
 
     def check(_state: object) -> str:
@@ -320,5 +397,4 @@ def test_compact_fs_aware(shm_root: Path, tmp_path: Path) -> None:
         assert_no_leftovers(folder)
         return "already compact" if "already compact" in out else "changed by next run"
 
-    finish(explore("compact --fs-aware", folder, rec, check, seed=5, per_barrier=4,
-                   max_states=30))
+    finish(explore("compact --fs-aware", folder, rec, check, seed=5, per_barrier=4, max_states=30))

@@ -59,8 +59,9 @@ def rel(path: Path, root: Path) -> str:
     return path.resolve().relative_to(root.resolve()).as_posix()
 
 
-def assert_trace(rec: Recorder, root: Path, plan: mg.MergePlan,
-                 sizes: dict[str, tuple[int, int]]) -> None:
+def assert_trace(
+    rec: Recorder, root: Path, plan: mg.MergePlan, sizes: dict[str, tuple[int, int]]
+) -> None:
     """No before-images; the journal is durable before the first write over an old slot."""
     names = {e.path for e in rec.events} | {e.dst for e in rec.events}
     assert not [n for n in names if n.endswith(".before")], "a before-image was written"
@@ -75,24 +76,39 @@ def assert_trace(rec: Recorder, root: Path, plan: mg.MergePlan,
         if e.kind == WRITE and e.path in sizes:
             off_data, size = sizes[e.path]
             if off_data <= e.offset < size:  # over a slot the target held before
-                assert 0 <= durable_journal < e.seq, \
+                assert 0 <= durable_journal < e.seq, (
                     f"{e.describe()} (call #{e.seq}) came before the journal record was durable"
-    overwrites = [e for e in rec.events if e.kind == WRITE and e.path in sizes
-                  and sizes[e.path][0] <= e.offset < sizes[e.path][1]]
-    data = [e for e in rec.events if e.kind == WRITE and e.path in sizes
-            and e.offset >= sizes[e.path][0]]
+                )
+    overwrites = [
+        e
+        for e in rec.events
+        if e.kind == WRITE and e.path in sizes and sizes[e.path][0] <= e.offset < sizes[e.path][1]
+    ]
+    data = [
+        e
+        for e in rec.events
+        if e.kind == WRITE and e.path in sizes and e.offset >= sizes[e.path][0]
+    ]
     moved = sum(len(e.data) for e in data)
-    backups = sum(len(e.data) for e in rec.events
-                  if e.kind == WRITE and "/backups/" in f"/{e.path}")
+    backups = sum(
+        len(e.data) for e in rec.events if e.kind == WRITE and "/backups/" in f"/{e.path}"
+    )
     # Header+map prefixes and the .vbox copy only: far less than the data the merge moves.
     assert backups < max(moved, 1), (backups, moved)
     if any(s.direction == "backward" for s in plan.steps if s.action == "merge"):
         assert overwrites or not sizes, "the case should write over old slots"
 
 
-def run_rollforward(name: str, root: Path, folder: Path, plan: mg.MergePlan,
-                    states_check: Callable[[str], None], *, seed: int,
-                    max_states: int = 160) -> None:
+def run_rollforward(
+    name: str,
+    root: Path,
+    folder: Path,
+    plan: mg.MergePlan,
+    states_check: Callable[[str], None],
+    *,
+    seed: int,
+    max_states: int = 160,
+) -> None:
     assert not plan.keep_undo
     targets = [s.target.path for s in plan.steps if s.action == "merge" and s.target]
     sizes = {}
@@ -110,29 +126,44 @@ def run_rollforward(name: str, root: Path, folder: Path, plan: mg.MergePlan,
         must = expected_outcome(folder)
         outcome = base.recover_and_classify(folder, before, after, states_check)
         if must is not None and outcome != must:
-            raise AssertionError(f"recovery {outcome} a deletion it had to finish "
-                                 "(the journal was durable, and undo data is not kept)")
+            raise AssertionError(
+                f"recovery {outcome} a deletion it had to finish "
+                "(the journal was durable, and undo data is not kept)"
+            )
         return outcome
 
     # Second cuts at spread points, at each commit point, and just before every flush of a
     # merge target: recovery then redoes a copy that was cut part way.
     commits = [e.seq for e in rec.events if e.kind == RENAME and e.dst.endswith(".vbox")]
     flushes = [e.seq for e in rec.events if e.kind == SYNC and e.path in sizes]
-    report = explore(name, root, rec, check, seed=seed, per_barrier=5, max_states=max_states,
-                     recover=lambda: jr.recover_pending(folder), nested=3,
-                     outer_points=[*commits, *flushes])
+    report = explore(
+        name,
+        root,
+        rec,
+        check,
+        seed=seed,
+        per_barrier=5,
+        max_states=max_states,
+        recover=lambda: jr.recover_pending(folder),
+        nested=3,
+        outer_points=[*commits, *flushes],
+    )
     finish(report)
     assert report.outcomes.get("completed", 0), report.outcomes
     assert report.outcomes.get("rolled back", 0), report.outcomes
 
 
-@pytest.mark.parametrize(("snap", "direction", "ndisks"), [
-    ("one", "auto", 2),  # backward into the base, two disks: a cut can fall between merges
-    ("two", "backward", 1),  # backward into a differencing image (fall-through to the base)
-    ("two", "forward", 1),  # forward: the child gets the parent's blocks, appended
-])
-def test_snapshot_delete_without_undo(shm_root: Path, snap: str, direction: str,
-                                      ndisks: int) -> None:
+@pytest.mark.parametrize(
+    ("snap", "direction", "ndisks"),
+    [
+        ("one", "auto", 2),  # backward into the base, two disks: a cut can fall between merges
+        ("two", "backward", 1),  # backward into a differencing image (fall-through to the base)
+        ("two", "forward", 1),  # forward: the child gets the parent's blocks, appended
+    ],
+)
+def test_snapshot_delete_without_undo(
+    shm_root: Path, snap: str, direction: str, ndisks: int
+) -> None:
     vm = base.small_vm(shm_root / "vm", ndisks)
     uid = vm.snap(snap).uuid
     plan = mg.plan_snapshot_delete(vm.folder, snap, direction=direction, keep_undo=False)
@@ -141,8 +172,14 @@ def test_snapshot_delete_without_undo(shm_root: Path, snap: str, direction: str,
         assert_all_states(vm, deleted=set() if outcome == "rolled back" else {uid})
         assert jr.undo_data_usage(vm.folder) == 0 or outcome == "rolled back"
 
-    run_rollforward(f"no-undo delete {snap} ({direction}, {ndisks} disk(s))", shm_root,
-                    vm.folder, plan, states, seed=21)
+    run_rollforward(
+        f"no-undo delete {snap} ({direction}, {ndisks} disk(s))",
+        shm_root,
+        vm.folder,
+        plan,
+        states,
+        seed=21,
+    )
 
 
 @pytest.mark.parametrize("mode", ["into-parent", "parent-into-this"])
@@ -152,8 +189,11 @@ def test_bare_merge_without_undo(shm_root: Path, mode: str) -> None:
     bare = shm_root / "bare"
     (bare / "Snapshots").mkdir(parents=True)
     leaf_uid = vm.leaves[0]
-    chain = [vm.disks[vm.snap("one").disks[0]], vm.disks[vm.snap("two").disks[0]],
-             vm.disks[leaf_uid]]
+    chain = [
+        vm.disks[vm.snap("one").disks[0]],
+        vm.disks[vm.snap("two").disks[0]],
+        vm.disks[leaf_uid],
+    ]
     for disk, name in zip(chain, ("layer0.vdi", "layer1.vdi", "leaf.vdi"), strict=True):
         shutil.copy(disk.path, bare / name)
     shutil.rmtree(vm.folder)

@@ -23,12 +23,13 @@ OLD = bytes(range(256)) * 48  # 12 KiB: three pages
 NEW = bytes(255 - (i % 256) for i in range(3 * 4096 + 100))
 
 
-def _write(path: Path, data: bytes, *, sync: bool, flags: int = os.O_WRONLY | os.O_CREAT
-           | os.O_TRUNC) -> None:
+def _write(
+    path: Path, data: bytes, *, sync: bool, flags: int = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+) -> None:
     fd = fileio.open_fd(path, flags)
     try:
         for off in range(0, len(data), 4096):  # page by page, as an engine would stream
-            fileio.pwrite(fd, data[off:off + 4096], off)
+            fileio.pwrite(fd, data[off : off + 4096], off)
         if sync:
             fileio.fsync(fd)
     finally:
@@ -43,8 +44,9 @@ def atomic_replace(folder: Path, *, sync_tmp: bool = True, sync_dir: bool = True
         fileio.fsync_dir(folder)
 
 
-def in_place_with_backup(folder: Path, *, sync_backup: bool = True,
-                         sync_target: bool = True) -> None:
+def in_place_with_backup(
+    folder: Path, *, sync_backup: bool = True, sync_target: bool = True
+) -> None:
     """Backup (the old bytes) durable first, then a marker, then the overwrite."""
     backup = folder / "backup"
     _write(backup, OLD, sync=sync_backup)
@@ -81,8 +83,10 @@ def run(tmp_path: Path, operation: Callable[[Path], None]) -> list[str]:
         data = (folder / "target").read_bytes() if (folder / "target").exists() else None
         if data == OLD:
             return "old"
-        assert data == NEW, f"target holds {None if data is None else len(data)} bytes " \
+        assert data == NEW, (
+            f"target holds {None if data is None else len(data)} bytes "
             "that are neither the old nor the new content"
+        )
         return "new"
 
     report = explore("selftest", folder, rec, check, seed=7)
@@ -96,14 +100,19 @@ def test_correct_sequences_pass(tmp_path: Path) -> None:
     assert run(tmp_path / "b", in_place_with_backup) == []
 
 
-@pytest.mark.parametrize("wrong", ["rename-unsynced-temp", "overwrite-before-backup-durable",
-                                   "backup-dropped-before-target-synced"])
+@pytest.mark.parametrize(
+    "wrong",
+    [
+        "rename-unsynced-temp",
+        "overwrite-before-backup-durable",
+        "backup-dropped-before-target-synced",
+    ],
+)
 def test_wrong_sequences_are_caught(tmp_path: Path, wrong: str) -> None:
     operation: Callable[[Path], None] = {
         "rename-unsynced-temp": lambda f: atomic_replace(f, sync_tmp=False),
         "overwrite-before-backup-durable": lambda f: in_place_with_backup(f, sync_backup=False),
-        "backup-dropped-before-target-synced": lambda f: in_place_with_backup(
-            f, sync_target=False),
+        "backup-dropped-before-target-synced": lambda f: in_place_with_backup(f, sync_target=False),
     }[wrong]
     failures = run(tmp_path, operation)
     assert failures, f"the harness accepted the broken sequence {wrong}"
@@ -126,6 +135,7 @@ def test_model_keeps_only_synced_data(tmp_path: Path) -> None:
     rec, _ = record(folder, lambda: atomic_replace(folder, sync_tmp=True, sync_dir=False))
     model = CrashModel(rec)
     import random
+
     end = model.state(len(rec.events), "durable", random.Random(0))
     assert end.files == {"target": OLD}  # the rename was never made durable
     visible = model.state(len(rec.events), "visible", random.Random(0))
@@ -146,8 +156,9 @@ class Forgetful(Recorder):
 
 
 @pytest.mark.parametrize("drop", ["sync", "dirsync"])
-def test_engine_without_its_barriers_is_caught(tmp_path: Path, drop: str,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_engine_without_its_barriers_is_caught(
+    tmp_path: Path, drop: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The real compaction and snapshot deletion, recorded as if every file sync (or every
     directory sync) were missing: the checks the real tests use must find failing states."""
     import random as rnd
@@ -167,10 +178,19 @@ def test_engine_without_its_barriers_is_caught(tmp_path: Path, drop: str,
         folder = tmp_path / "c"
         folder.mkdir()
         r = rnd.Random(2)
-        layer = {b: bytes(4096) if r.random() < 0.3 else pattern(b, 4096)
-                 for b in r.sample(range(24), 20)}
-        path = build_image(folder / "d.vdi", 24 * 4096, layer, block_size=4096,
-                           placement="qemu", slot_order="shuffle", seed=2).path
+        layer = {
+            b: bytes(4096) if r.random() < 0.3 else pattern(b, 4096)
+            for b in r.sample(range(24), 20)
+        }
+        path = build_image(
+            folder / "d.vdi",
+            24 * 4096,
+            layer,
+            block_size=4096,
+            placement="qemu",
+            slot_order="shuffle",
+            seed=2,
+        ).path
         expected = model_read([layer], 24 * 4096, 4096)
         rec = Forgetful(folder, "sync")
         with fileio.use(rec):

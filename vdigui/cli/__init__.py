@@ -34,15 +34,28 @@ from vdigui.engine.progress import CancelToken
 #: Sub-command -> the module of this package that registers and runs it. Only the module of the
 #: command being run is imported, so ``vdictl info`` does not load every operation first.
 COMMANDS = {
-    "info": "inspect_cmds", "map": "inspect_cmds", "check": "inspect_cmds",
-    "tree": "inspect_cmds", "frag": "inspect_cmds", "export": "inspect_cmds",
+    "info": "inspect_cmds",
+    "map": "inspect_cmds",
+    "check": "inspect_cmds",
+    "tree": "inspect_cmds",
+    "frag": "inspect_cmds",
+    "export": "inspect_cmds",
     "create": "inspect_cmds",
-    "compact": "ops_cmds", "clone": "ops_cmds", "convert": "ops_cmds", "usage": "ops_cmds",
+    "compact": "ops_cmds",
+    "clone": "ops_cmds",
+    "convert": "ops_cmds",
+    "usage": "ops_cmds",
     "clean": "ops_cmds",
-    "snapshot": "snapshot_cmds", "merge": "snapshot_cmds", "repair": "snapshot_cmds",
-    "set-uuid": "snapshot_cmds", "undo": "snapshot_cmds",
+    "snapshot": "snapshot_cmds",
+    "merge": "snapshot_cmds",
+    "repair": "snapshot_cmds",
+    "set-uuid": "snapshot_cmds",
+    "undo": "snapshot_cmds",
     "space": "space_cmds",
-    "ls": "files_cmds", "cat": "files_cmds", "get": "files_cmds", "find": "files_cmds",
+    "ls": "files_cmds",
+    "cat": "files_cmds",
+    "get": "files_cmds",
+    "find": "files_cmds",
     "where": "files_cmds",
     "diff": "diff_cmds",
     "report": "report_cmds",
@@ -72,8 +85,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         "without VirtualBox.",
     )
     parser.add_argument("--version", action="version", version=f"vdictl {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True,
-                                help="what to do (vdictl COMMAND --help for its options)")
+    sub = parser.add_subparsers(
+        dest="command",
+        metavar="COMMAND",
+        required=True,
+        help="what to do (vdictl COMMAND --help for its options)",
+    )
     wanted = [COMMANDS[command]] if command in COMMANDS else dict.fromkeys(COMMANDS.values())
     for name in wanted:
         importlib.import_module(f"vdigui.cli.{name}").register(sub)
@@ -141,15 +158,24 @@ def _run(argv: Sequence[str]) -> int:
         # pathlib's resolve() reports a symbolic-link loop this way (Python < 3.13).
         text = str(exc)
         if text.startswith("Symlink loop from "):
-            print(f"vdictl: error: {text.removeprefix('Symlink loop from ').strip(chr(39))} is "
-                  "a symbolic link that loops back on itself.", file=sys.stderr)
+            print(
+                f"vdictl: error: {text.removeprefix('Symlink loop from ').strip(chr(39))} is "
+                "a symbolic link that loops back on itself.",
+                file=sys.stderr,
+            )
         else:
-            print(f"vdictl: error: internal error (RuntimeError: {text}); please report this "
-                  "with the command you ran.", file=sys.stderr)
+            print(
+                f"vdictl: error: internal error (RuntimeError: {text}); please report this "
+                "with the command you ran.",
+                file=sys.stderr,
+            )
         return 1
     except Exception as exc:  # a bug: still one line, never a traceback
-        print(f"vdictl: error: internal error ({type(exc).__name__}: {exc}); please report "
-              "this with the command you ran.", file=sys.stderr)
+        print(
+            f"vdictl: error: internal error ({type(exc).__name__}: {exc}); please report "
+            "this with the command you ran.",
+            file=sys.stderr,
+        )
         return 1
     finally:
         _restore_sigint(previous)
@@ -173,5 +199,3 @@ def _install_sigint(ctx: Context) -> object:
 def _restore_sigint(previous: object) -> None:
     if previous is not None:
         signal.signal(signal.SIGINT, previous)  # type: ignore[arg-type]
-
-

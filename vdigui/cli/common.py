@@ -25,7 +25,7 @@ def parse_size(text: str) -> int:
     units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40, "P": 1 << 50}
     raw = text.strip().upper().removesuffix("B").removesuffix("I")
     number = raw.rstrip("KMGTP")
-    unit = raw[len(number):]
+    unit = raw[len(number) :]
     try:
         value = float(number)
     except ValueError:
@@ -70,23 +70,36 @@ class Context:
         sys.stderr.flush()
 
 
-def add_source_arguments(parser: argparse.ArgumentParser, *, dest: str = "source",
-                         metavar: str = "SOURCE") -> None:
+def add_source_arguments(
+    parser: argparse.ArgumentParser, *, dest: str = "source", metavar: str = "SOURCE"
+) -> None:
     """SOURCE as an image, or a VM folder / .vbox with --snapshot NAME / --current / --disk N.
 
     Every inspecting command (info, map, frag, check, usage, export) and clone take the same
     forms, so a user learns them once.
     """
-    parser.add_argument(dest, type=Path, metavar=metavar,
-                        help="an image (read through its chain), or a VM folder or its .vbox "
-                        "file together with --snapshot NAME, --current or --disk N")
+    parser.add_argument(
+        dest,
+        type=Path,
+        metavar=metavar,
+        help="an image (read through its chain), or a VM folder or its .vbox "
+        "file together with --snapshot NAME, --current or --disk N",
+    )
     which = parser.add_mutually_exclusive_group()
-    which.add_argument("--snapshot", metavar="NAME",
-                       help="(VM source) the disk as snapshot NAME (or UUID) froze it")
-    which.add_argument("--current", action="store_true",
-                       help="(VM source) the disk in the current state")
-    parser.add_argument("--disk", metavar="N", help="(VM source) which disk when the VM has "
-                        "several: its position in `vdictl tree`, or its file name")
+    which.add_argument(
+        "--snapshot",
+        metavar="NAME",
+        help="(VM source) the disk as snapshot NAME (or UUID) froze it",
+    )
+    which.add_argument(
+        "--current", action="store_true", help="(VM source) the disk in the current state"
+    )
+    parser.add_argument(
+        "--disk",
+        metavar="N",
+        help="(VM source) which disk when the VM has "
+        "several: its position in `vdictl tree`, or its file name",
+    )
 
 
 def is_vm_source(source: Path) -> bool:
@@ -101,8 +114,9 @@ def vm_words(source: Path) -> str:
     return f"the VM settings file {source}"
 
 
-def resolve_source(source: Path, snapshot: str | None, current: bool,
-                   disk: str | None = None) -> tuple[Path, ...]:
+def resolve_source(
+    source: Path, snapshot: str | None, current: bool, disk: str | None = None
+) -> tuple[Path, ...]:
     """The chain files (base first) a SOURCE argument names.
 
     Raises:
@@ -117,8 +131,9 @@ def resolve_source(source: Path, snapshot: str | None, current: bool,
     return resolution.paths
 
 
-def source_image(source: Path, snapshot: str | None, current: bool,
-                 disk: str | None = None) -> Path:
+def source_image(
+    source: Path, snapshot: str | None, current: bool, disk: str | None = None
+) -> Path:
     """The one image a SOURCE names: the image itself, or the chosen VM disk's top image.
 
     An image is taken as it is (its parents need not be found: info and map show one file).
@@ -131,13 +146,16 @@ def source_image(source: Path, snapshot: str | None, current: bool,
 
 def _image_only(source: Path, snapshot: str | None, current: bool, disk: str | None) -> None:
     if snapshot is not None or current or disk is not None:
-        raise VdiError(f"--snapshot, --current and --disk choose a disk of a VM, but {source} "
-                       "is an image; give the VM folder or its .vbox file instead.")
+        raise VdiError(
+            f"--snapshot, --current and --disk choose a disk of a VM, but {source} "
+            "is an image; give the VM folder or its .vbox file instead."
+        )
     require_regular_file(source)
 
 
-def _resolve_vm_source(folder: Path, snapshot: str | None, current: bool,
-                       disk: str | None) -> tuple[Path, ...]:
+def _resolve_vm_source(
+    folder: Path, snapshot: str | None, current: bool, disk: str | None
+) -> tuple[Path, ...]:
     from vdigui.engine.vmfolder import load_vm_folder  # only VM-folder sources need the parser
 
     vm = load_vm_folder(folder)
@@ -148,19 +166,25 @@ def _resolve_vm_source(folder: Path, snapshot: str | None, current: bool,
     else:
         if not current and disk is None:
             what = "a VM folder" if folder.is_dir() else "a VM settings file"
-            raise VdiError(f"{folder} is {what}: say which disk with --current, --snapshot "
-                           "NAME or --disk N.")
+            raise VdiError(
+                f"{folder} is {what}: say which disk with --current, --snapshot NAME or --disk N."
+            )
         leaves = list(vm.current_disks())
         where = f"the current state of {vm_words(folder)}"
     if not leaves:
         raise VdiError(f"{where[0].upper()}{where[1:]} has no hard disk attached.")
     if disk is not None:
-        chosen = [m for i, m in enumerate(leaves, start=1)
-                  if disk == str(i) or (m.path is not None and m.path.name == disk)]
+        chosen = [
+            m
+            for i, m in enumerate(leaves, start=1)
+            if disk == str(i) or (m.path is not None and m.path.name == disk)
+        ]
         if not chosen:
             raise VdiError(f"--disk {disk} matches none of the {len(leaves)} disk(s) of {where}.")
         leaves = chosen
     if len(leaves) > 1:
-        raise VdiError(f"{where[0].upper()}{where[1:]} has {len(leaves)} disks; choose one "
-                       f"with --disk 1..{len(leaves)}.")
+        raise VdiError(
+            f"{where[0].upper()}{where[1:]} has {len(leaves)} disks; choose one "
+            f"with --disk 1..{len(leaves)}."
+        )
     return tuple(vm.chain_for(leaves[0]))

@@ -27,18 +27,22 @@ _MARK = {ChangeKind.ADDED: "A", ChangeKind.REMOVED: "D", ChangeKind.CHANGED: "M"
 def register(sub: Any) -> None:
     """Add ``diff`` to ``sub`` (an argparse sub-parsers object)."""
     p = sub.add_parser(
-        "diff", help="guest files added, removed and changed between two states",
+        "diff",
+        help="guest files added, removed and changed between two states",
         description="Compares the guest files of two states of a VM disk: A and B are snapshot "
         "names or UUIDs, or 'current' for the current state. Lines start with A (added in B), "
         "D (deleted in B), M (content changed) or m (only times, permissions or owner "
         "changed). File contents are read only where the two states serve blocks under the "
-        "file from different layers.")
-    p.add_argument("source", type=Path, metavar="VMFOLDER",
-                   help="the VM folder or its .vbox file")
+        "file from different layers.",
+    )
+    p.add_argument("source", type=Path, metavar="VMFOLDER", help="the VM folder or its .vbox file")
     p.add_argument("a", metavar="A", help="the earlier state: snapshot name or UUID, or current")
     p.add_argument("b", metavar="B", help="the later state: snapshot name or UUID, or current")
-    p.add_argument("--disk", metavar="N", help="which disk when the VM has several: its "
-                   "position in `vdictl tree`, or its file name")
+    p.add_argument(
+        "--disk",
+        metavar="N",
+        help="which disk when the VM has several: its position in `vdictl tree`, or its file name",
+    )
     p.add_argument("--volume", metavar="NAME", help="compare only this volume (p1, vg0/root)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_diff)
@@ -47,8 +51,9 @@ def register(sub: Any) -> None:
 def state_paths(source: Path, state: str, disk: str | None) -> tuple[Path, ...]:
     """The chain files of one state of a VM disk ("current", or a snapshot name or UUID)."""
     if not is_vm_source(source):
-        raise VdiError(f"{source} is not a VM folder or .vbox file; 'vdictl diff' compares two "
-                       "states of a VM.")
+        raise VdiError(
+            f"{source} is not a VM folder or .vbox file; 'vdictl diff' compares two states of a VM."
+        )
     if state == "current":
         return resolve_source(source, None, True, disk)
     return resolve_source(source, state, False, disk)
@@ -78,10 +83,12 @@ def _signed(delta: int) -> str:
 
 def summary(diff: StateDiff) -> dict[str, int]:
     """Counts of added, removed and changed entries and the net size change in bytes."""
-    return {"added": len(diff.by_kind(ChangeKind.ADDED)),
-            "removed": len(diff.by_kind(ChangeKind.REMOVED)),
-            "changed": len(diff.by_kind(ChangeKind.CHANGED)),
-            "delta": sum(c.delta for c in diff.changes)}
+    return {
+        "added": len(diff.by_kind(ChangeKind.ADDED)),
+        "removed": len(diff.by_kind(ChangeKind.REMOVED)),
+        "changed": len(diff.by_kind(ChangeKind.CHANGED)),
+        "delta": sum(c.delta for c in diff.changes),
+    }
 
 
 def _line(c: Change) -> str:
@@ -93,8 +100,10 @@ def _line(c: Change) -> str:
     if not c.content_changed:
         return f"m  {name}  (modified {_when(c.mtime_a)} -> {_when(c.mtime_b)}, same content)"
     if c.size_a != c.size_b:
-        return (f"M  {name}  {human_size(c.size_a or 0)} -> {human_size(c.size_b or 0)} "
-                f"({_signed(c.delta)})")
+        return (
+            f"M  {name}  {human_size(c.size_a or 0)} -> {human_size(c.size_b or 0)} "
+            f"({_signed(c.delta)})"
+        )
     return f"M  {name}  (same size, {human_size(c.size_b or 0)})"
 
 
@@ -104,21 +113,28 @@ def cmd_diff(args: argparse.Namespace, ctx: Context) -> int:
     paths_a = state_paths(args.source, args.a, args.disk)
     paths_b = state_paths(args.source, args.b, args.disk)
     with _open(paths_a) as chain_a, _open(paths_b) as chain_b:
-        diff = diff_chains(chain_a, chain_b, volume=args.volume, progress=ctx.progress,
-                           cancel=ctx.token)
+        diff = diff_chains(
+            chain_a, chain_b, volume=args.volume, progress=ctx.progress, cancel=ctx.token
+        )
     totals = summary(diff)
     if ctx.json:
         s = diff.stats
-        print_json({
-            "a": {"state": args.a, "images": [str(p) for p in paths_a]},
-            "b": {"state": args.b, "images": [str(p) for p in paths_b]},
-            "changes": [c.to_dict() for c in diff.changes],
-            "summary": totals,
-            "notes": diff.notes,
-            "stats": {"changed_blocks": s.changed_blocks, "entries": s.entries,
-                      "files_compared": s.compared, "bytes_compared": s.bytes_compared,
-                      "volumes_unchanged": s.volumes_skipped},
-        })
+        print_json(
+            {
+                "a": {"state": args.a, "images": [str(p) for p in paths_a]},
+                "b": {"state": args.b, "images": [str(p) for p in paths_b]},
+                "changes": [c.to_dict() for c in diff.changes],
+                "summary": totals,
+                "notes": diff.notes,
+                "stats": {
+                    "changed_blocks": s.changed_blocks,
+                    "entries": s.entries,
+                    "files_compared": s.compared,
+                    "bytes_compared": s.bytes_compared,
+                    "volumes_unchanged": s.volumes_skipped,
+                },
+            }
+        )
         return 0
     for change in diff.changes:
         print(_line(change))
@@ -129,7 +145,9 @@ def cmd_diff(args: argparse.Namespace, ctx: Context) -> int:
     if not diff.changes:
         print(f"No guest files differ between '{args.a}' and '{args.b}'.")
     else:
-        print(f"{totals['added']} added, {totals['removed']} removed, {totals['changed']} "
-              f"changed; net {_signed(totals['delta'])}; contents of "
-              f"{diff.stats.compared} file(s) compared.")
+        print(
+            f"{totals['added']} added, {totals['removed']} removed, {totals['changed']} "
+            f"changed; net {_signed(totals['delta'])}; contents of "
+            f"{diff.stats.compared} file(s) compared."
+        )
     return 0

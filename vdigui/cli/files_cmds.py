@@ -36,9 +36,11 @@ from vdigui.engine.guestfs.files.extract import plan_extract, run_extract
 from vdigui.engine.units import human_size
 from vdigui.engine.usage_report import GuestReader
 
-_VOLUME_HELP = ("a path inside the guest; put the volume in front when the disk holds "
-                "several filesystems: pN: for partition N (p2:/etc), VG/LV: for an LVM "
-                "volume, disk: for a disk without a partition table")
+_VOLUME_HELP = (
+    "a path inside the guest; put the volume in front when the disk holds "
+    "several filesystems: pN: for partition N (p2:/etc), VG/LV: for an LVM "
+    "volume, disk: for a disk without a partition table"
+)
 
 
 def _intermixed(sub: Any, name: str, **kwargs: Any) -> Any:
@@ -70,56 +72,83 @@ def _intermixed(sub: Any, name: str, **kwargs: Any) -> Any:
 
 def register(sub: Any) -> None:
     """Add ls, cat, get, find and where to ``sub`` (an argparse sub-parsers object)."""
-    p = _intermixed(sub, "ls", help="list a folder of the guest's files (any snapshot)",
-                       description="Lists a folder inside the guest disk, read-only. Without "
-                       "PATH on a disk with several filesystems, lists the volumes.")
+    p = _intermixed(
+        sub,
+        "ls",
+        help="list a folder of the guest's files (any snapshot)",
+        description="Lists a folder inside the guest disk, read-only. Without "
+        "PATH on a disk with several filesystems, lists the volumes.",
+    )
     add_source_arguments(p)
     p.add_argument("path", nargs="?", metavar="PATH", help=_VOLUME_HELP)
-    p.add_argument("-l", dest="long", action="store_true",
-                   help="long form: kind and permissions (or FAT attributes), links, owner, "
-                   "size, modification time (UTC), name and link target")
-    p.add_argument("-R", dest="recursive", action="store_true",
-                   help="list sub-folders too, depth first")
+    p.add_argument(
+        "-l",
+        dest="long",
+        action="store_true",
+        help="long form: kind and permissions (or FAT attributes), links, owner, "
+        "size, modification time (UTC), name and link target",
+    )
+    p.add_argument(
+        "-R", dest="recursive", action="store_true", help="list sub-folders too, depth first"
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_ls)
 
-    p = sub.add_parser("cat", help="write a guest file's bytes to standard output",
-                       description="Symbolic links inside the guest are followed (inside "
-                       "the same volume).")
+    p = sub.add_parser(
+        "cat",
+        help="write a guest file's bytes to standard output",
+        description="Symbolic links inside the guest are followed (inside the same volume).",
+    )
     add_source_arguments(p)
     p.add_argument("path", metavar="PATH", help=_VOLUME_HELP)
     p.set_defaults(func=cmd_cat)
 
-    p = sub.add_parser("get", help="copy guest files or folders out to a host folder",
-                       description="Copies each PATH into the folder DEST (created if "
-                       "missing) as DEST/NAME, keeping modification times; a volume root "
-                       "(p1:/) is copied as its contents. Guest symbolic links become host "
-                       "links with the same target and are never followed. Nothing is "
-                       "written when any name cannot be created, a link inside DEST is in the "
-                       "way, or a file exists (without --force). Exit status 1 then.")
+    p = sub.add_parser(
+        "get",
+        help="copy guest files or folders out to a host folder",
+        description="Copies each PATH into the folder DEST (created if "
+        "missing) as DEST/NAME, keeping modification times; a volume root "
+        "(p1:/) is copied as its contents. Guest symbolic links become host "
+        "links with the same target and are never followed. Nothing is "
+        "written when any name cannot be created, a link inside DEST is in the "
+        "way, or a file exists (without --force). Exit status 1 then.",
+    )
     add_source_arguments(p)
-    p.add_argument("paths", nargs="+", metavar="PATH",
-                   help="guest files or folders to copy (" + _VOLUME_HELP + ")")
+    p.add_argument(
+        "paths",
+        nargs="+",
+        metavar="PATH",
+        help="guest files or folders to copy (" + _VOLUME_HELP + ")",
+    )
     p.add_argument("dest", type=Path, metavar="DEST", help="the host folder to copy into")
-    p.add_argument("--force", action="store_true",
-                   help="replace files that already exist in DEST (folders are never removed)")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace files that already exist in DEST (folders are never removed)",
+    )
     p.set_defaults(func=cmd_get)
 
-    p = sub.add_parser("find", help="find guest files by name or glob",
-                       description="PATTERN is a shell glob (*, ?, [abc]) matched against "
-                       "names, or against whole paths when it holds a '/'. Prefix it with a "
-                       "volume (p2:*.conf) to search one volume; otherwise every readable "
-                       "volume is searched. FAT names match regardless of case.")
+    p = sub.add_parser(
+        "find",
+        help="find guest files by name or glob",
+        description="PATTERN is a shell glob (*, ?, [abc]) matched against "
+        "names, or against whole paths when it holds a '/'. Prefix it with a "
+        "volume (p2:*.conf) to search one volume; otherwise every readable "
+        "volume is searched. FAT names match regardless of case.",
+    )
     add_source_arguments(p)
     p.add_argument("pattern", metavar="PATTERN", help="glob, e.g. '*.log' or 'p1:/etc/*'")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_find)
 
-    p = sub.add_parser("where", help="where a guest file's bytes live: guest, VDI and host",
-                       description="Shows the file's extents inside the guest volume and "
-                       "disk, then for each VDI block under them the image file serving it, "
-                       "its slot and offset in that file, and the host filesystem's extents "
-                       "there (FIEMAP, Linux).")
+    p = sub.add_parser(
+        "where",
+        help="where a guest file's bytes live: guest, VDI and host",
+        description="Shows the file's extents inside the guest volume and "
+        "disk, then for each VDI block under them the image file serving it, "
+        "its slot and offset in that file, and the host filesystem's extents "
+        "there (FIEMAP, Linux).",
+    )
     add_source_arguments(p)
     p.add_argument("path", metavar="PATH", help=_VOLUME_HELP)
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -178,17 +207,29 @@ def _perm(entry: Entry) -> str:
         return stat.filemode(entry.mode)
     attrs = entry.attributes or 0
     kind = "d" if entry.is_dir else "-"
-    return kind + "".join(c if attrs & bit else "-" for c, bit in
-                          (("r", 0x01), ("h", 0x02), ("s", 0x04), ("a", 0x20)))
+    return kind + "".join(
+        c if attrs & bit else "-" for c, bit in (("r", 0x01), ("h", 0x02), ("s", 0x04), ("a", 0x20))
+    )
 
 
 def entry_dict(entry: Entry, volume: str) -> dict[str, Any]:
     """The JSON form of an entry."""
     return {
-        "volume": volume, "path": entry.path, "name": entry.name, "kind": entry.kind.value,
-        "size": entry.size, "mtime": entry.mtime, "atime": entry.atime, "ctime": entry.ctime,
-        "btime": entry.btime, "mode": entry.mode, "attributes": entry.attributes,
-        "uid": entry.uid, "gid": entry.gid, "id": entry.id, "nlink": entry.nlink,
+        "volume": volume,
+        "path": entry.path,
+        "name": entry.name,
+        "kind": entry.kind.value,
+        "size": entry.size,
+        "mtime": entry.mtime,
+        "atime": entry.atime,
+        "ctime": entry.ctime,
+        "btime": entry.btime,
+        "mode": entry.mode,
+        "attributes": entry.attributes,
+        "uid": entry.uid,
+        "gid": entry.gid,
+        "id": entry.id,
+        "nlink": entry.nlink,
         "target": None if entry.target is None else printable(entry.target),
         "name_note": entry.name_note or None,
     }
@@ -202,8 +243,10 @@ def _line(entry: Entry, long: bool, shown: str | None = None) -> str:
         return name
     owner = "-" if entry.uid is None else f"{entry.uid}:{entry.gid}"
     link = f" -> {printable(entry.target or '')}" if entry.kind is EntryKind.SYMLINK else ""
-    return (f"{_perm(entry):<10} {entry.nlink:>3} {owner:>11} {entry.size:>12} "
-            f"{_when(entry.mtime)} {name}{link}")
+    return (
+        f"{_perm(entry):<10} {entry.nlink:>3} {owner:>11} {entry.size:>12} "
+        f"{_when(entry.mtime)} {name}{link}"
+    )
 
 
 # -- commands -------------------------------------------------------------------------
@@ -256,9 +299,17 @@ def _list_volumes(guest: _Guest, ctx: Context) -> int:
                 kind, label = ns.kind, ns.label
             except VdiError as exc:  # a damaged volume is shown, not fatal
                 kind = f"{v.kind} (unreadable: {exc})"
-        rows.append({"volume": v.name, "partition": v.partition, "kind": kind,
-                     "label": label, "start": v.start, "size": v.size,
-                     "readable": v.readable})
+        rows.append(
+            {
+                "volume": v.name,
+                "partition": v.partition,
+                "kind": kind,
+                "label": label,
+                "start": v.start,
+                "size": v.size,
+                "readable": v.readable,
+            }
+        )
     if ctx.json:
         print_json(rows)
         return 0
@@ -266,8 +317,7 @@ def _list_volumes(guest: _Guest, ctx: Context) -> int:
         print("The disk holds no partitions or filesystems.")
     for r in rows:
         label = f" '{printable(r['label'])}'" if r["label"] else ""
-        print(f"{r['volume']}:  {r['kind']}{label}, {human_size(r['size'])} "
-              f"({r['partition']})")
+        print(f"{r['volume']}:  {r['kind']}{label}, {human_size(r['size'])} ({r['partition']})")
     return 0
 
 
@@ -296,23 +346,29 @@ def cmd_get(args: argparse.Namespace, ctx: Context) -> int:
             sources.append((ns, ns.resolve(path, follow=False)))
         plan = plan_extract(sources, args.dest, force=args.force)
         for where, note in plan.renamed:
-            print(f"vdictl: note: {printable(where)}: {note}; saved under an escaped name.",
-                  file=sys.stderr)
+            print(
+                f"vdictl: note: {printable(where)}: {note}; saved under an escaped name.",
+                file=sys.stderr,
+            )
         if plan.problems:
             raise OperationRefused(plan.refusal())
         for where, why in plan.skipped:
             print(f"vdictl: note: {printable(where)} skipped: {why}.", file=sys.stderr)
         result = run_extract(plan, progress=ctx.progress, cancel=ctx.token)
-    print(f"Extracted {result.files} file(s), {result.links} link(s) and {result.folders} "
-          f"folder(s), {human_size(result.bytes)}, to {args.dest}.", file=sys.stderr)
+    print(
+        f"Extracted {result.files} file(s), {result.links} link(s) and {result.folders} "
+        f"folder(s), {human_size(result.bytes)}, to {args.dest}.",
+        file=sys.stderr,
+    )
     return 0
 
 
 def cmd_find(args: argparse.Namespace, ctx: Context) -> int:
     """vdictl find SOURCE PATTERN [--json]."""
     with _guest(args) as guest:
-        name, pattern = (split_volume_path(args.pattern) if ":" in args.pattern
-                         else (None, args.pattern))
+        name, pattern = (
+            split_volume_path(args.pattern) if ":" in args.pattern else (None, args.pattern)
+        )
         if name is not None:
             targets = [choose_volume(guest.volumes, name)]
         else:
@@ -345,19 +401,29 @@ def cmd_where(args: argparse.Namespace, ctx: Context) -> int:
         hosts: dict[Path, HostExtents] = {}
         for ext in extents:
             row: dict[str, Any] = {
-                "file_offset": ext.file_offset, "length": ext.length, "kind": ext.kind.value,
-                "volume_offset": ext.volume_offset, "disk_offset": ext.disk_offset,
-                "blocks": []}
+                "file_offset": ext.file_offset,
+                "length": ext.length,
+                "kind": ext.kind.value,
+                "volume_offset": ext.volume_offset,
+                "disk_offset": ext.disk_offset,
+                "blocks": [],
+            }
             if ext.disk_offset is not None:
                 pos, end = ext.disk_offset, ext.disk_offset + ext.length
                 while pos < end:
                     take = min(end - pos, bs - pos % bs)
                     loc = locate(chain, pos)
                     piece: dict[str, Any] = {
-                        "disk_offset": pos, "length": take, "block": loc.block,
-                        "layer": loc.layer, "image": None if loc.path is None else str(loc.path),
-                        "state": loc.state, "slot": loc.slot, "image_offset": loc.file_offset,
-                        "host": []}
+                        "disk_offset": pos,
+                        "length": take,
+                        "block": loc.block,
+                        "layer": loc.layer,
+                        "image": None if loc.path is None else str(loc.path),
+                        "state": loc.state,
+                        "slot": loc.slot,
+                        "image_offset": loc.file_offset,
+                        "host": [],
+                    }
                     if loc.path is not None and loc.file_offset is not None:
                         he = hosts.get(loc.path)
                         if he is None:
@@ -367,15 +433,23 @@ def cmd_where(args: argparse.Namespace, ctx: Context) -> int:
                     pos += take
             rows.append(row)
         if ctx.json:
-            print_json({"volume": ns.volume, "path": entry.path, "size": entry.size,
-                        "extents": rows,
-                        "host_notes": {str(p): h.reason for p, h in hosts.items()
-                                       if not h.available}})
+            print_json(
+                {
+                    "volume": ns.volume,
+                    "path": entry.path,
+                    "size": entry.size,
+                    "extents": rows,
+                    "host_notes": {str(p): h.reason for p, h in hosts.items() if not h.available},
+                }
+            )
             return 0
         print(f"{ns.volume}:{entry.path}: {entry.size:,} bytes in {len(rows)} extent(s)")
         for r in rows:
-            where = ("" if r["disk_offset"] is None else
-                     f" at volume byte {r['volume_offset']:,}, disk byte {r['disk_offset']:,}")
+            where = (
+                ""
+                if r["disk_offset"] is None
+                else f" at volume byte {r['volume_offset']:,}, disk byte {r['disk_offset']:,}"
+            )
             print(f"  file {r['file_offset']:,}+{r['length']:,} {r['kind']}{where}")
             for b in r["blocks"]:
                 if b["image"] is None:
@@ -385,11 +459,15 @@ def cmd_where(args: argparse.Namespace, ctx: Context) -> int:
                 if b["state"] != "allocated":
                     print(f"    VDI block {b['block']}: {layer} marks it {b['state']}")
                     continue
-                print(f"    VDI block {b['block']}: {layer}, slot {b['slot']}, image byte "
-                      f"{b['image_offset']:,}+{b['length']:,}")
+                print(
+                    f"    VDI block {b['block']}: {layer}, slot {b['slot']}, image byte "
+                    f"{b['image_offset']:,}+{b['length']:,}"
+                )
                 for h in b["host"]:
-                    print(f"      host: file byte {h['logical']:,} -> disk byte "
-                          f"{h['physical']:,}, {h['length']:,} bytes")
+                    print(
+                        f"      host: file byte {h['logical']:,} -> disk byte "
+                        f"{h['physical']:,}, {h['length']:,} bytes"
+                    )
         for p, h in hosts.items():
             if not h.available:
                 print(f"Host extents of {p.name} are not available: {h.reason}.")
@@ -405,6 +483,5 @@ def _host_pieces(he: HostExtents, offset: int, length: int) -> list[dict[str, in
     for x in he.extents:
         lo, hi = max(offset, x.logical), min(end, x.logical + x.length)
         if lo < hi:
-            out.append({"logical": lo, "physical": x.physical + lo - x.logical,
-                        "length": hi - lo})
+            out.append({"logical": lo, "physical": x.physical + lo - x.logical, "length": hi - lo})
     return out

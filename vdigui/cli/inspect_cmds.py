@@ -33,40 +33,53 @@ if TYPE_CHECKING:
 
 def register(sub: Any) -> None:
     """Add this module's sub-commands to ``sub`` (an argparse sub-parsers object)."""
-    p = sub.add_parser("info", help="show an image's header and block counts",
-                       description="Exit status: 0 shown, 1 could not read it (not a VDI, "
-                       "truncated, damaged header).")
+    p = sub.add_parser(
+        "info",
+        help="show an image's header and block counts",
+        description="Exit status: 0 shown, 1 could not read it (not a VDI, "
+        "truncated, damaged header).",
+    )
     add_source_arguments(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("map", help="show where every guest block is stored",
-                       description="Exit status: 0 shown, 1 could not read it or its map is "
-                       "damaged (entries past the end of the file, shared or out-of-range "
-                       "slots; 'vdictl check' lists them).")
+    p = sub.add_parser(
+        "map",
+        help="show where every guest block is stored",
+        description="Exit status: 0 shown, 1 could not read it or its map is "
+        "damaged (entries past the end of the file, shared or out-of-range "
+        "slots; 'vdictl check' lists them).",
+    )
     add_source_arguments(p)
     p.add_argument("--json", action="store_true", help="one entry per guest block")
     p.set_defaults(func=cmd_map)
 
-    p = sub.add_parser("check", help="check an image, its chain or a VM folder (read-only)",
-                       description="Exit status: 0 clean, 2 problems found, 1 could not check "
-                       "(e.g. the file is not a VDI). A VM folder or .vbox without --snapshot, "
-                       "--current or --disk is checked whole.")
+    p = sub.add_parser(
+        "check",
+        help="check an image, its chain or a VM folder (read-only)",
+        description="Exit status: 0 clean, 2 problems found, 1 could not check "
+        "(e.g. the file is not a VDI). A VM folder or .vbox without --snapshot, "
+        "--current or --disk is checked whole.",
+    )
     add_source_arguments(p, dest="path", metavar="PATH")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_check)
 
-    p = sub.add_parser("tree", help="the snapshot tree and the medium tree of a VM folder",
-                       description="Problems are marked with '!' and listed at the end; exit "
-                       "status 2 when there are errors.")
-    p.add_argument("vmfolder", type=Path, metavar="VM",
-                   help="a VM folder or its .vbox file")
+    p = sub.add_parser(
+        "tree",
+        help="the snapshot tree and the medium tree of a VM folder",
+        description="Problems are marked with '!' and listed at the end; exit "
+        "status 2 when there are errors.",
+    )
+    p.add_argument("vmfolder", type=Path, metavar="VM", help="a VM folder or its .vbox file")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_tree)
 
-    p = sub.add_parser("frag", help="fragmentation figures of an image and its chain",
-                       description="Exit status: 0 shown, 1 could not read it or its map is "
-                       "damaged.")
+    p = sub.add_parser(
+        "frag",
+        help="fragmentation figures of an image and its chain",
+        description="Exit status: 0 shown, 1 could not read it or its map is damaged.",
+    )
     add_source_arguments(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_frag)
@@ -74,8 +87,12 @@ def register(sub: Any) -> None:
     p = sub.add_parser("export", help="write the guest-visible disk as a raw image (sparse)")
     add_source_arguments(p)
     p.add_argument("out", type=Path, help="the raw file to write (must not exist)")
-    p.add_argument("--no-verify", dest="verify", action="store_false",
-                   help="skip reading every written run back and comparing it")
+    p.add_argument(
+        "--no-verify",
+        dest="verify",
+        action="store_false",
+        help="skip reading every written run back and comparing it",
+    )
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("create", help="create a new dynamic, fixed or differencing image")
@@ -145,10 +162,16 @@ def cmd_info(args: argparse.Namespace, ctx: Context) -> int:
         ("Type", info["type"]),
         ("Virtual size", f"{human_size(info['disk_size'])} ({info['disk_size']} bytes)"),
         ("Size on disk", f"{human_size(info['file_size'])} ({info['file_size']} bytes)"),
-        ("Block size", f"{human_size(info['block_size'])}"
-                       + (f" + {info['block_extra']} extra" if info["block_extra"] else "")),
-        ("Blocks", f"{info['blocks']} ({c['allocated']} allocated, {c['zero']} zero, "
-                   f"{c['free']} free; header says {info['blocks_allocated']} allocated)"),
+        (
+            "Block size",
+            f"{human_size(info['block_size'])}"
+            + (f" + {info['block_extra']} extra" if info["block_extra"] else ""),
+        ),
+        (
+            "Blocks",
+            f"{info['blocks']} ({c['allocated']} allocated, {c['zero']} zero, "
+            f"{c['free']} free; header says {info['blocks_allocated']} allocated)",
+        ),
         ("Layout", f"block map at {info['offset_blocks']:#x}, data at {info['offset_data']:#x}"),
         ("UUID", info["uuid"]),
         ("Last modified UUID", info["modify_uuid"]),
@@ -165,6 +188,7 @@ def cmd_info(args: argparse.Namespace, ctx: Context) -> int:
 
 def _runs(entries: np.ndarray) -> list[tuple[int, int, str]]:
     """Fold a map into (first block, last block, text) runs for the text output."""
+
     def label(entry: int) -> str:
         if entry == BLOCK_FREE:
             return "free"
@@ -199,12 +223,18 @@ def cmd_map(args: argparse.Namespace, ctx: Context) -> int:
         block_size = image.header.block_size
         problem = damage_sentence(image)
     if ctx.json:
-        print_json({
-            "file": str(path), "block_size": block_size,
-            "blocks": [e if slot else ("zero" if e == BLOCK_ZERO else "free")
-                       for e, slot in zip(entries.tolist(), is_allocated(entries).tolist(),
-                                          strict=True)],
-        })
+        print_json(
+            {
+                "file": str(path),
+                "block_size": block_size,
+                "blocks": [
+                    e if slot else ("zero" if e == BLOCK_ZERO else "free")
+                    for e, slot in zip(
+                        entries.tolist(), is_allocated(entries).tolist(), strict=True
+                    )
+                ],
+            }
+        )
         return _end_damaged(problem)
     for first, last, text in _runs(entries):
         where = f"block {first}" if first == last else f"blocks {first}-{last}"
@@ -219,9 +249,21 @@ def cmd_check(args: argparse.Namespace, ctx: Context) -> int:
         target = resolve_source(target, args.snapshot, args.current, args.disk)[-1]
     report = check_path(target)
     if ctx.json:
-        print_json({"clean": report.clean, "findings": [
-            {"severity": f.severity, "kind": f.kind, "file": str(f.path), "message": f.message,
-             "blocks": list(f.blocks)} for f in report.findings]})
+        print_json(
+            {
+                "clean": report.clean,
+                "findings": [
+                    {
+                        "severity": f.severity,
+                        "kind": f.kind,
+                        "file": str(f.path),
+                        "message": f.message,
+                        "blocks": list(f.blocks),
+                    }
+                    for f in report.findings
+                ],
+            }
+        )
     elif report.clean:
         print(f"{target}: no problems found.")
     else:
@@ -231,9 +273,13 @@ def cmd_check(args: argparse.Namespace, ctx: Context) -> int:
 
 
 def _frag_dict(stats: FragStats) -> dict[str, Any]:
-    return {"allocated": stats.allocated, "discontinuities": stats.discontinuities,
-            "longest_run": stats.longest_run, "in_order_share": round(stats.in_order_share, 6),
-            "mean_jump": round(stats.mean_jump, 3)}
+    return {
+        "allocated": stats.allocated,
+        "discontinuities": stats.discontinuities,
+        "longest_run": stats.longest_run,
+        "in_order_share": round(stats.in_order_share, 6),
+        "mean_jump": round(stats.mean_jump, 3),
+    }
 
 
 def cmd_frag(args: argparse.Namespace, ctx: Context) -> int:
@@ -245,24 +291,36 @@ def cmd_frag(args: argparse.Namespace, ctx: Context) -> int:
     layers: list[dict[str, Any]] = []
     for path, frag in zip(analysis.paths, analysis.layer_frag, strict=True):
         host = host_extents(path)
-        layers.append({"file": str(path), **_frag_dict(frag),
-                       "host_extents": host.count if host.available else None,
-                       "host_extents_note": host.reason})
+        layers.append(
+            {
+                "file": str(path),
+                **_frag_dict(frag),
+                "host_extents": host.count if host.available else None,
+                "host_extents_note": host.reason,
+            }
+        )
     c = _frag_dict(analysis.chain_frag)
     doc = {"layers": layers, "chain": c}
     if ctx.json:
         print_json(doc)
         return 0
     for layer in layers:
-        extents = (f"{layer['host_extents']} host extent(s)" if layer["host_extents"] is not None
-                   else f"host extents not available: {layer['host_extents_note']}")
-        print(f"{Path(layer['file']).name}: {layer['allocated']} blocks, "
-              f"{layer['discontinuities']} discontinuities, longest run {layer['longest_run']}, "
-              f"{100 * layer['in_order_share']:.1f}% in order, mean jump "
-              f"{layer['mean_jump']:.1f} slots; {extents}")
-    print(f"chain: a sequential read of the guest disk reads {c['allocated']} blocks and jumps "
-          f"{c['discontinuities']} times (longest run {c['longest_run']}, "
-          f"{100 * c['in_order_share']:.1f}% in order).")
+        extents = (
+            f"{layer['host_extents']} host extent(s)"
+            if layer["host_extents"] is not None
+            else f"host extents not available: {layer['host_extents_note']}"
+        )
+        print(
+            f"{Path(layer['file']).name}: {layer['allocated']} blocks, "
+            f"{layer['discontinuities']} discontinuities, longest run {layer['longest_run']}, "
+            f"{100 * layer['in_order_share']:.1f}% in order, mean jump "
+            f"{layer['mean_jump']:.1f} slots; {extents}"
+        )
+    print(
+        f"chain: a sequential read of the guest disk reads {c['allocated']} blocks and jumps "
+        f"{c['discontinuities']} times (longest run {c['longest_run']}, "
+        f"{100 * c['in_order_share']:.1f}% in order)."
+    )
     return 0
 
 
@@ -278,10 +336,13 @@ def cmd_export(args: argparse.Namespace, ctx: Context) -> int:
     sweep_leftovers(out_folder)
     ctx.cancel_cleanly = True
     with open_paths(paths) as chain:
-        result = export_raw(chain, args.out, progress=ctx.progress, cancel=ctx.token,
-                            verify=args.verify)
-    print(f"Wrote {args.out}: {human_size(result.disk_size)}, {result.data_blocks} block(s) of "
-          f"data, {result.hole_blocks} left sparse.")
+        result = export_raw(
+            chain, args.out, progress=ctx.progress, cancel=ctx.token, verify=args.verify
+        )
+    print(
+        f"Wrote {args.out}: {human_size(result.disk_size)}, {result.data_blocks} block(s) of "
+        f"data, {result.hole_blocks} left sparse."
+    )
     return 0
 
 
@@ -309,8 +370,10 @@ def cmd_create(args: argparse.Namespace, ctx: Context) -> int:
     check_writable_inputs([], folder=folder, needed=size if args.fixed else 0)
     sweep_leftovers(folder)
     header = create_image(args.out, size, fixed=args.fixed, parent=args.parent)
-    print(f"Created {args.out}: {header.image_type.label}, {human_size(header.disk_size)}, "
-          f"UUID {header.uuid}.")
+    print(
+        f"Created {args.out}: {header.image_type.label}, {human_size(header.disk_size)}, "
+        f"UUID {header.uuid}."
+    )
     return 0
 
 
@@ -323,8 +386,10 @@ def _print_snapshots(vm: VmFolder, node: SnapshotNode, depth: int) -> None:
     current = node.uuid == vm.current_snapshot_uuid
     when = node.timestamp.strftime("%Y-%m-%d %H:%M") if node.timestamp else "no date"
     disks = ", ".join(_medium_label(vm, m) for m in vm.disk_for_snapshot(node))
-    print(f"{'  ' * depth}- {node.name} ({when}){' [current snapshot]' if current else ''}"
-          f"{' [online]' if node.state_file else ''}: {disks or 'no disks'}")
+    print(
+        f"{'  ' * depth}- {node.name} ({when}){' [current snapshot]' if current else ''}"
+        f"{' [online]' if node.state_file else ''}: {disks or 'no disks'}"
+    )
     for child in node.children:
         _print_snapshots(vm, child, depth + 1)
     if current:
@@ -347,8 +412,10 @@ def _print_media(vm: VmFolder, uuid: Any, depth: int) -> None:
         extra.append("autoReset")
     if not medium.inspectable:
         extra.append("not inspectable")
-    print(f"{'  ' * depth}- {_medium_label(vm, medium)} {{{medium.uuid}}} ({', '.join(extra)})"
-          f"{_mark(vm, medium.uuid, medium.path)}")
+    print(
+        f"{'  ' * depth}- {_medium_label(vm, medium)} {{{medium.uuid}}} ({', '.join(extra)})"
+        f"{_mark(vm, medium.uuid, medium.path)}"
+    )
     for child in medium.children:
         if child in vm.media:
             _print_media(vm, child, depth + 1)

@@ -16,12 +16,16 @@ from vdigui.engine.vmfolder import load_vm_folder
 
 def register(sub: Any) -> None:
     """Add ``settings`` to ``sub`` (an argparse sub-parsers object)."""
-    p = sub.add_parser("settings", help="show a VM's disk attachments and turn discard "
-                                        "(TRIM) on or off")
+    p = sub.add_parser(
+        "settings", help="show a VM's disk attachments and turn discard (TRIM) on or off"
+    )
     p.add_argument("vm", type=Path, metavar="VMFOLDER", help="a VM folder or its .vbox file")
-    p.add_argument("--discard", choices=("on", "off"),
-                   help="turn discard and the solid-state flag on for every eligible disk, "
-                        "or discard off (the VM must be powered off)")
+    p.add_argument(
+        "--discard",
+        choices=("on", "off"),
+        help="turn discard and the solid-state flag on for every eligible disk, "
+        "or discard off (the VM must be powered off)",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the change, write nothing")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_settings)
@@ -33,13 +37,20 @@ def cmd_settings(args: argparse.Namespace, ctx: Context) -> int:
         vm = load_vm_folder(args.vm)
         atts = dc.attachment_settings(vm)
         if ctx.json:
-            print_json({"vm": vm.name, "vbox": str(vm.settings_path),
-                        "attachments": [a.to_dict() for a in atts]})
+            print_json(
+                {
+                    "vm": vm.name,
+                    "vbox": str(vm.settings_path),
+                    "attachments": [a.to_dict() for a in atts],
+                }
+            )
             return 0
         _print_attachments(vm.name, atts, args.vm)
         if vm.state_file is not None:
-            print("The VM holds a saved state: VirtualBox (and vdigui) change its disk "
-                  "settings only after it is shut down or the saved state is discarded.")
+            print(
+                "The VM holds a saved state: VirtualBox (and vdigui) change its disk "
+                "settings only after it is shut down or the saved state is discarded."
+            )
         return 0
     turn_on = args.discard == "on"
     if not args.dry_run:
@@ -56,8 +67,13 @@ def cmd_settings(args: argparse.Namespace, ctx: Context) -> int:
         return 0
     done = dc.run_discard(plan, progress=ctx.progress)
     if ctx.json:
-        print_json({**plan.to_dict(), "changed": done.changed,
-                    "backup_dir": str(done.backup_dir) if done.backup_dir else None})
+        print_json(
+            {
+                **plan.to_dict(),
+                "changed": done.changed,
+                "backup_dir": str(done.backup_dir) if done.backup_dir else None,
+            }
+        )
         return 0
     print("\n".join(plan.lines()))
     if done.changed:
@@ -74,9 +90,17 @@ def _print_attachments(name: str, atts: list[dc.DiskAttachment], where: Path) ->
         print(f"{name}: no hard disks attached in the current state.")
         return
     print(f"{name}: hard disks of the current state")
-    rows = [(a.where, a.bus, a.path.name if a.path else (a.medium or "?"),
-             "on" if a.discard else "off", "yes" if a.nonrotational else "no",
-             a.support.value) for a in atts]
+    rows = [
+        (
+            a.where,
+            a.bus,
+            a.path.name if a.path else (a.medium or "?"),
+            "on" if a.discard else "off",
+            "yes" if a.nonrotational else "no",
+            a.support.value,
+        )
+        for a in atts
+    ]
     head = ("Attachment", "Bus", "Image", "Discard", "SSD", "Bus can discard")
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     for row in [head, *rows]:
@@ -85,5 +109,7 @@ def _print_attachments(name: str, atts: list[dc.DiskAttachment], where: Path) ->
     for a in atts:
         print(f"  {a.where}: {a.advice}")
     if any(a.eligible and not a.discard for a in atts):
-        print(f"Turn discard on with 'vdictl settings {shlex.quote(str(where))} --discard on' "
-              "(VM powered off).")
+        print(
+            f"Turn discard on with 'vdictl settings {shlex.quote(str(where))} --discard on' "
+            "(VM powered off)."
+        )

@@ -31,29 +31,50 @@ def register(sub: Any) -> None:
     snap_sub = snap.add_subparsers(dest="snapshot_command", metavar="ACTION", required=True)
     p = snap_sub.add_parser("list", help="show the snapshot tree of a VM folder")
     p.add_argument("vm", type=Path, metavar="VMFOLDER", help="a VM folder or its .vbox file")
-    p.add_argument("--cost", action="store_true",
-                   help="show what deleting each snapshot frees, copies and needs, from the "
-                        "same plan 'snapshot delete' uses (nothing is written)")
-    p.add_argument("--order", nargs="+", metavar="NAME",
-                   help="print the cheapest order to delete these snapshots (names or UUIDs), "
-                        "counting bytes copied plus the peak host space needed")
-    p.add_argument("--no-undo", dest="keep_undo", action="store_false",
-                   help="cost the deletions as run with 'snapshot delete --no-undo' (the "
-                        "Frees and Frees-without-undo columns are shown either way)")
-    p.add_argument("--rate", type=float, metavar="MIB_PER_S",
-                   help="copy rate for the time estimates (default: the last operation's, "
-                        "else measured once on this host)")
+    p.add_argument(
+        "--cost",
+        action="store_true",
+        help="show what deleting each snapshot frees, copies and needs, from the "
+        "same plan 'snapshot delete' uses (nothing is written)",
+    )
+    p.add_argument(
+        "--order",
+        nargs="+",
+        metavar="NAME",
+        help="print the cheapest order to delete these snapshots (names or UUIDs), "
+        "counting bytes copied plus the peak host space needed",
+    )
+    p.add_argument(
+        "--no-undo",
+        dest="keep_undo",
+        action="store_false",
+        help="cost the deletions as run with 'snapshot delete --no-undo' (the "
+        "Frees and Frees-without-undo columns are shown either way)",
+    )
+    p.add_argument(
+        "--rate",
+        type=float,
+        metavar="MIB_PER_S",
+        help="copy rate for the time estimates (default: the last operation's, "
+        "else measured once on this host)",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_snapshot_list)
     p = snap_sub.add_parser("delete", help="delete a snapshot, merging its disks like VirtualBox")
     p.add_argument("vm", type=Path, metavar="VMFOLDER", help="a VM folder or its .vbox file")
     p.add_argument("snapshot", metavar="NAME|UUID", help="the snapshot to delete")
     p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
-    p.add_argument("--direction", choices=("auto", "forward", "backward"), default="auto",
-                   help="merge direction between two differencing images (a base is always "
-                        "merged backward)")
-    p.add_argument("--allow-outside", action="store_true",
-                   help="allow writing or removing files outside the VM folder")
+    p.add_argument(
+        "--direction",
+        choices=("auto", "forward", "backward"),
+        default="auto",
+        help="merge direction between two differencing images (a base is always merged backward)",
+    )
+    p.add_argument(
+        "--allow-outside",
+        action="store_true",
+        help="allow writing or removing files outside the VM folder",
+    )
     _undo_verify_options(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_snapshot_delete)
@@ -61,10 +82,16 @@ def register(sub: Any) -> None:
     p = sub.add_parser("merge", help="merge a differencing image with its parent (no VM folder)")
     p.add_argument("image", type=Path, help="the differencing image")
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--into-parent", action="store_true",
-                       help="copy IMAGE's data into its parent and remove IMAGE")
-    group.add_argument("--parent-into-this", action="store_true",
-                       help="copy the parent's data into IMAGE and remove the parent")
+    group.add_argument(
+        "--into-parent",
+        action="store_true",
+        help="copy IMAGE's data into its parent and remove IMAGE",
+    )
+    group.add_argument(
+        "--parent-into-this",
+        action="store_true",
+        help="copy the parent's data into IMAGE and remove the parent",
+    )
     p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
     _undo_verify_options(p)
     p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -74,14 +101,30 @@ def register(sub: Any) -> None:
     p.add_argument("path", type=Path, metavar="PATH", help="an image, a VM folder or a .vbox")
     p.add_argument("--dry-run", action="store_true", help="print the proposed fixes only")
     p.add_argument("--yes", action="store_true", help="apply without asking")
-    p.add_argument("--force", action="store_true",
-                   help="also apply fixes whose evidence is weak or missing")
-    p.add_argument("--choose", action="append", default=[], metavar="ID",
-                   help="pick this alternative (e.g. F2) instead of the default in its group")
-    p.add_argument("--search", action="append", default=[], type=Path, metavar="DIR",
-                   help="folder to look in for missing registered disks (repeatable)")
-    p.add_argument("--no-verify", dest="verify", action="store_false",
-                   help="skip the check that every state still reads the same afterwards")
+    p.add_argument(
+        "--force", action="store_true", help="also apply fixes whose evidence is weak or missing"
+    )
+    p.add_argument(
+        "--choose",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="pick this alternative (e.g. F2) instead of the default in its group",
+    )
+    p.add_argument(
+        "--search",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="DIR",
+        help="folder to look in for missing registered disks (repeatable)",
+    )
+    p.add_argument(
+        "--no-verify",
+        dest="verify",
+        action="store_false",
+        help="skip the check that every state still reads the same afterwards",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_repair)
 
@@ -89,36 +132,58 @@ def register(sub: Any) -> None:
     p.add_argument("image", type=Path, help="the image whose UUID changes")
     p.add_argument("uuid", nargs="?", help="the new UUID (default: a random one)")
     p.add_argument("--dry-run", action="store_true", help="print the plan, change nothing")
-    p.add_argument("--no-verify", dest="verify", action="store_false",
-                   help="skip the check that every state still reads the same afterwards")
+    p.add_argument(
+        "--no-verify",
+        dest="verify",
+        action="store_false",
+        help="skip the check that every state still reads the same afterwards",
+    )
     p.set_defaults(func=cmd_set_uuid)
 
     p = sub.add_parser("undo", help="undo the last repair or snapshot deletion in a folder")
-    p.add_argument("vm", type=Path, metavar="VMFOLDER",
-                   help="the VM folder (or the folder of the image) the change was made in")
+    p.add_argument(
+        "vm",
+        type=Path,
+        metavar="VMFOLDER",
+        help="the VM folder (or the folder of the image) the change was made in",
+    )
     p.add_argument("--dry-run", action="store_true", help="say what would be restored")
-    p.add_argument("--discard", action="store_true",
-                   help="delete the kept undo data instead (frees its space; undo is then "
-                        "no longer possible)")
+    p.add_argument(
+        "--discard",
+        action="store_true",
+        help="delete the kept undo data instead (frees its space; undo is then no longer possible)",
+    )
     p.set_defaults(func=cmd_undo)
 
 
 def _undo_verify_options(p: Any) -> None:
-    p.add_argument("--no-undo", dest="keep_undo", action="store_false",
-                   help="delete the merged-away files and before-images once done (frees "
-                        "their space now; undo is then impossible)")
-    p.add_argument("--no-verify", dest="verify", action="store_false",
-                   help="skip the check that the surviving disk state reads the same")
+    p.add_argument(
+        "--no-undo",
+        dest="keep_undo",
+        action="store_false",
+        help="delete the merged-away files and before-images once done (frees "
+        "their space now; undo is then impossible)",
+    )
+    p.add_argument(
+        "--no-verify",
+        dest="verify",
+        action="store_false",
+        help="skip the check that the surviving disk state reads the same",
+    )
 
 
 # -- helpers --------------------------------------------------------------------------------
+
 
 def _folder_of(path: Path) -> Path:
     path = path.resolve()
     if path.is_dir():
         return path
-    if path.suffix.lower() == ".vdi" and path.parent.name.lower() == "snapshots" and any(
-            path.parent.parent.glob("*.vbox")):
+    if (
+        path.suffix.lower() == ".vdi"
+        and path.parent.name.lower() == "snapshots"
+        and any(path.parent.parent.glob("*.vbox"))
+    ):
         return path.parent.parent
     return path.parent
 
@@ -142,16 +207,30 @@ def _run(ctx: Context, func: Any, *args: Any, **kwargs: Any) -> Any:
 
 # -- snapshot list / delete -------------------------------------------------------------------
 
+
 def cmd_snapshot_list(args: argparse.Namespace, ctx: Context) -> int:
     """vdictl snapshot list VMFOLDER [--cost] [--order NAME...]."""
     if getattr(args, "cost", False) or getattr(args, "order", None):
         return _print_costs(args, ctx)
     vbox, rows = mg.list_snapshots(args.vm)
     if ctx.json:
-        print_json({"vbox": str(vbox), "snapshots": [
-            {"depth": r.depth, "uuid": r.uuid, "name": r.name, "current": r.current,
-             "saved_state": r.saved_state, "disks": list(r.disks), "children": r.children}
-            for r in rows]})
+        print_json(
+            {
+                "vbox": str(vbox),
+                "snapshots": [
+                    {
+                        "depth": r.depth,
+                        "uuid": r.uuid,
+                        "name": r.name,
+                        "current": r.current,
+                        "saved_state": r.saved_state,
+                        "disks": list(r.disks),
+                        "children": r.children,
+                    }
+                    for r in rows
+                ],
+            }
+        )
         return 0
     if not rows:
         print(f"{vbox.name}: no snapshots.")
@@ -173,8 +252,7 @@ def _print_costs(args: argparse.Namespace, ctx: Context) -> int:
         raise OperationRefused(f"The copy rate must be above 0 MiB/s, not {args.rate:g}.")
     rate = args.rate * (1 << 20) if args.rate is not None else None
     costs = sc.snapshot_costs(args.vm, keep_undo=args.keep_undo, rate=rate) if args.cost else []
-    order = (sc.best_order(args.vm, args.order, keep_undo=args.keep_undo)
-             if args.order else None)
+    order = sc.best_order(args.vm, args.order, keep_undo=args.keep_undo) if args.order else None
     if ctx.json:
         listed = [c.to_dict() for c in costs]
         if order is None:
@@ -194,9 +272,15 @@ def _print_costs(args: argparse.Namespace, ctx: Context) -> int:
 
 
 #: Columns of the cost table: heading, and whether the values are right-aligned.
-_COST_COLUMNS = (("Snapshot", False), ("Only here", True), ("Frees (no undo)", True),
-                 ("Frees (undo kept)", True), ("Copies", True), ("Needs", True),
-                 ("Time (est.)", True))
+_COST_COLUMNS = (
+    ("Snapshot", False),
+    ("Only here", True),
+    ("Frees (no undo)", True),
+    ("Frees (undo kept)", True),
+    ("Copies", True),
+    ("Needs", True),
+    ("Time (est.)", True),
+)
 
 
 def _seconds(value: float) -> str:
@@ -223,14 +307,24 @@ def cost_table(costs: list[Any]) -> list[str]:
             rows.append([name, _cell(c.only_here), "refused", "-", "-", "-", "-"])
             refused.append(f"  {c.name}: {c.refused_reason}")
             continue
-        rows.append([name, _cell(c.only_here), _cell(c.frees_without_undo),
-                     _cell(c.frees_keeping_undo),
-                     _cell(c.copies), _cell(c.needs), _seconds(c.seconds_estimate or 0.0)])
+        rows.append(
+            [
+                name,
+                _cell(c.only_here),
+                _cell(c.frees_without_undo),
+                _cell(c.frees_keeping_undo),
+                _cell(c.copies),
+                _cell(c.needs),
+                _seconds(c.seconds_estimate or 0.0),
+            ]
+        )
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, (h, _) in enumerate(_COST_COLUMNS)]
 
     def line(cells: list[str]) -> str:
-        parts = [cell.rjust(w) if right else cell.ljust(w)
-                 for cell, w, (_, right) in zip(cells, widths, _COST_COLUMNS, strict=True)]
+        parts = [
+            cell.rjust(w) if right else cell.ljust(w)
+            for cell, w, (_, right) in zip(cells, widths, _COST_COLUMNS, strict=True)
+        ]
         return "  ".join(parts).rstrip()
 
     out = [line([h for h, _ in _COST_COLUMNS])]
@@ -238,13 +332,16 @@ def cost_table(costs: list[Any]) -> list[str]:
     first = costs[0]
     mode = "with undo data kept" if first.keep_undo else "with --no-undo"
     out.append("")
-    out.append("Frees (no undo): what the disk files shrink by with --no-undo (or once the "
-               "undo data is discarded). Frees (undo kept): what the whole folder shrinks by "
-               "while undo data is kept (negative: it grows).")
-    out.append(f"Only here: data no other state reads. Copies: data the merge copies; Needs: "
-               f"free host space needed while it runs ({mode}).")
-    out.append(f"Times are estimates at {human_size(first.rate)}/s "
-               f"({first.rate_source}).")
+    out.append(
+        "Frees (no undo): what the disk files shrink by with --no-undo (or once the "
+        "undo data is discarded). Frees (undo kept): what the whole folder shrinks by "
+        "while undo data is kept (negative: it grows)."
+    )
+    out.append(
+        f"Only here: data no other state reads. Copies: data the merge copies; Needs: "
+        f"free host space needed while it runs ({mode})."
+    )
+    out.append(f"Times are estimates at {human_size(first.rate)}/s ({first.rate_source}).")
     if refused:
         out.append("Refused:")
         out += refused
@@ -253,13 +350,18 @@ def cost_table(costs: list[Any]) -> list[str]:
 
 def order_lines(order: Any) -> list[str]:
     """The cheapest order in words, one deletion per line."""
-    how = ("every order tried" if order.exhaustive
-           else "greedy: the cheapest next deletion each time")
-    out = [f"Cheapest order ({how}): copies {human_size(order.copies)}, needs at most "
-           f"{human_size(order.peak)} while running, {_frees_words(order.frees)} in all."]
+    how = (
+        "every order tried" if order.exhaustive else "greedy: the cheapest next deletion each time"
+    )
+    out = [
+        f"Cheapest order ({how}): copies {human_size(order.copies)}, needs at most "
+        f"{human_size(order.peak)} while running, {_frees_words(order.frees)} in all."
+    ]
     for number, step in enumerate(order.steps, start=1):
-        out.append(f"  {number}. {step.name}: copies {human_size(step.copies)}, needs "
-                   f"{human_size(step.needs)}, {_frees_words(step.frees)}")
+        out.append(
+            f"  {number}. {step.name}: copies {human_size(step.copies)}, needs "
+            f"{human_size(step.needs)}, {_frees_words(step.frees)}"
+        )
     return out
 
 
@@ -279,21 +381,33 @@ def _print_merge_plan(plan: mg.MergePlan, ctx: Context) -> None:
 
 def _print_merge_result(result: mg.MergeResult, ctx: Context) -> None:
     if ctx.json:
-        print_json({"plan": result.plan.to_dict(), "blocks_written": result.blocks_written,
-                    "bytes_written": result.bytes_written, "seconds": round(result.seconds, 2),
-                    "removed": list(result.removed), "backup_dir": str(result.backup_dir),
-                    "verified": result.verified, "undoable": result.undoable})
+        print_json(
+            {
+                "plan": result.plan.to_dict(),
+                "blocks_written": result.blocks_written,
+                "bytes_written": result.bytes_written,
+                "seconds": round(result.seconds, 2),
+                "removed": list(result.removed),
+                "backup_dir": str(result.backup_dir),
+                "verified": result.verified,
+                "undoable": result.undoable,
+            }
+        )
         return
     checked = "verified" if result.verified else "not verified"
-    print(f"Done: {result.plan.summary} ({result.blocks_written} blocks, "
-          f"{human_size(result.bytes_written)} written, {result.seconds:.1f} s, {checked}).")
+    print(
+        f"Done: {result.plan.summary} ({result.blocks_written} blocks, "
+        f"{human_size(result.bytes_written)} written, {result.seconds:.1f} s, {checked})."
+    )
     for note in result.removed:
         print(f"    {note}")
     folder = result.plan.folder
     if result.undoable:
-        print(f"Undo data ({human_size(jr.undo_data_usage(folder))}) is kept in "
-              f"'{jr.backups_dir(folder)}'; 'vdictl undo {folder}' restores the previous "
-              f"state, and 'vdictl undo {folder} --discard' frees that space.")
+        print(
+            f"Undo data ({human_size(jr.undo_data_usage(folder))}) is kept in "
+            f"'{jr.backups_dir(folder)}'; 'vdictl undo {folder}' restores the previous "
+            f"state, and 'vdictl undo {folder} --discard' frees that space."
+        )
     else:
         print("No undo data was kept: this cannot be undone.")
 
@@ -303,8 +417,13 @@ def cmd_snapshot_delete(args: argparse.Namespace, ctx: Context) -> int:
     folder = _folder_of(args.vm)
     if not args.dry_run:
         _recover(folder)
-    plan = mg.plan_snapshot_delete(args.vm, args.snapshot, direction=args.direction,
-                                   allow_outside=args.allow_outside, keep_undo=args.keep_undo)
+    plan = mg.plan_snapshot_delete(
+        args.vm,
+        args.snapshot,
+        direction=args.direction,
+        allow_outside=args.allow_outside,
+        keep_undo=args.keep_undo,
+    )
     if args.dry_run:
         _print_merge_plan(plan, ctx)
         return 0
@@ -317,8 +436,11 @@ def cmd_snapshot_delete(args: argparse.Namespace, ctx: Context) -> int:
 
 def cmd_merge(args: argparse.Namespace, ctx: Context) -> int:
     """vdictl merge IMAGE [--into-parent | --parent-into-this] [--dry-run] [--no-undo]."""
-    mode = "into-parent" if args.into_parent else (
-        "parent-into-this" if args.parent_into_this else "auto")
+    mode = (
+        "into-parent"
+        if args.into_parent
+        else ("parent-into-this" if args.parent_into_this else "auto")
+    )
     if not args.dry_run:
         _recover(args.image.resolve().parent)
     plan = mg.plan_merge(args.image, mode=mode, keep_undo=args.keep_undo)
@@ -333,6 +455,7 @@ def cmd_merge(args: argparse.Namespace, ctx: Context) -> int:
 
 
 # -- repair / set-uuid / undo ----------------------------------------------------------------
+
 
 def _confirm(question: str) -> bool:
     if not sys.stdin.isatty():
@@ -351,23 +474,28 @@ def cmd_repair(args: argparse.Namespace, ctx: Context) -> int:
     plan = rp.plan_repair(args.path, search_dirs=args.search, force=args.force)
     choose = set(args.choose)
     if ctx.json:
-        print_json({**plan.to_dict(),
-                    "selected": [f.id for f in plan.selected(choose, args.force)]})
+        print_json(
+            {**plan.to_dict(), "selected": [f.id for f in plan.selected(choose, args.force)]}
+        )
     else:
         print("\n".join(plan.describe(choose, args.force)))
     if args.dry_run or not plan.fixes:
         return 0 if not plan.fixes else 2
     if not plan.selected(choose, args.force):
-        raise OperationRefused("Every proposed fix needs --force (its evidence is weak or "
-                               "missing); nothing was changed.")
+        raise OperationRefused(
+            "Every proposed fix needs --force (its evidence is weak or "
+            "missing); nothing was changed."
+        )
     if not args.yes and not _confirm("Apply the fixes marked 'will apply'?"):
-        raise OperationRefused("Not confirmed (pass --yes to apply without asking); nothing "
-                               "was changed.")
-    result = _run(ctx, rp.run_repair, plan, choose=choose, force=args.force,
-                  verify=args.verify)
+        raise OperationRefused(
+            "Not confirmed (pass --yes to apply without asking); nothing was changed."
+        )
+    result = _run(ctx, rp.run_repair, plan, choose=choose, force=args.force, verify=args.verify)
     if not ctx.json:
-        print(f"Applied {', '.join(result.applied)}. Backups: '{result.backup_dir}'; "
-              f"'vdictl undo {plan.folder}' reverts this repair.")
+        print(
+            f"Applied {', '.join(result.applied)}. Backups: '{result.backup_dir}'; "
+            f"'vdictl undo {plan.folder}' reverts this repair."
+        )
         for note in result.notes:
             print(f"    {note}")
     return 0
@@ -398,8 +526,10 @@ def cmd_undo(args: argparse.Namespace, ctx: Context) -> int:
     pending = jr.Journal.load(folder)
     if pending is not None:
         if args.dry_run:
-            print(f"An interrupted operation ({pending.data.get('summary')}) would be rolled "
-                  "back or completed first.")
+            print(
+                f"An interrupted operation ({pending.data.get('summary')}) would be rolled "
+                "back or completed first."
+            )
             return 0
         _recover(folder)
         return 0
@@ -409,8 +539,10 @@ def cmd_undo(args: argparse.Namespace, ctx: Context) -> int:
             print(f"Would delete {human_size(kept)} of undo data in '{jr.backups_dir(folder)}'.")
             return 0
         freed = jr.discard_undo_data(folder)
-        print(f"Discarded the undo data: {human_size(freed)} ({freed:,} bytes) freed; the last "
-              "operation can no longer be undone.")
+        print(
+            f"Discarded the undo data: {human_size(freed)} ({freed:,} bytes) freed; the last "
+            "operation can no longer be undone."
+        )
         return 0
     record = jr.plan_undo(folder)
     if args.dry_run:

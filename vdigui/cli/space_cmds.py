@@ -19,18 +19,27 @@ from vdigui.engine.units import human_size
 def register(sub: Any) -> None:
     """Add ``space`` to ``sub`` (an argparse sub-parsers object)."""
     p = sub.add_parser(
-        "space", help="where the space of a VM folder or image goes, and what frees it",
+        "space",
+        help="where the space of a VM folder or image goes, and what frees it",
         description="Accounts every byte of every file of a VM folder (or of one image): "
         "header and map, data the guest uses, blocks its filesystems do not use, all-zero "
         "blocks, blocks hidden by later layers (kept only for a snapshot), slack, undo data, "
         "VirtualBox's own files and anything unknown, with the action that frees each. Reads "
         "headers, block maps and the guest filesystems' allocation maps only (quick on any "
         "size); --scan-zeros also reads the stored blocks to find every all-zero one. "
-        "Changes nothing.")
-    p.add_argument("target", type=Path, metavar="VMFOLDER|IMAGE",
-                   help="a VM folder (or its .vbox file), or one VDI image")
-    p.add_argument("--scan-zeros", action="store_true",
-                   help="also read the stored blocks to find the all-zero ones (slower)")
+        "Changes nothing.",
+    )
+    p.add_argument(
+        "target",
+        type=Path,
+        metavar="VMFOLDER|IMAGE",
+        help="a VM folder (or its .vbox file), or one VDI image",
+    )
+    p.add_argument(
+        "--scan-zeros",
+        action="store_true",
+        help="also read the stored blocks to find the all-zero ones (slower)",
+    )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_space)
 
@@ -38,8 +47,9 @@ def register(sub: Any) -> None:
 def cmd_space(args: argparse.Namespace, ctx: Context) -> int:
     """vdictl space VMFOLDER|IMAGE [--scan-zeros] [--json]."""
     ctx.cancel_cleanly = True
-    account = account_space(args.target, scan_zeros=args.scan_zeros, progress=ctx.progress,
-                            cancel=ctx.token)
+    account = account_space(
+        args.target, scan_zeros=args.scan_zeros, progress=ctx.progress, cancel=ctx.token
+    )
     if ctx.json:
         print_json(account.to_dict())
     else:
@@ -66,8 +76,10 @@ def print_account(account: SpaceAccount) -> None:
         for note in f.notes:
             print(f"  note: {note}")
     total = account.total
-    print(f"Total: {len(account.files)} file(s), {_size(account.size)}, "
-          f"{human_size(account.allocated)} on the host")
+    print(
+        f"Total: {len(account.files)} file(s), {_size(account.size)}, "
+        f"{human_size(account.allocated)} on the host"
+    )
     for c in CATEGORIES:
         if total[c]:
             print(f"  {c.value:<17} {_size(total[c])}; frees it: {ACTIONS[c]}")

@@ -51,8 +51,9 @@ def image_stats(image: VdiImage) -> ImageStats:
     zero = int(np.count_nonzero(entries == BLOCK_ZERO))
     free = int(np.count_nonzero(entries == BLOCK_FREE))
     allocated = entries.size - zero - free
-    return ImageStats(entries.size, allocated, zero, free, image.file_size,
-                      allocated * image.header.block_size)
+    return ImageStats(
+        entries.size, allocated, zero, free, image.file_size, allocated * image.header.block_size
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,15 +162,17 @@ def host_extents(path: Path | str) -> HostExtents:
     try:
         while len(extents) < MAX_EXTENTS:
             buf = bytearray(_FIEMAP_HEAD.size + _BATCH * _FIEMAP_EXTENT.size)
-            _FIEMAP_HEAD.pack_into(buf, 0, start, (1 << 64) - 1 - start, _FIEMAP_FLAG_SYNC,
-                                   0, _BATCH, 0)
+            _FIEMAP_HEAD.pack_into(
+                buf, 0, start, (1 << 64) - 1 - start, _FIEMAP_FLAG_SYNC, 0, _BATCH, 0
+            )
             arr = array.array("B", buf)
             try:
                 fcntl.ioctl(fd, _FS_IOC_FIEMAP, arr, True)
             except OSError as exc:
                 if exc.errno in (errno.EOPNOTSUPP, errno.ENOTTY, errno.EINVAL):
-                    return HostExtents(False, "the host filesystem does not report extents "
-                                              "(FIEMAP unsupported)")
+                    return HostExtents(
+                        False, "the host filesystem does not report extents (FIEMAP unsupported)"
+                    )
                 return HostExtents(False, f"FIEMAP failed ({exc.strerror})")
             raw = arr.tobytes()
             mapped = _FIEMAP_HEAD.unpack_from(raw, 0)[3]
@@ -278,13 +281,22 @@ def locate(chain: DiskChain, offset: int) -> Location:
             continue
         if entry == BLOCK_ZERO:
             return Location(offset, block, within, index, layer.path, "zero", None, None)
-        return Location(offset, block, within, index, layer.path, "allocated", entry,
-                        layer.header.slot_offset(entry) + within)
+        return Location(
+            offset,
+            block,
+            within,
+            index,
+            layer.path,
+            "allocated",
+            entry,
+            layer.header.slot_offset(entry) + within,
+        )
     return Location(offset, block, within, -1, None, "free", None, None)
 
 
-def scan_zero_blocks(image: VdiImage, progress: ProgressFn = no_progress,
-                     cancel: CancelToken | None = None) -> np.ndarray:
+def scan_zero_blocks(
+    image: VdiImage, progress: ProgressFn = no_progress, cancel: CancelToken | None = None
+) -> np.ndarray:
     """Bool per guest block: allocated in ``image`` and entirely zero (what compaction drops).
 
     Reads every allocated slot once, in file order so the read is sequential.

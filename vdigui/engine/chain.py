@@ -60,8 +60,11 @@ class ImageIndex:
         files: list[Path] = []
         for folder in folder_list:
             with contextlib.suppress(OSError):
-                files.extend(sorted(p for p in folder.iterdir()
-                                    if p.suffix.lower() == ".vdi" and p.is_file()))
+                files.extend(
+                    sorted(
+                        p for p in folder.iterdir() if p.suffix.lower() == ".vdi" and p.is_file()
+                    )
+                )
         files.extend(Path(p).resolve() for p in extra_files)
         for path in dict.fromkeys(files):
             index.add(path)
@@ -101,8 +104,9 @@ class ChainResolution:
     error: VdiError | None
 
 
-def resolve_chain(leaf: Path | str, search_dirs: Sequence[Path] | None = None,
-                  index: ImageIndex | None = None) -> ChainResolution:
+def resolve_chain(
+    leaf: Path | str, search_dirs: Sequence[Path] | None = None, index: ImageIndex | None = None
+) -> ChainResolution:
     """Follow uuidLinkage from ``leaf`` down to a base, by header reads only."""
     problem = regular_file_problem(leaf)  # a link loop would make resolve() raise
     if problem is not None:
@@ -125,26 +129,34 @@ def resolve_chain(leaf: Path | str, search_dirs: Sequence[Path] | None = None,
             return ChainResolution(tuple(reversed(paths)), tuple(reversed(headers)), err)
         parent = index.headers[parent_path]
         if parent.uuid in seen:
-            err = ChainLoopError(f"The chain of '{leaf.name}' loops: '{parent_path.name}' "
-                             f"({{{parent.uuid}}}) is its own ancestor.")
+            err = ChainLoopError(
+                f"The chain of '{leaf.name}' loops: '{parent_path.name}' "
+                f"({{{parent.uuid}}}) is its own ancestor."
+            )
             return ChainResolution(tuple(reversed(paths)), tuple(reversed(headers)), err)
         if parent.disk_size != header.disk_size:
-            err = ChainError(f"'{current.name}' has a disk size of {header.disk_size} bytes but "
-                             f"its parent '{parent_path.name}' has {parent.disk_size}; a chain "
-                             "needs equal sizes.")
+            err = ChainError(
+                f"'{current.name}' has a disk size of {header.disk_size} bytes but "
+                f"its parent '{parent_path.name}' has {parent.disk_size}; a chain "
+                "needs equal sizes."
+            )
             return ChainResolution(tuple(reversed(paths)), tuple(reversed(headers)), err)
         if parent.block_size != header.block_size:
-            err = ChainError(f"'{current.name}' uses {header.block_size}-byte blocks but its "
-                             f"parent '{parent_path.name}' uses {parent.block_size}; vdigui "
-                             "reads only chains with one block size.")
+            err = ChainError(
+                f"'{current.name}' uses {header.block_size}-byte blocks but its "
+                f"parent '{parent_path.name}' uses {parent.block_size}; vdigui "
+                "reads only chains with one block size."
+            )
             return ChainResolution(tuple(reversed(paths)), tuple(reversed(headers)), err)
         seen.add(parent.uuid)
         paths.append(parent_path)
         headers.append(parent)
         current, header = parent_path, parent
     if header.image_type == fmt.ImageType.DIFFERENCING:
-        err = ChainError(f"'{current.name}' is the base of the chain (it links to no parent) "
-                         "but its header says it is a differencing image.")
+        err = ChainError(
+            f"'{current.name}' is the base of the chain (it links to no parent) "
+            "but its header says it is a differencing image."
+        )
         return ChainResolution(tuple(reversed(paths)), tuple(reversed(headers)), err)
     return ChainResolution(tuple(reversed(paths)), tuple(reversed(headers)), None)
 
@@ -173,8 +185,12 @@ class DiskChain:
     def __enter__(self) -> DiskChain:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close()
 
     @property
@@ -194,8 +210,9 @@ class DiskChain:
         for layer in self.layers:
             row = layer.block_map[: self.guest_blocks]
             if row.size < self.guest_blocks:  # a layer with fewer map entries: FREE beyond
-                row = np.concatenate([row, np.full(self.guest_blocks - row.size, BLOCK_FREE,
-                                                   dtype=np.uint32)])
+                row = np.concatenate(
+                    [row, np.full(self.guest_blocks - row.size, BLOCK_FREE, dtype=np.uint32)]
+                )
             rows.append(row)
         return np.vstack(rows)
 
@@ -257,8 +274,9 @@ class DiskChain:
     def read(self, offset: int, length: int) -> bytes:
         """Guest bytes ``[offset, offset+length)``; the range must lie inside the disk."""
         if offset < 0 or length < 0 or offset + length > self.disk_size:
-            raise VdiError(f"Read of {length} bytes at {offset} is outside the "
-                           f"{self.disk_size}-byte disk.")
+            raise VdiError(
+                f"Read of {length} bytes at {offset} is outside the {self.disk_size}-byte disk."
+            )
         bs = self.block_size
         out = bytearray()
         pos = offset
@@ -267,7 +285,7 @@ class DiskChain:
             block, within = divmod(pos, bs)
             take = min(bs - within, end - pos)
             data = self.read_block(block)
-            out += data[within:within + take]
+            out += data[within : within + take]
             pos += take
         return bytes(out)
 
@@ -283,8 +301,9 @@ class DiskChain:
         if not top.writable:
             raise VdiError(f"{top.path.name} was opened read-only; open the chain writable.")
         if offset < 0 or offset + len(data) > self.disk_size:
-            raise VdiError(f"Write of {len(data)} bytes at {offset} is outside the "
-                           f"{self.disk_size}-byte disk.")
+            raise VdiError(
+                f"Write of {len(data)} bytes at {offset} is outside the {self.disk_size}-byte disk."
+            )
         bs = self.block_size
         pos, end, src = offset, offset + len(data), 0
         while pos < end:
@@ -292,7 +311,7 @@ class DiskChain:
             take = min(bs - within, end - pos)
             visible = self.read_block(block)
             merged = bytearray(visible)
-            merged[within:within + take] = data[src:src + take]
+            merged[within : within + take] = data[src : src + take]
             # Bytes past the disk end in the last block are always zeros (docs/vdi-format.md §1.11).
             tail = self.disk_size - block * bs
             if tail < bs:
@@ -303,8 +322,13 @@ class DiskChain:
         self.invalidate()
 
 
-def open_chain(leaf: Path | str, *, search_dirs: Sequence[Path] | None = None,
-               writable: bool = False, index: ImageIndex | None = None) -> DiskChain:
+def open_chain(
+    leaf: Path | str,
+    *,
+    search_dirs: Sequence[Path] | None = None,
+    writable: bool = False,
+    index: ImageIndex | None = None,
+) -> DiskChain:
     """Open the chain that ends at ``leaf`` (only the top layer writable, if asked).
 
     Raises:

@@ -79,16 +79,24 @@ def check_image(image: VdiImage) -> tuple[Finding, ...]:
     slots = entries[live].astype(np.int64)
     beyond_map = live[slots >= h.blocks]
     if beyond_map.size:
-        add(Severity.ERROR, "slot-out-of-range",
+        add(
+            Severity.ERROR,
+            "slot-out-of-range",
             f"{beyond_map.size} block(s) point at slots beyond the {h.blocks} the image can "
-            f"hold (guest blocks {_listed(beyond_map)}).", beyond_map)
+            f"hold (guest blocks {_listed(beyond_map)}).",
+            beyond_map,
+        )
     slot_end = h.offset_data + (slots + 1) * h.slot_size
     past_eof = live[slot_end > image.file_size]
     if past_eof.size:
-        add(Severity.ERROR, "slot-past-eof",
+        add(
+            Severity.ERROR,
+            "slot-past-eof",
             f"{past_eof.size} block(s) point at slots past the end of the "
             f"{image.file_size}-byte file (guest blocks {_listed(past_eof)}); they cannot be "
-            "read.", past_eof)
+            "read.",
+            past_eof,
+        )
     order = np.argsort(slots, kind="stable")
     sorted_slots = slots[order]
     dup_mask = np.zeros(sorted_slots.size, dtype=bool)
@@ -97,30 +105,46 @@ def check_image(image: VdiImage) -> tuple[Finding, ...]:
         dup_mask[1:] = same
     duplicated = np.sort(live[order][dup_mask])
     if duplicated.size:
-        add(Severity.ERROR, "duplicate-slot",
+        add(
+            Severity.ERROR,
+            "duplicate-slot",
             f"{duplicated.size} block(s) share a slot with a lower block (guest blocks "
-            f"{_listed(duplicated)}); writing one would change the other.", duplicated)
+            f"{_listed(duplicated)}); writing one would change the other.",
+            duplicated,
+        )
     count = int(live.size)
     highest = int(slots.max()) if count else -1
     if highest >= h.blocks_allocated:
-        add(Severity.ERROR, "allocated-count-low",
+        add(
+            Severity.ERROR,
+            "allocated-count-low",
             f"cBlocksAllocated is {h.blocks_allocated} but a block points at slot {highest}; "
-            "the next new block would be cross-linked.")
+            "the next new block would be cross-linked.",
+        )
     elif count != h.blocks_allocated:
-        add(Severity.WARNING, "allocated-count-mismatch",
-            f"cBlocksAllocated is {h.blocks_allocated} but {count} block(s) are allocated.")
+        add(
+            Severity.WARNING,
+            "allocated-count-mismatch",
+            f"cBlocksAllocated is {h.blocks_allocated} but {count} block(s) are allocated.",
+        )
     # The slots less their duplicates (already sorted above): np.unique's answer without a
     # second sort and its import of numpy.ma (about 10 ms of every vdictl run).
     distinct = count - int(np.count_nonzero(dup_mask)) if count else 0
     if count and highest + 1 != distinct:
-        add(Severity.WARNING, "slots-not-dense",
+        add(
+            Severity.WARNING,
+            "slots-not-dense",
             f"the {distinct} slot(s) in use are not the dense range 0..{distinct - 1} (highest "
-            f"is {highest}); compaction would close the holes.")
+            f"is {highest}); compaction would close the holes.",
+        )
     used_end = h.offset_data + max(h.blocks_allocated, highest + 1) * h.slot_size
     if h.image_type.label != "fixed" and image.file_size > used_end:
-        add(Severity.WARNING, "crash-tail",
+        add(
+            Severity.WARNING,
+            "crash-tail",
             f"{image.file_size - used_end} byte(s) after the last slot belong to no block "
-            "(left by an interrupted write).")
+            "(left by an interrupted write).",
+        )
     return tuple(findings)
 
 
@@ -179,14 +203,18 @@ def leftover_findings(folders: Iterable[Path]) -> list[Finding]:
         for item in list_leftovers(folder):
             size = human_size(item.size)
             if item.path in removable:
-                message = (f"{item.path} is a temporary file ({size}, {item.size} bytes) left "
-                           f"by an interrupted operation on {item.target}; 'vdictl clean "
-                           f"{folder}' removes it (so does the next writing vdictl command "
-                           "in that folder).")
+                message = (
+                    f"{item.path} is a temporary file ({size}, {item.size} bytes) left "
+                    f"by an interrupted operation on {item.target}; 'vdictl clean "
+                    f"{folder}' removes it (so does the next writing vdictl command "
+                    "in that folder)."
+                )
                 findings.append(Finding(Severity.WARNING, "leftover-temp", item.path, message))
             else:
-                message = (f"{item.path} ({size}) is the temporary file of an operation "
-                           f"running now on {item.target}; leave it alone.")
+                message = (
+                    f"{item.path} ({size}) is the temporary file of an operation "
+                    f"running now on {item.target}; leave it alone."
+                )
                 findings.append(Finding(Severity.WARNING, "temp-in-use", item.path, message))
     return findings
 
@@ -196,8 +224,10 @@ def _check_vm_folder(path: Path) -> CheckReport:
     from vdigui.engine.vmfolder import load_vm_folder
 
     vm = load_vm_folder(path)
-    findings = [Finding(p.severity, p.kind, Path(p.path) if p.path else vm.folder, p.message)
-                for p in vm.problems]
+    findings = [
+        Finding(p.severity, p.kind, Path(p.path) if p.path else vm.folder, p.message)
+        for p in vm.problems
+    ]
     for image_path in sorted(vm.images):
         findings.extend(_check_file(image_path))
     folders = [vm.folder, *(p.resolve().parent for p in vm.images)]
@@ -216,10 +246,12 @@ def damage_sentence(image: VdiImage) -> str | None:
         return None
     detail = errors[0].message
     prefix = f"{image.path.name}: "
-    detail = detail[len(prefix):] if detail.startswith(prefix) else detail
+    detail = detail[len(prefix) :] if detail.startswith(prefix) else detail
     more = f" ({len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
-    return (f"{image.path} is damaged: {detail.rstrip('.')}{more}; 'vdictl check' lists every "
-            "problem and 'vdictl repair' fixes the map.")
+    return (
+        f"{image.path} is damaged: {detail.rstrip('.')}{more}; 'vdictl check' lists every "
+        "problem and 'vdictl repair' fixes the map."
+    )
 
 
 def require_sound(paths: Iterable[Path]) -> None:

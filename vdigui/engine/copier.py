@@ -138,8 +138,9 @@ class Batch:
 def nonzero_rows(data: memoryview | bytes | bytearray, count: int, block_size: int) -> np.ndarray:
     """Per block of ``data`` (``count`` blocks back to back): whether any byte is non-zero."""
     word = 8 if block_size % 8 == 0 else 1
-    rows = np.frombuffer(data, dtype=np.uint64 if word == 8 else np.uint8,
-                         count=count * block_size // word).reshape(count, block_size // word)
+    rows = np.frombuffer(
+        data, dtype=np.uint64 if word == 8 else np.uint8, count=count * block_size // word
+    ).reshape(count, block_size // word)
     head = min(rows.shape[1], HEAD_BYTES // word)
     found = np.asarray(rows[:, :head].any(axis=1))
     for row in np.flatnonzero(~found).tolist():
@@ -190,16 +191,18 @@ class BlockReader:
     (also on errors): it stops the thread.
     """
 
-    def __init__(self, spec: CopySpec, *, read_bytes: int = READ_BYTES,
-                 buffers: int = POOL_BUFFERS) -> None:
+    def __init__(
+        self, spec: CopySpec, *, read_bytes: int = READ_BYTES, buffers: int = POOL_BUFFERS
+    ) -> None:
         self._spec = spec
         bs = spec.block_size
         self._max_blocks = max(1, read_bytes // bs)
         self._firsts, self._counts = _groups(spec, self._max_blocks)
         size = int(self._counts.max()) * bs if self._counts.size else bs
         self._pool: queue.Queue[bytearray] = queue.Queue()
-        self._owned: list[bytearray] = [_take_buffer(size)
-                                        for _ in range(max(1, min(buffers, len(self._firsts))))]
+        self._owned: list[bytearray] = [
+            _take_buffer(size) for _ in range(max(1, min(buffers, len(self._firsts))))
+        ]
         for buffer in self._owned:
             self._pool.put(buffer)
         self._out: queue.Queue[Batch | BaseException | None] = queue.Queue()
@@ -219,8 +222,10 @@ class BlockReader:
         while done < len(view):
             got = os.preadv(fd, [view[done:]], offset + done)
             if got <= 0:
-                raise VdiError(f"A source file ended early: {len(view) - done} bytes missing at "
-                               f"byte {offset + done} (it changed while being read?).")
+                raise VdiError(
+                    f"A source file ended early: {len(view) - done} bytes missing at "
+                    f"byte {offset + done} (it changed while being read?)."
+                )
             done += got
         return Batch(first, count, view, buffer)
 
@@ -368,10 +373,16 @@ class BlockWriter:
     :attr:`mismatch` holds the first (job) index that read back differently, or None.
     """
 
-    def __init__(self, fd: int, block_size: int, *, verify: bool,
-                 writeback_bytes: int = 0,
-                 release: Callable[[Batch], None] | None = None,
-                 threaded: bool | None = None) -> None:
+    def __init__(
+        self,
+        fd: int,
+        block_size: int,
+        *,
+        verify: bool,
+        writeback_bytes: int = 0,
+        release: Callable[[Batch], None] | None = None,
+        threaded: bool | None = None,
+    ) -> None:
         self.fd = fd
         self._bs = block_size
         self._verify = verify
@@ -388,8 +399,9 @@ class BlockWriter:
         self._thread: threading.Thread | None = None
         if verify and (VERIFY_THREAD if threaded is None else threaded):
             self._queue = queue.Queue()
-            self._thread = threading.Thread(target=self._verifier, name="vdigui-verify",
-                                            daemon=True)
+            self._thread = threading.Thread(
+                target=self._verifier, name="vdigui-verify", daemon=True
+            )
             self._thread.start()
 
     def _check_block(self, job: int, piece: memoryview, offset: int) -> None:
@@ -421,8 +433,9 @@ class BlockWriter:
             self._thread.join()
             self._thread = None
 
-    def write(self, batch: Batch, rows: np.ndarray, dst: np.ndarray,
-              jobs: np.ndarray | None = None) -> None:
+    def write(
+        self, batch: Batch, rows: np.ndarray, dst: np.ndarray, jobs: np.ndarray | None = None
+    ) -> None:
         """Write row ``rows[i]`` of the batch at byte ``dst[i]`` for every i (rows ascending).
 
         ``jobs[i]`` names row i in :attr:`mismatch` (default: its job index).
@@ -436,7 +449,7 @@ class BlockWriter:
         if self._verify:
             queued: list[tuple[int, memoryview, int]] = []
             for i, (row, offset) in enumerate(zip(rows.tolist(), dst.tolist(), strict=True)):
-                piece = batch.data[row * bs:(row + 1) * bs]
+                piece = batch.data[row * bs : (row + 1) * bs]
                 fileio.pwritev(self.fd, [piece], offset)
                 self.bytes_written += bs
                 if self._queue is None:
@@ -460,14 +473,14 @@ class BlockWriter:
             # Rows adjacent in the buffer go out as one piece.
             split = np.flatnonzero(np.diff(run_rows) != 1) + 1
             for part in np.split(run_rows, split):
-                pieces.append(batch.data[int(part[0]) * bs:(int(part[-1]) + 1) * bs])
+                pieces.append(batch.data[int(part[0]) * bs : (int(part[-1]) + 1) * bs])
             fileio.pwritev(self.fd, pieces, int(dst[start]))
             self.bytes_written += (end - start) * bs
             self._writeback.add(int(dst[start]), (end - start) * bs)
             if self.on_written is not None:
                 for k in range(start, end):
                     row = int(rows[k])
-                    self.on_written(int(jobs[k]), batch.data[row * bs:(row + 1) * bs])
+                    self.on_written(int(jobs[k]), batch.data[row * bs : (row + 1) * bs])
         self._release(batch)
 
     def _reads_back(self, piece: memoryview, offset: int) -> bool:
@@ -481,12 +494,17 @@ class BlockWriter:
         mapped = None
         if READBACK_MAPPED:
             with contextlib.suppress(OSError, ValueError, OverflowError, AttributeError):
-                mapped = mmap.mmap(self.fd, offset - start + length, offset=start,
-                                   prot=mmap.PROT_READ, flags=_MAP_FLAGS)
+                mapped = mmap.mmap(
+                    self.fd,
+                    offset - start + length,
+                    offset=start,
+                    prot=mmap.PROT_READ,
+                    flags=_MAP_FLAGS,
+                )
         if mapped is not None:
             view = memoryview(mapped)
             try:
-                return same_bytes(view[offset - start:], piece)
+                return same_bytes(view[offset - start :], piece)
             finally:
                 view.release()
                 mapped.close()
@@ -535,13 +553,21 @@ class CopyOutcome:
     mismatch: int | None
 
 
-def copy_blocks(spec: CopySpec, out_fd: int, *, dst: np.ndarray | None = None,
-                dense_base: int = 0, verify: bool = False, decide: Decide | None = None,
-                report: Callable[[int], None] | None = None, cancel: CancelToken | None = None,
-                cancel_message: str = "Cancelled: nothing was changed.",
-                read_bytes: int = READ_BYTES,
-                on_written: Callable[[int, memoryview], None] | None = None,
-                report_every: int | None = None) -> CopyOutcome:
+def copy_blocks(
+    spec: CopySpec,
+    out_fd: int,
+    *,
+    dst: np.ndarray | None = None,
+    dense_base: int = 0,
+    verify: bool = False,
+    decide: Decide | None = None,
+    report: Callable[[int], None] | None = None,
+    cancel: CancelToken | None = None,
+    cancel_message: str = "Cancelled: nothing was changed.",
+    read_bytes: int = READ_BYTES,
+    on_written: Callable[[int, memoryview], None] | None = None,
+    report_every: int | None = None,
+) -> CopyOutcome:
     """Copy the jobs of ``spec`` to ``out_fd`` (see the module docstring for the contract).
 
     Args:
@@ -561,8 +587,15 @@ def copy_blocks(spec: CopySpec, out_fd: int, *, dst: np.ndarray | None = None,
     The output is not flushed: the caller fsyncs before anything points at the data.
     """
     if not verify and decide is None and on_written is None and KERNEL_COPY:
-        return _kernel_copy(spec, out_fd, dst=dst, dense_base=dense_base, report=report,
-                            cancel=cancel, cancel_message=cancel_message)
+        return _kernel_copy(
+            spec,
+            out_fd,
+            dst=dst,
+            dense_base=dense_base,
+            report=report,
+            cancel=cancel,
+            cancel_message=cancel_message,
+        )
     n = spec.jobs
     bs = spec.block_size
     written = np.zeros(n, dtype=bool)
@@ -580,8 +613,9 @@ def copy_blocks(spec: CopySpec, out_fd: int, *, dst: np.ndarray | None = None,
                 reader.release(batch)
                 raise OperationCancelled(cancel_message)
             nonzero = nonzero_rows(batch.data, batch.count, bs)
-            rows_mask = nonzero if decide is None else decide(batch.first, batch.count,
-                                                              batch.data, nonzero)
+            rows_mask = (
+                nonzero if decide is None else decide(batch.first, batch.count, batch.data, nonzero)
+            )
             rows = np.flatnonzero(rows_mask)
             jobs = batch.first + rows
             if dst is None:
@@ -606,9 +640,16 @@ def copy_blocks(spec: CopySpec, out_fd: int, *, dst: np.ndarray | None = None,
     return CopyOutcome(written, where, int(np.count_nonzero(written)), mismatch)
 
 
-def _kernel_copy(spec: CopySpec, out_fd: int, *, dst: np.ndarray | None, dense_base: int,
-                 report: Callable[[int], None] | None, cancel: CancelToken | None,
-                 cancel_message: str) -> CopyOutcome:
+def _kernel_copy(
+    spec: CopySpec,
+    out_fd: int,
+    *,
+    dst: np.ndarray | None,
+    dense_base: int,
+    report: Callable[[int], None] | None,
+    cancel: CancelToken | None,
+    cancel_message: str,
+) -> CopyOutcome:
     """The unverified copy: the data never passes through Python.
 
     Only the first :data:`HEAD_BYTES` of each block are read to tell data from zeros (data
@@ -650,10 +691,14 @@ def _kernel_copy(spec: CopySpec, out_fd: int, *, dst: np.ndarray | None, dense_b
     return CopyOutcome(written, where, int(np.count_nonzero(written)), None)
 
 
-def read_blocks(spec: CopySpec, visit: Callable[[Batch], None], *,
-                cancel: CancelToken | None = None,
-                cancel_message: str = "Cancelled: nothing was changed.",
-                read_bytes: int = READ_BYTES) -> None:
+def read_blocks(
+    spec: CopySpec,
+    visit: Callable[[Batch], None],
+    *,
+    cancel: CancelToken | None = None,
+    cancel_message: str = "Cancelled: nothing was changed.",
+    read_bytes: int = READ_BYTES,
+) -> None:
     """Read the jobs of ``spec`` in order and hand each batch to ``visit`` (scans, hashing)."""
     reader = BlockReader(spec, read_bytes=read_bytes)
     try:
@@ -702,5 +747,17 @@ class TempOutput:
             self.close()
 
 
-__all__ = ["READ_BYTES", "WRITEBACK_BYTES", "Batch", "BlockReader", "BlockWriter", "CopyOutcome",
-           "CopySpec", "TempOutput", "copy_blocks", "nonzero_rows", "read_blocks", "same_bytes"]
+__all__ = [
+    "READ_BYTES",
+    "WRITEBACK_BYTES",
+    "Batch",
+    "BlockReader",
+    "BlockWriter",
+    "CopyOutcome",
+    "CopySpec",
+    "TempOutput",
+    "copy_blocks",
+    "nonzero_rows",
+    "read_blocks",
+    "same_bytes",
+]

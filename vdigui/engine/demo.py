@@ -152,7 +152,7 @@ def _plan_base(rng: random.Random) -> _Plan:
 def _block_data(block: int, tag: str, noise: bytes) -> bytes:
     """One block of guest data: a readable stamp, then incompressible-looking bytes."""
     stamp = f"vdigui demo: guest block {block} written by {tag}\n".encode()
-    return stamp + noise[len(stamp):]
+    return stamp + noise[len(stamp) :]
 
 
 def _mbr(entries: list[tuple[int, int, int, int]] | None = None) -> bytes:
@@ -173,11 +173,11 @@ def _mbr(entries: list[tuple[int, int, int, int]] | None = None) -> bytes:
     for i, (status, ptype, lba, count) in enumerate(entries):
         at = 0x1BE + 16 * i
         sector[at] = status
-        sector[at + 1:at + 4] = b"\xfe\xff\xff"  # CHS "use LBA"
+        sector[at + 1 : at + 4] = b"\xfe\xff\xff"  # CHS "use LBA"
         sector[at + 4] = ptype
-        sector[at + 5:at + 8] = b"\xfe\xff\xff"
-        sector[at + 8:at + 12] = lba.to_bytes(4, "little")
-        sector[at + 12:at + 16] = count.to_bytes(4, "little")
+        sector[at + 5 : at + 8] = b"\xfe\xff\xff"
+        sector[at + 8 : at + 12] = lba.to_bytes(4, "little")
+        sector[at + 12 : at + 16] = count.to_bytes(4, "little")
     sector[510:512] = b"\x55\xaa"
     return bytes(sector)
 
@@ -206,9 +206,24 @@ def _build(folder: Path) -> None:
     noise = rng.randbytes(BLOCK)
     snaps = folder / "Snapshots"
     snaps.mkdir()
-    uuids = {name: _seeded_uuid(rng) for name in
-             ("machine", "base", "d1", "d2", "d4", "d5", "orphan", "missing", "data",
-              "s1", "s2", "s3", "s4")}
+    uuids = {
+        name: _seeded_uuid(rng)
+        for name in (
+            "machine",
+            "base",
+            "d1",
+            "d2",
+            "d4",
+            "d5",
+            "orphan",
+            "missing",
+            "data",
+            "s1",
+            "s2",
+            "s3",
+            "s4",
+        )
+    }
     base = folder / f"{DEMO_NAME}.vdi"
 
     def diff_path(key: str) -> Path:
@@ -240,16 +255,18 @@ def _build(folder: Path) -> None:
     d2 = diff_path("d2")
     create_image(d2, parent=d1, uuid=uuids["d2"])
     writes = [(b, _block_data(b, "the experiment", noise)) for b in rng.sample(files, 10)]
-    writes += [(b, _block_data(b, "the experiment", noise)) for b in
-               sorted(next(temp) for _ in range(6))]
+    writes += [
+        (b, _block_data(b, "the experiment", noise)) for b in sorted(next(temp) for _ in range(6))
+    ]
     _write_blocks([base, d1, d2], writes)
 
     # Branch: "Updates" was restored (a fresh diff under d1), then "Alternative" was taken.
     d4 = diff_path("d4")
     create_image(d4, parent=d1, uuid=uuids["d4"])
     writes = [(b, _block_data(b, "Alternative", noise)) for b in rng.sample(files, 8)]
-    writes += [(b, _block_data(b, "Alternative", noise)) for b in
-               sorted(next(temp) for _ in range(5))]
+    writes += [
+        (b, _block_data(b, "Alternative", noise)) for b in sorted(next(temp) for _ in range(5))
+    ]
     _write_blocks([base, d1, d4], writes)
     d5 = diff_path("d5")
     create_image(d5, parent=d4, uuid=uuids["d5"])
@@ -260,14 +277,21 @@ def _build(folder: Path) -> None:
     # An orphan: a leftover diff of the base that no registry knows about.
     orphan = diff_path("orphan")
     create_image(orphan, parent=base, uuid=uuids["orphan"])
-    _write_blocks([base, orphan], [(b, _block_data(b, "a deleted snapshot", noise))
-                                   for b in rng.sample(files, 3)])
+    _write_blocks(
+        [base, orphan],
+        [(b, _block_data(b, "a deleted snapshot", noise)) for b in rng.sample(files, 3)],
+    )
 
     # A writethrough data disk: attached directly, never frozen by snapshots.
     data = folder / "data.vdi"
     create_image(data, DATA_DISK_SIZE, uuid=uuids["data"])
-    _write_blocks([data], [(b, _block_data(b, "the data disk", noise))
-                           for b in (0, 1, 2, 3, 64, 65, 200, 201, 202, 450)])
+    _write_blocks(
+        [data],
+        [
+            (b, _block_data(b, "the data disk", noise))
+            for b in (0, 1, 2, 3, 64, 65, 200, 201, 202, 450)
+        ],
+    )
 
     _fix_modify_uuids(rng, [base, d1, d2, d4, d5, orphan, data])
     # The broken link: d2 names a parent UUID that no file has (as after a careless copy).
@@ -279,8 +303,9 @@ def _build(folder: Path) -> None:
     vbox.write_text(_vbox_text(uuids), encoding="utf-8")
 
 
-def _synthetic_base(base: Path, uuid: uuidlib.UUID, rng: random.Random, noise: bytes
-                    ) -> tuple[list[int], list[int]]:
+def _synthetic_base(
+    base: Path, uuid: uuidlib.UUID, rng: random.Random, noise: bytes
+) -> tuple[list[int], list[int]]:
     """The ext4-like base without real filesystems: (file blocks, free blocks)."""
     plan = _plan_base(rng)
     create_image(base, DISK_SIZE, uuid=uuid)
@@ -303,14 +328,19 @@ def _synthetic_base(base: Path, uuid: uuidlib.UUID, rng: random.Random, noise: b
 
 
 def _run_tool(*args: str | Path, cwd: Path | None = None) -> None:
-    env = {**os.environ, "E2FSPROGS_FAKE_TIME": str(FS_TIME), "MTOOLS_SKIP_CHECK": "1",
-           "TZ": "UTC", "LC_ALL": "C"}
-    subprocess.run([str(a) for a in args], check=True, capture_output=True, env=env, cwd=cwd,
-                   timeout=60)
+    env = {
+        **os.environ,
+        "E2FSPROGS_FAKE_TIME": str(FS_TIME),
+        "MTOOLS_SKIP_CHECK": "1",
+        "TZ": "UTC",
+        "LC_ALL": "C",
+    }
+    subprocess.run(
+        [str(a) for a in args], check=True, capture_output=True, env=env, cwd=cwd, timeout=60
+    )
 
 
-def _populate(root: Path, rng: random.Random, prefix: str, count: int, largest: int
-              ) -> list[Path]:
+def _populate(root: Path, rng: random.Random, prefix: str, count: int, largest: int) -> list[Path]:
     """``count`` seeded files (text-like heads, incompressible bodies) with a fixed mtime."""
     root.mkdir(parents=True)
     out = []
@@ -323,8 +353,9 @@ def _populate(root: Path, rng: random.Random, prefix: str, count: int, largest: 
     return out
 
 
-def _real_base(base: Path, uuid: uuidlib.UUID, rng: random.Random, folder: Path
-               ) -> tuple[list[int], list[int]] | None:
+def _real_base(
+    base: Path, uuid: uuidlib.UUID, rng: random.Random, folder: Path
+) -> tuple[list[int], list[int]] | None:
     """Build the base from real filesystems; None when the tools are missing or fail.
 
     Returns:
@@ -344,8 +375,9 @@ def _real_base(base: Path, uuid: uuidlib.UUID, rng: random.Random, folder: Path
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _real_base_in(base: Path, uuid: uuidlib.UUID, rng: random.Random, work: Path
-                  ) -> tuple[list[int], list[int]]:
+def _real_base_in(
+    base: Path, uuid: uuidlib.UUID, rng: random.Random, work: Path
+) -> tuple[list[int], list[int]]:
     from vdigui.engine.usage_report import chain_usage
 
     root_lba, root_sectors = 2048, ROOT_MIB * MIB // 512
@@ -355,39 +387,61 @@ def _real_base_in(base: Path, uuid: uuidlib.UUID, rng: random.Random, work: Path
     # ext4: a populated tree, then a few deletions (their blocks keep the old data).
     tree = work / "root"
     groups = {"usr": (48, 6 << 20), "var": (24, 3 << 20), "home": (16, 8 << 20)}
-    files = {name: _populate(tree / name, rng, name[0], n, big)
-             for name, (n, big) in groups.items()}
+    files = {
+        name: _populate(tree / name, rng, name[0], n, big) for name, (n, big) in groups.items()
+    }
     for d in [tree, *(tree / n for n in groups)]:
         os.utime(d, (FS_TIME, FS_TIME))
     root = work / "root.img"
     with open(root, "wb") as f:
         f.truncate(root_sectors * 512)
-    _run_tool("mke2fs", "-q", "-F", "-t", "ext4", "-b", "4096", "-L", "demo-root",
-              "-U", "6a1d1e05-0d2c-4d3e-9e59-2026d3e7e5a1",
-              "-E", "nodiscard,hash_seed=5f1e0b9e-7c1a-4f0d-8a59-0d1c5eed0001",
-              "-d", tree, root)
+    _run_tool(
+        "mke2fs",
+        "-q",
+        "-F",
+        "-t",
+        "ext4",
+        "-b",
+        "4096",
+        "-L",
+        "demo-root",
+        "-U",
+        "6a1d1e05-0d2c-4d3e-9e59-2026d3e7e5a1",
+        "-E",
+        "nodiscard,hash_seed=5f1e0b9e-7c1a-4f0d-8a59-0d1c5eed0001",
+        "-d",
+        tree,
+        root,
+    )
     doomed = sorted(rng.sample(files["var"], 12) + rng.sample(files["home"], 9))
     script = work / "rm.cmd"
     # mke2fs -d copies each source file's ctime, which no one can set: pin it (determinism).
     stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime(FS_TIME))
     kept = [p for p in sorted(tree.rglob("*")) if p not in doomed]
     (work / "ls.cmd").write_text("ls -p /var\nls -p /home\n")
-    listing = subprocess.run(["debugfs", "-f", str(work / "ls.cmd"), str(root)],
-                             capture_output=True, text=True, check=True, timeout=60).stdout
-    inodes = {name: int(ino) for ino, name in re.findall(r"^/(\d+)/\d+/\d+/\d+/([^/]+)/",
-                                                         listing, re.M)}
-    script.write_text("".join(f"sif /{p.relative_to(tree)} ctime {stamp}\n" for p in kept)
-                      + "".join(f"rm /{p.relative_to(tree)}\n" for p in doomed)
-                      # rm stamps the freed inodes with the clock: pin those too.
-                      + "".join(f"sif <{inodes[p.name]}> ctime {stamp}\n" for p in doomed))
+    listing = subprocess.run(
+        ["debugfs", "-f", str(work / "ls.cmd"), str(root)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    inodes = {
+        name: int(ino) for ino, name in re.findall(r"^/(\d+)/\d+/\d+/\d+/([^/]+)/", listing, re.M)
+    }
+    script.write_text(
+        "".join(f"sif /{p.relative_to(tree)} ctime {stamp}\n" for p in kept)
+        + "".join(f"rm /{p.relative_to(tree)}\n" for p in doomed)
+        # rm stamps the freed inodes with the clock: pin those too.
+        + "".join(f"sif <{inodes[p.name]}> ctime {stamp}\n" for p in doomed)
+    )
     _run_tool("debugfs", "-w", "-f", script, root)
     # FAT32: flat files (-m keeps their times), then deletions.
     data = _populate(work / "data", rng, "d", 20, 2 << 20)
     fat = work / "fat.img"
     with open(fat, "wb") as f:
         f.truncate(fat_sectors * 512)
-    _run_tool("mkfs.vfat", "-F", "32", "-n", "DEMO-DATA", "-i", "0D1C5EED", "-h",
-              str(fat_lba), fat)
+    _run_tool("mkfs.vfat", "-F", "32", "-n", "DEMO-DATA", "-i", "0D1C5EED", "-h", str(fat_lba), fat)
     _run_tool("mcopy", "-m", "-Q", "-i", fat, *data, "::/")
     _run_tool("mdel", "-i", fat, *(f"::/{p.name}" for p in rng.sample(data, 6)))
     _pin_fat_times(fat)
@@ -395,8 +449,13 @@ def _real_base_in(base: Path, uuid: uuidlib.UUID, rng: random.Random, work: Path
     create_image(base, DISK_SIZE, uuid=uuid)
     chain = open_paths([base], writable_top=True)
     try:
-        mbr = _mbr([(0x80, 0x83, root_lba, root_sectors), (0x00, 0x0C, fat_lba, fat_sectors),
-                    (0x00, 0x82, swap_lba, swap_sectors)])
+        mbr = _mbr(
+            [
+                (0x80, 0x83, root_lba, root_sectors),
+                (0x00, 0x0C, fat_lba, fat_sectors),
+                (0x00, 0x82, swap_lba, swap_sectors),
+            ]
+        )
         chain.write(0, mbr, durable=False)
         # mkfs metadata first, then file data in shuffled runs, as an installer writes them.
         runs = [*_data_runs(root, root_lba * 512), *_data_runs(fat, fat_lba * 512)]
@@ -466,10 +525,11 @@ def _pin_fat_times(image: Path) -> None:
         f.seek(start)
         raw = bytearray(f.read(spc * bps))
         t = time.gmtime(FS_TIME)
-        dos = ((t.tm_hour << 11 | t.tm_min << 5 | t.tm_sec // 2).to_bytes(2, "little")
-               + ((t.tm_year - 1980) << 9 | t.tm_mon << 5 | t.tm_mday).to_bytes(2, "little"))
+        dos = (t.tm_hour << 11 | t.tm_min << 5 | t.tm_sec // 2).to_bytes(2, "little") + (
+            (t.tm_year - 1980) << 9 | t.tm_mon << 5 | t.tm_mday
+        ).to_bytes(2, "little")
         for at in range(0, len(raw), 32):
-            entry = raw[at:at + 32]
+            entry = raw[at : at + 32]
             if entry[0] == 0:
                 break
             if entry[11] == 0x0F:  # a long-name piece: no times
@@ -477,13 +537,12 @@ def _pin_fat_times(image: Path) -> None:
             entry[13] = 0
             entry[14:18] = entry[22:26] = dos
             entry[18:20] = dos[2:]
-            raw[at:at + 32] = entry
+            raw[at : at + 32] = entry
         f.seek(start)
         f.write(raw)
 
 
-def _data_runs(image: Path, disk_offset: int, chunk: int = 4 * MIB
-               ) -> list[tuple[int, bytes]]:
+def _data_runs(image: Path, disk_offset: int, chunk: int = 4 * MIB) -> list[tuple[int, bytes]]:
     """The non-zero pieces of a (sparse) filesystem image, as (disk offset, bytes) runs.
 
     Holes are skipped with SEEK_DATA/SEEK_HOLE, so a mostly empty 1.5 GiB image costs only
@@ -537,24 +596,24 @@ def _fix_modify_uuids(rng: random.Random, paths: list[Path]) -> None:
 
 def _attachments(disk: uuidlib.UUID, data: uuidlib.UUID, indent: str) -> str:
     return (
-        f'{indent}<Hardware>\n'
+        f"{indent}<Hardware>\n"
         f'{indent}  <CPU count="2"><PAE enabled="true"/><LongMode enabled="true"/></CPU>\n'
         f'{indent}  <Memory RAMSize="2048"/>\n'
         f'{indent}  <Display controller="VMSVGA" VRAMSize="16"/>\n'
-        f'{indent}  <StorageControllers>\n'
+        f"{indent}  <StorageControllers>\n"
         f'{indent}    <StorageController name="SATA" type="AHCI" PortCount="2" '
         f'useHostIOCache="false" Bootable="true">\n'
         f'{indent}      <AttachedDevice type="HardDisk" hotpluggable="false" port="0" '
         f'device="0" nonrotational="true" discard="true">\n'
         f'{indent}        <Image uuid="{{{disk}}}"/>\n'
-        f'{indent}      </AttachedDevice>\n'
+        f"{indent}      </AttachedDevice>\n"
         f'{indent}      <AttachedDevice type="HardDisk" hotpluggable="false" port="1" '
         f'device="0">\n'
         f'{indent}        <Image uuid="{{{data}}}"/>\n'
-        f'{indent}      </AttachedDevice>\n'
-        f'{indent}    </StorageController>\n'
-        f'{indent}  </StorageControllers>\n'
-        f'{indent}</Hardware>\n'
+        f"{indent}      </AttachedDevice>\n"
+        f"{indent}    </StorageController>\n"
+        f"{indent}  </StorageControllers>\n"
+        f"{indent}</Hardware>\n"
     )
 
 
@@ -568,8 +627,8 @@ def _vbox_text(u: dict[str, uuidlib.UUID]) -> str:
     s3 = (
         f'{i10}<Snapshot uuid="{{{u["s3"]}}}" name="Before experiment" '
         f'timeStamp="2026-05-20T21:03:47Z">\n'
-        f'{i10}  <Description>Taken before trying the new kernel. The experiment failed; this '
-        f'state is kept for reference.</Description>\n'
+        f"{i10}  <Description>Taken before trying the new kernel. The experiment failed; this "
+        f"state is kept for reference.</Description>\n"
         + _attachments(u["d2"], u["data"], i10 + "  ")
         + f"{i10}</Snapshot>\n"
     )
@@ -582,10 +641,13 @@ def _vbox_text(u: dict[str, uuidlib.UUID]) -> str:
     )
     s2 = (
         f'{i6}  <Snapshot uuid="{{{u["s2"]}}}" name="Updates" timeStamp="2026-04-11T18:40:22Z">\n'
-        f'{i6}    <Description>All updates installed, guest additions 7.0.'
-        f'</Description>\n'
+        f"{i6}    <Description>All updates installed, guest additions 7.0."
+        f"</Description>\n"
         + _attachments(u["d1"], u["data"], i6 + "    ")
-        + f"{i6}    <Snapshots>\n" + s3 + s4 + f"{i6}    </Snapshots>\n"
+        + f"{i6}    <Snapshots>\n"
+        + s3
+        + s4
+        + f"{i6}    </Snapshots>\n"
         + f"{i6}  </Snapshot>\n"
     )
     s1 = (
@@ -593,7 +655,9 @@ def _vbox_text(u: dict[str, uuidlib.UUID]) -> str:
         f'timeStamp="2026-03-02T09:14:05Z">\n'
         f"      <Description>Clean install, nothing configured yet.</Description>\n"
         + _attachments(u["base"], u["data"], i6)
-        + f"{i6}<Snapshots>\n" + s2 + f"{i6}</Snapshots>\n"
+        + f"{i6}<Snapshots>\n"
+        + s2
+        + f"{i6}</Snapshots>\n"
         + "    </Snapshot>\n"
     )
     registry = (
@@ -624,14 +688,9 @@ def _vbox_text(u: dict[str, uuidlib.UUID]) -> str:
         '<VirtualBox xmlns="http://www.virtualbox.org/" version="1.19-linux">\n'
         f'  <Machine uuid="{{{u["machine"]}}}" name="{DEMO_NAME}" OSType="Ubuntu_64" '
         f'currentSnapshot="{{{u["s4"]}}}" snapshotFolder="Snapshots" '
-        'lastStateChange="2026-06-03T08:30:00Z">\n'
-        + registry
-        + "    <ExtraData>\n"
+        'lastStateChange="2026-06-03T08:30:00Z">\n' + registry + "    <ExtraData>\n"
         '      <ExtraDataItem name="GUI/LastCloseAction" value="PowerOff"/>\n'
-        "    </ExtraData>\n"
-        + s1
-        + _attachments(u["d5"], u["data"], "    ")
-        + "  </Machine>\n"
+        "    </ExtraData>\n" + s1 + _attachments(u["d5"], u["data"], "    ") + "  </Machine>\n"
         "</VirtualBox>\n"
     )
 

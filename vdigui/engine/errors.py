@@ -25,8 +25,15 @@ class HeaderError(VdiError):
         expected: what would have been accepted.
     """
 
-    def __init__(self, path: Path | str, field: str, value: str, expected: str, *,
-                 lead: str = "is not a usable VDI image") -> None:
+    def __init__(
+        self,
+        path: Path | str,
+        field: str,
+        value: str,
+        expected: str,
+        *,
+        lead: str = "is not a usable VDI image",
+    ) -> None:
         self.path = Path(path)
         self.field = field
         self.value = value
@@ -44,8 +51,9 @@ class NotVdiImageError(HeaderError):
         what: what the file was recognised as ("a VMDK sparse disk (VMware)"), or "".
     """
 
-    def __init__(self, path: Path | str, field: str, value: str, expected: str,
-                 message: str, what: str = "") -> None:
+    def __init__(
+        self, path: Path | str, field: str, value: str, expected: str, message: str, what: str = ""
+    ) -> None:
         super().__init__(path, field, value, expected)
         self.what = what
         self.args = (message,)

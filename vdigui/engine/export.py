@@ -41,9 +41,15 @@ class ExportResult:
     verified: bool | None = None
 
 
-def export_raw(chain: DiskChain, out: Path | str, *, progress: ProgressFn = no_progress,
-               cancel: CancelToken | None = None, overwrite: bool = False,
-               verify: bool = True) -> ExportResult:
+def export_raw(
+    chain: DiskChain,
+    out: Path | str,
+    *,
+    progress: ProgressFn = no_progress,
+    cancel: CancelToken | None = None,
+    overwrite: bool = False,
+    verify: bool = True,
+) -> ExportResult:
     """Write the guest content of ``chain`` to the raw file ``out``.
 
     The blocks go through the copy pipeline (:mod:`vdigui.engine.copier`); with ``verify``
@@ -75,8 +81,15 @@ def export_raw(chain: DiskChain, out: Path | str, *, progress: ProgressFn = no_p
                 shown[0] = done
                 progress(Progress("exporting", done, total, done * bs))
 
-        outcome = copy_blocks(spec, tmp.fd, dst=needed.astype(np.int64) * bs, verify=verify,
-                              report=report, cancel=cancel, cancel_message=CANCELLED)
+        outcome = copy_blocks(
+            spec,
+            tmp.fd,
+            dst=needed.astype(np.int64) * bs,
+            verify=verify,
+            report=report,
+            cancel=cancel,
+            cancel_message=CANCELLED,
+        )
         if cancel is not None:
             cancel.raise_if_cancelled(CANCELLED)
         if shown[0] < total:
@@ -84,7 +97,8 @@ def export_raw(chain: DiskChain, out: Path | str, *, progress: ProgressFn = no_p
         if outcome.mismatch is not None:
             raise VerificationError(
                 f"Verification failed: guest block {int(needed[outcome.mismatch])} of the "
-                f"export '{out.name}' reads back differently; the export was deleted.")
+                f"export '{out.name}' reads back differently; the export was deleted."
+            )
         fileio.ftruncate(tmp.fd, chain.disk_size)
         tmp.sync()
         if overwrite:
@@ -95,5 +109,6 @@ def export_raw(chain: DiskChain, out: Path | str, *, progress: ProgressFn = no_p
     except BaseException:
         tmp.discard()
         raise
-    return ExportResult(out, chain.disk_size, outcome.stored, total - outcome.stored,
-                        True if verify else None)
+    return ExportResult(
+        out, chain.disk_size, outcome.stored, total - outcome.stored, True if verify else None
+    )

@@ -80,8 +80,9 @@ class FileOps:
             self.pwrite(fd, joined[n:], offset + n)
         return total
 
-    def copy_range(self, src_fd: int, dst_fd: int, length: int, src_offset: int,
-                   dst_offset: int) -> int:
+    def copy_range(
+        self, src_fd: int, dst_fd: int, length: int, src_offset: int, dst_offset: int
+    ) -> int:
         """One ``copy_file_range`` call: bytes copied (may be fewer; 0 at end of source)."""
         return os.copy_file_range(src_fd, dst_fd, length, src_offset, dst_offset)
 
@@ -289,8 +290,14 @@ def copy_range(src_fd: int, src_offset: int, dst_fd: int, dst_offset: int, lengt
             try:
                 done = _ops.copy_range(src_fd, dst_fd, length, src_offset, dst_offset)
             except OSError as exc:
-                if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP,
-                                     errno.EBADF, errno.EPERM):
+                if exc.errno not in (
+                    errno.EXDEV,
+                    errno.ENOSYS,
+                    errno.EINVAL,
+                    errno.EOPNOTSUPP,
+                    errno.EBADF,
+                    errno.EPERM,
+                ):
                     raise
                 _KERNEL_COPY[0] = False
         if done <= 0:
@@ -327,8 +334,9 @@ def makedirs(path: Path | str, mode: int = 0o755) -> None:
         _ops.fsync_dir(folder.parent)
 
 
-def write_file_durable(path: Path | str, data: bytes, *, mode: int = 0o600,
-                       exclusive: bool = False) -> None:
+def write_file_durable(
+    path: Path | str, data: bytes, *, mode: int = 0o600, exclusive: bool = False
+) -> None:
     """Write a whole file in place, flush it and its folder (the name is then durable).
 
     In place: the file exists under its final name while it is written. Use
@@ -345,8 +353,9 @@ def write_file_durable(path: Path | str, data: bytes, *, mode: int = 0o600,
     fsync_dir(path.parent)
 
 
-def write_file_atomic(path: Path | str, data: bytes, *, mode: int = 0o600,
-                      tmp: Path | None = None) -> None:
+def write_file_atomic(
+    path: Path | str, data: bytes, *, mode: int = 0o600, tmp: Path | None = None
+) -> None:
     """Replace ``path`` with ``data`` completely or not at all (temp, fsync, rename, fsync).
 
     ``tmp`` names the temporary file (default: ``.NAME.vdigui-tmp`` beside it, which the

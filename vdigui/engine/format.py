@@ -140,8 +140,7 @@ def is_allocated(entries: int | np.integer[Any]) -> bool: ...
 def is_allocated(entries: npt.NDArray[Any]) -> npt.NDArray[np.bool_]: ...
 
 
-def is_allocated(entries: int | np.integer[Any] | npt.NDArray[Any]
-                 ) -> bool | npt.NDArray[np.bool_]:
+def is_allocated(entries: int | np.integer[Any] | npt.NDArray[Any]) -> bool | npt.NDArray[np.bool_]:
     """Whether block-map ``entries`` name a slot (not free, not zero): true below 0xFFFFFFFE.
 
     One place for the comparison the map's encoding implies (docs/vdi-format.md §1.8). One
@@ -216,7 +215,7 @@ _MEANINGS = {
     "version": "Header version: 1.1 today, 0.2 for very old images.",
     "header_size": "Size of the header structure that follows.",
     "image_type": "Image type: dynamic grows as the guest writes, fixed is preallocated, "
-                  "differencing stores changes over a parent.",
+    "differencing stores changes over a parent.",
     "flags": "Image flags; normally zero.",
     "comment": "The image description (VBoxManage --description).",
     "offset_blocks": "Where the block map starts in the file.",
@@ -228,16 +227,16 @@ _MEANINGS = {
     "block_extra": "Extra bytes stored before each block; normally zero.",
     "blocks": "Number of blocks the virtual disk has (map entries).",
     "blocks_allocated": "Blocks that have a slot in this file; the next new block goes to "
-                        "this slot.",
+    "this slot.",
     "uuid": "This image's identity. The .vbox registry lists the image under it, and a "
-            "differencing image names it as its parent.",
+    "differencing image names it as its parent.",
     "modify_uuid": "Changes when VirtualBox writes to the image; children remember the value "
-                   "they were made against.",
+    "they were made against.",
     "parent_uuid": "The identity of the parent this differencing image reads through to (null "
-                   "for a base disk). vdigui finds the parent by this UUID, never by file name.",
+    "for a base disk). vdigui finds the parent by this UUID, never by file name.",
     "parent_modify_uuid": "The parent's last-modify UUID when this image was created; a "
-                          "different value means the parent was written since (VirtualBox "
-                          "does not check it).",
+    "different value means the parent was written since (VirtualBox "
+    "does not check it).",
     "lchs": "Logical geometry reported to the guest BIOS (1.1+ only).",
 }
 
@@ -352,7 +351,7 @@ class VdiHeader:
 
     @property
     def version_text(self) -> str:
-        """"1.1", "1.0" or "0.2"."""
+        """ "1.1", "1.0" or "0.2"."""
         return f"{self.version >> 16}.{self.version & 0xFFFF}"
 
     @property
@@ -399,8 +398,10 @@ def uuid_to_disk(value: uuidlib.UUID) -> bytes:
     return value.bytes_le
 
 
-_UUID_TEXT = re.compile(r"[0-9A-Fa-f]{8}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{4}-?"
-                        r"[0-9A-Fa-f]{12}")
+_UUID_TEXT = re.compile(
+    r"[0-9A-Fa-f]{8}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{4}-?"
+    r"[0-9A-Fa-f]{12}"
+)
 
 
 def parse_uuid(text: str | None) -> uuidlib.UUID | None:
@@ -440,30 +441,46 @@ def parse_header(raw: bytes, path: Path | str, file_size: int | None = None) -> 
     """
     path = Path(path)
     if len(raw) < PREHEADER_SIZE:
-        raise HeaderError(path, "file size", _size(len(raw)),
-                          f"at least {PREHEADER_SIZE} bytes for a VDI pre-header",
-                          lead="is too short to be a VDI image")
+        raise HeaderError(
+            path,
+            "file size",
+            _size(len(raw)),
+            f"at least {PREHEADER_SIZE} bytes for a VDI pre-header",
+            lead="is too short to be a VDI image",
+        )
     banner_raw, signature, version = struct.unpack_from(_PREHEADER_CODE, raw, 0)
     if signature != SIGNATURE:
-        raise HeaderError(path, "u32Signature", f"0x{signature:08X}",
-                          f"0x{SIGNATURE:08X} (this is not a VDI image)")
+        raise HeaderError(
+            path,
+            "u32Signature",
+            f"0x{signature:08X}",
+            f"0x{SIGNATURE:08X} (this is not a VDI image)",
+        )
     banner = banner_raw.split(b"\0", 1)[0].decode("latin-1")
     if version >> 16 == 1:
         header = _parse_v1(raw, path, banner, version)
     elif version == VERSION_LEGACY:
         header = _parse_legacy(raw, path, banner, version)
     else:
-        raise HeaderError(path, "u32Version", f"0x{version:08X}",
-                          "a 1.x version (0x0001xxxx) or the legacy 0x00000002")
+        raise HeaderError(
+            path,
+            "u32Version",
+            f"0x{version:08X}",
+            "a 1.x version (0x0001xxxx) or the legacy 0x00000002",
+        )
     validate_header(header, path, file_size)
     return header
 
 
 def _need(raw: bytes, size: int, path: Path, what: str) -> None:
     if len(raw) < size:
-        raise HeaderError(path, "file size", _size(len(raw)),
-                          f"at least {size} bytes to hold a {what} header",
-                          lead="is truncated (its header is cut short)")
+        raise HeaderError(
+            path,
+            "file size",
+            _size(len(raw)),
+            f"at least {size} bytes to hold a {what} header",
+            lead="is truncated (its header is cut short)",
+        )
 
 
 def _text(raw: bytes) -> str:
@@ -488,8 +505,7 @@ def _parse_v1(raw: bytes, path: Path, banner: str, version: int) -> VdiHeader:
     values = _unpack(V1_FIELDS, raw)
     header_size = values["header_size"]
     if header_size < HEADER_V1_SIZE:
-        raise HeaderError(path, "cbHeader", _hex(header_size),
-                          f"at least {_hex(HEADER_V1_SIZE)}")
+        raise HeaderError(path, "cbHeader", _hex(header_size), f"at least {_hex(HEADER_V1_SIZE)}")
     lchs = None
     if header_size >= HEADER_V1PLUS_SIZE and version == VERSION_1_1:
         _need(raw, LCHS_FIELD.end, path, "version 1.1+")
@@ -505,9 +521,15 @@ def _parse_legacy(raw: bytes, path: Path, banner: str, version: int) -> VdiHeade
     values["image_type"] = _image_type(values["image_type"], path)
     values["comment"] = _text(values["comment"])
     return VdiHeader(
-        banner=banner, version=version, header_size=LEGACY_HEADER_SIZE,
-        offset_blocks=LEGACY_MAP_OFFSET, offset_data=LEGACY_MAP_OFFSET + 4 * values["blocks"],
-        block_extra=0, parent_modify_uuid=NULL_UUID, lchs=None, **values,
+        banner=banner,
+        version=version,
+        header_size=LEGACY_HEADER_SIZE,
+        offset_blocks=LEGACY_MAP_OFFSET,
+        offset_data=LEGACY_MAP_OFFSET + 4 * values["blocks"],
+        block_extra=0,
+        parent_modify_uuid=NULL_UUID,
+        lchs=None,
+        **values,
     )
 
 
@@ -515,8 +537,9 @@ def _image_type(value: int, path: Path) -> ImageType:
     try:
         return ImageType(value)
     except ValueError:
-        raise HeaderError(path, "u32Type", str(value),
-                          "1 (dynamic), 2 (fixed), 3 (undo) or 4 (differencing)") from None
+        raise HeaderError(
+            path, "u32Type", str(value), "1 (dynamic), 2 (fixed), 3 (undo) or 4 (differencing)"
+        ) from None
 
 
 def validate_header(h: VdiHeader, path: Path | str, file_size: int | None = None) -> None:
@@ -528,12 +551,16 @@ def validate_header(h: VdiHeader, path: Path | str, file_size: int | None = None
     path = Path(path)
     if not h.is_legacy:
         if h.offset_blocks < MIN_OFFSET_BLOCKS_V1:  # check 2
-            raise HeaderError(path, "offBlocks", _hex(h.offset_blocks),
-                              f"at least {_hex(MIN_OFFSET_BLOCKS_V1)}")
+            raise HeaderError(
+                path, "offBlocks", _hex(h.offset_blocks), f"at least {_hex(MIN_OFFSET_BLOCKS_V1)}"
+            )
         if h.offset_data < h.offset_blocks + 4 * h.blocks:  # check 3
-            raise HeaderError(path, "offData", _hex(h.offset_data),
-                              f"at least offBlocks + 4 x cBlocks = "
-                              f"{_hex(h.offset_blocks + 4 * h.blocks)}")
+            raise HeaderError(
+                path,
+                "offData",
+                _hex(h.offset_data),
+                f"at least offBlocks + 4 x cBlocks = {_hex(h.offset_blocks + 4 * h.blocks)}",
+            )
     if h.flags & ~(_VALID_FLAG_BITS >> 8):  # check 5
         raise HeaderError(path, "fFlags", _hex(h.flags), "a combination of 0x1, 0x100 and 0x200")
     if h.lchs is not None and h.lchs[3] != 512:  # check 6
@@ -545,28 +572,38 @@ def validate_header(h: VdiHeader, path: Path | str, file_size: int | None = None
     if h.blocks == 0:
         raise HeaderError(path, "cBlocks", "0", "at least 1")
     if h.blocks_allocated > h.blocks:  # check 8
-        raise HeaderError(path, "cBlocksAllocated", str(h.blocks_allocated),
-                          f"at most cBlocks = {h.blocks}")
+        raise HeaderError(
+            path, "cBlocksAllocated", str(h.blocks_allocated), f"at most cBlocks = {h.blocks}"
+        )
     if h.block_extra and h.block_extra & (h.block_extra - 1):  # check 9
         raise HeaderError(path, "cbBlockExtra", str(h.block_extra), "0 or a power of two")
     if h.block_size * h.blocks < h.disk_size:  # check 10
-        raise HeaderError(path, "cbDisk", _size(h.disk_size),
-                          f"at most cBlocks x cbBlock = {_size(h.block_size * h.blocks)}")
+        raise HeaderError(
+            path,
+            "cbDisk",
+            _size(h.disk_size),
+            f"at most cBlocks x cbBlock = {_size(h.block_size * h.blocks)}",
+        )
     if h.uuid == NULL_UUID:  # check 11
         raise HeaderError(path, "uuidCreate", str(NULL_UUID), "a non-null UUID")
     if h.modify_uuid == NULL_UUID:  # check 12
         raise HeaderError(path, "uuidModify", str(NULL_UUID), "a non-null UUID")
     # Engine limits beyond VirtualBox's checks.
     if not MIN_BLOCK_SIZE <= h.block_size <= MAX_BLOCK_SIZE:
-        raise HeaderError(path, "cbBlock", _size(h.block_size),
-                          f"between {MIN_BLOCK_SIZE} bytes and 128 MiB")
+        raise HeaderError(
+            path, "cbBlock", _size(h.block_size), f"between {MIN_BLOCK_SIZE} bytes and 128 MiB"
+        )
     if h.block_extra > MAX_BLOCK_SIZE:
         raise HeaderError(path, "cbBlockExtra", _size(h.block_extra), "at most 128 MiB")
     if file_size is not None and h.offset_blocks + 4 * h.blocks > file_size:
-        raise HeaderError(path, "cBlocks", str(h.blocks),
-                          f"a block map that fits in the {file_size}-byte file "
-                          f"(the map would end at byte {h.offset_blocks + 4 * h.blocks})",
-                          lead="is truncated or damaged (its block map does not fit)")
+        raise HeaderError(
+            path,
+            "cBlocks",
+            str(h.blocks),
+            f"a block map that fits in the {file_size}-byte file "
+            f"(the map would end at byte {h.offset_blocks + 4 * h.blocks})",
+            lead="is truncated or damaged (its block map does not fit)",
+        )
 
 
 def pack_header(h: VdiHeader) -> bytes:
@@ -638,20 +675,27 @@ def parse_header_of_file(fd: int, raw: bytes, path: Path, size: int) -> VdiHeade
         return parse_header(raw, path, size)
     except HeaderError as exc:
         if exc.field not in ("u32Signature", "file size") or (
-                exc.field == "file size" and len(raw) >= PREHEADER_SIZE):
+            exc.field == "file size" and len(raw) >= PREHEADER_SIZE
+        ):
             raise
         tail = os.pread(fd, 512, max(0, size - 512)) if size >= 512 else b""
-        head = raw + (os.pread(fd, 0x8800 - len(raw), len(raw)) if len(raw) == HEADER_READ_SIZE
-                      else b"")
+        head = raw + (
+            os.pread(fd, 0x8800 - len(raw), len(raw)) if len(raw) == HEADER_READ_SIZE else b""
+        )
         identity = sniff.identify_bytes(head, tail, size)
         message = sniff.not_vdi_sentence(path, identity)
         if message is None:
             if exc.field == "file size":
-                message = (f"{path} is too short to be a VDI image: the file has {size} "
-                           f"bytes, and a VDI header alone takes "
-                           f"{PREHEADER_SIZE + HEADER_V1_SIZE}.")
+                message = (
+                    f"{path} is too short to be a VDI image: the file has {size} "
+                    f"bytes, and a VDI header alone takes "
+                    f"{PREHEADER_SIZE + HEADER_V1_SIZE}."
+                )
             else:
-                message = (f"{path} is not a VDI image: header field u32Signature is "
-                           f"{exc.value}, expected 0x{SIGNATURE:08X} (the VDI signature).")
-        raise NotVdiImageError(path, exc.field, exc.value, exc.expected, message,
-                               identity.what if identity else "") from None
+                message = (
+                    f"{path} is not a VDI image: header field u32Signature is "
+                    f"{exc.value}, expected 0x{SIGNATURE:08X} (the VDI signature)."
+                )
+        raise NotVdiImageError(
+            path, exc.field, exc.value, exc.expected, message, identity.what if identity else ""
+        ) from None

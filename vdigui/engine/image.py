@@ -65,8 +65,15 @@ class VdiImage:
         writable: whether the file was opened for writing.
     """
 
-    def __init__(self, path: Path, fd: int, header: VdiHeader, block_map: np.ndarray,
-                 writable: bool, file_size: int) -> None:
+    def __init__(
+        self,
+        path: Path,
+        fd: int,
+        header: VdiHeader,
+        block_map: np.ndarray,
+        writable: bool,
+        file_size: int,
+    ) -> None:
         self.path = path
         self._fd = fd
         self.header = header
@@ -90,8 +97,12 @@ class VdiImage:
     def __enter__(self) -> VdiImage:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
         self.close()
 
     def __repr__(self) -> str:
@@ -206,7 +217,7 @@ class VdiImage:
         breaks = np.flatnonzero(np.diff(blocks) != 1) + 1
         for run in np.split(blocks, breaks):
             first, last = int(run[0]), int(run[-1])
-            data = self.block_map[first:last + 1].astype("<u4").tobytes()
+            data = self.block_map[first : last + 1].astype("<u4").tobytes()
             fileio.pwrite(self._fd, data, self.header.offset_blocks + 4 * first)
 
     def write_whole_map(self) -> None:
@@ -306,8 +317,10 @@ def _read_map(fd: int, header: VdiHeader, path: Path) -> np.ndarray:
             break
         got += n
     if got != header.map_size:
-        raise ImageCorruptError(f"{path} is truncated: its block map is cut short by the end "
-                                f"of the file ({got} of {header.map_size} bytes).")
+        raise ImageCorruptError(
+            f"{path} is truncated: its block map is cut short by the end "
+            f"of the file ({got} of {header.map_size} bytes)."
+        )
     return entries.astype(np.uint32, copy=False)
 
 
@@ -323,8 +336,12 @@ def open_image(path: Path | str, *, writable: bool = False) -> VdiImage:
     # block an open forever), and the open itself never blocks; fstat re-checks the type in
     # case the name was swapped in between.
     sniff.require_regular_file(path)
-    flags = ((os.O_RDWR if writable else os.O_RDONLY) | getattr(os, "O_BINARY", 0)
-             | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
+    flags = (
+        (os.O_RDWR if writable else os.O_RDONLY)
+        | getattr(os, "O_BINARY", 0)
+        | getattr(os, "O_NONBLOCK", 0)
+        | getattr(os, "O_NOCTTY", 0)
+    )
     try:
         fd = fileio.open_fd(path, flags)
     except OSError as exc:
@@ -332,8 +349,10 @@ def open_image(path: Path | str, *, writable: bool = False) -> VdiImage:
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise VdiError(f"{path} is {sniff.file_kind(st.st_mode)}, not a disk image file; "
-                           "vdigui reads only regular files.")
+            raise VdiError(
+                f"{path} is {sniff.file_kind(st.st_mode)}, not a disk image file; "
+                "vdigui reads only regular files."
+            )
         size = st.st_size
         raw = os.pread(fd, fmt.HEADER_READ_SIZE, 0)
         header = fmt.parse_header_of_file(fd, raw, path, size)
@@ -357,9 +376,15 @@ def opened(path: Path | str, *, writable: bool = False) -> Iterator[VdiImage]:
         image.close()
 
 
-def new_header(disk_size: int, *, image_type: ImageType = ImageType.DYNAMIC,
-               block_size: int | None = None, uuid: uuidlib.UUID | None = None,
-               parent: VdiHeader | None = None, comment: str = "") -> VdiHeader:
+def new_header(
+    disk_size: int,
+    *,
+    image_type: ImageType = ImageType.DYNAMIC,
+    block_size: int | None = None,
+    uuid: uuidlib.UUID | None = None,
+    parent: VdiHeader | None = None,
+    comment: str = "",
+) -> VdiHeader:
     """A header laid out the way current VirtualBox lays out new images.
 
     0x190 header, the map at 1 MiB, data at the next 1 MiB boundary after the map, random
@@ -375,18 +400,29 @@ def new_header(disk_size: int, *, image_type: ImageType = ImageType.DYNAMIC,
     if disk_size <= 0 or disk_size % 512:
         raise VdiError(f"Disk size {disk_size} bytes is not a positive multiple of 512.")
     if block_size & (block_size - 1) or not fmt.MIN_BLOCK_SIZE <= block_size <= fmt.MAX_BLOCK_SIZE:
-        raise VdiError(f"Block size {block_size} bytes is not a power of two between 512 bytes "
-                       "and 128 MiB.")
+        raise VdiError(
+            f"Block size {block_size} bytes is not a power of two between 512 bytes and 128 MiB."
+        )
     blocks = -(-disk_size // block_size)
     offset_blocks = fmt.align_up(fmt.END_OF_V1PLUS, fmt.DATA_ALIGN)
     offset_data = fmt.align_up(offset_blocks + 4 * blocks, fmt.DATA_ALIGN)
     fixed = image_type == ImageType.FIXED
     return VdiHeader(
-        banner=fmt.BANNER.rstrip("\n"), version=fmt.VERSION_1_1,
-        header_size=fmt.HEADER_V1PLUS_SIZE, image_type=image_type, flags=0, comment=comment,
-        offset_blocks=offset_blocks, offset_data=offset_data, legacy_geometry=(0, 0, 0, 512),
-        disk_size=disk_size, block_size=block_size, block_extra=0, blocks=blocks,
-        blocks_allocated=blocks if fixed else 0, uuid=uuid or uuidlib.uuid4(),
+        banner=fmt.BANNER.rstrip("\n"),
+        version=fmt.VERSION_1_1,
+        header_size=fmt.HEADER_V1PLUS_SIZE,
+        image_type=image_type,
+        flags=0,
+        comment=comment,
+        offset_blocks=offset_blocks,
+        offset_data=offset_data,
+        legacy_geometry=(0, 0, 0, 512),
+        disk_size=disk_size,
+        block_size=block_size,
+        block_extra=0,
+        blocks=blocks,
+        blocks_allocated=blocks if fixed else 0,
+        uuid=uuid or uuidlib.uuid4(),
         modify_uuid=uuidlib.uuid4(),
         parent_uuid=parent.uuid if parent else fmt.NULL_UUID,
         parent_modify_uuid=parent.modify_uuid if parent else fmt.NULL_UUID,
@@ -420,10 +456,16 @@ def write_new_image(path: Path, header: VdiHeader, *, preallocate: bool = False)
         fileio.close(fd)
 
 
-def create_image(path: Path | str, disk_size: int = 0, *, fixed: bool = False,
-                 parent: Path | str | VdiHeader | None = None,
-                 block_size: int | None = None, uuid: uuidlib.UUID | None = None,
-                 comment: str = "") -> VdiHeader:
+def create_image(
+    path: Path | str,
+    disk_size: int = 0,
+    *,
+    fixed: bool = False,
+    parent: Path | str | VdiHeader | None = None,
+    block_size: int | None = None,
+    uuid: uuidlib.UUID | None = None,
+    comment: str = "",
+) -> VdiHeader:
     """Create a dynamic, fixed or differencing image at ``path`` atomically.
 
     The file is written beside the target under a temporary name, flushed, and renamed into
@@ -438,8 +480,14 @@ def create_image(path: Path | str, disk_size: int = 0, *, fixed: bool = False,
         parent_header = parent
     else:
         parent_header = fmt.read_header(parent)
-    header = new_header(disk_size, image_type=ImageType.FIXED if fixed else ImageType.DYNAMIC,
-                        block_size=block_size, uuid=uuid, parent=parent_header, comment=comment)
+    header = new_header(
+        disk_size,
+        image_type=ImageType.FIXED if fixed else ImageType.DYNAMIC,
+        block_size=block_size,
+        uuid=uuid,
+        parent=parent_header,
+        comment=comment,
+    )
     tmp = path.with_name(f".{path.name}.vdigui-tmp")
     fileio.unlink(tmp, missing_ok=True)
     try:

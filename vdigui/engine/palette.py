@@ -9,8 +9,16 @@ engine may not import Qt, so the hex values live here and the GUI theme takes th
 from __future__ import annotations
 
 #: Hues for chain layers, base first (a colour-blind-friendly qualitative set, Okabe-Ito).
-LAYER_HUES = ("#0072B2", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#D55E00", "#F0E442",
-              "#7F3C8D")
+LAYER_HUES = (
+    "#0072B2",
+    "#009E73",
+    "#CC79A7",
+    "#E69F00",
+    "#56B4E9",
+    "#D55E00",
+    "#F0E442",
+    "#7F3C8D",
+)
 #: A ZERO map entry (reads as zeros; in a differencing image it hides the parent).
 ZERO_COLOUR = "#9AA5B1"
 #: An allocated block whose bytes are all zero (what compaction drops).
@@ -44,5 +52,15 @@ def layer_hue(index: int) -> str:
     return LAYER_HUES[index % len(LAYER_HUES)]
 
 
-__all__ = ["ALL_ZERO_COLOUR", "CATEGORY_COLOURS", "FREE_DARK", "FREE_LIGHT", "JUMP_COLOURS",
-           "JUMP_LABELS", "LAYER_HUES", "USE_COLOUR", "ZERO_COLOUR", "layer_hue"]
+__all__ = [
+    "ALL_ZERO_COLOUR",
+    "CATEGORY_COLOURS",
+    "FREE_DARK",
+    "FREE_LIGHT",
+    "JUMP_COLOURS",
+    "JUMP_LABELS",
+    "LAYER_HUES",
+    "USE_COLOUR",
+    "ZERO_COLOUR",
+    "layer_hue",
+]

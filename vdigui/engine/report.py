@@ -62,9 +62,13 @@ SERVED_CLASSES = ("none", "zero")
 
 
 # -- entry points ------------------------------------------------------------------------------
-def build_report(source: Path | str, *, redacted: bool = False,
-                 progress: ProgressFn = no_progress, cancel: CancelToken | None = None
-                 ) -> dict[str, Any]:
+def build_report(
+    source: Path | str,
+    *,
+    redacted: bool = False,
+    progress: ProgressFn = no_progress,
+    cancel: CancelToken | None = None,
+) -> dict[str, Any]:
     """Everything the report shows about ``source`` (a VM folder, its .vbox, or an image).
 
     Raises:
@@ -86,8 +90,15 @@ def build_report(source: Path | str, *, redacted: bool = False,
         "source": str(source.absolute()),
         "kind": "vm" if is_vm else "image",
         "redacted": redacted,
-        "machine": None, "snapshots": [], "chain": [], "problems": [], "space": None,
-        "snapshot_costs": None, "disks": [], "history": [], "notes": notes,
+        "machine": None,
+        "snapshots": [],
+        "chain": [],
+        "problems": [],
+        "space": None,
+        "snapshot_costs": None,
+        "disks": [],
+        "history": [],
+        "notes": notes,
     }
     steps: list[tuple[str, Callable[[], None]]] = []
     vm: Any = None
@@ -107,8 +118,9 @@ def build_report(source: Path | str, *, redacted: bool = False,
         require_regular_file(source)
         read_header(source)  # not a VDI: say so at once, as every other command does
         folder = source.resolve().parent
-        steps.append(("chain", lambda: data.__setitem__("chain", _image_chain_table(source,
-                                                                                    notes))))
+        steps.append(
+            ("chain", lambda: data.__setitem__("chain", _image_chain_table(source, notes)))
+        )
         steps.append(("disks", lambda: data.__setitem__("disks", _image_disks(source, notes))))
     steps.append(("problems", lambda: data.__setitem__("problems", _problems(source))))
     steps.append(("space", lambda: data.__setitem__("space", _space(source, cancel))))
@@ -124,15 +136,22 @@ def build_report(source: Path | str, *, redacted: bool = False,
         except (VdiError, OSError, ValueError) as exc:
             notes.append(f"The {_SECTION_NAMES[name]} could not be gathered: {exc}")
         except Exception as exc:  # a bug in one section must not cost the rest of the report
-            notes.append(f"The {_SECTION_NAMES[name]} could not be gathered because of an "
-                         f"internal error ({type(exc).__name__}: {exc}); please report it.")
+            notes.append(
+                f"The {_SECTION_NAMES[name]} could not be gathered because of an "
+                f"internal error ({type(exc).__name__}: {exc}); please report it."
+            )
     progress(Progress("gathering the report", len(steps), len(steps)))
     return redact(data) if redacted else data
 
 
-_SECTION_NAMES = {"chain": "chain table", "disks": "block-map and fragmentation pictures",
-                  "costs": "snapshot cost map", "problems": "list of problems",
-                  "space": "space account", "history": "operation history"}
+_SECTION_NAMES = {
+    "chain": "chain table",
+    "disks": "block-map and fragmentation pictures",
+    "costs": "snapshot cost map",
+    "problems": "list of problems",
+    "space": "space account",
+    "history": "operation history",
+}
 
 
 def report_bytes(data: dict[str, Any], *, as_json: bool = False) -> bytes:
@@ -144,10 +163,16 @@ def report_bytes(data: dict[str, Any], *, as_json: bool = False) -> bytes:
     return render_html(data).encode("utf-8")
 
 
-def write_report(source: Path | str, output: Path | str, *, as_json: bool = False,
-                 redacted: bool = False, overwrite: bool = False,
-                 progress: ProgressFn = no_progress, cancel: CancelToken | None = None
-                 ) -> Path:
+def write_report(
+    source: Path | str,
+    output: Path | str,
+    *,
+    as_json: bool = False,
+    redacted: bool = False,
+    overwrite: bool = False,
+    progress: ProgressFn = no_progress,
+    cancel: CancelToken | None = None,
+) -> Path:
     """Build the report of ``source`` and write it to ``output`` atomically; returns the path.
 
     The file appears complete or not at all (temp file, fsync, rename); a refused or failed
@@ -173,15 +198,17 @@ def refuse_output(output: Path, *, overwrite: bool) -> None:
     if output.is_dir():
         raise VdiError(f"'{output}' is a folder; give the report a file name.")
     if (output.exists() or output.is_symlink()) and not overwrite:
-        raise VdiError(f"'{output}' already exists; choose another name or pass --force to "
-                       "replace it.")
+        raise VdiError(
+            f"'{output}' already exists; choose another name or pass --force to replace it."
+        )
     if not output.parent.is_dir():
         raise VdiError(f"The folder of '{output}' does not exist.")
 
 
 # -- redaction ---------------------------------------------------------------------------------
-def redaction_rules(home: str | None = None, user: str | None = None
-                    ) -> list[tuple[re.Pattern[str], str]]:
+def redaction_rules(
+    home: str | None = None, user: str | None = None
+) -> list[tuple[re.Pattern[str], str]]:
     """(pattern, replacement) pairs: the home folder becomes ``~``, the user name ``<user>``.
 
     The home folder is matched whole (``/home/al`` does not eat ``/home/alice``) and in its
@@ -202,12 +229,12 @@ def redaction_rules(home: str | None = None, user: str | None = None
         homes.add(str(Path(home).resolve()).rstrip("/"))
     except (OSError, RuntimeError):
         pass
-    for h in sorted((h for h in homes if h.count("/") >= 1 and len(h) > 1), key=len,
-                    reverse=True):
+    for h in sorted((h for h in homes if h.count("/") >= 1 and len(h) > 1), key=len, reverse=True):
         rules.append((re.compile(re.escape(h) + r"(?![A-Za-z0-9._~-])"), "~"))
     if user:
-        rules.append((re.compile(r"(?<![A-Za-z0-9])" + re.escape(user) + r"(?![A-Za-z0-9])"),
-                      "<user>"))
+        rules.append(
+            (re.compile(r"(?<![A-Za-z0-9])" + re.escape(user) + r"(?![A-Za-z0-9])"), "<user>")
+        )
     return rules
 
 
@@ -232,12 +259,18 @@ def _u(value: Any) -> str | None:
 
 
 def _machine(vm: Any) -> dict[str, Any]:
-    return {"name": vm.name, "uuid": _u(vm.machine_uuid), "folder": str(vm.folder),
-            "settings_path": str(vm.settings_path), "os_type": vm.os_type,
-            "settings_version": vm.settings_version,
-            "state_file": _u(vm.state_file), "aborted": vm.aborted,
-            "current_state_modified": vm.current_state_modified,
-            "snapshot_count": vm.snapshot_count}
+    return {
+        "name": vm.name,
+        "uuid": _u(vm.machine_uuid),
+        "folder": str(vm.folder),
+        "settings_path": str(vm.settings_path),
+        "os_type": vm.os_type,
+        "settings_version": vm.settings_version,
+        "state_file": _u(vm.state_file),
+        "aborted": vm.aborted,
+        "current_state_modified": vm.current_state_modified,
+        "snapshot_count": vm.snapshot_count,
+    }
 
 
 def _medium_paths(vm: Any, media: Any) -> list[str]:
@@ -246,20 +279,33 @@ def _medium_paths(vm: Any, media: Any) -> list[str]:
 
 def _snapshot_tree(vm: Any) -> list[dict[str, Any]]:
     """Nested snapshots, with the current state as a child of the snapshot it is based on."""
-    current = {"name": "Current state", "uuid": None, "current_state": True,
-               "timestamp": None, "description": "", "state_file": _u(vm.state_file),
-               "modified": vm.current_state_modified,
-               "disks": _medium_paths(vm, vm.current_disks()), "children": []}
+    current = {
+        "name": "Current state",
+        "uuid": None,
+        "current_state": True,
+        "timestamp": None,
+        "description": "",
+        "state_file": _u(vm.state_file),
+        "modified": vm.current_state_modified,
+        "disks": _medium_paths(vm, vm.current_disks()),
+        "children": [],
+    }
 
     def node(n: Any) -> dict[str, Any]:
         children = [node(c) for c in n.children]
         if n.uuid == vm.current_snapshot_uuid:
             children.append(current)
-        return {"name": n.name, "uuid": _u(n.uuid), "current_state": False,
-                "timestamp": n.timestamp.isoformat() if n.timestamp else None,
-                "description": n.description, "state_file": _u(n.state_file),
-                "current": n.uuid == vm.current_snapshot_uuid,
-                "disks": _medium_paths(vm, vm.disk_for_snapshot(n)), "children": children}
+        return {
+            "name": n.name,
+            "uuid": _u(n.uuid),
+            "current_state": False,
+            "timestamp": n.timestamp.isoformat() if n.timestamp else None,
+            "description": n.description,
+            "state_file": _u(n.state_file),
+            "current": n.uuid == vm.current_snapshot_uuid,
+            "disks": _medium_paths(vm, vm.disk_for_snapshot(n)),
+            "children": children,
+        }
 
     if vm.root_snapshot is None:
         return [current]
@@ -278,14 +324,22 @@ def chain_row(path: Path, header: VdiHeader, depth: int, **extra: Any) -> dict[s
         file_size = None
     linkage = header.parent_uuid
     parent_modify = header.parent_modify_uuid
-    return {"path": str(path), "name": path.name, "depth": depth,
-            "type": header.image_type.label, "disk_size": header.disk_size,
-            "block_size": header.block_size, "blocks": header.blocks,
-            "blocks_allocated": header.blocks_allocated, "file_size": file_size,
-            "uuid_create": str(header.uuid), "uuid_modify": str(header.modify_uuid),
-            "uuid_linkage": None if linkage == NULL_UUID else str(linkage),
-            "uuid_parent_modify": None if parent_modify == NULL_UUID else str(parent_modify),
-            **extra}
+    return {
+        "path": str(path),
+        "name": path.name,
+        "depth": depth,
+        "type": header.image_type.label,
+        "disk_size": header.disk_size,
+        "block_size": header.block_size,
+        "blocks": header.blocks,
+        "blocks_allocated": header.blocks_allocated,
+        "file_size": file_size,
+        "uuid_create": str(header.uuid),
+        "uuid_modify": str(header.modify_uuid),
+        "uuid_linkage": None if linkage == NULL_UUID else str(linkage),
+        "uuid_parent_modify": None if parent_modify == NULL_UUID else str(parent_modify),
+        **extra,
+    }
 
 
 def _vm_chain_table(vm: Any) -> list[dict[str, Any]]:
@@ -308,10 +362,16 @@ def _vm_chain_table(vm: Any) -> list[dict[str, Any]]:
         paths = vm.image_paths.get(uuid)
         if paths:
             path = paths[0]
-            rows.append(chain_row(path, vm.images[path], depth,
-                                  registered=uuid in vm.media,
-                                  used_by=users.get(Path(path).resolve(), []),
-                                  problems=sorted({p.kind for p in vm.problems_for(uuid, path)})))
+            rows.append(
+                chain_row(
+                    path,
+                    vm.images[path],
+                    depth,
+                    registered=uuid in vm.media,
+                    used_by=users.get(Path(path).resolve(), []),
+                    problems=sorted({p.kind for p in vm.problems_for(uuid, path)}),
+                )
+            )
         for child in vm.header_tree.get(uuid, ()):
             walk(child, depth + 1)
 
@@ -320,8 +380,7 @@ def _vm_chain_table(vm: Any) -> list[dict[str, Any]]:
     for uuid in vm.image_paths:  # images in a parent loop belong to no root
         walk(uuid, 0)
     for path, message in sorted(vm.unreadable.items()):
-        rows.append({"path": str(path), "name": Path(path).name, "depth": 0,
-                     "unreadable": message})
+        rows.append({"path": str(path), "name": Path(path).name, "depth": 0, "unreadable": message})
     return rows
 
 
@@ -335,8 +394,9 @@ def _image_chain_table(image: Path, notes: list[str]) -> list[dict[str, Any]]:
         try:
             rows.append(chain_row(Path(path), read_header(path), depth))
         except (VdiError, OSError) as exc:
-            rows.append({"path": str(path), "name": Path(path).name, "depth": depth,
-                         "unreadable": str(exc)})
+            rows.append(
+                {"path": str(path), "name": Path(path).name, "depth": depth, "unreadable": str(exc)}
+            )
     return rows
 
 
@@ -345,8 +405,10 @@ def _problems(source: Path) -> list[dict[str, Any]]:
     from vdigui.engine.check import check_path
 
     report = check_path(source)
-    return [{"severity": f.severity, "kind": f.kind, "path": str(f.path),
-             "message": f.message} for f in report.findings]
+    return [
+        {"severity": f.severity, "kind": f.kind, "path": str(f.path), "message": f.message}
+        for f in report.findings
+    ]
 
 
 def _space(source: Path, cancel: CancelToken | None) -> dict[str, Any]:
@@ -404,34 +466,62 @@ def disk_pictures(paths: list[Path], label: str) -> dict[str, Any]:
         codes = np.full(blocks, 2, dtype=np.int64)
         codes[entries[i] == BLOCK_FREE] = 0
         codes[entries[i] == BLOCK_ZERO] = 1
-        rows.append({"label": analysis.paths[i].name, "kind": "layer", "layer": i,
-                     "classes": list(LAYER_CLASSES), "counts": bin_counts(codes, k, 3)})
+        rows.append(
+            {
+                "label": analysis.paths[i].name,
+                "kind": "layer",
+                "layer": i,
+                "classes": list(LAYER_CLASSES),
+                "counts": bin_counts(codes, k, 3),
+            }
+        )
     served = np.zeros(blocks, dtype=np.int64)
     has = analysis.serving >= 0
     layer_of = analysis.serving[has].astype(np.int64)
     is_zero = entries[layer_of, np.flatnonzero(has)] == BLOCK_ZERO
     served[has] = np.where(is_zero, 1, 2 + layer_of)
-    rows.append({"label": "guest sees", "kind": "served", "layer": None,
-                 "classes": [*SERVED_CLASSES, *(p.name for p in analysis.paths)],
-                 "counts": bin_counts(served, k, 2 + layers)})
+    rows.append(
+        {
+            "label": "guest sees",
+            "kind": "served",
+            "layer": None,
+            "classes": [*SERVED_CLASSES, *(p.name for p in analysis.paths)],
+            "counts": bin_counts(served, k, 2 + layers),
+        }
+    )
     frag = []
     for i in range(layers):
         stats = analysis.layer_frag[i]
-        frag.append({"label": analysis.paths[i].name, "layer": i,
-                     "allocated": stats.allocated, "discontinuities": stats.discontinuities,
-                     "longest_run": stats.longest_run,
-                     "in_order_share": round(stats.in_order_share, 6),
-                     "mean_jump": round(stats.mean_jump, 3),
-                     **frag_grid(entries[i], blocks)})
+        frag.append(
+            {
+                "label": analysis.paths[i].name,
+                "layer": i,
+                "allocated": stats.allocated,
+                "discontinuities": stats.discontinuities,
+                "longest_run": stats.longest_run,
+                "in_order_share": round(stats.in_order_share, 6),
+                "mean_jump": round(stats.mean_jump, 3),
+                **frag_grid(entries[i], blocks),
+            }
+        )
     cf = analysis.chain_frag
-    return {"label": label, "paths": [str(p) for p in analysis.paths],
-            "disk_size": disk_size, "block_size": block_size, "blocks": blocks,
-            "cell_blocks": k, "serving_counts": list(analysis.serving_counts),
-            "block_map": rows, "fragmentation": frag,
-            "chain_fragmentation": {"allocated": cf.allocated,
-                                    "discontinuities": cf.discontinuities,
-                                    "longest_run": cf.longest_run,
-                                    "in_order_share": round(cf.in_order_share, 6)}}
+    return {
+        "label": label,
+        "paths": [str(p) for p in analysis.paths],
+        "disk_size": disk_size,
+        "block_size": block_size,
+        "blocks": blocks,
+        "cell_blocks": k,
+        "serving_counts": list(analysis.serving_counts),
+        "block_map": rows,
+        "fragmentation": frag,
+        "chain_fragmentation": {
+            "allocated": cf.allocated,
+            "discontinuities": cf.discontinuities,
+            "longest_run": cf.longest_run,
+            "in_order_share": round(cf.in_order_share, 6),
+        },
+    }
 
 
 def bin_counts(codes: np.ndarray, k: int, classes: int) -> list[list[int]]:
@@ -463,7 +553,7 @@ def frag_grid(entries: np.ndarray, blocks: int) -> dict[str, Any]:
         yi = np.clip(slots * height // top, 0, height - 1)
         np.maximum.at(grid, (height - 1 - yi) * width + xi, classes)
     chars = np.array(list(".01234"))
-    rows = ["".join(chars[grid[r * width:(r + 1) * width] + 1]) for r in range(height)]
+    rows = ["".join(chars[grid[r * width : (r + 1) * width] + 1]) for r in range(height)]
     return {"grid": rows, "slots": top if slots.size else 0}
 
 
@@ -499,9 +589,15 @@ def operation_history(folder: Path) -> list[dict[str, Any]]:
         except FileNotFoundError:
             return
         except (OSError, ValueError) as exc:
-            entries[str(path)] = {"kind": "?", "summary": f"unreadable record '{path}': {exc}",
-                                  "started": None, "finished": None, "status": "unreadable",
-                                  "undo_data": None, "record": str(path)}
+            entries[str(path)] = {
+                "kind": "?",
+                "summary": f"unreadable record '{path}': {exc}",
+                "started": None,
+                "finished": None,
+                "status": "unreadable",
+                "undo_data": None,
+                "record": str(path),
+            }
             return
         if not isinstance(record, dict):
             return
@@ -515,10 +611,15 @@ def operation_history(folder: Path) -> list[dict[str, Any]]:
             else:
                 status = "done, can be undone"
         key = str(record.get("backup_dir") or path)
-        entries[key] = {"kind": str(record.get("kind", "?")),
-                        "summary": str(record.get("summary", "")),
-                        "started": record.get("started"), "finished": record.get("finished"),
-                        "status": status, "undo_data": None, "record": str(path)}
+        entries[key] = {
+            "kind": str(record.get("kind", "?")),
+            "summary": str(record.get("summary", "")),
+            "started": record.get("started"),
+            "finished": record.get("finished"),
+            "status": status,
+            "undo_data": None,
+            "record": str(path),
+        }
 
     record_entry(state / jr.LAST_NAME, "done")
     record_entry(state / jr.JOURNAL_NAME, "unfinished (the next writing command recovers it)")
@@ -535,10 +636,15 @@ def operation_history(folder: Path) -> list[dict[str, Any]]:
             if match:
                 when = dt.datetime.strptime(match["stamp"], "%Y%m%dT%H%M%S")
                 started = when.replace(tzinfo=dt.UTC).isoformat(timespec="seconds")
-            entry = {"kind": match["kind"] if match else "?", "summary": "",
-                     "started": started, "finished": None,
-                     "status": "done earlier (its undo data is kept)", "undo_data": None,
-                     "record": None}
+            entry = {
+                "kind": match["kind"] if match else "?",
+                "summary": "",
+                "started": started,
+                "finished": None,
+                "status": "done earlier (its undo data is kept)",
+                "undo_data": None,
+                "record": None,
+            }
             entries[str(path)] = entry
         entry["undo_data"] = _folder_size(path)
         entry["backup_dir"] = str(path)
@@ -546,7 +652,22 @@ def operation_history(folder: Path) -> list[dict[str, Any]]:
     return out
 
 
-__all__ = ["FRAG_GRID", "JUMP_BOUNDS", "LAYER_CLASSES", "MAP_CELLS", "REPORT_VERSION",
-           "SERVED_CLASSES", "bin_counts", "build_report", "chain_row", "disk_pictures",
-           "frag_grid", "operation_history", "redact", "redaction_rules", "refuse_output",
-           "report_bytes", "write_report"]
+__all__ = [
+    "FRAG_GRID",
+    "JUMP_BOUNDS",
+    "LAYER_CLASSES",
+    "MAP_CELLS",
+    "REPORT_VERSION",
+    "SERVED_CLASSES",
+    "bin_counts",
+    "build_report",
+    "chain_row",
+    "disk_pictures",
+    "frag_grid",
+    "operation_history",
+    "redact",
+    "redaction_rules",
+    "refuse_output",
+    "report_bytes",
+    "write_report",
+]

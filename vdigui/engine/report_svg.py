@@ -94,24 +94,30 @@ def block_map_svg(disk: dict[str, Any]) -> str:
     """The block map of one disk: one row per layer (base at the bottom), "guest sees" on top."""
     rows = list(disk["block_map"])
     ordered = [r for r in rows if r["kind"] == "served"] + [
-        r for r in reversed(rows) if r["kind"] == "layer"]
+        r for r in reversed(rows) if r["kind"] == "layer"
+    ]
     k = int(disk["cell_blocks"])
     blocks = int(disk["blocks"])
     cells = max(1, -(-blocks // k)) if blocks else 1
     cell_w = _MAP_W / cells
     height = len(ordered) * (_ROW_H + _ROW_GAP) + 18
     width = _LABEL_W + _MAP_W + 4
-    out = [f'<svg class="blockmap" width="{width}" height="{height}" '
-           f'viewBox="0 0 {width} {height}" role="img" '
-           f'aria-label="Block map of {escape(str(disk["label"]))}">']
+    out = [
+        f'<svg class="blockmap" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" '
+        f'aria-label="Block map of {escape(str(disk["label"]))}">'
+    ]
     for r, row in enumerate(ordered):
         y = r * (_ROW_H + _ROW_GAP)
         label = str(row["label"])
         short = label if len(label) <= 28 else label[:12] + "…" + label[-14:]
-        out.append(f'<text x="{_LABEL_W - 6}" y="{y + _ROW_H - 6}" text-anchor="end">'
-                   f'<title>{escape(label)}</title>{escape(short)}</text>')
-        out.append(f'<rect x="{_LABEL_W}" y="{y}" width="{_MAP_W}" height="{_ROW_H}" '
-                   f'fill="{FREE_LIGHT}"/>')
+        out.append(
+            f'<text x="{_LABEL_W - 6}" y="{y + _ROW_H - 6}" text-anchor="end">'
+            f"<title>{escape(label)}</title>{escape(short)}</text>"
+        )
+        out.append(
+            f'<rect x="{_LABEL_W}" y="{y}" width="{_MAP_W}" height="{_ROW_H}" fill="{FREE_LIGHT}"/>'
+        )
         colours = _row_colours(row)
         counts = row["counts"]
         start = 0
@@ -121,38 +127,52 @@ def block_map_svg(disk: dict[str, Any]) -> str:
                 end += 1
             bands = cell_bands(counts[start], colours)
             first, last = start * k, min(end * k, blocks) - 1
-            words = ", ".join(f"{n:,} {_class_words(row, c)}"
-                              for c, n in enumerate(counts[start]) if n)
+            words = ", ".join(
+                f"{n:,} {_class_words(row, c)}" for c, n in enumerate(counts[start]) if n
+            )
             title = escape(f"blocks {first:,}–{last:,}: {words}")
             x = _LABEL_W + start * cell_w
             w = (end - start) * cell_w
             if not bands:
-                out.append(f'<rect x="{x:.2f}" y="{y}" width="{w:.2f}" height="{_ROW_H}" '
-                           f'fill="{FREE_LIGHT}"><title>{title}</title></rect>')
+                out.append(
+                    f'<rect x="{x:.2f}" y="{y}" width="{w:.2f}" height="{_ROW_H}" '
+                    f'fill="{FREE_LIGHT}"><title>{title}</title></rect>'
+                )
             else:
                 band_h = _ROW_H / len(bands)
                 for b, (colour, _cls) in enumerate(bands):
                     by = y + _ROW_H - (b + 1) * band_h
-                    out.append(f'<rect x="{x:.2f}" y="{by:.2f}" width="{w:.2f}" '
-                               f'height="{band_h:.2f}" fill="{colour}">'
-                               f'<title>{title}</title></rect>')
+                    out.append(
+                        f'<rect x="{x:.2f}" y="{by:.2f}" width="{w:.2f}" '
+                        f'height="{band_h:.2f}" fill="{colour}">'
+                        f"<title>{title}</title></rect>"
+                    )
             start = end
     axis_y = len(ordered) * (_ROW_H + _ROW_GAP) + 12
     out.append(f'<text x="{_LABEL_W}" y="{axis_y}">block 0</text>')
-    out.append(f'<text x="{_LABEL_W + _MAP_W}" y="{axis_y}" text-anchor="end">'
-               f'block {max(blocks - 1, 0):,}</text>')
-    scale = "1 cell = 1 block" if k == 1 else (
-        f"1 cell = {k:,} blocks ({human_size(k * int(disk['block_size']))})")
-    out.append(f'<text x="{_LABEL_W + _MAP_W / 2}" y="{axis_y}" text-anchor="middle">'
-               f'{escape(scale)}</text>')
+    out.append(
+        f'<text x="{_LABEL_W + _MAP_W}" y="{axis_y}" text-anchor="end">'
+        f"block {max(blocks - 1, 0):,}</text>"
+    )
+    scale = (
+        "1 cell = 1 block"
+        if k == 1
+        else (f"1 cell = {k:,} blocks ({human_size(k * int(disk['block_size']))})")
+    )
+    out.append(
+        f'<text x="{_LABEL_W + _MAP_W / 2}" y="{axis_y}" text-anchor="middle">'
+        f"{escape(scale)}</text>"
+    )
     out.append("</svg>")
     return "".join(out)
 
 
 def block_map_legend(disk: dict[str, Any]) -> list[tuple[str, str]]:
     """(colour, words) of the block map's legend."""
-    items = [(FREE_LIGHT, "free (reads through, or zeros)"),
-             (ZERO_COLOUR, "zero entry (hides the parent)")]
+    items = [
+        (FREE_LIGHT, "free (reads through, or zeros)"),
+        (ZERO_COLOUR, "zero entry (hides the parent)"),
+    ]
     for row in disk["block_map"]:
         if row["kind"] == "layer":
             items.append((layer_hue(int(row["layer"])), f"data in {row['label']}"))
@@ -169,10 +189,12 @@ def frag_svg(layer: dict[str, Any]) -> str:
     pw, ph = width * cw, height * ch
     left, bottom = 56, 16
     total_w, total_h = left + pw + 4, ph + bottom + 4
-    out = [f'<svg class="frag" width="{total_w}" height="{total_h}" '
-           f'viewBox="0 0 {total_w} {total_h}" role="img" '
-           f'aria-label="Fragmentation of {escape(str(layer["label"]))}">',
-           f'<rect x="{left}" y="0" width="{pw}" height="{ph}" fill="{FREE_LIGHT}"/>']
+    out = [
+        f'<svg class="frag" width="{total_w}" height="{total_h}" '
+        f'viewBox="0 0 {total_w} {total_h}" role="img" '
+        f'aria-label="Fragmentation of {escape(str(layer["label"]))}">',
+        f'<rect x="{left}" y="0" width="{pw}" height="{ph}" fill="{FREE_LIGHT}"/>',
+    ]
     for r, line in enumerate(grid):
         c = 0
         while c < width:
@@ -182,14 +204,15 @@ def frag_svg(layer: dict[str, Any]) -> str:
                 end += 1
             if ch_ != ".":
                 cls = int(ch_)
-                out.append(f'<rect x="{left + c * cw}" y="{r * ch}" width="{(end - c) * cw}" '
-                           f'height="{ch}" fill="{JUMP_COLOURS[cls]}"/>')
+                out.append(
+                    f'<rect x="{left + c * cw}" y="{r * ch}" width="{(end - c) * cw}" '
+                    f'height="{ch}" fill="{JUMP_COLOURS[cls]}"/>'
+                )
             c = end
     out.append(f'<text x="{left - 4}" y="10" text-anchor="end">slot {layer["slots"]:,}</text>')
     out.append(f'<text x="{left - 4}" y="{ph}" text-anchor="end">slot 0</text>')
     out.append(f'<text x="{left}" y="{ph + 13}">guest block 0</text>')
-    out.append(f'<text x="{left + pw}" y="{ph + 13}" text-anchor="end">last guest block'
-               '</text>')
+    out.append(f'<text x="{left + pw}" y="{ph + 13}" text-anchor="end">last guest block</text>')
     out.append("</svg>")
     return "".join(out)
 
@@ -202,9 +225,11 @@ def frag_legend() -> list[tuple[str, str]]:
 def space_bar_svg(categories: dict[str, int], width: int = 900, height: int = 26) -> str:
     """A stacked bar of bytes by space category (hover: exact bytes)."""
     total = sum(categories.values())
-    out = [f'<svg class="spacebar" width="{width}" height="{height}" '
-           f'viewBox="0 0 {width} {height}" role="img" aria-label="Space by category">',
-           f'<rect x="0" y="0" width="{width}" height="{height}" fill="{FREE_LIGHT}"/>']
+    out = [
+        f'<svg class="spacebar" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" role="img" aria-label="Space by category">',
+        f'<rect x="0" y="0" width="{width}" height="{height}" fill="{FREE_LIGHT}"/>',
+    ]
     x = 0.0
     for name, value in categories.items():
         if value <= 0 or total <= 0:
@@ -212,12 +237,22 @@ def space_bar_svg(categories: dict[str, int], width: int = 900, height: int = 26
         w = width * value / total
         colour = CATEGORY_COLOURS.get(name, "#8C8C8C")
         title = escape(f"{name}: {human_size(value)} ({value:,} bytes)")
-        out.append(f'<rect x="{x:.2f}" y="0" width="{max(w, 1):.2f}" height="{height}" '
-                   f'fill="{colour}"><title>{title}</title></rect>')
+        out.append(
+            f'<rect x="{x:.2f}" y="0" width="{max(w, 1):.2f}" height="{height}" '
+            f'fill="{colour}"><title>{title}</title></rect>'
+        )
         x += w
     out.append("</svg>")
     return "".join(out)
 
 
-__all__ = ["MIN_TINT", "block_map_legend", "block_map_svg", "cell_bands", "frag_legend",
-           "frag_svg", "space_bar_svg", "tint"]
+__all__ = [
+    "MIN_TINT",
+    "block_map_legend",
+    "block_map_svg",
+    "cell_bands",
+    "frag_legend",
+    "frag_svg",
+    "space_bar_svg",
+    "tint",
+]

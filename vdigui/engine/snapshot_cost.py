@@ -129,15 +129,23 @@ class SnapshotCost:
     def to_dict(self) -> dict[str, Any]:
         """JSON form (``vdictl snapshot list --cost --json``, the report); snake_case keys."""
         return {
-            "name": self.name, "uuid": self.uuid, "depth": self.depth, "current": self.current,
-            "only_here": self.only_here, "frees": self.frees,
+            "name": self.name,
+            "uuid": self.uuid,
+            "depth": self.depth,
+            "current": self.current,
+            "only_here": self.only_here,
+            "frees": self.frees,
             "frees_keeping_undo": self.frees_keeping_undo,
-            "frees_without_undo": self.frees_without_undo, "copies": self.copies,
+            "frees_without_undo": self.frees_without_undo,
+            "copies": self.copies,
             "needs": self.needs,
-            "seconds_estimate": (None if self.seconds_estimate is None
-                                 else round(self.seconds_estimate, 1)),
-            "keep_undo": self.keep_undo, "rate": round(self.rate),
-            "rate_source": self.rate_source, "refused_reason": self.refused_reason,
+            "seconds_estimate": (
+                None if self.seconds_estimate is None else round(self.seconds_estimate, 1)
+            ),
+            "keep_undo": self.keep_undo,
+            "rate": round(self.rate),
+            "rate_source": self.rate_source,
+            "refused_reason": self.refused_reason,
         }
 
 
@@ -189,17 +197,27 @@ class OrderCost:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
-        return {"order": list(self.order), "cost": self.cost, "copies": self.copies,
-                "peak": self.peak, "frees": self.frees, "exhaustive": self.exhaustive,
-                "tried": self.tried,
-                "steps": [{"name": s.name, "copies": s.copies, "needs": s.needs,
-                           "frees": s.frees} for s in self.steps]}
+        return {
+            "order": list(self.order),
+            "cost": self.cost,
+            "copies": self.copies,
+            "peak": self.peak,
+            "frees": self.frees,
+            "exhaustive": self.exhaustive,
+            "tried": self.tried,
+            "steps": [
+                {"name": s.name, "copies": s.copies, "needs": s.needs, "frees": s.frees}
+                for s in self.steps
+            ],
+        }
 
 
 # -- the cost map ----------------------------------------------------------------------------
 
-def snapshot_costs(vm: Path | str, *, keep_undo: bool = True,
-                   rate: float | None = None) -> list[SnapshotCost]:
+
+def snapshot_costs(
+    vm: Path | str, *, keep_undo: bool = True, rate: float | None = None
+) -> list[SnapshotCost]:
     """The cost of deleting each snapshot of the VM in ``vm`` (tree order, depth-first).
 
     Args:
@@ -226,28 +244,58 @@ def snapshot_costs(vm: Path | str, *, keep_undo: bool = True,
             kept = mg.plan_snapshot_delete(vbox, row.uuid, keep_undo=True)
             bare = mg.plan_snapshot_delete(vbox, row.uuid, keep_undo=False)
         except (VdiError, OSError) as exc:
-            reason = str(exc) if isinstance(exc, VdiError) else (
-                f"'{exc.filename}' cannot be read ({exc.strerror}), so this deletion cannot "
-                "be planned.")
-            out.append(SnapshotCost(row.name, row.uuid, row.depth, row.current, only, None, None,
-                                    None, None, None, keep_undo, used_rate, source,
-                                    refused_reason=reason))
+            reason = (
+                str(exc)
+                if isinstance(exc, VdiError)
+                else (
+                    f"'{exc.filename}' cannot be read ({exc.strerror}), so this deletion cannot "
+                    "be planned."
+                )
+            )
+            out.append(
+                SnapshotCost(
+                    row.name,
+                    row.uuid,
+                    row.depth,
+                    row.current,
+                    only,
+                    None,
+                    None,
+                    None,
+                    None,
+                    None,
+                    keep_undo,
+                    used_rate,
+                    source,
+                    refused_reason=reason,
+                )
+            )
             continue
         chosen = kept if keep_undo else bare
         copies = plan_copies(chosen)
-        out.append(SnapshotCost(
-            row.name, row.uuid, row.depth, row.current, only,
-            frees_keeping_undo=kept.space.net_frees, frees_without_undo=bare.space.frees,
-            copies=copies, needs=chosen.space.peak_extra,
-            seconds_estimate=copies / used_rate, keep_undo=keep_undo, rate=used_rate,
-            rate_source=source))
+        out.append(
+            SnapshotCost(
+                row.name,
+                row.uuid,
+                row.depth,
+                row.current,
+                only,
+                frees_keeping_undo=kept.space.net_frees,
+                frees_without_undo=bare.space.frees,
+                copies=copies,
+                needs=chosen.space.peak_extra,
+                seconds_estimate=copies / used_rate,
+                keep_undo=keep_undo,
+                rate=used_rate,
+                rate_source=source,
+            )
+        )
     return out
 
 
 def plan_copies(plan: mg.MergePlan) -> int:
     """Data bytes a plan's merges copy (the chosen direction's cost, listed first)."""
-    return sum(step.costs[0].bytes for step in plan.steps
-               if step.action == "merge" and step.costs)
+    return sum(step.costs[0].bytes for step in plan.steps if step.action == "merge" and step.costs)
 
 
 def _only_here(doc: VboxDocument, snap: Any, registry: dict[uuidlib.UUID, Any]) -> int | None:
@@ -284,6 +332,7 @@ def _only_here(doc: VboxDocument, snap: Any, registry: dict[uuidlib.UUID, Any]) 
 
 # -- the copy rate ---------------------------------------------------------------------------
 
+
 def copy_rate(folder: Path | str) -> tuple[float, str]:
     """A copy rate (bytes per second) for time estimates, and where it came from, in words."""
     recorded = recorded_rate(Path(folder))
@@ -304,8 +353,7 @@ def recorded_rate(folder: Path) -> float | None:
     except (KeyError, ValueError):
         return None
     seconds = (finished - started).total_seconds()
-    if not isinstance(written, int) or written < _RECORD_MIN_BYTES or \
-            seconds < _RECORD_MIN_SECONDS:
+    if not isinstance(written, int) or written < _RECORD_MIN_BYTES or seconds < _RECORD_MIN_SECONDS:
         return None
     return written / seconds
 
@@ -342,6 +390,7 @@ def measured_rate() -> float:
 
 
 # -- the cheapest order ----------------------------------------------------------------------
+
 
 def cheapest_order(vm: Path | str, names: Sequence[str], *, keep_undo: bool = True) -> list[str]:
     """The order to delete ``names`` (names or UUIDs) in that costs least (see best_order)."""
@@ -396,8 +445,7 @@ def order_cost(vm: Path | str, order: Sequence[str], *, keep_undo: bool = True) 
         return OrderCost(tuple(order), shadow.simulate(uuids, label, keep_undo))
 
 
-def _greedy(shadow: _Shadow, uuids: list[str], label: dict[str, str],
-            keep_undo: bool) -> OrderCost:
+def _greedy(shadow: _Shadow, uuids: list[str], label: dict[str, str], keep_undo: bool) -> OrderCost:
     left = list(uuids)
     steps: list[OrderStep] = []
     tried = 0
@@ -503,7 +551,8 @@ class _Shadow:
             if path is None or not is_inside(path, self.root):
                 raise OperationRefused(
                     f"The disk '{el.get('location')}' lies outside the VM folder, so the "
-                    "cheapest order cannot be worked out; delete the snapshots one at a time.")
+                    "cheapest order cannot be worked out; delete the snapshots one at a time."
+                )
 
     def reset(self) -> None:
         """Back to the real folder's state (for the next order)."""
@@ -528,12 +577,14 @@ class _Shadow:
         snap = doc.find_snapshot(key)
         if snap is None:
             names = ", ".join(f"'{s.get('name')}'" for s in doc.snapshots()) or "none"
-            raise OperationRefused(f"The VM has no snapshot named or numbered '{key}' "
-                                   f"(snapshots: {names}).")
+            raise OperationRefused(
+                f"The VM has no snapshot named or numbered '{key}' (snapshots: {names})."
+            )
         return str(doc.snapshot_uuid(snap))
 
-    def simulate(self, uuids: Iterable[str], label: dict[str, str],
-                 keep_undo: bool) -> tuple[OrderStep, ...]:
+    def simulate(
+        self, uuids: Iterable[str], label: dict[str, str], keep_undo: bool
+    ) -> tuple[OrderStep, ...]:
         """Plan and apply each deletion in turn; the shadow is reset first."""
         self.reset()
         steps = []
@@ -555,8 +606,10 @@ class _Shadow:
                 continue
             assert step.source is not None and step.target is not None
             backward = step.direction == "backward"
-            with open_image(step.source.path) as source, \
-                    open_image(step.target.path, writable=True) as target:
+            with (
+                open_image(step.source.path) as source,
+                open_image(step.target.path, writable=True) as target,
+            ):
                 n = min(source.guest_blocks, target.guest_blocks)
                 s_map = source.block_map[:n]
                 t_map = target.block_map[:n].copy()
@@ -566,8 +619,10 @@ class _Shadow:
                 zero = np.flatnonzero(cand & no_slot & (s_map == fmt.BLOCK_ZERO))
                 h = target.header
                 slots = np.arange(h.blocks_allocated, h.blocks_allocated + new.size)
-                target.write_entries(np.concatenate([new, zero]),
-                                     np.concatenate([slots, np.full(zero.size, fmt.BLOCK_ZERO)]))
+                target.write_entries(
+                    np.concatenate([new, zero]),
+                    np.concatenate([slots, np.full(zero.size, fmt.BLOCK_ZERO)]),
+                )
                 target.write_header(h.replace(blocks_allocated=h.blocks_allocated + new.size))
                 end = target.header.expected_file_size(target.header.blocks_allocated)
                 if end > target.file_size:
@@ -576,9 +631,13 @@ class _Shadow:
                 with open_image(ref.path, writable=True) as image:
                     h = image.header
                     if step.new_parent is None:
-                        image.write_header(h.replace(parent_uuid=fmt.NULL_UUID,
-                                                     parent_modify_uuid=fmt.NULL_UUID,
-                                                     image_type=fmt.ImageType.DYNAMIC))
+                        image.write_header(
+                            h.replace(
+                                parent_uuid=fmt.NULL_UUID,
+                                parent_modify_uuid=fmt.NULL_UUID,
+                                image_type=fmt.ImageType.DYNAMIC,
+                            )
+                        )
                     else:
                         image.write_header(h.replace(parent_uuid=step.new_parent))
         for path, _outside in plan.files_removed:

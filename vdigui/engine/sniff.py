@@ -30,8 +30,10 @@ _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 _NOCTTY = getattr(os, "O_NOCTTY", 0)
 _BINARY = getattr(os, "O_BINARY", 0)
 
-_CONVERT = ("convert it to VDI first, e.g. 'qemu-img convert -O vdi {name} {stem}.vdi' or "
-            "'VBoxManage clonemedium disk {name} {stem}.vdi --format VDI'")
+_CONVERT = (
+    "convert it to VDI first, e.g. 'qemu-img convert -O vdi {name} {stem}.vdi' or "
+    "'VBoxManage clonemedium disk {name} {stem}.vdi --format VDI'"
+)
 
 
 # -- file types -----------------------------------------------------------------------------
@@ -72,8 +74,10 @@ def regular_file_problem(path: Path | str) -> str | None:
             return f"{path} does not exist (a part of the path is not a folder)."
         return f"{path} cannot be examined: {exc.strerror or exc}."
     if not stat.S_ISREG(st.st_mode):
-        return (f"{path} is {file_kind(st.st_mode)}, not a disk image file; vdigui reads only "
-                "regular files.")
+        return (
+            f"{path} is {file_kind(st.st_mode)}, not a disk image file; vdigui reads only "
+            "regular files."
+        )
     return None
 
 
@@ -109,8 +113,9 @@ def check_fd_regular(fd: int, path: Path) -> None:
         raise VdiError(f"Cannot read {path}: {exc.strerror or exc}.") from exc
     if not stat.S_ISREG(mode):
         os.close(fd)
-        raise VdiError(f"{path} is {file_kind(mode)}, not a disk image file; vdigui reads "
-                       "only regular files.")
+        raise VdiError(
+            f"{path} is {file_kind(mode)}, not a disk image file; vdigui reads only regular files."
+        )
 
 
 # -- signatures -----------------------------------------------------------------------------
@@ -158,34 +163,45 @@ def identify_bytes(head: bytes, tail: bytes = b"", size: int | None = None) -> I
         return Identity("a VMDK descriptor (VMware)", _CONVERT)
     if head.startswith(b"vhdxfile"):
         return Identity("a VHDX disk (Hyper-V)", _CONVERT)
-    if head.startswith(b"conectix") or (tail[-512:].startswith(b"conectix")
-                                        or tail[-511:].startswith(b"conectix")):
+    if head.startswith(b"conectix") or (
+        tail[-512:].startswith(b"conectix") or tail[-511:].startswith(b"conectix")
+    ):
         return Identity("a VHD disk (Virtual PC / Hyper-V)", _CONVERT)
     if head.startswith(b"QFI\xfb"):
         return Identity("a qcow2 disk (QEMU)", _CONVERT)
     if head.startswith(b"QEVM"):
         return Identity("a QED disk (QEMU)", _CONVERT)
     if len(head) >= 0x8006 and head[0x8001:0x8006] == b"CD001":
-        return Identity("an ISO 9660 CD/DVD image",
-                        "attach it to the VM as an optical disk instead; it is not a hard disk")
+        return Identity(
+            "an ISO 9660 CD/DVD image",
+            "attach it to the VM as an optical disk instead; it is not a hard disk",
+        )
     if len(head) >= 520 and head[512:520] == b"EFI PART":
-        return Identity("a raw disk with a GPT partition table",
-                        "convert it with 'VBoxManage convertfromraw {name} {stem}.vdi' or "
-                        "'qemu-img convert -f raw -O vdi {name} {stem}.vdi'")
+        return Identity(
+            "a raw disk with a GPT partition table",
+            "convert it with 'VBoxManage convertfromraw {name} {stem}.vdi' or "
+            "'qemu-img convert -f raw -O vdi {name} {stem}.vdi'",
+        )
     if len(head) >= 512 and head[510:512] == b"\x55\xaa":
-        return Identity("a raw disk with an MBR (partition table or boot sector)",
-                        "convert it with 'VBoxManage convertfromraw {name} {stem}.vdi' or "
-                        "'qemu-img convert -f raw -O vdi {name} {stem}.vdi'")
+        return Identity(
+            "a raw disk with an MBR (partition table or boot sector)",
+            "convert it with 'VBoxManage convertfromraw {name} {stem}.vdi' or "
+            "'qemu-img convert -f raw -O vdi {name} {stem}.vdi'",
+        )
     stripped = head.lstrip(b"\xef\xbb\xbf \t\r\n")
     if stripped.startswith(b"<?xml") or stripped.startswith(b"<VirtualBox"):
         if b"<VirtualBox" in head:
-            return Identity("a VirtualBox settings file",
-                            "give it (or its folder) where a VM is expected, e.g. "
-                            "'vdictl tree {name}'")
+            return Identity(
+                "a VirtualBox settings file",
+                "give it (or its folder) where a VM is expected, e.g. 'vdictl tree {name}'",
+            )
         return Identity("an XML file", "it holds no disk at all")
     sample = head[:4096]
-    if sample and all(b in b"\t\n\r" or 32 <= b < 127 or b >= 128 for b in sample) \
-            and b"\x00" not in sample:
+    if (
+        sample
+        and all(b in b"\t\n\r" or 32 <= b < 127 or b >= 128 for b in sample)
+        and b"\x00" not in sample
+    ):
         try:
             sample.decode("utf-8")
         except UnicodeDecodeError:
@@ -211,7 +227,7 @@ def identify(path: Path | str) -> Identity | None:
 
 
 def not_vdi_sentence(path: Path | str, identity: Identity | None) -> str | None:
-    """"x is not a VDI image (it is ...); do ..." for a recognised file, else None."""
+    """ "x is not a VDI image (it is ...); do ..." for a recognised file, else None."""
     if identity is None:
         return None
     path = Path(path)

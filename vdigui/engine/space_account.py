@@ -83,7 +83,7 @@ _INDEX = {c: i for i, c in enumerate(CATEGORIES)}
 #: What frees each category (printed beside it).
 ACTIONS: dict[Category, str] = {
     Category.HEADER_AND_MAP: "nothing: the image's header and block map (only deleting the "
-                             "image frees them)",
+    "image frees them)",
     Category.GUEST_DATA: "nothing: the guest uses it (delete files inside the guest first)",
     Category.GUEST_UNUSED: "filesystem-aware compaction (vdictl compact --fs-aware)",
     Category.ZERO_BLOCKS: "compaction (vdictl compact)",
@@ -91,9 +91,9 @@ ACTIONS: dict[Category, str] = {
     Category.SLACK: "compaction (vdictl compact)",
     Category.UNDO_DATA: "discarding the undo data (vdictl undo --discard)",
     Category.VIRTUALBOX_OTHER: "VirtualBox: discard saved states, delete old logs and "
-                               "settings backups",
+    "settings backups",
     Category.UNKNOWN: "nothing vdigui can tell: look at the file (vdictl clean removes "
-                      "leftovers of interrupted operations)",
+    "leftovers of interrupted operations)",
 }
 
 #: Short names for legends and hover text (the app's Space tab, the HTML report).
@@ -112,29 +112,38 @@ CATEGORY_LABELS: dict[Category, str] = {
 #: What each category is, in plain words.
 CATEGORY_MEANINGS: dict[Category, str] = {
     Category.HEADER_AND_MAP: "The image's header and block map: bookkeeping every image needs; "
-                             "only deleting the image frees it.",
+    "only deleting the image frees it.",
     Category.GUEST_DATA: "Blocks the guest's filesystems use (its files). Deleting files inside "
-                         "the guest, then filesystem-aware compaction, frees them.",
+    "the guest, then filesystem-aware compaction, frees them.",
     Category.GUEST_UNUSED: "Blocks the image stores but the guest's filesystems no longer use "
-                           "(deleted files): filesystem-aware compaction drops them.",
+    "(deleted files): filesystem-aware compaction drops them.",
     Category.ZERO_BLOCKS: "Blocks the image stores that hold only zeros: compaction drops them.",
     Category.HIDDEN: "Blocks a later layer has overwritten in every state that reads through "
-                     "this image; only a snapshot still sees them. Deleting that snapshot frees "
-                     "them.",
+    "this image; only a snapshot still sees them. Deleting that snapshot frees "
+    "them.",
     Category.SLACK: "Space in the image no block uses (slots nothing refers to, bytes after the "
-                    "last block): compaction frees it.",
+    "last block): compaction frees it.",
     Category.UNDO_DATA: "Backups vdigui keeps so its last operation can be undone. Discarding "
-                        "them frees the space; that operation can then no longer be undone.",
+    "them frees the space; that operation can then no longer be undone.",
     Category.VIRTUALBOX_OTHER: "VirtualBox's own files: the settings and their backups, saved "
-                               "states, logs. VirtualBox frees them (discard a saved state, "
-                               "delete old logs).",
+    "states, logs. VirtualBox frees them (discard a saved state, "
+    "delete old logs).",
     Category.UNKNOWN: "Bytes vdigui cannot classify: blocks of a filesystem it does not "
-                      "understand, or files it does not know.",
+    "understand, or files it does not know.",
 }
 
 #: Suffixes (lower case) of VirtualBox's own files besides disks.
-_VBOX_SUFFIXES = (".vbox", ".vbox-prev", ".vbox-tmp", ".xml-prev", ".xml-tmp", ".sav",
-                  ".nvram", ".log", ".png")
+_VBOX_SUFFIXES = (
+    ".vbox",
+    ".vbox-prev",
+    ".vbox-tmp",
+    ".xml-prev",
+    ".xml-tmp",
+    ".sav",
+    ".nvram",
+    ".log",
+    ".png",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,9 +166,13 @@ class FileSpace:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form: path, size, allocated, categories (snake_case names), notes."""
-        return {"path": str(self.path), "size": self.size, "allocated": self.allocated,
-                "categories": {c.value: self.categories[c] for c in CATEGORIES},
-                "notes": list(self.notes)}
+        return {
+            "path": str(self.path),
+            "size": self.size,
+            "allocated": self.allocated,
+            "categories": {c.value: self.categories[c] for c in CATEGORIES},
+            "notes": list(self.notes),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,13 +209,16 @@ class SpaceAccount:
 
     def to_dict(self) -> dict[str, Any]:
         """``{"files": [...], "total": {NAME: bytes}, ...}`` (see :meth:`FileSpace.to_dict`)."""
-        return {"root": str(self.root),
-                "files": [f.to_dict() for f in self.files],
-                "total": {c.value: v for c, v in self.total.items()},
-                "size": self.size, "allocated": self.allocated,
-                "zeros_scanned": self.zeros_scanned,
-                "actions": {c.value: ACTIONS[c] for c in CATEGORIES},
-                "notes": list(self.notes)}
+        return {
+            "root": str(self.root),
+            "files": [f.to_dict() for f in self.files],
+            "total": {c.value: v for c, v in self.total.items()},
+            "size": self.size,
+            "allocated": self.allocated,
+            "zeros_scanned": self.zeros_scanned,
+            "actions": {c.value: ACTIONS[c] for c in CATEGORIES},
+            "notes": list(self.notes),
+        }
 
 
 # -- host holes ------------------------------------------------------------------------------
@@ -228,8 +244,9 @@ def data_extents(fd: int, size: int) -> tuple[np.ndarray, np.ndarray] | None:
     return np.array(starts, dtype=np.int64), np.array(ends, dtype=np.int64)
 
 
-def in_holes(begin: np.ndarray, end: np.ndarray,
-             extents: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
+def in_holes(
+    begin: np.ndarray, end: np.ndarray, extents: tuple[np.ndarray, np.ndarray] | None
+) -> np.ndarray:
     """Bool per range ``[begin, end)``: it lies entirely in holes (no data range meets it)."""
     if extents is None:
         return np.zeros(begin.size, dtype=bool)
@@ -292,8 +309,9 @@ def _image_layout(image: Path) -> _Layout:
         layout.states.append(chain)
         layout.own_chain[image] = chain
     else:
-        layout.notes.append(f"The chain of '{image.name}' could not be followed: "
-                            f"{resolution.error}")
+        layout.notes.append(
+            f"The chain of '{image.name}' could not be followed: {resolution.error}"
+        )
     return layout
 
 
@@ -311,8 +329,9 @@ class _Maps:
         return self._maps[path]
 
 
-def hidden_blocks(image: Path, states: Iterable[Sequence[Path]], maps: _Maps,
-                  blocks: int) -> np.ndarray:
+def hidden_blocks(
+    image: Path, states: Iterable[Sequence[Path]], maps: _Maps, blocks: int
+) -> np.ndarray:
     """Bool per guest block of ``image``: overwritten in every state reading through it.
 
     A state reads *through* the image when a later layer follows it in the state's chain;
@@ -327,7 +346,7 @@ def hidden_blocks(image: Path, states: Iterable[Sequence[Path]], maps: _Maps,
         if at == len(chain) - 1:
             continue
         covered = np.zeros(blocks, dtype=bool)
-        for later in chain[at + 1:]:
+        for later in chain[at + 1 :]:
             entries = maps.get(later)[1][:blocks]
             covered[: entries.size] |= entries != BLOCK_FREE
         hidden = covered if hidden is None else hidden & covered
@@ -340,13 +359,20 @@ def not_understood_blocks(usage: UsageMap, blocks: int) -> np.ndarray:
     bs = usage.block_size
     for v in usage.volumes:
         if v.kept_whole and v.used is None and v.size > 0:
-            out[v.start // bs: -(-(v.start + v.size) // bs)] = True
+            out[v.start // bs : -(-(v.start + v.size) // bs)] = True
     return out
 
 
-def _account_image(path: Path, st: os.stat_result, layout: _Layout, maps: _Maps, *,
-                   scan_zeros: bool, progress: ProgressFn, cancel: CancelToken | None
-                   ) -> FileSpace:
+def _account_image(
+    path: Path,
+    st: os.stat_result,
+    layout: _Layout,
+    maps: _Maps,
+    *,
+    scan_zeros: bool,
+    progress: ProgressFn,
+    cancel: CancelToken | None,
+) -> FileSpace:
     notes: list[str] = []
     header, entries = maps.get(path)
     size = st.st_size
@@ -362,16 +388,19 @@ def _account_image(path: Path, st: os.stat_result, layout: _Layout, maps: _Maps,
     inside = slots < nslots
     stored, slots = stored[inside], slots[inside]
     if (~inside).any():
-        notes.append(f"{int((~inside).sum())} block(s) of the map point past the end of the "
-                     "file (the file is truncated; 'vdictl check' says more).")
+        notes.append(
+            f"{int((~inside).sum())} block(s) of the map point past the end of the "
+            "file (the file is truncated; 'vdictl check' says more)."
+        )
     # One category per guest block the image stores, by the rules of the module docstring.
     cat = np.full(blocks, _INDEX[Category.GUEST_DATA], dtype=np.int8)
     chain = layout.own_chain.get(path)
     usage: UsageMap | None = None
     zero_found: np.ndarray | None = None
     if chain is None:
-        notes.append("Its chain could not be followed, so the guest's use of its blocks is "
-                     "unknown.")
+        notes.append(
+            "Its chain could not be followed, so the guest's use of its blocks is unknown."
+        )
     elif stored.size:
         try:
             with open_paths(chain) as opened:
@@ -421,12 +450,13 @@ def _extents(path: Path, size: int) -> tuple[np.ndarray, np.ndarray] | None:
         os.close(fd)
 
 
-def _file(path: Path, st: os.stat_result, out: np.ndarray, notes: Sequence[str] = ()
-          ) -> FileSpace:
+def _file(path: Path, st: os.stat_result, out: np.ndarray, notes: Sequence[str] = ()) -> FileSpace:
     values = {c: int(out[_INDEX[c]]) for c in CATEGORIES}
     if sum(values.values()) != st.st_size:  # a bug, never a silent misreport
-        raise VdiError(f"Space accounting of '{path}' does not add up ({sum(values.values())} "
-                       f"of {st.st_size} bytes).")
+        raise VdiError(
+            f"Space accounting of '{path}' does not add up ({sum(values.values())} "
+            f"of {st.st_size} bytes)."
+        )
     return FileSpace(path, st.st_size, st.st_blocks * 512, values, tuple(notes))
 
 
@@ -447,8 +477,9 @@ def classify_other(path: Path, folder: Path, vbox_files: set[Path]) -> tuple[Cat
     if STATE_DIR in parts[:-1]:
         return Category.UNDO_DATA, ""
     if ".vdigui-tmp" in name:
-        return Category.UNKNOWN, ("Left behind by an interrupted vdigui operation; "
-                                  "'vdictl clean' removes it.")
+        return Category.UNKNOWN, (
+            "Left behind by an interrupted vdigui operation; 'vdictl clean' removes it."
+        )
     if path in vbox_files or "logs" in (p.lower() for p in parts[:-1]):
         return Category.VIRTUALBOX_OTHER, ""
     stripped = name.rstrip("0123456789").rstrip(".")  # VBox.log.1, VBox.log.2, ...
@@ -469,9 +500,13 @@ def _walk(folder: Path) -> list[Path]:
 
 
 # -- entry point ---------------------------------------------------------------------------------
-def account_space(path: Path | str, *, scan_zeros: bool = False,
-                  progress: ProgressFn = no_progress, cancel: CancelToken | None = None
-                  ) -> SpaceAccount:
+def account_space(
+    path: Path | str,
+    *,
+    scan_zeros: bool = False,
+    progress: ProgressFn = no_progress,
+    cancel: CancelToken | None = None,
+) -> SpaceAccount:
     """Account every byte of a VM folder (a folder or its ``.vbox``) or of one image.
 
     Reads headers, block maps, host hole layouts and guest filesystem metadata; with
@@ -488,17 +523,28 @@ def account_space(path: Path | str, *, scan_zeros: bool = False,
     maps = _Maps()
     notes: list[str] = []
     if not scan_zeros:
-        notes.append("All-zero blocks are counted only where the host file has holes; stored "
-                     "all-zero blocks stay in their other category (scanning for zeros reads "
-                     "them).")
+        notes.append(
+            "All-zero blocks are counted only where the host file has holes; stored "
+            "all-zero blocks stay in their other category (scanning for zeros reads "
+            "them)."
+        )
     files: list[FileSpace] = []
     if path.is_file() and path.suffix.lower() != ".vbox":
         image = path.resolve()
         maps.get(image)  # its error names the file and says what it is instead
         layout = _image_layout(image)
         notes.extend(layout.notes)
-        files.append(_account_image(image, image.stat(), layout, maps, scan_zeros=scan_zeros,
-                                    progress=progress, cancel=cancel))
+        files.append(
+            _account_image(
+                image,
+                image.stat(),
+                layout,
+                maps,
+                scan_zeros=scan_zeros,
+                progress=progress,
+                cancel=cancel,
+            )
+        )
         return SpaceAccount(path, tuple(files), scan_zeros, tuple(notes))
 
     from vdigui.engine.vmfolder import load_vm_folder
@@ -524,8 +570,17 @@ def account_space(path: Path | str, *, scan_zeros: bool = False,
         real = file.resolve()
         if real in images:
             try:
-                files.append(_account_image(real, st, layout, maps, scan_zeros=scan_zeros,
-                                            progress=progress, cancel=cancel))
+                files.append(
+                    _account_image(
+                        real,
+                        st,
+                        layout,
+                        maps,
+                        scan_zeros=scan_zeros,
+                        progress=progress,
+                        cancel=cancel,
+                    )
+                )
                 continue
             except (VdiError, OSError) as exc:
                 files.append(_whole(file, st, Category.UNKNOWN, f"Could not be read: {exc}"))
@@ -535,6 +590,18 @@ def account_space(path: Path | str, *, scan_zeros: bool = False,
     return SpaceAccount(folder, tuple(files), scan_zeros, tuple(notes))
 
 
-__all__ = ["ACTIONS", "CATEGORIES", "CATEGORY_LABELS", "CATEGORY_MEANINGS", "Category",
-           "FileSpace", "SpaceAccount", "account_space", "classify_other", "data_extents",
-           "hidden_blocks", "in_holes", "not_understood_blocks"]
+__all__ = [
+    "ACTIONS",
+    "CATEGORIES",
+    "CATEGORY_LABELS",
+    "CATEGORY_MEANINGS",
+    "Category",
+    "FileSpace",
+    "SpaceAccount",
+    "account_space",
+    "classify_other",
+    "data_extents",
+    "hidden_blocks",
+    "in_holes",
+    "not_understood_blocks",
+]

@@ -70,8 +70,9 @@ class GuestReader:
     def read(self, offset: int, length: int) -> bytes:
         """Guest bytes ``[offset, offset+length)`` as the chain shows them."""
         if offset < 0 or length < 0 or offset + length > self.size:
-            raise VdiError(f"Read of {length} bytes at {offset} is outside the "
-                           f"{self.size}-byte disk.")
+            raise VdiError(
+                f"Read of {length} bytes at {offset} is outside the {self.size}-byte disk."
+            )
         bs = self.chain.block_size
         parts: list[bytes] = []
         pos, end = offset, offset + length
@@ -79,7 +80,7 @@ class GuestReader:
             block, within = divmod(pos, bs)
             take = min(bs - within, end - pos)
             data = self._block(block)
-            parts.append(bytes(take) if data is None else data[within:within + take])
+            parts.append(bytes(take) if data is None else data[within : within + take])
             pos += take
         return parts[0] if len(parts) == 1 else b"".join(parts)
 
@@ -107,8 +108,10 @@ def same_usage(before: UsageMap, after: UsageMap) -> str | None:
         return "the usage map has a different shape"
     differ = np.flatnonzero(before.used_bytes != after.used_bytes)
     if differ.size:
-        return (f"the guest filesystems' use of {differ.size} block(s) differs, first at guest "
-                f"block {int(differ[0])}")
+        return (
+            f"the guest filesystems' use of {differ.size} block(s) differs, first at guest "
+            f"block {int(differ[0])}"
+        )
     kept = [v.kept_whole for v in before.volumes], [v.kept_whole for v in after.volumes]
     if kept[0] != kept[1]:
         return "a volume is now read differently (kept whole before or after)"
@@ -193,9 +196,14 @@ class UsageReport:
         return self.summary.used_bytes
 
 
-def zero_blocks(chain: DiskChain, blocks: np.ndarray, *, progress: ProgressFn = no_progress,
-                cancel: CancelToken | None = None, phase: str = "looking for zero blocks"
-                ) -> np.ndarray:
+def zero_blocks(
+    chain: DiskChain,
+    blocks: np.ndarray,
+    *,
+    progress: ProgressFn = no_progress,
+    cancel: CancelToken | None = None,
+    phase: str = "looking for zero blocks",
+) -> np.ndarray:
     """Bool per guest block: among ``blocks`` (stored by the top layer), those all zero."""
     top = chain.top
     bs = chain.block_size
@@ -210,9 +218,15 @@ def zero_blocks(chain: DiskChain, blocks: np.ndarray, *, progress: ProgressFn = 
     return out
 
 
-def usage_of_chain(chain: DiskChain, *, discard_swap: bool = False,
-                   progress: ProgressFn = no_progress, cancel: CancelToken | None = None,
-                   paths: Sequence[Path] = (), scan_zeros: bool = True) -> UsageReport:
+def usage_of_chain(
+    chain: DiskChain,
+    *,
+    discard_swap: bool = False,
+    progress: ProgressFn = no_progress,
+    cancel: CancelToken | None = None,
+    paths: Sequence[Path] = (),
+    scan_zeros: bool = True,
+) -> UsageReport:
     """The report for an open chain: usage, then (``scan_zeros``) a zero scan of the top.
 
     The zero scan reads every block the top image stores (that is what tells plain compaction
@@ -225,27 +239,45 @@ def usage_of_chain(chain: DiskChain, *, discard_swap: bool = False,
     allocated = np.zeros(chain.guest_blocks, dtype=bool)
     allocated[: own.size] = is_allocated(own)
     if scan_zeros:
-        all_zero = zero_blocks(chain, np.flatnonzero(allocated), progress=progress,
-                               cancel=cancel)
+        all_zero = zero_blocks(chain, np.flatnonzero(allocated), progress=progress, cancel=cancel)
     else:
         all_zero = np.zeros(chain.guest_blocks, dtype=bool)
     stored = np.zeros(chain.guest_blocks, dtype=bool)
     for layer in chain.layers:
         stored |= layer.allocated_mask()[: chain.guest_blocks]
     summary = BlockUseSummary.of(usage, chain.disk_size)
-    return UsageReport(tuple(paths), chain.disk_size, usage, summary,
-                       forecast(usage, allocated, all_zero), allocated, all_zero,
-                       zeros_scanned=scan_zeros, stored_blocks=int(stored.sum()))
+    return UsageReport(
+        tuple(paths),
+        chain.disk_size,
+        usage,
+        summary,
+        forecast(usage, allocated, all_zero),
+        allocated,
+        all_zero,
+        zeros_scanned=scan_zeros,
+        stored_blocks=int(stored.sum()),
+    )
 
 
-def usage_report(paths: Sequence[Path], *, discard_swap: bool = False,
-                 progress: ProgressFn = no_progress,
-                 cancel: CancelToken | None = None, scan_zeros: bool = True) -> UsageReport:
+def usage_report(
+    paths: Sequence[Path],
+    *,
+    discard_swap: bool = False,
+    progress: ProgressFn = no_progress,
+    cancel: CancelToken | None = None,
+    scan_zeros: bool = True,
+) -> UsageReport:
     """The report for the chain ``paths`` (base first), e.g. from ``resolve_source``."""
     paths = tuple(Path(p) for p in paths)
     with open_paths(paths) as chain:
-        return usage_of_chain(chain, discard_swap=discard_swap, progress=progress,
-                              cancel=cancel, paths=paths, scan_zeros=scan_zeros)
+        return usage_of_chain(
+            chain,
+            discard_swap=discard_swap,
+            progress=progress,
+            cancel=cancel,
+            paths=paths,
+            scan_zeros=scan_zeros,
+        )
 
 
 # -- which VM, and may its disk content change? --------------------------------------------
@@ -280,8 +312,10 @@ def saved_state_refusals(image: Path) -> tuple[str, ...]:
     try:
         vm = load_vm_folder(folder)
     except (VdiError, OSError):
-        return (f"The VM folder '{folder}' could not be read, so it is unknown whether a saved "
-                "state refers to this disk; filesystem-aware changes need that certainty.",)
+        return (
+            f"The VM folder '{folder}' could not be read, so it is unknown whether a saved "
+            "state refers to this disk; filesystem-aware changes need that certainty.",
+        )
     target = Path(image).resolve()
 
     def in_chain(leaves: Sequence[object]) -> bool:
@@ -296,17 +330,31 @@ def saved_state_refusals(image: Path) -> tuple[str, ...]:
 
     out: list[str] = []
     if vm.state_file is not None and in_chain(vm.current_disks()):
-        out.append(f"The VM '{vm.name}' is saved (its state file '{vm.state_file.name}' holds "
-                   "the guest's memory, which refers to this disk); start it and shut it down "
-                   "properly, or discard the saved state, first.")
+        out.append(
+            f"The VM '{vm.name}' is saved (its state file '{vm.state_file.name}' holds "
+            "the guest's memory, which refers to this disk); start it and shut it down "
+            "properly, or discard the saved state, first."
+        )
     for node in vm.iter_snapshots():
         if node.state_file is not None and in_chain(vm.disk_for_snapshot(node)):
-            out.append(f"Snapshot '{node.name}' was taken while the VM ran; its saved memory "
-                       "refers to this disk as it is, so filesystem-aware changes would break "
-                       "restoring it.")
+            out.append(
+                f"Snapshot '{node.name}' was taken while the VM ran; its saved memory "
+                "refers to this disk as it is, so filesystem-aware changes would break "
+                "restoring it."
+            )
     return tuple(out)
 
 
-__all__ = ["BlockUseSummary", "GuestReader", "UsageReport", "chain_usage", "same_usage",
-           "saved_state_refusals", "unused_mask", "usage_of_chain", "usage_report",
-           "vm_folder_of", "zero_blocks"]
+__all__ = [
+    "BlockUseSummary",
+    "GuestReader",
+    "UsageReport",
+    "chain_usage",
+    "same_usage",
+    "saved_state_refusals",
+    "unused_mask",
+    "usage_of_chain",
+    "usage_report",
+    "vm_folder_of",
+    "zero_blocks",
+]

@@ -68,7 +68,7 @@ class VboxDocument:
             raise SettingsError(f"'{path}' holds no XML element; it is not a .vbox file.")
         self._prolog = raw[: match.start()]
         tail_match = re.search(rb">\s*$", raw)
-        self._trailer = raw[tail_match.start() + 1:] if tail_match else b"\n"
+        self._trailer = raw[tail_match.start() + 1 :] if tail_match else b"\n"
         try:
             parser = DET.DefusedXMLParser(target=ET.TreeBuilder(insert_comments=True))
             parser.feed(raw)
@@ -80,8 +80,9 @@ class VboxDocument:
         self.root = root
         self.ns = root.tag[1:].split("}", 1)[0] if root.tag.startswith("{") else ""
         if self._local(root.tag) != "VirtualBox":
-            raise SettingsError(f"'{path}' has root element <{self._local(root.tag)}>, "
-                                "expected <VirtualBox>.")
+            raise SettingsError(
+                f"'{path}' has root element <{self._local(root.tag)}>, expected <VirtualBox>."
+            )
         machine = root.find(self.q("Machine"))
         if machine is None:
             raise SettingsError(f"'{path}' has no <Machine> element; it is not a VM's settings.")
@@ -224,8 +225,10 @@ class VboxDocument:
                     return snap
         named = [s for s in self.snapshots() if s.get("name") == key]
         if len(named) > 1:
-            raise SettingsError(f"{len(named)} snapshots are named '{key}'; give the UUID of "
-                                "the one to delete instead.")
+            raise SettingsError(
+                f"{len(named)} snapshots are named '{key}'; give the UUID of "
+                "the one to delete instead."
+            )
         return named[0] if named else None
 
     def snapshot_children(self, snap: ET.Element) -> list[ET.Element]:
@@ -277,8 +280,11 @@ class VboxDocument:
             if self._local(el.tag) != "StorageController":
                 continue
             for dev in el:
-                if (self._local(dev.tag) != "AttachedDevice" or dev.get("type") != "HardDisk"
-                        or dev.find(self.q("Image")) is None):
+                if (
+                    self._local(dev.tag) != "AttachedDevice"
+                    or dev.get("type") != "HardDisk"
+                    or dev.find(self.q("Image")) is None
+                ):
                     continue
                 key = (el.get("name") or "", _int(dev.get("port")), _int(dev.get("device")))
                 found[key] = dev
@@ -286,8 +292,9 @@ class VboxDocument:
 
     def image_refs(self, medium: uuidlib.UUID) -> list[ET.Element]:
         """Every <Image uuid> in the document that names ``medium``."""
-        return [e for e in self.machine.iter(self.q("Image"))
-                if parse_uuid(e.get("uuid")) == medium]
+        return [
+            e for e in self.machine.iter(self.q("Image")) if parse_uuid(e.get("uuid")) == medium
+        ]
 
     def owner_of(self, element: ET.Element) -> ET.Element:
         """The Snapshot or Machine whose settings contain ``element``."""
@@ -385,8 +392,9 @@ class VboxDocument:
         location = disk.get("location")
         return self.resolve_location(location) if location else None
 
-    def move_disk(self, disk: ET.Element, new_parent: ET.Element | None,
-                  base_type: str | None = None) -> None:
+    def move_disk(
+        self, disk: ET.Element, new_parent: ET.Element | None, base_type: str | None = None
+    ) -> None:
         """Re-nest ``disk`` under ``new_parent`` (None: top level, as a base of ``base_type``)."""
         holder = self.parent_of(disk)
         if holder is not None:
@@ -408,8 +416,13 @@ class VboxDocument:
             self._detach(holder, disk)
         self.reindex()
 
-    def add_disk(self, uuid: uuidlib.UUID, location: str, parent: ET.Element | None,
-                 base_type: str = "Normal") -> ET.Element:
+    def add_disk(
+        self,
+        uuid: uuidlib.UUID,
+        location: str,
+        parent: ET.Element | None,
+        base_type: str = "Normal",
+    ) -> ET.Element:
         """Register a VDI, nested under ``parent`` (None: as a base)."""
         attrs = {"uuid": format_uuid(uuid), "location": location, "format": "VDI"}
         if parent is None:
@@ -438,8 +451,11 @@ class VboxDocument:
     def relative_location(self, path: Path) -> str:
         """How VirtualBox writes a location: relative inside the machine folder, else absolute."""
         try:
-            return Path(os.path.relpath(path, self.folder)).as_posix() if _inside(
-                path, self.folder) else str(path)
+            return (
+                Path(os.path.relpath(path, self.folder)).as_posix()
+                if _inside(path, self.folder)
+                else str(path)
+            )
         except ValueError:
             return str(path)
 
@@ -454,8 +470,13 @@ def _escape_text(text: str) -> str:
 
 
 def _escape_attr(text: str) -> str:
-    return (_escape_text(text).replace('"', "&quot;").replace("\n", "&#10;")
-            .replace("\r", "&#13;").replace("\t", "&#9;"))
+    return (
+        _escape_text(text)
+        .replace('"', "&quot;")
+        .replace("\n", "&#10;")
+        .replace("\r", "&#13;")
+        .replace("\t", "&#9;")
+    )
 
 
 def _serialize(el: ET.Element, out: list[str], ns: str, *, root: bool = False) -> None:
@@ -478,8 +499,9 @@ def _serialize(el: ET.Element, out: list[str], ns: str, *, root: bool = False) -
             tag = local
         if root and ns:
             extra = f' xmlns="{_escape_attr(ns)}"'
-        attrs = "".join(f' {str(k).rsplit("}", 1)[-1]}="{_escape_attr(str(v))}"'
-                        for k, v in el.attrib.items())
+        attrs = "".join(
+            f' {str(k).rsplit("}", 1)[-1]}="{_escape_attr(str(v))}"' for k, v in el.attrib.items()
+        )
         if len(el) == 0 and not el.text:
             out.append(f"<{tag}{extra}{attrs}/>")
         else:

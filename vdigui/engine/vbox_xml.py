@@ -56,13 +56,21 @@ MAX_SNAPSHOT_DEPTH = 250
 #: The newest settings version this module was written against (VirtualBox 7.3).
 NEWEST_KNOWN_VERSION = (1, 22)
 
-MEDIUM_TYPES = {t.lower(): t for t in
-                ("Normal", "Immutable", "Writethrough", "Shareable", "Readonly", "MultiAttach")}
+MEDIUM_TYPES = {
+    t.lower(): t
+    for t in ("Normal", "Immutable", "Writethrough", "Shareable", "Readonly", "MultiAttach")
+}
 #: Storage children of pre-1.7 ``<HardDisk>`` elements and the format each means.
-_OLD_STORAGE = {"VirtualDiskImage": "VDI", "VMDKImage": "VMDK", "VHDImage": "VHD",
-                "ISCSIHardDisk": "iSCSI", "CustomHardDisk": ""}
+_OLD_STORAGE = {
+    "VirtualDiskImage": "VDI",
+    "VMDKImage": "VMDK",
+    "VHDImage": "VHD",
+    "ISCSIHardDisk": "iSCSI",
+    "CustomHardDisk": "",
+}
 _KINDS = {"HardDisks": "hard-disk", "DVDImages": "dvd", "FloppyImages": "floppy"}
 _WINDOWS_ABS = re.compile(r"^(?:[A-Za-z]:[\\/]|[\\/]{2}[^\\/])")
+
 
 class Severity(StrEnum):
     """How bad a problem or a check finding is.
@@ -345,28 +353,35 @@ def parse_xml_file(path: Path) -> Element:
     except VdiError as exc:
         raise SettingsError(str(exc)) from exc
     except OSError as exc:
-        raise SettingsError(f"Cannot read settings file '{path}': "
-                            f"{exc.strerror or exc}.") from exc
+        raise SettingsError(f"Cannot read settings file '{path}': {exc.strerror or exc}.") from exc
     if len(data) > MAX_SETTINGS_BYTES:
-        raise SettingsError(f"Settings file '{path}' is larger than "
-                            f"{MAX_SETTINGS_BYTES >> 20} MiB, which no VirtualBox file is.")
+        raise SettingsError(
+            f"Settings file '{path}' is larger than "
+            f"{MAX_SETTINGS_BYTES >> 20} MiB, which no VirtualBox file is."
+        )
     return parse_xml_bytes(data, path)
 
 
 def parse_xml_bytes(data: bytes, path: Path) -> Element:
     """Parse settings XML held in memory, refusing DTDs, entities and external references."""
     try:
-        root: Element = SafeET.fromstring(data, forbid_dtd=True, forbid_entities=True,
-                                          forbid_external=True)
+        root: Element = SafeET.fromstring(
+            data, forbid_dtd=True, forbid_entities=True, forbid_external=True
+        )
     except defusedxml.DTDForbidden:
-        raise SettingsError(f"Settings file '{path}' declares a DTD, which VirtualBox never "
-                            "writes; refusing to read it.") from None
+        raise SettingsError(
+            f"Settings file '{path}' declares a DTD, which VirtualBox never "
+            "writes; refusing to read it."
+        ) from None
     except defusedxml.EntitiesForbidden:
-        raise SettingsError(f"Settings file '{path}' declares XML entities (an entity-"
-                            "expansion attack is possible); refusing to read it.") from None
+        raise SettingsError(
+            f"Settings file '{path}' declares XML entities (an entity-"
+            "expansion attack is possible); refusing to read it."
+        ) from None
     except defusedxml.ExternalReferenceForbidden:
-        raise SettingsError(f"Settings file '{path}' references an external resource; "
-                            "refusing to read it.") from None
+        raise SettingsError(
+            f"Settings file '{path}' references an external resource; refusing to read it."
+        ) from None
     except ParseError as exc:
         raise SettingsError(f"Settings file '{path}' is not well-formed XML ({exc}).") from None
     except (ValueError, UnicodeError) as exc:
@@ -378,31 +393,42 @@ def parse_settings_root(root: Element, path: Path) -> MachineSettings | GlobalSe
     """Turn a parsed document into MachineSettings or GlobalSettings."""
     namespace = _strip_namespaces(root)
     if root.tag != "VirtualBox":
-        raise SettingsError(f"'{path}' is not a VirtualBox settings file: its root element is "
-                            f"<{root.tag}>, expected <VirtualBox>.")
+        raise SettingsError(
+            f"'{path}' is not a VirtualBox settings file: its root element is "
+            f"<{root.tag}>, expected <VirtualBox>."
+        )
     version_text = root.get("version")
     if not version_text:
-        raise SettingsError(f"Settings file '{path}' has no version attribute on <VirtualBox>, "
-                            "which VirtualBox requires.")
+        raise SettingsError(
+            f"Settings file '{path}' has no version attribute on <VirtualBox>, "
+            "which VirtualBox requires."
+        )
     version, _, platform = version_text.partition("-")
     if not re.fullmatch(r"\d+\.\d+", version):
-        raise SettingsError(f"Settings file '{path}' has version '{version_text}', expected "
-                            "'<major>.<minor>-<platform>' such as '1.19-linux'.")
+        raise SettingsError(
+            f"Settings file '{path}' has version '{version_text}', expected "
+            "'<major>.<minor>-<platform>' such as '1.19-linux'."
+        )
     info = SettingsFileInfo(path, path.parent, namespace, version, platform)
     ctx = _Context(info)
     if _version_tuple(version) > NEWEST_KNOWN_VERSION:
-        ctx.problem(Severity.WARNING, "future-settings-version",
-                    f"'{path.name}' has settings version {version}, newer than the "
-                    f"{NEWEST_KNOWN_VERSION[0]}.{NEWEST_KNOWN_VERSION[1]} vdigui knows; it is "
-                    "read as far as it is understood.", path)
+        ctx.problem(
+            Severity.WARNING,
+            "future-settings-version",
+            f"'{path.name}' has settings version {version}, newer than the "
+            f"{NEWEST_KNOWN_VERSION[0]}.{NEWEST_KNOWN_VERSION[1]} vdigui knows; it is "
+            "read as far as it is understood.",
+            path,
+        )
     machine = _child(root, "Machine")
     if machine is not None:
         return _parse_machine(machine, ctx)
     glob = _child(root, "Global")
     if glob is not None:
         return _parse_global(glob, ctx)
-    raise SettingsError(f"Settings file '{path}' has neither <Machine> nor <Global> under "
-                        "<VirtualBox>.")
+    raise SettingsError(
+        f"Settings file '{path}' has neither <Machine> nor <Global> under <VirtualBox>."
+    )
 
 
 # -- parsing helpers ----------------------------------------------------------------------
@@ -417,8 +443,14 @@ class _Context:
         self.windows = info.platform.lower() in ("windows", "os2")
         self.problems: list[Problem] = []
 
-    def problem(self, severity: Severity, kind: str, message: str, path: Path | None = None,
-                uuid: uuidlib.UUID | None = None) -> None:
+    def problem(
+        self,
+        severity: Severity,
+        kind: str,
+        message: str,
+        path: Path | None = None,
+        uuid: uuidlib.UUID | None = None,
+    ) -> None:
         self.problems.append(Problem(severity, kind, message, path, uuid))
 
     def error(self, element: Element, what: str) -> SettingsError:
@@ -430,14 +462,13 @@ class _Context:
             raise self.error(element, f"has no '{name}' attribute, which VirtualBox requires")
         return value
 
-    def uuid(self, element: Element, name: str, *, required: bool = True
-             ) -> uuidlib.UUID | None:
+    def uuid(self, element: Element, name: str, *, required: bool = True) -> uuidlib.UUID | None:
         text = self.required(element, name) if required else element.get(name)
         if text is None or (not required and not text.strip()):
             return None
         value = parse_uuid(text)
         if value is None:
-            raise self.error(element, f"has {name}=\"{text}\", which is not a UUID")
+            raise self.error(element, f'has {name}="{text}", which is not a UUID')
         return value
 
     def number(self, element: Element, name: str, default: int) -> int:
@@ -447,7 +478,7 @@ class _Context:
         try:
             return int(text) if text.strip().isdigit() else int(text, 0)
         except ValueError:
-            raise self.error(element, f"has {name}=\"{text}\", expected a number") from None
+            raise self.error(element, f'has {name}="{text}", expected a number') from None
 
     def flag(self, element: Element, name: str, default: bool) -> bool:
         text = element.get(name)
@@ -458,14 +489,13 @@ class _Context:
             return True
         if low in ("false", "no", "off", "0"):
             return False
-        raise self.error(element, f"has {name}=\"{text}\", expected true or false")
+        raise self.error(element, f'has {name}="{text}", expected true or false')
 
     def resolve(self, location: str) -> tuple[Path, bool]:
         return resolve_location(location, self.info.folder, windows_file=self.windows)
 
 
-def resolve_location(location: str, base: Path, *, windows_file: bool = False
-                     ) -> tuple[Path, bool]:
+def resolve_location(location: str, base: Path, *, windows_file: bool = False) -> tuple[Path, bool]:
     """Resolve a location as VirtualBox wrote it; returns (path, is_foreign).
 
     Relative locations are relative to ``base`` (the machine folder, or the VirtualBox home
@@ -567,13 +597,15 @@ class _Registry:
                 if element.tag in ("HardDisk", "Image", "DiffHardDisk"):
                     self._read_medium(element, kind, None, 1)  # type: ignore[arg-type]
 
-    def _read_medium(self, element: Element, kind: MediumKind, parent: uuidlib.UUID | None,
-                     depth: int) -> uuidlib.UUID | None:
+    def _read_medium(
+        self, element: Element, kind: MediumKind, parent: uuidlib.UUID | None, depth: int
+    ) -> uuidlib.UUID | None:
         """Read one medium and its nested children; None for a duplicate (not kept)."""
         ctx = self.ctx
         if depth > MAX_MEDIUM_DEPTH:
-            raise ctx.error(element, f"is nested deeper than VirtualBox's limit of "
-                                     f"{MAX_MEDIUM_DEPTH} media")
+            raise ctx.error(
+                element, f"is nested deeper than VirtualBox's limit of {MAX_MEDIUM_DEPTH} media"
+            )
         uuid = ctx.uuid(element, "uuid")
         assert uuid is not None
         location, fmt = self._location_and_format(element, kind)
@@ -583,13 +615,20 @@ class _Registry:
         else:
             medium_type = MEDIUM_TYPES.get(type_text.strip().lower(), "")
             if not medium_type:
-                raise ctx.error(element, f"has type=\"{type_text}\", expected one of "
-                                         f"{', '.join(MEDIUM_TYPES.values())}")
+                raise ctx.error(
+                    element,
+                    f'has type="{type_text}", expected one of {", ".join(MEDIUM_TYPES.values())}',
+                )
         if uuid in self._order:
-            ctx.problem(Severity.ERROR, "duplicate-uuid",
-                        f"'{ctx.path.name}' registers medium {{{uuid}}} twice ('{location}' "
-                        f"and '{self._built[uuid].location if uuid in self._built else '?'}'); "
-                        "VirtualBox refuses duplicate UUIDs.", ctx.path, uuid)
+            ctx.problem(
+                Severity.ERROR,
+                "duplicate-uuid",
+                f"'{ctx.path.name}' registers medium {{{uuid}}} twice ('{location}' "
+                f"and '{self._built[uuid].location if uuid in self._built else '?'}'); "
+                "VirtualBox refuses duplicate UUIDs.",
+                ctx.path,
+                uuid,
+            )
             return None
         self._order.append(uuid)
         if parent is None:
@@ -602,11 +641,18 @@ class _Registry:
                     children.append(child_uuid)
         path, foreign = ctx.resolve(location)
         medium = Medium(
-            uuid=uuid, location=location, path=path, format=fmt, type=medium_type,
-            auto_reset=ctx.flag(element, "autoReset", False), parent_uuid=parent,
-            children=tuple(children), kind=kind,
+            uuid=uuid,
+            location=location,
+            path=path,
+            format=fmt,
+            type=medium_type,
+            auto_reset=ctx.flag(element, "autoReset", False),
+            parent_uuid=parent,
+            children=tuple(children),
+            kind=kind,
             inspectable=kind == "hard-disk" and fmt.upper() == "VDI",
-            description=_text_of(element, "Description"), registry=ctx.path,
+            description=_text_of(element, "Description"),
+            registry=ctx.path,
             foreign_path=foreign,
         )
         self._built[uuid] = medium
@@ -621,8 +667,7 @@ class _Registry:
                 if child.tag in _OLD_STORAGE:
                     fmt = fmt or child.get("format") or _OLD_STORAGE[child.tag]
                     if child.tag == "ISCSIHardDisk":
-                        location = (f"iscsi://{child.get('server', '')}/"
-                                    f"{child.get('target', '')}")
+                        location = f"iscsi://{child.get('server', '')}/{child.get('target', '')}"
                     else:
                         location = child.get("filePath") or child.get("location")
                     break
@@ -652,58 +697,96 @@ def _parse_machine(machine: Element, ctx: _Context) -> MachineSettings:
     root_snapshot = None
     seen: set[uuidlib.UUID] = set()
     if len(snapshots) > 1:
-        raise ctx.error(machine, f"has {len(snapshots)} <Snapshot> children; VirtualBox allows "
-                                 "one (the first snapshot) and nests the rest in <Snapshots>")
+        raise ctx.error(
+            machine,
+            f"has {len(snapshots)} <Snapshot> children; VirtualBox allows "
+            "one (the first snapshot) and nests the rest in <Snapshots>",
+        )
     if snapshots:
         root_snapshot = _parse_snapshot(snapshots[0], None, ctx, 1, seen)
 
     current_snapshot = ctx.uuid(machine, "currentSnapshot", required=False)
     if current_snapshot is not None and current_snapshot not in seen:
-        ctx.problem(Severity.ERROR, "current-snapshot-missing",
-                    f"'{ctx.path.name}' names current snapshot {{{current_snapshot}}}, but no "
-                    "snapshot has that UUID.", ctx.path, current_snapshot)
+        ctx.problem(
+            Severity.ERROR,
+            "current-snapshot-missing",
+            f"'{ctx.path.name}' names current snapshot {{{current_snapshot}}}, but no "
+            "snapshot has that UUID.",
+            ctx.path,
+            current_snapshot,
+        )
     elif current_snapshot is None and root_snapshot is not None:
-        ctx.problem(Severity.ERROR, "current-snapshot-missing",
-                    f"'{ctx.path.name}' has snapshots but no currentSnapshot attribute, which "
-                    "VirtualBox requires.", ctx.path)
+        ctx.problem(
+            Severity.ERROR,
+            "current-snapshot-missing",
+            f"'{ctx.path.name}' has snapshots but no currentSnapshot attribute, which "
+            "VirtualBox requires.",
+            ctx.path,
+        )
 
     return MachineSettings(
-        info=ctx.info, machine_uuid=machine_uuid, name=name,
-        os_type=machine.get("OSType", ""), snapshot_folder=snapshot_folder,
+        info=ctx.info,
+        machine_uuid=machine_uuid,
+        name=name,
+        os_type=machine.get("OSType", ""),
+        snapshot_folder=snapshot_folder,
         current_snapshot_uuid=current_snapshot,
         current_state_modified=ctx.flag(machine, "currentStateModified", True),
-        state_file=state_file, aborted=ctx.flag(machine, "aborted", False),
+        state_file=state_file,
+        aborted=ctx.flag(machine, "aborted", False),
         last_state_change=machine.get("lastStateChange"),
-        description=_text_of(machine, "Description"), root_snapshot=root_snapshot,
-        current_attachments=_parse_attachments(machine, ctx), media=registry.media,
-        registry_roots=tuple(registry.roots), problems=tuple(ctx.problems),
-        state_file_text=state_text, snapshot_folder_text=snapshot_folder_text,
+        description=_text_of(machine, "Description"),
+        root_snapshot=root_snapshot,
+        current_attachments=_parse_attachments(machine, ctx),
+        media=registry.media,
+        registry_roots=tuple(registry.roots),
+        problems=tuple(ctx.problems),
+        state_file_text=state_text,
+        snapshot_folder_text=snapshot_folder_text,
     )
 
 
-def _parse_snapshot(element: Element, parent: uuidlib.UUID | None, ctx: _Context, depth: int,
-                    seen: set[uuidlib.UUID]) -> SnapshotNode:
+def _parse_snapshot(
+    element: Element,
+    parent: uuidlib.UUID | None,
+    ctx: _Context,
+    depth: int,
+    seen: set[uuidlib.UUID],
+) -> SnapshotNode:
     if depth > MAX_SNAPSHOT_DEPTH:
-        raise ctx.error(element, f"is nested deeper than VirtualBox's limit of "
-                                 f"{MAX_SNAPSHOT_DEPTH} snapshots")
+        raise ctx.error(
+            element, f"is nested deeper than VirtualBox's limit of {MAX_SNAPSHOT_DEPTH} snapshots"
+        )
     uuid = ctx.uuid(element, "uuid")
     assert uuid is not None
     name = ctx.required(element, "name")
     if uuid in seen:
-        ctx.problem(Severity.ERROR, "duplicate-uuid",
-                    f"'{ctx.path.name}' has two snapshots with UUID {{{uuid}}}.", ctx.path, uuid)
+        ctx.problem(
+            Severity.ERROR,
+            "duplicate-uuid",
+            f"'{ctx.path.name}' has two snapshots with UUID {{{uuid}}}.",
+            ctx.path,
+            uuid,
+        )
     seen.add(uuid)
     wrappers = _children(element, "Snapshots")
     if len(wrappers) > 1:
         raise ctx.error(element, "has more than one <Snapshots> child; VirtualBox allows one")
-    children = tuple(_parse_snapshot(child, uuid, ctx, depth + 1, seen)
-                     for wrapper in wrappers for child in _children(wrapper, "Snapshot"))
+    children = tuple(
+        _parse_snapshot(child, uuid, ctx, depth + 1, seen)
+        for wrapper in wrappers
+        for child in _children(wrapper, "Snapshot")
+    )
     state_text = element.get("stateFile")
     return SnapshotNode(
-        uuid=uuid, name=name, timestamp=_timestamp(element.get("timeStamp")),
+        uuid=uuid,
+        name=name,
+        timestamp=_timestamp(element.get("timeStamp")),
         description=_text_of(element, "Description"),
         state_file=ctx.resolve(state_text)[0] if state_text else None,
-        attachments=_parse_attachments(element, ctx), children=children, parent_uuid=parent,
+        attachments=_parse_attachments(element, ctx),
+        children=children,
+        parent_uuid=parent,
         state_file_text=state_text,
     )
 
@@ -722,40 +805,58 @@ def _parse_attachments(owner: Element, ctx: _Context) -> tuple[Attachment, ...]:
                 controller_name = ctx.required(controller, "name")
                 controller_type = controller.get("type") or ""
                 for device in _children(controller, "AttachedDevice"):
-                    out.append(_parse_attached_device(device, controller_name,
-                                                      controller_type, ctx))
+                    out.append(
+                        _parse_attached_device(device, controller_name, controller_type, ctx)
+                    )
     # Pre-1.7: hard disks in <HardDiskAttachments>, DVD and floppy images in <Hardware>.
     for attachments in _children(owner, "HardDiskAttachments"):
         for item in _children(attachments, "HardDiskAttachment"):
             uuid = ctx.uuid(item, "hardDisk")
             bus = item.get("bus") or item.get("controller") or "IDE"
-            out.append(Attachment(
-                controller=bus, port=ctx.number(item, "channel", 0),
-                device=ctx.number(item, "device", 0), device_type="HardDisk",
-                medium_uuid=uuid, controller_type=bus))
+            out.append(
+                Attachment(
+                    controller=bus,
+                    port=ctx.number(item, "channel", 0),
+                    device=ctx.number(item, "device", 0),
+                    device_type="HardDisk",
+                    medium_uuid=uuid,
+                    controller_type=bus,
+                )
+            )
     if hardware is not None:
-        for tag, device_type, controller_name, port in (("DVDDrive", "DVD", "IDE", 1),
-                                                        ("FloppyDrive", "Floppy", "Floppy", 0)):
+        for tag, device_type, controller_name, port in (
+            ("DVDDrive", "DVD", "IDE", 1),
+            ("FloppyDrive", "Floppy", "Floppy", 0),
+        ):
             for drive in _children(hardware, tag):
                 image = _child(drive, "Image")
                 host = _child(drive, "HostDrive")
                 if image is None and host is None:
                     continue
-                out.append(Attachment(
-                    controller=controller_name, port=port, device=0, device_type=device_type,
-                    medium_uuid=ctx.uuid(image, "uuid") if image is not None else None,
-                    host_drive=host.get("src") if host is not None else None))
+                out.append(
+                    Attachment(
+                        controller=controller_name,
+                        port=port,
+                        device=0,
+                        device_type=device_type,
+                        medium_uuid=ctx.uuid(image, "uuid") if image is not None else None,
+                        host_drive=host.get("src") if host is not None else None,
+                    )
+                )
     return tuple(out)
 
 
-def _parse_attached_device(device: Element, controller: str, controller_type: str,
-                           ctx: _Context) -> Attachment:
+def _parse_attached_device(
+    device: Element, controller: str, controller_type: str, ctx: _Context
+) -> Attachment:
     device_type = ctx.required(device, "type")
     image = _child(device, "Image")
     host = _child(device, "HostDrive")
     return Attachment(
-        controller=controller, port=ctx.number(device, "port", 0),
-        device=ctx.number(device, "device", 0), device_type=device_type,
+        controller=controller,
+        port=ctx.number(device, "port", 0),
+        device=ctx.number(device, "device", 0),
+        device_type=device_type,
         medium_uuid=ctx.uuid(image, "uuid") if image is not None else None,
         discard=ctx.flag(device, "discard", False),
         nonrotational=ctx.flag(device, "nonrotational", False),
@@ -781,7 +882,9 @@ def _parse_global(glob: Element, ctx: _Context) -> GlobalSettings:
         media.read(_child(glob, tag))
     props = _child(glob, "SystemProperties")
     return GlobalSettings(
-        info=ctx.info, machine_entries=tuple(entries), media=media.media,
+        info=ctx.info,
+        machine_entries=tuple(entries),
+        media=media.media,
         registry_roots=tuple(media.roots),
         default_machine_folder=props.get("defaultMachineFolder") if props is not None else None,
         problems=tuple(ctx.problems),

@@ -64,8 +64,9 @@ __all__ = [
 
 _PLATFORMS = "linux|windows|macosx|freebsd|solaris|os2|netbsd|openbsd"
 #: ``<Name>-1.xx-<platform>.vbox``: the copy VirtualBox makes once when it bumps the version.
-_BUMP_BACKUP = re.compile(rf"^(?P<name>.+)-1\.\d+(?:-(?:{_PLATFORMS}))?\.(?:vbox|xml)$",
-                          re.IGNORECASE)
+_BUMP_BACKUP = re.compile(
+    rf"^(?P<name>.+)-1\.\d+(?:-(?:{_PLATFORMS}))?\.(?:vbox|xml)$", re.IGNORECASE
+)
 _SAFE_WRITE_SUFFIXES = ("-prev", "-tmp")
 _RUNNING_LOG_AGE = 60.0
 _VM_PROCESS_NAMES = ("VBoxHeadless", "VirtualBoxVM", "VirtualBox")
@@ -170,13 +171,18 @@ class VmFolder:
             return matches[0]
         if matches:
             listed = ", ".join(f"{{{n.uuid}}}" for n in matches)
-            raise VdiError(f"{len(matches)} snapshots of '{self.name}' are named '{text}' "
-                           f"({listed}); give the UUID instead.")
-        raise VdiError(f"VM '{self.name}' has no snapshot named or identified by '{text}' "
-                       f"({self.settings_path}).")
+            raise VdiError(
+                f"{len(matches)} snapshots of '{self.name}' are named '{text}' "
+                f"({listed}); give the UUID instead."
+            )
+        raise VdiError(
+            f"VM '{self.name}' has no snapshot named or identified by '{text}' "
+            f"({self.settings_path})."
+        )
 
-    def disk_for_snapshot(self, snapshot: SnapshotNode | str, *,
-                          device_type: str = "HardDisk") -> tuple[Medium, ...]:
+    def disk_for_snapshot(
+        self, snapshot: SnapshotNode | str, *, device_type: str = "HardDisk"
+    ) -> tuple[Medium, ...]:
         """The image(s) a snapshot froze: what its attachments reference (docs/vdi-format.md §6.5).
 
         Reading the chain that ends at one of these shows the disk as it was when the
@@ -191,8 +197,9 @@ class VmFolder:
         """The images the current state uses (the leaves the guest writes to)."""
         return self._media_of(self.current_attachments, device_type)
 
-    def _media_of(self, attachments: tuple[Attachment, ...], device_type: str
-                  ) -> tuple[Medium, ...]:
+    def _media_of(
+        self, attachments: tuple[Attachment, ...], device_type: str
+    ) -> tuple[Medium, ...]:
         out: list[Medium] = []
         for attachment in attachments:
             if attachment.device_type.lower() != device_type.lower():
@@ -243,22 +250,28 @@ class VmFolder:
             uuid_or_path = uuid_or_path.uuid
         if isinstance(uuid_or_path, Path):
             return uuid_or_path.resolve()
-        wanted = uuid_or_path if isinstance(uuid_or_path, uuidlib.UUID) else parse_uuid(
-            uuid_or_path)
+        wanted = (
+            uuid_or_path if isinstance(uuid_or_path, uuidlib.UUID) else parse_uuid(uuid_or_path)
+        )
         if wanted is None:
             return Path(str(uuid_or_path)).resolve()
         medium = self.media.get(wanted)
         if medium is not None and not medium.inspectable:
-            raise VdiError(f"Medium {{{wanted}}} ('{medium.location}') is a {medium.format} "
-                           f"{medium.kind}, which vdigui cannot inspect.")
+            raise VdiError(
+                f"Medium {{{wanted}}} ('{medium.location}') is a {medium.format} "
+                f"{medium.kind}, which vdigui cannot inspect."
+            )
         paths = self.image_paths.get(wanted)
         if paths:
             return paths[0]
         if medium is not None:
-            raise VdiError(f"The file of medium {{{wanted}}} ('{medium.path}') is missing or "
-                           "unreadable.")
-        raise VdiError(f"No medium or image with UUID {{{wanted}}} belongs to VM '{self.name}' "
-                       f"({self.settings_path}).")
+            raise VdiError(
+                f"The file of medium {{{wanted}}} ('{medium.path}') is missing or unreadable."
+            )
+        raise VdiError(
+            f"No medium or image with UUID {{{wanted}}} belongs to VM '{self.name}' "
+            f"({self.settings_path})."
+        )
 
     @property
     def errors(self) -> tuple[Problem, ...]:
@@ -270,12 +283,16 @@ class VmFolder:
         """The problems of severity "warning"."""
         return tuple(p for p in self.problems if p.severity == Severity.WARNING)
 
-    def problems_for(self, uuid: uuidlib.UUID | None = None, path: Path | None = None
-                     ) -> tuple[Problem, ...]:
+    def problems_for(
+        self, uuid: uuidlib.UUID | None = None, path: Path | None = None
+    ) -> tuple[Problem, ...]:
         """The problems about one medium or file (for marking tree nodes)."""
-        return tuple(p for p in self.problems
-                     if (uuid is not None and p.uuid == uuid)
-                     or (path is not None and p.path is not None and p.path == path))
+        return tuple(
+            p
+            for p in self.problems
+            if (uuid is not None and p.uuid == uuid)
+            or (path is not None and p.path is not None and p.path == path)
+        )
 
     # -- output ---------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -290,62 +307,104 @@ class VmFolder:
             return sorted({p.kind for p in self.problems_for(uuid, path)})
 
         def attachment(a: Attachment) -> dict[str, Any]:
-            return {"controller": a.controller, "port": a.port, "device": a.device,
-                    "type": a.device_type, "medium": _u(a.medium_uuid), "discard": a.discard,
-                    "nonrotational": a.nonrotational, "host_drive": a.host_drive}
+            return {
+                "controller": a.controller,
+                "port": a.port,
+                "device": a.device,
+                "type": a.device_type,
+                "medium": _u(a.medium_uuid),
+                "discard": a.discard,
+                "nonrotational": a.nonrotational,
+                "host_drive": a.host_drive,
+            }
 
         def snapshot(n: SnapshotNode) -> dict[str, Any]:
-            return {"uuid": _u(n.uuid), "name": n.name,
-                    "timestamp": n.timestamp.isoformat() if n.timestamp else None,
-                    "description": n.description, "online": n.online,
-                    "state_file": _s(n.state_file),
-                    "current": n.uuid == self.current_snapshot_uuid,
-                    "disks": [_u(m.uuid) for m in self.disk_for_snapshot(n)],
-                    "attachments": [attachment(a) for a in n.attachments],
-                    "problems": kinds_for(n.uuid),
-                    "children": [snapshot(c) for c in n.children]}
+            return {
+                "uuid": _u(n.uuid),
+                "name": n.name,
+                "timestamp": n.timestamp.isoformat() if n.timestamp else None,
+                "description": n.description,
+                "online": n.online,
+                "state_file": _s(n.state_file),
+                "current": n.uuid == self.current_snapshot_uuid,
+                "disks": [_u(m.uuid) for m in self.disk_for_snapshot(n)],
+                "attachments": [attachment(a) for a in n.attachments],
+                "problems": kinds_for(n.uuid),
+                "children": [snapshot(c) for c in n.children],
+            }
 
         def header(uuid: uuidlib.UUID) -> dict[str, Any] | None:
             paths = self.image_paths.get(uuid)
             if not paths:
                 return None
             h = self.images[paths[0]]
-            return {"path": str(paths[0]), "type": h.image_type.label,
-                    "disk_size": h.disk_size, "block_size": h.block_size,
-                    "blocks_allocated": h.blocks_allocated, "parent_uuid": _u(h.parent_uuid),
-                    "modify_uuid": _u(h.modify_uuid),
-                    "parent_modify_uuid": _u(h.parent_modify_uuid)}
+            return {
+                "path": str(paths[0]),
+                "type": h.image_type.label,
+                "disk_size": h.disk_size,
+                "block_size": h.block_size,
+                "blocks_allocated": h.blocks_allocated,
+                "parent_uuid": _u(h.parent_uuid),
+                "modify_uuid": _u(h.modify_uuid),
+                "parent_modify_uuid": _u(h.parent_modify_uuid),
+            }
 
         def medium(uuid: uuidlib.UUID) -> dict[str, Any]:
             m = self.media[uuid]
-            return {"uuid": _u(uuid), "kind": m.kind, "location": m.location,
-                    "path": str(m.path), "format": m.format, "type": m.type,
-                    "auto_reset": m.auto_reset, "inspectable": m.inspectable,
-                    "header": header(uuid), "problems": kinds_for(uuid),
-                    "children": [medium(c) for c in m.children if c in self.media]}
+            return {
+                "uuid": _u(uuid),
+                "kind": m.kind,
+                "location": m.location,
+                "path": str(m.path),
+                "format": m.format,
+                "type": m.type,
+                "auto_reset": m.auto_reset,
+                "inspectable": m.inspectable,
+                "header": header(uuid),
+                "problems": kinds_for(uuid),
+                "children": [medium(c) for c in m.children if c in self.media],
+            }
 
         def image(uuid: uuidlib.UUID) -> dict[str, Any]:
             info = header(uuid) or {}
-            return {"uuid": _u(uuid), **info, "registered": uuid in self.media,
-                    "problems": kinds_for(uuid, Path(info["path"]) if info else None),
-                    "children": [image(c) for c in self.header_tree.get(uuid, ())]}
+            return {
+                "uuid": _u(uuid),
+                **info,
+                "registered": uuid in self.media,
+                "problems": kinds_for(uuid, Path(info["path"]) if info else None),
+                "children": [image(c) for c in self.header_tree.get(uuid, ())],
+            }
 
         return {
-            "folder": str(self.folder), "settings_path": str(self.settings_path),
-            "machine_uuid": _u(self.machine_uuid), "name": self.name, "os_type": self.os_type,
-            "settings_version": self.settings_version, "platform": self.platform,
+            "folder": str(self.folder),
+            "settings_path": str(self.settings_path),
+            "machine_uuid": _u(self.machine_uuid),
+            "name": self.name,
+            "os_type": self.os_type,
+            "settings_version": self.settings_version,
+            "platform": self.platform,
             "snapshot_folder": str(self.snapshot_folder),
             "current_snapshot_uuid": _u(self.current_snapshot_uuid),
             "current_state_modified": self.current_state_modified,
-            "state_file": _s(self.state_file), "aborted": self.aborted,
+            "state_file": _s(self.state_file),
+            "aborted": self.aborted,
             "snapshots": [snapshot(self.root_snapshot)] if self.root_snapshot else [],
             "current_state": {
                 "disks": [_u(m.uuid) for m in self.current_disks()],
-                "attachments": [attachment(a) for a in self.current_attachments]},
+                "attachments": [attachment(a) for a in self.current_attachments],
+            },
             "media": [medium(u) for u in self.registry_tree],
             "header_tree": [image(u) for u in self.header_roots],
-            "problems": [{"severity": p.severity, "kind": p.kind, "message": p.message,
-                          "path": _s(p.path), "uuid": _u(p.uuid)} for p in self.problems],
+            "problems": [
+                {
+                    "severity": p.severity,
+                    "kind": p.kind,
+                    "message": p.message,
+                    "path": _s(p.path),
+                    "uuid": _u(p.uuid),
+                }
+                for p in self.problems
+            ],
             "backups": [str(b) for b in self.backups],
             "global_settings": _s(self.global_settings),
             "disks_inspected": self.disks_inspected,
@@ -353,8 +412,9 @@ class VmFolder:
 
     # -- construction ---------------------------------------------------------------------
     @classmethod
-    def from_settings(cls, settings: MachineSettings, *,
-                      global_settings: GlobalSettings | None = None) -> VmFolder:
+    def from_settings(
+        cls, settings: MachineSettings, *, global_settings: GlobalSettings | None = None
+    ) -> VmFolder:
         """A view of a parsed settings file alone, without reading any disk or listing files.
 
         Useful for settings whose disks are absent (shared samples, a .vbox mailed in a bug
@@ -363,17 +423,29 @@ class VmFolder:
         media, roots, problems = _merge_registries(settings, global_settings)
         problems.extend(_attachment_problems(settings, media))
         return cls(
-            folder=settings.info.folder, settings_path=settings.info.settings_path,
-            machine_uuid=settings.machine_uuid, name=settings.name, os_type=settings.os_type,
-            settings_version=settings.info.settings_version, platform=settings.info.platform,
+            folder=settings.info.folder,
+            settings_path=settings.info.settings_path,
+            machine_uuid=settings.machine_uuid,
+            name=settings.name,
+            os_type=settings.os_type,
+            settings_version=settings.info.settings_version,
+            platform=settings.info.platform,
             snapshot_folder=settings.snapshot_folder,
             current_snapshot_uuid=settings.current_snapshot_uuid,
             current_state_modified=settings.current_state_modified,
-            state_file=settings.state_file, aborted=settings.aborted,
+            state_file=settings.state_file,
+            aborted=settings.aborted,
             root_snapshot=settings.root_snapshot,
-            current_attachments=settings.current_attachments, media=media,
-            registry_tree=roots, header_tree={}, header_roots=(), images={}, image_paths={},
-            unreadable={}, problems=tuple(problems), backups=(),
+            current_attachments=settings.current_attachments,
+            media=media,
+            registry_tree=roots,
+            header_tree={},
+            header_roots=(),
+            images={},
+            image_paths={},
+            unreadable={},
+            problems=tuple(problems),
+            backups=(),
             global_settings=global_settings.info.settings_path if global_settings else None,
             disks_inspected=False,
         )
@@ -399,8 +471,10 @@ def load_vm_folder(path: Path | str, *, global_settings: Path | str | None = Non
     settings_path = find_settings_file(path)
     settings = load_settings(settings_path)
     if not isinstance(settings, MachineSettings):
-        raise SettingsError(f"'{settings_path}' is a global VirtualBox.xml, not a machine "
-                            "settings file; open the VM's .vbox instead.")
+        raise SettingsError(
+            f"'{settings_path}' is a global VirtualBox.xml, not a machine "
+            "settings file; open the VM's .vbox instead."
+        )
     glob = _load_global(settings, global_settings)
     if glob is None:
         settings = _with_folder_registry(settings)
@@ -410,17 +484,31 @@ def load_vm_folder(path: Path | str, *, global_settings: Path | str | None = Non
     problems.extend(_state_file_problems(view))
     backups = _find_backups(settings, problems)
     return VmFolder(
-        folder=view.folder, settings_path=view.settings_path,
-        machine_uuid=view.machine_uuid, name=view.name, os_type=view.os_type,
-        settings_version=view.settings_version, platform=view.platform,
-        snapshot_folder=view.snapshot_folder, current_snapshot_uuid=view.current_snapshot_uuid,
-        current_state_modified=view.current_state_modified, state_file=view.state_file,
-        aborted=view.aborted, root_snapshot=view.root_snapshot,
-        current_attachments=view.current_attachments, media=view.media,
-        registry_tree=view.registry_tree, header_tree=scan.header_tree,
-        header_roots=scan.header_roots, images=scan.images, image_paths=scan.image_paths,
-        unreadable=scan.unreadable, problems=tuple(problems), backups=backups,
-        global_settings=view.global_settings, disks_inspected=True,
+        folder=view.folder,
+        settings_path=view.settings_path,
+        machine_uuid=view.machine_uuid,
+        name=view.name,
+        os_type=view.os_type,
+        settings_version=view.settings_version,
+        platform=view.platform,
+        snapshot_folder=view.snapshot_folder,
+        current_snapshot_uuid=view.current_snapshot_uuid,
+        current_state_modified=view.current_state_modified,
+        state_file=view.state_file,
+        aborted=view.aborted,
+        root_snapshot=view.root_snapshot,
+        current_attachments=view.current_attachments,
+        media=view.media,
+        registry_tree=view.registry_tree,
+        header_tree=scan.header_tree,
+        header_roots=scan.header_roots,
+        images=scan.images,
+        image_paths=scan.image_paths,
+        unreadable=scan.unreadable,
+        problems=tuple(problems),
+        backups=backups,
+        global_settings=view.global_settings,
+        disks_inspected=True,
     )
 
 
@@ -441,8 +529,9 @@ def find_settings_file(path: Path | str) -> Path:
             raise SettingsError(problem)
     if path.is_file():
         if path.suffix.lower() in (".vdi", ".vmdk", ".vhd", ".iso"):
-            raise SettingsError(f"'{path}' is a disk image, not a VM folder or a machine "
-                                "settings file.")
+            raise SettingsError(
+                f"'{path}' is a disk image, not a VM folder or a machine settings file."
+            )
         return path
     if not path.is_dir():
         raise SettingsError(f"'{path}' does not exist.")
@@ -455,20 +544,28 @@ def find_settings_file(path: Path | str) -> Path:
     if not real:
         real = vbox  # a VM literally named like "x-1.5-linux" is not a backup of anything
     if not real:
-        real = [p for p in entries
-                if p.suffix.lower() == ".xml" and p.is_file() and _is_machine_xml(p)]
+        real = [
+            p for p in entries if p.suffix.lower() == ".xml" and p.is_file() and _is_machine_xml(p)
+        ]
     if len(real) == 1:
         return real[0]
     if not real:
-        leftovers = [p.name for p in entries
-                     if p.name.lower().endswith((".vbox-prev", ".vbox-tmp"))]
-        hint = (f"; backups exist ({', '.join(leftovers)}): open one of them explicitly"
-                if leftovers else "")
-        raise SettingsError(f"Folder '{path}' holds no VirtualBox machine settings file "
-                            f"(.vbox){hint}.")
+        leftovers = [
+            p.name for p in entries if p.name.lower().endswith((".vbox-prev", ".vbox-tmp"))
+        ]
+        hint = (
+            f"; backups exist ({', '.join(leftovers)}): open one of them explicitly"
+            if leftovers
+            else ""
+        )
+        raise SettingsError(
+            f"Folder '{path}' holds no VirtualBox machine settings file (.vbox){hint}."
+        )
     names = ", ".join(p.name for p in real)
-    raise SettingsError(f"Folder '{path}' holds several machine settings files ({names}); "
-                        "open one of them directly.")
+    raise SettingsError(
+        f"Folder '{path}' holds several machine settings files ({names}); "
+        "open one of them directly."
+    )
 
 
 def _is_machine_xml(path: Path) -> bool:
@@ -480,13 +577,13 @@ def _is_machine_xml(path: Path) -> bool:
     return b"<VirtualBox" in head and b"<Machine" in head
 
 
-def _load_global(settings: MachineSettings, explicit: Path | str | None
-                 ) -> GlobalSettings | None:
+def _load_global(settings: MachineSettings, explicit: Path | str | None) -> GlobalSettings | None:
     if explicit is not None:
         loaded = load_settings(explicit)
         if not isinstance(loaded, GlobalSettings):
-            raise SettingsError(f"'{explicit}' is a machine settings file, not a global "
-                                "VirtualBox.xml.")
+            raise SettingsError(
+                f"'{explicit}' is a machine settings file, not a global VirtualBox.xml."
+            )
         return loaded
     folder = settings.info.folder
     candidate = folder.parent.parent / "VirtualBox.xml"
@@ -511,11 +608,16 @@ def _with_folder_registry(settings: MachineSettings) -> MachineSettings:
     if settings.info.version_tuple >= (1, 11):
         return settings
     attached: list[uuidlib.UUID] = []
-    for attachments in (settings.current_attachments,
-                        *(n.attachments for n in settings.iter_snapshots())):
+    for attachments in (
+        settings.current_attachments,
+        *(n.attachments for n in settings.iter_snapshots()),
+    ):
         for a in attachments:
-            if (a.medium_uuid is not None and a.device_type.lower() == "harddisk"
-                    and a.medium_uuid not in settings.media):
+            if (
+                a.medium_uuid is not None
+                and a.device_type.lower() == "harddisk"
+                and a.medium_uuid not in settings.media
+            ):
                 attached.append(a.medium_uuid)
     if not attached:
         return settings
@@ -546,17 +648,26 @@ def _with_folder_registry(settings: MachineSettings) -> MachineSettings:
         except ValueError:
             location = str(path)
         media[uuid] = Medium(
-            uuid=uuid, location=location, path=path, format="VDI", type="Normal",
-            auto_reset=False, parent_uuid=parent, children=tuple(children.get(uuid, ())),
-            kind="hard-disk", inspectable=True, registry=None)
+            uuid=uuid,
+            location=location,
+            path=path,
+            format="VDI",
+            type="Normal",
+            auto_reset=False,
+            parent_uuid=parent,
+            children=tuple(children.get(uuid, ())),
+            kind="hard-disk",
+            inspectable=True,
+            registry=None,
+        )
         if parent is None:
             roots.append(uuid)
     return dataclasses.replace(settings, media=media, registry_roots=tuple(roots))
 
 
-def _merge_registries(settings: MachineSettings, glob: GlobalSettings | None
-                      ) -> tuple[dict[uuidlib.UUID, Medium], tuple[uuidlib.UUID, ...],
-                                 list[Problem]]:
+def _merge_registries(
+    settings: MachineSettings, glob: GlobalSettings | None
+) -> tuple[dict[uuidlib.UUID, Medium], tuple[uuidlib.UUID, ...], list[Problem]]:
     media = dict(settings.media)
     roots = list(settings.registry_roots)
     problems = list(settings.problems)
@@ -564,12 +675,18 @@ def _merge_registries(settings: MachineSettings, glob: GlobalSettings | None
         problems.extend(glob.problems)
         for uuid, medium in glob.media.items():
             if uuid in media:
-                problems.append(Problem(
-                    Severity.ERROR, "duplicate-uuid",
-                    f"Medium {{{uuid}}} is registered both in '{settings.info.settings_path.name}'"
-                    f" ('{media[uuid].location}') and in '{glob.info.settings_path.name}' "
-                    f"('{medium.location}'); VirtualBox refuses duplicate UUIDs.",
-                    medium.path, uuid))
+                problems.append(
+                    Problem(
+                        Severity.ERROR,
+                        "duplicate-uuid",
+                        f"Medium {{{uuid}}} is registered both in "
+                        f"'{settings.info.settings_path.name}' ('{media[uuid].location}') and in "
+                        f"'{glob.info.settings_path.name}' ('{medium.location}'); VirtualBox "
+                        "refuses duplicate UUIDs.",
+                        medium.path,
+                        uuid,
+                    )
+                )
                 continue
             media[uuid] = medium
         roots.extend(u for u in glob.registry_roots if u not in settings.media)
@@ -578,11 +695,13 @@ def _merge_registries(settings: MachineSettings, glob: GlobalSettings | None
     return media, tuple(roots), problems
 
 
-def _attachment_problems(settings: MachineSettings, media: dict[uuidlib.UUID, Medium]
-                         ) -> list[Problem]:
+def _attachment_problems(
+    settings: MachineSettings, media: dict[uuidlib.UUID, Medium]
+) -> list[Problem]:
     users: dict[uuidlib.UUID, tuple[str, list[str]]] = {}
     places: list[tuple[str, tuple[Attachment, ...]]] = [
-        ("the current state", settings.current_attachments)]
+        ("the current state", settings.current_attachments)
+    ]
     places.extend((f"snapshot '{n.name}'", n.attachments) for n in settings.iter_snapshots())
     for where, attachments in places:
         for attachment in attachments:
@@ -593,26 +712,39 @@ def _attachment_problems(settings: MachineSettings, media: dict[uuidlib.UUID, Me
     problems = []
     for uuid, (device_type, wheres) in users.items():
         severity = Severity.ERROR if device_type.lower() == "harddisk" else Severity.WARNING
-        problems.append(Problem(
-            severity, "unknown-medium",
-            f"{device_type} medium {{{uuid}}} attached in {', '.join(wheres)} is in no loaded "
-            f"media registry ('{settings.info.settings_path.name}'"
-            f"{'' if severity == Severity.ERROR else ' and perhaps the global VirtualBox.xml'}).",
-            settings.info.settings_path, uuid))
+        problems.append(
+            Problem(
+                severity,
+                "unknown-medium",
+                f"{device_type} medium {{{uuid}}} attached in {', '.join(wheres)} is in no loaded "
+                f"media registry ('{settings.info.settings_path.name}'"
+                + ("" if severity == Severity.ERROR else " and perhaps the global VirtualBox.xml")
+                + ").",
+                settings.info.settings_path,
+                uuid,
+            )
+        )
     return problems
 
 
 def _state_file_problems(view: VmFolder) -> list[Problem]:
     problems = []
     owners: list[tuple[str, Path | None, uuidlib.UUID | None]] = [
-        ("the machine", view.state_file, None)]
+        ("the machine", view.state_file, None)
+    ]
     owners.extend((f"snapshot '{n.name}'", n.state_file, n.uuid) for n in view.iter_snapshots())
     for owner, state, uuid in owners:
         if state is not None and not state.exists():
-            problems.append(Problem(
-                Severity.WARNING, "missing-state-file",
-                f"The saved state of {owner} ('{state}') is missing, so that state cannot be "
-                "restored.", state, uuid))
+            problems.append(
+                Problem(
+                    Severity.WARNING,
+                    "missing-state-file",
+                    f"The saved state of {owner} ('{state}') is missing, so that state cannot be "
+                    "restored.",
+                    state,
+                    uuid,
+                )
+            )
     return problems
 
 
@@ -628,8 +760,9 @@ class _Scan:
     header_roots: tuple[uuidlib.UUID, ...]
 
 
-def _scan_disks(settings: MachineSettings, media: dict[uuidlib.UUID, Medium],
-                problems: list[Problem]) -> _Scan:
+def _scan_disks(
+    settings: MachineSettings, media: dict[uuidlib.UUID, Medium], problems: list[Problem]
+) -> _Scan:
     """Index the VDI headers and add every registry/header/file disagreement to problems."""
     registered_paths: dict[uuidlib.UUID, Path] = {}
     registered_files: list[Path] = []
@@ -654,8 +787,9 @@ def _scan_disks(settings: MachineSettings, media: dict[uuidlib.UUID, Medium],
     unreadable = {p: str(e) for p, e in index.unreadable.items()}
     reported_unreadable: set[Path] = set()
 
-    def add(severity: Severity, kind: str, message: str, path: Path | None,
-            uuid: uuidlib.UUID | None) -> None:
+    def add(
+        severity: Severity, kind: str, message: str, path: Path | None, uuid: uuidlib.UUID | None
+    ) -> None:
         problems.append(Problem(severity, kind, message, path, uuid))
 
     # Registry against files and headers.
@@ -665,64 +799,111 @@ def _scan_disks(settings: MachineSettings, media: dict[uuidlib.UUID, Medium],
         where = medium.path
         if medium.foreign_path or not where.exists():
             elsewhere = image_paths.get(medium.uuid) if medium.inspectable else None
-            hint = (f"; a file with this UUID exists at '{elsewhere[0]}'" if elsewhere
-                    else "")
+            hint = f"; a file with this UUID exists at '{elsewhere[0]}'" if elsewhere else ""
             foreign = " (a path of another operating system)" if medium.foreign_path else ""
             severity = Severity.ERROR if medium.kind == "hard-disk" else Severity.WARNING
-            add(severity, "missing-file",
+            add(
+                severity,
+                "missing-file",
                 f"Registered {medium.kind} {{{medium.uuid}}} is missing: '{medium.location}'"
-                f"{foreign} does not exist{hint}.", where, medium.uuid)
+                f"{foreign} does not exist{hint}.",
+                where,
+                medium.uuid,
+            )
             continue
         if not medium.inspectable:
             continue
         resolved = where.resolve()
         if resolved in unreadable:
             reported_unreadable.add(resolved)
-            add(Severity.ERROR, "unreadable-image",
+            add(
+                Severity.ERROR,
+                "unreadable-image",
                 f"Registered image '{where.name}' {{{medium.uuid}}} cannot be read: "
-                f"{unreadable[resolved]}", resolved, medium.uuid)
+                f"{unreadable[resolved]}",
+                resolved,
+                medium.uuid,
+            )
             continue
         header = headers.get(resolved)
         if header is None:
-            add(Severity.ERROR, "unreadable-image",
-                f"Registered image '{medium.location}' {{{medium.uuid}}} is not a regular "
-                "file.", resolved, medium.uuid)
+            add(
+                Severity.ERROR,
+                "unreadable-image",
+                f"Registered image '{medium.location}' {{{medium.uuid}}} is not a regular file.",
+                resolved,
+                medium.uuid,
+            )
             continue
         if header.uuid != medium.uuid:
-            add(Severity.ERROR, "uuid-mismatch",
+            add(
+                Severity.ERROR,
+                "uuid-mismatch",
                 f"UUID {{{header.uuid}}} in the header of '{where.name}' does not match "
-                f"{{{medium.uuid}}} stored in the media registry.", resolved, medium.uuid)
+                f"{{{medium.uuid}}} stored in the media registry.",
+                resolved,
+                medium.uuid,
+            )
         if medium.parent_uuid is None:
             if header.is_differencing:
-                what = ("its header says it is a differencing image"
-                        if header.image_type == fmt.ImageType.DIFFERENCING
-                        else f"its header links to parent {{{header.parent_uuid}}}")
-                add(Severity.ERROR, "base-is-differencing",
+                what = (
+                    "its header says it is a differencing image"
+                    if header.image_type == fmt.ImageType.DIFFERENCING
+                    else f"its header links to parent {{{header.parent_uuid}}}"
+                )
+                add(
+                    Severity.ERROR,
+                    "base-is-differencing",
                     f"'{where.name}' is a base disk in the media registry but {what}.",
-                    resolved, medium.uuid)
+                    resolved,
+                    medium.uuid,
+                )
         elif header.parent_uuid != medium.parent_uuid:
-            said = ("no parent" if header.parent_uuid == NULL_UUID
-                    else f"parent {{{header.parent_uuid}}}")
-            add(Severity.ERROR, "parent-mismatch",
+            said = (
+                "no parent"
+                if header.parent_uuid == NULL_UUID
+                else f"parent {{{header.parent_uuid}}}"
+            )
+            add(
+                Severity.ERROR,
+                "parent-mismatch",
                 f"The header of '{where.name}' names {said}, but the media registry nests it "
-                f"under {{{medium.parent_uuid}}}.", resolved, medium.uuid)
+                f"under {{{medium.parent_uuid}}}.",
+                resolved,
+                medium.uuid,
+            )
 
     # Files the registry does not know, unreadable ones, duplicates.
     for path, message in sorted(unreadable.items()):
         if path not in reported_unreadable:
-            add(Severity.ERROR, "unreadable-image",
-                f"Image '{path.name}' cannot be read: {message}", path, None)
+            add(
+                Severity.ERROR,
+                "unreadable-image",
+                f"Image '{path.name}' cannot be read: {message}",
+                path,
+                None,
+            )
     for uuid, paths in image_paths.items():
         if len(paths) > 1:
             listed = ", ".join(f"'{p}'" for p in paths)
-            add(Severity.ERROR, "duplicate-uuid",
+            add(
+                Severity.ERROR,
+                "duplicate-uuid",
                 f"{len(paths)} files share uuidCreate {{{uuid}}} ({listed}); VirtualBox can "
-                "register only one of them.", paths[1], uuid)
+                "register only one of them.",
+                paths[1],
+                uuid,
+            )
         for path in paths:
             if uuid not in media and path.parent in scanned_folders:
-                add(Severity.ERROR, "orphan-image",
+                add(
+                    Severity.ERROR,
+                    "orphan-image",
                     f"Image '{path.name}' {{{uuid}}} in '{path.parent}' is in no loaded media "
-                    "registry (an orphan).", path, uuid)
+                    "registry (an orphan).",
+                    path,
+                    uuid,
+                )
 
     # The header tree, and the chain checks along it.
     preferred = {uuid: paths[0] for uuid, paths in image_paths.items()}
@@ -738,40 +919,68 @@ def _scan_disks(settings: MachineSettings, media: dict[uuidlib.UUID, Medium],
         if parent_path is None:
             roots.append(uuid)
             registered = media.get(parent_uuid)
-            extra = (f" (it is registered as '{registered.location}', whose file is missing "
-                     "or unreadable)" if registered else "")
-            add(Severity.ERROR, "missing-parent",
+            extra = (
+                f" (it is registered as '{registered.location}', whose file is missing "
+                "or unreadable)"
+                if registered
+                else ""
+            )
+            add(
+                Severity.ERROR,
+                "missing-parent",
                 f"Parent {{{parent_uuid}}} of '{path.name}' was not found among the VM's "
-                f"images{extra}.", path, uuid)
+                f"images{extra}.",
+                path,
+                uuid,
+            )
             continue
         children[parent_uuid].append(uuid)
         parent = headers[parent_path]
         if parent.disk_size != header.disk_size:
-            add(Severity.ERROR, "size-mismatch",
+            add(
+                Severity.ERROR,
+                "size-mismatch",
                 f"'{path.name}' has a disk size of {header.disk_size} bytes but its parent "
                 f"'{parent_path.name}' has {parent.disk_size}; a chain needs equal sizes.",
-                path, uuid)
+                path,
+                uuid,
+            )
         if parent.block_size != header.block_size:
-            add(Severity.ERROR, "block-size-mismatch",
+            add(
+                Severity.ERROR,
+                "block-size-mismatch",
                 f"'{path.name}' uses {header.block_size}-byte blocks but its parent "
-                f"'{parent_path.name}' uses {parent.block_size}.", path, uuid)
-        if (header.parent_modify_uuid != NULL_UUID
-                and header.parent_modify_uuid != parent.modify_uuid):
-            add(Severity.WARNING, "parent-modify-mismatch",
+                f"'{parent_path.name}' uses {parent.block_size}.",
+                path,
+                uuid,
+            )
+        if (
+            header.parent_modify_uuid != NULL_UUID
+            and header.parent_modify_uuid != parent.modify_uuid
+        ):
+            add(
+                Severity.WARNING,
+                "parent-modify-mismatch",
                 f"uuidParentModify of '{path.name}' ({{{header.parent_modify_uuid}}}) differs "
                 f"from uuidModify of its parent '{parent_path.name}' "
                 f"({{{parent.modify_uuid}}}): the parent was written or merged into after the "
-                "child was made.", path, uuid)
+                "child was made.",
+                path,
+                uuid,
+            )
     problems.extend(_loop_problems(preferred, headers))
     return _Scan(
-        images=dict(headers), image_paths=image_paths, unreadable=unreadable,
+        images=dict(headers),
+        image_paths=image_paths,
+        unreadable=unreadable,
         header_tree={u: tuple(sorted(c, key=str)) for u, c in children.items()},
         header_roots=tuple(roots),
     )
 
 
-def _loop_problems(preferred: dict[uuidlib.UUID, Path], headers: dict[Path, VdiHeader]
-                   ) -> list[Problem]:
+def _loop_problems(
+    preferred: dict[uuidlib.UUID, Path], headers: dict[Path, VdiHeader]
+) -> list[Problem]:
     problems: list[Problem] = []
     reported: set[uuidlib.UUID] = set()
     for start in preferred:
@@ -782,13 +991,18 @@ def _loop_problems(preferred: dict[uuidlib.UUID, Path], headers: dict[Path, VdiH
             parent = headers[preferred[current]].parent_uuid
             current = parent if parent != NULL_UUID else None
         if current is not None and current in seen and current not in reported:
-            cycle = seen[seen.index(current):]
+            cycle = seen[seen.index(current) :]
             reported.update(cycle)
             names = " -> ".join(f"'{preferred[u].name}'" for u in cycle)
-            problems.append(Problem(
-                Severity.ERROR, "parent-loop",
-                f"The parent links of {names} form a loop, so none of them has a base.",
-                preferred[current], current))
+            problems.append(
+                Problem(
+                    Severity.ERROR,
+                    "parent-loop",
+                    f"The parent links of {names} form a loop, so none of them has a base.",
+                    preferred[current],
+                    current,
+                )
+            )
     return problems
 
 
@@ -808,27 +1022,38 @@ def _find_backups(settings: MachineSettings, problems: list[Problem]) -> tuple[P
             continue
         lower = path.name.lower()
         leftover_tmp = lower.endswith("-tmp") and lower[:-4].endswith((".vbox", ".xml"))
-        is_candidate = (lower.endswith(_SAFE_WRITE_SUFFIXES) and
-                        lower.rsplit("-", 1)[0].endswith((".vbox", ".xml"))
-                        ) or (bool(_BUMP_BACKUP.match(path.name)))
+        is_candidate = (
+            lower.endswith(_SAFE_WRITE_SUFFIXES)
+            and lower.rsplit("-", 1)[0].endswith((".vbox", ".xml"))
+        ) or (bool(_BUMP_BACKUP.match(path.name)))
         if not is_candidate:
             continue
         try:
             other = load_settings(path)
         except SettingsError:
             if leftover_tmp:
-                problems.append(Problem(
-                    Severity.WARNING, "failed-save",
-                    f"'{path.name}' is an unreadable leftover of a settings save that did "
-                    "not finish.", path))
+                problems.append(
+                    Problem(
+                        Severity.WARNING,
+                        "failed-save",
+                        f"'{path.name}' is an unreadable leftover of a settings save that did "
+                        "not finish.",
+                        path,
+                    )
+                )
             continue
         if isinstance(other, MachineSettings) and other.machine_uuid == settings.machine_uuid:
             backups.append(path)
             if leftover_tmp:
-                problems.append(Problem(
-                    Severity.WARNING, "failed-save",
-                    f"'{path.name}' is left over from a settings save that did not finish; "
-                    f"compare it with '{current.name}' before deleting it.", path))
+                problems.append(
+                    Problem(
+                        Severity.WARNING,
+                        "failed-save",
+                        f"'{path.name}' is left over from a settings save that did not finish; "
+                        f"compare it with '{current.name}' before deleting it.",
+                        path,
+                    )
+                )
     return tuple(backups)
 
 
@@ -859,18 +1084,23 @@ def find_running_vm_hint(folder: Path | str) -> str | None:
     proc = Path("/proc")
     if not proc.is_dir():
         if recent_log:
-            return (f"The VM in '{folder}' looks running: its Logs/VBox.log was written "
-                    f"{log_age:.0f} s ago.")
+            return (
+                f"The VM in '{folder}' looks running: its Logs/VBox.log was written "
+                f"{log_age:.0f} s ago."
+            )
         return None
     for pid, cmdline in _processes(proc):
         program = Path(cmdline[0]).name if cmdline else ""
         if not any(program.startswith(n) for n in _VM_PROCESS_NAMES):
             continue
         if _names_this_vm(cmdline, folder):
-            detail = (f", and its Logs/VBox.log was written {log_age:.0f} s ago"
-                      if recent_log else "")
-            return (f"The VM in '{folder}' looks running: process {pid} ({program}) was "
-                    f"started for it{detail}.")
+            detail = (
+                f", and its Logs/VBox.log was written {log_age:.0f} s ago" if recent_log else ""
+            )
+            return (
+                f"The VM in '{folder}' looks running: process {pid} ({program}) was "
+                f"started for it{detail}."
+            )
     holder = _vdi_holder(proc, folder)
     if holder is not None:
         pid, name, path = holder

@@ -33,38 +33,68 @@ WIZARD_PAGES = ("intro", "options", "preview", "run", "result")
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line (argparse exits with a usage message on errors)."""
     parser = argparse.ArgumentParser(
-        prog="vdigui", description="Inspect VirtualBox VM folders and VDI disk images.")
-    parser.add_argument("path", nargs="?", type=Path,
-                        help="a VM folder, a .vbox file or a .vdi image to open")
-    parser.add_argument("--demo", action="store_true",
-                        help="build (once, in the cache folder) and open a demo VM")
-    parser.add_argument("--screenshot", type=Path, metavar="OUT.png",
-                        help="render the window offscreen to OUT.png and exit")
-    parser.add_argument("--select", metavar="NAME",
-                        help="with --screenshot: select this snapshot or image first")
-    parser.add_argument("--tab", choices=TABS, default="overview",
-                        help="with --screenshot: the tab to show")
-    parser.add_argument("--size", default="1400x900", metavar="WxH",
-                        help="with --screenshot: the window size in pixels")
-    parser.add_argument("--wizard", choices=WIZARDS,
-                        help="with --screenshot: render a page of this operation's wizard "
-                        "(with real plan data; nothing is written)")
-    parser.add_argument("--target", metavar="NAME",
-                        help="with --wizard: the snapshot or image to act on (default: the "
-                        "first suitable one)")
-    parser.add_argument("--page", choices=WIZARD_PAGES, default="intro",
-                        help="with --wizard: the page to render")
-    parser.add_argument("--clean", action="store_true",
-                        help="with --demo: remove the demo folder built in the cache folder "
-                        "and exit")
+        prog="vdigui", description="Inspect VirtualBox VM folders and VDI disk images."
+    )
+    parser.add_argument(
+        "path", nargs="?", type=Path, help="a VM folder, a .vbox file or a .vdi image to open"
+    )
+    parser.add_argument(
+        "--demo", action="store_true", help="build (once, in the cache folder) and open a demo VM"
+    )
+    parser.add_argument(
+        "--screenshot",
+        type=Path,
+        metavar="OUT.png",
+        help="render the window offscreen to OUT.png and exit",
+    )
+    parser.add_argument(
+        "--select", metavar="NAME", help="with --screenshot: select this snapshot or image first"
+    )
+    parser.add_argument(
+        "--tab", choices=TABS, default="overview", help="with --screenshot: the tab to show"
+    )
+    parser.add_argument(
+        "--size",
+        default="1400x900",
+        metavar="WxH",
+        help="with --screenshot: the window size in pixels",
+    )
+    parser.add_argument(
+        "--wizard",
+        choices=WIZARDS,
+        help="with --screenshot: render a page of this operation's wizard "
+        "(with real plan data; nothing is written)",
+    )
+    parser.add_argument(
+        "--target",
+        metavar="NAME",
+        help="with --wizard: the snapshot or image to act on (default: the first suitable one)",
+    )
+    parser.add_argument(
+        "--page", choices=WIZARD_PAGES, default="intro", help="with --wizard: the page to render"
+    )
+    parser.add_argument(
+        "--clean",
+        action="store_true",
+        help="with --demo: remove the demo folder built in the cache folder and exit",
+    )
     entry = parser.add_mutually_exclusive_group()
-    entry.add_argument("--install-desktop-entry", action="store_true",
-                       help="add vdigui to the desktop's application menu (a .desktop file "
-                       "and an icon under $XDG_DATA_HOME, default ~/.local/share) and exit")
-    entry.add_argument("--uninstall-desktop-entry", action="store_true",
-                       help="remove what --install-desktop-entry added and exit")
-    parser.add_argument("--theme", choices=("system", "light", "dark"),
-                        help="colour palette (default: the last one chosen, else system)")
+    entry.add_argument(
+        "--install-desktop-entry",
+        action="store_true",
+        help="add vdigui to the desktop's application menu (a .desktop file "
+        "and an icon under $XDG_DATA_HOME, default ~/.local/share) and exit",
+    )
+    entry.add_argument(
+        "--uninstall-desktop-entry",
+        action="store_true",
+        help="remove what --install-desktop-entry added and exit",
+    )
+    parser.add_argument(
+        "--theme",
+        choices=("system", "light", "dark"),
+        help="colour palette (default: the last one chosen, else system)",
+    )
     parser.add_argument("--version", action="version", version=f"vdigui {__version__}")
     args = parser.parse_args(argv)
     try:
@@ -85,9 +115,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     if args.clean and (not args.demo or args.path is not None or args.screenshot is not None):
         parser.error("--clean only applies with --demo (and nothing else)")
     if (args.install_desktop_entry or args.uninstall_desktop_entry) and (
-            args.path is not None or args.demo or args.screenshot is not None):
-        parser.error("--install-desktop-entry and --uninstall-desktop-entry take no other "
-                     "arguments")
+        args.path is not None or args.demo or args.screenshot is not None
+    ):
+        parser.error(
+            "--install-desktop-entry and --uninstall-desktop-entry take no other arguments"
+        )
     return args
 
 
@@ -112,8 +144,11 @@ def _clean_demo() -> int:
     try:
         freed = remove_demo()
     except OSError as exc:
-        print(f"vdigui: error: cannot remove the demo folder {folder}: "
-              f"{exc.strerror or exc} ({exc.filename}).", file=sys.stderr)
+        print(
+            f"vdigui: error: cannot remove the demo folder {folder}: "
+            f"{exc.strerror or exc} ({exc.filename}).",
+            file=sys.stderr,
+        )
         return 1
     if freed is None:
         print(f"No demo to remove: {folder} does not exist.")
@@ -130,16 +165,27 @@ def main(argv: list[str] | None = None) -> int:
     if args.install_desktop_entry or args.uninstall_desktop_entry:
         from vdigui.gui import desktop_entry
 
-        return (desktop_entry.install_command() if args.install_desktop_entry
-                else desktop_entry.uninstall_command())
+        return (
+            desktop_entry.install_command()
+            if args.install_desktop_entry
+            else desktop_entry.uninstall_command()
+        )
     if args.screenshot is not None:
         os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
     elif display_missing():
-        what = (shlex.quote(str(args.path)) if args.path is not None
-                else "--demo" if args.demo else "PATH")
-        print("vdigui: error: No display found (DISPLAY and WAYLAND_DISPLAY are not set), so "
-              f"there is nowhere to show the window; to get a picture instead, run: vdigui "
-              f"{what} --screenshot vdigui.png", file=sys.stderr)
+        what = (
+            shlex.quote(str(args.path))
+            if args.path is not None
+            else "--demo"
+            if args.demo
+            else "PATH"
+        )
+        print(
+            "vdigui: error: No display found (DISPLAY and WAYLAND_DISPLAY are not set), so "
+            f"there is nowhere to show the window; to get a picture instead, run: vdigui "
+            f"{what} --screenshot vdigui.png",
+            file=sys.stderr,
+        )
         return 1
 
     # Qt is imported only now, so `vdigui --help` works without a display and quickly.
@@ -152,7 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     from vdigui.gui.resources import asset_path
 
     QGuiApplication.setHighDpiScaleFactorRoundingPolicy(
-        Qt.HighDpiScaleFactorRoundingPolicy.PassThrough)
+        Qt.HighDpiScaleFactorRoundingPolicy.PassThrough
+    )
     app = QApplication.instance() or QApplication(sys.argv[:1])
     assert isinstance(app, QApplication)
     app.setApplicationName("vdigui")
@@ -242,8 +289,9 @@ def _wizard_screenshot(args: argparse.Namespace) -> int:
 
     source = build_demo_vm() if args.demo else args.path
     try:
-        render_wizard_screenshot(args.wizard, source, args.target, args.page, args.screenshot,
-                                 (args.width, args.height))
+        render_wizard_screenshot(
+            args.wizard, source, args.target, args.page, args.screenshot, (args.width, args.height)
+        )
     except (VdiError, OSError, ValueError) as exc:
         print(f"vdigui: error: {exc}", file=sys.stderr)
         return 1
@@ -284,9 +332,11 @@ def _screenshot(app: object, window: object, args: argparse.Namespace) -> int:
     if args.select:
         if not window.select_by_name(args.select):
             # No picture of the wrong selection: a script would publish it as if it were right.
-            print(f"vdigui: error: No snapshot or disk image named '{args.select}' in {path} "
-                  "(give a snapshot name, an image file name or a UUID); no PNG was written.",
-                  file=sys.stderr)
+            print(
+                f"vdigui: error: No snapshot or disk image named '{args.select}' in {path} "
+                "(give a snapshot name, an image file name or a UUID); no PNG was written.",
+                file=sys.stderr,
+            )
             return 1
         if window.workers.running and not wait_idle():
             return 1
@@ -311,8 +361,12 @@ def _screenshot(app: object, window: object, args: argparse.Namespace) -> int:
     if image.width() != args.width or image.height() != args.height:
         from PySide6.QtCore import Qt
 
-        image = image.scaled(args.width, args.height, Qt.AspectRatioMode.IgnoreAspectRatio,
-                             Qt.TransformationMode.SmoothTransformation)
+        image = image.scaled(
+            args.width,
+            args.height,
+            Qt.AspectRatioMode.IgnoreAspectRatio,
+            Qt.TransformationMode.SmoothTransformation,
+        )
     # PySide6's stubs type the format as bytes, but the binding accepts only str.
     if not image.save(str(out), "PNG"):  # type: ignore[call-overload]
         print(f"vdigui: error: cannot write {out}", file=sys.stderr)

@@ -25,8 +25,9 @@ STATE_NAMES = ("free", "zero", "allocated", "allocated, all zero")
 SERVED_NONE, SERVED_ZERO = 0, 1
 
 
-def layer_codes(entries: np.ndarray, zero_masks: list[np.ndarray | None] | None = None
-                ) -> np.ndarray:
+def layer_codes(
+    entries: np.ndarray, zero_masks: list[np.ndarray | None] | None = None
+) -> np.ndarray:
     """uint8 (layers x blocks): FREE/ZERO/ALLOCATED/ALL_ZERO per map entry."""
     codes = np.full(entries.shape, ALLOCATED, dtype=np.uint8)
     codes[entries == BLOCK_FREE] = FREE
@@ -54,7 +55,7 @@ def bin_counts(codes: np.ndarray, k: int, states: int) -> np.ndarray:
     full = n // k
     counts = np.zeros((bins, states), dtype=np.float32)
     body = codes[: full * k].reshape(full, k)
-    tail = codes[full * k:]
+    tail = codes[full * k :]
     # One pass per state over a (bins x k) view: faster than bincount on a built index.
     for state in range(1, states):
         counts[:full, state] = np.count_nonzero(body == state, axis=1)
@@ -80,8 +81,6 @@ def bin_colours(codes: np.ndarray, k: int, palette: np.ndarray) -> np.ndarray:
     return np.rint(counts @ palette / totals).astype(np.uint8)
 
 
-
-
 #: How far (0..1) from the free colour towards its class colour a cell holding even a single
 #: block of that class is drawn; a cell made only of that class gets the full colour.
 MIN_TINT = 0.5
@@ -103,7 +102,7 @@ def count_bins(codes: np.ndarray, k: int, states: int) -> np.ndarray:
     if not n:
         return counts
     body = codes[: full * k].reshape(full, k)
-    tail = codes[full * k:]
+    tail = codes[full * k :]
     for state in range(1, states):
         hits = body == state
         # Most rows hold few of their states (no zero entries, no all-zero scan): the
@@ -159,12 +158,13 @@ class CountPyramid:
             return count_bins(self.codes[w0:w1], k, self.states)
         base = self.prepare()._base
         assert base is not None
-        base = base[w0 // BASE_BIN: -(-w1 // BASE_BIN)]
+        base = base[w0 // BASE_BIN : -(-w1 // BASE_BIN)]
         return merge_bins(base, k // BASE_BIN)
 
 
-def make_pyramids(layer_rows: np.ndarray, served_row: np.ndarray, *, prepare: bool = False
-                  ) -> list[CountPyramid]:
+def make_pyramids(
+    layer_rows: np.ndarray, served_row: np.ndarray, *, prepare: bool = False
+) -> list[CountPyramid]:
     """One pyramid per layer row and one for the served row (``prepare``: count them now)."""
     layers = layer_rows.shape[0] if layer_rows.ndim == 2 else 0
     pyramids = [CountPyramid(layer_rows[i], len(STATE_NAMES)) for i in range(layers)]
@@ -175,8 +175,9 @@ def make_pyramids(layer_rows: np.ndarray, served_row: np.ndarray, *, prepare: bo
     return pyramids
 
 
-def cell_bands(counts: np.ndarray, palette: np.ndarray, bands: int,
-               min_tint: float = MIN_TINT) -> np.ndarray:
+def cell_bands(
+    counts: np.ndarray, palette: np.ndarray, bands: int, min_tint: float = MIN_TINT
+) -> np.ndarray:
     """RGBA (bands x bins x 4, uint8): how each cell of ``counts`` is drawn.
 
     State 0 is the background (free, not served). A cell holding blocks of ``m`` other

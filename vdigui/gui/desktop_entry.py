@@ -53,8 +53,10 @@ def data_home() -> Path:
 def entry_paths(base: Path | None = None) -> EntryPaths:
     """The two files under ``base`` (default: :func:`data_home`)."""
     root = base if base is not None else data_home()
-    return EntryPaths(root / "applications" / f"{APP_ID}.desktop",
-                      root / "icons" / "hicolor" / "scalable" / "apps" / f"{APP_ID}.svg")
+    return EntryPaths(
+        root / "applications" / f"{APP_ID}.desktop",
+        root / "icons" / "hicolor" / "scalable" / "apps" / f"{APP_ID}.svg",
+    )
 
 
 def running_command() -> list[str]:
@@ -133,13 +135,18 @@ def install_command() -> int:
     try:
         paths = install()
     except OSError as exc:
-        print(f"vdigui: error: cannot install the desktop entry: {exc.strerror or exc} "
-              f"({exc.filename or data_home()}).", file=sys.stderr)
+        print(
+            f"vdigui: error: cannot install the desktop entry: {exc.strerror or exc} "
+            f"({exc.filename or data_home()}).",
+            file=sys.stderr,
+        )
         return 1
     print(f"Installed {paths.desktop}")
     print(f"Installed {paths.icon}")
-    print(f"It starts {' '.join(running_command())}; remove both with "
-          "'vdigui --uninstall-desktop-entry'.")
+    print(
+        f"It starts {' '.join(running_command())}; remove both with "
+        "'vdigui --uninstall-desktop-entry'."
+    )
     return 0
 
 
@@ -148,8 +155,11 @@ def uninstall_command() -> int:
     try:
         removed = uninstall()
     except OSError as exc:
-        print(f"vdigui: error: cannot remove the desktop entry: {exc.strerror or exc} "
-              f"({exc.filename}).", file=sys.stderr)
+        print(
+            f"vdigui: error: cannot remove the desktop entry: {exc.strerror or exc} "
+            f"({exc.filename}).",
+            file=sys.stderr,
+        )
         return 1
     if not removed:
         print(f"No vdigui desktop entry is installed under {data_home()}; nothing removed.")

@@ -115,14 +115,18 @@ class MainWindow(QMainWindow):
         self._build_widgets()
         self._build_actions()
         self.operations = install_operation_actions(
-            self, lambda: self.session.vm if self.session is not None else None,
-            lambda: selection_of(self), self.reload)
+            self,
+            lambda: self.session.vm if self.session is not None else None,
+            lambda: selection_of(self),
+            self.reload,
+        )
         self.space.attach(self.operations, self.snapshot_model)
         self.files = install_files_tab(self)
         for view in (self.snapshot_view, self.media_view):
             view.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
             view.customContextMenuRequested.connect(
-                lambda pos, v=view: self._tree_context_menu(v, pos))
+                lambda pos, v=view: self._tree_context_menu(v, pos)
+            )
         self._restore_state()
         self.show_welcome()
 
@@ -169,8 +173,9 @@ class MainWindow(QMainWindow):
         self.media_view.setAllColumnsShowFocus(True)
         # Content widths; "Used by", then a long type, then the image name elide (tooltips
         # say all).
-        self.media_fitter = fit_columns(self.media_view, elastic=((1,), (2,), (0,)),
-                                        keep={2: "differencing"})
+        self.media_fitter = fit_columns(
+            self.media_view, elastic=((1,), (2,), (0,)), keep={2: "differencing"}
+        )
         self.media_view.selectionModel().currentChanged.connect(self._disk_chosen)
         self.media_view.setAccessibleName("Disk images")
 
@@ -209,12 +214,15 @@ class MainWindow(QMainWindow):
         self.tabs.addTab(self.space, "Space")
         self._stale: set[QWidget] = set()
         self.tabs.currentChanged.connect(lambda _index: self._fill_current_tab())
-        for i, tip in enumerate(("Figures, UUIDs and the chain of the selected image (Ctrl+1)",
-                                 "The first 512 bytes, annotated (Ctrl+2)",
-                                 "Which layer holds each guest block (Ctrl+3)",
-                                 "How the blocks are ordered in the files (Ctrl+4)",
-                                 "Where the space of the folder goes, and what frees it "
-                                 "(Ctrl+5)")):
+        for i, tip in enumerate(
+            (
+                "Figures, UUIDs and the chain of the selected image (Ctrl+1)",
+                "The first 512 bytes, annotated (Ctrl+2)",
+                "Which layer holds each guest block (Ctrl+3)",
+                "How the blocks are ordered in the files (Ctrl+4)",
+                "Where the space of the folder goes, and what frees it (Ctrl+5)",
+            )
+        ):
             self.tabs.setTabToolTip(i, tip)
 
         self.main_split = QSplitter(Qt.Orientation.Horizontal)
@@ -238,8 +246,10 @@ class MainWindow(QMainWindow):
         self.problems_dock = QDockWidget("Problems", self)
         self.problems_dock.setObjectName("problems")
         self.problems_dock.setWidget(self.problems_view)
-        self.problems_dock.setFeatures(QDockWidget.DockWidgetFeature.DockWidgetClosable
-                                       | QDockWidget.DockWidgetFeature.DockWidgetMovable)
+        self.problems_dock.setFeatures(
+            QDockWidget.DockWidgetFeature.DockWidgetClosable
+            | QDockWidget.DockWidgetFeature.DockWidgetMovable
+        )
         self.addDockWidget(Qt.DockWidgetArea.BottomDockWidgetArea, self.problems_dock)
         self.resizeDocks([self.problems_dock], [130], Qt.Orientation.Vertical)
 
@@ -256,8 +266,9 @@ class MainWindow(QMainWindow):
         bar.addPermanentWidget(self.progress)
         bar.addPermanentWidget(self.cancel_button)
 
-    def _action(self, menu: Any, text: str, slot: Callable[[], Any], shortcut: Any,
-                tip: str) -> QAction:
+    def _action(
+        self, menu: Any, text: str, slot: Callable[[], Any], shortcut: Any, tip: str
+    ) -> QAction:
         action = QAction(text, self)
         if shortcut is not None:
             action.setShortcut(QKeySequence(shortcut))
@@ -272,64 +283,129 @@ class MainWindow(QMainWindow):
     def _build_actions(self) -> None:
         bar = self.menuBar()
         file_menu = bar.addMenu("&File")
-        self._action(file_menu, "Open VM &Folder…", self.choose_folder,
-                     QKeySequence.StandardKey.Open,
-                     "Open a VirtualBox VM folder (the folder holding a .vbox file)")
-        self._action(file_menu, "Open Disk &Image…", self.choose_image, "Ctrl+Shift+O",
-                     "Open a .vdi image or a .vbox file")
-        self._action(file_menu, "Open &Demo VM", self.open_demo, "Ctrl+Shift+D",
-                     "Build (once) and open a demo VM with snapshots and typical problems")
+        self._action(
+            file_menu,
+            "Open VM &Folder…",
+            self.choose_folder,
+            QKeySequence.StandardKey.Open,
+            "Open a VirtualBox VM folder (the folder holding a .vbox file)",
+        )
+        self._action(
+            file_menu,
+            "Open Disk &Image…",
+            self.choose_image,
+            "Ctrl+Shift+O",
+            "Open a .vdi image or a .vbox file",
+        )
+        self._action(
+            file_menu,
+            "Open &Demo VM",
+            self.open_demo,
+            "Ctrl+Shift+D",
+            "Build (once) and open a demo VM with snapshots and typical problems",
+        )
         self.recent_menu = file_menu.addMenu("Open &Recent")
         self.recent_menu.setToolTipsVisible(True)
         file_menu.addSeparator()
-        self.reload_action = self._action(file_menu, "&Reload", self.reload,
-                                          QKeySequence.StandardKey.Refresh,
-                                          "Read the opened folder again from disk")
+        self.reload_action = self._action(
+            file_menu,
+            "&Reload",
+            self.reload,
+            QKeySequence.StandardKey.Refresh,
+            "Read the opened folder again from disk",
+        )
         self.reload_action.setShortcut(QKeySequence("F5"))
         self.report_action = self._action(
-            file_menu, "Export &Report…", self.export_report, "Ctrl+Shift+E",
+            file_menu,
+            "Export &Report…",
+            self.export_report,
+            "Ctrl+Shift+E",
             "Write one self-contained HTML page about the opened folder or image, to attach "
-            "to a help request")
+            "to a help request",
+        )
         file_menu.addSeparator()
-        self._action(file_menu, "&Quit", self.close, "Ctrl+Q",
-                     "Close vdigui")
+        self._action(file_menu, "&Quit", self.close, "Ctrl+Q", "Close vdigui")
 
         view = bar.addMenu("&View")
-        for i, name in enumerate(("&Overview", "&Header", "&Block map", "F&ragmentation",
-                                     "&Space")):
-            self._action(view, name, partial(self.tabs.setCurrentIndex, i), f"Ctrl+{i + 1}",
-                         f"Show the {name.replace('&', '')} tab")
+        for i, name in enumerate(
+            ("&Overview", "&Header", "&Block map", "F&ragmentation", "&Space")
+        ):
+            self._action(
+                view,
+                name,
+                partial(self.tabs.setCurrentIndex, i),
+                f"Ctrl+{i + 1}",
+                f"Show the {name.replace('&', '')} tab",
+            )
         view.addSeparator()
-        self._action(view, "Zoom &In", lambda: self._zoom(0.5), QKeySequence.StandardKey.ZoomIn,
-                     "Zoom the block map in")
-        self._action(view, "Zoom &Out", lambda: self._zoom(2.0),
-                     QKeySequence.StandardKey.ZoomOut, "Zoom the block map out")
-        self._action(view, "&Whole Disk", self._fit, "Ctrl+0", "Show the whole disk in the "
-                     "block map")
+        self._action(
+            view,
+            "Zoom &In",
+            lambda: self._zoom(0.5),
+            QKeySequence.StandardKey.ZoomIn,
+            "Zoom the block map in",
+        )
+        self._action(
+            view,
+            "Zoom &Out",
+            lambda: self._zoom(2.0),
+            QKeySequence.StandardKey.ZoomOut,
+            "Zoom the block map out",
+        )
+        self._action(
+            view, "&Whole Disk", self._fit, "Ctrl+0", "Show the whole disk in the block map"
+        )
         view.addSeparator()
         view.addAction(self.problems_dock.toggleViewAction())
         self.problems_dock.toggleViewAction().setShortcut(QKeySequence("Ctrl+Shift+P"))
         theme_menu = view.addMenu("&Theme")
-        for key, label, shortcut in (("system", "&System", "Ctrl+Alt+1"),
-                                     ("light", "&Light", "Ctrl+Alt+2"),
-                                     ("dark", "&Dark", "Ctrl+Alt+3")):
-            self._action(theme_menu, label, partial(self.set_theme, key), shortcut,
-                         f"Use the {key} colours")
+        for key, label, shortcut in (
+            ("system", "&System", "Ctrl+Alt+1"),
+            ("light", "&Light", "Ctrl+Alt+2"),
+            ("dark", "&Dark", "Ctrl+Alt+3"),
+        ):
+            self._action(
+                theme_menu, label, partial(self.set_theme, key), shortcut, f"Use the {key} colours"
+            )
 
         tools = bar.addMenu("&Inspect")
-        self.locate_action = self._action(tools, "&Locate Byte…", self.locate_byte, "Ctrl+L",
-                                          "Find where a guest byte offset is stored")
-        self.map_action = self._action(tools, "Show Block &Map Region", self.show_map_region,
-                                       "Ctrl+M", "Show the raw block map in the Header tab")
-        self.scan_action = self._action(tools, "Find &All-Zero Blocks", self.scan_zero_blocks,
-                                        "Ctrl+Shift+Z", "Read the allocated blocks to find "
-                                        "the ones holding only zeros")
-        self._action(tools, "&Cancel", self.cancel_jobs, QKeySequence.StandardKey.Cancel,
-                     "Stop the running scan")
+        self.locate_action = self._action(
+            tools,
+            "&Locate Byte…",
+            self.locate_byte,
+            "Ctrl+L",
+            "Find where a guest byte offset is stored",
+        )
+        self.map_action = self._action(
+            tools,
+            "Show Block &Map Region",
+            self.show_map_region,
+            "Ctrl+M",
+            "Show the raw block map in the Header tab",
+        )
+        self.scan_action = self._action(
+            tools,
+            "Find &All-Zero Blocks",
+            self.scan_zero_blocks,
+            "Ctrl+Shift+Z",
+            "Read the allocated blocks to find the ones holding only zeros",
+        )
+        self._action(
+            tools,
+            "&Cancel",
+            self.cancel_jobs,
+            QKeySequence.StandardKey.Cancel,
+            "Stop the running scan",
+        )
 
         help_menu = bar.addMenu("&Help")
-        self._action(help_menu, "&About vdigui", self.about, QKeySequence.StandardKey.HelpContents,
-                     "Version and licence")
+        self._action(
+            help_menu,
+            "&About vdigui",
+            self.about,
+            QKeySequence.StandardKey.HelpContents,
+            "Version and licence",
+        )
         self._action(help_menu, "About &Qt", QApplication.aboutQt, None, "The Qt version")
         self._update_actions()
         self._rebuild_recent()
@@ -406,8 +482,10 @@ class MainWindow(QMainWindow):
     # -- opening ---------------------------------------------------------------------------
     def show_welcome(self) -> None:
         """The empty state: say what to do."""
-        self.status_label.setText("Open a VM folder (Ctrl+O), a disk image (Ctrl+Shift+O), or "
-                                  "drop one here. Try the demo VM: Ctrl+Shift+D.")
+        self.status_label.setText(
+            "Open a VM folder (Ctrl+O), a disk image (Ctrl+Shift+O), or "
+            "drop one here. Try the demo VM: Ctrl+Shift+D."
+        )
         self.overview.clear("Open a VM folder or a disk image to begin")
 
     def choose_folder(self) -> None:
@@ -421,9 +499,12 @@ class MainWindow(QMainWindow):
         """File > Open Disk Image."""
         start = str(Path(self.recent()[0]).parent) if self.recent() else str(Path.home())
         path, _ = QFileDialog.getOpenFileName(
-            self, "Open disk image or VM settings", start,
+            self,
+            "Open disk image or VM settings",
+            start,
             "VirtualBox files (*.vdi *.vbox);;Disk images (*.vdi);;VM settings (*.vbox);;"
-            "All files (*)")
+            "All files (*)",
+        )
         if path:
             self.open_path(path)
 
@@ -432,9 +513,12 @@ class MainWindow(QMainWindow):
         from vdigui.engine import build_demo_vm
 
         self._busy("Building the demo VM (once)…")
-        self.workers.start(lambda progress, token: build_demo_vm(), "demo",
-                           succeeded=self.open_path,
-                           failed=lambda exc: self._failed("Cannot build the demo", exc))
+        self.workers.start(
+            lambda progress, token: build_demo_vm(),
+            "demo",
+            succeeded=self.open_path,
+            failed=lambda exc: self._failed("Cannot build the demo", exc),
+        )
 
     def open_path(self, path: str | Path) -> None:
         """Open a VM folder, a .vbox or a .vdi (on a worker)."""
@@ -443,10 +527,13 @@ class MainWindow(QMainWindow):
         self._generation += 1
         generation = self._generation
         self._busy(f"Opening {source}…")
-        self.workers.start(lambda progress, token: load_session(source, progress), "open",
-                           progress=self._progress,
-                           succeeded=lambda session: self._session_ready(session, generation),
-                           failed=lambda exc: self._failed(f"Cannot open {source.name}", exc))
+        self.workers.start(
+            lambda progress, token: load_session(source, progress),
+            "open",
+            progress=self._progress,
+            succeeded=lambda session: self._session_ready(session, generation),
+            failed=lambda exc: self._failed(f"Cannot open {source.name}", exc),
+        )
 
     def reload(self) -> None:
         """File > Reload: read the current source again."""
@@ -454,9 +541,11 @@ class MainWindow(QMainWindow):
             self.open_path(self.session.source)
 
     #: Save-dialog filters of File > Export Report (the redacted one hides home and user).
-    REPORT_FILTERS = ("HTML report (*.html)",
-                      "HTML report, home folder and user name hidden (*.html)",
-                      "JSON, for machines (*.json)")
+    REPORT_FILTERS = (
+        "HTML report (*.html)",
+        "HTML report, home folder and user name hidden (*.html)",
+        "JSON, for machines (*.json)",
+    )
 
     def export_report(self, target: str | Path | None = None, chosen_filter: str = "") -> None:
         """File > Export Report: the shareable report of the opened source, on a worker.
@@ -470,7 +559,8 @@ class MainWindow(QMainWindow):
         if target is None:
             start = str(Path.home() / f"{source.stem or source.name}-report.html")
             target, chosen_filter = QFileDialog.getSaveFileName(
-                self, "Export report", start, ";;".join(self.REPORT_FILTERS))
+                self, "Export report", start, ";;".join(self.REPORT_FILTERS)
+            )
             if not target:
                 return
         output = Path(target)
@@ -480,16 +570,29 @@ class MainWindow(QMainWindow):
 
         self._busy(f"Writing the report of {source.name}…")
         self.workers.start(
-            lambda progress, token: write_report(source, output, as_json=as_json,
-                                                 redacted=redacted, overwrite=True,
-                                                 progress=progress, cancel=token),
-            "report", progress=self._progress, succeeded=self._report_written,
-            failed=lambda exc: self._failed("Cannot write the report", exc))
+            lambda progress, token: write_report(
+                source,
+                output,
+                as_json=as_json,
+                redacted=redacted,
+                overwrite=True,
+                progress=progress,
+                cancel=token,
+            ),
+            "report",
+            progress=self._progress,
+            succeeded=self._report_written,
+            failed=lambda exc: self._failed("Cannot write the report", exc),
+        )
 
     def _report_written(self, path: Path) -> None:
         self.status_label.setText(f"Wrote the report to {path}.")
-        box = QMessageBox(QMessageBox.Icon.Information, "Report written",
-                          f"The report was written to {path}.", parent=self)
+        box = QMessageBox(
+            QMessageBox.Icon.Information,
+            "Report written",
+            f"The report was written to {path}.",
+            parent=self,
+        )
         box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         self.report_box = box
         box.open()
@@ -497,8 +600,12 @@ class MainWindow(QMainWindow):
     def _session_ready(self, session: Session, generation: int) -> None:
         if generation != self._generation:
             return
-        keep = self.selected_disk.uuid if self.selected_disk is not None and (
-            self.session is not None and self.session.source == session.source) else None
+        keep = (
+            self.selected_disk.uuid
+            if self.selected_disk is not None
+            and (self.session is not None and self.session.source == session.source)
+            else None
+        )
         self.session = session
         self.space.set_session(session)
         self._close_chain()
@@ -515,9 +622,12 @@ class MainWindow(QMainWindow):
         self.problems_dock.setWindowTitle(f"Problems ({len(session.problems)})")
         if session.problems:
             self.problems_dock.setVisible(True)
-        summary = (f"{len(session.problems)} problem{'s' if len(session.problems) != 1 else ''}"
-                   f" ({errors} error{'s' if errors != 1 else ''})" if session.problems
-                   else "no problems found")
+        summary = (
+            f"{len(session.problems)} problem{'s' if len(session.problems) != 1 else ''}"
+            f" ({errors} error{'s' if errors != 1 else ''})"
+            if session.problems
+            else "no problems found"
+        )
         self.status_label.setText(f"Opened {session.source} — {summary}.")
         self.session_loaded.emit(session)
         self._update_actions()
@@ -545,8 +655,10 @@ class MainWindow(QMainWindow):
         self._selections += 1
         index = self.snapshot_model.index_of(row)
         self.snapshot_view.selectionModel().setCurrentIndex(
-            index, QItemSelectionModel.SelectionFlag.ClearAndSelect
-            | QItemSelectionModel.SelectionFlag.Rows)
+            index,
+            QItemSelectionModel.SelectionFlag.ClearAndSelect
+            | QItemSelectionModel.SelectionFlag.Rows,
+        )
         self.snapshot_view.scrollTo(index)
 
     def select_disk(self, node: DiskNode | None) -> None:
@@ -559,8 +671,10 @@ class MainWindow(QMainWindow):
             return
         index = self.media_model.index_of(node)
         self.media_view.selectionModel().setCurrentIndex(
-            index, QItemSelectionModel.SelectionFlag.ClearAndSelect
-            | QItemSelectionModel.SelectionFlag.Rows)
+            index,
+            QItemSelectionModel.SelectionFlag.ClearAndSelect
+            | QItemSelectionModel.SelectionFlag.Rows,
+        )
         self.media_view.scrollTo(index)
 
     def select_by_name(self, text: str) -> bool:
@@ -612,6 +726,7 @@ class MainWindow(QMainWindow):
         if not node.inspectable:
             if node.path is not None and node.path.exists():
                 from vdigui.gui.session import read_first_bytes
+
                 self.header_view.set_header(read_first_bytes(node.path))
             self.status_label.setText(f"{node.title} cannot be inspected: {node.error}.")
             self._update_actions()
@@ -621,10 +736,13 @@ class MainWindow(QMainWindow):
         generation = self._generation
         session = self.session
         self._busy(f"Analysing {node.title}…")
-        self.workers.start(lambda progress, token: load_chain(session, node, progress), "chain",
-                           progress=self._progress,
-                           succeeded=lambda data: self._chain_ready(data, generation),
-                           failed=lambda exc: self._failed(f"Cannot analyse {node.title}", exc))
+        self.workers.start(
+            lambda progress, token: load_chain(session, node, progress),
+            "chain",
+            progress=self._progress,
+            succeeded=lambda data: self._chain_ready(data, generation),
+            failed=lambda exc: self._failed(f"Cannot analyse {node.title}", exc),
+        )
 
     def _problem_chosen(self, index: QModelIndex) -> None:
         problem = self.problems_model.data(index, ProblemRole)
@@ -660,7 +778,8 @@ class MainWindow(QMainWindow):
         self.status_label.setText(
             f"{name}: {len(data.paths)} layer{'s' if len(data.paths) != 1 else ''}, "
             f"{data.chain.guest_blocks:,} guest blocks."
-            + (f" Incomplete chain: {data.error}" if data.error else ""))
+            + (f" Incomplete chain: {data.error}" if data.error else "")
+        )
         self.chain_loaded.emit(data)
         self._update_actions()
 
@@ -681,8 +800,13 @@ class MainWindow(QMainWindow):
         # The visible heavy tab is drawn in a later event-loop turn, so this turn (and the
         # repaint after it) stays short.
         generation = self._generation
-        self._later(lambda: self._fill_current_tab(spread=True)
-                    if data is self.chain_data and generation == self._generation else None)
+        self._later(
+            lambda: (
+                self._fill_current_tab(spread=True)
+                if data is self.chain_data and generation == self._generation
+                else None
+            )
+        )
 
     def _fill_current_tab(self, *, spread: bool = False) -> None:
         """Draw the visible heavy tab if it shows an older chain.
@@ -697,11 +821,22 @@ class MainWindow(QMainWindow):
         self._stale.discard(current)
         labels = self.layer_labels(data)
         if current is self.blockmap:
-            notice = (f"⚠ Incomplete chain: {data.error} Blocks held by the missing layers "
-                      "are shown as not served." if data.error else "")
-            self.blockmap.set_data(labels, data.analysis.entries, data.analysis.serving,
-                                   data.headers, data.zero_masks, notice, data.codes,
-                                   data.pyramids)
+            notice = (
+                f"⚠ Incomplete chain: {data.error} Blocks held by the missing layers "
+                "are shown as not served."
+                if data.error
+                else ""
+            )
+            self.blockmap.set_data(
+                labels,
+                data.analysis.entries,
+                data.analysis.serving,
+                data.headers,
+                data.zero_masks,
+                notice,
+                data.codes,
+                data.pyramids,
+            )
             if not spread:
                 self.blockmap.set_usage(data.usage, data.usage_error)
                 return
@@ -710,8 +845,9 @@ class MainWindow(QMainWindow):
             generation = self._generation
             self._later(lambda: self._show_usage(data, generation))
         elif current is self.fragmentation:
-            self.fragmentation.set_data(data.analysis, labels, data.host,
-                                        data.chain.block_size, data.usage)
+            self.fragmentation.set_data(
+                data.analysis, labels, data.host, data.chain.block_size, data.usage
+            )
 
     def _later(self, step: Callable[[], None]) -> None:
         """Run ``step`` in a later event-loop turn; :attr:`idle` waits for it."""
@@ -809,9 +945,13 @@ class MainWindow(QMainWindow):
 
         self._busy("Looking for all-zero blocks…", cancellable=True)
         self._scan_runner = self.workers.start(
-            job, "scan", progress=self._progress,
+            job,
+            "scan",
+            progress=self._progress,
             succeeded=lambda masks: self._scan_done(masks, generation),
-            failed=self._scan_failed, cancelled=self._scan_cancelled)
+            failed=self._scan_failed,
+            cancelled=self._scan_cancelled,
+        )
 
     def _scan_done(self, masks: list[np.ndarray], generation: int) -> None:
         self._scan_runner = None
@@ -823,7 +963,8 @@ class MainWindow(QMainWindow):
             found = sum(int(m.sum()) for m in masks)
             self.status_label.setText(
                 f"Found {found:,} allocated block{'s' if found != 1 else ''} holding only zeros "
-                "(marked in the block map); compaction would drop them.")
+                "(marked in the block map); compaction would drop them."
+            )
 
     def _scan_failed(self, exc: BaseException) -> None:
         self._scan_runner = None
@@ -865,8 +1006,7 @@ class MainWindow(QMainWindow):
     @property
     def busy(self) -> bool:
         """Whether a job runs or a deferred drawing step is still queued."""
-        return (bool(self.workers.running) or bool(self.space_workers.running)
-                or self._deferred > 0)
+        return bool(self.workers.running) or bool(self.space_workers.running) or self._deferred > 0
 
     def _workers_idle(self) -> None:
         if self._deferred:
@@ -894,13 +1034,15 @@ class MainWindow(QMainWindow):
     def about(self) -> None:
         """Help > About."""
         QMessageBox.about(
-            self, "About vdigui",
+            self,
+            "About vdigui",
             f"<h3>vdigui {html.escape(__version__)}</h3>"
             "<p>A desktop disk manager for VirtualBox VDI images: inspect snapshot chains, "
             "block maps and fragmentation without VirtualBox, and never change a byte while "
             "inspecting.</p>"
             "<p>Licence: GNU General Public License, version 3 or later "
-            "(GPL-3.0-or-later).</p>")
+            "(GPL-3.0-or-later).</p>",
+        )
 
     def closeEvent(self, event: QCloseEvent) -> None:
         """Save the window state, stop the workers, close the files."""

@@ -87,8 +87,7 @@ def install_hooks() -> None:
     _bridge = _HookBridge()
     _bridge.raised.connect(lambda exc: report(None, "Unexpected error", exc))
 
-    def excepthook(kind: type[BaseException], exc: BaseException,
-                   tb: TracebackType | None) -> None:
+    def excepthook(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
         if issubclass(kind, KeyboardInterrupt):
             sys.__excepthook__(kind, exc, tb)
             return

@@ -93,7 +93,7 @@ class DiskNode:
         """The title with a UUID file name shortened ("{9bb9d102…}.vdi")."""
         name = self.title
         if name.startswith("{") and "}" in name and len(name) > 30:
-            return name[:9] + "…}" + name[name.index("}") + 1:]
+            return name[:9] + "…}" + name[name.index("}") + 1 :]
         return name
 
     @property
@@ -189,8 +189,9 @@ class Session:
         for node in self.iter_disks():
             if wanted is not None and node.uuid == wanted:
                 return node
-            if node.path is not None and (node.path.name.lower() == text.lower()
-                                          or str(node.path) == text):
+            if node.path is not None and (
+                node.path.name.lower() == text.lower() or str(node.path) == text
+            ):
                 return node
         return None
 
@@ -241,8 +242,9 @@ def _folder_images(folder: Path) -> list[Path]:
     found: list[Path] = []
     for where in (folder, folder / "Snapshots"):
         with contextlib.suppress(OSError):
-            found += sorted(p for p in where.iterdir()
-                            if p.suffix.lower() == ".vdi" and p.is_file())
+            found += sorted(
+                p for p in where.iterdir() if p.suffix.lower() == ".vdi" and p.is_file()
+            )
     return found
 
 
@@ -251,10 +253,15 @@ def _load_image(path: Path, *, folder: Path | None = None, note: str = "") -> Se
     path = path.resolve()
     problems: list[Problem] = []
     if folder is not None:
-        problems.append(Problem(
-            Severity.WARNING, "no-settings",
-            f"{note.rstrip('.')}; the disk tree below was rebuilt from the image headers.",
-            None, None))
+        problems.append(
+            Problem(
+                Severity.WARNING,
+                "no-settings",
+                f"{note.rstrip('.')}; the disk tree below was rebuilt from the image headers.",
+                None,
+                None,
+            )
+        )
         for candidate in _folder_images(folder):
             try:
                 read_header(candidate)
@@ -263,17 +270,25 @@ def _load_image(path: Path, *, folder: Path | None = None, note: str = "") -> Se
             path = candidate.resolve()
             break
     header = read_header(path)  # raises HeaderError with a clear sentence for non-VDI files
-    dirs = default_search_dirs(path) if folder is None else tuple(
-        d.resolve() for d in (folder, folder / "Snapshots") if d.is_dir())
+    dirs = (
+        default_search_dirs(path)
+        if folder is None
+        else tuple(d.resolve() for d in (folder, folder / "Snapshots") if d.is_dir())
+    )
     index = ImageIndex.scan(dirs, extra_files=[path])
     nodes: dict[uuidlib.UUID, DiskNode] = {}
     for file, head in index.headers.items():
         if head.uuid in nodes:
-            problems.append(Problem(
-                Severity.ERROR, "duplicate-uuid",
-                f"'{file.name}' has the same UUID {{{head.uuid}}} as "
-                f"'{nodes[head.uuid].title}'; VirtualBox refuses to register both.",
-                file, head.uuid))
+            problems.append(
+                Problem(
+                    Severity.ERROR,
+                    "duplicate-uuid",
+                    f"'{file.name}' has the same UUID {{{head.uuid}}} as "
+                    f"'{nodes[head.uuid].title}'; VirtualBox refuses to register both.",
+                    file,
+                    head.uuid,
+                )
+            )
             continue
         nodes[head.uuid] = DiskNode(head.uuid, file, file.name, header=head)
     for file, exc in index.unreadable.items():
@@ -286,10 +301,16 @@ def _load_image(path: Path, *, folder: Path | None = None, note: str = "") -> Se
         parent_uuid = node.header.parent_uuid
         parent = nodes.get(parent_uuid)
         if node.header.is_differencing and parent is None:
-            problems.append(Problem(
-                Severity.ERROR, "missing-parent",
-                f"Parent {{{parent_uuid}}} of '{node.title}' was not found (looked in: "
-                f"{', '.join(str(f) for f in index.folders)}).", node.path, node.uuid))
+            problems.append(
+                Problem(
+                    Severity.ERROR,
+                    "missing-parent",
+                    f"Parent {{{parent_uuid}}} of '{node.title}' was not found (looked in: "
+                    f"{', '.join(str(f) for f in index.folders)}).",
+                    node.path,
+                    node.uuid,
+                )
+            )
         if parent is not None and parent is not node:
             node.parent = parent
             parent.children.append(node)
@@ -297,8 +318,9 @@ def _load_image(path: Path, *, folder: Path | None = None, note: str = "") -> Se
             roots.append(node)
     for problem in problems:
         for node in nodes.values():
-            if problem.uuid == node.uuid or (problem.path is not None
-                                             and problem.path == node.path):
+            if problem.uuid == node.uuid or (
+                problem.path is not None and problem.path == node.path
+            ):
                 node.problems.append(problem)
     selected = nodes.get(header.uuid)
     if folder is not None:
@@ -334,12 +356,19 @@ def _load_vm(vm: VmFolder, source: Path) -> Session:
             else:
                 error = "the file is missing"
         title = file.name if file is not None else (medium.location if medium else str(uuid))
-        node = DiskNode(uuid, file, title, header=header, error=error,
-                        medium_type=medium.type if medium and medium.parent_uuid is None else
-                        ("" if medium is None else medium.type),
-                        auto_reset=bool(medium and medium.auto_reset),
-                        registered=medium is not None,
-                        format=medium.format if medium is not None else "VDI")
+        node = DiskNode(
+            uuid,
+            file,
+            title,
+            header=header,
+            error=error,
+            medium_type=medium.type
+            if medium and medium.parent_uuid is None
+            else ("" if medium is None else medium.type),
+            auto_reset=bool(medium and medium.auto_reset),
+            registered=medium is not None,
+            format=medium.format if medium is not None else "VDI",
+        )
         nodes[uuid] = node
         return node
 
@@ -355,8 +384,9 @@ def _load_vm(vm: VmFolder, source: Path) -> Session:
             attach(child, node, roots)
 
     roots: list[DiskNode] = []
-    ordered_roots = sorted(vm.header_roots, key=lambda u: (vm.media.get(u) is None,
-                                                           not vm.header_tree.get(u)))
+    ordered_roots = sorted(
+        vm.header_roots, key=lambda u: (vm.media.get(u) is None, not vm.header_tree.get(u))
+    )
     for uuid in ordered_roots:
         attach(uuid, None, roots)
     for uuid, children in vm.header_tree.items():  # anything the roots did not reach
@@ -369,9 +399,12 @@ def _load_vm(vm: VmFolder, source: Path) -> Session:
         parent = nodes.get(medium.parent_uuid) if medium.parent_uuid else None
         attach(medium.uuid, parent, roots)
     for node in nodes.values():
-        node.problems = [p for p in problems
-                         if (p.uuid is not None and p.uuid == node.uuid)
-                         or (p.path is not None and node.path is not None and p.path == node.path)]
+        node.problems = [
+            p
+            for p in problems
+            if (p.uuid is not None and p.uuid == node.uuid)
+            or (p.path is not None and node.path is not None and p.path == node.path)
+        ]
 
     current = vm.current_disks()
     default = nodes.get(current[0].uuid) if current else None
@@ -387,12 +420,16 @@ def _load_vm(vm: VmFolder, source: Path) -> Session:
 
 
 def _hard_disks(vm: VmFolder, attachments: tuple) -> list[uuidlib.UUID]:
-    return [a.medium_uuid for a in attachments
-            if a.device_type.lower() == "harddisk" and a.medium_uuid is not None]
+    return [
+        a.medium_uuid
+        for a in attachments
+        if a.device_type.lower() == "harddisk" and a.medium_uuid is not None
+    ]
 
 
-def _snapshot_rows(vm: VmFolder, problems: list[Problem], known: set[uuidlib.UUID]
-                   ) -> list[SnapNode]:
+def _snapshot_rows(
+    vm: VmFolder, problems: list[Problem], known: set[uuidlib.UUID]
+) -> list[SnapNode]:
     """The snapshot tree with "Current State" under the current snapshot, as VirtualBox does.
 
     A problem about a medium that has no node of its own (an attachment naming an unknown
@@ -403,22 +440,37 @@ def _snapshot_rows(vm: VmFolder, problems: list[Problem], known: set[uuidlib.UUI
     def badges(uuid: uuidlib.UUID | None, disks: list[uuidlib.UUID]) -> list[Problem]:
         # The snapshot's own problems and those of the disks it uses: a user looking at a
         # snapshot should see that its disk is broken without opening the media tree.
-        return [p for p in problems if (uuid is not None and p.uuid == uuid)
-                or (p.uuid is not None and p.uuid in disks)]
+        return [
+            p
+            for p in problems
+            if (uuid is not None and p.uuid == uuid) or (p.uuid is not None and p.uuid in disks)
+        ]
 
     def build(node: SnapshotNode, parent: SnapNode | None) -> SnapNode:
-        row = SnapNode(node.uuid, node.name, node.timestamp, node.description, node.online,
-                       _hard_disks(vm, node.attachments),
-                       is_current_snapshot=node.uuid == vm.current_snapshot_uuid,
-                       parent=parent)
+        row = SnapNode(
+            node.uuid,
+            node.name,
+            node.timestamp,
+            node.description,
+            node.online,
+            _hard_disks(vm, node.attachments),
+            is_current_snapshot=node.uuid == vm.current_snapshot_uuid,
+            parent=parent,
+        )
         row.problems = badges(node.uuid, row.disks)
         row.children = [build(child, row) for child in node.children]
         return row
 
-    current = SnapNode(None, "Current State", None,
-                       "The machine as it is now; the guest writes to these disks.",
-                       vm.state_file is not None, _hard_disks(vm, vm.current_attachments),
-                       is_current_state=True, modified=vm.current_state_modified)
+    current = SnapNode(
+        None,
+        "Current State",
+        None,
+        "The machine as it is now; the guest writes to these disks.",
+        vm.state_file is not None,
+        _hard_disks(vm, vm.current_attachments),
+        is_current_state=True,
+        modified=vm.current_state_modified,
+    )
     current.problems = badges(None, current.disks)
     if vm.root_snapshot is None:
         return [current]
@@ -511,8 +563,7 @@ def _search_dirs(session: Session, path: Path) -> tuple[Path, ...]:
     return tuple(d for d in dict.fromkeys(dirs) if d.is_dir())
 
 
-def load_chain(session: Session, node: DiskNode, progress: ProgressFn | None = None
-               ) -> ChainData:
+def load_chain(session: Session, node: DiskNode, progress: ProgressFn | None = None) -> ChainData:
     """Open and analyse the chain that ends at ``node`` (read-only; runs on a worker).
 
     A chain whose parent is missing is still opened as far as it goes, so the user sees
@@ -536,12 +587,24 @@ def load_chain(session: Session, node: DiskNode, progress: ProgressFn | None = N
     except BaseException:
         chain.close()
         raise
-    return ChainData(node, chain, analysis, tuple(hosts), raw, error,
-                     [None] * len(chain.layers), codes, pyramids, usage, usage_error)
+    return ChainData(
+        node,
+        chain,
+        analysis,
+        tuple(hosts),
+        raw,
+        error,
+        [None] * len(chain.layers),
+        codes,
+        pyramids,
+        usage,
+        usage_error,
+    )
 
 
-def guest_usage(chain: DiskChain, chain_error: str = "", progress: ProgressFn | None = None
-                ) -> tuple[UsageMap | None, str]:
+def guest_usage(
+    chain: DiskChain, chain_error: str = "", progress: ProgressFn | None = None
+) -> tuple[UsageMap | None, str]:
     """The guest filesystems' usage of ``chain`` (metadata reads only), or why there is none.
 
     An incomplete chain is not analysed: blocks of the missing parent would read as zeros and

@@ -119,8 +119,11 @@ def light_palette() -> QPalette:
 def badge_icon(severity: str) -> QIcon:
     """The warning badge of a tree node or problem row (the style's own icons, so they match)."""
     app = QApplication.instance()
-    pixmap = (QStyle.StandardPixmap.SP_MessageBoxCritical if severity == "error"
-              else QStyle.StandardPixmap.SP_MessageBoxWarning)
+    pixmap = (
+        QStyle.StandardPixmap.SP_MessageBoxCritical
+        if severity == "error"
+        else QStyle.StandardPixmap.SP_MessageBoxWarning
+    )
     if isinstance(app, QApplication):
         return app.style().standardIcon(pixmap)
     return QIcon()

@@ -50,8 +50,11 @@ class Runner(QRunnable):
         now = time.monotonic()
         percent = event.done * 100 // event.total if event.total else -1
         final = event.total and event.done >= event.total
-        if final or now - self._last_emit >= _MIN_INTERVAL or (
-                percent != self._last_percent and now - self._last_emit >= 0.01):
+        if (
+            final
+            or now - self._last_emit >= _MIN_INTERVAL
+            or (percent != self._last_percent and now - self._last_emit >= 0.01)
+        ):
             self._last_emit = now
             self._last_percent = percent
             self.signals.progress.emit(event)
@@ -92,11 +95,16 @@ class WorkerPool(QObject):
         self._running: set[Runner] = set()
         self._shut_down = False
 
-    def start(self, job: Job, name: str, *,
-              succeeded: Callable[[Any], None] | None = None,
-              failed: Callable[[BaseException], None] | None = None,
-              cancelled: Callable[[], None] | None = None,
-              progress: Callable[[Progress], None] | None = None) -> Runner:
+    def start(
+        self,
+        job: Job,
+        name: str,
+        *,
+        succeeded: Callable[[Any], None] | None = None,
+        failed: Callable[[BaseException], None] | None = None,
+        cancelled: Callable[[], None] | None = None,
+        progress: Callable[[Progress], None] | None = None,
+    ) -> Runner:
         """Start ``job`` with the caller's slots connected before the pool's bookkeeping.
 
         Qt calls slots in connection order, so by the time a job leaves :attr:`running` (and

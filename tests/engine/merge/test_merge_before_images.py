@@ -22,9 +22,13 @@ def saved(tmp_path: Path) -> tuple[Path, Path, list[tuple[int, bytes]]]:
         slots = np.array([0, 1, 3, 4, 5], dtype=np.int64)  # runs 0-1 and 3-5
         records, size = jr.write_before_images(image.fd, image.header, slots, dest)
         h = image.header
-        expect = [(h.offset_data + first * h.slot_size,
-                   os.pread(image.fd, count * h.slot_size, h.offset_data + first * h.slot_size))
-                  for first, count in ((0, 2), (3, 3))]
+        expect = [
+            (
+                h.offset_data + first * h.slot_size,
+                os.pread(image.fd, count * h.slot_size, h.offset_data + first * h.slot_size),
+            )
+            for first, count in ((0, 2), (3, 3))
+        ]
     assert records == 2 and size == dest.stat().st_size
     return base, dest, expect
 
@@ -40,7 +44,7 @@ def test_a_torn_record_reads_as_absent(tmp_path: Path, damage: str) -> None:
     raw = bytearray(dest.read_bytes())
     second = 40 + len(expect[0][1])  # where the second record starts
     if damage == "truncate":
-        raw = raw[:second + 40 + 4096]  # its head and one page of its data made it to disk
+        raw = raw[: second + 40 + 4096]  # its head and one page of its data made it to disk
     elif damage == "flip-data":
         raw[second + 40 + 100] ^= 1
     else:

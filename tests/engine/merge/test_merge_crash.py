@@ -38,9 +38,24 @@ from vdigui.engine.operations import merge as mg
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "powerloss"))
 from killrun import kill_mid, kill_points, total_calls
 
-COUNTED = ("open", "pwrite", "pwritev", "copy_range", "ftruncate", "fallocate", "fsync",
-           "fdatasync", "replace", "link", "unlink", "mkdir", "rmdir", "fsync_dir", "chmod",
-           "chown")
+COUNTED = (
+    "open",
+    "pwrite",
+    "pwritev",
+    "copy_range",
+    "ftruncate",
+    "fallocate",
+    "fsync",
+    "fdatasync",
+    "replace",
+    "link",
+    "unlink",
+    "mkdir",
+    "rmdir",
+    "fsync_dir",
+    "chmod",
+    "chown",
+)
 
 
 class SimulatedCrash(BaseException):
@@ -132,8 +147,11 @@ def clone(vm: VmBuilder, dest: Path) -> VmBuilder:
 
 
 def visible_files(folder: Path) -> set[str]:
-    return {str(p.relative_to(folder)) for p in folder.rglob("*")
-            if p.is_file() and jr.STATE_DIR not in p.parts and not p.name.endswith("-prev")}
+    return {
+        str(p.relative_to(folder))
+        for p in folder.rglob("*")
+        if p.is_file() and jr.STATE_DIR not in p.parts and not p.name.endswith("-prev")
+    }
 
 
 def check_after(vm: VmBuilder, name: str, before: set[str]) -> str:
@@ -157,19 +175,25 @@ def measure(vm: VmBuilder, operation: Callable[[], object]) -> int:
     return counter.calls
 
 
-@pytest.mark.parametrize(("name", "direction", "kind", "stride"), [
-    ("one", "auto", "crash", 2),
-    ("two", "forward", "crash", 3),
-    ("two", "backward", "oserror", 3),
-])
-def test_interrupt_deletion_at_every_step(shm: Path, template: VmBuilder, name: str,
-                                          direction: str, kind: str, stride: int) -> None:
+@pytest.mark.parametrize(
+    ("name", "direction", "kind", "stride"),
+    [
+        ("one", "auto", "crash", 2),
+        ("two", "forward", "crash", 3),
+        ("two", "backward", "oserror", 3),
+    ],
+)
+def test_interrupt_deletion_at_every_step(
+    shm: Path, template: VmBuilder, name: str, direction: str, kind: str, stride: int
+) -> None:
     """Every 2nd k (base case) or every 3rd k (forward, I/O errors): the same phases, cheaper."""
-    make: Callable[[], BaseException] = (SimulatedCrash if kind == "crash" else
-                                         lambda: OSError(28, "No space left on device"))
+    make: Callable[[], BaseException] = (
+        SimulatedCrash if kind == "crash" else lambda: OSError(28, "No space left on device")
+    )
     ref = clone(template, shm / "ref")
-    total = measure(ref, lambda: mg.run_merge(
-        mg.plan_snapshot_delete(ref.folder, name, direction=direction)))
+    total = measure(
+        ref, lambda: mg.run_merge(mg.plan_snapshot_delete(ref.folder, name, direction=direction))
+    )
     shutil.rmtree(ref.folder)
     assert total > 20
     outcomes: dict[str, int] = {}

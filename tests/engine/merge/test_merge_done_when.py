@@ -55,9 +55,13 @@ def assert_clean(vm: VmBuilder, deleted: set[uuidlib.UUID], qemu_img: str) -> No
 
 @pytest.mark.parametrize("direction", ["auto", "forward", "backward"])
 @pytest.mark.parametrize("snapshots", [1, 2, 3, 4, 5])
-def test_delete_every_snapshot_leaves_clean_images(tmp_path: Path, snapshots: int,
-                                                   direction: str, qemu_img: str,
-                                                   capsys: pytest.CaptureFixture[str]) -> None:
+def test_delete_every_snapshot_leaves_clean_images(
+    tmp_path: Path,
+    snapshots: int,
+    direction: str,
+    qemu_img: str,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     vm = build(tmp_path / "vm", snapshots, seed=snapshots)
     deleted: set[uuidlib.UUID] = set()
     assert_clean(vm, deleted, qemu_img)
@@ -71,7 +75,8 @@ def test_delete_every_snapshot_leaves_clean_images(tmp_path: Path, snapshots: in
                 if "always merged backward" in str(exc):  # a base: forward is not allowed
                     plan = mg.plan_snapshot_delete(vm.folder, str(snap.uuid))
                 elif "child snapshots" in str(exc) or "current snapshot and has a child" in str(
-                        exc):
+                    exc
+                ):
                     continue  # a branch point: delete one branch first
                 else:
                     raise

@@ -53,14 +53,14 @@ def test_slots_past_eof_duplicates_count_and_tail(tmp_path: Path, qemu_img: str)
         for b in range(6):
             data = rng.integers(0, 256, MIB, np.uint8).tobytes()
             chain.write(b * MIB, data)
-            model[b * MIB:(b + 1) * MIB] = np.frombuffer(data, np.uint8)
+            model[b * MIB : (b + 1) * MIB] = np.frombuffer(data, np.uint8)
     f = read_header_fields(path)
     off = f["off_blocks"]
-    poke(path, off + 4 * 7, struct.pack("<I", 2))    # block 7 cross-linked with block 2
+    poke(path, off + 4 * 7, struct.pack("<I", 2))  # block 7 cross-linked with block 2
     poke(path, off + 4 * 8, struct.pack("<I", 100))  # block 8 past EOF
-    poke(path, 0x184, struct.pack("<I", 3))          # wrong cBlocksAllocated
+    poke(path, 0x184, struct.pack("<I", 3))  # wrong cBlocksAllocated
     with open(path, "ab") as fh:
-        fh.write(b"\xAA" * MIB)                      # crash tail
+        fh.write(b"\xaa" * MIB)  # crash tail
     original = path.read_bytes()
     plan = rp.plan_repair(path)
     assert kinds(plan) == ["slots"]
@@ -127,8 +127,9 @@ def test_relink_with_weak_evidence_needs_force(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("pick", ["header", "registry"])
-def test_registry_header_uuid_disagreement_offers_both(tmp_path: Path, pick: str,
-                                                      qemu_img: str) -> None:
+def test_registry_header_uuid_disagreement_offers_both(
+    tmp_path: Path, pick: str, qemu_img: str
+) -> None:
     vm = linear(tmp_path)
     leaf = vm.disks[vm.leaves[0]].path
     new = uuidlib.uuid4()
@@ -237,7 +238,7 @@ class BreakLinkWrite(WritesInto):
     def pwrite(self, fd: int, data: bytes | memoryview, offset: int) -> int:
         if fd in self.fds and offset == 0x48 and not self.broken:  # the header struct
             raw = bytearray(data)
-            raw[0x1A8 - 0x48:0x1B8 - 0x48] = uuidlib.uuid4().bytes_le  # uuidLinkage
+            raw[0x1A8 - 0x48 : 0x1B8 - 0x48] = uuidlib.uuid4().bytes_le  # uuidLinkage
             data = bytes(raw)
             self.broken += 1
         return super().pwrite(fd, data, offset)

@@ -65,8 +65,9 @@ class CountWrites(fileio.FileOps):
         self._count(fd, n)
         return n
 
-    def copy_range(self, src_fd: int, dst_fd: int, length: int, src_offset: int,
-                   dst_offset: int) -> int:
+    def copy_range(
+        self, src_fd: int, dst_fd: int, length: int, src_offset: int, dst_offset: int
+    ) -> int:
         n = super().copy_range(src_fd, dst_fd, length, src_offset, dst_offset)
         self._count(dst_fd, n)
         return n
@@ -116,6 +117,7 @@ def test_plan_survives_the_journal(tmp_path: Path) -> None:
         first.pop("space")
         second.pop("space")
         assert first == second
+
         def bare(steps: tuple[mg.DiskStep, ...]) -> list[mg.DiskStep]:
             return [dataclasses.replace(st, costs=()) for st in steps]  # seconds are rounded
 
@@ -140,15 +142,20 @@ def _journal_past_planned(folder: Path) -> bool:
 
 
 @pytest.mark.parametrize(("name", "direction"), [("one", "auto"), ("two", "forward")])
-def test_process_death_at_every_call_is_finished(shm: Path, template: VmBuilder,  # noqa: F811
-                                                 name: str, direction: str,
-                                                 qemu_img: str) -> None:
+def test_process_death_at_every_call_is_finished(
+    shm: Path,  # noqa: F811
+    template: VmBuilder,  # noqa: F811
+    name: str,
+    direction: str,
+    qemu_img: str,
+) -> None:
     """Killed at every file-changing call: once the journal is durable, always finished."""
     ref = clone(template, shm / "ref")
     counter = Interrupt()
     with fileio.use(counter):
-        mg.run_merge(mg.plan_snapshot_delete(ref.folder, name, direction=direction,
-                                             keep_undo=False))
+        mg.run_merge(
+            mg.plan_snapshot_delete(ref.folder, name, direction=direction, keep_undo=False)
+        )
     total = counter.calls
     shutil.rmtree(ref.folder)
     outcomes: dict[str, int] = {}
@@ -172,7 +179,9 @@ def test_process_death_at_every_call_is_finished(shm: Path, template: VmBuilder,
 
 
 def test_io_error_after_the_point_of_no_return_leaves_it_to_recovery(
-        shm: Path, template: VmBuilder) -> None:  # noqa: F811
+    shm: Path,  # noqa: F811
+    template: VmBuilder,  # noqa: F811
+) -> None:
     """Disk full at every call: rolled back while possible, else finished by the next command."""
     ref = clone(template, shm / "ref")
     counter = Interrupt()
@@ -209,6 +218,7 @@ def _cancel_when_merging(token: CancelToken) -> Callable[[Progress], None]:
     def progress(p: Progress) -> None:
         if p.phase.startswith("merging"):
             token.cancel()
+
     return progress
 
 
@@ -217,8 +227,11 @@ def test_cancel_is_honoured_until_the_first_overwrite(tmp_path: Path) -> None:
     only appends: the cancel rolls it back."""
     vm = linear(tmp_path / "a")
     token = CancelToken()
-    result = mg.run_merge(mg.plan_snapshot_delete(vm.folder, "one", keep_undo=False),
-                          progress=_cancel_when_merging(token), cancel=token)
+    result = mg.run_merge(
+        mg.plan_snapshot_delete(vm.folder, "one", keep_undo=False),
+        progress=_cancel_when_merging(token),
+        cancel=token,
+    )
     assert token.cancelled and not result.undoable
     assert_all_states(vm, deleted={vm.snap("one").uuid})
 

@@ -60,8 +60,11 @@ def delete(vm: VmBuilder, name: str, **kw: object) -> mg.MergeResult:
 
 
 def files_snapshot(folder: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
-            if p.is_file() and ".vdigui" not in p.parts}
+    return {
+        str(p.relative_to(folder)): p.read_bytes()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file() and ".vdigui" not in p.parts
+    }
 
 
 @pytest.mark.parametrize("name", ["one", "two", "three"])
@@ -104,10 +107,12 @@ class FlipTargetWrite(WritesInto):
         return super().pwritev(fd, buffers, offset)
 
 
-@pytest.mark.parametrize(("name", "direction"), [("one", "backward"), ("two", "backward"),
-                                                 ("two", "forward")])
-def test_verification_catches_a_corrupted_write_and_rolls_back(tmp_path: Path, name: str,
-                                                               direction: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "direction"), [("one", "backward"), ("two", "backward"), ("two", "forward")]
+)
+def test_verification_catches_a_corrupted_write_and_rolls_back(
+    tmp_path: Path, name: str, direction: str
+) -> None:
     vm = linear(tmp_path)
     before = files_snapshot(vm.folder)
     plan = mg.plan_snapshot_delete(vm.folder, name, direction=direction)
@@ -145,8 +150,9 @@ class BreakMapWrite(FlipTargetWrite):
 
 
 @pytest.mark.parametrize(("name", "direction"), [("one", "backward"), ("two", "forward")])
-def test_verification_catches_a_wrong_map_entry_and_rolls_back(tmp_path: Path, name: str,
-                                                               direction: str) -> None:
+def test_verification_catches_a_wrong_map_entry_and_rolls_back(
+    tmp_path: Path, name: str, direction: str
+) -> None:
     vm = linear(tmp_path)
     before = files_snapshot(vm.folder)
     plan = mg.plan_snapshot_delete(vm.folder, name, direction=direction)
@@ -190,8 +196,12 @@ def test_forward_merge_of_diff_keeps_zero_blocks_hidden(tmp_path: Path) -> None:
     # zero block 3 in 'two's diff hides the base's data: a forward merge must keep it hidden
     delete(vm, "two", direction="forward")
     assert_all_states(vm, deleted={vm.snap("two").uuid})
-    assert np.array_equal(read_state(vm.folder, vbox_states(vm.vbox_path())[0][
-        vm.snap("three").uuid][0])[3 * MIB:4 * MIB], np.zeros(MIB, np.uint8))
+    assert np.array_equal(
+        read_state(vm.folder, vbox_states(vm.vbox_path())[0][vm.snap("three").uuid][0])[
+            3 * MIB : 4 * MIB
+        ],
+        np.zeros(MIB, np.uint8),
+    )
 
 
 def test_auto_direction_smaller_into_larger(tmp_path: Path) -> None:
@@ -254,6 +264,7 @@ def test_vbox_keeps_unknown_content_and_layout(tmp_path: Path) -> None:
 
 
 # -- refusals ---------------------------------------------------------------------------------
+
 
 def branching(tmp_path: Path) -> VmBuilder:
     vm = VmBuilder(tmp_path / "vm")
@@ -337,13 +348,15 @@ def test_refuse_unknown_snapshot_and_shared_disk(tmp_path: Path) -> None:
 
 # -- hostile or stale settings ---------------------------------------------------------------
 
+
 def test_registry_location_at_wrong_file_is_refused(tmp_path: Path) -> None:
     vm = linear(tmp_path)
     victim_disk = vm.disks[vm.snap("three").disks[0]]  # merged away when 'two' is deleted
     other = vm.disks[vm.leaves[0]]
     old = victim_disk.path.relative_to(vm.folder).as_posix()
-    text = vm.vbox_text().replace(f'location="{old}"',
-                                  f'location="{other.path.relative_to(vm.folder).as_posix()}"')
+    text = vm.vbox_text().replace(
+        f'location="{old}"', f'location="{other.path.relative_to(vm.folder).as_posix()}"'
+    )
     vm.vbox_path().write_text(text)
     before = files_snapshot(vm.folder)
     with pytest.raises(OperationRefused, match="header UUID is"):
@@ -401,6 +414,7 @@ def test_header_changed_after_planning_is_refused(tmp_path: Path) -> None:
 
 # -- cancel and undo -------------------------------------------------------------------------
 
+
 def test_cancel_rolls_back_and_leaves_no_strays(tmp_path: Path) -> None:
     vm = linear(tmp_path, disk_size=32 * MIB)
     vm.scribble(list(range(13, 30)))
@@ -449,6 +463,7 @@ def test_undo_refused_after_the_vm_wrote(tmp_path: Path) -> None:
 
 # -- bare chains -----------------------------------------------------------------------------
 
+
 def bare_chain(tmp_path: Path) -> tuple[list[Path], list[np.ndarray]]:
     """base <- mid <- top in a plain folder, and the model of each layer's view."""
     folder = tmp_path / "chain"
@@ -463,10 +478,13 @@ def bare_chain(tmp_path: Path) -> tuple[list[Path], list[np.ndarray]]:
         paths.append(path)
         with open_paths(paths, writable_top=True) as chain:
             for b in blocks:
-                data = bytes(MIB) if b == 5 and i == 2 else rng.integers(
-                    0, 256, MIB, np.uint8).tobytes()
+                data = (
+                    bytes(MIB)
+                    if b == 5 and i == 2
+                    else rng.integers(0, 256, MIB, np.uint8).tobytes()
+                )
                 chain.write(b * MIB, data)
-                content[b * MIB:(b + 1) * MIB] = np.frombuffer(data, np.uint8)
+                content[b * MIB : (b + 1) * MIB] = np.frombuffer(data, np.uint8)
         views.append(content.copy())
     return paths, views
 
@@ -483,8 +501,10 @@ def test_bare_merge(tmp_path: Path, mode: str, qemu_img: str) -> None:
     leaf_uuid = read_header_fields(leaf)["uuid"]
     got = read_state_flat(folder, leaf_uuid)  # type: ignore[arg-type]
     assert np.array_equal(got, views[2])
-    assert np.array_equal(read_state_flat(folder, read_header_fields(paths[0])["uuid"]),  # type: ignore[arg-type]
-                          views[0])
+    assert np.array_equal(
+        read_state_flat(folder, read_header_fields(paths[0])["uuid"]),  # type: ignore[arg-type]
+        views[0],
+    )
 
 
 @pytest.mark.parametrize("mode", ["parent-into-this", "into-parent"])
@@ -502,8 +522,10 @@ def test_bare_merge_of_base_both_directions(tmp_path: Path, mode: str, qemu_img:
     assert fields["type"] == 1 and fields["parent"] == uuidlib.UUID(int=0)
     assert not paths[0].exists()
     assert np.array_equal(read_state_flat(paths[1].parent, fields["uuid"]), views[1])  # type: ignore[arg-type]
-    assert np.array_equal(read_state_flat(paths[1].parent, read_header_fields(paths[2])["uuid"]),  # type: ignore[arg-type]
-                          views[2])
+    assert np.array_equal(
+        read_state_flat(paths[1].parent, read_header_fields(paths[2])["uuid"]),  # type: ignore[arg-type]
+        views[2],
+    )
 
 
 def test_bare_merge_refuses_registered_image(tmp_path: Path) -> None:

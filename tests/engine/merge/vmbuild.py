@@ -45,8 +45,16 @@ class Disk:
 class VmBuilder:
     """A VM folder whose every state is modelled independently of the engine."""
 
-    def __init__(self, folder: Path, *, disk_size: int = 16 * MIB, ndisks: int = 1,
-                 seed: int = 1, name: str = "vm", base_types: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        *,
+        disk_size: int = 16 * MIB,
+        ndisks: int = 1,
+        seed: int = 1,
+        name: str = "vm",
+        base_types: tuple[str, ...] = (),
+    ) -> None:
         self.folder = folder
         self.name = name
         self.vm_uuid = uuidlib.uuid4()
@@ -84,18 +92,22 @@ class VmBuilder:
         with open_chain(leaf, writable=True, search_dirs=search) as chain:
             chain.write(offset, data, durable=False)
             chain.top.sync()
-        self.content[disk][offset:offset + len(data)] = np.frombuffer(data, dtype=np.uint8)
+        self.content[disk][offset : offset + len(data)] = np.frombuffer(data, dtype=np.uint8)
 
-    def scribble(self, blocks: list[int], disk: int = 0, *, zero: bool = False,
-                 partial: bool = False) -> None:
+    def scribble(
+        self, blocks: list[int], disk: int = 0, *, zero: bool = False, partial: bool = False
+    ) -> None:
         """Random (or zero) data over whole blocks, or over a middle part of them."""
         for b in blocks:
             start, length = b * MIB, MIB
             if partial:
                 start += 4096 * int(self.rng.integers(1, 100))
                 length = 8192
-            payload = bytes(length) if zero else self.rng.integers(
-                0, 256, length, dtype=np.uint8).tobytes()
+            payload = (
+                bytes(length)
+                if zero
+                else self.rng.integers(0, 256, length, dtype=np.uint8).tobytes()
+            )
             self.write(start, payload, disk)
 
     # -- snapshots ------------------------------------------------------------------------
@@ -135,7 +147,8 @@ class VmBuilder:
         for i, frozen in enumerate(snap.disks):
             old = self.leaves[i]
             if not any(d.parent == old for d in self.disks.values()) and not any(
-                    old in s.disks for s in self.snaps):
+                old in s.disks for s in self.snaps
+            ):
                 self.disks[old].path.unlink()
                 del self.disks[old]
             self.leaves[i] = self._new_diff(frozen)
@@ -156,8 +169,10 @@ class VmBuilder:
     def _disk_xml(self, disk: Disk, indent: str) -> str:
         kids = [d for d in self.disks.values() if d.parent == disk.uuid]
         type_attr = f' type="{disk.base_type}"' if disk.parent is None else ""
-        head = (f'{indent}<HardDisk uuid="{{{disk.uuid}}}" location="{self._location(disk)}" '
-                f'format="VDI"{type_attr}')
+        head = (
+            f'{indent}<HardDisk uuid="{{{disk.uuid}}}" location="{self._location(disk)}" '
+            f'format="VDI"{type_attr}'
+        )
         if not kids:
             return head + "/>\n"
         inner = "".join(self._disk_xml(k, indent + "  ") for k in kids)
@@ -167,20 +182,26 @@ class VmBuilder:
         devices = "".join(
             f'{indent}      <AttachedDevice type="HardDisk" hotpluggable="false" port="{i}" '
             f'device="0">\n{indent}        <Image uuid="{{{u}}}"/>\n'
-            f"{indent}      </AttachedDevice>\n" for i, u in enumerate(images))
-        return (f'{indent}<Hardware>\n{indent}  <Memory RAMSize="1024"/>\n'
-                f"{indent}  <StorageControllers>\n"
-                f'{indent}    <StorageController name="SATA" type="AHCI" PortCount="4" '
-                f'useHostIOCache="false" Bootable="true">\n{devices}'
-                f"{indent}    </StorageController>\n{indent}  </StorageControllers>\n"
-                f"{indent}</Hardware>\n")
+            f"{indent}      </AttachedDevice>\n"
+            for i, u in enumerate(images)
+        )
+        return (
+            f'{indent}<Hardware>\n{indent}  <Memory RAMSize="1024"/>\n'
+            f"{indent}  <StorageControllers>\n"
+            f'{indent}    <StorageController name="SATA" type="AHCI" PortCount="4" '
+            f'useHostIOCache="false" Bootable="true">\n{devices}'
+            f"{indent}    </StorageController>\n{indent}  </StorageControllers>\n"
+            f"{indent}</Hardware>\n"
+        )
 
     def _snap_xml(self, snap: Snap, indent: str) -> str:
         state = f' stateFile="{snap.state_file}"' if snap.state_file else ""
-        out = (f'{indent}<Snapshot uuid="{{{snap.uuid}}}" name="{snap.name}" '
-               f'timeStamp="2024-05-01T10:00:00Z"{state}>\n'
-               f"{indent}  <Description>about {snap.name}</Description>\n"
-               + self._hardware(snap.disks, indent + "  "))
+        out = (
+            f'{indent}<Snapshot uuid="{{{snap.uuid}}}" name="{snap.name}" '
+            f'timeStamp="2024-05-01T10:00:00Z"{state}>\n'
+            f"{indent}  <Description>about {snap.name}</Description>\n"
+            + self._hardware(snap.disks, indent + "  ")
+        )
         if snap.children:
             out += f"{indent}  <Snapshots>\n"
             out += "".join(self._snap_xml(c, indent + "    ") for c in snap.children)
@@ -188,8 +209,9 @@ class VmBuilder:
         return out + f"{indent}</Snapshot>\n"
 
     def vbox_text(self) -> str:
-        current = (f' currentSnapshot="{{{self.current_snapshot.uuid}}}"'
-                   if self.current_snapshot else "")
+        current = (
+            f' currentSnapshot="{{{self.current_snapshot.uuid}}}"' if self.current_snapshot else ""
+        )
         state = f' stateFile="{self.machine_state_file}"' if self.machine_state_file else ""
         bases = [d for d in self.disks.values() if d.parent is None]
         registry = "".join(self._disk_xml(d, "        ") for d in bases)
@@ -206,7 +228,8 @@ class VmBuilder:
             "    </ExtraData>\n"
             f"{snaps}{self._hardware(self.leaves, '    ')}"
             '    <FutureElement mode="keep"><!-- unknown --></FutureElement>\n'
-            "  </Machine>\n</VirtualBox>\n")
+            "  </Machine>\n</VirtualBox>\n"
+        )
 
     def write_vbox(self) -> None:
         self.vbox_path().write_text(self.vbox_text(), encoding="utf-8")
@@ -217,18 +240,27 @@ class VmBuilder:
 
 # -- independent reading ----------------------------------------------------------------------
 
+
 def _u(raw: bytes, off: int) -> uuidlib.UUID:
-    return uuidlib.UUID(bytes_le=raw[off:off + 16])
+    return uuidlib.UUID(bytes_le=raw[off : off + 16])
 
 
 def read_header_fields(path: Path) -> dict[str, object]:
     raw = path.read_bytes()[:512]
     (off_blocks, off_data) = struct.unpack_from("<II", raw, 0x154)
     disk_size, bs, extra, blocks, alloc = struct.unpack_from("<QIIII", raw, 0x170)
-    return {"type": struct.unpack_from("<I", raw, 0x4C)[0], "off_blocks": off_blocks,
-            "off_data": off_data, "disk_size": disk_size, "bs": bs, "extra": extra,
-            "blocks": blocks, "alloc": alloc, "uuid": _u(raw, 0x188),
-            "parent": _u(raw, 0x1A8)}
+    return {
+        "type": struct.unpack_from("<I", raw, 0x4C)[0],
+        "off_blocks": off_blocks,
+        "off_data": off_data,
+        "disk_size": disk_size,
+        "bs": bs,
+        "extra": extra,
+        "blocks": blocks,
+        "alloc": alloc,
+        "uuid": _u(raw, 0x188),
+        "parent": _u(raw, 0x1A8),
+    }
 
 
 def index_folder(folder: Path) -> dict[uuidlib.UUID, Path]:
@@ -253,8 +285,12 @@ def read_state(folder: Path, leaf: uuidlib.UUID) -> np.ndarray:
     done = np.zeros(-(-size // MIB), dtype=bool)  # type: ignore[operator]
     for path, f in chain:  # top first
         data = path.read_bytes()
-        entries = np.frombuffer(data, dtype="<u4", count=f["blocks"],  # type: ignore[call-overload]
-                                offset=f["off_blocks"])  # type: ignore[arg-type]
+        entries = np.frombuffer(
+            data,
+            dtype="<u4",
+            count=f["blocks"],  # type: ignore[call-overload]
+            offset=f["off_blocks"],
+        )  # type: ignore[arg-type]
         bs = f["bs"]
         for b in range(done.size):
             if done[b] or entries[b] == 0xFFFFFFFF:
@@ -265,12 +301,13 @@ def read_state(folder: Path, leaf: uuidlib.UUID) -> np.ndarray:
                 continue
             start = f["off_data"] + int(entries[b]) * (bs + f["extra"]) + f["extra"]  # type: ignore[operator]
             chunk = np.frombuffer(data, dtype=np.uint8, count=end - b * bs, offset=start)  # type: ignore[operator]
-            out[b * bs:end] = chunk  # type: ignore[operator]
+            out[b * bs : end] = chunk  # type: ignore[operator]
     return out
 
 
-def vbox_states(vbox: Path) -> tuple[dict[uuidlib.UUID, list[uuidlib.UUID]], list[uuidlib.UUID],
-                                     uuidlib.UUID | None]:
+def vbox_states(
+    vbox: Path,
+) -> tuple[dict[uuidlib.UUID, list[uuidlib.UUID]], list[uuidlib.UUID], uuidlib.UUID | None]:
     """Per snapshot: its attached images; the current state's images; currentSnapshot."""
     root = ET.parse(vbox).getroot()
     machine = root.find(NS + "Machine")
@@ -281,8 +318,10 @@ def vbox_states(vbox: Path) -> tuple[dict[uuidlib.UUID, list[uuidlib.UUID]], lis
         assert hw is not None
         return [uuidlib.UUID(i.get("uuid", "").strip("{}")) for i in hw.iter(NS + "Image")]
 
-    snaps = {uuidlib.UUID(s.get("uuid", "").strip("{}")): images(s)
-             for s in machine.iter(NS + "Snapshot")}
+    snaps = {
+        uuidlib.UUID(s.get("uuid", "").strip("{}")): images(s)
+        for s in machine.iter(NS + "Snapshot")
+    }
     cur = machine.get("currentSnapshot")
     return snaps, images(machine), uuidlib.UUID(cur.strip("{}")) if cur else None
 
@@ -326,6 +365,7 @@ def assert_all_states(vm: VmBuilder, *, deleted: set[uuidlib.UUID] = frozenset()
 
 # -- oracles for "the end state is clean" ------------------------------------------------------
 
+
 def base_images(folder: Path) -> list[Path]:
     """Every image in ``folder`` (and its Snapshots) whose header links to no parent."""
     paths = [*folder.glob("*.vdi"), *(folder / "Snapshots").glob("*.vdi")]
@@ -337,8 +377,12 @@ def assert_qemu_clean(qemu_img: str, *images: Path) -> None:
     import subprocess
 
     for image in images:
-        out = subprocess.run([qemu_img, "check", "-f", "vdi", str(image)], capture_output=True,
-                             text=True, check=False)
+        out = subprocess.run(
+            [qemu_img, "check", "-f", "vdi", str(image)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
         assert out.returncode == 0, out.stdout + out.stderr
         assert "No errors were found" in out.stdout, out.stdout
 

@@ -29,8 +29,11 @@ from vdigui.engine.chain import open_paths
 from vdigui.engine.image import create_image
 
 #: (kind, start sector, size in bytes, MBR type)
-LAYOUT = (("ext4", 2048, 40 * MiB, "83"), ("ntfs", 2048 + 40 * 2048, 24 * MiB, "7"),
-          ("fat16", 2048 + 64 * 2048, 24 * MiB, "e"))
+LAYOUT = (
+    ("ext4", 2048, 40 * MiB, "83"),
+    ("ntfs", 2048 + 40 * 2048, 24 * MiB, "7"),
+    ("fat16", 2048 + 64 * 2048, 24 * MiB, "e"),
+)
 DISK = 96 * MiB
 
 
@@ -45,13 +48,24 @@ class GuestDisk:
 
 def build_raw(folder: Path) -> tuple[Path, dict[str, dict[str, str]]]:
     """The raw disk (stale pattern everywhere) and the file hashes per filesystem."""
-    need("sfdisk", "mke2fs", "debugfs", "mkntfs", "ntfscp", "ntfstruncate", "ntfsls",
-         "mkfs.vfat", "mcopy", "mdel")
+    need(
+        "sfdisk",
+        "mke2fs",
+        "debugfs",
+        "mkntfs",
+        "ntfscp",
+        "ntfstruncate",
+        "ntfsls",
+        "mkfs.vfat",
+        "mcopy",
+        "mdel",
+    )
     folder.mkdir(parents=True, exist_ok=True)
     tree = make_tree(folder / "tree", big=4 * MiB)
     raw = prefill(folder / "disk.raw", DISK)
     script = "label: dos\n" + "".join(
-        f"start={start}, size={size // 512}, type={t}\n" for _, start, size, t in LAYOUT)
+        f"start={start}, size={size // 512}, type={t}\n" for _, start, size, t in LAYOUT
+    )
     run("sfdisk", "-q", raw, stdin=script)
     hashes: dict[str, dict[str, str]] = {}
     for kind, start, size, _ in LAYOUT:
@@ -63,13 +77,17 @@ def build_raw(folder: Path) -> tuple[Path, dict[str, dict[str, str]]]:
         elif kind == "fat16":
             run("mdel", "-i", part, "::/sub/big.bin")
         elif kind == "ntfs":
-            inode = next(line.split()[0] for line in run("ntfsls", "-i", part).stdout.splitlines()
-                         if line.endswith("big.bin"))
+            inode = next(
+                line.split()[0]
+                for line in run("ntfsls", "-i", part).stdout.splitlines()
+                if line.endswith("big.bin")
+            )
             run("ntfstruncate", part, inode, "0")
         place(raw, part, start)
     for kind, start, size, _ in LAYOUT:
-        hashes[kind] = fs_check(kind, extract(raw, start * 512, size, folder / f"x-{kind}"),
-                                folder / f"files-{kind}")
+        hashes[kind] = fs_check(
+            kind, extract(raw, start * 512, size, folder / f"x-{kind}"), folder / f"files-{kind}"
+        )
     return raw, hashes
 
 

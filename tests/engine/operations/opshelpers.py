@@ -54,17 +54,30 @@ def ref_open(path: Path) -> RefImage:
         raw = f.read(0x200)
         (header_size, image_type, _flags) = struct.unpack_from("<III", raw, 0x48)
         off_blocks, off_data = struct.unpack_from("<II", raw, 0x154)
-        disk_size, block_size, extra, blocks, allocated = struct.unpack_from("<QIIII", raw,
-                                                                             0x170)
+        disk_size, block_size, extra, blocks, allocated = struct.unpack_from("<QIIII", raw, 0x170)
         f.seek(off_blocks)
         entries = list(struct.unpack(f"<{blocks}I", f.read(4 * blocks)))
         file_size = f.seek(0, 2)
     assert extra == 0
-    u = [uuidlib.UUID(bytes_le=raw[o:o + 16]) for o in (0x188, 0x198, 0x1A8, 0x1B8)]
+    u = [uuidlib.UUID(bytes_le=raw[o : o + 16]) for o in (0x188, 0x198, 0x1A8, 0x1B8)]
     lchs = struct.unpack_from("<IIII", raw, 0x1C8) if header_size >= 0x190 else ()
-    return RefImage(image_type, disk_size, block_size, blocks, allocated, off_blocks, off_data,
-                    u[0], u[1], u[2], u[3], raw[0x54:0x154].rstrip(b"\0"), lchs, entries,
-                    file_size)
+    return RefImage(
+        image_type,
+        disk_size,
+        block_size,
+        blocks,
+        allocated,
+        off_blocks,
+        off_data,
+        u[0],
+        u[1],
+        u[2],
+        u[3],
+        raw[0x54:0x154].rstrip(b"\0"),
+        lchs,
+        entries,
+        file_size,
+    )
 
 
 def ref_read(paths: Sequence[Path]) -> bytes:
@@ -81,7 +94,7 @@ def ref_read(paths: Sequence[Path]) -> bytes:
             if e != ZERO:
                 start = img.offset_data + e * bs
                 n = min(bs, size - b * bs)
-                out[b * bs:b * bs + n] = raw[start:start + n]
+                out[b * bs : b * bs + n] = raw[start : start + n]
             break
     return bytes(out)
 
@@ -90,7 +103,7 @@ def sha(data: bytes, block_size: int = 1 << 20) -> str:
     """The guest digest, computed here from its definition: XXH3-128 over per-block XXH3-128."""
     outer = xxhash.xxh3_128()
     for start in range(0, len(data), block_size):
-        outer.update(xxhash.xxh3_128(data[start:start + block_size]).digest())
+        outer.update(xxhash.xxh3_128(data[start : start + block_size]).digest())
     return outer.hexdigest()
 
 
@@ -140,8 +153,15 @@ def assert_qemu_same(qemu_img: str, expected: bytes, path: Path, tmp: Path) -> N
         raw.unlink()
 
 
-def scattered_layer(rng: random.Random, blocks: int, *, data: float = 0.7, zero_data: float = 0.25,
-                    zero_marker: float = 0.05, block_size: int = MIB) -> dict[int, Content]:
+def scattered_layer(
+    rng: random.Random,
+    blocks: int,
+    *,
+    data: float = 0.7,
+    zero_data: float = 0.25,
+    zero_marker: float = 0.05,
+    block_size: int = MIB,
+) -> dict[int, Content]:
     """Blocks of data, allocated all-zero blocks (what compact drops), ZERO markers, FREE."""
     layer: dict[int, Content] = {}
     for b in range(blocks):
@@ -156,13 +176,13 @@ def scattered_layer(rng: random.Random, blocks: int, *, data: float = 0.7, zero_
     return layer
 
 
-def make_base(folder: Path, mib: int, seed: int = 1, name: str = "disk.vdi",
-              **kwargs: object) -> tuple[Path, bytes]:
+def make_base(
+    folder: Path, mib: int, seed: int = 1, name: str = "disk.vdi", **kwargs: object
+) -> tuple[Path, bytes]:
     """A shuffled base image with zero blocks scattered: (path, expected guest bytes)."""
     folder.mkdir(parents=True, exist_ok=True)
     layer = scattered_layer(random.Random(seed), mib)
-    built = build_image(folder / name, mib * MIB, layer, slot_order="shuffle", seed=seed,
-                        **kwargs)  # type: ignore[arg-type]
+    built = build_image(folder / name, mib * MIB, layer, slot_order="shuffle", seed=seed, **kwargs)  # type: ignore[arg-type]
     return built.path, model_read([built.layer], mib * MIB, MIB)
 
 
@@ -173,7 +193,7 @@ def make_chain(folder: Path, mib: int, depth: int = 3, seed: int = 2) -> BuiltCh
     # Make some top blocks byte-identical to what the parents show (compact drops them).
     below = model_read(layers[:-1], mib * MIB, MIB)
     for b in rng.sample(range(mib), mib // 6):
-        layers[-1][b] = below[b * MIB:(b + 1) * MIB]
+        layers[-1][b] = below[b * MIB : (b + 1) * MIB]
     return build_chain(folder, mib * MIB, layers, slot_order="shuffle", seed=seed)
 
 
@@ -211,14 +231,16 @@ class Recorder:
 
 
 def holder(path: Path, lock: bool = False) -> subprocess.Popen[str]:
-    code = ("import fcntl, os, struct, sys, time\n"
-            f"fd = os.open({str(path)!r}, os.O_RDWR)\n")
+    code = f"import fcntl, os, struct, sys, time\nfd = os.open({str(path)!r}, os.O_RDWR)\n"
     if lock:
-        code += ("fcntl.fcntl(fd, fcntl.F_OFD_SETLK, "
-                 "struct.pack('hhqqi4x', fcntl.F_RDLCK, 0, 0, 0, 0))\n")
+        code += (
+            "fcntl.fcntl(fd, fcntl.F_OFD_SETLK, "
+            "struct.pack('hhqqi4x', fcntl.F_RDLCK, 0, 0, 0, 0))\n"
+        )
     code += "print('ready', flush=True)\nsys.stdin.read()\n"
-    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
     return proc
 
@@ -263,8 +285,9 @@ class FaultyOps(fileio.FileOps):
             buffers = [bytes(first), *buffers[1:]]
         return super().pwritev(fd, buffers, offset)
 
-    def copy_range(self, src_fd: int, dst_fd: int, length: int, src_offset: int,
-                   dst_offset: int) -> int:
+    def copy_range(
+        self, src_fd: int, dst_fd: int, length: int, src_offset: int, dst_offset: int
+    ) -> int:
         flip = self._hit(dst_offset, length)
         done = super().copy_range(src_fd, dst_fd, length, src_offset, dst_offset)
         if flip and done > 0:
@@ -273,8 +296,9 @@ class FaultyOps(fileio.FileOps):
         return done
 
 
-def nth_write(n: int, *, offset: int | None = None, min_length: int = 0
-              ) -> Callable[[int, int], bool]:
+def nth_write(
+    n: int, *, offset: int | None = None, min_length: int = 0
+) -> Callable[[int, int], bool]:
     """A FaultyOps selector: the ``n``-th write (1-based) at ``offset`` / of >= ``min_length``."""
     seen = [0]
 

@@ -65,14 +65,24 @@ def _blocks(draw_zero: list[bool], seed: int, size: int = BS) -> list[bytes]:
     return out
 
 
-@settings(max_examples=60, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(zeros=st.lists(st.booleans(), min_size=0, max_size=40),
-       order=st.randoms(use_true_random=False), dense=st.booleans(), verify=st.booleans(),
-       read_blocks_per_request=st.integers(1, 9))
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    zeros=st.lists(st.booleans(), min_size=0, max_size=40),
+    order=st.randoms(use_true_random=False),
+    dense=st.booleans(),
+    verify=st.booleans(),
+    read_blocks_per_request=st.integers(1, 9),
+)
 def test_copy_places_every_non_zero_block_and_reads_it_back(
-        tmp_path: Path, zeros: list[bool], order: random.Random, dense: bool, verify: bool,
-        read_blocks_per_request: int) -> None:
+    tmp_path: Path,
+    zeros: list[bool],
+    order: random.Random,
+    dense: bool,
+    verify: bool,
+    read_blocks_per_request: int,
+) -> None:
     folder = Path(tempfile.mkdtemp(dir=tmp_path))
     data = _blocks(zeros, seed=len(zeros))
     _, fd = _source(folder, data)
@@ -81,13 +91,20 @@ def test_copy_places_every_non_zero_block_and_reads_it_back(
         order.shuffle(jobs)
         if order.random() < 0.5:
             jobs.sort()  # adjacent slots: coalesced reads
-        spec = CopySpec([fd], np.zeros(len(jobs), dtype=np.int32),
-                        np.array(jobs, dtype=np.int64) * BS, BS)
+        spec = CopySpec(
+            [fd], np.zeros(len(jobs), dtype=np.int32), np.array(jobs, dtype=np.int64) * BS, BS
+        )
         dst = None if dense else np.arange(len(jobs), dtype=np.int64)[::-1].copy() * BS + BS
         out = TempOutput(folder / ".out.vdigui-tmp-1")
         try:
-            outcome = copy_blocks(spec, out.fd, dst=dst, dense_base=3 * BS, verify=verify,
-                                  read_bytes=read_blocks_per_request * BS)
+            outcome = copy_blocks(
+                spec,
+                out.fd,
+                dst=dst,
+                dense_base=3 * BS,
+                verify=verify,
+                read_bytes=read_blocks_per_request * BS,
+            )
             raw = (folder / ".out.vdigui-tmp-1").read_bytes()
         finally:
             out.discard()
@@ -105,7 +122,7 @@ def test_copy_places_every_non_zero_block_and_reads_it_back(
         at = 3 * BS + slot * BS if dense else int(dst[i])  # type: ignore[index]
         slot += 1
         assert outcome.dst[i] == at
-        assert raw[at:at + BS] == data[j]
+        assert raw[at : at + BS] == data[j]
 
 
 @settings(max_examples=80, deadline=None)
@@ -114,20 +131,20 @@ def test_nonzero_rows_matches_a_plain_scan(marks: list[int], count: int) -> None
     buf = bytearray(count * BS)
     for k, at in enumerate(marks):
         buf[(k % count) * BS + at] = 1
-    expected = [any(buf[r * BS:(r + 1) * BS]) for r in range(count)]
+    expected = [any(buf[r * BS : (r + 1) * BS]) for r in range(count)]
     assert nonzero_rows(memoryview(buf), count, BS).tolist() == expected
 
 
 @pytest.mark.parametrize(("threaded", "mapped"), [(False, True), (False, False), (True, True)])
 def test_a_byte_flipped_on_its_way_to_the_file_is_found(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, threaded: bool, mapped: bool) -> None:
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, threaded: bool, mapped: bool
+) -> None:
     monkeypatch.setattr(copier, "VERIFY_THREAD", threaded)
     monkeypatch.setattr(copier, "READBACK_MAPPED", mapped)
     data = [pattern(i, BS) for i in range(12)]
     _, fd = _source(tmp_path, data)
     try:
-        spec = CopySpec([fd], np.zeros(12, dtype=np.int32), np.arange(12, dtype=np.int64) * BS,
-                        BS)
+        spec = CopySpec([fd], np.zeros(12, dtype=np.int32), np.arange(12, dtype=np.int64) * BS, BS)
         out = TempOutput(tmp_path / ".o.vdigui-tmp-1")
         try:
             with fileio.use(FaultyOps(nth_write(6, min_length=BS))) as ops:
@@ -149,8 +166,11 @@ def test_cancel_and_read_order(tmp_path: Path) -> None:
         order = np.array(random.Random(3).sample(range(30), 30), dtype=np.int64)
         spec = CopySpec([fd], np.zeros(30, dtype=np.int32), order * BS, BS)
         seen: list[bytes] = []
-        read_blocks(spec, lambda b: seen.extend(bytes(b.data[i * BS:(i + 1) * BS])
-                                                 for i in range(b.count)), read_bytes=4 * BS)
+        read_blocks(
+            spec,
+            lambda b: seen.extend(bytes(b.data[i * BS : (i + 1) * BS]) for i in range(b.count)),
+            read_bytes=4 * BS,
+        )
         assert seen == [data[i] for i in order]
         token = CancelToken()
         token.cancel()
@@ -165,10 +185,10 @@ def test_guest_digest_any_order_equals_its_definition() -> None:
     raw = b"".join(pattern(i, BS) if i % 2 else bytes(BS) for i in range(6))[:size]
     digest = GuestDigest(size, BS)
     for block in (5, 1, 3):
-        digest.add(block, raw[block * BS:(block + 1) * BS].ljust(BS, b"\x55"))
+        digest.add(block, raw[block * BS : (block + 1) * BS].ljust(BS, b"\x55"))
     outer = xxhash.xxh3_128()
     for start in range(0, size, BS):
-        outer.update(xxhash.xxh3_128(raw[start:start + BS]).digest())
+        outer.update(xxhash.xxh3_128(raw[start : start + BS]).digest())
     assert digest.hexdigest() == outer.hexdigest() == digest_of_raw(raw, BS)
 
 
@@ -195,7 +215,7 @@ def test_export_of_a_base_is_sparse_and_matches_qemu(tmp_path: Path, qemu_img: s
         result = export_raw(c, out)
     assert out.read_bytes() == expected
     assert_qemu_same_raw(qemu_img, out, path)
-    nonzero = sum(expected[b * MIB:(b + 1) * MIB] != bytes(MIB) for b in range(32))
+    nonzero = sum(expected[b * MIB : (b + 1) * MIB] != bytes(MIB) for b in range(32))
     assert result.data_blocks == nonzero
     assert out.stat().st_blocks * 512 <= nonzero * MIB + 64 * 1024  # holes stay holes
 
@@ -204,9 +224,15 @@ def test_export_verification_catches_a_corrupted_write(tmp_path: Path) -> None:
     path, _ = make_base(tmp_path, 16, seed=2)
     state = folder_state(tmp_path)
     ops = FaultyOps(nth_write(3, min_length=MIB))
-    with open_chain(path) as c, fileio.use(ops), pytest.raises(
-            VerificationError, match=r"^Verification failed: guest block \d+ of the export "
-                                     r"'disk\.raw' reads back differently"):
+    with (
+        open_chain(path) as c,
+        fileio.use(ops),
+        pytest.raises(
+            VerificationError,
+            match=r"^Verification failed: guest block \d+ of the export "
+            r"'disk\.raw' reads back differently",
+        ),
+    ):
         export_raw(c, tmp_path / "disk.raw")
     assert ops.fired
     assert folder_state(tmp_path) == state  # nothing left behind

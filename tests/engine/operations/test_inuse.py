@@ -16,11 +16,14 @@ from vdigui.engine.operations import inuse
 
 def test_processes_holding_tells_readers_from_writers(tmp_path: Path) -> None:
     path, _ = make_base(tmp_path, 4)
-    code = ("import os, sys\n"
-            f"fd = os.open({str(path)!r}, os.O_RDONLY)\n"
-            "print('ready', flush=True)\nsys.stdin.read()\n")
-    proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
+    code = (
+        "import os, sys\n"
+        f"fd = os.open({str(path)!r}, os.O_RDONLY)\n"
+        "print('ready', flush=True)\nsys.stdin.read()\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
         found = inuse.processes_holding([path])
@@ -49,8 +52,9 @@ def test_exclusive_lock_conflicts_with_another_open_file(tmp_path: Path) -> None
     assert not inuse.locked_by_others(path)
 
 
-def test_busy_reasons_ask_the_vm_folder_model(tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_busy_reasons_ask_the_vm_folder_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path, _ = make_base(tmp_path, 4)
     assert inuse.busy_reasons(path) == ()
     monkeypatch.setattr(vmfolder, "find_running_vm_hint", lambda p: f"'{p.name}' runs.")

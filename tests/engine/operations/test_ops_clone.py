@@ -40,7 +40,8 @@ from vdigui.engine.progress import CancelToken
 
 
 def test_clone_of_a_base_is_dynamic_in_guest_order_without_zero_blocks(
-        tmp_path: Path, qemu_img: str) -> None:
+    tmp_path: Path, qemu_img: str
+) -> None:
     src_dir, out_dir = tmp_path / "src", tmp_path / "out"
     out_dir.mkdir()
     path, expected = make_base(src_dir, 40, comment=b"a comment", lchs=(80, 16, 63, 512))
@@ -56,7 +57,7 @@ def test_clone_of_a_base_is_dynamic_in_guest_order_without_zero_blocks(
     assert ref_read([dest]) == expected
     assert_qemu_clean(qemu_img, dest)
     assert_qemu_same(qemu_img, expected, dest, tmp_path)
-    nonzero = [b for b in range(40) if expected[b * MIB:(b + 1) * MIB] != bytes(MIB)]
+    nonzero = [b for b in range(40) if expected[b * MIB : (b + 1) * MIB] != bytes(MIB)]
     assert [e for e in out.entries if e < ZERO] == list(range(len(nonzero)))
     assert [b for b, e in enumerate(out.entries) if e < ZERO] == nonzero
     assert all(out.entries[b] == FREE for b in range(40) if b not in nonzero)
@@ -114,7 +115,8 @@ def test_keep_uuid_warns(tmp_path: Path) -> None:
     plan = plan_clone(path, tmp_path / "same.vdi", keep_uuid=True)
     assert plan.warnings == (
         f"The clone keeps the source's UUID {{{source.uuid}}}: VirtualBox refuses two disks "
-        "with one UUID, so never register the clone and the source at the same time.",)
+        "with one UUID, so never register the clone and the source at the same time.",
+    )
     run_clone(plan)
     out = ref_open(tmp_path / "same.vdi")
     assert out.uuid == source.uuid and out.modify_uuid != source.modify_uuid
@@ -126,16 +128,18 @@ def test_refuses_existing_dest_and_missing_folder(tmp_path: Path) -> None:
     other = tmp_path / "other.vdi"
     other.write_bytes(b"keep me")
     plan = plan_clone(path, other)
-    assert plan.refusals == (f"'{other}' already exists; vdigui never overwrites a file with a "
-                             "clone. Choose another name or remove it first.",)
+    assert plan.refusals == (
+        f"'{other}' already exists; vdigui never overwrites a file with a "
+        "clone. Choose another name or remove it first.",
+    )
     with pytest.raises(OperationRefused):
         run_clone(plan)
     assert other.read_bytes() == b"keep me"
     assert plan_clone(path, path).refusals == (
-        "'disk.vdi' is the source itself; choose another name for the clone.",)
+        "'disk.vdi' is the source itself; choose another name for the clone.",
+    )
     missing = tmp_path / "nope" / "x.vdi"
-    assert plan_clone(path, missing).refusals == (
-        f"The folder '{missing.parent}' does not exist.",)
+    assert plan_clone(path, missing).refusals == (f"The folder '{missing.parent}' does not exist.",)
 
 
 def test_dest_appearing_after_planning_is_not_overwritten(tmp_path: Path) -> None:
@@ -155,7 +159,8 @@ def test_refuses_when_space_is_short(tmp_path: Path, monkeypatch: pytest.MonkeyP
     plan = plan_clone(path, tmp_path / "c.vdi", fixed=True)
     assert plan.refusals == (
         f"Not enough free space in '{tmp_path}' for the clone 'c.vdi': 10.0 MiB needed, "
-        "1.0 MiB free.",)
+        "1.0 MiB free.",
+    )
 
 
 def test_refuses_a_source_another_process_writes(tmp_path: Path) -> None:
@@ -169,15 +174,19 @@ def test_refuses_a_source_another_process_writes(tmp_path: Path) -> None:
 
 
 # -- cancel, failure, verification ---------------------------------------------------------
-@pytest.mark.parametrize(("phase", "after"), [("copying blocks", 1), ("copying blocks", 9),
-                                             ("copying blocks", 16)])
+@pytest.mark.parametrize(
+    ("phase", "after"), [("copying blocks", 1), ("copying blocks", 9), ("copying blocks", 16)]
+)
 def test_cancel_leaves_nothing_behind(tmp_path: Path, phase: str, after: int) -> None:
     path, _ = make_base(tmp_path, 16)
     state = folder_state(tmp_path)
     token = CancelToken()
     with pytest.raises(OperationCancelled) as exc:
-        run_clone(plan_clone(path, tmp_path / "c.vdi"), progress=Recorder(token, phase, after),
-                  cancel=token)
+        run_clone(
+            plan_clone(path, tmp_path / "c.vdi"),
+            progress=Recorder(token, phase, after),
+            cancel=token,
+        )
     assert str(exc.value) == "Cancelled: nothing was changed and no clone was left behind."
     assert folder_state(tmp_path) == state
 
@@ -201,13 +210,21 @@ def test_verification_mismatch_deletes_the_clone(tmp_path: Path, where: str) -> 
     # The map is written twice: all FREE when the file is created, then the real one.
     select = nth_write(1, min_length=MIB) if where == "data" else nth_write(2, offset=MIB)
     ops = FaultyOps(select)
-    with fileio.use(ops), pytest.raises(
-            VerificationError, match=r"^Verification failed: the clone of 'disk\.vdi' "
-                                     r"does not read back as the source") as exc:
+    with (
+        fileio.use(ops),
+        pytest.raises(
+            VerificationError,
+            match=r"^Verification failed: the clone of 'disk\.vdi' "
+            r"does not read back as the source",
+        ) as exc,
+    ):
         run_clone(plan_clone(path, tmp_path / "c.vdi"))
     assert ops.fired
-    expected = ("the block map read back differs from the one written" if where == "map"
-                else "guest block 0 reads back differently")
+    expected = (
+        "the block map read back differs from the one written"
+        if where == "map"
+        else "guest block 0 reads back differently"
+    )
     assert expected in str(exc.value)
     assert folder_state(tmp_path) == state
 
@@ -227,8 +244,7 @@ def test_no_verify(tmp_path: Path) -> None:
     assert ref_read([tmp_path / "c.vdi"]) == expected
 
 
-def test_guest_digest_matches_its_definition_with_a_partial_last_block(
-        tmp_path: Path) -> None:
+def test_guest_digest_matches_its_definition_with_a_partial_last_block(tmp_path: Path) -> None:
     size = 5 * MIB + 3 * 512
     layer = {0: pattern(1, MIB), 5: pattern(2, MIB), 3: bytes(MIB)}
     built = build_image(tmp_path / "odd.vdi", size, layer)
@@ -241,7 +257,7 @@ def test_guest_digest_matches_its_definition_with_a_partial_last_block(
     # bytes past the disk end of the last block ignored.
     digest = GuestDigest(size, MIB)
     for b in reversed(range(6)):
-        data = expected[b * MIB:(b + 1) * MIB]
+        data = expected[b * MIB : (b + 1) * MIB]
         if data != bytes(len(data)):
             digest.add(b, data.ljust(MIB, b"\xee"))
     assert digest.hexdigest() == sha(expected)

@@ -47,8 +47,11 @@ def dense(entries: list[int]) -> bool:
 def test_compact_base_drops_zero_blocks_and_fills_holes(tmp_path: Path, qemu_img: str) -> None:
     path, expected = make_base(tmp_path, 40)
     before = ref_open(path)
-    zero_alloc = [b for b, e in enumerate(before.entries) if e < ZERO
-                  and expected[b * MIB:(b + 1) * MIB] == bytes(MIB)]
+    zero_alloc = [
+        b
+        for b, e in enumerate(before.entries)
+        if e < ZERO and expected[b * MIB : (b + 1) * MIB] == bytes(MIB)
+    ]
     assert zero_alloc, "the builder should have made all-zero allocated blocks"
     rec = Recorder()
     plan = plan_compact(path)
@@ -66,15 +69,17 @@ def test_compact_base_drops_zero_blocks_and_fills_holes(tmp_path: Path, qemu_img
     assert after.blocks_allocated == live == before.blocks_allocated - len(zero_alloc)
     assert after.file_size == after.offset_data + live * MIB == result.size_after
     assert (after.uuid, after.modify_uuid, after.parent_uuid) == (
-        before.uuid, before.modify_uuid, before.parent_uuid)
+        before.uuid,
+        before.modify_uuid,
+        before.parent_uuid,
+    )
     assert not backup_path(path).exists()
     assert files_in(tmp_path) == {path.name}
     rec.assert_sane()
     assert {e.phase for e in rec.events} == {"scanning blocks", "moving blocks", "verifying"}
 
 
-def test_compact_closes_slots_older_merges_left_unreferenced(tmp_path: Path,
-                                                             qemu_img: str) -> None:
+def test_compact_closes_slots_older_merges_left_unreferenced(tmp_path: Path, qemu_img: str) -> None:
     """Older vdigui merges left replaced slots unreferenced but counted by cBlocksAllocated.
 
     That is the state qemu-img check calls "allocated blocks mismatch": the next compaction
@@ -165,12 +170,16 @@ def test_low_count_and_crash_tail_are_cleaned(tmp_path: Path, qemu_img: str) -> 
     entries[0:7] = [3, 1, 2, 0, 4, 5, 7]  # slot 6 is a hole
     entries[11] = ZERO
     h.blocks_allocated = 3  # too low: a crash leftover (entry written, header not)
-    raw = RawImage(h, entries, [slots[3], slots[1], slots[2], slots[0], slots[4], slots[5],
-                                pattern(999, MIB), slots[6]], tail=b"\x77" * 1000)
+    raw = RawImage(
+        h,
+        entries,
+        [slots[3], slots[1], slots[2], slots[0], slots[4], slots[5], pattern(999, MIB), slots[6]],
+        tail=b"\x77" * 1000,
+    )
     write_raw(built.path, raw)
     expected = bytearray(blocks * MIB)
     for b in range(6):
-        expected[b * MIB:(b + 1) * MIB] = slots[b]
+        expected[b * MIB : (b + 1) * MIB] = slots[b]
     plan = plan_compact(built.path)
     assert plan.can_run, plan.refusals
     result = run_compact(plan)
@@ -182,17 +191,19 @@ def test_low_count_and_crash_tail_are_cleaned(tmp_path: Path, qemu_img: str) -> 
     assert after.blocks_allocated == 6 and after.file_size == after.offset_data + 6 * MIB
 
 
-def test_differencing_zero_hides_parent_and_identical_blocks_fall_through(
-        tmp_path: Path) -> None:
+def test_differencing_zero_hides_parent_and_identical_blocks_fall_through(tmp_path: Path) -> None:
     chain = make_chain(tmp_path / "vm", 32)
     top = chain.leaf
     before = ref_open(top)
     below = chain.expected_upto(len(chain.images) - 1)
     layer = chain.images[-1].layer
     zero_blocks = [b for b, c in layer.items() if isinstance(c, bytes) and c == bytes(MIB)]
-    same = [b for b, c in layer.items() if isinstance(c, bytes) and c != bytes(MIB)
-            and c == below[b * MIB:(b + 1) * MIB]]
-    hidden = [b for b in zero_blocks if below[b * MIB:(b + 1) * MIB] != bytes(MIB)]
+    same = [
+        b
+        for b, c in layer.items()
+        if isinstance(c, bytes) and c != bytes(MIB) and c == below[b * MIB : (b + 1) * MIB]
+    ]
+    hidden = [b for b in zero_blocks if below[b * MIB : (b + 1) * MIB] != bytes(MIB)]
     assert hidden and same, "the chain should exercise both rules"
     plan = plan_compact(top, scan=True)
     assert plan.differencing
@@ -206,15 +217,20 @@ def test_differencing_zero_hides_parent_and_identical_blocks_fall_through(
     assert result.parent_blocks == len(same) and result.zero_blocks == len(zero_blocks)
     assert dense(after.entries)
     assert (after.uuid, after.modify_uuid, after.parent_uuid, after.parent_modify_uuid) == (
-        before.uuid, before.modify_uuid, before.parent_uuid, before.parent_modify_uuid)
+        before.uuid,
+        before.modify_uuid,
+        before.parent_uuid,
+        before.parent_modify_uuid,
+    )
     # The parents were not touched.
     for built in chain.images[:-1]:
         assert ref_open(built.path).entries == built.entries
 
 
 @pytest.mark.parametrize("differencing", [False, True])
-def test_defrag_puts_blocks_in_guest_order_keeping_identity(tmp_path: Path, qemu_img: str,
-                                                            differencing: bool) -> None:
+def test_defrag_puts_blocks_in_guest_order_keeping_identity(
+    tmp_path: Path, qemu_img: str, differencing: bool
+) -> None:
     if differencing:
         chain = make_chain(tmp_path / "vm", 24)
         path, paths, expected = chain.leaf, chain.paths, chain.expected
@@ -229,10 +245,23 @@ def test_defrag_puts_blocks_in_guest_order_keeping_identity(tmp_path: Path, qemu
     assert ref_read(paths) == expected
     live = [(b, e) for b, e in enumerate(after.entries) if e < ZERO]
     assert [e for _, e in live] == list(range(len(live)))  # guest order, dense
-    assert (after.uuid, after.modify_uuid, after.parent_uuid, after.parent_modify_uuid,
-            after.image_type, after.comment, after.lchs) == (
-        before.uuid, before.modify_uuid, before.parent_uuid, before.parent_modify_uuid,
-        before.image_type, before.comment, before.lchs)
+    assert (
+        after.uuid,
+        after.modify_uuid,
+        after.parent_uuid,
+        after.parent_modify_uuid,
+        after.image_type,
+        after.comment,
+        after.lchs,
+    ) == (
+        before.uuid,
+        before.modify_uuid,
+        before.parent_uuid,
+        before.parent_modify_uuid,
+        before.image_type,
+        before.comment,
+        before.lchs,
+    )
     assert path.stat().st_mode & 0o777 == 0o640
     assert files_in(path.parent) == {p.name for p in paths if p.parent == path.parent}
     if not differencing:
@@ -245,8 +274,11 @@ def test_defrag_cancel_changes_nothing(tmp_path: Path) -> None:
     state = folder_state(tmp_path)
     token = CancelToken()
     with pytest.raises(OperationCancelled, match=r"^Cancelled: nothing was changed\.$"):
-        run_compact(plan_compact(path, defrag=True),
-                    progress=Recorder(token, "copying blocks", 5), cancel=token)
+        run_compact(
+            plan_compact(path, defrag=True),
+            progress=Recorder(token, "copying blocks", 5),
+            cancel=token,
+        )
     assert folder_state(tmp_path) == state
 
 
@@ -258,7 +290,8 @@ def test_refuses_fixed_image(tmp_path: Path) -> None:
     assert plan.refusals == (
         f"'f.vdi' is a fixed-size image; compacting would break its preallocated layout. "
         f"Convert it first with 'vdictl convert {built.path} --to dynamic', which also drops "
-        "its all-zero blocks.",)
+        "its all-zero blocks.",
+    )
     with pytest.raises(OperationRefused, match="fixed-size image"):
         run_compact(plan)
 
@@ -268,8 +301,11 @@ def test_refuses_image_open_in_another_process(tmp_path: Path) -> None:
     proc = holder(path)
     try:
         plan = plan_compact(path)
-        assert any(r.startswith("'disk.vdi' is open in another program: python")
-                   and f"(process {proc.pid})" in r for r in plan.refusals), plan.refusals
+        assert any(
+            r.startswith("'disk.vdi' is open in another program: python")
+            and f"(process {proc.pid})" in r
+            for r in plan.refusals
+        ), plan.refusals
     finally:
         release(proc)
     plan = plan_compact(path)
@@ -283,8 +319,9 @@ def test_refuses_image_open_in_another_process(tmp_path: Path) -> None:
         release(proc)
 
 
-def test_refuses_image_locked_by_another_process(tmp_path: Path,
-                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_refuses_image_locked_by_another_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path, _ = make_base(tmp_path, 8)
     monkeypatch.setattr(inuse, "processes_holding", lambda paths: {})
     proc = holder(path, lock=True)
@@ -292,18 +329,21 @@ def test_refuses_image_locked_by_another_process(tmp_path: Path,
         plan = plan_compact(path)
         assert plan.refusals == (
             f"'disk.vdi' is locked by another program (a running VM, qemu or another vdigui); "
-            f"close it and try again ({path}).",)
+            f"close it and try again ({path}).",
+        )
     finally:
         release(proc)
 
 
-def test_refuses_when_the_vm_looks_running(tmp_path: Path,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_refuses_when_the_vm_looks_running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from vdigui.engine import vmfolder
 
     path, _ = make_base(tmp_path, 8)
-    monkeypatch.setattr(vmfolder, "find_running_vm_hint",
-                        lambda p: "The VM in 'x' looks running: process 1 (VBoxHeadless).")
+    monkeypatch.setattr(
+        vmfolder,
+        "find_running_vm_hint",
+        lambda p: "The VM in 'x' looks running: process 1 (VBoxHeadless).",
+    )
     plan = plan_compact(path)
     assert plan.refusals == ("The VM in 'x' looks running: process 1 (VBoxHeadless).",)
 
@@ -313,8 +353,9 @@ def test_refuses_missing_parent(tmp_path: Path) -> None:
     chain.images[0].path.unlink()
     plan = plan_compact(chain.leaf)
     assert len(plan.refusals) == 1 and "was not found" in plan.refusals[0]
-    assert plan.refusals[0].endswith("Compaction needs the whole chain to compare blocks with "
-                                     "what the parent shows.")
+    assert plan.refusals[0].endswith(
+        "Compaction needs the whole chain to compare blocks with what the parent shows."
+    )
 
 
 def test_refuses_to_run_a_stale_plan(tmp_path: Path) -> None:
@@ -334,15 +375,17 @@ def test_cancel_while_scanning_changes_nothing(tmp_path: Path) -> None:
     state = folder_state(tmp_path)
     token = CancelToken()
     with pytest.raises(OperationCancelled) as exc:
-        run_compact(plan_compact(path), progress=Recorder(token, "scanning blocks", 7),
-                    cancel=token)
+        run_compact(
+            plan_compact(path), progress=Recorder(token, "scanning blocks", 7), cancel=token
+        )
     assert str(exc.value) == "Cancelled: nothing was changed."
     assert folder_state(tmp_path) == state
 
 
 @pytest.mark.parametrize("after", [1, 3])
 def test_cancel_while_moving_leaves_a_consistent_partly_compacted_image(
-        tmp_path: Path, qemu_img: str, monkeypatch: pytest.MonkeyPatch, after: int) -> None:
+    tmp_path: Path, qemu_img: str, monkeypatch: pytest.MonkeyPatch, after: int
+) -> None:
     from opshelpers import assert_qemu_consistent
 
     monkeypatch.setattr(compact, "MOVE_BATCH_BYTES", 2 * MIB)
@@ -352,8 +395,9 @@ def test_cancel_while_moving_leaves_a_consistent_partly_compacted_image(
     token = CancelToken()
     with pytest.raises(OperationCancelled) as exc:
         run_compact(plan, progress=Recorder(token, "moving blocks", after), cancel=token)
-    assert str(exc.value) == ("Cancelled: the image is consistent and partly compacted; run "
-                              "compact again to finish.")
+    assert str(exc.value) == (
+        "Cancelled: the image is consistent and partly compacted; run compact again to finish."
+    )
     assert ref_read([path]) == expected
     assert_qemu_consistent(qemu_img, path)
     assert files_in(tmp_path) == {path.name}
@@ -369,11 +413,16 @@ def test_verification_mismatch_is_loud_and_restores_the_map(tmp_path: Path, wher
     path, expected = make_base(tmp_path, 24)
     before = ref_open(path)
     map_start, map_end = before.offset_blocks, before.offset_blocks + 4 * before.blocks
-    select = (nth_write(1, min_length=MIB) if where == "moved data"
-              else lambda offset, length: map_start <= offset < map_end)
+    select = (
+        nth_write(1, min_length=MIB)
+        if where == "moved data"
+        else lambda offset, length: map_start <= offset < map_end
+    )
     ops = FaultyOps(select)
-    with fileio.use(ops), pytest.raises(VerificationError,
-                                        match=r"^Verification failed: after compaction"):
+    with (
+        fileio.use(ops),
+        pytest.raises(VerificationError, match=r"^Verification failed: after compaction"),
+    ):
         run_compact(plan_compact(path))
     assert ops.fired
     assert ref_read([path]) == expected
@@ -412,15 +461,22 @@ def test_random_chains_keep_their_content(tmp_path: Path, seed: int) -> None:
     if depth > 1:  # some top blocks identical to what the parents show
         below = model_read(layers[:-1], blocks * bs, bs)
         for b in rng.sample(range(blocks), blocks // 5):
-            layers[-1][b] = below[b * bs:(b + 1) * bs]
-    chain = build_chain(tmp_path, blocks * bs, layers, block_size=bs, seed=seed,
-                        slot_order=rng.choice(["sequential", "shuffle", "reverse"]))
+            layers[-1][b] = below[b * bs : (b + 1) * bs]
+    chain = build_chain(
+        tmp_path,
+        blocks * bs,
+        layers,
+        block_size=bs,
+        seed=seed,
+        slot_order=rng.choice(["sequential", "shuffle", "reverse"]),
+    )
     defrag = rng.random() < 0.3
     result = run_compact(plan_compact(chain.leaf, defrag=defrag), verify=rng.random() < 0.7)
     assert ref_read(chain.paths) == chain.expected
     after = ref_open(chain.leaf)
     assert dense(after.entries) and after.blocks_allocated == sum(
-        1 for e in after.entries if e < ZERO)
+        1 for e in after.entries if e < ZERO
+    )
     assert after.file_size == after.offset_data + after.blocks_allocated * bs
     top = chain.images[-1].layer
     for b, content in top.items():
@@ -439,16 +495,27 @@ def test_a_running_compaction_holds_a_lock(tmp_path: Path) -> None:
             seen.append(plan_compact(path).refusals)
 
     run_compact(plan_compact(path), progress=progress)
-    assert seen == [(f"'disk.vdi' is locked by another program (a running VM, qemu or another "
-                     f"vdigui); close it and try again ({path}).",)]
+    assert seen == [
+        (
+            f"'disk.vdi' is locked by another program (a running VM, qemu or another "
+            f"vdigui); close it and try again ({path}).",
+        )
+    ]
     assert ref_read([path]) == expected
     assert plan_compact(path).can_run
 
 
-@pytest.mark.parametrize("kw", [
-    {"placement": "qemu"}, {"placement": "packed"}, {"version": 0x00000002},
-    {"block_extra": 4096}, {"header_size": 0x180},
-], ids=["qemu", "packed", "legacy", "extra", "v1.1-0x180"])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"placement": "qemu"},
+        {"placement": "packed"},
+        {"version": 0x00000002},
+        {"block_extra": 4096},
+        {"header_size": 0x180},
+    ],
+    ids=["qemu", "packed", "legacy", "extra", "v1.1-0x180"],
+)
 @pytest.mark.parametrize("defrag", [False, True])
 def test_other_layouts(tmp_path: Path, kw: dict[str, object], defrag: bool) -> None:
     """Every layout the engine reads compacts in place and defragments."""
@@ -475,8 +542,14 @@ def test_blocks_that_start_with_zeros_are_read_whole(tmp_path: Path, qemu_img: s
     late[MIB - 1] = 7
     middle = bytearray(MIB)
     middle[compact.PROBE_BYTES] = 1
-    layer = {0: bytes(late), 1: bytes(MIB), 2: pattern(2, MIB), 3: bytes(middle),
-             4: bytes(MIB), 5: pattern(5, MIB)}
+    layer = {
+        0: bytes(late),
+        1: bytes(MIB),
+        2: pattern(2, MIB),
+        3: bytes(middle),
+        4: bytes(MIB),
+        5: pattern(5, MIB),
+    }
     built = build_image(tmp_path / "d.vdi", 8 * MIB, layer, slot_order="shuffle", seed=4)
     expected = ref_read([built.path])
     result = run_compact(plan_compact(built.path, scan=True))
@@ -493,9 +566,14 @@ def test_defrag_verification_catches_a_corrupted_write(tmp_path: Path) -> None:
     chain = make_chain(tmp_path, 16, depth=2)
     state = folder_state(tmp_path)
     ops = FaultyOps(nth_write(2, min_length=MIB))
-    with fileio.use(ops), pytest.raises(VerificationError,
-                                        match=r"^Verification failed: the rebuilt .* reads "
-                                              r"differently \(guest block \d+ reads back"):
+    with (
+        fileio.use(ops),
+        pytest.raises(
+            VerificationError,
+            match=r"^Verification failed: the rebuilt .* reads "
+            r"differently \(guest block \d+ reads back",
+        ),
+    ):
         run_compact(plan_compact(chain.leaf, defrag=True))
     assert ops.fired
     assert folder_state(tmp_path) == state

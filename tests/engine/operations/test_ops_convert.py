@@ -49,14 +49,18 @@ def test_dynamic_to_fixed_and_back_keeps_identity(tmp_path: Path, qemu_img: str)
     assert_qemu_same(qemu_img, expected, path, tmp_path)
     for img in (fixed,):
         assert (img.uuid, img.modify_uuid, img.comment, img.lchs) == (
-            before.uuid, before.modify_uuid, before.comment, before.lchs)
+            before.uuid,
+            before.modify_uuid,
+            before.comment,
+            before.lchs,
+        )
     assert path.stat().st_mode & 0o777 == 0o600
     assert files_in(tmp_path) == {path.name}
     rec.assert_sane()
 
     result = run_convert(plan_convert(path, "dynamic"))
     dynamic = ref_open(path)
-    nonzero = [b for b in range(24) if expected[b * MIB:(b + 1) * MIB] != bytes(MIB)]
+    nonzero = [b for b in range(24) if expected[b * MIB : (b + 1) * MIB] != bytes(MIB)]
     assert dynamic.image_type == 1
     assert [b for b, e in enumerate(dynamic.entries) if e < ZERO] == nonzero
     assert [e for e in dynamic.entries if e < ZERO] == list(range(len(nonzero)))
@@ -74,16 +78,19 @@ def test_refusals(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert plan_convert(top, "fixed").refusals == (
         f"'{top.name}' is a differencing image: its unallocated blocks show its parent's data, "
         "so it cannot become a fixed image. Clone it with 'vdictl clone --fixed' for a "
-        "standalone fixed copy.",)
+        "standalone fixed copy.",
+    )
     assert plan_convert(top, "dynamic").refusals == (
         f"'{top.name}' is a differencing image, which is already stored dynamically; use "
-        "'vdictl compact' to shrink it.",)
+        "'vdictl compact' to shrink it.",
+    )
     base = chain.images[0].path
     assert plan_convert(base, "dynamic").refusals == ("'base.vdi' is already a dynamic image.",)
     monkeypatch.setattr(convert, "free_space", lambda folder: 3 * MIB)
     assert plan_convert(base, "fixed").refusals == (
         f"Not enough free space in '{base.parent}' for the converted copy of 'base.vdi': "
-        "10.0 MiB needed, 3.0 MiB free.",)
+        "10.0 MiB needed, 3.0 MiB free.",
+    )
     with pytest.raises(OperationRefused, match="Not enough free space"):
         run_convert(plan_convert(base, "fixed"))
     with pytest.raises(Exception, match="choose fixed or dynamic"):
@@ -100,15 +107,15 @@ def test_refuses_an_image_in_use(tmp_path: Path) -> None:
         release(proc)
 
 
-@pytest.mark.parametrize(("phase", "after"), [("converting blocks", 4),
-                                             ("converting blocks", 16)])
+@pytest.mark.parametrize(("phase", "after"), [("converting blocks", 4), ("converting blocks", 16)])
 def test_cancel_changes_nothing(tmp_path: Path, phase: str, after: int) -> None:
     path, _ = make_base(tmp_path, 16)
     state = folder_state(tmp_path)
     token = CancelToken()
     with pytest.raises(OperationCancelled, match=r"^Cancelled: nothing was changed\.$"):
-        run_convert(plan_convert(path, "fixed"), progress=Recorder(token, phase, after),
-                    cancel=token)
+        run_convert(
+            plan_convert(path, "fixed"), progress=Recorder(token, phase, after), cancel=token
+        )
     assert folder_state(tmp_path) == state
 
 
@@ -120,8 +127,10 @@ def test_failure_and_verification_mismatch_keep_the_original(tmp_path: Path) -> 
         run_convert(plan_convert(built.path, "dynamic"))
     assert failing.fired and folder_state(tmp_path) == state
     corrupting = FaultyOps(nth_write(1, min_length=MIB))
-    with fileio.use(corrupting), pytest.raises(VerificationError,
-                                               match="the original is unchanged"):
+    with (
+        fileio.use(corrupting),
+        pytest.raises(VerificationError, match="the original is unchanged"),
+    ):
         run_convert(plan_convert(built.path, "dynamic"))
     assert corrupting.fired and folder_state(tmp_path) == state
 
@@ -142,5 +151,7 @@ def test_hard_links_are_warned_about(tmp_path: Path) -> None:
     path, _ = make_base(tmp_path, 4)
     os.link(path, tmp_path / "other.vdi")
     plan = plan_convert(path, "fixed")
-    assert plan.warnings[0] == ("'disk.vdi' has 1 other hard link(s); only this name will show "
-                                "the rebuilt file, the others keep the old one.")
+    assert plan.warnings[0] == (
+        "'disk.vdi' has 1 other hard link(s); only this name will show "
+        "the rebuilt file, the others keep the old one."
+    )

@@ -47,8 +47,21 @@ from vdigui.engine.operations.safefile import backup_path
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "powerloss"))
 from killrun import kill_mid, kill_points, total_calls
 
-COUNTED = ("open", "pwrite", "pwritev", "copy_range", "ftruncate", "fsync", "fdatasync",
-           "replace", "link", "unlink", "mkdir", "rmdir", "fsync_dir")
+COUNTED = (
+    "open",
+    "pwrite",
+    "pwritev",
+    "copy_range",
+    "ftruncate",
+    "fsync",
+    "fdatasync",
+    "replace",
+    "link",
+    "unlink",
+    "mkdir",
+    "rmdir",
+    "fsync_dir",
+)
 BEST_EFFORT = ("chmod", "chown", "fallocate")
 
 
@@ -106,8 +119,9 @@ for _name in (*COUNTED, *BEST_EFFORT):
     setattr(FailAt, _name, _failing(_name))
 
 
-def assert_recovers(path: Path, paths: list[Path], expected: bytes, qemu_img: str | None,
-                    raw: Path) -> None:
+def assert_recovers(
+    path: Path, paths: list[Path], expected: bytes, qemu_img: str | None, raw: Path
+) -> None:
     """Opens, reads as before, is consistent; a second compact finishes cleanly."""
     with open_image(path) as image:
         errors = [f for f in check_image(image) if f.severity == "error"]
@@ -128,9 +142,14 @@ def assert_recovers(path: Path, paths: list[Path], expected: bytes, qemu_img: st
         assert_qemu_same_raw(qemu_img, raw, path)
 
 
-def _every_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make: Callable[[Path], Path],
-                paths_of: Callable[[Path], list[Path]], expected: bytes,
-                qemu_img: str | None) -> int:
+def _every_call(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    make: Callable[[Path], Path],
+    paths_of: Callable[[Path], list[Path]],
+    expected: bytes,
+    qemu_img: str | None,
+) -> int:
     monkeypatch.setattr(compact, "MOVE_BATCH_BYTES", 2 * MIB)  # several batches
     # Not what these tests are about, and the /proc scans cost time at hundreds of runs.
     monkeypatch.setattr(compact, "busy_reasons", lambda path: ())
@@ -159,14 +178,16 @@ def _every_call(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make: Callable[
                 assert exc.errno == errno.EIO
                 raised = True
         assert injector.failed is not None, f"call {k} of {total} never came"
-        assert raised or injector.failed in BEST_EFFORT, \
+        assert raised or injector.failed in BEST_EFFORT, (
             f"the failure of call {k} ({injector.failed}) was swallowed"
+        )
         assert_recovers(path, paths_of(path), expected, qemu_img, raw)
     return total
 
 
-def test_injected_failure_at_every_call_base(fast_tmp: Path, qemu_img: str,
-                                             monkeypatch: pytest.MonkeyPatch) -> None:
+def test_injected_failure_at_every_call_base(
+    fast_tmp: Path, qemu_img: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     blocks = 20
     layer = many_moves_layer(blocks, 16, 6, seed=5)
     # A crash leftover too: cBlocksAllocated one too high and a torn tail.
@@ -174,16 +195,23 @@ def test_injected_failure_at_every_call_base(fast_tmp: Path, qemu_img: str,
 
     def make(folder: Path) -> Path:
         folder.mkdir()
-        return build_image(folder / "d.vdi", blocks * MIB, layer, slot_order="shuffle",  # type: ignore[arg-type]
-                           seed=5, tail=b"\x55" * 4096).path
+        return build_image(
+            folder / "d.vdi",
+            blocks * MIB,
+            layer,
+            slot_order="shuffle",  # type: ignore[arg-type]
+            seed=5,
+            tail=b"\x55" * 4096,
+        ).path
 
     total = _every_call(fast_tmp, monkeypatch, make, lambda p: [p], expected, qemu_img)
     print("file-changing calls:", total)
     assert total > 15
 
 
-def test_injected_failure_at_every_call_differencing(fast_tmp: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_injected_failure_at_every_call_differencing(
+    fast_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     blocks = 16
     rng = random.Random(9)
     base = {b: pattern(b, MIB) for b in range(blocks) if rng.random() < 0.8}
@@ -208,8 +236,13 @@ def _pristine(fast_tmp: Path) -> tuple[Path, bytes, Path]:
     blocks = 40
     layer = many_moves_layer(blocks, 36, 12, seed=11)
     expected = model_read([layer], blocks * MIB, MIB)  # type: ignore[list-item]
-    pristine = build_image(fast_tmp / "pristine.vdi", blocks * MIB, layer,  # type: ignore[arg-type]
-                           slot_order="shuffle", seed=11).path
+    pristine = build_image(
+        fast_tmp / "pristine.vdi",
+        blocks * MIB,
+        layer,  # type: ignore[arg-type]
+        slot_order="shuffle",
+        seed=11,
+    ).path
     raw = fast_tmp / "expected.raw"
     raw.write_bytes(expected)
     return pristine, expected, raw
@@ -249,8 +282,11 @@ def test_sigkill_mid_clone_and_convert(fast_tmp: Path, qemu_img: str, what: str)
 
     def args(folder: Path) -> list[str]:
         src = folder / "d.vdi"
-        return (["clone", str(src), str(folder / "c.vdi")] if what == "clone"
-                else ["convert", str(src), "--to", "fixed"])
+        return (
+            ["clone", str(src), str(folder / "c.vdi")]
+            if what == "clone"
+            else ["convert", str(src), "--to", "fixed"]
+        )
 
     ref = fast_tmp / "ref"
     ref.mkdir()
@@ -284,9 +320,9 @@ def test_sigkill_mid_clone_and_convert(fast_tmp: Path, qemu_img: str, what: str)
 
 
 @pytest.mark.parametrize("what", ["clone", "convert"])
-def test_injected_failure_at_every_call_clone_and_convert(fast_tmp: Path, qemu_img: str,
-                                                          monkeypatch: pytest.MonkeyPatch,
-                                                          what: str) -> None:
+def test_injected_failure_at_every_call_clone_and_convert(
+    fast_tmp: Path, qemu_img: str, monkeypatch: pytest.MonkeyPatch, what: str
+) -> None:
     """A failed clone or convert leaves the source reading as before (a clone's source
     byte-identical), the output absent or complete (only an error after the commit leaves
     it), no temporary file; running it again then succeeds."""

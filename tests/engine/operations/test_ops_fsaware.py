@@ -57,7 +57,7 @@ def _used_equal(expected: bytes, paths: list[Path], used: np.ndarray) -> None:
     """Every block the guest uses reads the same; unused ones read as zeros or as before."""
     with open_paths(paths) as chain:
         for block in range(len(used)):
-            x, y = expected[block * MiB:(block + 1) * MiB], chain.read_block(block)
+            x, y = expected[block * MiB : (block + 1) * MiB], chain.read_block(block)
             if used[block]:
                 assert x == y, block
             else:
@@ -77,9 +77,9 @@ def test_compact_fs_aware_end_to_end(guest: GuestDisk, tmp_path: Path) -> None:
     kept = int(np.count_nonzero(before.allocated & (before.usage.used_bytes > 0)))
     assert after.blocks_allocated == kept
     assert after.file_size == after.offset_data + kept * MiB
-    assert [after.entries[b] for b in np.flatnonzero(before.allocated
-                                                     & (before.usage.used_bytes == 0))] \
-        == [ZERO] * result.fs_blocks
+    assert [
+        after.entries[b] for b in np.flatnonzero(before.allocated & (before.usage.used_bytes == 0))
+    ] == [ZERO] * result.fs_blocks
     assert np.array_equal(usage_report([path]).usage.used_bytes, before.usage.used_bytes)
     raw = _export([path], tmp_path / "after.raw")
     check_raw(raw, guest.hashes, tmp_path / "check")
@@ -135,8 +135,11 @@ def test_refuses_saved_vm(guest: GuestDisk, tmp_path: Path) -> None:
     with open_image(path) as image:
         disk_uuid = image.header.uuid
     vbox = write_vbox(folder / "VM.vbox", uuidlib.uuid4(), "VM", [(disk_uuid, "disk.vdi", [])])
-    vbox.write_text(vbox.read_text().replace('snapshotFolder="Snapshots"',
-                                             'snapshotFolder="Snapshots" stateFile="now.sav"'))
+    vbox.write_text(
+        vbox.read_text().replace(
+            'snapshotFolder="Snapshots"', 'snapshotFolder="Snapshots" stateFile="now.sav"'
+        )
+    )
     (folder / "now.sav").write_bytes(b"saved memory")
     plan = plan_compact(path, fs_aware=True)
     assert not plan.can_run and any("saved" in r for r in plan.refusals)
@@ -159,8 +162,9 @@ def shm_tmp(tmp_path: Path) -> Iterator[Path]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def test_injected_failure_at_every_write(guest: GuestDisk, shm_tmp: Path, tmp_path: Path,
-                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_injected_failure_at_every_write(
+    guest: GuestDisk, shm_tmp: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Like the plain crash tests: after a failure at any write or flush the image is
     consistent, every block the guest uses reads as before, and a rerun finishes."""
     monkeypatch.setattr(compact, "MOVE_BATCH_BYTES", 2 * MiB)
@@ -195,12 +199,18 @@ def test_refuses_an_online_snapshot_of_the_disk(guest: GuestDisk, tmp_path: Path
     path = _copy(guest, folder)
     with open_image(path) as image:
         disk_uuid = image.header.uuid
-    vbox = write_vbox(folder / "VM.vbox", uuidlib.uuid4(), "VM", [(disk_uuid, "disk.vdi", [])],
-                      snapshot=("Running", uuidlib.uuid4()))
+    vbox = write_vbox(
+        folder / "VM.vbox",
+        uuidlib.uuid4(),
+        "VM",
+        [(disk_uuid, "disk.vdi", [])],
+        snapshot=("Running", uuidlib.uuid4()),
+    )
     plan = plan_compact(path, fs_aware=True)
     assert plan.can_run, plan.refusals  # an offline snapshot is fine
-    vbox.write_text(vbox.read_text().replace('name="Running"',
-                                             'name="Running" stateFile="run.sav"'))
+    vbox.write_text(
+        vbox.read_text().replace('name="Running"', 'name="Running" stateFile="run.sav"')
+    )
     (folder / "run.sav").write_bytes(b"saved memory")
     plan = plan_compact(path, fs_aware=True)
     assert any("Snapshot 'Running' was taken while the VM ran" in r for r in plan.refusals)

@@ -46,17 +46,29 @@ def sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def make_disk(folder: Path, qemu_img: str, size_mib: int, table: str | None = None,
-              ext4: tuple[int, int] | None = None, *, static: bool = False,
-              extra: tuple[tuple[int, bytes], ...] = ()) -> tuple[Path, Path]:
+def make_disk(
+    folder: Path,
+    qemu_img: str,
+    size_mib: int,
+    table: str | None = None,
+    ext4: tuple[int, int] | None = None,
+    *,
+    static: bool = False,
+    extra: tuple[tuple[int, bytes], ...] = (),
+) -> tuple[Path, Path]:
     """A raw disk (sfdisk ``table``, an ext4 filesystem at (start, sectors)) and its VDI."""
     folder.mkdir(parents=True, exist_ok=True)
     raw = folder / "disk.raw"
     with open(raw, "wb") as f:
         f.truncate(size_mib * MIB)
     if table is not None:
-        subprocess.run([require_tool("sfdisk"), "-q", str(raw)], input=table, text=True,
-                       check=True, capture_output=True)
+        subprocess.run(
+            [require_tool("sfdisk"), "-q", str(raw)],
+            input=table,
+            text=True,
+            check=True,
+            capture_output=True,
+        )
     if ext4 is not None:
         start, sectors = ext4
         fs = folder / "fs.img"
@@ -71,8 +83,7 @@ def make_disk(folder: Path, qemu_img: str, size_mib: int, table: str | None = No
             out.seek(offset)
             out.write(data)
     vdi = folder / "disk.vdi"
-    args = ["convert", "-O", "vdi"] + (["-o", "static=on"] if static else []) + [str(raw),
-                                                                                 str(vdi)]
+    args = ["convert", "-O", "vdi"] + (["-o", "static=on"] if static else []) + [str(raw), str(vdi)]
     run(qemu_img, *args)
     return raw, vdi
 
@@ -87,7 +98,8 @@ def to_raw(qemu_img: str, vdi: Path) -> Path:
 def assert_oracles(qemu_img: str, vdi: Path, old_raw: Path, new_size: int) -> Path:
     """qemu-img check clean, virtual size, and the old content kept (the new space zero)."""
     assert run(qemu_img, "check", vdi, check=False).returncode == 0, run(
-        qemu_img, "check", vdi, check=False).stdout
+        qemu_img, "check", vdi, check=False
+    ).stdout
     info = json.loads(run(qemu_img, "info", "--output=json", vdi).stdout)
     assert info["virtual-size"] == new_size
     new_raw = to_raw(qemu_img, vdi)
@@ -107,9 +119,10 @@ def _same_prefix(old: bytes, new: bytes, common: int) -> bool:
 
 # -- grow -------------------------------------------------------------------------------------
 
-def test_grow_dynamic_moves_first_blocks_and_undo_restores_bytes(tmp_path: Path,
-                                                                 qemu_img: str,
-                                                                 qemu_io: str) -> None:
+
+def test_grow_dynamic_moves_first_blocks_and_undo_restores_bytes(
+    tmp_path: Path, qemu_img: str, qemu_io: str
+) -> None:
     raw, vdi = make_disk(tmp_path, qemu_img, 8)
     run(qemu_io, "-c", "write -P 0xab 0 3M", "-c", "write -P 0x5c 6M 1M", vdi)
     run(qemu_img, "convert", "-O", "raw", vdi, raw)
@@ -144,8 +157,9 @@ def test_grow_dynamic_in_place_when_the_map_area_has_room(tmp_path: Path, qemu_i
     assert_oracles(qemu_img, vdi, raw, 100 * MIB)
 
 
-def test_grow_fixed_in_place_stays_fully_allocated(tmp_path: Path, qemu_img: str,
-                                                   qemu_io: str) -> None:
+def test_grow_fixed_in_place_stays_fully_allocated(
+    tmp_path: Path, qemu_img: str, qemu_io: str
+) -> None:
     raw, vdi = make_disk(tmp_path, qemu_img, 4, static=True)
     run(qemu_io, "-c", "write -P 0x11 0 4M", vdi)
     run(qemu_img, "convert", "-O", "raw", vdi, raw)
@@ -159,8 +173,10 @@ def test_grow_fixed_in_place_stays_fully_allocated(tmp_path: Path, qemu_img: str
 
 
 def test_grow_gpt_partition_ext4(tmp_path: Path, qemu_img: str) -> None:
-    table = (f"label: gpt\nstart=2048, size=8192, type={SWAP_GUID}\n"
-             f"start=10240, size=40960, type={LINUX_GUID}\n")
+    table = (
+        f"label: gpt\nstart=2048, size=8192, type={SWAP_GUID}\n"
+        f"start=10240, size=40960, type={LINUX_GUID}\n"
+    )
     raw, vdi = make_disk(tmp_path, qemu_img, 32, table, ext4=(10240, 40960))
     plan = plan_resize(vdi, 96 * MIB, grow_partition=True)
     assert plan.filesystem == "ext4"
@@ -179,7 +195,7 @@ def test_grow_gpt_partition_ext4(tmp_path: Path, qemu_img: str) -> None:
     # the old content: everything but the table sectors (LBA 0..33 and the old backup) reads
     # as before, the filesystem is clean and can be grown into the partition
     old, new = raw.read_bytes(), out.read_bytes()
-    assert old[34 * 512:(10240 + 40960) * 512] == new[34 * 512:(10240 + 40960) * 512]
+    assert old[34 * 512 : (10240 + 40960) * 512] == new[34 * 512 : (10240 + 40960) * 512]
     part = tmp_path / "part.img"
     with open(out, "rb") as f, open(part, "wb") as p:
         f.seek(10240 * 512)
@@ -192,21 +208,25 @@ def test_grow_gpt_partition_ext4(tmp_path: Path, qemu_img: str) -> None:
 
 
 def test_grow_mbr_primary_partition(tmp_path: Path, qemu_img: str) -> None:
-    raw, vdi = make_disk(tmp_path, qemu_img, 16, "label: dos\nstart=2048, size=20480, "
-                         "type=83\n", ext4=(2048, 20480))
+    raw, vdi = make_disk(
+        tmp_path, qemu_img, 16, "label: dos\nstart=2048, size=20480, type=83\n", ext4=(2048, 20480)
+    )
     run_resize(plan_resize(vdi, 48 * MIB, grow_partition=True))
     out = to_raw(qemu_img, vdi)
     parts = json.loads(run(require_tool("sfdisk"), "-J", out).stdout)["partitiontable"][
-        "partitions"]
+        "partitions"
+    ]
     assert parts[0]["start"] == 2048 and parts[0]["size"] == 48 * MIB // 512 - 2048
     old, new = raw.read_bytes(), out.read_bytes()
-    assert old[512:16 * MIB] == new[512:16 * MIB]  # only the MBR sector changed
+    assert old[512 : 16 * MIB] == new[512 : 16 * MIB]  # only the MBR sector changed
     assert run(qemu_img, "check", vdi, check=False).returncode == 0
 
 
 def test_grow_mbr_logical_grows_its_container(tmp_path: Path, qemu_img: str) -> None:
-    table = ("label: dos\nstart=2048, size=8192, type=83\nstart=10240, size=20480, type=5\n"
-             "start=12288, size=18432, type=83\n")
+    table = (
+        "label: dos\nstart=2048, size=8192, type=83\nstart=10240, size=20480, type=5\n"
+        "start=12288, size=18432, type=83\n"
+    )
     _raw, vdi = make_disk(tmp_path, qemu_img, 16, table)
     plan = plan_resize(vdi, 64 * MIB, grow_partition=True)
     assert plan.table is not None and plan.table.grown is not None
@@ -214,7 +234,8 @@ def test_grow_mbr_logical_grows_its_container(tmp_path: Path, qemu_img: str) -> 
     run_resize(plan)
     out = to_raw(qemu_img, vdi)
     parts = json.loads(run(require_tool("sfdisk"), "-J", out).stdout)["partitiontable"][
-        "partitions"]
+        "partitions"
+    ]
     end = 64 * MIB // 512
     ext = next(p for p in parts if p["type"] == "5")
     logical = next(p for p in parts if p["node"].endswith("5"))
@@ -222,8 +243,7 @@ def test_grow_mbr_logical_grows_its_container(tmp_path: Path, qemu_img: str) -> 
     assert logical["start"] == 12288 and logical["start"] + logical["size"] == end
 
 
-def test_grow_partition_refuses_swap_last_and_writes_nothing(tmp_path: Path,
-                                                             qemu_img: str) -> None:
+def test_grow_partition_refuses_swap_last_and_writes_nothing(tmp_path: Path, qemu_img: str) -> None:
     table = "label: dos\nstart=2048, size=20480, type=83\nstart=22528, size=8192, type=82\n"
     _raw, vdi = make_disk(tmp_path, qemu_img, 16, table)
     before = sha(vdi)
@@ -234,10 +254,11 @@ def test_grow_partition_refuses_swap_last_and_writes_nothing(tmp_path: Path,
 
 # -- shrink -----------------------------------------------------------------------------------
 
-def test_shrink_moves_slots_down_and_truncates(tmp_path: Path, qemu_img: str,
-                                               qemu_io: str) -> None:
-    _raw, vdi = make_disk(tmp_path, qemu_img, 64, "label: dos\nstart=2048, size=38912, "
-                          "type=83\n", ext4=(2048, 38912))
+
+def test_shrink_moves_slots_down_and_truncates(tmp_path: Path, qemu_img: str, qemu_io: str) -> None:
+    _raw, vdi = make_disk(
+        tmp_path, qemu_img, 64, "label: dos\nstart=2048, size=38912, type=83\n", ext4=(2048, 38912)
+    )
     # a block past the new end stored first (slot order != guest order)
     run(qemu_io, "-c", "write -P 0x99 50M 1M", "-c", "write -P 0x42 19M 1M", vdi)
     raw = to_raw(qemu_img, vdi)
@@ -256,22 +277,23 @@ def test_shrink_moves_slots_down_and_truncates(tmp_path: Path, qemu_img: str,
     assert vdi.stat().st_size == f["off_data"] + f["alloc"] * MIB  # type: ignore[operator]
     assert run(qemu_img, "check", vdi, check=False).returncode == 0
     out = to_raw(qemu_img, vdi)
-    assert out.read_bytes() == raw.read_bytes()[:24 * MIB]
+    assert out.read_bytes() == raw.read_bytes()[: 24 * MIB]
     assert run(require_tool("sfdisk"), "-V", out, check=False).returncode == 0
     jr.undo_last(tmp_path)
     assert vdi.read_bytes() == before
 
 
 def test_shrink_gpt_moves_the_backup_table(tmp_path: Path, qemu_img: str) -> None:
-    raw, vdi = make_disk(tmp_path, qemu_img, 64, f"label: gpt\nstart=2048, size=20480, "
-                         f"type={LINUX_GUID}\n")
+    raw, vdi = make_disk(
+        tmp_path, qemu_img, 64, f"label: gpt\nstart=2048, size=20480, type={LINUX_GUID}\n"
+    )
     minimum = (2048 + 20480 + 33) * 512
     with pytest.raises(OperationRefused, match=f"the smallest size is {minimum:,} bytes"):
         plan_resize(vdi, 11 * MIB)
     run_resize(plan_resize(vdi, 12 * MIB))
     out = to_raw(qemu_img, vdi)
     assert "No problems found" in run(require_tool("sgdisk"), "-v", out).stdout
-    assert out.read_bytes()[34 * 512:22528 * 512] == raw.read_bytes()[34 * 512:22528 * 512]
+    assert out.read_bytes()[34 * 512 : 22528 * 512] == raw.read_bytes()[34 * 512 : 22528 * 512]
 
 
 def test_shrink_refused_without_a_partition_table(tmp_path: Path, qemu_img: str) -> None:
@@ -281,6 +303,7 @@ def test_shrink_refused_without_a_partition_table(tmp_path: Path, qemu_img: str)
 
 
 # -- VM folders -------------------------------------------------------------------------------
+
 
 def test_vm_with_two_snapshots_grows_every_layer(tmp_path: Path, qemu_img: str) -> None:
     vm = VmBuilder(tmp_path / "vm", disk_size=6 * MIB)
@@ -301,10 +324,10 @@ def test_vm_with_two_snapshots_grows_every_layer(tmp_path: Path, qemu_img: str) 
     for snap in vm.snaps:
         state = read_state(vm.folder, snap.disks[0])
         assert state.size == 20 * MIB
-        assert np.array_equal(state[:6 * MIB], vm.expected[snap.uuid][0])
-        assert not state[6 * MIB:].any()
+        assert np.array_equal(state[: 6 * MIB], vm.expected[snap.uuid][0])
+        assert not state[6 * MIB :].any()
     current = read_state(vm.folder, vm.leaves[0])
-    assert current.size == 20 * MIB and np.array_equal(current[:6 * MIB], vm.content[0])
+    assert current.size == 20 * MIB and np.array_equal(current[: 6 * MIB], vm.content[0])
     assert run(qemu_img, "check", vm.folder / "vm.vdi", check=False).returncode == 0
     from vdigui.cli import main
 
@@ -347,8 +370,7 @@ def test_no_undo_discards_backups(tmp_path: Path, qemu_img: str) -> None:
     shutil.rmtree(tmp_path / ".vdigui")
 
 
-def test_cancel_rolls_back_to_the_old_bytes(tmp_path: Path, qemu_img: str,
-                                             qemu_io: str) -> None:
+def test_cancel_rolls_back_to_the_old_bytes(tmp_path: Path, qemu_img: str, qemu_io: str) -> None:
     from vdigui.engine.errors import OperationCancelled
     from vdigui.engine.progress import CancelToken, Progress
 
@@ -369,8 +391,7 @@ def test_cancel_rolls_back_to_the_old_bytes(tmp_path: Path, qemu_img: str,
     assert jr.last_operation(tmp_path) is None
 
 
-def test_plan_refuses_an_image_changed_since(tmp_path: Path, qemu_img: str,
-                                             qemu_io: str) -> None:
+def test_plan_refuses_an_image_changed_since(tmp_path: Path, qemu_img: str, qemu_io: str) -> None:
     _raw, vdi = make_disk(tmp_path, qemu_img, 8)
     plan = plan_resize(vdi, 16 * MIB)
     run(qemu_io, "-c", "write -P 0x01 4M 1M", vdi)
@@ -388,8 +409,21 @@ def _fs_image(folder: Path, kind: str, sectors: int, payload: bytes) -> Path:
     src = folder / "data.bin"
     src.write_bytes(payload)
     if kind == "ntfs":
-        run(require_tool("mkntfs"), "-q", "-F", "-Q", "-s", "512", "-p", "2048", "-H", "255",
-            "-S", "63", fs)
+        run(
+            require_tool("mkntfs"),
+            "-q",
+            "-F",
+            "-Q",
+            "-s",
+            "512",
+            "-p",
+            "2048",
+            "-H",
+            "255",
+            "-S",
+            "63",
+            fs,
+        )
         run(require_tool("ntfscp"), fs, src, "data.bin")
     else:
         run(require_tool("mkfs.vfat"), "-F", "16", "-h", "2048", fs)
@@ -397,14 +431,17 @@ def _fs_image(folder: Path, kind: str, sectors: int, payload: bytes) -> Path:
     return fs
 
 
-@pytest.mark.parametrize(("kind", "ptype", "step"), [
-    ("ntfs", "7", "Extend Volume"), ("vfat", "e", "fatresize")])
-def test_grow_keeps_ntfs_and_fat_clean(tmp_path: Path, qemu_img: str, kind: str, ptype: str,
-                                       step: str) -> None:
+@pytest.mark.parametrize(
+    ("kind", "ptype", "step"), [("ntfs", "7", "Extend Volume"), ("vfat", "e", "fatresize")]
+)
+def test_grow_keeps_ntfs_and_fat_clean(
+    tmp_path: Path, qemu_img: str, kind: str, ptype: str, step: str
+) -> None:
     payload = np.random.default_rng(5).integers(0, 256, 300_000, dtype=np.uint8).tobytes()
     fs = _fs_image(tmp_path, kind, 40960, payload)
-    raw, vdi = make_disk(tmp_path / "d", qemu_img, 32,
-                         f"label: dos\nstart=2048, size=40960, type={ptype}\n")
+    raw, vdi = make_disk(
+        tmp_path / "d", qemu_img, 32, f"label: dos\nstart=2048, size=40960, type={ptype}\n"
+    )
     with open(raw, "r+b") as out:
         out.seek(2048 * 512)
         out.write(fs.read_bytes())
@@ -414,32 +451,41 @@ def test_grow_keeps_ntfs_and_fat_clean(tmp_path: Path, qemu_img: str, kind: str,
     assert any(step in s for s in plan.guest_steps), plan.guest_steps
     run_resize(plan)
     out = to_raw(qemu_img, vdi)
-    assert out.read_bytes()[512:32 * MIB] == raw.read_bytes()[512:32 * MIB]
+    assert out.read_bytes()[512 : 32 * MIB] == raw.read_bytes()[512 : 32 * MIB]
     part = tmp_path / "part.img"
-    part.write_bytes(out.read_bytes()[2048 * 512:(2048 + 40960) * 512])
+    part.write_bytes(out.read_bytes()[2048 * 512 : (2048 + 40960) * 512])
     if kind == "ntfs":
         assert run(require_tool("ntfsfix"), "-n", part, check=False).returncode == 0
-        got = subprocess.run([require_tool("ntfscat"), str(part), "data.bin"],
-                             capture_output=True, check=True).stdout
+        got = subprocess.run(
+            [require_tool("ntfscat"), str(part), "data.bin"], capture_output=True, check=True
+        ).stdout
     else:
         assert run(require_tool("fsck.vfat"), "-n", part, check=False).returncode == 0
-        got = subprocess.run([require_tool("mtype"), "-i", str(part), "::data.bin"],
-                             capture_output=True, check=True).stdout
+        got = subprocess.run(
+            [require_tool("mtype"), "-i", str(part), "::data.bin"], capture_output=True, check=True
+        ).stdout
     assert hashlib.sha256(got).digest() == hashlib.sha256(payload).digest()
     parts = json.loads(run(require_tool("sfdisk"), "-J", out).stdout)["partitiontable"][
-        "partitions"]
+        "partitions"
+    ]
     assert parts[0]["start"] + parts[0]["size"] == 64 * MIB // 512
 
 
 def test_shrink_fixed_image(tmp_path: Path, qemu_img: str) -> None:
-    raw, vdi = make_disk(tmp_path, qemu_img, 32, "label: dos\nstart=2048, size=10240, "
-                         "type=83\n", ext4=(2048, 10240), static=True)
+    raw, vdi = make_disk(
+        tmp_path,
+        qemu_img,
+        32,
+        "label: dos\nstart=2048, size=10240, type=83\n",
+        ext4=(2048, 10240),
+        static=True,
+    )
     run_resize(plan_resize(vdi, 16 * MIB))
     f = read_header_fields(vdi)
     assert f["type"] == 2 and f["blocks"] == f["alloc"] == 16
     assert vdi.stat().st_size == f["off_data"] + 16 * MIB  # type: ignore[operator]
     assert run(qemu_img, "check", vdi, check=False).returncode == 0
-    assert to_raw(qemu_img, vdi).read_bytes() == raw.read_bytes()[:16 * MIB]
+    assert to_raw(qemu_img, vdi).read_bytes() == raw.read_bytes()[: 16 * MIB]
 
 
 def test_vm_grow_partition_writes_only_the_current_state(tmp_path: Path) -> None:
@@ -459,11 +505,11 @@ def test_vm_grow_partition_writes_only_the_current_state(tmp_path: Path) -> None
     run_resize(plan)
     for snap in vm.snaps:
         state = read_state(vm.folder, snap.disks[0])
-        assert np.array_equal(state[:8 * MIB], vm.expected[snap.uuid][0])
+        assert np.array_equal(state[: 8 * MIB], vm.expected[snap.uuid][0])
     current = read_state(vm.folder, vm.leaves[0])
     start, count = struct.unpack_from("<II", current.tobytes(), 446 + 8)
     assert (start, count) == (2048, 16 * MIB // 512 - 2048)
-    assert np.array_equal(current[512:8 * MIB], vm.content[0][512:])
+    assert np.array_equal(current[512 : 8 * MIB], vm.content[0][512:])
 
 
 def test_lchs_cylinders_follow_the_size_as_virtualbox_computes_them(tmp_path: Path) -> None:

@@ -35,8 +35,9 @@ def test_healthy_image_passes(tmp_path: Path) -> None:
 
 def test_holes_between_slots_are_not_damage(tmp_path: Path) -> None:
     # Slot 0 unused (an old vdigui merge left a hole): untidy, not damaged.
-    built = build_image(tmp_path / "d.vdi", 4 * MIB, {0: pattern(1, MIB), 1: pattern(2, MIB)},
-                        poke={0: FREE})
+    built = build_image(
+        tmp_path / "d.vdi", 4 * MIB, {0: pattern(1, MIB), 1: pattern(2, MIB)}, poke={0: FREE}
+    )
     assert built.entries[0] == FREE
     check_writable_inputs([built.path], folder=tmp_path)
 
@@ -137,10 +138,17 @@ def test_sweep_spares_temp_of_another_running_process(tmp_path: Path) -> None:
     tmp.write_bytes(b"being written")
     # Another process holds the writer's lock and waits for us to finish.
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import fcntl,os,sys; fd=os.open(sys.argv[1], os.O_RDWR); "
-         "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); sys.stdin.read()",
-         str(tmp)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-c",
+            "import fcntl,os,sys; fd=os.open(sys.argv[1], os.O_RDWR); "
+            "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); sys.stdin.read()",
+            str(tmp),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
         assert sweep_leftovers(tmp_path) == []
@@ -176,10 +184,17 @@ def test_sweep_spares_temp_another_process_has_open_without_lock(tmp_path: Path)
     tmp = tmp_path / ".disk.vdi.vdigui-tmp-abcdef01"
     tmp.write_bytes(b"being written")
     holder = subprocess.Popen(
-        [sys.executable, "-c",
-         "import os,sys; fd=os.open(sys.argv[1], os.O_RDWR); print('open', flush=True); "
-         "sys.stdin.read()", str(tmp)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-        text=True)
+        [
+            sys.executable,
+            "-c",
+            "import os,sys; fd=os.open(sys.argv[1], os.O_RDWR); print('open', flush=True); "
+            "sys.stdin.read()",
+            str(tmp),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
         assert sweep_leftovers(tmp_path) == []

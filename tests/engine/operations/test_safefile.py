@@ -68,14 +68,23 @@ def test_backup_round_trip_and_damage(tmp_path: Path) -> None:
         read_backup(backup)
 
 
-def _rewrite_beside(path: Path, dest: Path, *, check: object = None,
-                    cancel: CancelToken | None = None) -> tuple[object, bool | None]:
+def _rewrite_beside(
+    path: Path, dest: Path, *, check: object = None, cancel: CancelToken | None = None
+) -> tuple[object, bool | None]:
     with open_paths([path]) as chain:
         return rewrite_beside(
-            chain, dest, chain.top.header, keep_parent=False, progress=no_progress,
-            cancel=cancel, verify=True, cancel_message="Cancelled.",
-            commit=lambda tmp: commit_new(tmp, dest), check=check,  # type: ignore[arg-type]
-            failure=lambda problem: f"the copy reads differently ({problem}).")
+            chain,
+            dest,
+            chain.top.header,
+            keep_parent=False,
+            progress=no_progress,
+            cancel=cancel,
+            verify=True,
+            cancel_message="Cancelled.",
+            commit=lambda tmp: commit_new(tmp, dest),
+            check=check,  # type: ignore[arg-type]
+            failure=lambda problem: f"the copy reads differently ({problem}).",
+        )
 
 
 def test_rewrite_beside_commits_a_verified_copy(tmp_path: Path) -> None:
@@ -97,9 +106,11 @@ def test_rewrite_beside_leaves_nothing_when_the_check_fails(tmp_path: Path) -> N
         assert tmp.parent == tmp_path and tmp.exists()  # checked before the commit
         return "the filesystems differ"
 
-    with pytest.raises(VerificationError,
-                       match=r"^Verification failed: the copy reads differently \(the "
-                             r"filesystems differ\)\.$"):
+    with pytest.raises(
+        VerificationError,
+        match=r"^Verification failed: the copy reads differently \(the "
+        r"filesystems differ\)\.$",
+    ):
         _rewrite_beside(path, dest, check=check)
     assert len(seen) == 1 and not seen[0].exists()
     assert files_in(tmp_path) == {"disk.vdi"}

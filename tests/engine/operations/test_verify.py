@@ -21,4 +21,3 @@ def test_blocks_never_added_count_as_zeros() -> None:
     digest.add(3, raw[3072:])
     digest.add(0, raw[:1024])
     assert digest.hexdigest() == digest_of_raw(raw, 1024)
-

@@ -253,8 +253,7 @@ class NtfsVolume:
         return bytes(out)
 
     def stream(
-        self, rec: bytes | bytearray, number: int, atype: int, aname: str,
-        limit: int | None = None
+        self, rec: bytes | bytearray, number: int, atype: int, aname: str, limit: int | None = None
     ) -> bytes | None:
         """The content (up to ``limit`` bytes) of a resident or non-resident attribute."""
         for t, name, attr in self.attributes(rec):

@@ -105,6 +105,7 @@ class TableEdit:
 
 # -- MBR ------------------------------------------------------------------------------------
 
+
 @dataclass(slots=True)
 class _MbrEntry:
     sector: int  # LBA of the MBR/EBR holding the entry
@@ -146,13 +147,16 @@ def _read_mbr(read: Reader) -> tuple[list[_MbrEntry], _MbrEntry | None] | None:
         if ptype == 0:
             continue
         if status not in (0, 0x80) or count == 0:
-            raise OperationRefused("The MBR partition table has an entry vdigui does not "
-                                   f"understand (entry {i + 1}); fix it in the guest first.")
+            raise OperationRefused(
+                "The MBR partition table has an entry vdigui does not "
+                f"understand (entry {i + 1}); fix it in the guest first."
+            )
         entry = _MbrEntry(0, i, status, ptype, lba, count, 0, i + 1)
         if ptype in _EXTENDED:
             if container is not None:
-                raise OperationRefused("The MBR has two extended partitions; vdigui edits only "
-                                       "standard tables.")
+                raise OperationRefused(
+                    "The MBR has two extended partitions; vdigui edits only standard tables."
+                )
             container = entry
             entry.number = 0
             continue
@@ -163,13 +167,17 @@ def _read_mbr(read: Reader) -> tuple[list[_MbrEntry], _MbrEntry | None] | None:
         seen: set[int] = set()
         while ebr and number < 5 + 256:
             if ebr in seen or not container.start <= ebr < container.end:
-                raise OperationRefused("The chain of logical partitions (EBRs) loops or leaves "
-                                       "its extended partition; fix it in the guest first.")
+                raise OperationRefused(
+                    "The chain of logical partitions (EBRs) loops or leaves "
+                    "its extended partition; fix it in the guest first."
+                )
             seen.add(ebr)
             links = _mbr_sector_entries(read(ebr * SECTOR, SECTOR))
             if links is None:
-                raise OperationRefused(f"The logical-partition record (EBR) at sector {ebr} is "
-                                       "damaged; fix it in the guest first.")
+                raise OperationRefused(
+                    f"The logical-partition record (EBR) at sector {ebr} is "
+                    "damaged; fix it in the guest first."
+                )
             status, ptype, rel, count = links[0]
             if ptype and count:
                 data.append(_MbrEntry(ebr, 0, status, ptype, rel, count, ebr, number))
@@ -191,10 +199,11 @@ def _chs(lba: int) -> bytes:
 def _set_mbr_count(sector: bytearray, index: int, count: int, end_lba: int) -> None:
     pos = 446 + 16 * index
     struct.pack_into("<I", sector, pos + 12, count)
-    sector[pos + 5:pos + 8] = _chs(end_lba)
+    sector[pos + 5 : pos + 8] = _chs(end_lba)
 
 
 # -- GPT ------------------------------------------------------------------------------------
+
 
 def _guid(raw: bytes) -> str:
     a, b, c = struct.unpack_from("<IHH", raw)
@@ -224,30 +233,37 @@ def _read_gpt(read: Reader) -> _Gpt | None:
         return None
     hsize = struct.unpack_from("<I", raw, 12)[0]
     if not 92 <= hsize <= SECTOR:
-        raise OperationRefused("The GPT header has a size vdigui does not understand; fix the "
-                               "table in the guest (gdisk) first.")
+        raise OperationRefused(
+            "The GPT header has a size vdigui does not understand; fix the "
+            "table in the guest (gdisk) first."
+        )
     check = bytearray(raw[:hsize])
     crc = struct.unpack_from("<I", check, 16)[0]
     check[16:20] = bytes(4)
     if zlib.crc32(check) != crc:
-        raise OperationRefused("The primary GPT header is damaged (bad CRC); repair the table "
-                               "in the guest (gdisk, 'v' then 'w') first.")
+        raise OperationRefused(
+            "The primary GPT header is damaged (bad CRC); repair the table "
+            "in the guest (gdisk, 'v' then 'w') first."
+        )
     my, alt, first, last = struct.unpack_from("<QQQQ", raw, 24)
     entries_lba, count, esize, ecrc = struct.unpack_from("<QIII", raw, 72)
     if my != 1 or esize < 128 or esize % 8 or not 0 < count <= 1024:
-        raise OperationRefused("The GPT header has values vdigui does not edit; fix the table in "
-                               "the guest first.")
+        raise OperationRefused(
+            "The GPT header has values vdigui does not edit; fix the table in the guest first."
+        )
     array = bytearray(read(entries_lba * SECTOR, count * esize))
     if zlib.crc32(array) != ecrc:
-        raise OperationRefused("The primary GPT partition array is damaged (bad CRC); repair "
-                               "the table in the guest (gdisk) first.")
+        raise OperationRefused(
+            "The primary GPT partition array is damaged (bad CRC); repair "
+            "the table in the guest (gdisk) first."
+        )
     return _Gpt(raw, hsize, alt, first, last, entries_lba, count, esize, array)
 
 
 def _gpt_partitions(gpt: _Gpt) -> list[tuple[int, str, int, int]]:
     out = []
     for i in range(gpt.count):
-        e = gpt.array[i * gpt.esize:(i + 1) * gpt.esize]
+        e = gpt.array[i * gpt.esize : (i + 1) * gpt.esize]
         if e[:16] == bytes(16):
             continue
         first, last = struct.unpack_from("<QQ", e, 32)
@@ -262,11 +278,12 @@ def _gpt_header_bytes(gpt: _Gpt, my: int, alt: int, last_usable: int, entries_lb
     struct.pack_into("<Q", head, 72, entries_lba)
     struct.pack_into("<I", head, 88, zlib.crc32(gpt.array))
     head[16:20] = bytes(4)
-    struct.pack_into("<I", head, 16, zlib.crc32(bytes(head[:gpt.hsize])))
+    struct.pack_into("<I", head, 16, zlib.crc32(bytes(head[: gpt.hsize])))
     return bytes(head)
 
 
 # -- public ---------------------------------------------------------------------------------
+
 
 def inspect_table(read: Reader, disk_size: int) -> TableInfo | None:
     """The editable partition table of a disk, or None when it has none.
@@ -282,30 +299,37 @@ def inspect_table(read: Reader, disk_size: int) -> TableInfo | None:
     if any(p[1] == _PROTECTIVE for p in primaries):
         gpt = _read_gpt(read)
         if gpt is None:
-            raise OperationRefused("The MBR says the disk uses GPT but there is no valid GPT "
-                                   "header; repair the table in the guest first.")
+            raise OperationRefused(
+                "The MBR says the disk uses GPT but there is no valid GPT "
+                "header; repair the table in the guest first."
+            )
         parts = _gpt_partitions(gpt)
         tail = (gpt.array_sectors + 1) * SECTOR
         if not parts:
             return TableInfo("gpt", None, (gpt.first * SECTOR) + tail)
         i, tguid, first, last = max(parts, key=lambda p: p[3])
         why = _GPT_NOT_GROWN.get(tguid)
-        lp = LastPartition(i + 1, f"GPT #{i + 1}", first * SECTOR, (last + 1) * SECTOR, tguid,
-                           why)
+        lp = LastPartition(i + 1, f"GPT #{i + 1}", first * SECTOR, (last + 1) * SECTOR, tguid, why)
         return TableInfo("gpt", lp, lp.end + tail)
     if not data:
         end = container.end * SECTOR if container else SECTOR
         return TableInfo("mbr", None, end)
     last_entry = max(data, key=lambda e: e.end)
     name = f"EBR logical #{last_entry.number}" if last_entry.sector else f"MBR #{last_entry.number}"
-    lp = LastPartition(last_entry.number, name, last_entry.start * SECTOR,
-                       last_entry.end * SECTOR, f"0x{last_entry.ptype:02X}",
-                       _MBR_NOT_GROWN.get(last_entry.ptype))
+    lp = LastPartition(
+        last_entry.number,
+        name,
+        last_entry.start * SECTOR,
+        last_entry.end * SECTOR,
+        f"0x{last_entry.ptype:02X}",
+        _MBR_NOT_GROWN.get(last_entry.ptype),
+    )
     return TableInfo("mbr", lp, lp.end)
 
 
-def plan_table_edit(read: Reader, old_size: int, new_size: int, *,
-                    grow_last: bool) -> TableEdit | None:
+def plan_table_edit(
+    read: Reader, old_size: int, new_size: int, *, grow_last: bool
+) -> TableEdit | None:
     """The sector writes that fit the table to a disk of ``new_size`` bytes (None: none needed).
 
     ``read`` reads the guest disk as it is now (``old_size`` bytes); the writes are meant for
@@ -318,25 +342,32 @@ def plan_table_edit(read: Reader, old_size: int, new_size: int, *,
     info = inspect_table(read, old_size)
     if info is None:
         if grow_last:
-            raise OperationRefused("The disk has no partition table vdigui recognises, so there "
-                                   "is no partition to grow; run without --grow-partition.")
+            raise OperationRefused(
+                "The disk has no partition table vdigui recognises, so there "
+                "is no partition to grow; run without --grow-partition."
+            )
         return None
     if new_size < info.min_size:
         raise OperationRefused(f"The partitions end at byte {info.min_size}, past the new end.")
     if grow_last:
         last = info.last
         if last is None:
-            raise OperationRefused("The partition table is empty, so there is no partition to "
-                                   "grow; run without --grow-partition.")
+            raise OperationRefused(
+                "The partition table is empty, so there is no partition to "
+                "grow; run without --grow-partition."
+            )
         if last.not_grown_why:
             raise OperationRefused(
                 f"The last partition, {last.name}, is {last.not_grown_why}; growing it would not "
                 "give the system more room. Run without --grow-partition, then in the guest move "
                 "or delete that partition (for swap: swapoff, delete it, grow the partition "
-                "before it, recreate swap or use a swap file), or use GParted from a live CD.")
+                "before it, recreate swap or use a swap file), or use GParted from a live CD."
+            )
         if new_size < old_size:
-            raise OperationRefused("--grow-partition grows the last partition into new space; "
-                                   "it cannot be combined with shrinking.")
+            raise OperationRefused(
+                "--grow-partition grows the last partition into new space; "
+                "it cannot be combined with shrinking."
+            )
     if info.scheme == "gpt":
         return _gpt_edit(read, old_size, new_size, grow_last)
     return _mbr_edit(read, info, new_size, grow_last)
@@ -361,12 +392,16 @@ def _mbr_edit(read: Reader, info: TableInfo, new_size: int, grow_last: bool) -> 
         entry = max(data, key=lambda e: e.end)
         new_count = total - entry.start
         if new_count <= entry.count:
-            raise OperationRefused(f"{info.last.name} already reaches the end of the disk (MBR "
-                                   "tables address at most 2 TiB); there is nothing to grow.")
+            raise OperationRefused(
+                f"{info.last.name} already reaches the end of the disk (MBR "
+                "tables address at most 2 TiB); there is nothing to grow."
+            )
         _set_mbr_count(sector(entry.sector), entry.index, new_count, total - 1)
         grown, grown_end = info.last, total * SECTOR
-        notes.append(f"{info.last.name} grows from {entry.count} to {new_count} sectors (to the "
-                     "end of the disk).")
+        notes.append(
+            f"{info.last.name} grows from {entry.count} to {new_count} sectors (to the "
+            "end of the disk)."
+        )
         if entry.sector and container is not None:
             _set_mbr_count(sector(0), container.index, total - container.start, total - 1)
             notes.append("Its extended container grows to the end of the disk as well.")
@@ -389,23 +424,31 @@ def _gpt_edit(read: Reader, old_size: int, new_size: int, grow_last: bool) -> Ta
     alt = total - 1
     backup_entries = alt - n
     last_usable = backup_entries - 1
-    notes = [f"The backup GPT (header and partition array) moves to the last {n + 1} sectors "
-             "of the new disk; both headers and the array get new CRC-32 checksums."]
+    notes = [
+        f"The backup GPT (header and partition array) moves to the last {n + 1} sectors "
+        "of the new disk; both headers and the array get new CRC-32 checksums."
+    ]
     parts = _gpt_partitions(gpt)
     grown = None
     grown_end = 0
     if grow_last and parts:
         i, tguid, first, last = max(parts, key=lambda p: p[3])
         if last_usable <= last:
-            raise OperationRefused(f"GPT #{i + 1} already reaches the end of the usable space; "
-                                   "there is nothing to grow.")
+            raise OperationRefused(
+                f"GPT #{i + 1} already reaches the end of the usable space; "
+                "there is nothing to grow."
+            )
         struct.pack_into("<Q", gpt.array, i * gpt.esize + 40, last_usable)
         why = _GPT_NOT_GROWN.get(tguid)
-        grown = LastPartition(i + 1, f"GPT #{i + 1}", first * SECTOR, (last + 1) * SECTOR,
-                              tguid, why)
+        grown = LastPartition(
+            i + 1, f"GPT #{i + 1}", first * SECTOR, (last + 1) * SECTOR, tguid, why
+        )
         grown_end = (last_usable + 1) * SECTOR
-        notes.insert(0, f"GPT #{i + 1} grows from {last - first + 1} to "
-                        f"{last_usable - first + 1} sectors (to the last usable sector).")
+        notes.insert(
+            0,
+            f"GPT #{i + 1} grows from {last - first + 1} to "
+            f"{last_usable - first + 1} sectors (to the last usable sector).",
+        )
     for i, _t, _first, last in parts:
         if last > last_usable:
             raise OperationRefused(f"GPT #{i + 1} ends past the new last usable sector.")
@@ -435,5 +478,11 @@ def partition_device(number: int) -> str:
     return f"/dev/sda{number}"
 
 
-__all__ = ["LastPartition", "TableEdit", "TableInfo", "inspect_table", "partition_device",
-           "plan_table_edit"]
+__all__ = [
+    "LastPartition",
+    "TableEdit",
+    "TableInfo",
+    "inspect_table",
+    "partition_device",
+    "plan_table_edit",
+]

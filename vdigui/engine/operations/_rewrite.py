@@ -45,9 +45,19 @@ from vdigui.engine.operations.verify import GuestDigest
 from vdigui.engine.progress import CancelToken, Progress, ProgressFn
 
 #: Header fields the finished output must hold exactly as intended.
-_CHECKED_FIELDS = ("image_type", "disk_size", "block_size", "blocks", "blocks_allocated",
-                   "offset_blocks", "offset_data", "uuid", "modify_uuid", "parent_uuid",
-                   "parent_modify_uuid")
+_CHECKED_FIELDS = (
+    "image_type",
+    "disk_size",
+    "block_size",
+    "blocks",
+    "blocks_allocated",
+    "offset_blocks",
+    "offset_data",
+    "uuid",
+    "modify_uuid",
+    "parent_uuid",
+    "parent_modify_uuid",
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,8 +99,9 @@ class RewriteStats:
         return f"digest {out} instead of {self.source_hash}"
 
 
-def source_spec(chain: DiskChain, blocks: np.ndarray, layer: np.ndarray,
-                entry: np.ndarray) -> CopySpec:
+def source_spec(
+    chain: DiskChain, blocks: np.ndarray, layer: np.ndarray, entry: np.ndarray
+) -> CopySpec:
     """The copy jobs reading guest ``blocks`` from the layers serving them.
 
     Every slot is checked to lie inside its file first, so a damaged map fails with the
@@ -123,8 +134,11 @@ def _start_output(out: TempOutput, header: VdiHeader, fixed: bool) -> None:
     step = 1 << 18  # map entries per write: a 2 TiB disk's 8 MiB map is not built at once
     for first in range(0, header.blocks, step):
         count = min(step, header.blocks - first)
-        chunk = (np.arange(first, first + count, dtype="<u4") if fixed
-                 else np.full(count, BLOCK_FREE, dtype="<u4"))
+        chunk = (
+            np.arange(first, first + count, dtype="<u4")
+            if fixed
+            else np.full(count, BLOCK_FREE, dtype="<u4")
+        )
         fileio.pwrite(fd, chunk.tobytes(), header.offset_blocks + 4 * first)
     end = header.expected_file_size(header.blocks if fixed else 0)
     fileio.ftruncate(fd, end)
@@ -132,10 +146,19 @@ def _start_output(out: TempOutput, header: VdiHeader, fixed: bool) -> None:
         fileio.fallocate(fd, header.offset_data, end - header.offset_data)
 
 
-def rewrite(chain: DiskChain, out: TempOutput, header: VdiHeader, *, keep_parent: bool,
-            progress: ProgressFn, cancel: CancelToken | None, verify: bool,
-            cancel_message: str, phase: str = "copying blocks",
-            drop: np.ndarray | None = None) -> RewriteStats:
+def rewrite(
+    chain: DiskChain,
+    out: TempOutput,
+    header: VdiHeader,
+    *,
+    keep_parent: bool,
+    progress: ProgressFn,
+    cancel: CancelToken | None,
+    verify: bool,
+    cancel_message: str,
+    phase: str = "copying blocks",
+    drop: np.ndarray | None = None,
+) -> RewriteStats:
     """Write ``chain``'s guest content into the new, empty file ``out`` with ``header``'s identity.
 
     Args:
@@ -169,8 +192,11 @@ def rewrite(chain: DiskChain, out: TempOutput, header: VdiHeader, *, keep_parent
     if drop is not None:
         k = min(total, drop.size)
         dropped[:k] = drop[:k]
-    new_map = (np.arange(header.blocks, dtype=np.uint32) if fixed
-               else np.full(header.blocks, BLOCK_FREE, dtype=np.uint32))
+    new_map = (
+        np.arange(header.blocks, dtype=np.uint32)
+        if fixed
+        else np.full(header.blocks, BLOCK_FREE, dtype=np.uint32)
+    )
     _start_output(out, header, fixed)
     shown = [0]  # the last guest block count reported
 
@@ -180,9 +206,19 @@ def rewrite(chain: DiskChain, out: TempOutput, header: VdiHeader, *, keep_parent
             progress(Progress(phase, done, total, done * bs))
 
     if keep_parent:
-        stats = _keep_parent(chain, out, header, new_map, dropped, digest, top_index,
-                             show=show, cancel=cancel, verify=verify,
-                             cancel_message=cancel_message)
+        stats = _keep_parent(
+            chain,
+            out,
+            header,
+            new_map,
+            dropped,
+            digest,
+            top_index,
+            show=show,
+            cancel=cancel,
+            verify=verify,
+            cancel_message=cancel_message,
+        )
         stored, zero_blocks, parent_blocks, drop_count, mismatch = stats
     else:
         layer, entry = chain.serving()
@@ -199,15 +235,23 @@ def rewrite(chain: DiskChain, out: TempOutput, header: VdiHeader, *, keep_parent
             show(int(needed[done_jobs - 1]) + 1)
 
         outcome = copy_blocks(
-            spec, out.fd, dst=(header.offset_data + needed * bs) if fixed else None,
-            dense_base=header.offset_data, verify=verify, report=report, cancel=cancel,
-            cancel_message=cancel_message, on_written=None if digest is None else hash_written)
+            spec,
+            out.fd,
+            dst=(header.offset_data + needed * bs) if fixed else None,
+            dense_base=header.offset_data,
+            verify=verify,
+            report=report,
+            cancel=cancel,
+            cancel_message=cancel_message,
+            on_written=None if digest is None else hash_written,
+        )
         stored = outcome.stored
         zero_blocks = total - int(np.count_nonzero(dropped)) - stored
         if not fixed:
             written = outcome.written
-            new_map[needed[written]] = ((outcome.dst[written] - header.offset_data) // bs
-                                        ).astype(np.uint32)
+            new_map[needed[written]] = ((outcome.dst[written] - header.offset_data) // bs).astype(
+                np.uint32
+            )
         parent_blocks = 0
         mismatch = None if outcome.mismatch is None else int(needed[outcome.mismatch])
     if cancel is not None:
@@ -218,27 +262,39 @@ def rewrite(chain: DiskChain, out: TempOutput, header: VdiHeader, *, keep_parent
     # The data first, durable, then the map and header that point at it.
     fileio.fsync(out.fd)
     if not fixed:
-        fileio.pwrite(out.fd, new_map.astype("<u4", copy=False).tobytes(),
-                      final.offset_blocks)
+        fileio.pwrite(out.fd, new_map.astype("<u4", copy=False).tobytes(), final.offset_blocks)
         fileio.ftruncate(out.fd, size)
     fileio.pwrite(out.fd, fmt.pack_header(final), fmt.PREHEADER_SIZE)
     fileio.fsync(out.fd)
     source_hash = output_hash = None
     if digest is not None:
         source_hash = digest.hexdigest()
-        output_hash = (_structure_problem(out, final, new_map)
-                       or (f"content: guest block {mismatch} reads back differently"
-                           if mismatch is not None else source_hash))
-    return RewriteStats(stored, zero_blocks, parent_blocks, size, source_hash, output_hash,
-                        drop_count)
+        output_hash = _structure_problem(out, final, new_map) or (
+            f"content: guest block {mismatch} reads back differently"
+            if mismatch is not None
+            else source_hash
+        )
+    return RewriteStats(
+        stored, zero_blocks, parent_blocks, size, source_hash, output_hash, drop_count
+    )
 
 
-def rewrite_beside(chain: DiskChain, target: Path, header: VdiHeader, *,
-                   commit: Callable[[Path], None], failure: Callable[[str], str],
-                   check: Callable[[Path], str | None] | None = None, keep_parent: bool,
-                   progress: ProgressFn, cancel: CancelToken | None, verify: bool,
-                   cancel_message: str, phase: str = "copying blocks",
-                   drop: np.ndarray | None = None) -> tuple[RewriteStats, bool | None]:
+def rewrite_beside(
+    chain: DiskChain,
+    target: Path,
+    header: VdiHeader,
+    *,
+    commit: Callable[[Path], None],
+    failure: Callable[[str], str],
+    check: Callable[[Path], str | None] | None = None,
+    keep_parent: bool,
+    progress: ProgressFn,
+    cancel: CancelToken | None,
+    verify: bool,
+    cancel_message: str,
+    phase: str = "copying blocks",
+    drop: np.ndarray | None = None,
+) -> tuple[RewriteStats, bool | None]:
     """Rewrite ``chain`` into a new temporary file beside ``target``, verify it, commit it.
 
     The one sequence clone, convert and defrag share: temporary file beside the target,
@@ -266,13 +322,25 @@ def rewrite_beside(chain: DiskChain, target: Path, header: VdiHeader, *,
     out: TempOutput | None = None
     try:
         out = TempOutput(tmp)
-        stats = rewrite(chain, out, header, keep_parent=keep_parent, progress=progress,
-                        cancel=cancel, verify=verify, cancel_message=cancel_message,
-                        phase=phase, drop=drop)
+        stats = rewrite(
+            chain,
+            out,
+            header,
+            keep_parent=keep_parent,
+            progress=progress,
+            cancel=cancel,
+            verify=verify,
+            cancel_message=cancel_message,
+            phase=phase,
+            drop=drop,
+        )
         verified: bool | None = None
         if verify:
-            problem = stats.mismatch if not stats.verified else (
-                check(tmp) if check is not None else None)
+            problem = (
+                stats.mismatch
+                if not stats.verified
+                else (check(tmp) if check is not None else None)
+            )
             if problem is not None:
                 raise VerificationError(f"Verification failed: {failure(problem)}")
             verified = True
@@ -289,10 +357,20 @@ def rewrite_beside(chain: DiskChain, target: Path, header: VdiHeader, *,
     return stats, verified
 
 
-def _keep_parent(chain: DiskChain, out: TempOutput, header: VdiHeader, new_map: np.ndarray,
-                 dropped: np.ndarray, digest: GuestDigest | None, top_index: int, *,
-                 show: Callable[[int], None], cancel: CancelToken | None, verify: bool,
-                 cancel_message: str) -> tuple[int, int, int, int, int | None]:
+def _keep_parent(
+    chain: DiskChain,
+    out: TempOutput,
+    header: VdiHeader,
+    new_map: np.ndarray,
+    dropped: np.ndarray,
+    digest: GuestDigest | None,
+    top_index: int,
+    *,
+    show: Callable[[int], None],
+    cancel: CancelToken | None,
+    verify: bool,
+    cancel_message: str,
+) -> tuple[int, int, int, int, int | None]:
     """The differencing rewrite (defrag): (stored, zero, parent, dropped, first mismatch)."""
     total = chain.guest_blocks
     bs = header.block_size
@@ -315,7 +393,7 @@ def _keep_parent(chain: DiskChain, out: TempOutput, header: VdiHeader, new_map: 
         write = nonzero.copy()
         for row in range(count):
             block = int(needed[first + row])
-            piece = data[row * bs:(row + 1) * bs]
+            piece = data[row * bs : (row + 1) * bs]
             if not nonzero[row]:
                 new_map[block] = BLOCK_ZERO
                 counts["zero"] += 1
@@ -336,22 +414,33 @@ def _keep_parent(chain: DiskChain, out: TempOutput, header: VdiHeader, new_map: 
     def report(done_jobs: int) -> None:
         show(int(needed[done_jobs - 1]) + 1)
 
-    outcome = copy_blocks(spec, out.fd, dense_base=header.offset_data, verify=verify,
-                          decide=decide, report=report, cancel=cancel,
-                          cancel_message=cancel_message,
-                          on_written=None if digest is None else hash_written)
+    outcome = copy_blocks(
+        spec,
+        out.fd,
+        dense_base=header.offset_data,
+        verify=verify,
+        decide=decide,
+        report=report,
+        cancel=cancel,
+        cancel_message=cancel_message,
+        on_written=None if digest is None else hash_written,
+    )
     written = outcome.written
-    new_map[needed[written]] = ((outcome.dst[written] - header.offset_data) // bs
-                                ).astype(np.uint32)
+    new_map[needed[written]] = ((outcome.dst[written] - header.offset_data) // bs).astype(np.uint32)
     if digest is not None:
         # What the parent keeps showing through FREE entries is part of the guest view.
         through = np.flatnonzero((own == BLOCK_FREE) & parent_data & ~dropped)
         if through.size:
-            def visit(batch: Batch) -> None:
-                digest.add_rows(through[batch.first:batch.first + batch.count], batch.data)
 
-            read_blocks(source_spec(chain, through, layer, entry), visit, cancel=cancel,
-                        cancel_message=cancel_message)
+            def visit(batch: Batch) -> None:
+                digest.add_rows(through[batch.first : batch.first + batch.count], batch.data)
+
+            read_blocks(
+                source_spec(chain, through, layer, entry),
+                visit,
+                cancel=cancel,
+                cancel_message=cancel_message,
+            )
     mismatch = None if outcome.mismatch is None else int(needed[outcome.mismatch])
     return outcome.stored, counts["zero"], counts["parent"], drop_count, mismatch
 
@@ -365,7 +454,7 @@ def _structure_problem(out: TempOutput, intended: VdiHeader, block_map: np.ndarr
         if not np.array_equal(image.block_map, block_map):
             return "structure: the block map read back differs from the one written"
         if image.file_size != intended.expected_file_size(
-                intended.blocks_allocated if intended.image_type != ImageType.FIXED
-                else intended.blocks):
+            intended.blocks_allocated if intended.image_type != ImageType.FIXED else intended.blocks
+        ):
             return f"structure: the file is {image.file_size} bytes long"
     return None

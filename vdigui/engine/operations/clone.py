@@ -98,8 +98,14 @@ class ClonePlan:
     @property
     def space(self) -> SpacePlan:
         """The space figures every plan states (a new file: deleting it is the undo)."""
-        return SpacePlan((FileOutcome(self.dest, 0, self.output_size),), 0, None,
-                         self.space_needed, keep_undo=False, undoable=False)
+        return SpacePlan(
+            (FileOutcome(self.dest, 0, self.output_size),),
+            0,
+            None,
+            self.space_needed,
+            keep_undo=False,
+            undoable=False,
+        )
 
     @property
     def can_run(self) -> bool:
@@ -151,9 +157,15 @@ def _chain_paths(source: Path | str | Sequence[Path]) -> tuple[Path, tuple[Path,
     return paths[-1], paths
 
 
-def plan_clone(source: Path | str | Sequence[Path], dest: Path | str, *, fixed: bool = False,
-               keep_uuid: bool = False, fs_aware: bool = False,
-               discard_swap: bool = False) -> ClonePlan:
+def plan_clone(
+    source: Path | str | Sequence[Path],
+    dest: Path | str,
+    *,
+    fixed: bool = False,
+    keep_uuid: bool = False,
+    fs_aware: bool = False,
+    discard_swap: bool = False,
+) -> ClonePlan:
     """Plan cloning ``source`` (a leaf image, or its chain's paths base first) to ``dest``.
 
     Fast and read-only: it reads the headers and block maps, not the data (with ``fs_aware``
@@ -178,18 +190,26 @@ def plan_clone(source: Path | str | Sequence[Path], dest: Path | str, *, fixed: 
             data_blocks -= fs_blocks
         stamps = tuple(FileStamp.of(p) for p in paths)
         disk_size, block_size, guest_blocks = chain.disk_size, chain.block_size, chain.guest_blocks
-        header = _clone_header(top, fixed=fixed, uuid=top.uuid if keep_uuid else None,
-                               disk_size=disk_size, block_size=block_size)
+        header = _clone_header(
+            top,
+            fixed=fixed,
+            uuid=top.uuid if keep_uuid else None,
+            disk_size=disk_size,
+            block_size=block_size,
+        )
     output_size = header.expected_file_size(header.blocks if fixed else data_blocks)
     folder = dest.parent
     resolved = {p.resolve() for p in paths}
     if dest.exists() or dest.is_symlink():
         if dest.resolve() in resolved:
-            refusals.append(f"'{dest.name}' is the source itself; choose another name for the "
-                            "clone.")
+            refusals.append(
+                f"'{dest.name}' is the source itself; choose another name for the clone."
+            )
         else:
-            refusals.append(f"'{dest}' already exists; vdigui never overwrites a file with a "
-                            "clone. Choose another name or remove it first.")
+            refusals.append(
+                f"'{dest}' already exists; vdigui never overwrites a file with a "
+                "clone. Choose another name or remove it first."
+            )
     if not folder.is_dir():
         refusals.append(f"The folder '{folder}' does not exist.")
         free = 0
@@ -206,37 +226,69 @@ def plan_clone(source: Path | str | Sequence[Path], dest: Path | str, *, fixed: 
         except (OperationRefused, ImageCorruptError) as exc:
             refusals.append(str(exc))
     if keep_uuid:
-        warnings.append(f"The clone keeps the source's UUID {{{top.uuid}}}: VirtualBox refuses "
-                        "two disks with one UUID, so never register the clone and the source "
-                        "at the same time.")
+        warnings.append(
+            f"The clone keeps the source's UUID {{{top.uuid}}}: VirtualBox refuses "
+            "two disks with one UUID, so never register the clone and the source "
+            "at the same time."
+        )
     return ClonePlan(
-        source=leaf, chain_paths=paths, dest=dest, fixed=fixed, uuid=header.uuid,
-        keep_uuid=keep_uuid, disk_size=disk_size, block_size=block_size,
-        guest_blocks=guest_blocks, data_blocks=data_blocks, output_size=output_size,
-        space_needed=output_size, space_free=free, refusals=tuple(refusals),
-        warnings=tuple(warnings), stamps=stamps, fs_aware=fs_aware, discard_swap=discard_swap,
-        usage=usage, fs_blocks=fs_blocks)
+        source=leaf,
+        chain_paths=paths,
+        dest=dest,
+        fixed=fixed,
+        uuid=header.uuid,
+        keep_uuid=keep_uuid,
+        disk_size=disk_size,
+        block_size=block_size,
+        guest_blocks=guest_blocks,
+        data_blocks=data_blocks,
+        output_size=output_size,
+        space_needed=output_size,
+        space_free=free,
+        refusals=tuple(refusals),
+        warnings=tuple(warnings),
+        stamps=stamps,
+        fs_aware=fs_aware,
+        discard_swap=discard_swap,
+        usage=usage,
+        fs_blocks=fs_blocks,
+    )
 
 
-def _clone_header(source: fmt.VdiHeader, *, fixed: bool, uuid: uuidlib.UUID | None,
-                  disk_size: int, block_size: int) -> fmt.VdiHeader:
+def _clone_header(
+    source: fmt.VdiHeader,
+    *,
+    fixed: bool,
+    uuid: uuidlib.UUID | None,
+    disk_size: int,
+    block_size: int,
+) -> fmt.VdiHeader:
     """A current-VirtualBox layout header with the source's comment and geometry.
 
     VirtualBox copies the comment and the geometry into a clone; the layout (1 MiB aligned map
     and data) is what current VirtualBox creates, whatever the source used.
     """
-    header = new_header(fmt.align_up(disk_size, 512),
-                        image_type=ImageType.FIXED if fixed else ImageType.DYNAMIC,
-                        block_size=block_size, uuid=uuid or uuidlib.uuid4())
-    header = header.replace(disk_size=disk_size, comment=source.comment,
-                            legacy_geometry=source.legacy_geometry)
+    header = new_header(
+        fmt.align_up(disk_size, 512),
+        image_type=ImageType.FIXED if fixed else ImageType.DYNAMIC,
+        block_size=block_size,
+        uuid=uuid or uuidlib.uuid4(),
+    )
+    header = header.replace(
+        disk_size=disk_size, comment=source.comment, legacy_geometry=source.legacy_geometry
+    )
     if source.lchs is not None:
         header = header.replace(lchs=source.lchs)
     return header
 
 
-def run_clone(plan: ClonePlan, *, progress: ProgressFn = no_progress,
-              cancel: CancelToken | None = None, verify: bool = True) -> CloneResult:
+def run_clone(
+    plan: ClonePlan,
+    *,
+    progress: ProgressFn = no_progress,
+    cancel: CancelToken | None = None,
+    verify: bool = True,
+) -> CloneResult:
     """Run a clone plan.
 
     Raises:
@@ -252,12 +304,18 @@ def run_clone(plan: ClonePlan, *, progress: ProgressFn = no_progress,
     if writers:
         raise OperationRefused(" ".join(writers))
     if plan.dest.exists():
-        raise OperationRefused(f"'{plan.dest}' already exists; vdigui never overwrites a file "
-                               "with a clone.")
+        raise OperationRefused(
+            f"'{plan.dest}' already exists; vdigui never overwrites a file with a clone."
+        )
     sweep_leftovers(plan.dest.absolute().parent)  # an interrupted run's temp file (preflight)
     with open_paths(plan.chain_paths) as chain:
-        header = _clone_header(chain.top.header, fixed=plan.fixed, uuid=plan.uuid,
-                               disk_size=plan.disk_size, block_size=plan.block_size)
+        header = _clone_header(
+            chain.top.header,
+            fixed=plan.fixed,
+            uuid=plan.uuid,
+            disk_size=plan.disk_size,
+            block_size=plan.block_size,
+        )
         usage = chain_usage(chain, discard_swap=plan.discard_swap) if plan.fs_aware else None
 
         def usage_after(tmp: Path) -> str | None:
@@ -267,15 +325,32 @@ def run_clone(plan: ClonePlan, *, progress: ProgressFn = no_progress,
                 return same_usage(usage, chain_usage(clone, discard_swap=plan.discard_swap))
 
         stats, verified = rewrite_beside(
-            chain, plan.dest, header, keep_parent=False, progress=progress, cancel=cancel,
-            verify=verify, cancel_message=CANCELLED,
-            drop=None if usage is None else unused_mask(usage), check=usage_after,
+            chain,
+            plan.dest,
+            header,
+            keep_parent=False,
+            progress=progress,
+            cancel=cancel,
+            verify=verify,
+            cancel_message=CANCELLED,
+            drop=None if usage is None else unused_mask(usage),
+            check=usage_after,
             commit=lambda tmp: commit_new(tmp, plan.dest),
-            failure=lambda problem: (f"the clone of '{plan.source.name}' does not read back "
-                                     f"as the source ({problem}); it was deleted and the "
-                                     "source is unchanged."))
+            failure=lambda problem: (
+                f"the clone of '{plan.source.name}' does not read back "
+                f"as the source ({problem}); it was deleted and the "
+                "source is unchanged."
+            ),
+        )
     return CloneResult(
-        dest=plan.dest, uuid=header.uuid, modify_uuid=header.modify_uuid,
-        stored_blocks=stats.stored, zero_blocks=stats.zero_blocks, file_size=stats.file_size,
-        source_size=sum(s.size for s in plan.stamps), hash=stats.source_hash,
-        verified=verified, fs_blocks=stats.dropped_blocks)
+        dest=plan.dest,
+        uuid=header.uuid,
+        modify_uuid=header.modify_uuid,
+        stored_blocks=stats.stored,
+        zero_blocks=stats.zero_blocks,
+        file_size=stats.file_size,
+        source_size=sum(s.size for s in plan.stamps),
+        hash=stats.source_hash,
+        verified=verified,
+        fs_blocks=stats.dropped_blocks,
+    )

@@ -184,18 +184,32 @@ class CompactPlan:
     @property
     def space(self) -> SpacePlan:
         """The space figures every plan states (compaction keeps no undo data)."""
-        return SpacePlan((FileOutcome(self.path, self.file_size, self.size_after),), 0, None,
-                         self.space_needed, keep_undo=False, undoable=False)
+        return SpacePlan(
+            (FileOutcome(self.path, self.file_size, self.size_after),),
+            0,
+            None,
+            self.space_needed,
+            keep_undo=False,
+            undoable=False,
+        )
 
     @property
     def nothing_to_do(self) -> bool:
         """Whether the image is already compact (known for sure only after a scan)."""
-        drops = sum(0 if a is None else a.size
-                    for a in (self.zero_blocks, self.parent_blocks, self.fs_blocks))
-        return (not self.defrag and self.scanned and drops == 0 and self.moves == 0
-                and self.out_of_range.size == 0 and self.cross_linked.size == 0
-                and self.size_after == self.file_size
-                and self.blocks_allocated == self.allocated)
+        drops = sum(
+            0 if a is None else a.size
+            for a in (self.zero_blocks, self.parent_blocks, self.fs_blocks)
+        )
+        return (
+            not self.defrag
+            and self.scanned
+            and drops == 0
+            and self.moves == 0
+            and self.out_of_range.size == 0
+            and self.cross_linked.size == 0
+            and self.size_after == self.file_size
+            and self.blocks_allocated == self.allocated
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -296,8 +310,12 @@ def _moves(entries: np.ndarray) -> _Moves:
     return _Moves(count, live[high][order], slots[high][order], holes)
 
 
-def _drops(entries: np.ndarray, zero_blocks: np.ndarray | None,
-           parent_blocks: np.ndarray | None, fs_blocks: np.ndarray | None = None) -> np.ndarray:
+def _drops(
+    entries: np.ndarray,
+    zero_blocks: np.ndarray | None,
+    parent_blocks: np.ndarray | None,
+    fs_blocks: np.ndarray | None = None,
+) -> np.ndarray:
     out = entries.copy()
     if zero_blocks is not None:
         out[zero_blocks] = BLOCK_ZERO
@@ -313,9 +331,15 @@ def _drops(entries: np.ndarray, zero_blocks: np.ndarray | None,
 PROBE_BYTES = 4096
 
 
-def _scan(chain: DiskChain, entries: np.ndarray, *, progress: ProgressFn,
-          cancel: CancelToken | None, unused: np.ndarray | None = None, classify: bool = False
-          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _scan(
+    chain: DiskChain,
+    entries: np.ndarray,
+    *,
+    progress: ProgressFn,
+    cancel: CancelToken | None,
+    unused: np.ndarray | None = None,
+    classify: bool = False,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Find all-zero, parent-identical and (with ``unused``) guest-unused blocks.
 
     Reads as little as proves the answer, in physical order: the first :data:`PROBE_BYTES`
@@ -382,7 +406,7 @@ def _scan(chain: DiskChain, entries: np.ndarray, *, progress: ProgressFn,
     reread = np.flatnonzero(full)
 
     def visit(batch: Batch) -> None:
-        rows = reread[batch.first:batch.first + batch.count]
+        rows = reread[batch.first : batch.first + batch.count]
         blocks = wanted[rows]
         nonzero = nonzero_rows(batch.data, batch.count, bs)
         unused_here = skip[blocks]
@@ -391,7 +415,7 @@ def _scan(chain: DiskChain, entries: np.ndarray, *, progress: ProgressFn,
         for row in np.flatnonzero(nonzero & ~unused_here & compare[rows]).tolist():
             block = int(blocks[row])
             under = chain.layers[int(layer[block])].read_slot(int(entry[block]), block)
-            if same_bytes(batch.data[row * bs:(row + 1) * bs], memoryview(under)):
+            if same_bytes(batch.data[row * bs : (row + 1) * bs], memoryview(under)):
                 parent_mask[block] = True
         step(batch.count)
 
@@ -403,10 +427,17 @@ def _scan(chain: DiskChain, entries: np.ndarray, *, progress: ProgressFn,
 
 
 # -- planning -----------------------------------------------------------------------------
-def plan_compact(path: Path | str, *, defrag: bool = False, scan: bool = False,
-                 progress: ProgressFn = no_progress, cancel: CancelToken | None = None,
-                 search_dirs: list[Path] | None = None, fs_aware: bool = False,
-                 discard_swap: bool = False) -> CompactPlan:
+def plan_compact(
+    path: Path | str,
+    *,
+    defrag: bool = False,
+    scan: bool = False,
+    progress: ProgressFn = no_progress,
+    cancel: CancelToken | None = None,
+    search_dirs: list[Path] | None = None,
+    fs_aware: bool = False,
+    discard_swap: bool = False,
+) -> CompactPlan:
     """Plan compacting ``path``.
 
     Without ``scan`` it is fast (headers and maps only): it knows the map repairs, the holes
@@ -433,12 +464,16 @@ def plan_compact(path: Path | str, *, defrag: bool = False, scan: bool = False,
     chain_ok = resolution.error is None
     chain_paths = resolution.paths if chain_ok else (path,)
     if not chain_ok:
-        refusals.append(f"{resolution.error} Compaction needs the whole chain to compare "
-                        "blocks with what the parent shows.")
+        refusals.append(
+            f"{resolution.error} Compaction needs the whole chain to compare "
+            "blocks with what the parent shows."
+        )
     if h.image_type == ImageType.FIXED:
-        refusals.append(f"'{path.name}' is a fixed-size image; compacting would break its "
-                        f"preallocated layout. Convert it first with 'vdictl convert {path} "
-                        "--to dynamic', which also drops its all-zero blocks.")
+        refusals.append(
+            f"'{path.name}' is a fixed-size image; compacting would break its "
+            f"preallocated layout. Convert it first with 'vdictl convert {path} "
+            "--to dynamic', which also drops its all-zero blocks."
+        )
     refusals.extend(in_place_refusals(path, "needed for the backup of the block map"))
     if fs_aware:
         refusals.extend(saved_state_refusals(path))
@@ -454,9 +489,11 @@ def plan_compact(path: Path | str, *, defrag: bool = False, scan: bool = False,
     if layout.cross_linked.size:
         damage.append(f"{layout.cross_linked.size} block(s) share a slot with a lower block")
     if damage:
-        refusals.append(f"{path} has a damaged block map ({'; '.join(damage)}), so compacting "
-                        "it would change what the guest reads; run 'vdictl repair' on it "
-                        "first, the only command that changes a damaged map.")
+        refusals.append(
+            f"{path} has a damaged block map ({'; '.join(damage)}), so compacting "
+            "it would change what the guest reads; run 'vdictl repair' on it "
+            "first, the only command that changes a damaged map."
+        )
     zero_blocks = parent_blocks = fs_blocks = None
     usage: UsageMap | None = None
     outlook: ReclaimForecast | None = None
@@ -473,13 +510,19 @@ def plan_compact(path: Path | str, *, defrag: bool = False, scan: bool = False,
             unused = unused_mask(usage) if fs_aware and usage is not None else None
             if scan:
                 zero_blocks, parent_blocks, fs_blocks = _scan(
-                    chain, layout.entries, progress=progress, cancel=cancel,
-                    unused=unused, classify=True)
+                    chain,
+                    layout.entries,
+                    progress=progress,
+                    cancel=cancel,
+                    unused=unused,
+                    classify=True,
+                )
                 if usage is not None:
                     all_zero = np.zeros(chain.guest_blocks, dtype=bool)
                     all_zero[zero_blocks] = True
                     outlook = forecast(
-                        usage, is_allocated(layout.entries[: chain.guest_blocks]), all_zero)
+                        usage, is_allocated(layout.entries[: chain.guest_blocks]), all_zero
+                    )
                 if not fs_aware:
                     fs_blocks = None
     after = _drops(layout.entries, zero_blocks, parent_blocks, fs_blocks)
@@ -504,22 +547,46 @@ def plan_compact(path: Path | str, *, defrag: bool = False, scan: bool = False,
         except OperationRefused as exc:
             refusals.append(str(exc))
     return CompactPlan(
-        path=path, chain_paths=tuple(chain_paths), differencing=differencing, defrag=defrag,
-        block_size=h.block_size, slot_size=h.slot_size,
-        guest_blocks=min(h.blocks, -(-h.disk_size // h.block_size)), file_size=file_size,
-        slots_in_file=layout.slots_in_file, blocks_allocated=h.blocks_allocated,
+        path=path,
+        chain_paths=tuple(chain_paths),
+        differencing=differencing,
+        defrag=defrag,
+        block_size=h.block_size,
+        slot_size=h.slot_size,
+        guest_blocks=min(h.blocks, -(-h.disk_size // h.block_size)),
+        file_size=file_size,
+        slots_in_file=layout.slots_in_file,
+        blocks_allocated=h.blocks_allocated,
         allocated=int(np.count_nonzero(is_allocated(layout.entries))),
-        out_of_range=layout.out_of_range, cross_linked=layout.cross_linked,
-        scanned=zero_blocks is not None, zero_blocks=zero_blocks, parent_blocks=parent_blocks,
-        moves=moves_count, moving_blocks=None if defrag else moves.blocks,
-        size_after=size_after, space_needed=needed, space_free=free,
-        refusals=tuple(refusals), warnings=tuple(warnings), stamp=stamp, fs_aware=fs_aware,
-        discard_swap=discard_swap, usage=usage, fs_blocks=fs_blocks, forecast=outlook)
+        out_of_range=layout.out_of_range,
+        cross_linked=layout.cross_linked,
+        scanned=zero_blocks is not None,
+        zero_blocks=zero_blocks,
+        parent_blocks=parent_blocks,
+        moves=moves_count,
+        moving_blocks=None if defrag else moves.blocks,
+        size_after=size_after,
+        space_needed=needed,
+        space_free=free,
+        refusals=tuple(refusals),
+        warnings=tuple(warnings),
+        stamp=stamp,
+        fs_aware=fs_aware,
+        discard_swap=discard_swap,
+        usage=usage,
+        fs_blocks=fs_blocks,
+        forecast=outlook,
+    )
 
 
 # -- running ------------------------------------------------------------------------------
-def run_compact(plan: CompactPlan, *, progress: ProgressFn = no_progress,
-                cancel: CancelToken | None = None, verify: bool = True) -> CompactResult:
+def run_compact(
+    plan: CompactPlan,
+    *,
+    progress: ProgressFn = no_progress,
+    cancel: CancelToken | None = None,
+    verify: bool = True,
+) -> CompactResult:
     """Run a compaction plan (in place, or by rewriting with ``plan.defrag``).
 
     Everything is re-derived from the file itself (the plan's figures are for display): the
@@ -553,8 +620,14 @@ def _safe_count(header: fmt.VdiHeader, *slot_counts: int) -> int:
     return min(header.blocks, max(slot_counts))
 
 
-def _run_in_place(plan: CompactPlan, chain: DiskChain, *, progress: ProgressFn,
-                  cancel: CancelToken | None, verify: bool) -> CompactResult:
+def _run_in_place(
+    plan: CompactPlan,
+    chain: DiskChain,
+    *,
+    progress: ProgressFn,
+    cancel: CancelToken | None,
+    verify: bool,
+) -> CompactResult:
     top = chain.top
     h0 = top.header
     size_before = top.file_size
@@ -562,7 +635,8 @@ def _run_in_place(plan: CompactPlan, chain: DiskChain, *, progress: ProgressFn,
     usage = chain_usage(chain, discard_swap=plan.discard_swap) if plan.fs_aware else None
     unused = unused_mask(usage) if usage is not None else None
     zero_blocks, parent_blocks, fs_blocks = _scan(
-        chain, layout.entries, progress=progress, cancel=cancel, unused=unused)
+        chain, layout.entries, progress=progress, cancel=cancel, unused=unused
+    )
     target = _drops(layout.entries, zero_blocks, parent_blocks, fs_blocks)
     moves = _moves(target)
     final_size = h0.offset_data + moves.count * h0.slot_size
@@ -571,12 +645,21 @@ def _run_in_place(plan: CompactPlan, chain: DiskChain, *, progress: ProgressFn,
 
     def result(changed: bool, verified: bool | None) -> CompactResult:
         return CompactResult(
-            path=plan.path, defragmented=False, changed=changed, size_before=size_before,
-            size_after=top.file_size, blocks_allocated_before=h0.blocks_allocated,
-            blocks_allocated_after=top.header.blocks_allocated, sanitised_blocks=sanitised,
-            zero_blocks=int(zero_blocks.size), parent_blocks=int(parent_blocks.size),
-            moved_blocks=int(moves.blocks.size), hash=None, verified=verified,
-            fs_blocks=int(fs_blocks.size))
+            path=plan.path,
+            defragmented=False,
+            changed=changed,
+            size_before=size_before,
+            size_after=top.file_size,
+            blocks_allocated_before=h0.blocks_allocated,
+            blocks_allocated_after=top.header.blocks_allocated,
+            sanitised_blocks=sanitised,
+            zero_blocks=int(zero_blocks.size),
+            parent_blocks=int(parent_blocks.size),
+            moved_blocks=int(moves.blocks.size),
+            hash=None,
+            verified=verified,
+            fs_blocks=int(fs_blocks.size),
+        )
 
     def check_usage() -> None:
         """After the drops are durable, before any slot is reused: same filesystems?"""
@@ -592,10 +675,15 @@ def _run_in_place(plan: CompactPlan, chain: DiskChain, *, progress: ProgressFn,
             f"Verification failed: after dropping the blocks the guest does not use, the "
             f"filesystems of '{plan.path.name}' read differently ({problem}). The dropped "
             f"blocks were restored and nothing else was changed; the original header and "
-            f"block map are saved in '{backup_path(plan.path)}'. Please report this.")
+            f"block map are saved in '{backup_path(plan.path)}'. Please report this."
+        )
 
-    if (changed_entries.size == 0 and moves.blocks.size == 0
-            and h0.blocks_allocated == moves.count and size_before == final_size):
+    if (
+        changed_entries.size == 0
+        and moves.blocks.size == 0
+        and h0.blocks_allocated == moves.count
+        and size_before == final_size
+    ):
         # A backup left by an interrupted earlier run describes a state that is gone now.
         discard(backup_path(plan.path))
         return result(False, None)
@@ -603,9 +691,18 @@ def _run_in_place(plan: CompactPlan, chain: DiskChain, *, progress: ProgressFn,
         cancel.raise_if_cancelled(NOTHING_CHANGED)
     backup = write_backup(top)
     try:
-        _write_changes(chain, target, changed_entries, moves, progress=progress, cancel=cancel,
-                       after_drops=check_usage if verify else None, verify=verify,
-                       name=plan.path.name, backup=backup)
+        _write_changes(
+            chain,
+            target,
+            changed_entries,
+            moves,
+            progress=progress,
+            cancel=cancel,
+            after_drops=check_usage if verify else None,
+            verify=verify,
+            name=plan.path.name,
+            backup=backup,
+        )
         verified: bool | None = None
         if verify:
             _verify_in_place(plan, chain, target, moves, backup, progress=progress)
@@ -620,10 +717,19 @@ def _run_in_place(plan: CompactPlan, chain: DiskChain, *, progress: ProgressFn,
     return result(True, verified)
 
 
-def _write_changes(chain: DiskChain, target: np.ndarray, changed: np.ndarray, moves: _Moves,
-                   *, progress: ProgressFn, cancel: CancelToken | None,
-                   after_drops: Callable[[], None] | None = None, verify: bool = False,
-                   name: str = "", backup: Path | None = None) -> None:
+def _write_changes(
+    chain: DiskChain,
+    target: np.ndarray,
+    changed: np.ndarray,
+    moves: _Moves,
+    *,
+    progress: ProgressFn,
+    cancel: CancelToken | None,
+    after_drops: Callable[[], None] | None = None,
+    verify: bool = False,
+    name: str = "",
+    backup: Path | None = None,
+) -> None:
     """Persist repairs and drops, then move slots down in flushed batches.
 
     ``after_drops`` runs once the drops are durable and before any slot is reused (the
@@ -672,12 +778,21 @@ def _write_changes(chain: DiskChain, target: np.ndarray, changed: np.ndarray, mo
         def report(jobs: int, base: int = base) -> None:
             progress(Progress("moving blocks", base + jobs, total, (base + jobs) * bs))
 
-        spec = CopySpec([top.fd], np.zeros(end - done, dtype=np.int32),
-                        offsets(moves.sources[done:end]), bs)
+        spec = CopySpec(
+            [top.fd], np.zeros(end - done, dtype=np.int32), offsets(moves.sources[done:end]), bs
+        )
         try:
-            outcome = copy_blocks(spec, top.fd, dst=offsets(moves.holes[done:end]),
-                                  verify=verify, decide=write_all, report=report,
-                                  cancel=cancel, cancel_message=PARTLY, report_every=1)
+            outcome = copy_blocks(
+                spec,
+                top.fd,
+                dst=offsets(moves.holes[done:end]),
+                verify=verify,
+                decide=write_all,
+                report=report,
+                cancel=cancel,
+                cancel_message=PARTLY,
+                report_every=1,
+            )
         except OperationCancelled:
             top.sync()  # copies into holes nothing points at: harmless, flushed anyway
             raise
@@ -689,7 +804,8 @@ def _write_changes(chain: DiskChain, target: np.ndarray, changed: np.ndarray, mo
                 f"guest block {block} read back differently from its new slot "
                 f"{int(moves.holes[done + outcome.mismatch])}, so it was not repointed and "
                 f"keeps its old slot; the image reads as before. The original header and "
-                f"block map are saved in '{backup}'. Please report this.")
+                f"block map are saved in '{backup}'. Please report this."
+            )
         top.sync()  # the copies are durable ...
         top.write_entries(moves.blocks[done:end], moves.holes[done:end])
         top.sync()  # ... before the entries point at them, durable before the count drops
@@ -705,21 +821,28 @@ def _write_changes(chain: DiskChain, target: np.ndarray, changed: np.ndarray, mo
     top.sync()
 
 
-def _usage_after(plan: CompactPlan, chain: DiskChain, before: UsageMap,
-                 path: Path | None = None) -> str | None:
+def _usage_after(
+    plan: CompactPlan, chain: DiskChain, before: UsageMap, path: Path | None = None
+) -> str | None:
     """Re-read the guest filesystems of the image as stored now in ``path`` (default: the
     image itself, through its own map from the file) over the same parents."""
     fresh = open_image(path or plan.path)
     try:
-        after = chain_usage(DiskChain([*chain.layers[:-1], fresh]),
-                            discard_swap=plan.discard_swap)
+        after = chain_usage(DiskChain([*chain.layers[:-1], fresh]), discard_swap=plan.discard_swap)
     finally:
         fresh.close()
     return same_usage(before, after)
 
 
-def _verify_in_place(plan: CompactPlan, chain: DiskChain, target: np.ndarray, moves: _Moves,
-                     backup: Path, *, progress: ProgressFn) -> None:
+def _verify_in_place(
+    plan: CompactPlan,
+    chain: DiskChain,
+    target: np.ndarray,
+    moves: _Moves,
+    backup: Path,
+    *,
+    progress: ProgressFn,
+) -> None:
     """Re-read the header and map from the file and compare them with what was intended.
 
     The data needs no second look: every moved block was compared as it was written
@@ -737,20 +860,26 @@ def _verify_in_place(plan: CompactPlan, chain: DiskChain, target: np.ndarray, mo
     with open_image(plan.path) as fresh:
         problem = None
         if fresh.header.blocks_allocated != moves.count:
-            problem = (f"cBlocksAllocated is {fresh.header.blocks_allocated} instead of "
-                       f"{moves.count}")
+            problem = (
+                f"cBlocksAllocated is {fresh.header.blocks_allocated} instead of {moves.count}"
+            )
         elif not np.array_equal(fresh.block_map, intended[: fresh.block_map.size]):
             wrong = int(np.flatnonzero(fresh.block_map != intended[: fresh.block_map.size])[0])
-            problem = (f"the map entry of guest block {wrong} reads {int(fresh.block_map[wrong])} "
-                       f"instead of {int(intended[wrong])}")
+            problem = (
+                f"the map entry of guest block {wrong} reads {int(fresh.block_map[wrong])} "
+                f"instead of {int(intended[wrong])}"
+            )
     progress(Progress("verifying", 1, 1, 0))
     if problem is None:
         return
     top = chain.top
     with contextlib.suppress(VdiError, OSError):
         high = int(moves.sources.max()) + 1 if moves.sources.size else 0
-        top.write_header(top.header.replace(
-            blocks_allocated=_safe_count(top.header, top.header.blocks_allocated, high)))
+        top.write_header(
+            top.header.replace(
+                blocks_allocated=_safe_count(top.header, top.header.blocks_allocated, high)
+            )
+        )
         top.sync()
         top.write_entries(moves.blocks, moves.sources)
         top.sync()
@@ -758,11 +887,18 @@ def _verify_in_place(plan: CompactPlan, chain: DiskChain, target: np.ndarray, mo
         f"Verification failed: after compaction '{plan.path.name}' reads differently "
         f"({problem}). The moved blocks were pointed back at their original slots and the "
         f"file was not truncated; the original header and block map are saved in "
-        f"'{backup}'. Please report this.")
+        f"'{backup}'. Please report this."
+    )
 
 
-def _run_defrag(plan: CompactPlan, chain: DiskChain, *, progress: ProgressFn,
-                cancel: CancelToken | None, verify: bool) -> CompactResult:
+def _run_defrag(
+    plan: CompactPlan,
+    chain: DiskChain,
+    *,
+    progress: ProgressFn,
+    cancel: CancelToken | None,
+    verify: bool,
+) -> CompactResult:
     """Rewrite the image in guest order beside itself, verify, and swap it in atomically."""
     top = chain.top
     h0 = top.header
@@ -783,21 +919,40 @@ def _run_defrag(plan: CompactPlan, chain: DiskChain, *, progress: ProgressFn,
     # keep_parent also for a base (it simply has no parent): ZERO markers stay, new
     # all-zero blocks become ZERO, as in-place compaction would leave them.
     stats, verified = rewrite_beside(
-        chain, target, h0, keep_parent=True, progress=progress, cancel=cancel, verify=verify,
-        cancel_message=NOTHING_CHANGED, drop=None if usage is None else unused_mask(usage),
-        check=usage_after, commit=lambda tmp: replace_original(tmp, target, stamp),
-        failure=lambda problem: (f"the rebuilt '{plan.path.name}' reads differently "
-                                 f"({problem}); it was deleted and the original is unchanged."))
+        chain,
+        target,
+        h0,
+        keep_parent=True,
+        progress=progress,
+        cancel=cancel,
+        verify=verify,
+        cancel_message=NOTHING_CHANGED,
+        drop=None if usage is None else unused_mask(usage),
+        check=usage_after,
+        commit=lambda tmp: replace_original(tmp, target, stamp),
+        failure=lambda problem: (
+            f"the rebuilt '{plan.path.name}' reads differently "
+            f"({problem}); it was deleted and the original is unchanged."
+        ),
+    )
     with open_image(plan.path) as done:
         after_header = done.header
     return CompactResult(
-        path=plan.path, defragmented=True, changed=True, size_before=size_before,
-        size_after=stats.file_size, blocks_allocated_before=h0.blocks_allocated,
+        path=plan.path,
+        defragmented=True,
+        changed=True,
+        size_before=size_before,
+        size_after=stats.file_size,
+        blocks_allocated_before=h0.blocks_allocated,
         blocks_allocated_after=after_header.blocks_allocated,
         sanitised_blocks=int(layout.out_of_range.size + layout.cross_linked.size),
-        zero_blocks=stats.zero_blocks, parent_blocks=stats.parent_blocks,
-        moved_blocks=stats.stored, hash=stats.source_hash, verified=verified,
-        fs_blocks=stats.dropped_blocks)
+        zero_blocks=stats.zero_blocks,
+        parent_blocks=stats.parent_blocks,
+        moved_blocks=stats.stored,
+        hash=stats.source_hash,
+        verified=verified,
+        fs_blocks=stats.dropped_blocks,
+    )
 
 
 __all__ = ["CompactPlan", "CompactResult", "plan_compact", "run_compact"]

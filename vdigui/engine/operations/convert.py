@@ -75,8 +75,14 @@ class ConvertPlan:
     @property
     def space(self) -> SpacePlan:
         """The space figures every plan states (the old file is replaced, not kept)."""
-        return SpacePlan((FileOutcome(self.path, self.size_before, self.size_after),), 0, None,
-                         self.space_needed, keep_undo=False, undoable=False)
+        return SpacePlan(
+            (FileOutcome(self.path, self.size_before, self.size_after),),
+            0,
+            None,
+            self.space_needed,
+            keep_undo=False,
+            undoable=False,
+        )
 
     @property
     def can_run(self) -> bool:
@@ -129,12 +135,16 @@ def plan_convert(path: Path | str, to: Target) -> ConvertPlan:
     from_type = h.image_type.label
     if h.is_differencing:
         if to == "fixed":
-            refusals.append(f"'{path.name}' is a differencing image: its unallocated blocks "
-                            "show its parent's data, so it cannot become a fixed image. Clone it "
-                            "with 'vdictl clone --fixed' for a standalone fixed copy.")
+            refusals.append(
+                f"'{path.name}' is a differencing image: its unallocated blocks "
+                "show its parent's data, so it cannot become a fixed image. Clone it "
+                "with 'vdictl clone --fixed' for a standalone fixed copy."
+            )
         else:
-            refusals.append(f"'{path.name}' is a differencing image, which is already stored "
-                            "dynamically; use 'vdictl compact' to shrink it.")
+            refusals.append(
+                f"'{path.name}' is a differencing image, which is already stored "
+                "dynamically; use 'vdictl compact' to shrink it."
+            )
     elif (h.image_type == ImageType.FIXED) == (to == "fixed"):
         refusals.append(f"'{path.name}' is already a {from_type} image.")
     if to == "fixed":
@@ -158,17 +168,33 @@ def plan_convert(path: Path | str, to: Target) -> ConvertPlan:
             refusals.append(str(exc))
     warnings.extend(hard_link_warning(path))
     if to == "fixed":
-        warnings.append(f"The fixed image takes {size_after} bytes on the host whatever the "
-                        "guest stores.")
+        warnings.append(
+            f"The fixed image takes {size_after} bytes on the host whatever the guest stores."
+        )
     return ConvertPlan(
-        path=path, to=to, from_type=from_type, disk_size=h.disk_size, block_size=h.block_size,
-        data_blocks=data_blocks, size_before=size_before, size_after=size_after,
-        space_needed=size_after, space_free=free, refusals=tuple(refusals),
-        warnings=tuple(warnings), stamp=stamp)
+        path=path,
+        to=to,
+        from_type=from_type,
+        disk_size=h.disk_size,
+        block_size=h.block_size,
+        data_blocks=data_blocks,
+        size_before=size_before,
+        size_after=size_after,
+        space_needed=size_after,
+        space_free=free,
+        refusals=tuple(refusals),
+        warnings=tuple(warnings),
+        stamp=stamp,
+    )
 
 
-def run_convert(plan: ConvertPlan, *, progress: ProgressFn = no_progress,
-                cancel: CancelToken | None = None, verify: bool = True) -> ConvertResult:
+def run_convert(
+    plan: ConvertPlan,
+    *,
+    progress: ProgressFn = no_progress,
+    cancel: CancelToken | None = None,
+    verify: bool = True,
+) -> ConvertResult:
     """Run a conversion plan: build beside, verify, swap atomically.
 
     Raises:
@@ -189,15 +215,32 @@ def run_convert(plan: ConvertPlan, *, progress: ProgressFn = no_progress,
         # Writable only to hold an exclusive lock: nothing writes the original.
         take_exclusive_lock(chain.top.fd, plan.path)
         header = chain.top.header.replace(
-            image_type=ImageType.FIXED if plan.to == "fixed" else ImageType.DYNAMIC)
+            image_type=ImageType.FIXED if plan.to == "fixed" else ImageType.DYNAMIC
+        )
         stats, verified = rewrite_beside(
-            chain, target, header, keep_parent=False, progress=progress, cancel=cancel,
-            verify=verify, cancel_message=NOTHING_CHANGED, phase="converting blocks",
+            chain,
+            target,
+            header,
+            keep_parent=False,
+            progress=progress,
+            cancel=cancel,
+            verify=verify,
+            cancel_message=NOTHING_CHANGED,
+            phase="converting blocks",
             commit=lambda tmp: replace_original(tmp, target, plan.stamp),
-            failure=lambda problem: (f"the converted '{plan.path.name}' reads differently "
-                                     f"({problem}); it was deleted and the original is "
-                                     "unchanged."))
+            failure=lambda problem: (
+                f"the converted '{plan.path.name}' reads differently "
+                f"({problem}); it was deleted and the original is "
+                "unchanged."
+            ),
+        )
     return ConvertResult(
-        path=plan.path, to=plan.to, size_before=plan.size_before, size_after=stats.file_size,
-        stored_blocks=stats.stored, zero_blocks=stats.zero_blocks, hash=stats.source_hash,
-        verified=verified)
+        path=plan.path,
+        to=plan.to,
+        size_before=plan.size_before,
+        size_after=stats.file_size,
+        stored_blocks=stats.stored,
+        zero_blocks=stats.zero_blocks,
+        hash=stats.source_hash,
+        verified=verified,
+    )

@@ -59,13 +59,19 @@ class Support(enum.Enum):
 
 #: controller ``type`` (as the .vbox writes it) -> (bus in plain words, discard support)
 _CONTROLLERS: dict[str, tuple[str, Support]] = {
-    "PIIX3": ("IDE", Support.NO), "PIIX4": ("IDE", Support.NO), "ICH6": ("IDE", Support.NO),
+    "PIIX3": ("IDE", Support.NO),
+    "PIIX4": ("IDE", Support.NO),
+    "ICH6": ("IDE", Support.NO),
     "IDE": ("IDE", Support.NO),
-    "AHCI": ("SATA", Support.YES), "SATA": ("SATA", Support.YES),
-    "LsiLogic": ("SCSI", Support.YES), "BusLogic": ("SCSI", Support.YES),
-    "LsiLogicSas": ("SAS", Support.YES), "VirtioSCSI": ("virtio-scsi", Support.YES),
+    "AHCI": ("SATA", Support.YES),
+    "SATA": ("SATA", Support.YES),
+    "LsiLogic": ("SCSI", Support.YES),
+    "BusLogic": ("SCSI", Support.YES),
+    "LsiLogicSas": ("SAS", Support.YES),
+    "VirtioSCSI": ("virtio-scsi", Support.YES),
     "NVMe": ("NVMe", Support.UNKNOWN),
-    "I82078": ("floppy", Support.NO), "USB": ("USB", Support.NO),
+    "I82078": ("floppy", Support.NO),
+    "USB": ("USB", Support.NO),
 }
 
 
@@ -101,17 +107,24 @@ class DiskAttachment:
 
     @property
     def where(self) -> str:
-        """"SATA port 0, device 0" as VirtualBox's storage settings name the slot."""
+        """ "SATA port 0, device 0" as VirtualBox's storage settings name the slot."""
         return f"{self.controller} port {self.port}, device {self.device}"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form (``vdictl settings --json``)."""
         return {
-            "controller": self.controller, "controller_type": self.controller_type,
-            "bus": self.bus, "port": self.port, "device": self.device, "medium": self.medium,
-            "path": str(self.path) if self.path else None, "discard": self.discard,
-            "nonrotational": self.nonrotational, "discard_supported": self.support.value,
-            "eligible": self.eligible, "advice": self.advice,
+            "controller": self.controller,
+            "controller_type": self.controller_type,
+            "bus": self.bus,
+            "port": self.port,
+            "device": self.device,
+            "medium": self.medium,
+            "path": str(self.path) if self.path else None,
+            "discard": self.discard,
+            "nonrotational": self.nonrotational,
+            "discard_supported": self.support.value,
+            "eligible": self.eligible,
+            "advice": self.advice,
         }
 
 
@@ -126,8 +139,9 @@ def attachment_settings(vm: VmFolder) -> list[DiskAttachment]:
 
 
 def _describe(vm: VmFolder, att: Attachment) -> DiskAttachment:
-    bus, support = _CONTROLLERS.get(att.controller_type, (att.controller_type or "unknown",
-                                                          Support.UNKNOWN))
+    bus, support = _CONTROLLERS.get(
+        att.controller_type, (att.controller_type or "unknown", Support.UNKNOWN)
+    )
     medium = vm.media.get(att.medium_uuid) if att.medium_uuid else None
     path = medium.path if medium is not None else None
     fmt_name = medium.format.upper() if medium is not None else ""
@@ -135,34 +149,48 @@ def _describe(vm: VmFolder, att: Attachment) -> DiskAttachment:
     fixed = _is_fixed(vm, path)
     eligible = False
     if support is Support.NO:
-        advice = (f"The {bus} controller has no TRIM or UNMAP command, so the guest cannot "
-                  "discard; move the disk to a SATA controller in VirtualBox to use discard.")
+        advice = (
+            f"The {bus} controller has no TRIM or UNMAP command, so the guest cannot "
+            "discard; move the disk to a SATA controller in VirtualBox to use discard."
+        )
     elif support is Support.UNKNOWN:
-        advice = (f"vdigui does not know whether the {bus} controller passes discards on, so "
-                  "it leaves this attachment alone.")
+        advice = (
+            f"vdigui does not know whether the {bus} controller passes discards on, so "
+            "it leaves this attachment alone."
+        )
     elif medium is None:
         advice = "The attached medium is not in the registry, so vdigui leaves it alone."
     elif fmt_name and fmt_name != "VDI":
         advice = f"The disk is a {fmt_name} image, not a VDI; vdigui leaves it alone."
     elif fixed:
-        advice = ("The image is fixed-size: its file never shrinks, so discard would gain "
-                  "nothing.")
+        advice = "The image is fixed-size: its file never shrinks, so discard would gain nothing."
     else:
         eligible = True
         if is_diff:
-            advice = ("Discards free blocks only in the current snapshot layer; the older "
-                      "layers keep their data until their snapshots are deleted.")
+            advice = (
+                "Discards free blocks only in the current snapshot layer; the older "
+                "layers keep their data until their snapshots are deleted."
+            )
         else:
-            advice = ("Whole blocks the guest discards are freed and the file shrinks while "
-                      "the VM runs.")
+            advice = (
+                "Whole blocks the guest discards are freed and the file shrinks while the VM runs."
+            )
         if att.discard and att.nonrotational:
             advice = "Discard is on. " + advice
     return DiskAttachment(
-        controller=att.controller, controller_type=att.controller_type, bus=bus,
-        port=att.port, device=att.device,
-        medium=str(att.medium_uuid) if att.medium_uuid else None, path=path,
-        discard=att.discard, nonrotational=att.nonrotational, support=support,
-        eligible=eligible, advice=advice)
+        controller=att.controller,
+        controller_type=att.controller_type,
+        bus=bus,
+        port=att.port,
+        device=att.device,
+        medium=str(att.medium_uuid) if att.medium_uuid else None,
+        path=path,
+        discard=att.discard,
+        nonrotational=att.nonrotational,
+        support=support,
+        eligible=eligible,
+        advice=advice,
+    )
 
 
 def _is_fixed(vm: VmFolder, path: Path | None) -> bool:
@@ -200,8 +228,9 @@ class DiscardChange:
 
 
 def _flags(discard: bool, nonrotational: bool) -> str:
-    return (f"discard {'on' if discard else 'off'}, "
-            f"{'solid-state' if nonrotational else 'rotational'}")
+    return (
+        f"discard {'on' if discard else 'off'}, {'solid-state' if nonrotational else 'rotational'}"
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,11 +267,20 @@ class DiscardPlan:
     def to_dict(self) -> dict[str, Any]:
         """JSON form (``--dry-run --json``)."""
         return {
-            "folder": str(self.folder), "vbox": str(self.vbox), "turn_on": self.turn_on,
+            "folder": str(self.folder),
+            "vbox": str(self.vbox),
+            "turn_on": self.turn_on,
             "attachments": [a.to_dict() for a in self.attachments],
-            "changes": [{"controller": c.attachment.controller, "port": c.attachment.port,
-                         "device": c.attachment.device, "discard": c.discard,
-                         "nonrotational": c.nonrotational} for c in self.changes],
+            "changes": [
+                {
+                    "controller": c.attachment.controller,
+                    "port": c.attachment.port,
+                    "device": c.attachment.device,
+                    "discard": c.discard,
+                    "nonrotational": c.nonrotational,
+                }
+                for c in self.changes
+            ],
             "space": self.space.to_dict(),
         }
 
@@ -272,11 +310,22 @@ def plan_discard(folder: Path | str, turn_on: bool) -> DiscardPlan:
     # The saved file differs by a few attributes; the backup of the old one is the undo data.
     delta = sum(_attr_delta(c) for c in changes)
     outcome = FileOutcome(vm.settings_path, size, size + delta)
-    space = SpacePlan(files=(outcome,) if changes else (), undo_bytes=size if changes else 0,
-                      undo_dir=backups_dir(vm.folder) if changes else None,
-                      peak_extra=2 * size if changes else 0, keep_undo=True)
-    return DiscardPlan(vm.folder, vm.settings_path, hashlib.sha256(raw).hexdigest(), turn_on,
-                       tuple(atts), tuple(changes), space)
+    space = SpacePlan(
+        files=(outcome,) if changes else (),
+        undo_bytes=size if changes else 0,
+        undo_dir=backups_dir(vm.folder) if changes else None,
+        peak_extra=2 * size if changes else 0,
+        keep_undo=True,
+    )
+    return DiscardPlan(
+        vm.folder,
+        vm.settings_path,
+        hashlib.sha256(raw).hexdigest(),
+        turn_on,
+        tuple(atts),
+        tuple(changes),
+        space,
+    )
 
 
 def _attr_delta(change: DiscardChange) -> int:
@@ -297,7 +346,8 @@ def _refuse_if_busy(vm: VmFolder) -> None:
     if vm.state_file is not None:
         raise OperationRefused(
             f"The VM '{vm.name}' holds a saved state; VirtualBox refuses storage changes "
-            "then. Start it and shut it down (or discard the saved state) first.")
+            "then. Start it and shut it down (or discard the saved state) first."
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,8 +370,7 @@ def run_discard(plan: DiscardPlan, *, progress: ProgressFn = no_progress) -> Dis
         return DiscardResult(0, None, ("nothing to change",))
     doc = VboxDocument.load(plan.vbox)
     if hashlib.sha256(doc.original_bytes).hexdigest() != plan.vbox_sha256:
-        raise OperationRefused(f"'{plan.vbox.name}' changed since the plan was made; plan "
-                               "again.")
+        raise OperationRefused(f"'{plan.vbox.name}' changed since the plan was made; plan again.")
     vm = load_vm_folder(plan.folder)
     _refuse_if_busy(vm)
     progress(Progress("saving settings", 0, 1))
@@ -330,15 +379,21 @@ def run_discard(plan: DiscardPlan, *, progress: ProgressFn = no_progress) -> Dis
         a = change.attachment
         el = elements.get((a.controller, a.port, a.device))
         if el is None:
-            raise OperationRefused(f"'{plan.vbox.name}' has no attachment at {a.where} any "
-                                   "more; plan again.")
+            raise OperationRefused(
+                f"'{plan.vbox.name}' has no attachment at {a.where} any more; plan again."
+            )
         _set_flag(el, "nonrotational", change.nonrotational)
         _set_flag(el, "discard", change.discard)
     data = doc.to_bytes()
     _verify(plan, data)
     state = "on" if plan.turn_on else "off"
-    journal = Journal.begin(plan.folder, "settings", plan.to_dict(),
-                            f"discard {state} for {len(plan.changes)} disk(s)", plan.vbox)
+    journal = Journal.begin(
+        plan.folder,
+        "settings",
+        plan.to_dict(),
+        f"discard {state} for {len(plan.changes)} disk(s)",
+        plan.vbox,
+    )
     try:
         journal.backup_file(plan.vbox, save=False)
         journal.set_phase("backed-up")
@@ -365,19 +420,28 @@ def _verify(plan: DiscardPlan, data: bytes) -> None:
     after = parse_settings_root(parse_xml_bytes(data, plan.vbox), plan.vbox)
     if not isinstance(before, MachineSettings) or not isinstance(after, MachineSettings):
         raise OperationRefused(f"'{plan.vbox.name}' is not a machine settings file.")
-    wanted = {(c.attachment.controller, c.attachment.port, c.attachment.device):
-              (c.discard, c.nonrotational) for c in plan.changes}
+    wanted = {
+        (c.attachment.controller, c.attachment.port, c.attachment.device): (
+            c.discard,
+            c.nonrotational,
+        )
+        for c in plan.changes
+    }
     expected = []
     for att in before.current_attachments:
-        flags = wanted.get((att.controller, att.port, att.device), (att.discard,
-                                                                    att.nonrotational))
+        flags = wanted.get((att.controller, att.port, att.device), (att.discard, att.nonrotational))
         if att.device_type != "HardDisk" or att.medium_uuid is None:
             flags = (att.discard, att.nonrotational)
         expected.append(replace(att, discard=flags[0], nonrotational=flags[1]))
-    if tuple(expected) != after.current_attachments or \
-            before.root_snapshot != after.root_snapshot or before.media != after.media:
-        raise OperationRefused(f"The edited '{plan.vbox.name}' did not read back as planned; "
-                               "nothing was changed. Please report this.")
+    if (
+        tuple(expected) != after.current_attachments
+        or before.root_snapshot != after.root_snapshot
+        or before.media != after.media
+    ):
+        raise OperationRefused(
+            f"The edited '{plan.vbox.name}' did not read back as planned; "
+            "nothing was changed. Please report this."
+        )
 
 
 def _set_flag(element: ET.Element, name: str, value: bool) -> None:

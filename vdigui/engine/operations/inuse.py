@@ -134,8 +134,10 @@ def take_exclusive_lock(fd: int, path: Path) -> None:
 
 def locked_sentence(path: Path) -> str:
     """The refusal for a file some other program has locked."""
-    return (f"'{path.name}' is locked by another program (a running VM, qemu or another "
-            f"vdigui); close it and try again ({path}).")
+    return (
+        f"'{path.name}' is locked by another program (a running VM, qemu or another "
+        f"vdigui); close it and try again ({path})."
+    )
 
 
 def in_use_reasons(paths: Sequence[Path], *, writers_only: bool = False) -> tuple[str, ...]:
@@ -151,8 +153,10 @@ def in_use_reasons(paths: Sequence[Path], *, writers_only: bool = False) -> tupl
         if who:
             names = ", ".join(f"{name} (process {pid})" for pid, name, _ in who[:3])
             more = f" and {len(who) - 3} more" if len(who) > 3 else ""
-            reasons.append(f"'{Path(path).name}' is open in another program: {names}{more}; "
-                           f"close it (or shut the VM down) and try again.")
+            reasons.append(
+                f"'{Path(path).name}' is open in another program: {names}{more}; "
+                f"close it (or shut the VM down) and try again."
+            )
         elif not writers_only and locked_by_others(Path(path)):
             reasons.append(locked_sentence(Path(path)))
     return tuple(reasons)

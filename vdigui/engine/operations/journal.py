@@ -96,8 +96,10 @@ def _read_json(path: Path) -> dict[str, Any] | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
-        raise VdiError(f"The vdigui journal '{path}' cannot be read ({exc}); move it away "
-                       "only after checking the VM folder by hand.") from exc
+        raise VdiError(
+            f"The vdigui journal '{path}' cannot be read ({exc}); move it away "
+            "only after checking the VM folder by hand."
+        ) from exc
     return data if isinstance(data, dict) else None
 
 
@@ -127,7 +129,7 @@ def prefix_ranges(prefix: bytes, path: Path) -> list[tuple[int, int]]:
     """
     whole = [(0, len(prefix))]
     try:
-        header = fmt.parse_header(prefix[:fmt.HEADER_READ_SIZE], path)
+        header = fmt.parse_header(prefix[: fmt.HEADER_READ_SIZE], path)
     except VdiError:
         return whole
     head = fmt.HEADER_READ_SIZE
@@ -192,9 +194,15 @@ def _slot_runs(slots: np.ndarray, limit: int) -> list[tuple[int, int]]:
     return out
 
 
-def write_before_images(image_fd: int, header: fmt.VdiHeader, slots: Sequence[int] | np.ndarray,
-                        dest: Path, *, progress: ProgressFn = no_progress,
-                        cancel: CancelToken | None = None) -> tuple[int, int]:
+def write_before_images(
+    image_fd: int,
+    header: fmt.VdiHeader,
+    slots: Sequence[int] | np.ndarray,
+    dest: Path,
+    *,
+    progress: ProgressFn = no_progress,
+    cancel: CancelToken | None = None,
+) -> tuple[int, int]:
     """Save the current content of ``slots`` of an image into the new file ``dest``, durably.
 
     One record per run of adjacent slots, each self-validating (offset, length and a crc32 of
@@ -276,9 +284,17 @@ class Journal:
 
     # -- lifetime -------------------------------------------------------------------------
     @classmethod
-    def begin(cls, folder: Path, kind: str, plan: dict[str, Any], summary: str,
-              vbox: Path | None = None, extra: dict[str, Any] | None = None, *,
-              keep_undo: bool = True) -> Journal:
+    def begin(
+        cls,
+        folder: Path,
+        kind: str,
+        plan: dict[str, Any],
+        summary: str,
+        vbox: Path | None = None,
+        extra: dict[str, Any] | None = None,
+        *,
+        keep_undo: bool = True,
+    ) -> Journal:
         """Start a journal; refuses while another operation's journal is still open.
 
         ``keep_undo`` False: removed files are unlinked (not moved) once committed, and the
@@ -289,18 +305,29 @@ class Journal:
             raise OperationRefused(
                 f"An earlier vdigui operation in '{folder}' did not finish; run any writing "
                 "vdictl command (or 'vdictl undo') on that folder to roll it back or complete "
-                "it first.")
+                "it first."
+            )
         backup = state_dir(folder) / "backups" / f"{_timestamp()}-{kind}"
         if backup.exists():
             raise OperationRefused(f"The backup folder '{backup}' already exists; try again.")
         fileio.makedirs(backup)
         data: dict[str, Any] = {
-            "version": JOURNAL_VERSION, "kind": kind, "summary": summary,
+            "version": JOURNAL_VERSION,
+            "kind": kind,
+            "summary": summary,
             "started": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            "pid": os.getpid(), "plan": plan, "phase": "planned", "committed": False,
-            "backup_dir": str(backup), "images": [], "files": [], "removals": [],
-            "vbox": str(vbox) if vbox else None, "vbox_new_sha256": None,
-            "keep_undo": keep_undo, **(extra or {}),
+            "pid": os.getpid(),
+            "plan": plan,
+            "phase": "planned",
+            "committed": False,
+            "backup_dir": str(backup),
+            "images": [],
+            "files": [],
+            "removals": [],
+            "vbox": str(vbox) if vbox else None,
+            "vbox_new_sha256": None,
+            "keep_undo": keep_undo,
+            **(extra or {}),
         }
         journal = cls(folder, data)
         # Create the journal exclusively, so two vdictl runs on one folder cannot both start.
@@ -310,8 +337,9 @@ class Journal:
             fileio.link(tmp, journal.path)
         except FileExistsError:
             fileio.remove_tree(backup)
-            raise OperationRefused(f"Another vdigui operation is running in '{folder}'; wait "
-                                   "for it to finish.") from None
+            raise OperationRefused(
+                f"Another vdigui operation is running in '{folder}'; wait for it to finish."
+            ) from None
         finally:
             fileio.unlink(tmp, missing_ok=True)
         fileio.fsync_dir(journal.path.parent)
@@ -344,8 +372,9 @@ class Journal:
         self.save()
 
     # -- backups --------------------------------------------------------------------------
-    def backup_image(self, path: Path, allowed_uuids: list[str] | None = None, *,
-                     save: bool = True) -> None:
+    def backup_image(
+        self, path: Path, allowed_uuids: list[str] | None = None, *, save: bool = True
+    ) -> None:
         """Save header + map of a VDI and its size before the first write to it.
 
         ``save`` False leaves the journal update to the caller's next :meth:`save` (which must
@@ -361,14 +390,20 @@ class Journal:
         with open(path, "rb") as src:
             prefix = src.read(length)
         ranges = prefix_ranges(prefix, path)
-        _write_file_durable(target, b"".join(prefix[o:o + n] for o, n in ranges))
+        _write_file_durable(target, b"".join(prefix[o : o + n] for o, n in ranges))
         allowed = list(dict.fromkeys([*(allowed_uuids or []), *([uuid_text] if uuid_text else [])]))
-        self.data["images"].append({
-            "path": str(path), "size": size, "prefix_len": length, "backup": str(target),
-            "uuid": uuid_text, "allowed_uuids": allowed,
-            "prefix_sha256": hashlib.sha256(prefix).hexdigest(),
-            "prefix_ranges": [list(r) for r in ranges],
-        })
+        self.data["images"].append(
+            {
+                "path": str(path),
+                "size": size,
+                "prefix_len": length,
+                "backup": str(target),
+                "uuid": uuid_text,
+                "allowed_uuids": allowed,
+                "prefix_sha256": hashlib.sha256(prefix).hexdigest(),
+                "prefix_ranges": [list(r) for r in ranges],
+            }
+        )
         if save:
             self.save()
 
@@ -383,10 +418,16 @@ class Journal:
         entry["tail_backup"] = str(target)
         self.save()
 
-    def backup_before_images(self, image_fd: int, path: Path, header: fmt.VdiHeader,
-                             slots: Sequence[int] | np.ndarray, *,
-                             progress: ProgressFn = no_progress,
-                             cancel: CancelToken | None = None) -> int:
+    def backup_before_images(
+        self,
+        image_fd: int,
+        path: Path,
+        header: fmt.VdiHeader,
+        slots: Sequence[int] | np.ndarray,
+        *,
+        progress: ProgressFn = no_progress,
+        cancel: CancelToken | None = None,
+    ) -> int:
         """Save the slots an in-place write will overwrite; returns the file's size.
 
         The journal names the file before it is written (a crash while writing leaves only
@@ -400,8 +441,9 @@ class Journal:
         entry["before_images"] = str(target)
         entry["before_records"] = None
         self.save()
-        records, size = write_before_images(image_fd, header, slots, target,
-                                            progress=progress, cancel=cancel)
+        records, size = write_before_images(
+            image_fd, header, slots, target, progress=progress, cancel=cancel
+        )
         entry["before_records"] = records
         entry["before_bytes"] = size
         self.save()
@@ -415,18 +457,22 @@ class Journal:
         n = len(self.data["images"]) + len(self.data["files"])
         target = self.backup_dir / f"{n:03d}-{path.name}"
         _write_file_durable(target, path.read_bytes())
-        self.data["files"].append({"path": str(path), "backup": str(target),
-                                   "sha256": sha256_file(path)})
+        self.data["files"].append(
+            {"path": str(path), "backup": str(target), "sha256": sha256_file(path)}
+        )
         if save:
             self.save()
 
     def plan_removal(self, path: Path, uuid: str | None, stash: Path | None = None) -> None:
         """Announce that ``path`` will be moved away at commit (default: into the backup)."""
         n = len(self.data["removals"])
-        self.data["removals"].append({
-            "path": str(path), "uuid": uuid,
-            "stash": str(stash or self.backup_dir / "removed" / f"{n:03d}-{Path(path).name}"),
-        })
+        self.data["removals"].append(
+            {
+                "path": str(path),
+                "uuid": uuid,
+                "stash": str(stash or self.backup_dir / "removed" / f"{n:03d}-{Path(path).name}"),
+            }
+        )
 
     # -- commit, rollback, completion --------------------------------------------------------
     def save_vbox(self, document_bytes: bytes) -> None:
@@ -463,16 +509,21 @@ class Journal:
         True for a ``roll-forward`` journal whose backups are named: before that point
         nothing was written, and rolling back (dropping the journal) is exact.
         """
-        return (self.data.get("recovery") == ROLL_FORWARD
-                and self.data.get("phase", "planned") != "planned")
+        return (
+            self.data.get("recovery") == ROLL_FORWARD
+            and self.data.get("phase", "planned") != "planned"
+        )
 
     def image_entry(self, path: Path) -> dict[str, Any]:
         """The backup record of the image ``path`` (its saved header+map and size)."""
         entry: dict[str, Any] | None = next(
-            (e for e in self.data["images"] if e["path"] == str(path)), None)
+            (e for e in self.data["images"] if e["path"] == str(path)), None
+        )
         if entry is None:
-            raise VdiError(f"The vdigui journal in '{self.folder}' has no backup of "
-                           f"'{Path(path).name}' (bug); restore the folder by hand.")
+            raise VdiError(
+                f"The vdigui journal in '{self.folder}' has no backup of "
+                f"'{Path(path).name}' (bug); restore the folder by hand."
+            )
         return entry
 
     @property
@@ -496,8 +547,10 @@ class Journal:
             if item.get("uuid") and src.suffix.lower() == ".vdi":
                 _, found = image_prefix_length(src)
                 if found != item["uuid"]:
-                    notes.append(f"kept '{src}': its header UUID is {found}, not the "
-                                 f"{item['uuid']} the plan named")
+                    notes.append(
+                        f"kept '{src}': its header UUID is {found}, not the "
+                        f"{item['uuid']} the plan named"
+                    )
                     continue
             if not self.keep_undo and _is_inside_dir(stash, self.backup_dir):
                 fileio.unlink(src)
@@ -537,8 +590,7 @@ class Journal:
 
     def finish(self, summary_extra: dict[str, Any] | None = None) -> None:
         """Close the journal: keep it as the last operation (for undo) and remove it."""
-        touched = {e["path"] for e in self.data["images"]} | {e["path"] for e in
-                                                               self.data["files"]}
+        touched = {e["path"] for e in self.data["images"]} | {e["path"] for e in self.data["files"]}
         self.data["after"] = {p: fingerprint(Path(p)) for p in sorted(touched)}
         self.data["phase"] = "done"
         self.data["undoable"] = self.keep_undo
@@ -564,7 +616,7 @@ def _prefix_parts(entry: dict[str, Any]) -> list[tuple[int, bytes]]:
     parts: list[tuple[int, bytes]] = []
     pos = 0
     for offset, length in entry.get("prefix_ranges") or [(0, len(saved))]:
-        parts.append((offset, saved[pos:pos + length]))
+        parts.append((offset, saved[pos : pos + length]))
         pos += length
     return parts
 
@@ -582,13 +634,17 @@ def reset_image(entry: dict[str, Any]) -> None:
     """
     path = Path(entry["path"])
     if not path.exists():
-        raise VdiError(f"'{path}' is missing, so the interrupted operation cannot be finished; "
-                       "restore it and run the command again.")
+        raise VdiError(
+            f"'{path}' is missing, so the interrupted operation cannot be finished; "
+            "restore it and run the command again."
+        )
     _, current = image_prefix_length(path)
     allowed = entry.get("allowed_uuids") or []
     if current is not None and allowed and current not in allowed:
-        raise VdiError(f"'{path.name}' now has UUID {current}, which is not the image vdigui "
-                       "backed up, so the interrupted operation cannot be finished.")
+        raise VdiError(
+            f"'{path.name}' now has UUID {current}, which is not the image vdigui "
+            "backed up, so the interrupted operation cannot be finished."
+        )
     parts = _prefix_parts(entry)
     fd = fileio.open_fd(path, os.O_RDWR)
     try:
@@ -614,8 +670,10 @@ def _restore_image(entry: dict[str, Any]) -> list[str]:
     _, current = image_prefix_length(path)
     allowed = entry.get("allowed_uuids") or []
     if current is not None and allowed and current not in allowed:
-        return [f"'{path.name}' now has UUID {current}, which is not the image vdigui backed "
-                "up; it was left alone"]
+        return [
+            f"'{path.name}' now has UUID {current}, which is not the image vdigui backed "
+            "up; it was left alone"
+        ]
     parts = _prefix_parts(entry)
     before = entry.get("before_images")
     before_path = Path(before) if before and Path(before).exists() else None
@@ -623,9 +681,11 @@ def _restore_image(entry: dict[str, Any]) -> list[str]:
     if expected is not None:  # the slots were (or may have been) overwritten: all must be here
         readable = sum(1 for _ in read_before_images(before_path)) if before_path else 0
         if readable < expected:
-            raise VdiError(f"The before-images in '{before}' are damaged ({readable} of "
-                           f"{expected} records readable), so '{path.name}' cannot be restored "
-                           "exactly; keep the backup folder and restore by hand.")
+            raise VdiError(
+                f"The before-images in '{before}' are damaged ({readable} of "
+                f"{expected} records readable), so '{path.name}' cannot be restored "
+                "exactly; keep the backup folder and restore by hand."
+            )
     notes: list[str] = []
     fd = fileio.open_fd(path, os.O_RDWR)
     try:
@@ -648,8 +708,11 @@ def _restore_image(entry: dict[str, Any]) -> list[str]:
                         fileio.pwrite(fd, chunk, pos)
                         rewrote += len(chunk)
                     pos += len(chunk)
-        changed = (rewrote > 0 or size != entry["size"]
-                   or any(os.pread(fd, len(data), off) != data for off, data in parts))
+        changed = (
+            rewrote > 0
+            or size != entry["size"]
+            or any(os.pread(fd, len(data), off) != data for off, data in parts)
+        )
         if not changed:
             return []
         for off, data in parts:
@@ -695,6 +758,7 @@ def _copy_tail_durable(src: Path, start: int, path: Path) -> None:
 
 # -- recovery and undo --------------------------------------------------------------------
 
+
 @dataclass(frozen=True, slots=True)
 class RecoveryResult:
     """What recovery did with an interrupted operation.
@@ -713,8 +777,7 @@ class RecoveryResult:
 
     def message(self) -> str:
         """One sentence for the CLI."""
-        return (f"An interrupted vdigui operation ({self.summary}) was found and "
-                f"{self.action}.")
+        return f"An interrupted vdigui operation ({self.summary}) was found and {self.action}."
 
 
 #: Per-kind hooks run after a completed recovery (e.g. nothing extra for merges).
@@ -773,8 +836,10 @@ def _roll_forward(journal: Journal) -> list[str]:
         from vdigui.engine.operations.merge import roll_forward  # merge imports this module
 
         return roll_forward(journal)
-    raise VdiError(f"The interrupted vdigui operation in '{journal.folder}' ({kind}) must be "
-                   "finished, but this vdigui does not know how; use the vdigui that began it.")
+    raise VdiError(
+        f"The interrupted vdigui operation in '{journal.folder}' ({kind}) must be "
+        "finished, but this vdigui does not know how; use the vdigui that began it."
+    )
 
 
 def last_operation(folder: Path) -> dict[str, Any] | None:
@@ -794,11 +859,16 @@ def plan_undo(folder: Path) -> dict[str, Any]:
     """The last operation, checked to be undoable; raises OperationRefused with the reason."""
     record = last_operation(folder)
     if record is None or record.get("undone"):
-        raise OperationRefused(f"There is no vdigui operation in '{folder}' to undo; undo "
-                               "covers only the last repair or snapshot deletion.")
+        raise OperationRefused(
+            f"There is no vdigui operation in '{folder}' to undo; undo "
+            "covers only the last repair or snapshot deletion."
+        )
     if record.get("undoable") is False:
-        why = ("its undo data was discarded" if record.get("undo_discarded")
-               else "it ran without keeping undo data")
+        why = (
+            "its undo data was discarded"
+            if record.get("undo_discarded")
+            else "it ran without keeping undo data"
+        )
         raise OperationRefused(f"Cannot undo '{record.get('summary')}': {why}.")
     changed = []
     for path, before in (record.get("after") or {}).items():
@@ -808,7 +878,8 @@ def plan_undo(folder: Path) -> dict[str, Any]:
         raise OperationRefused(
             f"Cannot undo '{record.get('summary')}': {', '.join(changed)} changed since "
             "(the VM probably ran), and restoring the old headers would lose those writes; "
-            "restore from the backup folder by hand if you must.")
+            "restore from the backup folder by hand if you must."
+        )
     for entry in record.get("images", []):
         needed = [entry.get("backup"), entry.get("before_images"), entry.get("tail_backup")]
         gone = [Path(n).name for n in needed if n and not Path(n).exists()]
@@ -816,18 +887,21 @@ def plan_undo(folder: Path) -> dict[str, Any]:
             raise OperationRefused(
                 f"Cannot undo '{record.get('summary')}': its backup of "
                 f"'{Path(entry['path']).name}' ({', '.join(gone)}) is no longer in the backup "
-                "folder.")
+                "folder."
+            )
         expected = entry.get("before_records")
         if expected and sum(1 for _ in read_before_images(Path(entry["before_images"]))) < expected:
             raise OperationRefused(
                 f"Cannot undo '{record.get('summary')}': the before-images of "
                 f"'{Path(entry['path']).name}' in '{entry['before_images']}' are damaged, so "
-                "it cannot be restored exactly; nothing was changed.")
+                "it cannot be restored exactly; nothing was changed."
+            )
     for item in record.get("removals", []):
         if not Path(item["stash"]).exists() and not Path(item["path"]).exists():
             raise OperationRefused(
                 f"Cannot undo '{record.get('summary')}': the removed file "
-                f"'{Path(item['path']).name}' is no longer in the backup folder.")
+                f"'{Path(item['path']).name}' is no longer in the backup folder."
+            )
     return record
 
 
@@ -841,8 +915,9 @@ def undo_last(folder: Path, *, progress: ProgressFn = no_progress) -> UndoResult
     folder = Path(folder)
     record = plan_undo(folder)
     progress(Progress("undoing", 0, 1))
-    journal = Journal.begin(folder, "undo", {}, f"undo of {record.get('summary')}",
-                            extra={"undo_of": record})
+    journal = Journal.begin(
+        folder, "undo", {}, f"undo of {record.get('summary')}", extra={"undo_of": record}
+    )
     notes = _apply_undo(record)
     _close_undo(journal)
     progress(Progress("undoing", 1, 1))
@@ -875,9 +950,11 @@ def discard_undo_data(folder: Path) -> int:
     """
     folder = Path(folder)
     if journal_path(folder).exists():
-        raise OperationRefused(f"An unfinished vdigui operation in '{folder}' still needs its "
-                               "backups; run any writing vdictl command on that folder first "
-                               "so it is rolled back or completed.")
+        raise OperationRefused(
+            f"An unfinished vdigui operation in '{folder}' still needs its "
+            "backups; run any writing vdictl command on that folder first "
+            "so it is rolled back or completed."
+        )
     record = last_operation(folder)
     if record is not None and record.get("undoable", True) and not record.get("undone"):
         record["undoable"] = False

@@ -112,6 +112,7 @@ _REFUSED_TYPES = {"immutable": "Immutable", "multiattach": "MultiAttach"}
 
 # -- plan values ----------------------------------------------------------------------------
 
+
 @dataclass(frozen=True, slots=True)
 class ImageRef:
     """One VDI the plan names: where it is, what its header UUID must be, where it lies."""
@@ -231,30 +232,44 @@ class MergePlan:
             name = step.medium.path.name
             if step.action == "merge":
                 assert step.source is not None and step.target is not None
-                lines.append(f"- Disk {name}: merge {step.direction} — the data of "
-                             f"'{step.source.path.name}' goes into '{step.target.path.name}' "
-                             f"({step.reason}).")
+                lines.append(
+                    f"- Disk {name}: merge {step.direction} — the data of "
+                    f"'{step.source.path.name}' goes into '{step.target.path.name}' "
+                    f"({step.reason})."
+                )
                 for cost in step.costs:
-                    tag = "chosen" if cost.direction == step.direction else (
-                        "other" if cost.allowed else "not allowed")
+                    tag = (
+                        "chosen"
+                        if cost.direction == step.direction
+                        else ("other" if cost.allowed else "not allowed")
+                    )
                     lines.append(
                         f"    {cost.direction:8} ({tag}): {cost.blocks} blocks, "
                         f"{_size(cost.bytes)} to copy, {_size(cost.temp_space)} extra space "
-                        f"needed, {_size(cost.free_space)} free, about {cost.seconds:.0f} s.")
+                        f"needed, {_size(cost.free_space)} free, about {cost.seconds:.0f} s."
+                    )
                 for child in step.relink:
-                    parent = "none (it becomes a base)" if step.new_parent is None else (
-                        f"{{{step.new_parent}}}")
+                    parent = (
+                        "none (it becomes a base)"
+                        if step.new_parent is None
+                        else (f"{{{step.new_parent}}}")
+                    )
                     lines.append(f"    relink '{child.path.name}' to parent {parent}.")
             else:
                 lines.append(f"- Disk {name}: {step.action} ({step.reason}).")
         lines.append("Files written:")
-        lines += [f"    {p}{'  [OUTSIDE THE FOLDER]' if out else ''}"
-                  for p, out in self.files_written]
-        where = (f"moved into the undo backup in {jr.backups_dir(self.folder)}"
-                 if self.keep_undo else "deleted; no undo")
+        lines += [
+            f"    {p}{'  [OUTSIDE THE FOLDER]' if out else ''}" for p, out in self.files_written
+        ]
+        where = (
+            f"moved into the undo backup in {jr.backups_dir(self.folder)}"
+            if self.keep_undo
+            else "deleted; no undo"
+        )
         lines.append(f"Files removed ({where}):")
-        lines += [f"    {p}{'  [OUTSIDE THE FOLDER]' if out else ''}"
-                  for p, out in self.files_removed] or ["    none"]
+        lines += [
+            f"    {p}{'  [OUTSIDE THE FOLDER]' if out else ''}" for p, out in self.files_removed
+        ] or ["    none"]
         lines.append("Space:")
         lines += [f"    {line}" for line in self.space.lines()]
         lines += [f"Note: {n}" for n in self.notes]
@@ -262,31 +277,55 @@ class MergePlan:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form (stored in the journal, printed by ``--json``)."""
+
         def ref(r: ImageRef | None) -> dict[str, Any] | None:
-            return None if r is None else {"path": str(r.path), "uuid": str(r.uuid),
-                                           "outside": r.outside}
+            return (
+                None
+                if r is None
+                else {"path": str(r.path), "uuid": str(r.uuid), "outside": r.outside}
+            )
+
         return {
-            "kind": self.kind, "folder": str(self.folder),
+            "kind": self.kind,
+            "folder": str(self.folder),
             "vbox": str(self.vbox) if self.vbox else None,
             "snapshot": {"uuid": str(self.snapshot_uuid), "name": self.snapshot_name}
-            if self.snapshot_uuid else None,
+            if self.snapshot_uuid
+            else None,
             "was_current": self.was_current,
-            "steps": [{
-                "medium": ref(s.medium), "action": s.action, "reason": s.reason,
-                "direction": s.direction, "source": ref(s.source), "target": ref(s.target),
-                "relink": [ref(r) for r in s.relink],
-                "new_parent": str(s.new_parent) if s.new_parent else None,
-                "ancestors": [ref(r) for r in s.ancestors],
-                "costs": [{"direction": c.direction, "allowed": c.allowed, "blocks": c.blocks,
-                           "bytes": c.bytes, "temp_space": c.temp_space,
-                           "free_space": c.free_space, "seconds": round(c.seconds, 1)}
-                          for c in s.costs],
-            } for s in self.steps],
+            "steps": [
+                {
+                    "medium": ref(s.medium),
+                    "action": s.action,
+                    "reason": s.reason,
+                    "direction": s.direction,
+                    "source": ref(s.source),
+                    "target": ref(s.target),
+                    "relink": [ref(r) for r in s.relink],
+                    "new_parent": str(s.new_parent) if s.new_parent else None,
+                    "ancestors": [ref(r) for r in s.ancestors],
+                    "costs": [
+                        {
+                            "direction": c.direction,
+                            "allowed": c.allowed,
+                            "blocks": c.blocks,
+                            "bytes": c.bytes,
+                            "temp_space": c.temp_space,
+                            "free_space": c.free_space,
+                            "seconds": round(c.seconds, 1),
+                        }
+                        for c in s.costs
+                    ],
+                }
+                for s in self.steps
+            ],
             "files_written": [{"path": str(p), "outside": o} for p, o in self.files_written],
             "files_removed": [{"path": str(p), "outside": o} for p, o in self.files_removed],
-            "notes": list(self.notes), "keep_undo": self.keep_undo,
+            "notes": list(self.notes),
+            "keep_undo": self.keep_undo,
             "space": self.space.to_dict(),
-            "vbox_sha256": self.vbox_sha256, "allow_outside": self.allow_outside,
+            "vbox_sha256": self.vbox_sha256,
+            "allow_outside": self.allow_outside,
             "extra_removed": [str(p) for p in self.extra_removed],
         }
 
@@ -296,40 +335,65 @@ class MergePlan:
 
         The space figures are not restored (recovery does not plan space).
         """
+
         def ref(r: dict[str, Any] | None) -> ImageRef | None:
-            return None if r is None else ImageRef(Path(r["path"]), uuidlib.UUID(r["uuid"]),
-                                                   bool(r.get("outside")))
+            return (
+                None
+                if r is None
+                else ImageRef(Path(r["path"]), uuidlib.UUID(r["uuid"]), bool(r.get("outside")))
+            )
 
         def must(r: dict[str, Any]) -> ImageRef:
             out = ref(r)
             assert out is not None
             return out
 
-        steps = tuple(DiskStep(
-            must(s["medium"]), s["action"], s["reason"], s.get("direction"),
-            ref(s.get("source")), ref(s.get("target")),
-            tuple(must(r) for r in s.get("relink", [])),
-            uuidlib.UUID(s["new_parent"]) if s.get("new_parent") else None,
-            tuple(must(r) for r in s.get("ancestors", [])),
-            tuple(DirectionCost(c["direction"], c["allowed"], c["blocks"], c["bytes"],
-                                c["temp_space"], c["free_space"], c["seconds"])
-                  for c in s.get("costs", [])),
-        ) for s in data["steps"])
+        steps = tuple(
+            DiskStep(
+                must(s["medium"]),
+                s["action"],
+                s["reason"],
+                s.get("direction"),
+                ref(s.get("source")),
+                ref(s.get("target")),
+                tuple(must(r) for r in s.get("relink", [])),
+                uuidlib.UUID(s["new_parent"]) if s.get("new_parent") else None,
+                tuple(must(r) for r in s.get("ancestors", [])),
+                tuple(
+                    DirectionCost(
+                        c["direction"],
+                        c["allowed"],
+                        c["blocks"],
+                        c["bytes"],
+                        c["temp_space"],
+                        c["free_space"],
+                        c["seconds"],
+                    )
+                    for c in s.get("costs", [])
+                ),
+            )
+            for s in data["steps"]
+        )
         snap = data.get("snapshot") or {}
         return cls(
-            kind=data["kind"], folder=Path(data["folder"]),
+            kind=data["kind"],
+            folder=Path(data["folder"]),
             vbox=Path(data["vbox"]) if data.get("vbox") else None,
             vbox_sha256=data.get("vbox_sha256"),
             snapshot_uuid=uuidlib.UUID(snap["uuid"]) if snap.get("uuid") else None,
-            snapshot_name=snap.get("name"), steps=steps,
+            snapshot_name=snap.get("name"),
+            steps=steps,
             extra_removed=tuple(Path(p) for p in data.get("extra_removed", [])),
-            files_written=tuple((Path(f["path"]), bool(f["outside"]))
-                                for f in data.get("files_written", [])),
-            files_removed=tuple((Path(f["path"]), bool(f["outside"]))
-                                for f in data.get("files_removed", [])),
+            files_written=tuple(
+                (Path(f["path"]), bool(f["outside"])) for f in data.get("files_written", [])
+            ),
+            files_removed=tuple(
+                (Path(f["path"]), bool(f["outside"])) for f in data.get("files_removed", [])
+            ),
             was_current=bool(data.get("was_current")),
             allow_outside=bool(data.get("allow_outside")),
-            notes=tuple(data.get("notes", [])), keep_undo=bool(data.get("keep_undo", True)),
+            notes=tuple(data.get("notes", [])),
+            keep_undo=bool(data.get("keep_undo", True)),
         )
 
 
@@ -374,22 +438,33 @@ def _refuse(message: str) -> OperationRefused:
 
 # -- planning helpers -------------------------------------------------------------------------
 
+
 def _header_of(path: Path, expected: uuidlib.UUID, role: str) -> fmt.VdiHeader:
     """Read a header and insist it is the medium the registry says (hostile/stale registries)."""
     try:
         header = fmt.read_header(path)
     except VdiError as exc:
-        raise _refuse(f"The {role} '{path}' cannot be read ({exc}); run 'vdictl check' and "
-                      "'vdictl repair' on the VM folder first.") from exc
+        raise _refuse(
+            f"The {role} '{path}' cannot be read ({exc}); run 'vdictl check' and "
+            "'vdictl repair' on the VM folder first."
+        ) from exc
     if header.uuid != expected:
-        raise _refuse(f"The registry says the {role} {{{expected}}} is '{path}', but that "
-                      f"file's header UUID is {{{header.uuid}}}; vdigui will not write to or "
-                      "delete a file that is not the one named, so run 'vdictl repair' first.")
+        raise _refuse(
+            f"The registry says the {role} {{{expected}}} is '{path}', but that "
+            f"file's header UUID is {{{header.uuid}}}; vdigui will not write to or "
+            "delete a file that is not the one named, so run 'vdictl repair' first."
+        )
     return header
 
 
-def _costs(source: VdiImage, target: VdiImage, direction: str, allowed: bool,
-           free: int, keep_undo: bool = True) -> DirectionCost:
+def _costs(
+    source: VdiImage,
+    target: VdiImage,
+    direction: str,
+    allowed: bool,
+    free: int,
+    keep_undo: bool = True,
+) -> DirectionCost:
     """Cost of merging, computed from the two maps (no data is read).
 
     Extra space: the slots appended to the target plus (backward, when undo data is kept)
@@ -405,8 +480,9 @@ def _costs(source: VdiImage, target: VdiImage, direction: str, allowed: bool,
     nbytes = int(data.sum()) * bs
     grow = new_slot_bound(s_map, t_map, backward) * target.header.slot_size
     before = _before_image_size(source, target, backward) if keep_undo else 0
-    return DirectionCost(direction, allowed, int(moved.sum()), nbytes, grow + before, free,
-                         nbytes / ESTIMATED_RATE)
+    return DirectionCost(
+        direction, allowed, int(moved.sum()), nbytes, grow + before, free, nbytes / ESTIMATED_RATE
+    )
 
 
 def _before_image_size(source: VdiImage, target: VdiImage, backward: bool) -> int:
@@ -418,12 +494,12 @@ def _before_image_size(source: VdiImage, target: VdiImage, backward: bool) -> in
     return jr.before_image_bytes(int(slots.size), target.header.slot_size, runs)
 
 
-def _both_costs(parent: ImageRef, child: ImageRef, forward_allowed: bool,
-                chosen: str, keep_undo: bool = True) -> tuple[DirectionCost, ...]:
+def _both_costs(
+    parent: ImageRef, child: ImageRef, forward_allowed: bool, chosen: str, keep_undo: bool = True
+) -> tuple[DirectionCost, ...]:
     with open_image(parent.path) as p, open_image(child.path) as c:
         backward = _costs(c, p, "backward", True, free_space(parent.path.parent), keep_undo)
-        forward = _costs(p, c, "forward", forward_allowed, free_space(child.path.parent),
-                         keep_undo)
+        forward = _costs(p, c, "forward", forward_allowed, free_space(child.path.parent), keep_undo)
         if chosen == "backward":
             _check_target(p, c, True, "target (parent)")
         else:
@@ -442,35 +518,47 @@ def _check_target(target: VdiImage, source: VdiImage, backward: bool, role: str)
     slot_count = h.blocks_allocated
     live = target.block_map[fmt.is_allocated(target.block_map)]
     if live.size and (int(live.max()) >= slot_count or np.unique(live).size != live.size):
-        raise _refuse(f"The block map of '{target.path.name}' has cross-linked slots or "
-                      "slots past cBlocksAllocated (a crash leftover); run 'vdictl repair' "
-                      "on it first.")
+        raise _refuse(
+            f"The block map of '{target.path.name}' has cross-linked slots or "
+            "slots past cBlocksAllocated (a crash leftover); run 'vdictl repair' "
+            "on it first."
+        )
     if target.file_size < h.expected_file_size(slot_count):
-        raise _refuse(f"'{target.path.name}' is shorter than its header says (truncated?); run "
-                      "'vdictl check' and 'vdictl repair' on it first.")
+        raise _refuse(
+            f"'{target.path.name}' is shorter than its header says (truncated?); run "
+            "'vdictl check' and 'vdictl repair' on it first."
+        )
     n = min(source.guest_blocks, target.guest_blocks)
     new = new_slot_bound(source.block_map[:n], target.block_map[:n], backward)
     if slot_count + new > h.blocks:
-        raise _refuse(f"The {role} '{target.path.name}' has unused slots between its blocks and "
-                      f"no room in its block map for the {new} blocks this merge adds; "
-                      f"compact it first ('vdictl compact {target.path}').")
+        raise _refuse(
+            f"The {role} '{target.path.name}' has unused slots between its blocks and "
+            f"no room in its block map for the {new} blocks this merge adds; "
+            f"compact it first ('vdictl compact {target.path}')."
+        )
 
 
 def _choose(direction: str, parent_is_base: bool, parent: Path, child: Path) -> tuple[str, str]:
     if parent_is_base:
         if direction == "forward":
-            raise _refuse("A base image is always merged backward (the child's data into the "
-                          "base); a forward merge would turn a differencing image into the "
-                          "base, which VirtualBox never does; use --direction auto.")
+            raise _refuse(
+                "A base image is always merged backward (the child's data into the "
+                "base); a forward merge would turn a differencing image into the "
+                "base, which VirtualBox never does; use --direction auto."
+            )
         return "backward", "a base is always merged backward"
     if direction in ("forward", "backward"):
         return direction, "the direction you chose"
     p_size, c_size = parent.stat().st_size, child.stat().st_size
     if p_size < c_size:
-        return "forward", (f"the parent ({_size(p_size)}) is smaller than the child "
-                           f"({_size(c_size)}), so it goes into the child")
-    return "backward", (f"the child ({_size(c_size)}) is not larger than the parent "
-                        f"({_size(p_size)}), so it goes into the parent")
+        return "forward", (
+            f"the parent ({_size(p_size)}) is smaller than the child "
+            f"({_size(c_size)}), so it goes into the child"
+        )
+    return "backward", (
+        f"the child ({_size(c_size)}) is not larger than the parent "
+        f"({_size(p_size)}), so it goes into the parent"
+    )
 
 
 def find_vbox(path: Path | str) -> Path:
@@ -499,8 +587,15 @@ def _scan_children(doc_folders: list[Path], parent: uuidlib.UUID) -> dict[Path, 
 
 # -- planning: snapshot deletion -----------------------------------------------------------
 
-def plan_snapshot_delete(vm: Path | str, key: str, *, direction: str = "auto",
-                         allow_outside: bool = False, keep_undo: bool = True) -> MergePlan:
+
+def plan_snapshot_delete(
+    vm: Path | str,
+    key: str,
+    *,
+    direction: str = "auto",
+    allow_outside: bool = False,
+    keep_undo: bool = True,
+) -> MergePlan:
     """Plan the deletion of snapshot ``key`` (name or UUID) of the VM in ``vm``.
 
     Read-only and fast (headers and block maps only). ``keep_undo`` False plans no
@@ -518,8 +613,10 @@ def plan_snapshot_delete(vm: Path | str, key: str, *, direction: str = "auto",
     folder = vbox.parent.resolve()
     hint = running_hint(folder)
     if hint:
-        raise _refuse(f"{hint} Deleting a snapshot while the VM runs would corrupt it; power "
-                      "the VM off (or save its state) and try again.")
+        raise _refuse(
+            f"{hint} Deleting a snapshot while the VM runs would corrupt it; power "
+            "the VM off (or save its state) and try again."
+        )
     snap = doc.find_snapshot(key)
     if snap is None:
         names = ", ".join(f"'{s.get('name')}'" for s in doc.snapshots()) or "none"
@@ -530,13 +627,17 @@ def plan_snapshot_delete(vm: Path | str, key: str, *, direction: str = "auto",
     children = doc.snapshot_children(snap)
     was_current = doc.current_snapshot_uuid == snap_uuid
     if len(children) > 1:
-        raise _refuse(f"Snapshot '{name}' has {len(children)} child snapshots and VirtualBox "
-                      "deletes only snapshots with at most one, because its disks are branch "
-                      "points; delete the snapshots of all but one branch first.")
+        raise _refuse(
+            f"Snapshot '{name}' has {len(children)} child snapshots and VirtualBox "
+            "deletes only snapshots with at most one, because its disks are branch "
+            "points; delete the snapshots of all but one branch first."
+        )
     if was_current and children:
-        raise _refuse(f"Snapshot '{name}' is the current snapshot and has a child snapshot, "
-                      "which VirtualBox does not allow; restore another snapshot first, or "
-                      "delete the child.")
+        raise _refuse(
+            f"Snapshot '{name}' is the current snapshot and has a child snapshot, "
+            "which VirtualBox does not allow; restore another snapshot first, or "
+            "delete the child."
+        )
     registry = doc.hard_disks()
     scan_dirs = [folder, doc.snapshot_folder]
     steps: list[DiskStep] = []
@@ -545,8 +646,9 @@ def plan_snapshot_delete(vm: Path | str, key: str, *, direction: str = "auto",
         medium_uuid = parse_uuid(image_el.get("uuid"))
         if medium_uuid is None:
             continue
-        steps.append(_plan_disk(doc, snap, medium_uuid, registry, scan_dirs, folder, direction,
-                                keep_undo))
+        steps.append(
+            _plan_disk(doc, snap, medium_uuid, registry, scan_dirs, folder, direction, keep_undo)
+        )
     written: list[Path] = []
     removed: list[Path] = []
     for step in steps:
@@ -567,11 +669,14 @@ def plan_snapshot_delete(vm: Path | str, key: str, *, direction: str = "auto",
     kept_extra: list[Path] = []
     for path in extra:
         if not path.exists():
-            notes.append(f"'{path.name}' named by the snapshot does not exist; nothing to "
-                         "remove there")
+            notes.append(
+                f"'{path.name}' named by the snapshot does not exist; nothing to remove there"
+            )
         elif not is_inside(path, folder) or path.suffix.lower() not in (".sav", ".nvram"):
-            notes.append(f"'{path}' is named as the snapshot's saved state or NVRAM but is "
-                         "not a .sav/.nvram file inside the VM folder, so it is left alone")
+            notes.append(
+                f"'{path}' is named as the snapshot's saved state or NVRAM but is "
+                "not a .sav/.nvram file inside the VM folder, so it is left alone"
+            )
         else:
             removed.append(path)
             kept_extra.append(path)
@@ -579,82 +684,114 @@ def plan_snapshot_delete(vm: Path | str, key: str, *, direction: str = "auto",
     if not steps:
         notes.append("the snapshot has no hard disks; only the settings change")
     plan = MergePlan(
-        kind="snapshot-delete", folder=folder, vbox=vbox,
+        kind="snapshot-delete",
+        folder=folder,
+        vbox=vbox,
         vbox_sha256=hashlib.sha256(doc.original_bytes).hexdigest(),
-        snapshot_uuid=snap_uuid, snapshot_name=name, steps=tuple(steps),
+        snapshot_uuid=snap_uuid,
+        snapshot_name=name,
+        steps=tuple(steps),
         extra_removed=tuple(kept_extra),
         files_written=tuple((p, not is_inside(p, folder)) for p in dict.fromkeys(written)),
         files_removed=tuple((p, not is_inside(p, folder)) for p in dict.fromkeys(removed)),
-        was_current=was_current, allow_outside=allow_outside, notes=tuple(notes),
+        was_current=was_current,
+        allow_outside=allow_outside,
+        notes=tuple(notes),
         keep_undo=keep_undo,
     )
     return _with_space(plan)
 
 
-def _plan_disk(doc: VboxDocument, snap: Any, medium_uuid: uuidlib.UUID,
-               registry: dict[uuidlib.UUID, Any], scan_dirs: list[Path], folder: Path,
-               direction: str, keep_undo: bool = True) -> DiskStep:
+def _plan_disk(
+    doc: VboxDocument,
+    snap: Any,
+    medium_uuid: uuidlib.UUID,
+    registry: dict[uuidlib.UUID, Any],
+    scan_dirs: list[Path],
+    folder: Path,
+    direction: str,
+    keep_undo: bool = True,
+) -> DiskStep:
     name = doc.snapshot_uuid(snap)
     element = registry.get(medium_uuid)
     if element is None:
-        raise _refuse(f"The snapshot's disk {{{medium_uuid}}} is not in the VM's media "
-                      "registry (it may live in the global VirtualBox.xml); vdigui edits only "
-                      "per-VM registries, so delete this snapshot in VirtualBox.")
+        raise _refuse(
+            f"The snapshot's disk {{{medium_uuid}}} is not in the VM's media "
+            "registry (it may live in the global VirtualBox.xml); vdigui edits only "
+            "per-VM registries, so delete this snapshot in VirtualBox."
+        )
     base_el = doc.disk_base(element)
     medium_type = (base_el.get("type") or "Normal").lower()
     path = doc.disk_path(element)
     assert path is not None
     medium = ImageRef(path, medium_uuid, not is_inside(path, folder))
     if medium_type in _SKIPPED_TYPES:
-        return DiskStep(medium, "skip", f"{base_el.get('type')} media are not part of "
-                        "snapshots, so VirtualBox skips them too")
+        return DiskStep(
+            medium,
+            "skip",
+            f"{base_el.get('type')} media are not part of snapshots, so VirtualBox skips them too",
+        )
     if medium_type in _REFUSED_TYPES:
-        raise _refuse(f"Disk '{path.name}' is {_REFUSED_TYPES[medium_type]}; VirtualBox "
-                      "cannot merge such media, so detach it or change its type in "
-                      "VirtualBox before deleting the snapshot.")
+        raise _refuse(
+            f"Disk '{path.name}' is {_REFUSED_TYPES[medium_type]}; VirtualBox "
+            "cannot merge such media, so detach it or change its type in "
+            "VirtualBox before deleting the snapshot."
+        )
     if (element.get("format") or "VDI").upper() != "VDI":
-        raise _refuse(f"Disk '{path.name}' is a {element.get('format')} image; vdigui merges "
-                      "only VDI images, so delete this snapshot in VirtualBox.")
+        raise _refuse(
+            f"Disk '{path.name}' is a {element.get('format')} image; vdigui merges "
+            "only VDI images, so delete this snapshot in VirtualBox."
+        )
     others = [r for r in doc.image_refs(medium_uuid) if doc.owner_of(r) is not snap]
     if others:
         owner = doc.owner_of(others[0])
-        where = ("the current state" if owner is doc.machine
-                 else f"snapshot '{owner.get('name')}'")
-        raise _refuse(f"Disk '{path.name}' is also attached to {where}, so merging it would "
-                      "change that state too; vdigui (like VirtualBox) needs each snapshot to "
-                      "own the disk it froze — detach it there first.")
+        where = "the current state" if owner is doc.machine else f"snapshot '{owner.get('name')}'"
+        raise _refuse(
+            f"Disk '{path.name}' is also attached to {where}, so merging it would "
+            "change that state too; vdigui (like VirtualBox) needs each snapshot to "
+            "own the disk it froze — detach it there first."
+        )
     header = _header_of(path, medium_uuid, "disk")
     reg_children = {parse_uuid(c.get("uuid")): c for c in doc.disk_children(element)}
     scanned = _scan_children(scan_dirs, medium_uuid)
     child_uuids = {u for u in reg_children if u is not None} | {h.uuid for h in scanned.values()}
     if len(child_uuids) > 1:
-        raise _refuse(f"Disk '{path.name}' has {len(child_uuids)} child disks (a branch point "
-                      f"below snapshot {{{name}}}); VirtualBox cannot merge a branch point, so "
-                      "delete the snapshots of the other branches first.")
+        raise _refuse(
+            f"Disk '{path.name}' has {len(child_uuids)} child disks (a branch point "
+            f"below snapshot {{{name}}}); VirtualBox cannot merge a branch point, so "
+            "delete the snapshots of the other branches first."
+        )
     parent_el = doc.disk_parent(element)
     if not child_uuids:
         if parent_el is None:
             return DiskStep(medium, "keep", "a base with no child disk is left as it is")
-        return DiskStep(medium, "remove", "no disk builds on this differencing image, so it "
-                        "is simply removed")
+        return DiskStep(
+            medium, "remove", "no disk builds on this differencing image, so it is simply removed"
+        )
     child_uuid = next(iter(child_uuids))
     child_el = reg_children.get(child_uuid)
     if child_el is None:
-        raise _refuse(f"Disk '{path.name}' has a child image on disk ({next(iter(scanned))}) "
-                      "that the VM's registry does not list; register or quarantine it with "
-                      "'vdictl repair' first.")
+        raise _refuse(
+            f"Disk '{path.name}' has a child image on disk ({next(iter(scanned))}) "
+            "that the VM's registry does not list; register or quarantine it with "
+            "'vdictl repair' first."
+        )
     child_path = doc.disk_path(child_el)
     assert child_path is not None
     child_header = _header_of(child_path, child_uuid, "child disk")
     if child_header.parent_uuid != medium_uuid:
-        raise _refuse(f"'{child_path.name}' is nested under {{{medium_uuid}}} in the registry "
-                      f"but its header links to {{{child_header.parent_uuid}}}; run "
-                      "'vdictl repair' first.")
+        raise _refuse(
+            f"'{child_path.name}' is nested under {{{medium_uuid}}} in the registry "
+            f"but its header links to {{{child_header.parent_uuid}}}; run "
+            "'vdictl repair' first."
+        )
     child = ImageRef(child_path, child_uuid, not is_inside(child_path, folder))
     parent_is_base = parent_el is None
     if parent_is_base and header.is_differencing:
-        raise _refuse(f"'{path.name}' is a base in the registry but its header says it is "
-                      "differencing; run 'vdictl repair' first.")
+        raise _refuse(
+            f"'{path.name}' is a base in the registry but its header says it is "
+            "differencing; run 'vdictl repair' first."
+        )
     chosen, reason = _choose(direction, parent_is_base, path, child_path)
     costs = _both_costs(medium, child, not parent_is_base, chosen, keep_undo)
     ancestors = _registry_ancestors(doc, parent_el, folder)
@@ -669,12 +806,31 @@ def _plan_disk(doc: VboxDocument, snap: Any, medium_uuid: uuidlib.UUID,
                 relink_refs[cu] = ImageRef(cp, cu, not is_inside(cp, folder))
         for gp, gh in grand.items():
             relink_refs.setdefault(gh.uuid, ImageRef(gp, gh.uuid, not is_inside(gp, folder)))
-        return DiskStep(medium, "merge", reason, "backward", source=child, target=medium,
-                        relink=tuple(relink_refs.values()), new_parent=medium_uuid,
-                        ancestors=ancestors, costs=costs)
+        return DiskStep(
+            medium,
+            "merge",
+            reason,
+            "backward",
+            source=child,
+            target=medium,
+            relink=tuple(relink_refs.values()),
+            new_parent=medium_uuid,
+            ancestors=ancestors,
+            costs=costs,
+        )
     new_parent = parse_uuid(parent_el.get("uuid")) if parent_el is not None else None
-    return DiskStep(medium, "merge", reason, "forward", source=medium, target=child,
-                    relink=(child,), new_parent=new_parent, ancestors=ancestors, costs=costs)
+    return DiskStep(
+        medium,
+        "merge",
+        reason,
+        "forward",
+        source=medium,
+        target=child,
+        relink=(child,),
+        new_parent=new_parent,
+        ancestors=ancestors,
+        costs=costs,
+    )
 
 
 def _registry_ancestors(doc: VboxDocument, element: Any, folder: Path) -> tuple[ImageRef, ...]:
@@ -684,8 +840,10 @@ def _registry_ancestors(doc: VboxDocument, element: Any, folder: Path) -> tuple[
         u = parse_uuid(node.get("uuid"))
         p = doc.disk_path(node)
         if u is None or p is None:
-            raise _refuse("The media registry has an entry without a UUID or location; run "
-                          "'vdictl repair' first.")
+            raise _refuse(
+                "The media registry has an entry without a UUID or location; run "
+                "'vdictl repair' first."
+            )
         _header_of(p, u, "ancestor disk")
         out.append(ImageRef(p, u, not is_inside(p, folder)))
         node = doc.disk_parent(node)
@@ -694,8 +852,14 @@ def _registry_ancestors(doc: VboxDocument, element: Any, folder: Path) -> tuple[
 
 # -- planning: bare chains ----------------------------------------------------------------
 
-def plan_merge(image: Path | str, *, mode: str = "auto",
-               search_dirs: list[Path] | None = None, keep_undo: bool = True) -> MergePlan:
+
+def plan_merge(
+    image: Path | str,
+    *,
+    mode: str = "auto",
+    search_dirs: list[Path] | None = None,
+    keep_undo: bool = True,
+) -> MergePlan:
     """Plan merging a differencing ``image`` with its parent, outside any VM folder.
 
     Args:
@@ -711,13 +875,20 @@ def plan_merge(image: Path | str, *, mode: str = "auto",
     folder = image.parent
     resolution = resolve_chain(image, search_dirs)
     if resolution.error is not None:
-        raise _refuse(f"The chain of '{image.name}' cannot be opened ({resolution.error}); "
-                      "fix it with 'vdictl repair' first.")
+        raise _refuse(
+            f"The chain of '{image.name}' cannot be opened ({resolution.error}); "
+            "fix it with 'vdictl repair' first."
+        )
     if len(resolution.paths) < 2:
-        raise _refuse(f"'{image.name}' is a base image with no parent; merge a differencing "
-                      "image with its parent instead.")
-    dirs = list(search_dirs) if search_dirs is not None else list(
-        {p.parent for p in resolution.paths} | {folder})
+        raise _refuse(
+            f"'{image.name}' is a base image with no parent; merge a differencing "
+            "image with its parent instead."
+        )
+    dirs = (
+        list(search_dirs)
+        if search_dirs is not None
+        else list({p.parent for p in resolution.paths} | {folder})
+    )
     child_path, parent_path = resolution.paths[-1], resolution.paths[-2]
     child_h, parent_h = resolution.headers[-1], resolution.headers[-2]
     _refuse_registered(dirs, [child_h.uuid, parent_h.uuid])
@@ -733,36 +904,68 @@ def plan_merge(image: Path | str, *, mode: str = "auto",
     siblings = {p for p, h in _scan_children(dirs, parent_h.uuid).items()} - {child_path}
     if siblings and chosen == "forward":
         others = ", ".join(p.name for p in siblings)
-        raise _refuse(f"'{parent_path.name}' has other children ({others}) "
-                      "besides this image, so it cannot be merged away; merge the other "
-                      "direction (--into-parent) or remove the other children first.")
+        raise _refuse(
+            f"'{parent_path.name}' has other children ({others}) "
+            "besides this image, so it cannot be merged away; merge the other "
+            "direction (--into-parent) or remove the other children first."
+        )
     if siblings and chosen == "backward":
         others = ", ".join(p.name for p in siblings)
-        raise _refuse(f"'{parent_path.name}' has other children ({others}); "
-                      "merging into it would change what they show, so it is refused.")
+        raise _refuse(
+            f"'{parent_path.name}' has other children ({others}); "
+            "merging into it would change what they show, so it is refused."
+        )
     costs = _both_costs(parent, child, True, chosen, keep_undo)
-    ancestors = tuple(ImageRef(p, h.uuid) for p, h in zip(resolution.paths[:-2],
-                                                          resolution.headers[:-2], strict=True))
+    ancestors = tuple(
+        ImageRef(p, h.uuid)
+        for p, h in zip(resolution.paths[:-2], resolution.headers[:-2], strict=True)
+    )
     if chosen == "backward":
         relink = tuple(ImageRef(p, h.uuid) for p, h in _scan_children(dirs, child_h.uuid).items())
-        step = DiskStep(child, "merge", reason, "backward", source=child, target=parent,
-                        relink=relink, new_parent=parent_h.uuid, ancestors=ancestors,
-                        costs=costs)
+        step = DiskStep(
+            child,
+            "merge",
+            reason,
+            "backward",
+            source=child,
+            target=parent,
+            relink=relink,
+            new_parent=parent_h.uuid,
+            ancestors=ancestors,
+            costs=costs,
+        )
     else:
         new_parent = ancestors[-1].uuid if ancestors else None
-        step = DiskStep(child, "merge", reason, "forward", source=parent, target=child,
-                        relink=(child,), new_parent=new_parent, ancestors=ancestors,
-                        costs=costs)
+        step = DiskStep(
+            child,
+            "merge",
+            reason,
+            "forward",
+            source=parent,
+            target=child,
+            relink=(child,),
+            new_parent=new_parent,
+            ancestors=ancestors,
+            costs=costs,
+        )
     assert step.target is not None and step.source is not None
     written = [step.target.path, *(r.path for r in step.relink)]
-    return _with_space(MergePlan(
-        kind="merge", folder=folder, vbox=None, vbox_sha256=None, snapshot_uuid=None,
-        snapshot_name=None, steps=(step,),
-        files_written=tuple((p, False) for p in dict.fromkeys(written)),
-        files_removed=((step.source.path, False),), allow_outside=True,
-        notes=("this command updates no .vbox; for a VM's disks use 'vdictl snapshot delete'",),
-        keep_undo=keep_undo,
-    ))
+    return _with_space(
+        MergePlan(
+            kind="merge",
+            folder=folder,
+            vbox=None,
+            vbox_sha256=None,
+            snapshot_uuid=None,
+            snapshot_name=None,
+            steps=(step,),
+            files_written=tuple((p, False) for p in dict.fromkeys(written)),
+            files_removed=((step.source.path, False),),
+            allow_outside=True,
+            notes=("this command updates no .vbox; for a VM's disks use 'vdictl snapshot delete'",),
+            keep_undo=keep_undo,
+        )
+    )
 
 
 def _file_size(path: Path) -> int:
@@ -816,9 +1019,12 @@ def _with_space(plan: MergePlan) -> MergePlan:
         files.append(FileOutcome(prev, _file_size(prev), size))
     kept = removed_bytes + before_images + prefixes + vbox_copy
     space = SpacePlan(
-        files=tuple(files), undo_bytes=kept if plan.keep_undo else 0,
+        files=tuple(files),
+        undo_bytes=kept if plan.keep_undo else 0,
         undo_dir=jr.backups_dir(plan.folder) if plan.keep_undo else None,
-        peak_extra=growth + before_images + prefixes + vbox_copy, keep_undo=plan.keep_undo)
+        peak_extra=growth + before_images + prefixes + vbox_copy,
+        keep_undo=plan.keep_undo,
+    )
     return dataclasses.replace(plan, space=space)
 
 
@@ -836,16 +1042,24 @@ def _refuse_registered(dirs: list[Path], uuids: list[uuidlib.UUID]) -> None:
             continue
         for u in uuids:
             if u in registered:
-                raise _refuse(f"Image {{{u}}} is registered in '{vbox}'; merging it outside "
-                                  "VirtualBox's bookkeeping would break that VM, so use "
-                                  f"'vdictl snapshot delete {vbox.parent}' instead.")
+                raise _refuse(
+                    f"Image {{{u}}} is registered in '{vbox}'; merging it outside "
+                    "VirtualBox's bookkeeping would break that VM, so use "
+                    f"'vdictl snapshot delete {vbox.parent}' instead."
+                )
 
 
 # -- running ------------------------------------------------------------------------------
 
-def run_merge(plan: MergePlan, *, progress: ProgressFn = no_progress,
-              cancel: CancelToken | None = None, verify: bool = True,
-              keep_undo: bool | None = None) -> MergeResult:
+
+def run_merge(
+    plan: MergePlan,
+    *,
+    progress: ProgressFn = no_progress,
+    cancel: CancelToken | None = None,
+    verify: bool = True,
+    keep_undo: bool | None = None,
+) -> MergeResult:
     """Run a planned snapshot deletion or bare merge.
 
     Order, per merge: the preflight (inputs writable, room for the plan's peak, sound maps)
@@ -885,8 +1099,10 @@ def run_merge(plan: MergePlan, *, progress: ProgressFn = no_progress,
     notes: list[str] = []
     if plan.outside_files and not plan.allow_outside:
         listed = ", ".join(str(p) for p in plan.outside_files)
-        raise _refuse(f"The plan writes or removes files outside '{plan.folder}' ({listed}); "
-                      "check them and pass --allow-outside if that is intended.")
+        raise _refuse(
+            f"The plan writes or removes files outside '{plan.folder}' ({listed}); "
+            "check them and pass --allow-outside if that is intended."
+        )
     doc: VboxDocument | None = None
     if plan.vbox is not None:
         doc = VboxDocument.load(plan.vbox)
@@ -896,15 +1112,24 @@ def run_merge(plan: MergePlan, *, progress: ProgressFn = no_progress,
         if hint:
             raise _refuse(f"{hint} Power the VM off and try again.")
     _verify_identities(plan)
-    check_not_in_use([p for p, _ in (*plan.files_written, *plan.files_removed)
-                      if p.suffix.lower() == ".vdi"])
-    check_writable_inputs([p for p, _ in plan.files_written if p.exists()], folder=plan.folder,
-                          needed=plan.space.peak_extra)
+    check_not_in_use(
+        [p for p, _ in (*plan.files_written, *plan.files_removed) if p.suffix.lower() == ".vdi"]
+    )
+    check_writable_inputs(
+        [p for p, _ in plan.files_written if p.exists()],
+        folder=plan.folder,
+        needed=plan.space.peak_extra,
+    )
     sweep_around([p for p, _ in plan.files_written], plan.folder)  # interrupted runs' temps
-    journal = Journal.begin(plan.folder, plan.kind, plan.to_dict(), plan.summary, plan.vbox,
-                            keep_undo=plan.keep_undo,
-                            extra={"recovery": jr.ROLL_BACK if plan.keep_undo
-                                   else jr.ROLL_FORWARD, "verify": verify})
+    journal = Journal.begin(
+        plan.folder,
+        plan.kind,
+        plan.to_dict(),
+        plan.summary,
+        plan.vbox,
+        keep_undo=plan.keep_undo,
+        extra={"recovery": jr.ROLL_BACK if plan.keep_undo else jr.ROLL_FORWARD, "verify": verify},
+    )
     written = blocks = 0
     state = _RunState()
     try:
@@ -922,9 +1147,17 @@ def run_merge(plan: MergePlan, *, progress: ProgressFn = no_progress,
         journal.set_phase("backed-up")
         merges = [s for s in plan.steps if s.action == "merge"]
         for number, step in enumerate(merges, start=1):
-            outcome, was_dense = _merge_data(step, journal, progress, cancel, number,
-                                             len(merges), verify, keep_undo=plan.keep_undo,
-                                             state=state)
+            outcome, was_dense = _merge_data(
+                step,
+                journal,
+                progress,
+                cancel,
+                number,
+                len(merges),
+                verify,
+                keep_undo=plan.keep_undo,
+                state=state,
+            )
             if verify:
                 _verify_target(step, outcome, was_dense)
             blocks += outcome.entries
@@ -941,20 +1174,31 @@ def run_merge(plan: MergePlan, *, progress: ProgressFn = no_progress,
                 f"The {plan.summary} stopped after it had begun writing over "
                 f"'{state.target_name}' ({exc}). Without undo data it cannot be rolled back; "
                 f"the next vdictl command on '{plan.folder}' finishes it from the unchanged "
-                "source image.") from exc
+                "source image."
+            ) from exc
         journal.rollback()
         journal.abandon()
         if isinstance(exc, OperationCancelled):
-            raise OperationCancelled("Cancelled: everything was rolled back; nothing was "
-                                     "changed.") from None
+            raise OperationCancelled(
+                "Cancelled: everything was rolled back; nothing was changed."
+            ) from None
         raise
     progress(Progress("removing merged-away files", 0, 1))
     removed = journal.complete()
     progress(Progress("removing merged-away files", 1, 1))
     backup_dir = journal.backup_dir
     journal.finish({"bytes_written": written})
-    return MergeResult(plan, blocks, written, time.monotonic() - started, tuple(removed),
-                       backup_dir, tuple(notes), verified=verify, undoable=plan.keep_undo)
+    return MergeResult(
+        plan,
+        blocks,
+        written,
+        time.monotonic() - started,
+        tuple(removed),
+        backup_dir,
+        tuple(notes),
+        verified=verify,
+        undoable=plan.keep_undo,
+    )
 
 
 @dataclass
@@ -1031,7 +1275,8 @@ def roll_forward(journal: Journal) -> list[str]:
                 raise VdiError(
                     f"The interrupted {plan.summary} cannot be finished: its source image "
                     f"'{step.source.path}' is missing; restore it (it must be unchanged) and "
-                    "run the command again.")
+                    "run the command again."
+                )
     _verify_identities(plan)
     notes: list[str] = []
     merges = [s for s in plan.steps if s.action == "merge"]
@@ -1039,12 +1284,23 @@ def roll_forward(journal: Journal) -> list[str]:
         for number, step in enumerate(merges, start=1):
             assert step.source is not None and step.target is not None
             jr.reset_image(journal.image_entry(step.target.path))
-            outcome, was_dense = _merge_data(step, journal, no_progress, CancelToken(), number,
-                                             len(merges), verify, keep_undo=False, state=None)
+            outcome, was_dense = _merge_data(
+                step,
+                journal,
+                no_progress,
+                CancelToken(),
+                number,
+                len(merges),
+                verify,
+                keep_undo=False,
+                state=None,
+            )
             if verify:
                 _verify_target(step, outcome, was_dense)
-            notes.append(f"merged '{step.source.path.name}' into '{step.target.path.name}' "
-                         "again from the unchanged source")
+            notes.append(
+                f"merged '{step.source.path.name}' into '{step.target.path.name}' "
+                "again from the unchanged source"
+            )
     _relink_all(merges, journal, verify)
     _commit(plan, journal, doc)
     notes.append("saved the new settings" if doc is not None else "committed the merge")
@@ -1060,16 +1316,22 @@ def _original_vbox(journal: Journal, plan: MergePlan) -> VboxDocument:
     assert plan.vbox is not None
     entry = next((e for e in journal.data["files"] if e["path"] == str(plan.vbox)), None)
     if entry is None:
-        raise VdiError(f"The journal of the interrupted {plan.summary} names no backup of "
-                       f"'{plan.vbox.name}' (bug); restore the folder by hand.")
+        raise VdiError(
+            f"The journal of the interrupted {plan.summary} names no backup of "
+            f"'{plan.vbox.name}' (bug); restore the folder by hand."
+        )
     raw = Path(entry["backup"]).read_bytes()
     if hashlib.sha256(raw).hexdigest() != entry["sha256"]:
-        raise VdiError(f"The backup of '{plan.vbox.name}' in '{entry['backup']}' is damaged, so "
-                       f"the interrupted {plan.summary} cannot be finished safely.")
+        raise VdiError(
+            f"The backup of '{plan.vbox.name}' in '{entry['backup']}' is damaged, so "
+            f"the interrupted {plan.summary} cannot be finished safely."
+        )
     if plan.vbox.exists() and sha256_file(plan.vbox) != entry["sha256"]:
-        raise VdiError(f"'{plan.vbox.name}' was changed since the interrupted {plan.summary} "
-                       "began, so vdigui will not finish it over those changes; compare it "
-                       f"with '{entry['backup']}' by hand.")
+        raise VdiError(
+            f"'{plan.vbox.name}' was changed since the interrupted {plan.summary} "
+            "began, so vdigui will not finish it over those changes; compare it "
+            f"with '{entry['backup']}' by hand."
+        )
     return VboxDocument(plan.vbox, raw)
 
 
@@ -1091,7 +1353,8 @@ def _verify_links(step: DiskStep) -> None:
         if header.parent_uuid != want or (step.new_parent is None and header.is_differencing):
             raise VerificationError(
                 f"After the merge '{ref.path.name}' links to {{{header.parent_uuid}}}, not to "
-                f"{{{want}}} (please report this).")
+                f"{{{want}}} (please report this)."
+            )
 
 
 def _verify_identities(plan: MergePlan) -> None:
@@ -1108,9 +1371,18 @@ def _verify_identities(plan: MergePlan) -> None:
             _header_of(ref.path, ref.uuid, "image")
 
 
-def _merge_data(step: DiskStep, journal: Journal, progress: ProgressFn, cancel: CancelToken,
-                number: int, count: int, verify: bool, *, keep_undo: bool,
-                state: _RunState | None) -> tuple[CopyOutcome, bool]:
+def _merge_data(
+    step: DiskStep,
+    journal: Journal,
+    progress: ProgressFn,
+    cancel: CancelToken,
+    number: int,
+    count: int,
+    verify: bool,
+    *,
+    keep_undo: bool,
+    state: _RunState | None,
+) -> tuple[CopyOutcome, bool]:
     """Save the before-images (with undo data) of the slots to overwrite, then copy.
 
     Without undo data, the first in-place write is the run's point of no return
@@ -1124,25 +1396,42 @@ def _merge_data(step: DiskStep, journal: Journal, progress: ProgressFn, cancel: 
     try:
         if paths:
             ancestors = open_paths(paths)
-        with open_image(step.source.path) as source, \
-                open_image(step.target.path, writable=True) as target:
+        with (
+            open_image(step.source.path) as source,
+            open_image(step.target.path, writable=True) as target,
+        ):
             if source.uuid != step.source.uuid or target.uuid != step.target.uuid:
-                raise _refuse("A file changed identity while the merge started; nothing was "
-                              "written.")
+                raise _refuse(
+                    "A file changed identity while the merge started; nothing was written."
+                )
             _check_target(target, source, backward, "target")
             was_dense = is_dense(target)
             slots = overwritten_slots(source, target, backward)
             if slots.size and keep_undo:
-                journal.backup_before_images(target.fd, step.target.path, target.header, slots,
-                                             progress=progress, cancel=cancel)
+                journal.backup_before_images(
+                    target.fd,
+                    step.target.path,
+                    target.header,
+                    slots,
+                    progress=progress,
+                    cancel=cancel,
+                )
             journal.set_phase("copying", step=number, overwrites=int(slots.size))
             if state is not None and slots.size and not keep_undo:
                 state.no_return = True
                 state.target_name = step.target.path.name
             token = cancel if state is not None and not state.no_return else CancelToken()
-            outcome = copy_blocks(source, target, ancestors, backward=backward,
-                                  overwrite=slots, verify=verify, progress=progress,
-                                  cancel=token, phase=phase)
+            outcome = copy_blocks(
+                source,
+                target,
+                ancestors,
+                backward=backward,
+                overwrite=slots,
+                verify=verify,
+                progress=progress,
+                cancel=token,
+                phase=phase,
+            )
             return outcome, was_dense
     finally:
         if ancestors is not None:
@@ -1158,19 +1447,27 @@ def _relink(step: DiskStep) -> None:
     """
     parent_modify = fmt.NULL_UUID
     if step.new_parent is not None:
-        parent_path = (step.target.path if step.direction == "backward" and step.target
-                       else step.ancestors[-1].path)
+        parent_path = (
+            step.target.path
+            if step.direction == "backward" and step.target
+            else step.ancestors[-1].path
+        )
         parent_header = _header_of(parent_path, step.new_parent, "new parent")
         parent_modify = parent_header.modify_uuid
     for ref in step.relink:
         with open_image(ref.path, writable=True) as image:
             if image.uuid != ref.uuid:
-                raise _refuse(f"'{ref.path.name}' is no longer image {{{ref.uuid}}}; stopped "
-                              "before changing it.")
+                raise _refuse(
+                    f"'{ref.path.name}' is no longer image {{{ref.uuid}}}; stopped "
+                    "before changing it."
+                )
             h = image.header
             if step.new_parent is None:
-                new = h.replace(parent_uuid=fmt.NULL_UUID, parent_modify_uuid=fmt.NULL_UUID,
-                                image_type=ImageType.DYNAMIC)
+                new = h.replace(
+                    parent_uuid=fmt.NULL_UUID,
+                    parent_modify_uuid=fmt.NULL_UUID,
+                    image_type=ImageType.DYNAMIC,
+                )
             else:
                 new = h.replace(parent_uuid=step.new_parent, parent_modify_uuid=parent_modify)
             if new != h:
@@ -1215,6 +1512,7 @@ def _edit_vbox(doc: VboxDocument, plan: MergePlan) -> None:
 
 # -- listing ------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True, slots=True)
 class SnapshotRow:
     """One line of ``vdictl snapshot list``."""
@@ -1244,8 +1542,17 @@ def list_snapshots(vm: Path | str) -> tuple[Path, list[SnapshotRow]]:
             el = registry.get(u) if u else None
             disks.append(el.get("location", str(u)) if el is not None else f"{{{u}}}")
         kids = doc.snapshot_children(node)
-        rows.append(SnapshotRow(depth, str(uid), node.get("name") or "", uid == current,
-                                bool(node.get("stateFile")), tuple(disks), len(kids)))
+        rows.append(
+            SnapshotRow(
+                depth,
+                str(uid),
+                node.get("name") or "",
+                uid == current,
+                bool(node.get("stateFile")),
+                tuple(disks),
+                len(kids),
+            )
+        )
         for kid in kids:
             walk(kid, depth + 1)
 

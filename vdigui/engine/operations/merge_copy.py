@@ -128,8 +128,9 @@ def new_slot_bound(source_map: np.ndarray, target_map: np.ndarray, backward: boo
 class _Placement:
     """The map the target must end with, as the loop decides it, and the slots it writes."""
 
-    def __init__(self, target: VdiImage, allowed_overwrites: np.ndarray,
-                 old_map: np.ndarray) -> None:
+    def __init__(
+        self, target: VdiImage, allowed_overwrites: np.ndarray, old_map: np.ndarray
+    ) -> None:
         self.target = target
         self.h = target.header
         self.first_new = self.h.blocks_allocated
@@ -143,9 +144,11 @@ class _Placement:
     def overwrite(self, slot: int) -> int:
         """An existing slot gets new content (only one the caller declared it overwrites)."""
         if slot < self.first_new and slot not in self.allowed:
-            raise VdiError(f"internal error: slot {slot} of '{self.target.path.name}' would be "
-                           "overwritten although the plan does not overwrite it (bug); "
-                           "rolling back.")
+            raise VdiError(
+                f"internal error: slot {slot} of '{self.target.path.name}' would be "
+                "overwritten although the plan does not overwrite it (bug); "
+                "rolling back."
+            )
         self.written.append(slot)
         return self.h.slot_offset(slot)
 
@@ -174,8 +177,12 @@ class _FallThrough:
 
     def read(self, block: int) -> bytes | None:
         """The fall-through content, or None when it is zeros (no read needed)."""
-        if self.ancestors is None or self.serving is None or block >= self.serving.size or \
-                self.serving[block] < 0:
+        if (
+            self.ancestors is None
+            or self.serving is None
+            or block >= self.serving.size
+            or self.serving[block] < 0
+        ):
             return None
         data = self.ancestors.read_block(block)
         return None if data == self.zero else data
@@ -183,8 +190,9 @@ class _FallThrough:
 
 def _slot_offsets(h: fmt.VdiHeader, slots: np.ndarray) -> np.ndarray:
     """File offsets of the guest data of ``slots`` (vectorised ``slot_offset``)."""
-    return (h.offset_data + h.block_extra
-            + slots.astype(np.int64) * np.int64(h.slot_size)).astype(np.int64)
+    return (h.offset_data + h.block_extra + slots.astype(np.int64) * np.int64(h.slot_size)).astype(
+        np.int64
+    )
 
 
 def _write_zero_slots(target: VdiImage, slots: list[int], check: bool) -> None:
@@ -197,12 +205,22 @@ def _write_zero_slots(target: VdiImage, slots: list[int], check: bool) -> None:
         if check and os.pread(target.fd, bs, offset) != zero:
             raise VerificationError(
                 f"Slot {slot} of '{target.path.name}' does not read back as the zeros just "
-                "written to it (please check the disk, then report this).")
+                "written to it (please check the disk, then report this)."
+            )
 
 
-def copy_blocks(source: VdiImage, target: VdiImage, ancestors: DiskChain | None, *,
-                backward: bool, overwrite: np.ndarray, verify: bool, progress: ProgressFn,
-                cancel: CancelToken, phase: str) -> CopyOutcome:
+def copy_blocks(
+    source: VdiImage,
+    target: VdiImage,
+    ancestors: DiskChain | None,
+    *,
+    backward: bool,
+    overwrite: np.ndarray,
+    verify: bool,
+    progress: ProgressFn,
+    cancel: CancelToken,
+    phase: str,
+) -> CopyOutcome:
     """Merge ``source`` into ``target`` (see the module docstring); one loop, both directions.
 
     Args:
@@ -249,8 +267,12 @@ def copy_blocks(source: VdiImage, target: VdiImage, ancestors: DiskChain | None,
 
     # Data blocks of the source: the copier's loop, in guest block order.
     jobs = blocks[fmt.is_allocated(s_map[blocks])]
-    spec = CopySpec([source.fd], np.zeros(jobs.size, dtype=np.int64),
-                    _slot_offsets(source.header, s_map[jobs]), bs)
+    spec = CopySpec(
+        [source.fd],
+        np.zeros(jobs.size, dtype=np.int64),
+        _slot_offsets(source.header, s_map[jobs]),
+        bs,
+    )
     has_slot = fmt.is_allocated(t_map[jobs])
     dst = np.full(jobs.size, -1, dtype=np.int64)
     dst[has_slot] = _slot_offsets(h, t_map[jobs][has_slot])
@@ -270,8 +292,10 @@ def copy_blocks(source: VdiImage, target: VdiImage, ancestors: DiskChain | None,
             if entry == BLOCK_FREE:
                 below = fall.read(block)
                 if (below is None and is_zero) or (
-                        below is not None and not is_zero
-                        and same_bytes(data[i * bs:(i + 1) * bs], memoryview(below))):
+                    below is not None
+                    and not is_zero
+                    and same_bytes(data[i * bs : (i + 1) * bs], memoryview(below))
+                ):
                     rows[i] = False  # the target shows these bytes already
                     continue
             if is_zero:
@@ -286,13 +310,22 @@ def copy_blocks(source: VdiImage, target: VdiImage, ancestors: DiskChain | None,
     def report(done: int) -> None:
         progress(Progress(phase, done_before + done, total, moved[0]))
 
-    outcome = copier.copy_blocks(spec, target.fd, dst=dst, verify=verify, decide=decide,
-                                 report=report, cancel=cancel, cancel_message=_CANCELLED)
+    outcome = copier.copy_blocks(
+        spec,
+        target.fd,
+        dst=dst,
+        verify=verify,
+        decide=decide,
+        report=report,
+        cancel=cancel,
+        cancel_message=_CANCELLED,
+    )
     if outcome.mismatch is not None:
         block = int(jobs[outcome.mismatch])
         raise VerificationError(
             f"Guest block {block} of '{target.path.name}' does not read back as the merged "
-            "data just written to it (please check the disk, then report this).")
+            "data just written to it (please check the disk, then report this)."
+        )
     if outcome.stored:
         end = int(outcome.dst[outcome.written].max()) + bs
         target.file_size = max(target.file_size, end)
@@ -307,8 +340,9 @@ def copy_blocks(source: VdiImage, target: VdiImage, ancestors: DiskChain | None,
     progress(Progress(phase, total, total, moved[0]))
     written = np.unique(np.asarray(place.written, dtype=np.int64))
     bytes_written = (int(outcome.stored) + len(zero_slots)) * bs
-    return CopyOutcome(len(place.blocks), bytes_written, cand, t_map, written,
-                       place.expected_map, verify)
+    return CopyOutcome(
+        len(place.blocks), bytes_written, cand, t_map, written, place.expected_map, verify
+    )
 
 
 def is_dense(image: VdiImage) -> bool:
@@ -316,8 +350,9 @@ def is_dense(image: VdiImage) -> bool:
     live = image.block_map[fmt.is_allocated(image.block_map)].astype(np.int64)
     if live.size != image.header.blocks_allocated:
         return False
-    return live.size == 0 or (int(live.max()) == live.size - 1 and
-                              np.unique(live).size == live.size)
+    return live.size == 0 or (
+        int(live.max()) == live.size - 1 and np.unique(live).size == live.size
+    )
 
 
 def verify_merge(target_path: Path, outcome: CopyOutcome, *, was_dense: bool) -> None:
@@ -340,7 +375,8 @@ def verify_merge(target_path: Path, outcome: CopyOutcome, *, was_dense: bool) ->
         if differ.size:
             raise VerificationError(
                 f"After the merge '{name}' maps guest block {int(differ[0])} differently from "
-                "what the merge wrote; everything was rolled back (please report this).")
+                "what the merge wrote; everything was rolled back (please report this)."
+            )
         cand = outcome.candidates
         live = fmt.is_allocated(new)
         defined = new[cand & live].astype(np.int64)
@@ -348,14 +384,17 @@ def verify_merge(target_path: Path, outcome: CopyOutcome, *, was_dense: bool) ->
         if unwritten.size:
             raise VerificationError(
                 f"After the merge a block of '{name}' points at slot {int(unwritten[0])}, which "
-                "the merge did not write; everything was rolled back (please report this).")
+                "the merge did not write; everything was rolled back (please report this)."
+            )
         kept = new[~cand & live].astype(np.int64)
         hit = kept[np.isin(kept, outcome.written_slots)]
         if hit.size:
             raise VerificationError(
                 f"The merge wrote over slot {int(hit[0])} of '{name}', which holds a block it "
-                "does not define; everything was rolled back (please report this).")
+                "does not define; everything was rolled back (please report this)."
+            )
         if was_dense and not is_dense(target):
             raise VerificationError(
                 f"After the merge the slots of '{name}' are no longer dense or "
-                "cBlocksAllocated is wrong; everything was rolled back (please report this).")
+                "cBlocksAllocated is wrong; everything was rolled back (please report this)."
+            )

@@ -43,8 +43,9 @@ else:  # pragma: no cover - no flock on Windows; the sweep then removes nothing
 
 #: Finding kinds of vdigui.engine.check that mean the map itself is damaged (not merely
 #: untidy: holes between slots and a crash tail are harmless and compaction cleans them).
-DAMAGE_KINDS = frozenset({"slot-out-of-range", "slot-past-eof", "duplicate-slot",
-                          "allocated-count-low"})
+DAMAGE_KINDS = frozenset(
+    {"slot-out-of-range", "slot-past-eof", "duplicate-slot", "allocated-count-low"}
+)
 
 #: Names of temporary files vdigui writes beside a target; group 1 is the target's name.
 _LEFTOVER = re.compile(r"^\.(.+)\.vdigui-tmp(?:-[0-9a-f]+)?$")
@@ -93,8 +94,10 @@ def _folder_problem(folder: Path) -> str | None:
     # probe file instead would itself be a write, which a refused command must not make.
     effective = os.access in os.supports_effective_ids
     if not os.access(folder, os.W_OK | os.X_OK, effective_ids=effective):
-        return (f"You may not create files in the folder {folder} (permission denied); "
-                "nothing was changed.")
+        return (
+            f"You may not create files in the folder {folder} (permission denied); "
+            "nothing was changed."
+        )
     return None
 
 
@@ -115,14 +118,17 @@ def _map_problem(path: Path) -> str | None:
     detail = damage[0].message
     prefix = f"{path.name}: "
     if detail.startswith(prefix):
-        detail = detail[len(prefix):]
+        detail = detail[len(prefix) :]
     detail = detail.rstrip(".")
-    return (f"{path} has a damaged block map, so nothing was changed; run 'vdictl repair' on "
-            f"it first, the only command that changes a damaged map ({detail}).")
+    return (
+        f"{path} has a damaged block map, so nothing was changed; run 'vdictl repair' on "
+        f"it first, the only command that changes a damaged map ({detail})."
+    )
 
 
-def check_writable_inputs(paths: Sequence[Path], *, folder: Path, needed: int = 0,
-                          check_maps: bool = True) -> None:
+def check_writable_inputs(
+    paths: Sequence[Path], *, folder: Path, needed: int = 0, check_maps: bool = True
+) -> None:
     """Refuse, before anything is written, a command that could not finish cleanly.
 
     Args:
@@ -156,7 +162,8 @@ def check_writable_inputs(paths: Sequence[Path], *, folder: Path, needed: int = 
         if needed > free:
             raise OperationRefused(
                 f"Not enough free space in {folder}: {_mib(needed)} needed, {_mib(free)} "
-                "free; nothing was changed.")
+                "free; nothing was changed."
+            )
     if check_maps:
         for raw in paths:
             path = Path(raw)
@@ -185,8 +192,9 @@ def lock_temp(fd: int) -> None:
 
 
 @contextlib.contextmanager
-def locked_temp(path: Path, flags: int = os.O_RDWR | os.O_CREAT | os.O_EXCL,
-                mode: int = 0o600) -> Iterator[int]:
+def locked_temp(
+    path: Path, flags: int = os.O_RDWR | os.O_CREAT | os.O_EXCL, mode: int = 0o600
+) -> Iterator[int]:
     """Create (through :mod:`vdigui.engine.fileio`) and lock a temporary file; yield its fd.
 
     The descriptor is closed on leaving the block. The caller renames or removes the file

@@ -137,8 +137,11 @@ class RepairPlan:
         chosen = {f.id for f in self.selected(choose, force)}
         lines = [f"Repair plan for '{self.target}':"]
         for fix in self.fixes:
-            mark = "will apply" if fix.id in chosen else (
-                "needs --force" if fix.needs_force and not force else "alternative")
+            mark = (
+                "will apply"
+                if fix.id in chosen
+                else ("needs --force" if fix.needs_force and not force else "alternative")
+            )
             lines.append(f"[{fix.id}] ({mark}) {fix.problem}")
             lines.append(f"      fix: {fix.action}")
             lines.append(f"      evidence ({fix.strength}): {fix.evidence}")
@@ -149,13 +152,28 @@ class RepairPlan:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form."""
-        return {"target": str(self.target), "vbox": str(self.vbox) if self.vbox else None,
-                "fixes": [{"id": f.id, "kind": f.kind, "problem": f.problem,
-                           "action": f.action, "evidence": f.evidence,
-                           "strength": f.strength, "group": f.group, "default": f.default,
-                           "needs_force": f.needs_force, "files": [str(p) for p in f.files],
-                           "params": f.params} for f in self.fixes],
-                "notes": list(self.notes), "space": self.space.to_dict()}
+        return {
+            "target": str(self.target),
+            "vbox": str(self.vbox) if self.vbox else None,
+            "fixes": [
+                {
+                    "id": f.id,
+                    "kind": f.kind,
+                    "problem": f.problem,
+                    "action": f.action,
+                    "evidence": f.evidence,
+                    "strength": f.strength,
+                    "group": f.group,
+                    "default": f.default,
+                    "needs_force": f.needs_force,
+                    "files": [str(p) for p in f.files],
+                    "params": f.params,
+                }
+                for f in self.fixes
+            ],
+            "notes": list(self.notes),
+            "space": self.space.to_dict(),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,17 +191,43 @@ class _Builder:
         self.fixes: list[Fix] = []
         self.notes: list[str] = []
 
-    def add(self, kind: str, problem: str, action: str, evidence: str, strength: Strength,
-            files: list[Path], *, group: str | None = None, default: bool = True,
-            needs_force: bool = False, **params: Any) -> None:
+    def add(
+        self,
+        kind: str,
+        problem: str,
+        action: str,
+        evidence: str,
+        strength: Strength,
+        files: list[Path],
+        *,
+        group: str | None = None,
+        default: bool = True,
+        needs_force: bool = False,
+        **params: Any,
+    ) -> None:
         fid = f"F{len(self.fixes) + 1}"
-        self.fixes.append(Fix(fid, kind, problem, action, evidence, strength, group or fid,
-                              default, needs_force, tuple(files),
-                              {k: str(v) if isinstance(v, (Path, uuidlib.UUID)) else v
-                               for k, v in params.items()}))
+        self.fixes.append(
+            Fix(
+                fid,
+                kind,
+                problem,
+                action,
+                evidence,
+                strength,
+                group or fid,
+                default,
+                needs_force,
+                tuple(files),
+                {
+                    k: str(v) if isinstance(v, (Path, uuidlib.UUID)) else v
+                    for k, v in params.items()
+                },
+            )
+        )
 
 
 # -- image-level analysis -------------------------------------------------------------------
+
 
 def _image_fixes(path: Path, b: _Builder, registered_base: bool | None) -> None:
     try:
@@ -192,8 +236,10 @@ def _image_fixes(path: Path, b: _Builder, registered_base: bool | None) -> None:
             size = f.seek(0, 2)
         header = fmt.parse_header(raw, path, size)
     except VdiError as exc:
-        b.notes.append(f"'{path.name}' has a header vdigui cannot read ({exc}); VirtualBox's "
-                       "repair cannot fix headers either, so it is left alone")
+        b.notes.append(
+            f"'{path.name}' has a header vdigui cannot read ({exc}); VirtualBox's "
+            "repair cannot fix headers either, so it is left alone"
+        )
         return
     if header.image_type == ImageType.FIXED:
         return
@@ -215,46 +261,83 @@ def _image_fixes(path: Path, b: _Builder, registered_base: bool | None) -> None:
     if past.any():
         problems.append(f"{int(past.sum())} map entries point past the end of the file")
     if dup.any():
-        problems.append(f"{int(dup.sum())} map entries point at a slot another block already "
-                        "uses (cross-linked)")
+        problems.append(
+            f"{int(dup.sum())} map entries point at a slot another block already "
+            "uses (cross-linked)"
+        )
     if new_count != h.blocks_allocated:
-        problems.append(f"cBlocksAllocated is {h.blocks_allocated} but the highest used slot "
-                        f"needs {new_count}")
+        problems.append(
+            f"cBlocksAllocated is {h.blocks_allocated} but the highest used slot needs {new_count}"
+        )
     if size > expected_end:
         problems.append(f"{size - expected_end} bytes past the last slot (a crash tail)")
     if problems:
-        loss = (" Cleared blocks become FREE: "
-                + ("in this differencing image the parent's older data shows there"
-                   if h.is_differencing else "they read as zeros")
-                + f" (guest blocks {', '.join(map(str, clear[:8].tolist()))}"
-                + ("…" if clear.size > 8 else "") + ")." if clear.size else "")
-        b.add("slots", f"'{path.name}': " + "; ".join(problems) + ".",
-              "Clear the bad entries as VirtualBox's repairhd does (lowest guest block keeps "
-              f"a shared slot), set cBlocksAllocated to {new_count} and cut the file to "
-              f"{expected_end} bytes." + loss,
-              "read from the block map and the file size", Strength.CERTAIN, [path],
-              path=path, uuid=h.uuid, clear=clear.tolist(), count=new_count,
-              end=expected_end)
-    if registered_base is not False and h.parent_uuid == fmt.NULL_UUID and \
-            h.image_type == ImageType.DIFFERENCING:
-        b.add("base-type", f"'{path.name}' links to no parent but its header says "
-              "differencing, so VirtualBox refuses to open it as a base.",
-              "Set the image type to dynamic (normal).",
-              "the link to a parent is null" + (" and the registry lists it as a base"
-                                                 if registered_base else ""),
-              Strength.STRONG, [path], path=path, uuid=h.uuid)
+        loss = (
+            " Cleared blocks become FREE: "
+            + (
+                "in this differencing image the parent's older data shows there"
+                if h.is_differencing
+                else "they read as zeros"
+            )
+            + f" (guest blocks {', '.join(map(str, clear[:8].tolist()))}"
+            + ("…" if clear.size > 8 else "")
+            + ")."
+            if clear.size
+            else ""
+        )
+        b.add(
+            "slots",
+            f"'{path.name}': " + "; ".join(problems) + ".",
+            "Clear the bad entries as VirtualBox's repairhd does (lowest guest block keeps "
+            f"a shared slot), set cBlocksAllocated to {new_count} and cut the file to "
+            f"{expected_end} bytes." + loss,
+            "read from the block map and the file size",
+            Strength.CERTAIN,
+            [path],
+            path=path,
+            uuid=h.uuid,
+            clear=clear.tolist(),
+            count=new_count,
+            end=expected_end,
+        )
+    if (
+        registered_base is not False
+        and h.parent_uuid == fmt.NULL_UUID
+        and h.image_type == ImageType.DIFFERENCING
+    ):
+        b.add(
+            "base-type",
+            f"'{path.name}' links to no parent but its header says "
+            "differencing, so VirtualBox refuses to open it as a base.",
+            "Set the image type to dynamic (normal).",
+            "the link to a parent is null"
+            + (" and the registry lists it as a base" if registered_base else ""),
+            Strength.STRONG,
+            [path],
+            path=path,
+            uuid=h.uuid,
+        )
     if registered_base and h.parent_uuid != fmt.NULL_UUID:
-        b.add("base-type", f"'{path.name}' is a base in the registry but its header links to "
-              f"parent {{{h.parent_uuid}}}.",
-              "Zero the parent link, as VirtualBox itself does for this old VDCopy bug.",
-              "the registry nests it as a base (VirtualBox Main applies the same repair)",
-              Strength.STRONG, [path], path=path, uuid=h.uuid, clear_link=True)
+        b.add(
+            "base-type",
+            f"'{path.name}' is a base in the registry but its header links to "
+            f"parent {{{h.parent_uuid}}}.",
+            "Zero the parent link, as VirtualBox itself does for this old VDCopy bug.",
+            "the registry nests it as a base (VirtualBox Main applies the same repair)",
+            Strength.STRONG,
+            [path],
+            path=path,
+            uuid=h.uuid,
+            clear_link=True,
+        )
 
 
 # -- planning -------------------------------------------------------------------------------
 
-def plan_repair(path: Path | str, *, search_dirs: list[Path] | None = None,
-                force: bool = False) -> RepairPlan:
+
+def plan_repair(
+    path: Path | str, *, search_dirs: list[Path] | None = None, force: bool = False
+) -> RepairPlan:
     """Propose fixes for a VDI or a VM folder (read-only).
 
     Args:
@@ -267,9 +350,11 @@ def plan_repair(path: Path | str, *, search_dirs: list[Path] | None = None,
     if path.is_file() and path.suffix.lower() == ".vdi":
         _image_fixes(path, b, None)
         _relink_fixes_bare(path, b, force)
-        return _with_space(RepairPlan(path, path.parent, None, None, tuple(b.fixes),
-                                      tuple(b.notes)))
+        return _with_space(
+            RepairPlan(path, path.parent, None, None, tuple(b.fixes), tuple(b.notes))
+        )
     from vdigui.engine.operations.merge import find_vbox
+
     vbox = find_vbox(path)
     doc = VboxDocument.load(vbox)
     folder = vbox.parent.resolve()
@@ -305,107 +390,183 @@ def plan_repair(path: Path | str, *, search_dirs: list[Path] | None = None,
         copies = [q for q in paths if q.resolve() not in seen_paths]
         if uid in registry and copies:
             for copy in copies:
-                b.add("new-uuid", f"'{copy.name}' has the same UUID {{{uid}}} as the registered "
-                      f"'{doc.disk_path(registry[uid])}' (a copied file: VirtualBox reports "
-                      "\"UUID already exists\").",
-                      "Give the copy a new UUID; the registered original keeps its identity "
-                      "(differencing images made on the copy, if any, need 'vdictl set-uuid' "
-                      "care: they cannot be told apart by UUID).",
-                      "the registered location holds the original", Strength.STRONG, [copy],
-                      path=copy, old=uid)
+                b.add(
+                    "new-uuid",
+                    f"'{copy.name}' has the same UUID {{{uid}}} as the registered "
+                    f"'{doc.disk_path(registry[uid])}' (a copied file: VirtualBox reports "
+                    '"UUID already exists").',
+                    "Give the copy a new UUID; the registered original keeps its identity "
+                    "(differencing images made on the copy, if any, need 'vdictl set-uuid' "
+                    "care: they cannot be told apart by UUID).",
+                    "the registered location holds the original",
+                    Strength.STRONG,
+                    [copy],
+                    path=copy,
+                    old=uid,
+                )
         elif uid not in registry:
             for orphan in paths:
                 in_snapshots = is_inside(orphan, doc.snapshot_folder)
                 if orphan.resolve() in seen_paths or not (
-                        in_snapshots or index.headers[orphan].is_differencing):
+                    in_snapshots or index.headers[orphan].is_differencing
+                ):
                     continue  # a stray base beside the .vbox is the user's business
                 _orphan_fixes(doc, orphan, index.headers[orphan], registry, b)
-    return _with_space(RepairPlan(folder, folder, vbox,
-                                  hashlib.sha256(doc.original_bytes).hexdigest(),
-                                  tuple(b.fixes), tuple(b.notes)))
+    return _with_space(
+        RepairPlan(
+            folder,
+            folder,
+            vbox,
+            hashlib.sha256(doc.original_bytes).hexdigest(),
+            tuple(b.fixes),
+            tuple(b.notes),
+        )
+    )
 
 
-def _missing_fixes(doc: VboxDocument, el: Any, uid: uuidlib.UUID, p: Path,
-                   search_dirs: list[Path], b: _Builder) -> None:
+def _missing_fixes(
+    doc: VboxDocument, el: Any, uid: uuidlib.UUID, p: Path, search_dirs: list[Path], b: _Builder
+) -> None:
     group = f"missing-{uid}"
     found = None
     if search_dirs:
         index = ImageIndex.scan(search_dirs)
         found = index.find(uid)
     if found is not None:
-        b.add("relocate", f"Registered disk {{{uid}}} is missing at '{p}'.",
-              f"Point the registry at '{found}', which has that UUID.",
-              f"the header UUID of '{found.name}' is {{{uid}}}", Strength.STRONG, [doc.path],
-              group=group, uuid=uid, new_path=found)
+        b.add(
+            "relocate",
+            f"Registered disk {{{uid}}} is missing at '{p}'.",
+            f"Point the registry at '{found}', which has that UUID.",
+            f"the header UUID of '{found.name}' is {{{uid}}}",
+            Strength.STRONG,
+            [doc.path],
+            group=group,
+            uuid=uid,
+            new_path=found,
+        )
     children = doc.disk_children(el)
     parent_el = doc.disk_parent(el)
     refs = [doc.owner_of(r) for r in doc.image_refs(uid)]
-    who = ", ".join("the current state" if o is doc.machine else f"snapshot '{o.get('name')}'"
-                    for o in refs) or "nothing"
+    who = (
+        ", ".join(
+            "the current state" if o is doc.machine else f"snapshot '{o.get('name')}'" for o in refs
+        )
+        or "nothing"
+    )
     if children:
-        b.notes.append(f"registered disk '{p}' is missing and other disks build on it; find "
-                       "the file (pass a folder to search) — dropping it would lose them all")
+        b.notes.append(
+            f"registered disk '{p}' is missing and other disks build on it; find "
+            "the file (pass a folder to search) — dropping it would lose them all"
+        )
         return
     if parent_el is None:
-        b.notes.append(f"registered base disk '{p}' is missing; find the file (pass a folder "
-                       "to search) or detach it in VirtualBox")
+        b.notes.append(
+            f"registered base disk '{p}' is missing; find the file (pass a folder "
+            "to search) or detach it in VirtualBox"
+        )
         return
     parent_uuid = parse_uuid(parent_el.get("uuid"))
-    b.add("drop-entry", f"Registered differencing disk {{{uid}}} is missing at '{p}'.",
-          f"Drop its registry entry and attach its parent {{{parent_uuid}}} instead where it "
-          f"was attached ({who}); the changes stored in that layer are lost.",
-          "the file is not in the VM folder" + (
-              " nor in the searched folders" if search_dirs
-              else "; pass --search DIR to look for it elsewhere first"),
-          Strength.CERTAIN, [doc.path], group=group, default=found is None,
-          needs_force=True, uuid=uid, parent=parent_uuid)
+    b.add(
+        "drop-entry",
+        f"Registered differencing disk {{{uid}}} is missing at '{p}'.",
+        f"Drop its registry entry and attach its parent {{{parent_uuid}}} instead where it "
+        f"was attached ({who}); the changes stored in that layer are lost.",
+        "the file is not in the VM folder"
+        + (
+            " nor in the searched folders"
+            if search_dirs
+            else "; pass --search DIR to look for it elsewhere first"
+        ),
+        Strength.CERTAIN,
+        [doc.path],
+        group=group,
+        default=found is None,
+        needs_force=True,
+        uuid=uid,
+        parent=parent_uuid,
+    )
 
 
-def _uuid_mismatch_fixes(doc: VboxDocument, el: Any, uid: uuidlib.UUID, p: Path,
-                         header: fmt.VdiHeader, index: ImageIndex, b: _Builder) -> None:
+def _uuid_mismatch_fixes(
+    doc: VboxDocument,
+    el: Any,
+    uid: uuidlib.UUID,
+    p: Path,
+    header: fmt.VdiHeader,
+    index: ImageIndex,
+    b: _Builder,
+) -> None:
     group = f"uuid-{uid}"
     file_uuid = header.uuid
     kids_to_file = [q for q, h in index.headers.items() if h.parent_uuid == file_uuid]
     kids_to_reg = [q for q, h in index.headers.items() if h.parent_uuid == uid]
     registry_default = bool(kids_to_file) and not kids_to_reg
     clash = file_uuid in doc.hard_disks()
-    b.add("header-uuid", f"The registry says '{p.name}' is {{{uid}}} but its header says "
-          f"{{{file_uuid}}} (VirtualBox: \"UUID does not match the value stored in the media "
-          "registry\").",
-          f"Set the header UUID back to {{{uid}}}" + (
-              f" and relink {len(kids_to_file)} child image(s)" if kids_to_file else "") + ".",
-          f"{len(kids_to_reg)} image(s) link to the registry UUID, {len(kids_to_file)} to the "
-          "header UUID", Strength.WEAK if registry_default else Strength.STRONG,
-          [p, *kids_to_file],
-          group=group, default=not registry_default, path=p, old=file_uuid, new=uid,
-          children=[str(q) for q in kids_to_file])
+    b.add(
+        "header-uuid",
+        f"The registry says '{p.name}' is {{{uid}}} but its header says "
+        f'{{{file_uuid}}} (VirtualBox: "UUID does not match the value stored in the media '
+        'registry").',
+        f"Set the header UUID back to {{{uid}}}"
+        + (f" and relink {len(kids_to_file)} child image(s)" if kids_to_file else "")
+        + ".",
+        f"{len(kids_to_reg)} image(s) link to the registry UUID, {len(kids_to_file)} to the "
+        "header UUID",
+        Strength.WEAK if registry_default else Strength.STRONG,
+        [p, *kids_to_file],
+        group=group,
+        default=not registry_default,
+        path=p,
+        old=file_uuid,
+        new=uid,
+        children=[str(q) for q in kids_to_file],
+    )
     if not clash:
-        b.add("registry-uuid", f"(same problem as the previous fix: '{p.name}').",
-              f"Change the registry entry and every <Image> reference from {{{uid}}} to "
-              f"{{{file_uuid}}}" + (f" and relink {len(kids_to_reg)} child image(s)"
-                                    if kids_to_reg else "") + ".",
-              f"{len(kids_to_file)} image(s) link to the header UUID",
-              Strength.STRONG if registry_default else Strength.WEAK, [doc.path, *kids_to_reg],
-              group=group, default=registry_default, old=uid, new=file_uuid,
-              children=[str(q) for q in kids_to_reg])
+        b.add(
+            "registry-uuid",
+            f"(same problem as the previous fix: '{p.name}').",
+            f"Change the registry entry and every <Image> reference from {{{uid}}} to "
+            f"{{{file_uuid}}}"
+            + (f" and relink {len(kids_to_reg)} child image(s)" if kids_to_reg else "")
+            + ".",
+            f"{len(kids_to_file)} image(s) link to the header UUID",
+            Strength.STRONG if registry_default else Strength.WEAK,
+            [doc.path, *kids_to_reg],
+            group=group,
+            default=registry_default,
+            old=uid,
+            new=file_uuid,
+            children=[str(q) for q in kids_to_reg],
+        )
 
 
 def _evidence(child: fmt.VdiHeader, candidate: fmt.VdiHeader) -> tuple[Strength, str]:
     size = child.disk_size == candidate.disk_size and child.block_size == candidate.block_size
     modify = child.parent_modify_uuid == candidate.modify_uuid
     if size and modify:
-        return Strength.STRONG, ("the child's uuidParentModify equals the candidate's "
-                                 "uuidModify (it was not written since the child was made) "
-                                 "and the sizes match")
+        return Strength.STRONG, (
+            "the child's uuidParentModify equals the candidate's "
+            "uuidModify (it was not written since the child was made) "
+            "and the sizes match"
+        )
     if size:
-        return Strength.WEAK, ("only the disk size matches; uuidParentModify differs, so the "
-                               "candidate may have been written after the child was made, "
-                               "which would silently corrupt the child's view")
+        return Strength.WEAK, (
+            "only the disk size matches; uuidParentModify differs, so the "
+            "candidate may have been written after the child was made, "
+            "which would silently corrupt the child's view"
+        )
     return Strength.NONE, "the sizes differ"
 
 
-def _parent_mismatch_fix(doc: VboxDocument, p: Path, header: fmt.VdiHeader, parent_el: Any,
-                         parent_uuid: uuidlib.UUID, b: _Builder, force: bool) -> None:
+def _parent_mismatch_fix(
+    doc: VboxDocument,
+    p: Path,
+    header: fmt.VdiHeader,
+    parent_el: Any,
+    parent_uuid: uuidlib.UUID,
+    b: _Builder,
+    force: bool,
+) -> None:
     parent_path = doc.disk_path(parent_el)
     try:
         parent_h = fmt.read_header(parent_path) if parent_path else None
@@ -415,59 +576,102 @@ def _parent_mismatch_fix(doc: VboxDocument, p: Path, header: fmt.VdiHeader, pare
         return
     strength, why = _evidence(header, parent_h)
     if strength == Strength.NONE:
-        b.notes.append(f"'{p.name}' links to {{{header.parent_uuid}}} but is nested under "
-                       f"{{{parent_uuid}}}, whose size differs; no fix is safe")
+        b.notes.append(
+            f"'{p.name}' links to {{{header.parent_uuid}}} but is nested under "
+            f"{{{parent_uuid}}}, whose size differs; no fix is safe"
+        )
         return
-    b.add("relink", f"'{p.name}' links to parent {{{header.parent_uuid}}} but the registry "
-          f"nests it under {{{parent_uuid}}} (VirtualBox: \"Parent UUID does not match\").",
-          f"Set its parent link to {{{parent_uuid}}} "
-          f"('{parent_path.name if parent_path else ''}').",
-          why, strength, [p], needs_force=strength != Strength.STRONG, path=p, uuid=header.uuid,
-          parent=parent_uuid)
+    b.add(
+        "relink",
+        f"'{p.name}' links to parent {{{header.parent_uuid}}} but the registry "
+        f'nests it under {{{parent_uuid}}} (VirtualBox: "Parent UUID does not match").',
+        f"Set its parent link to {{{parent_uuid}}} ('{parent_path.name if parent_path else ''}').",
+        why,
+        strength,
+        [p],
+        needs_force=strength != Strength.STRONG,
+        path=p,
+        uuid=header.uuid,
+        parent=parent_uuid,
+    )
 
 
 def _relink_fixes_bare(path: Path, b: _Builder, force: bool) -> None:
     header = fmt.read_header(path)
     if header.parent_uuid == fmt.NULL_UUID:
         return
-    index = ImageIndex.scan([path.parent, *([path.parent.parent] if path.parent.name.lower()
-                                             == "snapshots" else [])])
+    index = ImageIndex.scan(
+        [path.parent, *([path.parent.parent] if path.parent.name.lower() == "snapshots" else [])]
+    )
     if index.find(header.parent_uuid) is not None:
         return
-    candidates = [(q, h) for q, h in index.headers.items()
-                  if q != path and h.disk_size == header.disk_size]
+    candidates = [
+        (q, h) for q, h in index.headers.items() if q != path and h.disk_size == header.disk_size
+    ]
     strong = [(q, h) for q, h in candidates if h.modify_uuid == header.parent_modify_uuid]
     pick = strong if len(strong) == 1 else candidates if len(candidates) == 1 else []
     if not pick:
-        b.notes.append(f"'{path.name}' links to parent {{{header.parent_uuid}}}, which no image "
-                       f"in '{path.parent}' has, and no single candidate matches; nothing "
-                       "can be relinked safely")
+        b.notes.append(
+            f"'{path.name}' links to parent {{{header.parent_uuid}}}, which no image "
+            f"in '{path.parent}' has, and no single candidate matches; nothing "
+            "can be relinked safely"
+        )
         return
     q, h = pick[0]
     strength, why = _evidence(header, h)
-    b.add("relink", f"'{path.name}' links to parent {{{header.parent_uuid}}}, which no image "
-          "in the folder has.", f"Relink it to '{q.name}' {{{h.uuid}}}.", why, strength,
-          [path], needs_force=strength != Strength.STRONG, path=path, uuid=header.uuid,
-          parent=h.uuid)
+    b.add(
+        "relink",
+        f"'{path.name}' links to parent {{{header.parent_uuid}}}, which no image "
+        "in the folder has.",
+        f"Relink it to '{q.name}' {{{h.uuid}}}.",
+        why,
+        strength,
+        [path],
+        needs_force=strength != Strength.STRONG,
+        path=path,
+        uuid=header.uuid,
+        parent=h.uuid,
+    )
 
 
-def _orphan_fixes(doc: VboxDocument, orphan: Path, header: fmt.VdiHeader,
-                  registry: dict[uuidlib.UUID, Any], b: _Builder) -> None:
+def _orphan_fixes(
+    doc: VboxDocument,
+    orphan: Path,
+    header: fmt.VdiHeader,
+    registry: dict[uuidlib.UUID, Any],
+    b: _Builder,
+) -> None:
     group = f"orphan-{header.uuid}"
     parent_registered = header.parent_uuid in registry
     quarantine = doc.folder / QUARANTINE / orphan.name
     if header.is_differencing and parent_registered:
-        b.add("register-orphan", f"'{orphan.name}' is a differencing image no registry lists "
-              "(an orphan, e.g. from a crash during a snapshot).",
-              f"Register it under its parent {{{header.parent_uuid}}} so its data can be "
-              "attached or cloned.", "its parent link names a registered disk", Strength.STRONG,
-              [doc.path], group=group, path=orphan, uuid=header.uuid,
-              parent=header.parent_uuid)
-    b.add("quarantine-orphan", f"'{orphan.name}' is an image no registry lists.",
-          f"Move it to '{quarantine.parent}' (never deleted).",
-          "no registered medium uses it", Strength.CERTAIN, [orphan], group=group,
-          default=not (header.is_differencing and parent_registered), path=orphan,
-          uuid=header.uuid, dest=quarantine)
+        b.add(
+            "register-orphan",
+            f"'{orphan.name}' is a differencing image no registry lists "
+            "(an orphan, e.g. from a crash during a snapshot).",
+            f"Register it under its parent {{{header.parent_uuid}}} so its data can be "
+            "attached or cloned.",
+            "its parent link names a registered disk",
+            Strength.STRONG,
+            [doc.path],
+            group=group,
+            path=orphan,
+            uuid=header.uuid,
+            parent=header.parent_uuid,
+        )
+    b.add(
+        "quarantine-orphan",
+        f"'{orphan.name}' is an image no registry lists.",
+        f"Move it to '{quarantine.parent}' (never deleted).",
+        "no registered medium uses it",
+        Strength.CERTAIN,
+        [orphan],
+        group=group,
+        default=not (header.is_differencing and parent_registered),
+        path=orphan,
+        uuid=header.uuid,
+        dest=quarantine,
+    )
 
 
 def plan_set_uuid(image: Path | str, new: uuidlib.UUID | None = None) -> RepairPlan:
@@ -486,29 +690,59 @@ def plan_set_uuid(image: Path | str, new: uuidlib.UUID | None = None) -> RepairP
     index = ImageIndex.scan([d for d in dirs if d.is_dir()])
     loop = resolve_chain(image, dirs, index).error
     if isinstance(loop, ChainLoopError):
-        raise OperationRefused(f"{loop} A new UUID would not untangle it; 'vdictl repair' "
-                               "shows the evidence for each link. Nothing was changed.")
+        raise OperationRefused(
+            f"{loop} A new UUID would not untangle it; 'vdictl repair' "
+            "shows the evidence for each link. Nothing was changed."
+        )
     children = [q for q, h in index.headers.items() if h.parent_uuid == header.uuid]
-    registered = doc is not None and header.uuid in doc.hard_disks() and (
-        (rp := doc.disk_path(doc.hard_disks()[header.uuid])) is not None
-        and rp.resolve() == image)
+    registered = (
+        doc is not None
+        and header.uuid in doc.hard_disks()
+        and (
+            (rp := doc.disk_path(doc.hard_disks()[header.uuid])) is not None
+            and rp.resolve() == image
+        )
+    )
     b = _Builder()
     files = [image, *children, *([vbox] if registered and vbox else [])]
-    b.add("new-uuid", f"Set the UUID of '{image.name}' (now {{{header.uuid}}}).",
-          f"Write {{{new}}} as its uuidCreate, relink {len(children)} child image(s)"
-          + (" and update the registry and <Image> references in the .vbox" if registered
-             else "") + ".", "requested", Strength.CERTAIN, files, path=image, old=header.uuid,
-          new=new, children=[str(c) for c in children], registry=registered)
-    return _with_space(RepairPlan(image, folder, vbox if registered else None,
-                                  hashlib.sha256(doc.original_bytes).hexdigest()
-                                  if registered and doc else None, tuple(b.fixes)))
+    b.add(
+        "new-uuid",
+        f"Set the UUID of '{image.name}' (now {{{header.uuid}}}).",
+        f"Write {{{new}}} as its uuidCreate, relink {len(children)} child image(s)"
+        + (" and update the registry and <Image> references in the .vbox" if registered else "")
+        + ".",
+        "requested",
+        Strength.CERTAIN,
+        files,
+        path=image,
+        old=header.uuid,
+        new=new,
+        children=[str(c) for c in children],
+        registry=registered,
+    )
+    return _with_space(
+        RepairPlan(
+            image,
+            folder,
+            vbox if registered else None,
+            hashlib.sha256(doc.original_bytes).hexdigest() if registered and doc else None,
+            tuple(b.fixes),
+        )
+    )
 
 
 # -- running --------------------------------------------------------------------------------
 
-def run_repair(plan: RepairPlan, *, choose: set[str] | None = None, force: bool = False,
-               progress: ProgressFn = no_progress, cancel: CancelToken | None = None,
-               verify: bool = True) -> RepairResult:
+
+def run_repair(
+    plan: RepairPlan,
+    *,
+    choose: set[str] | None = None,
+    force: bool = False,
+    progress: ProgressFn = no_progress,
+    cancel: CancelToken | None = None,
+    verify: bool = True,
+) -> RepairResult:
     """Apply the selected fixes under a journal (rolled back on error before the commit).
 
     With ``verify`` (the default) every state is checked to read as before (see the module
@@ -520,40 +754,52 @@ def run_repair(plan: RepairPlan, *, choose: set[str] | None = None, force: bool 
     cancel = cancel or CancelToken()
     fixes = plan.selected(choose, force)
     if not fixes:
-        raise OperationRefused("No fix is selected (those with weak or no evidence need "
-                               "--force); nothing was changed.")
+        raise OperationRefused(
+            "No fix is selected (those with weak or no evidence need --force); nothing was changed."
+        )
     touched = list(dict.fromkeys(f for fix in fixes for f in fix.files if f.exists()))
     # A damaged block map may be changed only by the fix that repairs it: every other file
     # must check clean first, as for any other writing command.
     map_fixed = {Path(f.params["path"]) for f in fixes if f.kind == "slots"}
-    check_writable_inputs([p for p in touched if p not in map_fixed], folder=plan.folder,
-                          needed=plan.space.peak_extra)
-    check_writable_inputs([p for p in touched if p in map_fixed], folder=plan.folder,
-                          check_maps=False)
+    check_writable_inputs(
+        [p for p in touched if p not in map_fixed], folder=plan.folder, needed=plan.space.peak_extra
+    )
+    check_writable_inputs(
+        [p for p in touched if p in map_fixed], folder=plan.folder, check_maps=False
+    )
     sweep_around(touched, plan.folder)  # temp files interrupted runs left (preflight)
     doc: VboxDocument | None = None
     if plan.vbox is not None:
         doc = VboxDocument.load(plan.vbox)
         if hashlib.sha256(doc.original_bytes).hexdigest() != plan.vbox_sha256:
-            raise OperationRefused(f"'{plan.vbox.name}' changed since the plan was made; run "
-                                   "the repair again.")
+            raise OperationRefused(
+                f"'{plan.vbox.name}' changed since the plan was made; run the repair again."
+            )
         from vdigui.engine.operations.merge import running_hint
+
         hint = running_hint(plan.folder)
         if hint:
             raise OperationRefused(f"{hint} Power the VM off before repairing it.")
     before = _state_signatures(plan) if verify else None
     slot_maps = _slot_maps(fixes) if verify else {}
-    journal = Journal.begin(plan.folder, "repair", plan.to_dict(),
-                            f"repair of '{plan.target.name}' ({len(fixes)} fixes)", plan.vbox)
+    journal = Journal.begin(
+        plan.folder,
+        "repair",
+        plan.to_dict(),
+        f"repair of '{plan.target.name}' ({len(fixes)} fixes)",
+        plan.vbox,
+    )
     notes: list[str] = []
     vbox_changed = False
     try:
         for fix in fixes:
             for f in fix.files:
-                if f.suffix.lower() == ".vdi" and f.exists() and fix.kind not in (
-                        "quarantine-orphan",):
-                    allowed = [fix.params.get("uuid"), fix.params.get("old"),
-                               fix.params.get("new")]
+                if (
+                    f.suffix.lower() == ".vdi"
+                    and f.exists()
+                    and fix.kind not in ("quarantine-orphan",)
+                ):
+                    allowed = [fix.params.get("uuid"), fix.params.get("old"), fix.params.get("new")]
                     journal.backup_image(f, [a for a in allowed if a], save=False)
             if plan.vbox is not None:
                 journal.backup_file(plan.vbox, save=False)
@@ -587,8 +833,10 @@ def run_repair(plan: RepairPlan, *, choose: set[str] | None = None, force: bool 
 def _check_uuid(path: Path, expected: str) -> fmt.VdiHeader:
     header = fmt.read_header(path)
     if str(header.uuid) != expected:
-        raise OperationRefused(f"'{path.name}' has UUID {{{header.uuid}}}, not the {{{expected}}} "
-                               "the plan names; nothing was changed.")
+        raise OperationRefused(
+            f"'{path.name}' has UUID {{{header.uuid}}}, not the {{{expected}}} "
+            "the plan names; nothing was changed."
+        )
     return header
 
 
@@ -619,8 +867,12 @@ def _apply(fix: Fix, doc: VboxDocument | None, journal: Journal) -> bool:
         return False
     if fix.kind == "base-type":
         if p.get("clear_link"):
-            _set_header(Path(p["path"]), p["uuid"], parent_uuid=fmt.NULL_UUID,
-                        parent_modify_uuid=fmt.NULL_UUID)
+            _set_header(
+                Path(p["path"]),
+                p["uuid"],
+                parent_uuid=fmt.NULL_UUID,
+                parent_modify_uuid=fmt.NULL_UUID,
+            )
         else:
             _set_header(Path(p["path"]), p["uuid"], image_type=ImageType.DYNAMIC)
         return False
@@ -692,6 +944,7 @@ def _apply(fix: Fix, doc: VboxDocument | None, journal: Journal) -> bool:
 
 # -- space and verification ---------------------------------------------------------------
 
+
 def _with_space(plan: RepairPlan) -> RepairPlan:
     """The plan with the SpacePlan of its default selection."""
     outcomes: dict[Path, FileOutcome] = {}
@@ -741,6 +994,7 @@ def _state_signatures(plan: RepairPlan, doc: VboxDocument | None = None) -> dict
     is_image = plan.target.is_file() and plan.target.suffix.lower() == ".vdi"
     if doc is None and (plan.vbox is not None or not is_image):
         from vdigui.engine.operations.merge import find_vbox
+
         doc = VboxDocument.load(plan.vbox or find_vbox(plan.folder))
     if doc is None:
         try:
@@ -782,8 +1036,12 @@ def _registry_state(doc: VboxDocument, el: Any) -> _State:
     return (tuple(layers), agree) if layers else None
 
 
-def _verify_states(fixes: list[Fix], before: dict[str, _State], after: dict[str, _State],
-                   slot_maps: dict[str, np.ndarray]) -> None:
+def _verify_states(
+    fixes: list[Fix],
+    before: dict[str, _State],
+    after: dict[str, _State],
+    slot_maps: dict[str, np.ndarray],
+) -> None:
     """Every state reads as before (same layers, same maps) unless a fix means to change it.
 
     Raises:
@@ -805,23 +1063,27 @@ def _verify_states(fixes: list[Fix], before: dict[str, _State], after: dict[str,
             if new is not None and not new[1] and {lay[0] for lay in new[0]} & targeted:
                 raise VerificationError(
                     f"After the repair a disk state ({key}) still has links that disagree; "
-                    "everything was rolled back (please report this).")
+                    "everything was rolled back (please report this)."
+                )
             continue  # it could not be read before; a fix may have made it readable
         if new is None:
             if drops:
                 continue  # a layer was dropped on purpose; the state reads its parent
             raise VerificationError(
                 f"After the repair a disk state ({key}) can no longer be read through its "
-                "chain of images; everything was rolled back (please report this).")
+                "chain of images; everything was rolled back (please report this)."
+            )
         (old_layers, old_agree), (new_layers, new_agree) = old, new
         if old_agree and not new_agree:
             raise VerificationError(
                 f"After the repair the header links of a disk state ({key}) disagree with "
-                "its images; everything was rolled back (please report this).")
+                "its images; everything was rolled back (please report this)."
+            )
         if not new_agree and {lay[0] for lay in new_layers} & targeted:
             raise VerificationError(
                 f"After the repair a disk state ({key}) still has links that disagree; "
-                "everything was rolled back (please report this).")
+                "everything was rolled back (please report this)."
+            )
         if old_layers == new_layers:
             continue
         same_files = [lay[0] for lay in old_layers] == [lay[0] for lay in new_layers]
@@ -834,7 +1096,8 @@ def _verify_states(fixes: list[Fix], before: dict[str, _State], after: dict[str,
             continue  # a broken link was mended: the state now reads through its parent
         raise VerificationError(
             f"After the repair a disk state ({key}) reads through other images or other "
-            "block maps than before; everything was rolled back (please report this).")
+            "block maps than before; everything was rolled back (please report this)."
+        )
     for path_text, fix in slot_fixes.items():
         _verify_slots_fix(Path(path_text), fix, slot_maps.get(path_text))
 
@@ -855,20 +1118,27 @@ def _verify_slots_fix(path: Path, fix: Fix, backup: np.ndarray | None) -> None:
         entries = image.block_map
         cleared = np.asarray(fix.params["clear"], dtype=np.int64)
         if cleared.size and (entries[cleared] != BLOCK_FREE).any():
-            raise VerificationError(f"After the repair '{path.name}' still maps a block that "
-                                    "was to be cleared; everything was rolled back.")
-        if image.header.blocks_allocated != fix.params["count"] or \
-                image.file_size > int(fix.params["end"]):
-            raise VerificationError(f"After the repair the slot count or size of "
-                                    f"'{path.name}' is not as planned; everything was rolled "
-                                    "back.")
+            raise VerificationError(
+                f"After the repair '{path.name}' still maps a block that "
+                "was to be cleared; everything was rolled back."
+            )
+        if image.header.blocks_allocated != fix.params["count"] or image.file_size > int(
+            fix.params["end"]
+        ):
+            raise VerificationError(
+                f"After the repair the slot count or size of "
+                f"'{path.name}' is not as planned; everything was rolled "
+                "back."
+            )
         if backup is not None:
             old = np.asarray(backup, dtype=np.uint32)
             keep = np.ones(old.size, dtype=bool)
             keep[cleared] = False
             if not np.array_equal(old[keep], entries[: old.size][keep]):
-                raise VerificationError(f"After the repair '{path.name}' maps blocks it was not "
-                                        "to touch differently; everything was rolled back.")
+                raise VerificationError(
+                    f"After the repair '{path.name}' maps blocks it was not "
+                    "to touch differently; everything was rolled back."
+                )
 
 
 def quarantine_dir(folder: Path) -> Path:
@@ -876,5 +1146,13 @@ def quarantine_dir(folder: Path) -> Path:
     return Path(folder) / QUARANTINE
 
 
-__all__ = ["Fix", "RepairPlan", "RepairResult", "plan_repair", "plan_set_uuid", "quarantine_dir",
-           "run_repair", "state_dir"]
+__all__ = [
+    "Fix",
+    "RepairPlan",
+    "RepairResult",
+    "plan_repair",
+    "plan_set_uuid",
+    "quarantine_dir",
+    "run_repair",
+    "state_dir",
+]

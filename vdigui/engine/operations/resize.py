@@ -159,26 +159,35 @@ class ResizePlan:
 
     def summary(self) -> str:
         """One line for the journal and the undo record."""
-        return (f"resize of '{self.source.name}' from {human_size(self.old_size)} to "
-                f"{human_size(self.new_size)}")
+        return (
+            f"resize of '{self.source.name}' from {human_size(self.old_size)} to "
+            f"{human_size(self.new_size)}"
+        )
 
     def lines(self) -> list[str]:
         """The plan in sentences (the CLI's dry run and the app's plan page)."""
         verb = "Grow" if self.growing else "Shrink" if self.new_size < self.old_size else "Keep"
-        out = [f"{verb} the disk of '{self.source}' from {human_size(self.old_size)} "
-               f"({self.old_size:,} bytes) to {human_size(self.new_size)} "
-               f"({self.new_size:,} bytes)."]
+        out = [
+            f"{verb} the disk of '{self.source}' from {human_size(self.old_size)} "
+            f"({self.old_size:,} bytes) to {human_size(self.new_size)} "
+            f"({self.new_size:,} bytes)."
+        ]
         if self.min_size is not None:
-            out.append(f"The smallest size it can shrink to is {self.min_size:,} bytes "
-                       f"({human_size(self.min_size)}).")
+            out.append(
+                f"The smallest size it can shrink to is {self.min_size:,} bytes "
+                f"({human_size(self.min_size)})."
+            )
         out.append(f"Images that change ({len(self.images)}):")
         for c in self.images:
-            out.append(f"  {c.path.name} ({c.role}{', fixed' if c.fixed else ''}): "
-                       f"{human_size(c.size_before)} -> {human_size(c.size_after)} on disk")
+            out.append(
+                f"  {c.path.name} ({c.role}{', fixed' if c.fixed else ''}): "
+                f"{human_size(c.size_before)} -> {human_size(c.size_after)} on disk"
+            )
             details = [f"cBlocks {c.old_blocks} -> {c.new_blocks}"]
             if c.new_offset_data != c.old_offset_data:
-                details.append(f"data area moves from byte {c.old_offset_data} to "
-                               f"{c.new_offset_data}")
+                details.append(
+                    f"data area moves from byte {c.old_offset_data} to {c.new_offset_data}"
+                )
             if c.moved_slots:
                 details.append(f"{c.moved_slots} block(s) of data copied")
             if c.dropped_slots:
@@ -205,16 +214,27 @@ class ResizePlan:
         """JSON form (``--dry-run --json``, and the journal's copy of the plan)."""
         table = None
         if self.table is not None:
-            table = {"scheme": self.table.scheme, "summary": list(self.table.summary),
-                     "sectors_written": [off for off, _ in self.table.writes],
-                     "grown_partition": self.table.grown.name if self.table.grown else None,
-                     "grown_end": self.table.grown_end or None}
-        return {"source": str(self.source), "folder": str(self.folder),
-                "old_size": self.old_size, "new_size": self.new_size,
-                "images": [c.to_dict() for c in self.images], "leaf": str(self.leaf),
-                "partition_table": table, "min_size": self.min_size,
-                "filesystem": self.filesystem, "guest_steps": list(self.guest_steps),
-                "notes": list(self.notes), "space": self.space.to_dict()}
+            table = {
+                "scheme": self.table.scheme,
+                "summary": list(self.table.summary),
+                "sectors_written": [off for off, _ in self.table.writes],
+                "grown_partition": self.table.grown.name if self.table.grown else None,
+                "grown_end": self.table.grown_end or None,
+            }
+        return {
+            "source": str(self.source),
+            "folder": str(self.folder),
+            "old_size": self.old_size,
+            "new_size": self.new_size,
+            "images": [c.to_dict() for c in self.images],
+            "leaf": str(self.leaf),
+            "partition_table": table,
+            "min_size": self.min_size,
+            "filesystem": self.filesystem,
+            "guest_steps": list(self.guest_steps),
+            "notes": list(self.notes),
+            "space": self.space.to_dict(),
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,6 +255,7 @@ class ResizeResult:
 
 # -- planning -------------------------------------------------------------------------------
 
+
 def _refuse(message: str) -> OperationRefused:
     return OperationRefused(message)
 
@@ -245,15 +266,20 @@ def _blocks_for(size: int, block_size: int) -> int:
 
 def _check_size(new_size: int) -> None:
     if new_size % 512:
-        raise _refuse(f"The new size {new_size:,} bytes is not a multiple of 512; VirtualBox "
-                      "disks are whole 512-byte sectors.")
+        raise _refuse(
+            f"The new size {new_size:,} bytes is not a multiple of 512; VirtualBox "
+            "disks are whole 512-byte sectors."
+        )
     if not MIN_SIZE <= new_size < MAX_SIZE:
-        raise _refuse(f"The new size {new_size:,} bytes is outside what VirtualBox supports "
-                      "(1 MiB up to 4 PiB - 3 MiB).")
+        raise _refuse(
+            f"The new size {new_size:,} bytes is outside what VirtualBox supports "
+            "(1 MiB up to 4 PiB - 3 MiB)."
+        )
 
 
-def _vm_tree(source: Path, disk: str | None) -> tuple[Path, list[tuple[Path, str]],
-                                                          list[Path], list[str]]:
+def _vm_tree(
+    source: Path, disk: str | None
+) -> tuple[Path, list[tuple[Path, str]], list[Path], list[str]]:
     """(folder, [(image, role)] base first, current chain, notes) of a VM source."""
     from vdigui.engine.operations.merge import running_hint
     from vdigui.engine.vmfolder import load_vm_folder
@@ -263,19 +289,26 @@ def _vm_tree(source: Path, disk: str | None) -> tuple[Path, list[tuple[Path, str
     if hint:
         raise _refuse(f"{hint} Power the VM off before resizing its disk.")
     if vm.state_file is not None:
-        raise _refuse(f"The VM in '{vm.folder}' holds a saved state, which remembers the old "
-                      "disk size; shut it down (or discard the saved state) before resizing.")
+        raise _refuse(
+            f"The VM in '{vm.folder}' holds a saved state, which remembers the old "
+            "disk size; shut it down (or discard the saved state) before resizing."
+        )
     leaves = list(vm.current_disks())
     if not leaves:
         raise _refuse(f"The current state of '{vm.folder}' has no hard disk attached.")
     if disk is not None:
-        leaves = [m for i, m in enumerate(leaves, start=1)
-                  if disk == str(i) or (m.path is not None and m.path.name == disk)]
+        leaves = [
+            m
+            for i, m in enumerate(leaves, start=1)
+            if disk == str(i) or (m.path is not None and m.path.name == disk)
+        ]
         if not leaves:
             raise _refuse(f"--disk {disk} matches none of the disks of '{vm.folder}'.")
     if len(leaves) > 1:
-        raise _refuse(f"The VM in '{vm.folder}' has {len(leaves)} disks; choose one with --disk "
-                      f"1..{len(leaves)} (their order in 'vdictl tree').")
+        raise _refuse(
+            f"The VM in '{vm.folder}' has {len(leaves)} disks; choose one with --disk "
+            f"1..{len(leaves)} (their order in 'vdictl tree')."
+        )
     chain = [Path(p) for p in vm.chain_for(leaves[0])]
     base_header = fmt.read_header(chain[0])
     tree: list[tuple[Path, str]] = []
@@ -289,19 +322,28 @@ def _vm_tree(source: Path, disk: str | None) -> tuple[Path, list[tuple[Path, str
         seen.add(uid)
         paths = vm.image_paths.get(uid) or ()
         if not paths:
-            raise _refuse(f"The image {{{uid}}} of this disk was not found in '{vm.folder}'; "
-                          "run 'vdictl check' on the VM folder.")
+            raise _refuse(
+                f"The image {{{uid}}} of this disk was not found in '{vm.folder}'; "
+                "run 'vdictl check' on the VM folder."
+            )
         path = Path(paths[0])
-        role = ("base" if uid == base_header.uuid else
-                "current state" if path.resolve() == leaf else "snapshot layer")
+        role = (
+            "base"
+            if uid == base_header.uuid
+            else "current state"
+            if path.resolve() == leaf
+            else "snapshot layer"
+        )
         tree.append((path, role))
         todo.extend(vm.header_tree.get(uid, ()))
     notes = []
     saved = [s.name for s in vm.iter_snapshots() if s.state_file is not None]
     if saved and len(tree) > 1:
-        notes.append("Snapshot(s) " + ", ".join(f"'{n}'" for n in saved) + " hold a saved "
-                     "(running) state that remembers the old disk size; restoring one of them "
-                     "may need its saved state discarded in VirtualBox.")
+        notes.append(
+            "Snapshot(s) " + ", ".join(f"'{n}'" for n in saved) + " hold a saved "
+            "(running) state that remembers the old disk size; restoring one of them "
+            "may need its saved state discarded in VirtualBox."
+        )
     return vm.folder, tree, chain, notes
 
 
@@ -310,18 +352,22 @@ def _image_source(path: Path) -> tuple[Path, list[tuple[Path, str]], list[Path]]
 
     header = fmt.read_header(path)
     if header.is_differencing:
-        raise _refuse(f"'{path.name}' is a differencing image (a snapshot layer); resizing it "
-                      "alone would leave its chain with two sizes. Give the VM folder instead, "
-                      "so vdigui resizes every image of that disk.")
+        raise _refuse(
+            f"'{path.name}' is a differencing image (a snapshot layer); resizing it "
+            "alone would leave its chain with two sizes. Give the VM folder instead, "
+            "so vdigui resizes every image of that disk."
+        )
     dirs = [path.parent, path.parent / "Snapshots"]
     if path.parent.name.lower() == "snapshots":
         dirs.append(path.parent.parent)
     index = ImageIndex.scan([d for d in dirs if d.is_dir()])
     children = [q for q, h in index.headers.items() if h.parent_uuid == header.uuid]
     if children:
-        raise _refuse(f"'{path.name}' has snapshots ({len(children)} differencing image(s) build "
-                      "on it); give the VM folder instead, so vdigui resizes every image of "
-                      "that disk together.")
+        raise _refuse(
+            f"'{path.name}' has snapshots ({len(children)} differencing image(s) build "
+            "on it); give the VM folder instead, so vdigui resizes every image of "
+            "that disk together."
+        )
     vm_folder = vm_folder_of(path)
     if vm_folder is not None:
         from vdigui.engine.operations.merge import running_hint
@@ -332,11 +378,13 @@ def _image_source(path: Path) -> tuple[Path, list[tuple[Path, str]], list[Path]]
             raise _refuse(f"{hint} Power the VM off before resizing its disk.")
         vm = load_vm_folder(vm_folder)
         if vm.state_file is not None and any(
-                m.path is not None and m.path.resolve() == path.resolve()
-                for m in vm.current_disks()):
-            raise _refuse(f"The VM in '{vm_folder}' holds a saved state, which remembers the "
-                          "old disk size; shut it down (or discard the saved state) before "
-                          "resizing.")
+            m.path is not None and m.path.resolve() == path.resolve() for m in vm.current_disks()
+        ):
+            raise _refuse(
+                f"The VM in '{vm_folder}' holds a saved state, which remembers the "
+                "old disk size; shut it down (or discard the saved state) before "
+                "resizing."
+            )
     return vm_folder or path.parent, [(path, "image")], [path]
 
 
@@ -347,15 +395,18 @@ def _guest_usage(chain_paths: list[Path]) -> Any:
         return chain_usage(chain)
 
 
-def _shrink_minimum(chain_paths: list[Path], size: int, block_size: int,
-                    info: pte.TableInfo, usage: Any = None) -> int:
+def _shrink_minimum(
+    chain_paths: list[Path], size: int, block_size: int, info: pte.TableInfo, usage: Any = None
+) -> int:
     """The exact minimum size: the table's, raised past any block the guest still uses."""
     minimum = info.min_size
     try:
         usage = usage if usage is not None else _guest_usage(chain_paths)
     except (VdiError, OSError, ValueError) as exc:
-        raise _refuse(f"The guest's filesystems could not be read ({exc}); vdigui shrinks only "
-                      "when it can prove no block past the new end is in use.") from exc
+        raise _refuse(
+            f"The guest's filesystems could not be read ({exc}); vdigui shrinks only "
+            "when it can prove no block past the new end is in use."
+        ) from exc
     used = np.asarray(usage.used_bytes)
     ignore = np.zeros(used.size, dtype=np.int64)
     if info.scheme == "gpt":  # the old backup GPT at the old end moves; it is not guest data
@@ -391,23 +442,31 @@ def _old_backup_gpt_range(read: Any, size: int) -> tuple[int, int] | None:
 _FS_STEPS = {
     "ext": ("resize2fs {dev}  (ext3/ext4 grow while mounted; unmount an ext2 first)",),
     "xfs": ("xfs_growfs /  (the mount point of that filesystem; XFS grows only while mounted)",),
-    "ntfs": ("In Windows: Disk Management (diskmgmt.msc), right-click the volume, 'Extend "
-             "Volume', accept the offered space (or diskpart: 'select volume N', 'extend').",),
-    "lvm-pv": ("pvresize {dev}", "lvextend -r -l +100%FREE /dev/VG/LV  (the logical volume "
-               "to grow; -r grows its filesystem too)"),
-    "fat": ("FAT volumes cannot be extended by Windows' Disk Management; use 'fatresize' on "
-            "Linux or a partition tool such as GParted.",),
+    "ntfs": (
+        "In Windows: Disk Management (diskmgmt.msc), right-click the volume, 'Extend "
+        "Volume', accept the offered space (or diskpart: 'select volume N', 'extend').",
+    ),
+    "lvm-pv": (
+        "pvresize {dev}",
+        "lvextend -r -l +100%FREE /dev/VG/LV  (the logical volume "
+        "to grow; -r grows its filesystem too)",
+    ),
+    "fat": (
+        "FAT volumes cannot be extended by Windows' Disk Management; use 'fatresize' on "
+        "Linux or a partition tool such as GParted.",
+    ),
     "btrfs": ("btrfs filesystem resize max /  (the mount point)",),
 }
 
 
-def _guest_steps(growing: bool, info: pte.TableInfo | None, table: pte.TableEdit | None,
-                 fs: str | None) -> tuple[str, ...]:
+def _guest_steps(
+    growing: bool, info: pte.TableInfo | None, table: pte.TableEdit | None, fs: str | None
+) -> tuple[str, ...]:
     if not growing:
         return ()
     family = None
     if fs:
-        family = ("ext" if fs.startswith("ext") else "fat" if fs.startswith("fat") else fs)
+        family = "ext" if fs.startswith("ext") else "fat" if fs.startswith("fat") else fs
     if info is None or info.last is None:
         dev = "/dev/sda"
         steps = ["Check the disk's name with 'lsblk' (sda on most VMs; below it is /dev/sda)."]
@@ -418,25 +477,35 @@ def _guest_steps(growing: bool, info: pte.TableInfo | None, table: pte.TableEdit
         return tuple(steps)
     last = info.last
     dev = pte.partition_device(last.number)
-    steps = [f"Check the disk's name with 'lsblk' (sda on most VMs; below it is /dev/sda and "
-             f"the partition {dev})."]
+    steps = [
+        f"Check the disk's name with 'lsblk' (sda on most VMs; below it is /dev/sda and "
+        f"the partition {dev})."
+    ]
     grown = table is not None and table.grown is not None
     if family == "ntfs":  # Extend Volume grows the partition into the free space too
         return (_FS_STEPS["ntfs"][0],)
     if last.not_grown_why and not grown:
         # Growing swap or a recovery partition gives the system nothing: say what does.
-        return (steps[0], f"The new space lies after {last.name}, which is "
-                f"{last.not_grown_why}: to give it to the system, move or delete that "
-                "partition in the guest (for swap: swapoff, delete it, grow the partition "
-                "before it, recreate swap or use a swap file), or use GParted from a live CD.")
+        return (
+            steps[0],
+            f"The new space lies after {last.name}, which is "
+            f"{last.not_grown_why}: to give it to the system, move or delete that "
+            "partition in the guest (for swap: swapoff, delete it, grow the partition "
+            "before it, recreate swap or use a swap file), or use GParted from a live CD.",
+        )
     if not grown:
-        steps.append(f"growpart /dev/sda {last.number}  (grows {last.name} into the new space; "
-                     "from cloud-guest-utils) — or rerun vdictl resize with --grow-partition")
+        steps.append(
+            f"growpart /dev/sda {last.number}  (grows {last.name} into the new space; "
+            "from cloud-guest-utils) — or rerun vdictl resize with --grow-partition"
+        )
     if family in _FS_STEPS:
         steps += [s.format(dev=dev) for s in _FS_STEPS[family]]
     else:
-        steps.append(f"Grow the filesystem in {dev} with the tool for its type"
-                     + (f" ({fs})" if fs else "") + ".")
+        steps.append(
+            f"Grow the filesystem in {dev} with the tool for its type"
+            + (f" ({fs})" if fs else "")
+            + "."
+        )
     return tuple(steps)
 
 
@@ -460,8 +529,10 @@ def _image_change(path: Path, role: str, new_size: int, why: str) -> ImageChange
         h = image.header
         size = image.file_size
     if h.is_legacy:
-        raise _refuse(f"'{path.name}' has a version 0 header (VirtualBox 1.x), which has no "
-                      "data offset to move; convert it first ('vdictl convert').")
+        raise _refuse(
+            f"'{path.name}' has a version 0 header (VirtualBox 1.x), which has no "
+            "data offset to move; convert it first ('vdictl convert')."
+        )
     fixed = h.image_type == ImageType.FIXED
     bs, slot = h.block_size, h.slot_size
     a = h.blocks_allocated
@@ -475,18 +546,54 @@ def _image_change(path: Path, role: str, new_size: int, why: str) -> ImageChange
         old_map_end = h.offset_blocks + 4 * h.blocks
         meta_end = new_off if k else needed
         overwritten = max(0, min(meta_end, size) - old_map_end) if new_blocks > h.blocks else 0
-        return ImageChange(path, str(h.uuid), role, fixed, h.disk_size, new_size, h.blocks,
-                           new_blocks, h.offset_data, new_off, a, after, min(k, a), 0, added,
-                           size, new_off + after * slot, overwritten, why)
+        return ImageChange(
+            path,
+            str(h.uuid),
+            role,
+            fixed,
+            h.disk_size,
+            new_size,
+            h.blocks,
+            new_blocks,
+            h.offset_data,
+            new_off,
+            a,
+            after,
+            min(k, a),
+            0,
+            added,
+            size,
+            new_off + after * slot,
+            overwritten,
+            why,
+        )
     new_blocks = _blocks_for(new_size, bs)
     entries = image_map(path)
     keep = entries[:new_blocks]
     live = int(fmt.is_allocated(keep).sum())
     dropped = int(fmt.is_allocated(entries[new_blocks:]).sum())
     movers = int((keep[fmt.is_allocated(keep)] >= live).sum())
-    return ImageChange(path, str(h.uuid), role, fixed, h.disk_size, new_size, h.blocks,
-                       new_blocks, h.offset_data, h.offset_data, a, live, movers, dropped, 0,
-                       size, h.offset_data + live * slot, movers * slot, why)
+    return ImageChange(
+        path,
+        str(h.uuid),
+        role,
+        fixed,
+        h.disk_size,
+        new_size,
+        h.blocks,
+        new_blocks,
+        h.offset_data,
+        h.offset_data,
+        a,
+        live,
+        movers,
+        dropped,
+        0,
+        size,
+        h.offset_data + live * slot,
+        movers * slot,
+        why,
+    )
 
 
 def image_map(path: Path) -> np.ndarray:
@@ -495,8 +602,9 @@ def image_map(path: Path) -> np.ndarray:
         return image.block_map.copy()
 
 
-def plan_resize(source: Path | str, new_size: int, *, grow_partition: bool = False,
-                disk: str | None = None) -> ResizePlan:
+def plan_resize(
+    source: Path | str, new_size: int, *, grow_partition: bool = False, disk: str | None = None
+) -> ResizePlan:
     """Plan a resize of an image, or of a VM's disk with all its snapshots (read-only).
 
     Args:
@@ -527,52 +635,83 @@ def plan_resize(source: Path | str, new_size: int, *, grow_partition: bool = Fal
     headers = [fmt.read_header(p) for p, _ in tree]
     old_size = headers[0].disk_size
     if any(h.disk_size != old_size for h in headers):
-        raise _refuse("The images of this disk do not all have the same size; run 'vdictl "
-                      "check' on the VM folder.")
+        raise _refuse(
+            "The images of this disk do not all have the same size; run 'vdictl "
+            "check' on the VM folder."
+        )
     block_size = headers[0].block_size
     shrinking = new_size < old_size
     if shrinking and len(tree) > 1:
-        raise _refuse("The disk has snapshots, which may still hold data past the new end; "
-                      "delete the snapshots first ('vdictl snapshot delete') or clone the "
-                      "current state ('vdictl clone'), then shrink that.")
+        raise _refuse(
+            "The disk has snapshots, which may still hold data past the new end; "
+            "delete the snapshots first ('vdictl snapshot delete') or clone the "
+            "current state ('vdictl clone'), then shrink that."
+        )
     with open_paths(chain) as ch:
         info = pte.inspect_table(ch.read, old_size)
         min_size = None
         if shrinking:
             if info is None:
-                raise _refuse("The disk has no partition table vdigui recognises, so it cannot "
-                              "tell where the guest's data ends; vdigui shrinks only down to "
-                              "the end of the last partition.")
+                raise _refuse(
+                    "The disk has no partition table vdigui recognises, so it cannot "
+                    "tell where the guest's data ends; vdigui shrinks only down to "
+                    "the end of the last partition."
+                )
             min_size = _shrink_minimum(chain, old_size, block_size, info)
             if new_size < min_size:
-                raise _refuse(f"Cannot shrink to {new_size:,} bytes: the guest uses the disk up "
-                              f"to byte {min_size:,}; the smallest size is {min_size:,} bytes "
-                              f"({human_size(min_size)}). Shrink the last partition inside the "
-                              "guest first to go lower.")
-        table = (pte.plan_table_edit(ch.read, old_size, new_size, grow_last=grow_partition)
-                 if new_size != old_size or grow_partition else None)
+                raise _refuse(
+                    f"Cannot shrink to {new_size:,} bytes: the guest uses the disk up "
+                    f"to byte {min_size:,}; the smallest size is {min_size:,} bytes "
+                    f"({human_size(min_size)}). Shrink the last partition inside the "
+                    "guest first to go lower."
+                )
+        table = (
+            pte.plan_table_edit(ch.read, old_size, new_size, grow_last=grow_partition)
+            if new_size != old_size or grow_partition
+            else None
+        )
     fs = _filesystem_of(chain, info) if not shrinking else None
     if len(tree) > 1:
-        why_tree = ("every image of a disk keeps the size of its parent: VirtualBox reads a "
-                    "snapshot layer's unstored blocks from its parent at the same offsets and "
-                    "refuses offsets past the parent's end; the blocks each state stored stay as "
-                    "they are, and the new space reads as zeros in every state")
+        why_tree = (
+            "every image of a disk keeps the size of its parent: VirtualBox reads a "
+            "snapshot layer's unstored blocks from its parent at the same offsets and "
+            "refuses offsets past the parent's end; the blocks each state stored stay as "
+            "they are, and the new space reads as zeros in every state"
+        )
     else:
         why_tree = "this image is the whole disk (no snapshot builds on it)"
-    changes = [_image_change(p, role, new_size, why_tree[:1].upper() + why_tree[1:] + ".")
-               for p, role in tree]
+    changes = [
+        _image_change(p, role, new_size, why_tree[:1].upper() + why_tree[1:] + ".")
+        for p, role in tree
+    ]
     if new_size == old_size and table is None:
         notes.append("The disk already has this size; nothing changes.")
     if changes[0].fixed and new_size > old_size:
-        notes.append("VirtualBox cannot resize fixed images; vdigui grows it in place and keeps "
-                     "it fully allocated.")
+        notes.append(
+            "VirtualBox cannot resize fixed images; vdigui grows it in place and keeps "
+            "it fully allocated."
+        )
     if new_size > old_size and len(tree) > 1:
-        notes.append("Every snapshot keeps its content; restoring one gives it the larger disk "
-                     "with the new space empty.")
+        notes.append(
+            "Every snapshot keeps its content; restoring one gives it the larger disk "
+            "with the new space empty."
+        )
     stamps = {str(p): jr.fingerprint(p) for p, _ in tree}
-    plan = ResizePlan(source, folder, old_size, new_size, tuple(changes), chain[-1],
-                      tuple(chain), table, min_size, fs,
-                      _guest_steps(new_size > old_size, info, table, fs), tuple(notes), stamps)
+    plan = ResizePlan(
+        source,
+        folder,
+        old_size,
+        new_size,
+        tuple(changes),
+        chain[-1],
+        tuple(chain),
+        table,
+        min_size,
+        fs,
+        _guest_steps(new_size > old_size, info, table, fs),
+        tuple(notes),
+        stamps,
+    )
     return _with_space(plan)
 
 
@@ -595,9 +734,18 @@ def _with_space(plan: ResizePlan) -> ResizePlan:
 
 # -- running --------------------------------------------------------------------------------
 
-def _ranges_backup(journal: Journal, fd: int, path: Path, header: fmt.VdiHeader,
-                   ranges: list[tuple[int, int]], file_size: int, *, progress: ProgressFn,
-                   cancel: CancelToken) -> None:
+
+def _ranges_backup(
+    journal: Journal,
+    fd: int,
+    path: Path,
+    header: fmt.VdiHeader,
+    ranges: list[tuple[int, int]],
+    file_size: int,
+    *,
+    progress: ProgressFn,
+    cancel: CancelToken,
+) -> None:
     """Save the old bytes of ``ranges`` (inside the old file) as before-image records.
 
     One before-images file per image (the journal's format): the ranges are expressed as runs
@@ -647,8 +795,9 @@ class _Work:
     map_clear: tuple[int, int] | None  # old map bytes past the new map end (a shrink)
 
 
-def _new_lchs(lchs: tuple[int, int, int, int] | None, size: int
-              ) -> tuple[int, int, int, int] | None:
+def _new_lchs(
+    lchs: tuple[int, int, int, int] | None, size: int
+) -> tuple[int, int, int, int] | None:
     """The LCHS geometry after a resize, as VD.cpp ``VDResize`` computes it for Main.
 
     Main passes the "auto" marker: a set geometry keeps its heads and sectors and gets
@@ -669,8 +818,9 @@ def _nonzero(fd: int, start: int, end: int) -> bool:
     return data.count(0) != len(data)
 
 
-def _work_for(change: ImageChange, fd: int, header: fmt.VdiHeader, old_map: np.ndarray,
-              file_size: int) -> _Work:
+def _work_for(
+    change: ImageChange, fd: int, header: fmt.VdiHeader, old_map: np.ndarray, file_size: int
+) -> _Work:
     h = header
     bs, slot, extra = h.block_size, h.slot_size, h.block_extra
     a = h.blocks_allocated
@@ -715,12 +865,28 @@ def _work_for(change: ImageChange, fd: int, header: fmt.VdiHeader, old_map: np.n
                 zero.append((dest + tail, dest + bs))
                 if old_slot >= m:
                     backup.append((src + tail, src + bs))
-        new_header = h.replace(disk_size=change.new_disk_size, blocks=new_blocks,
-                               offset_data=new_off, blocks_allocated=after,
-                               lchs=lchs)
+        new_header = h.replace(
+            disk_size=change.new_disk_size,
+            blocks=new_blocks,
+            offset_data=new_off,
+            blocks_allocated=after,
+            lchs=lchs,
+        )
         extend = new_off + after * slot
-        return _Work(change, h, old_map, new_map, new_header, copies, zero, pad, backup,
-                     extend if extend > file_size else 0, 0, None)
+        return _Work(
+            change,
+            h,
+            old_map,
+            new_map,
+            new_header,
+            copies,
+            zero,
+            pad,
+            backup,
+            extend if extend > file_size else 0,
+            0,
+            None,
+        )
     # shrink
     new_blocks = change.new_blocks
     keep = old_map[:new_blocks].copy()
@@ -746,15 +912,29 @@ def _work_for(change: ImageChange, fd: int, header: fmt.VdiHeader, old_map: np.n
         if _nonzero(fd, src + tail, src + bs):
             zero.append((dest + tail, dest + bs))
             backup.append((dest + tail, dest + bs))
-    new_header = h.replace(disk_size=change.new_disk_size, blocks=new_blocks,
-                           blocks_allocated=count, lchs=lchs)
+    new_header = h.replace(
+        disk_size=change.new_disk_size, blocks=new_blocks, blocks_allocated=count, lchs=lchs
+    )
     clear = (h.offset_blocks + 4 * new_blocks, h.offset_blocks + 4 * h.blocks)
-    return _Work(change, h, old_map, keep, new_header, copies, zero, [], backup, 0,
-                 h.offset_data + count * slot, clear)
+    return _Work(
+        change,
+        h,
+        old_map,
+        keep,
+        new_header,
+        copies,
+        zero,
+        [],
+        backup,
+        0,
+        h.offset_data + count * slot,
+        clear,
+    )
 
 
-def _copy_slots(fd: int, work: _Work, *, progress: ProgressFn, cancel: CancelToken,
-                done: list[int], total: int) -> list[tuple[int, str]]:
+def _copy_slots(
+    fd: int, work: _Work, *, progress: ProgressFn, cancel: CancelToken, done: list[int], total: int
+) -> list[tuple[int, str]]:
     """Copy whole slots; returns (destination, sha256) of each copy for verification."""
     slot = work.header.slot_size
     digests = []
@@ -770,9 +950,14 @@ def _copy_slots(fd: int, work: _Work, *, progress: ProgressFn, cancel: CancelTok
     return digests
 
 
-def run_resize(plan: ResizePlan, *, verify: bool = True, keep_undo: bool = True,
-               progress: ProgressFn = no_progress,
-               cancel: CancelToken | None = None) -> ResizeResult:
+def run_resize(
+    plan: ResizePlan,
+    *,
+    verify: bool = True,
+    keep_undo: bool = True,
+    progress: ProgressFn = no_progress,
+    cancel: CancelToken | None = None,
+) -> ResizeResult:
     """Carry out a plan under a journal; interrupted or failed runs roll back to the old bytes.
 
     Raises:
@@ -789,15 +974,13 @@ def run_resize(plan: ResizePlan, *, verify: bool = True, keep_undo: bool = True,
     paths = [c.path for c in plan.images]
     for path in paths:
         if jr.fingerprint(path) != plan.stamps.get(str(path)):
-            raise _refuse(f"'{path.name}' changed since the plan was made; plan the resize "
-                          "again.")
+            raise _refuse(f"'{path.name}' changed since the plan was made; plan the resize again.")
         reasons = busy_reasons(path)
         if reasons:
             raise _refuse(" ".join(reasons))
     check_writable_inputs(paths, folder=plan.folder, needed=plan.space.peak_extra)
     sweep_around(paths, plan.folder)
-    journal = Journal.begin(plan.folder, KIND, plan.to_dict(), plan.summary(),
-                            keep_undo=keep_undo)
+    journal = Journal.begin(plan.folder, KIND, plan.to_dict(), plan.summary(), keep_undo=keep_undo)
     fds: dict[Path, int] = {}
     notes: list[str] = []
     try:
@@ -810,8 +993,9 @@ def run_resize(plan: ResizePlan, *, verify: bool = True, keep_undo: bool = True,
             header = fmt.parse_header(raw, change.path, size)
             if str(header.uuid) != change.uuid:
                 raise _refuse(f"'{change.path.name}' is no longer the image planned; stopped.")
-            old_map = np.frombuffer(os.pread(fd, header.map_size, header.offset_blocks),
-                                    dtype="<u4").astype(np.uint32)
+            old_map = np.frombuffer(
+                os.pread(fd, header.map_size, header.offset_blocks), dtype="<u4"
+            ).astype(np.uint32)
             works.append(_work_for(change, fd, header, old_map, size))
         table_ranges = _table_backup_ranges(plan, works)
         # 1. undo information, durable before the first write
@@ -821,8 +1005,16 @@ def run_resize(plan: ResizePlan, *, verify: bool = True, keep_undo: bool = True,
             if work.truncate_to:
                 journal.backup_tail(path, work.truncate_to)
             ranges = work.backup_ranges + table_ranges.get(path, [])
-            _ranges_backup(journal, fd, path, work.header, ranges, os.fstat(fd).st_size,
-                           progress=progress, cancel=cancel)
+            _ranges_backup(
+                journal,
+                fd,
+                path,
+                work.header,
+                ranges,
+                os.fstat(fd).st_size,
+                progress=progress,
+                cancel=cancel,
+            )
         journal.set_phase("backed-up")
         # 2. data: copies to new places (and new zero slots), flushed
         total = sum(len(w.copies) for w in works)
@@ -833,11 +1025,14 @@ def run_resize(plan: ResizePlan, *, verify: bool = True, keep_undo: bool = True,
             if work.extend_to:
                 fileio.ftruncate(fd, work.extend_to)
                 if work.change.fixed and work.change.new_slots:
-                    start = work.new_header.offset_data + (
-                        work.header.blocks_allocated) * work.header.slot_size
+                    start = (
+                        work.new_header.offset_data
+                        + (work.header.blocks_allocated) * work.header.slot_size
+                    )
                     fileio.fallocate(fd, start, work.extend_to - start)
-            digests[work.change.path] = _copy_slots(fd, work, progress=progress, cancel=cancel,
-                                                    done=done, total=total)
+            digests[work.change.path] = _copy_slots(
+                fd, work, progress=progress, cancel=cancel, done=done, total=total
+            )
             wrote = bool(work.extend_to or work.copies)
             for start, end in work.zero_ranges:
                 if end > start:
@@ -855,8 +1050,9 @@ def run_resize(plan: ResizePlan, *, verify: bool = True, keep_undo: bool = True,
             fd = fds[work.change.path]
             h = work.new_header
             # Written from the array itself (no byte copies of a map of up to 16 GiB).
-            fileio.pwrite(fd, np.ascontiguousarray(work.new_map, dtype="<u4").data.cast("B"),
-                          h.offset_blocks)
+            fileio.pwrite(
+                fd, np.ascontiguousarray(work.new_map, dtype="<u4").data.cast("B"), h.offset_blocks
+            )
             clears = list(work.pad_ranges)
             if work.map_clear is not None:
                 clears.append(work.map_clear)
@@ -909,8 +1105,10 @@ def _table_backup_ranges(plan: ResizePlan, works: list[_Work]) -> dict[Path, lis
     top = next(w for w in works if w.change.path.resolve() == plan.leaf.resolve())
     h = top.header
     bs = h.block_size
-    blocks = sorted({off // bs for off, data in plan.table.writes} |
-                    {(off + len(data) - 1) // bs for off, data in plan.table.writes})
+    blocks = sorted(
+        {off // bs for off, data in plan.table.writes}
+        | {(off + len(data) - 1) // bs for off, data in plan.table.writes}
+    )
     out = []
     moved_below = (top.new_header.offset_data - h.offset_data) // h.slot_size
     for b in blocks:
@@ -924,8 +1122,9 @@ def _table_backup_ranges(plan: ResizePlan, works: list[_Work]) -> dict[Path, lis
     return {top.change.path: out}
 
 
-def _verify(plan: ResizePlan, works: list[_Work], digests: dict[Path, list[tuple[int, str]]]
-            ) -> None:
+def _verify(
+    plan: ResizePlan, works: list[_Work], digests: dict[Path, list[tuple[int, str]]]
+) -> None:
     """Headers, maps and file sizes as planned, moved data equal, the table as planned."""
     from vdigui.engine.check import require_sound
 
@@ -936,51 +1135,71 @@ def _verify(plan: ResizePlan, works: list[_Work], digests: dict[Path, list[tuple
             want = work.new_header
             table_here = plan.table is not None and path.resolve() == plan.leaf.resolve()
             if (h.disk_size, h.blocks, h.offset_data) != (
-                    want.disk_size, want.blocks, want.offset_data) or not (
-                    h.blocks_allocated == want.blocks_allocated
-                    or (table_here and h.blocks_allocated > want.blocks_allocated)):
-                raise VerificationError(f"After the resize the header of '{path.name}' is not as "
-                                        "planned; everything was rolled back.")
+                want.disk_size,
+                want.blocks,
+                want.offset_data,
+            ) or not (
+                h.blocks_allocated == want.blocks_allocated
+                or (table_here and h.blocks_allocated > want.blocks_allocated)
+            ):
+                raise VerificationError(
+                    f"After the resize the header of '{path.name}' is not as "
+                    "planned; everything was rolled back."
+                )
             expected = work.new_map
             got = image.block_map
             touched: set[int] = set()
             if table_here and plan.table is not None:
-                touched = {b for off, data in plan.table.writes
-                           for b in range(off // h.block_size,
-                                          (off + len(data) - 1) // h.block_size + 1)}
+                touched = {
+                    b
+                    for off, data in plan.table.writes
+                    for b in range(off // h.block_size, (off + len(data) - 1) // h.block_size + 1)
+                }
                 mask = np.ones(expected.size, dtype=bool)
                 mask[[b for b in touched if b < mask.size]] = False
                 same = np.array_equal(got[mask], expected[mask])
             else:
                 same = np.array_equal(got, expected)
             if not same:
-                raise VerificationError(f"After the resize '{path.name}' maps blocks differently "
-                                        "than planned; everything was rolled back.")
+                raise VerificationError(
+                    f"After the resize '{path.name}' maps blocks differently "
+                    "than planned; everything was rolled back."
+                )
             rewritten = set()  # slots the partition-table writes changed after the move
             if table_here:
-                rewritten = {h.offset_data + int(got[b]) * h.slot_size for b in touched
-                             if b < got.size and fmt.is_allocated(int(got[b]))}
+                rewritten = {
+                    h.offset_data + int(got[b]) * h.slot_size
+                    for b in touched
+                    if b < got.size and fmt.is_allocated(int(got[b]))
+                }
             for dst, digest in digests.get(path, []):
                 if dst in rewritten:
                     continue
                 if hashlib.sha256(os.pread(image.fd, h.slot_size, dst)).hexdigest() != digest:
-                    raise VerificationError(f"A block moved inside '{path.name}' does not read "
-                                            "back as it was; everything was rolled back.")
+                    raise VerificationError(
+                        f"A block moved inside '{path.name}' does not read "
+                        "back as it was; everything was rolled back."
+                    )
         del got, image  # the map read back: released before require_sound reads it again
         require_sound([path])
     if plan.table is not None:
         with open_paths(list(plan.chain)) as chain:
             info = pte.inspect_table(chain.read, chain.disk_size)
         if info is None or info.scheme != plan.table.scheme:
-            raise VerificationError("After the resize the partition table does not read back; "
-                                    "everything was rolled back.")
+            raise VerificationError(
+                "After the resize the partition table does not read back; "
+                "everything was rolled back."
+            )
         grown = plan.table.grown
         if grown is not None and (info.last is None or info.last.end != plan.table.grown_end):
-            raise VerificationError("After the resize the last partition does not end where "
-                                    "planned; everything was rolled back.")
+            raise VerificationError(
+                "After the resize the last partition does not end where "
+                "planned; everything was rolled back."
+            )
 
 
 # -- limits (what the app's size slider offers) --------------------------------------------
+
 
 @dataclass(frozen=True, slots=True)
 class ResizeLimits:
@@ -1069,14 +1288,18 @@ def resize_limits(source: Path | str, *, disk: str | None = None) -> ResizeLimit
             grow_why = str(exc)
     minimum, shrink_why = size, None
     if len(tree) > 1:
-        shrink_why = ("The disk has snapshots, which may still hold data past the new end; "
-                      "delete the snapshots first or clone the current state, then shrink that.")
+        shrink_why = (
+            "The disk has snapshots, which may still hold data past the new end; "
+            "delete the snapshots first or clone the current state, then shrink that."
+        )
     elif table_why is not None:
         shrink_why = table_why
     elif info is None:
-        shrink_why = ("The disk has no partition table vdigui recognises, so it cannot tell "
-                      "where the guest's data ends; vdigui shrinks only down to the end of the "
-                      "last partition.")
+        shrink_why = (
+            "The disk has no partition table vdigui recognises, so it cannot tell "
+            "where the guest's data ends; vdigui shrinks only down to the end of the "
+            "last partition."
+        )
     else:
         try:
             minimum = max(MIN_SIZE, _shrink_minimum(chain, size, bs, info, usage))
@@ -1086,17 +1309,23 @@ def resize_limits(source: Path | str, *, disk: str | None = None) -> ResizeLimit
         min_why = "This is the current size: shrinking is not possible. " + shrink_why
     elif minimum >= size:
         minimum = size
-        min_why = ("This is the current size: the last partition"
-                   + (f" ({info.last.name})" if info is not None and info.last else "")
-                   + " or the guest's data reaches the end of the disk.")
+        min_why = (
+            "This is the current size: the last partition"
+            + (f" ({info.last.name})" if info is not None and info.last else "")
+            + " or the guest's data reaches the end of the disk."
+        )
     elif info is not None and minimum == info.min_size:
-        min_why = ("The end of the last partition"
-                   + (f" ({info.last.name})" if info.last else "")
-                   + (" and the backup GPT after it" if info.scheme == "gpt" else "")
-                   + ": nothing past it is in use.")
+        min_why = (
+            "The end of the last partition"
+            + (f" ({info.last.name})" if info.last else "")
+            + (" and the backup GPT after it" if info.scheme == "gpt" else "")
+            + ": nothing past it is in use."
+        )
     else:
-        min_why = ("The end of the last block the guest's filesystems still use (past the end "
-                   "of the last partition's table entry).")
+        min_why = (
+            "The end of the last block the guest's filesystems still use (past the end "
+            "of the last partition's table entry)."
+        )
     free = free_space(folder)
     vdi_max = MAX_SIZE - fmt.MIB
     # Host bytes per byte of growth: the longer map (and, as much again, its undo copy and
@@ -1106,18 +1335,42 @@ def resize_limits(source: Path | str, *, disk: str | None = None) -> ResizeLimit
     host_max = size + int(max(0, free - reserve) / per_byte) // fmt.MIB * fmt.MIB
     if host_max < vdi_max:
         maximum = max(size, host_max)
-        max_why = (f"What the free host space allows ({human_size(free)} free in "
-                   f"'{folder}'): " + ("a fixed image takes the whole new space at once."
-                                       if fixed else "the block map grows with the disk."))
+        max_why = f"What the free host space allows ({human_size(free)} free in '{folder}'): " + (
+            "a fixed image takes the whole new space at once."
+            if fixed
+            else "the block map grows with the disk."
+        )
     else:
         maximum = vdi_max
-        max_why = ("The largest disk VirtualBox supports (4 PiB less 3 MiB); a dynamic image "
-                   "takes host space only as the guest writes.")
-    return ResizeLimits(source, disk, size, bs, fixed, len(tree), minimum, min_why,
-                        shrink_why is None and minimum < size, maximum, max_why, free,
-                        grow_why, info.last.name if info is not None and info.last else None,
-                        usage)
+        max_why = (
+            "The largest disk VirtualBox supports (4 PiB less 3 MiB); a dynamic image "
+            "takes host space only as the guest writes."
+        )
+    return ResizeLimits(
+        source,
+        disk,
+        size,
+        bs,
+        fixed,
+        len(tree),
+        minimum,
+        min_why,
+        shrink_why is None and minimum < size,
+        maximum,
+        max_why,
+        free,
+        grow_why,
+        info.last.name if info is not None and info.last else None,
+        usage,
+    )
 
 
-__all__ = ["ImageChange", "ResizeLimits", "ResizePlan", "ResizeResult", "plan_resize",
-           "resize_limits", "run_resize"]
+__all__ = [
+    "ImageChange",
+    "ResizeLimits",
+    "ResizePlan",
+    "ResizeResult",
+    "plan_resize",
+    "resize_limits",
+    "run_resize",
+]

@@ -59,7 +59,8 @@ def require_unchanged(path: Path, stamp: FileStamp) -> None:
     """Refuse to run a plan whose file changed since it was planned."""
     if not stamp.matches(path):
         raise OperationRefused(
-            f"'{path.name}' changed since the operation was planned; plan it again ({path}).")
+            f"'{path.name}' changed since the operation was planned; plan it again ({path})."
+        )
 
 
 # -- temporary files and atomic commits ---------------------------------------------------
@@ -87,8 +88,10 @@ def commit_new(tmp: Path, dest: Path) -> None:
     try:
         fileio.link(tmp, dest)
     except FileExistsError:
-        raise VdiError(f"Refusing to overwrite '{dest}': a file of that name appeared while "
-                       "the operation ran; the new file was not kept.") from None
+        raise VdiError(
+            f"Refusing to overwrite '{dest}': a file of that name appeared while "
+            "the operation ran; the new file was not kept."
+        ) from None
     except OSError:
         if dest.exists():
             raise VdiError(f"Refusing to overwrite '{dest}': the file already exists.") from None
@@ -138,8 +141,10 @@ def hard_link_warning(path: Path) -> tuple[str, ...]:
         return ()
     if links <= 1:
         return ()
-    return (f"'{path.name}' has {links - 1} other hard link(s); only this name will show the "
-            "rebuilt file, the others keep the old one.",)
+    return (
+        f"'{path.name}' has {links - 1} other hard link(s); only this name will show the "
+        "rebuilt file, the others keep the old one.",
+    )
 
 
 def write_file_atomic(path: Path, data: bytes) -> None:
@@ -168,13 +173,16 @@ def write_backup(image: VdiImage) -> Path:
     header_len = min(fmt.HEADER_READ_SIZE, h.offset_blocks)
     head = image.read_raw(0, header_len)
     block_map = image.read_map_region()
-    info = {"image": image.path.name, "file_size": image.file_size,
-            "header_bytes": len(head), "offset_blocks": h.offset_blocks,
-            "map_bytes": len(block_map),
-            "sha256": hashlib.sha256(head + block_map).hexdigest()}
+    info = {
+        "image": image.path.name,
+        "file_size": image.file_size,
+        "header_bytes": len(head),
+        "offset_blocks": h.offset_blocks,
+        "map_bytes": len(block_map),
+        "sha256": hashlib.sha256(head + block_map).hexdigest(),
+    }
     target = backup_path(image.path)
-    write_file_atomic(target, BACKUP_MAGIC + json.dumps(info).encode() + b"\n" + head
-                      + block_map)
+    write_file_atomic(target, BACKUP_MAGIC + json.dumps(info).encode() + b"\n" + head + block_map)
     return target
 
 
@@ -184,10 +192,10 @@ def read_backup(path: Path) -> tuple[dict[str, object], bytes, bytes]:
     if not data.startswith(BACKUP_MAGIC):
         raise VdiError(f"'{path}' is not a vdigui backup file.")
     line_end = data.index(b"\n", len(BACKUP_MAGIC))
-    info = json.loads(data[len(BACKUP_MAGIC):line_end])
-    body = data[line_end + 1:]
+    info = json.loads(data[len(BACKUP_MAGIC) : line_end])
+    body = data[line_end + 1 :]
     head = body[: int(info["header_bytes"])]
-    block_map = body[len(head): len(head) + int(info["map_bytes"])]
+    block_map = body[len(head) : len(head) + int(info["map_bytes"])]
     if hashlib.sha256(head + block_map).hexdigest() != info["sha256"]:
         raise VdiError(f"The backup '{path}' is damaged (its checksum does not match).")
     return info, head, block_map

@@ -67,8 +67,9 @@ class SpacePlan:
         """What the folder shrinks by once done, undo data included."""
         return self.frees - self.undo_bytes
 
-    def total_lines(self, discard_how: str = "'vdictl undo --discard'", *,
-                    say_not_undoable: bool = True) -> list[str]:
+    def total_lines(
+        self, discard_how: str = "'vdictl undo --discard'", *, say_not_undoable: bool = True
+    ) -> list[str]:
         """The totals in plain words: frees, undo data kept, host space needed while running.
 
         ``discard_how`` names the command that discards undo data (the app names its menu
@@ -85,10 +86,15 @@ class SpacePlan:
         if self.undoable and self.keep_undo and self.undo_bytes:
             where = f" in {self.undo_dir}" if self.undo_dir is not None else ""
             net = self.net_frees
-            until = (f"the folder is {human_size(-net)} larger than now" if net < 0 else
-                     f"the folder shrinks by {human_size(net)} only")
-            out.append(f"Keeps {human_size(self.undo_bytes)} of undo data{where}: until "
-                       f"{discard_how} discards it, {until}.")
+            until = (
+                f"the folder is {human_size(-net)} larger than now"
+                if net < 0
+                else f"the folder shrinks by {human_size(net)} only"
+            )
+            out.append(
+                f"Keeps {human_size(self.undo_bytes)} of undo data{where}: until "
+                f"{discard_how} discards it, {until}."
+            )
         elif self.undoable and not self.keep_undo and say_not_undoable:
             out.append("Keeps no undo data: this operation cannot be undone.")
         out.append(f"Needs {human_size(self.peak_extra)} of free host space while it runs.")
@@ -103,8 +109,9 @@ class SpacePlan:
             elif f.size_before == 0:
                 out.append(f"{f.path.name}: new, {human_size(f.size_after)}")
             else:
-                out.append(f"{f.path.name}: {human_size(f.size_before)} -> "
-                           f"{human_size(f.size_after)}")
+                out.append(
+                    f"{f.path.name}: {human_size(f.size_before)} -> {human_size(f.size_after)}"
+                )
         return out
 
     def lines(self) -> list[str]:
@@ -114,12 +121,17 @@ class SpacePlan:
     def to_dict(self) -> dict[str, object]:
         """JSON form (``--dry-run --json``)."""
         return {
-            "frees": self.frees, "net_frees": self.net_frees, "undo_bytes": self.undo_bytes,
+            "frees": self.frees,
+            "net_frees": self.net_frees,
+            "undo_bytes": self.undo_bytes,
             "undo_dir": str(self.undo_dir) if self.undo_dir else None,
-            "peak_extra": self.peak_extra, "keep_undo": self.keep_undo,
+            "peak_extra": self.peak_extra,
+            "keep_undo": self.keep_undo,
             "undoable": self.undoable,
-            "files": [{"path": str(f.path), "size_before": f.size_before,
-                       "size_after": f.size_after} for f in self.files],
+            "files": [
+                {"path": str(f.path), "size_before": f.size_before, "size_after": f.size_after}
+                for f in self.files
+            ],
         }
 
 
@@ -136,8 +148,9 @@ def space_refusal(folder: Path, needed: int, free: int, what: str) -> str | None
     """The refusal sentence when ``needed`` bytes do not fit in ``free``, else None."""
     if needed <= free:
         return None
-    return (f"Not enough free space in '{folder}' for {what}: {_mib(needed)} needed, "
-            f"{_mib(free)} free.")
+    return (
+        f"Not enough free space in '{folder}' for {what}: {_mib(needed)} needed, {_mib(free)} free."
+    )
 
 
 def _mib(value: int) -> str:

@@ -79,8 +79,12 @@ class GuestDigest:
         self._digests[block] = np.frombuffer(block_digest(data), dtype=np.uint8)
         self._have[block] = True
 
-    def add_rows(self, blocks: np.ndarray | Sequence[int], data: bytes | memoryview,
-                 rows: np.ndarray | Sequence[int] | None = None) -> None:
+    def add_rows(
+        self,
+        blocks: np.ndarray | Sequence[int],
+        data: bytes | memoryview,
+        rows: np.ndarray | Sequence[int] | None = None,
+    ) -> None:
         """Blocks held back to back in ``data``: row ``rows[i]`` (default ``i``) is guest
         block ``blocks[i]``."""
         view = memoryview(data)
@@ -88,7 +92,7 @@ class GuestDigest:
         picks = range(len(blocks)) if rows is None else rows
         for block, row in zip(blocks, picks, strict=True):
             start = int(row) * bs
-            self.add(int(block), view[start:start + bs])
+            self.add(int(block), view[start : start + bs])
 
     def hexdigest(self) -> str:
         """The digest of the whole disk (blocks never added count as zeros)."""
@@ -109,5 +113,5 @@ def digest_of_raw(data: bytes, block_size: int) -> str:
     """The guest digest of a raw disk image held in memory (the reference definition)."""
     outer = xxhash.xxh3_128()
     for start in range(0, len(data), block_size):
-        outer.update(xxhash.xxh3_128_digest(data[start:start + block_size]))
+        outer.update(xxhash.xxh3_128_digest(data[start : start + block_size]))
     return outer.hexdigest()

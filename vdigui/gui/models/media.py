@@ -89,8 +89,9 @@ class MediaTreeModel(NodeTreeModel):
             lines.append(html.escape(str(node.path)))
         if node.uuid is not None:
             lines.append(f"UUID {{{node.uuid}}}")
-        lines.append(html.escape("type: " + type_text(node)
-                                 + (", auto-reset" if node.auto_reset else "")))
+        lines.append(
+            html.escape("type: " + type_text(node) + (", auto-reset" if node.auto_reset else ""))
+        )
         if node.used_by:
             lines.append(html.escape("used by: " + ", ".join(node.used_by)))
         if node.medium_type and node.parent is None:

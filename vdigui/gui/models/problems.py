@@ -42,11 +42,15 @@ class ProblemsModel(QAbstractTableModel):
         """Qt override."""
         return 0 if parent.isValid() else len(self.headers)
 
-    def headerData(self, section: int, orientation: Qt.Orientation,
-                   role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+    def headerData(
+        self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole
+    ) -> Any:
         """Qt override."""
-        if (orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole
-                and 0 <= section < len(self.headers)):
+        if (
+            orientation == Qt.Orientation.Horizontal
+            and role == Qt.ItemDataRole.DisplayRole
+            and 0 <= section < len(self.headers)
+        ):
             return self.headers[section]
         return None
 
@@ -65,12 +69,15 @@ class ProblemsModel(QAbstractTableModel):
         if role == ProblemRole:
             return row
         if role == Qt.ItemDataRole.DisplayRole:
-            return (row.severity, row.kind, row.message,
-                    short_file_name(row.path.name) if row.path is not None else "")[column]
+            return (
+                row.severity,
+                row.kind,
+                row.message,
+                short_file_name(row.path.name) if row.path is not None else "",
+            )[column]
         if role == Qt.ItemDataRole.DecorationRole and column == 0:
             return badge_icon(row.severity)
         if role == Qt.ItemDataRole.ToolTipRole:
             # Rich text, so Qt wraps a long message instead of one line wider than the screen.
-            return tooltip_html(row.message if column != 3 or row.path is None
-                                else str(row.path))
+            return tooltip_html(row.message if column != 3 or row.path is None else str(row.path))
         return None

@@ -75,8 +75,9 @@ def worst_icon(problems: list[Problem]) -> QIcon | None:
     """The badge for a node: error beats warning; None without problems."""
     if not problems:
         return None
-    return badge_icon(Severity.ERROR if any(p.severity == Severity.ERROR for p in problems)
-                      else Severity.WARNING)
+    return badge_icon(
+        Severity.ERROR if any(p.severity == Severity.ERROR for p in problems) else Severity.WARNING
+    )
 
 
 class SnapshotTreeModel(NodeTreeModel):
@@ -91,8 +92,9 @@ class SnapshotTreeModel(NodeTreeModel):
         self.cost_error = ""
 
     # -- the cost map -------------------------------------------------------------------------
-    def set_cost_state(self, state: CostState, costs: list[SnapshotCost] | None = None,
-                       error: str = "") -> None:
+    def set_cost_state(
+        self, state: CostState, costs: list[SnapshotCost] | None = None, error: str = ""
+    ) -> None:
         """Show the cost columns as pending, filled with ``costs``, failed, or empty."""
         self.cost_state = state
         self._costs = {c.uuid: c for c in costs or []}
@@ -109,8 +111,12 @@ class SnapshotTreeModel(NodeTreeModel):
         return self._costs.get(str(node.uuid))
 
     def _cost_value(self, cost: SnapshotCost, column: int) -> float | None:
-        return {FREES: cost.frees_without_undo, COPIES: cost.copies, NEEDS: cost.needs,
-                TIME: cost.seconds_estimate}.get(column)
+        return {
+            FREES: cost.frees_without_undo,
+            COPIES: cost.copies,
+            NEEDS: cost.needs,
+            TIME: cost.seconds_estimate,
+        }.get(column)
 
     def _cost_text(self, node: SnapNode, column: int) -> str:
         if node.is_current_state or self.cost_state == CostState.NONE:
@@ -144,19 +150,25 @@ class SnapshotTreeModel(NodeTreeModel):
         value = self._cost_value(cost, column)
         lines = [f"<b>{shown}</b>"]
         if column == TIME:
-            lines.append(f"an estimate at {html.escape(human_size(int(cost.rate)))}/s "
-                         f"({html.escape(cost.rate_source)})")
+            lines.append(
+                f"an estimate at {html.escape(human_size(int(cost.rate)))}/s "
+                f"({html.escape(cost.rate_source)})"
+            )
         elif value is not None:
             lines.append(f"{int(value):,} bytes")
         if column == FREES and cost.frees_keeping_undo is not None:
             kept = cost.frees_keeping_undo
-            change = (f"shrinks by {human_size(kept)}" if kept >= 0
-                      else f"grows by {human_size(-kept)}")
-            lines.append(f"with undo data kept the folder {html.escape(change)} until the "
-                         "undo data is discarded")
+            change = (
+                f"shrinks by {human_size(kept)}" if kept >= 0 else f"grows by {human_size(-kept)}"
+            )
+            lines.append(
+                f"with undo data kept the folder {html.escape(change)} until the "
+                "undo data is discarded"
+            )
         if column == FREES and cost.only_here is not None:
-            lines.append(f"{html.escape(human_size(cost.only_here))} of data only this "
-                         "snapshot reads")
+            lines.append(
+                f"{html.escape(human_size(cost.only_here))} of data only this snapshot reads"
+            )
         return "<br>".join(lines) + f"<p>{what}</p>"
 
     def sort_key(self, node: SnapNode, column: int) -> Any:
@@ -169,14 +181,21 @@ class SnapshotTreeModel(NodeTreeModel):
         value = self._cost_value(cost, column) if cost is not None else None
         return (0, value) if value is not None else (1, 0)
 
-    def headerData(self, section: int, orientation: Qt.Orientation,
-                   role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+    def headerData(
+        self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole
+    ) -> Any:
         """Qt override: the column titles, with a tooltip that explains each."""
-        if (orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.ToolTipRole
-                and 0 <= section < len(COLUMN_TIPS)):
+        if (
+            orientation == Qt.Orientation.Horizontal
+            and role == Qt.ItemDataRole.ToolTipRole
+            and 0 <= section < len(COLUMN_TIPS)
+        ):
             return COLUMN_TIPS[section]
-        if (orientation == Qt.Orientation.Horizontal
-                and role == Qt.ItemDataRole.TextAlignmentRole and section >= FREES):
+        if (
+            orientation == Qt.Orientation.Horizontal
+            and role == Qt.ItemDataRole.TextAlignmentRole
+            and section >= FREES
+        ):
             return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         return super().headerData(section, orientation, role)
 
@@ -205,8 +224,7 @@ class SnapshotTreeModel(NodeTreeModel):
             return ""
         if role == Qt.ItemDataRole.DecorationRole and column == 0:
             return worst_icon(node.problems)
-        if role == Qt.ItemDataRole.FontRole and (node.is_current_state or
-                                                 node.is_current_snapshot):
+        if role == Qt.ItemDataRole.FontRole and (node.is_current_state or node.is_current_snapshot):
             font = QFont()
             font.setBold(True)
             if node.is_current_state:
@@ -239,8 +257,9 @@ class SnapshotCostLoader(QObject):
     (another folder was opened, or the same one reloaded after an operation) is dropped.
     """
 
-    def __init__(self, pool: WorkerPool, model: SnapshotTreeModel,
-                 parent: QObject | None = None) -> None:
+    def __init__(
+        self, pool: WorkerPool, model: SnapshotTreeModel, parent: QObject | None = None
+    ) -> None:
         super().__init__(parent)
         self.pool = pool
         self.model = model
@@ -256,9 +275,12 @@ class SnapshotCostLoader(QObject):
             return
         folder = Path(vm.folder)
         self.model.set_cost_state(CostState.PENDING)
-        self.pool.start(lambda _progress, _token: snapshot_costs(folder), "snapshot costs",
-                        succeeded=lambda costs: self._done(generation, costs),
-                        failed=lambda exc: self._failed(generation, exc))
+        self.pool.start(
+            lambda _progress, _token: snapshot_costs(folder),
+            "snapshot costs",
+            succeeded=lambda costs: self._done(generation, costs),
+            failed=lambda exc: self._failed(generation, exc),
+        )
 
     def _done(self, generation: int, costs: list[SnapshotCost]) -> None:
         if generation == self._generation:

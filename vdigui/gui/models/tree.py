@@ -77,8 +77,9 @@ class NodeTreeModel(QAbstractItemModel):
         nodes = [(i.internalPointer(), i.column()) for i in old]
         self._sort_column, self._sort_order = column, order
         self._arrange()
-        self.changePersistentIndexList(old, [self.index_of(n, c) if n is not None
-                                             else QModelIndex() for n, c in nodes])
+        self.changePersistentIndexList(
+            old, [self.index_of(n, c) if n is not None else QModelIndex() for n, c in nodes]
+        )
         self.layoutChanged.emit()
 
     def resort(self) -> None:
@@ -152,11 +153,15 @@ class NodeTreeModel(QAbstractItemModel):
         """Qt override."""
         return len(self.headers)
 
-    def headerData(self, section: int, orientation: Qt.Orientation,
-                   role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+    def headerData(
+        self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole
+    ) -> Any:
         """Qt override."""
-        if (orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole
-                and 0 <= section < len(self.headers)):
+        if (
+            orientation == Qt.Orientation.Horizontal
+            and role == Qt.ItemDataRole.DisplayRole
+            and 0 <= section < len(self.headers)
+        ):
             return self.headers[section]
         return None
 

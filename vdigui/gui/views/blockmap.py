@@ -71,8 +71,18 @@ USE_COLOUR = theme.USE_COLOUR  # declared once, in vdigui/engine/palette.py
 
 pg.setConfigOptions(imageAxisOrder="row-major", antialias=False)
 
-__all__ = ["ALLOCATED", "ALL_ZERO", "FREE", "SERVED_NONE", "SERVED_ZERO", "ZERO",
-           "BlockMapView", "bin_colours", "layer_codes", "served_codes"]
+__all__ = [
+    "ALLOCATED",
+    "ALL_ZERO",
+    "FREE",
+    "SERVED_NONE",
+    "SERVED_ZERO",
+    "ZERO",
+    "BlockMapView",
+    "bin_colours",
+    "layer_codes",
+    "served_codes",
+]
 
 
 class BlockMapView(QWidget):
@@ -112,8 +122,9 @@ class BlockMapView(QWidget):
         self.plot.setMinimumHeight(160)
         self.item = pg.ImageItem()
         self.plot.addItem(self.item)
-        self.marker = pg.InfiniteLine(angle=90, movable=False,
-                                      pen=pg.mkPen(QColor("#d7263d"), width=2))
+        self.marker = pg.InfiniteLine(
+            angle=90, movable=False, pen=pg.mkPen(QColor("#d7263d"), width=2)
+        )
         self.marker.setVisible(False)
         self.plot.addItem(self.marker)
         # A rule between the layers and the "guest sees" row.
@@ -136,10 +147,12 @@ class BlockMapView(QWidget):
         self._timer.timeout.connect(self.refresh)
 
         self.scale_label = QLabel()
-        self.scale_label.setToolTip("How many guest blocks one cell of the map covers at this "
-                                    "zoom. A cell holding any data is tinted (deeper when "
-                                    "more of its blocks hold it); a cell holding several "
-                                    "kinds is split into bands. Hover for its counts.")
+        self.scale_label.setToolTip(
+            "How many guest blocks one cell of the map covers at this "
+            "zoom. A cell holding any data is tinted (deeper when "
+            "more of its blocks hold it); a cell holding several "
+            "kinds is split into bands. Hover for its counts."
+        )
         self.info = QLabel("Hover over the map to see a block's layer, slot and file offset.")
         self.info.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.info.setWordWrap(True)
@@ -149,12 +162,15 @@ class BlockMapView(QWidget):
         self.notice.setVisible(False)
 
         self.locate_button = QPushButton("Locate byte…")
-        self.locate_button.setToolTip("Find which block, layer, slot and file position hold a "
-                                      "guest byte offset (Ctrl+L)")
+        self.locate_button.setToolTip(
+            "Find which block, layer, slot and file position hold a guest byte offset (Ctrl+L)"
+        )
         self.locate_button.clicked.connect(self.locate_requested)
         self.scan_button = QPushButton("Find all-zero blocks")
-        self.scan_button.setToolTip("Read every allocated block once to find the ones that "
-                                    "hold only zeros (what compaction would drop)")
+        self.scan_button.setToolTip(
+            "Read every allocated block once to find the ones that "
+            "hold only zeros (what compaction would drop)"
+        )
         self.scan_button.clicked.connect(self.scan_requested)
         self.fit_button = QPushButton("Whole disk")
         self.fit_button.setToolTip("Zoom out to the whole disk (Ctrl+0)")
@@ -192,10 +208,17 @@ class BlockMapView(QWidget):
         """Show nothing (no chain selected)."""
         self.set_data([], np.zeros((0, 0), dtype=np.uint32), np.zeros(0, dtype=np.int16), ())
 
-    def set_data(self, labels: list[str], entries: np.ndarray, serving: np.ndarray,
-                 headers: tuple[VdiHeader, ...], zero_masks: list[np.ndarray | None] | None = None,
-                 notice: str = "", codes: tuple[np.ndarray, np.ndarray] | None = None,
-                 pyramids: list[CountPyramid] | None = None) -> None:
+    def set_data(
+        self,
+        labels: list[str],
+        entries: np.ndarray,
+        serving: np.ndarray,
+        headers: tuple[VdiHeader, ...],
+        zero_masks: list[np.ndarray | None] | None = None,
+        notice: str = "",
+        codes: tuple[np.ndarray, np.ndarray] | None = None,
+        pyramids: list[CountPyramid] | None = None,
+    ) -> None:
         """Show a chain: ``entries`` (layers x blocks, base first) and ``serving`` per block.
 
         ``codes`` are the (layer codes, served codes) when a worker already computed them, and
@@ -215,8 +238,9 @@ class BlockMapView(QWidget):
                 self._make_pyramids()
         else:
             self.layer_codes = layer_codes(entries, zero_masks)
-            self.served_codes = (served_codes(entries, serving) if entries.size
-                                 else np.zeros(0, dtype=np.uint8))
+            self.served_codes = (
+                served_codes(entries, serving) if entries.size else np.zeros(0, dtype=np.uint8)
+            )
             self._make_pyramids()
         self.notice.setText(notice)
         self.notice.setVisible(bool(notice))
@@ -241,8 +265,8 @@ class BlockMapView(QWidget):
         # The use row only says something when some filesystem was understood; a disk kept
         # whole would show one solid bar (the partition bar still says why).
         understood = usage is not None and any(
-            not v.kept_whole and v.kind not in ("free", "partition-table")
-            for v in usage.volumes)
+            not v.kept_whole and v.kind not in ("free", "partition-table") for v in usage.volumes
+        )
         if usage is not None and understood and self.blocks:
             share = usage.used_bytes[: self.blocks].astype(np.float32) / usage.block_size
             self.use_share = np.zeros(self.blocks, dtype=np.float32)
@@ -303,8 +327,11 @@ class BlockMapView(QWidget):
         out: list[np.ndarray] = []
         for i in range(len(self.labels)):
             out.append(np.stack([free, zero, theme.rgba(theme.layer_colour(i)), all_zero]))
-        out.append(np.stack([free, zero] + [theme.rgba(theme.layer_colour(i))
-                                            for i in range(len(self.labels))]))
+        out.append(
+            np.stack(
+                [free, zero] + [theme.rgba(theme.layer_colour(i)) for i in range(len(self.labels))]
+            )
+        )
         return out
 
     def _update_axes(self) -> None:
@@ -326,8 +353,13 @@ class BlockMapView(QWidget):
         self.separator.setVisible(bool(self.labels))
         vb = plot.getViewBox()
         rows = max(self.rows, 1)
-        vb.setLimits(xMin=0, xMax=max(self.blocks, 1), yMin=0, yMax=rows,
-                     minXRange=min(16, max(self.blocks, 1)))
+        vb.setLimits(
+            xMin=0,
+            xMax=max(self.blocks, 1),
+            yMin=0,
+            yMax=rows,
+            minXRange=min(16, max(self.blocks, 1)),
+        )
         vb.setYRange(0, rows, padding=0)
         plot.setLabel("bottom", f"guest block (1 block = {human_size(self.block_size)})")
 
@@ -339,28 +371,36 @@ class BlockMapView(QWidget):
         def swatch(colour: QColor | str, text: str) -> str:
             c = QColor(colour).name()
             words = html.escape(text).replace(" ", "&nbsp;")
-            return (f'<span style="background-color:{c}; color:{c}">&#9608;&#9608;</span>'
-                    f"&nbsp;{words}&nbsp;&nbsp; ")
+            return (
+                f'<span style="background-color:{c}; color:{c}">&#9608;&#9608;</span>'
+                f"&nbsp;{words}&nbsp;&nbsp; "
+            )
 
-        parts = [swatch(theme.free_colour(), "free (reads through / zeros)"),
-                 swatch(theme.ZERO_COLOUR, "zero entry (hides the parent)")]
+        parts = [
+            swatch(theme.free_colour(), "free (reads through / zeros)"),
+            swatch(theme.ZERO_COLOUR, "zero entry (hides the parent)"),
+        ]
         if (self.layer_codes == ALL_ZERO).any():
             parts.append(swatch(theme.ALL_ZERO_COLOUR, "allocated but all zero"))
-        parts += [swatch(theme.layer_colour(i), f"data in {self._short(label)}")
-                  for i, label in enumerate(self.labels)]
+        parts += [
+            swatch(theme.layer_colour(i), f"data in {self._short(label)}")
+            for i, label in enumerate(self.labels)
+        ]
         if self.has_use_row:
-            parts.append(swatch(USE_COLOUR, "used by the guest (paler = partly, "
-                                            "palest = unused)"))
+            parts.append(swatch(USE_COLOUR, "used by the guest (paler = partly, palest = unused)"))
         if self.labels:
             # What a zoomed-out cell means, with the palest tint a single block gets.
             free = theme.rgba(theme.free_colour())
             full = theme.rgba(theme.layer_colour(0))
             pale = QColor(*(round(float(c)) for c in (free + (full - free) * MIN_TINT)[:3]))
-            parts.append("<br>Zoomed out, one cell covers many blocks: "
-                         + swatch(pale, "one block of its kind")
-                         + "… " + swatch(theme.layer_colour(0), "all of them")
-                         + "(the shade deepens with every tenfold more); a cell holding "
-                           "several kinds is split into bands. Hover a cell for its counts.")
+            parts.append(
+                "<br>Zoomed out, one cell covers many blocks: "
+                + swatch(pale, "one block of its kind")
+                + "… "
+                + swatch(theme.layer_colour(0), "all of them")
+                + "(the shade deepens with every tenfold more); a cell holding "
+                "several kinds is split into bands. Hover a cell for its counts."
+            )
         self.legend.setText("".join(parts))
 
     # -- drawing ---------------------------------------------------------------------------
@@ -460,14 +500,15 @@ class BlockMapView(QWidget):
             return
         text = self.describe(block, row)
         self.info.setText(text)
-        QToolTip.showText(self.plot.mapToGlobal(self.plot.mapFromScene(pos)),
-                          text, self.plot)
+        QToolTip.showText(self.plot.mapToGlobal(self.plot.mapFromScene(pos)), text, self.plot)
 
     def describe(self, block: int, row: int | None = None) -> str:
         """Plain words for guest block ``block`` (on ``row``; None = the served row)."""
         bs = self.block_size
-        where = f"Guest block {block:,} (bytes {human_size(block * bs)} – " \
-                f"{human_size((block + 1) * bs)})"
+        where = (
+            f"Guest block {block:,} (bytes {human_size(block * bs)} – "
+            f"{human_size((block + 1) * bs)})"
+        )
         layers = len(self.labels)
         if row is not None and row == layers + 1 and self.has_use_row:
             return self._use_words(where, block)
@@ -478,18 +519,18 @@ class BlockMapView(QWidget):
             if layer < 0:
                 text = f"{where}: no layer holds it; the guest reads zeros."
             else:
-                text = (f"{where}: served by layer {layer} ({self.labels[layer]}): "
-                        + self._entry_words(layer, block))
+                text = (
+                    f"{where}: served by layer {layer} ({self.labels[layer]}): "
+                    + self._entry_words(layer, block)
+                )
         k = self.bin_size
         if k > 1:
             start = block // k * k
             stop = min(start + k, self.blocks)
-            codes = (self.layer_codes[row, start:stop] if row is not None and row < layers
-                     else None)
+            codes = self.layer_codes[row, start:stop] if row is not None and row < layers else None
             if codes is not None:
                 counts = np.bincount(codes, minlength=4)
-                mix = ", ".join(f"{int(c):,} {STATE_NAMES[s]}" for s, c in enumerate(counts)
-                                if c)
+                mix = ", ".join(f"{int(c):,} {STATE_NAMES[s]}" for s, c in enumerate(counts) if c)
             else:
                 mix = self._served_mix(start, stop)
             text += f" This cell covers blocks {start:,}–{stop - 1:,}: {mix}."
@@ -499,7 +540,8 @@ class BlockMapView(QWidget):
         """Counts per class of the served row between ``start`` and ``stop``."""
         counts = np.bincount(self.served_codes[start:stop], minlength=2 + len(self.labels))
         names = ["not served (reads as zeros)", "zero entries"] + [
-            f"served by {self._short(label)}" for label in self.labels]
+            f"served by {self._short(label)}" for label in self.labels
+        ]
         return ", ".join(f"{int(c):,} {names[s]}" for s, c in enumerate(counts) if c)
 
     def _use_words(self, where: str, block: int) -> str:
@@ -508,24 +550,36 @@ class BlockMapView(QWidget):
         used = int(usage.used_bytes[block]) if block < usage.used_bytes.size else 0
         bs = self.block_size
         if used == 0:
-            text = (f"{where}: the guest's filesystems use none of it; filesystem-aware "
-                    "compaction drops it.")
+            text = (
+                f"{where}: the guest's filesystems use none of it; filesystem-aware "
+                "compaction drops it."
+            )
         elif used >= bs:
             text = f"{where}: the guest uses all of it."
         else:
-            text = (f"{where}: the guest uses {human_size(used)} of it ({used / bs:.0%}); "
-                    "a partly used block is kept whole.")
-        owner = next((v for v in usage.volumes if v.start <= block * bs < v.start + v.size
-                      and not v.partition.startswith("LV")), None)
+            text = (
+                f"{where}: the guest uses {human_size(used)} of it ({used / bs:.0%}); "
+                "a partly used block is kept whole."
+            )
+        owner = next(
+            (
+                v
+                for v in usage.volumes
+                if v.start <= block * bs < v.start + v.size and not v.partition.startswith("LV")
+            ),
+            None,
+        )
         if owner is not None:
             text += " " + volume_text(owner).split("\n")[0] + "."
         k = self.bin_size
         if k > 1:
             start = block // k * k
-            share = self.use_share[start:min(start + k, self.blocks)]
-            text += (f" This cell covers blocks {start:,}–{start + share.size - 1:,}: "
-                     f"{int((share == 0).sum())} unused, {int((share >= 1).sum())} full, "
-                     f"{int(((share > 0) & (share < 1)).sum())} partly used.")
+            share = self.use_share[start : min(start + k, self.blocks)]
+            text += (
+                f" This cell covers blocks {start:,}–{start + share.size - 1:,}: "
+                f"{int((share == 0).sum())} unused, {int((share >= 1).sum())} full, "
+                f"{int(((share > 0) & (share < 1)).sum())} partly used."
+            )
         return text
 
     def _entry_words(self, layer: int, block: int) -> str:
@@ -563,8 +617,11 @@ class BlockMapView(QWidget):
             layout.insertWidget(1, label)
         label.setText(text)
         label.setVisible(bool(text))
-        self.highlighted = np.zeros(0, dtype=np.int64) if blocks is None else np.unique(
-            np.asarray(blocks, dtype=np.int64))
+        self.highlighted = (
+            np.zeros(0, dtype=np.int64)
+            if blocks is None
+            else np.unique(np.asarray(blocks, dtype=np.int64))
+        )
         if not self.highlighted.size:
             return
         b = self.highlighted
@@ -578,15 +635,20 @@ class BlockMapView(QWidget):
         colour = QColor("#FFB000")  # amber: no layer or state of the map uses it
         colour.setAlpha(110)
         for lo, hi in zip(starts.tolist(), stops.tolist(), strict=True):
-            region = pg.LinearRegionItem(values=(lo, hi), movable=False, brush=colour,
-                                         pen=pg.mkPen(colour.darker(150), width=1))
+            region = pg.LinearRegionItem(
+                values=(lo, hi),
+                movable=False,
+                brush=colour,
+                pen=pg.mkPen(colour.darker(150), width=1),
+            )
             region.setZValue(10)
             self.plot.addItem(region)
             self._highlights.append(region)
         first, last = int(b[0]), int(b[-1]) + 1
         pad = max(8, (last - first) // 10)
-        self.plot.getViewBox().setXRange(max(0, first - pad), min(self.blocks, last + pad),
-                                         padding=0)
+        self.plot.getViewBox().setXRange(
+            max(0, first - pad), min(self.blocks, last + pad), padding=0
+        )
         self.refresh()
 
 

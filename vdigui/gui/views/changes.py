@@ -80,8 +80,13 @@ class ChangesDialog(QDialog):
     open_requested = Signal(object)
     finished_comparing = Signal()
 
-    def __init__(self, session: Session, workers: WorkerPool, first: SnapNode | None = None,
-                 parent: QWidget | None = None) -> None:
+    def __init__(
+        self,
+        session: Session,
+        workers: WorkerPool,
+        first: SnapNode | None = None,
+        parent: QWidget | None = None,
+    ) -> None:
         super().__init__(parent)
         self.setWindowTitle("Changes since…")
         self.session = session
@@ -95,8 +100,9 @@ class ChangesDialog(QDialog):
         for box in (self.from_box, self.to_box):
             for row in self.rows:
                 box.addItem("Current state" if row.is_current_state else row.name, row)
-        current = next((i for i, r in enumerate(self.rows) if r.is_current_state),
-                       len(self.rows) - 1)
+        current = next(
+            (i for i, r in enumerate(self.rows) if r.is_current_state), len(self.rows) - 1
+        )
         start = self.rows.index(first) if first in self.rows else max(0, current - 1)
         if first is not None and first.is_current_state:
             start = max(0, current - 1)
@@ -113,8 +119,9 @@ class ChangesDialog(QDialog):
         pick.addWidget(self.compare_button)
 
         self.model = QStandardItemModel(0, 5, self)
-        self.model.setHorizontalHeaderLabels(["Change", "Path", "Size before", "Size after",
-                                              "Difference"])
+        self.model.setHorizontalHeaderLabels(
+            ["Change", "Path", "Size before", "Size after", "Difference"]
+        )
         self.proxy = QSortFilterProxyModel(self)
         self.proxy.setSourceModel(self.model)
         self.proxy.setSortRole(_SORT)
@@ -145,8 +152,9 @@ class ChangesDialog(QDialog):
         self.open_before.setToolTip("Show the file in the Files tab of the earlier state")
         self.open_before.clicked.connect(lambda: self.open_selected(after=False))
         self.open_after = QPushButton("Open in “To”")
-        self.open_after.setToolTip("Show the file in the Files tab of the later state "
-                                   "(double-click)")
+        self.open_after.setToolTip(
+            "Show the file in the Files tab of the later state (double-click)"
+        )
         self.open_after.clicked.connect(lambda: self.open_selected(after=True))
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
         buttons.rejected.connect(self.reject)
@@ -171,8 +179,9 @@ class ChangesDialog(QDialog):
         disk = state_disks(self.session, row)[0]
         paths, error = chain_paths(self.session, disk)
         if error:
-            raise VdiError(f"The chain of {disk.title} is incomplete, so its files cannot be "
-                           f"compared: {error}")
+            raise VdiError(
+                f"The chain of {disk.title} is incomplete, so its files cannot be compared: {error}"
+            )
         return paths
 
     def compare(self) -> None:
@@ -194,9 +203,14 @@ class ChangesDialog(QDialog):
         self.progress.setVisible(True)
         self.cancel_button.setVisible(True)
         self._compared = (a, b)
-        self._runner = self.workers.start(job, "files-diff", progress=self._progress,
-                                          succeeded=self._done, failed=self._failed,
-                                          cancelled=self._cancelled)
+        self._runner = self.workers.start(
+            job,
+            "files-diff",
+            progress=self._progress,
+            succeeded=self._done,
+            failed=self._failed,
+            cancelled=self._cancelled,
+        )
         self._update_buttons()
 
     def _progress(self, event: Progress) -> None:
@@ -221,8 +235,10 @@ class ChangesDialog(QDialog):
         self.status.setText(
             f"{added} added, {removed} deleted, {changed} changed; net {_signed(net)}. "
             f"Contents of {diff.stats.compared} file(s) were read, the rest decided from the "
-            f"block maps and metadata.{notes}" if diff.changes else
-            f"No guest files differ.{notes}")
+            f"block maps and metadata.{notes}"
+            if diff.changes
+            else f"No guest files differ.{notes}"
+        )
         self._end()
 
     def _failed(self, exc: BaseException) -> None:
@@ -252,10 +268,13 @@ class ChangesDialog(QDialog):
         def size(v: int | None) -> str:
             return "" if v is None or c.kind.value == "directory" else human_size(v)
 
-        return [item(change_letter(c), change_letter(c)), item(path, path),
-                item(size(c.size_a), c.size_a or 0, True),
-                item(size(c.size_b), c.size_b or 0, True),
-                item(_signed(c.delta) if c.kind.value != "directory" else "", c.delta, True)]
+        return [
+            item(change_letter(c), change_letter(c)),
+            item(path, path),
+            item(size(c.size_a), c.size_a or 0, True),
+            item(size(c.size_b), c.size_b or 0, True),
+            item(_signed(c.delta) if c.kind.value != "directory" else "", c.delta, True),
+        ]
 
     # -- opening ------------------------------------------------------------------------
     def selected_change(self) -> Change | None:
@@ -272,7 +291,8 @@ class ChangesDialog(QDialog):
         if c is None or self._compared is None:
             return
         if (after and c.change is ChangeKind.REMOVED) or (
-                not after and c.change is ChangeKind.ADDED):
+            not after and c.change is ChangeKind.ADDED
+        ):
             self.status.setText(f"{printable(c.path)} does not exist in that state.")
             return
         self.open_requested.emit((self._compared[1 if after else 0], c.volume, c.path))

@@ -26,9 +26,14 @@ class ColumnFitter(QObject):
     resizes; the user can still drag a column until the next refit.
     """
 
-    def __init__(self, view: QTreeView | QTableView, elastic: Sequence[int | Sequence[int]],
-                 fill: int | None = None, minimum: int = MIN_ELASTIC,
-                 keep: dict[int, str] | None = None) -> None:
+    def __init__(
+        self,
+        view: QTreeView | QTableView,
+        elastic: Sequence[int | Sequence[int]],
+        fill: int | None = None,
+        minimum: int = MIN_ELASTIC,
+        keep: dict[int, str] | None = None,
+    ) -> None:
         """``elastic``: the columns that may shrink, as one group (``(1, 0)``: both shrink
         together, widest first) or as groups (``((1,), (0, 2))``: column 1 first, and 0 and 2
         only once column 1 is at its floor). ``keep`` names, per column, a text that should stay
@@ -68,8 +73,7 @@ class ColumnFitter(QObject):
     def _watch(self, model: QObject | None) -> None:
         if model is None:
             return
-        for signal in ("modelReset", "layoutChanged", "rowsInserted", "rowsRemoved",
-                       "dataChanged"):
+        for signal in ("modelReset", "layoutChanged", "rowsInserted", "rowsRemoved", "dataChanged"):
             getattr(model, signal).connect(self.schedule)
 
     def schedule(self, *_args: object) -> None:
@@ -108,9 +112,12 @@ class ColumnFitter(QObject):
             for group in self.groups:
                 if excess <= 0:
                     break
-                floors = {c: min(widths[c], max(self.minimum, header.sectionSizeHint(c),
-                                                self._kept_width(c)))
-                          for c in group}
+                floors = {
+                    c: min(
+                        widths[c], max(self.minimum, header.sectionSizeHint(c), self._kept_width(c))
+                    )
+                    for c in group
+                }
                 before = sum(widths[c] for c in group)
                 cap = shrink_cap({c: widths[c] for c in group}, floors, excess)
                 for column in group:
@@ -161,8 +168,12 @@ def shrink_cap(widths: dict[int, int], floors: dict[int, int], excess: int) -> i
     return low
 
 
-def fit_columns(view: QTreeView | QTableView, elastic: Sequence[int | Sequence[int]],
-                fill: int | None = None, keep: dict[int, str] | None = None) -> ColumnFitter:
+def fit_columns(
+    view: QTreeView | QTableView,
+    elastic: Sequence[int | Sequence[int]],
+    fill: int | None = None,
+    keep: dict[int, str] | None = None,
+) -> ColumnFitter:
     """Install a :class:`ColumnFitter` on ``view`` (kept alive as the view's child)."""
     fitter = ColumnFitter(view, elastic, fill, keep=keep)
     fitter.schedule()

@@ -88,19 +88,26 @@ def settings_html(settings: DiskSettings) -> str:
         rows.append(
             f"<tr><td>{html.escape(a.where)}</td><td>{html.escape(a.bus)}</td>"
             f"<td>{html.escape(name)}</td><td>discard {html.escape(state)}</td></tr>"
-            f"<tr><td></td><td colspan='3'><i>{html.escape(a.advice)}</i></td></tr>")
+            f"<tr><td></td><td colspan='3'><i>{html.escape(a.advice)}</i></td></tr>"
+        )
     text = "<table cellspacing='4'>" + "".join(rows) + "</table>"
     if settings.saved_state:
-        text += ("<p>The VM holds a saved state: its disk settings can change only after it "
-                 "is shut down or the saved state is discarded.</p>")
+        text += (
+            "<p>The VM holds a saved state: its disk settings can change only after it "
+            "is shut down or the saved state is discarded.</p>"
+        )
     return text
 
 
 def ask_turn_on(parent: QWidget, title: str, text: str) -> bool:
     """An OK/Cancel box whose default is Cancel (tests swap :data:`confirm_turn_on`)."""
     answer = QMessageBox.question(
-        parent, title, text, QMessageBox.StandardButton.Ok | QMessageBox.StandardButton.Cancel,
-        QMessageBox.StandardButton.Cancel)
+        parent,
+        title,
+        text,
+        QMessageBox.StandardButton.Ok | QMessageBox.StandardButton.Cancel,
+        QMessageBox.StandardButton.Cancel,
+    )
     return answer == QMessageBox.StandardButton.Ok
 
 
@@ -136,8 +143,13 @@ class DiskSettingsController(QObject):
 
     changed = Signal()
 
-    def __init__(self, window: QMainWindow, pool: WorkerPool, run_pool: WorkerPool,
-                 busy_reason: Callable[[Path], str | None]) -> None:
+    def __init__(
+        self,
+        window: QMainWindow,
+        pool: WorkerPool,
+        run_pool: WorkerPool,
+        busy_reason: Callable[[Path], str | None],
+    ) -> None:
         super().__init__(window)
         self.window = window
         self.pool = pool
@@ -176,10 +188,12 @@ class DiskSettingsController(QObject):
                 self.settings = settings
                 self.refresh()
 
-        self.pool.start(lambda _p, _t: read_disk_settings(folder), "disk settings",
-                        succeeded=done,
-                        failed=lambda exc: done(DiskSettings(folder, (), False,
-                                                             messages.sentence(exc))))
+        self.pool.start(
+            lambda _p, _t: read_disk_settings(folder),
+            "disk settings",
+            succeeded=done,
+            failed=lambda exc: done(DiskSettings(folder, (), False, messages.sentence(exc))),
+        )
 
     def refresh(self) -> None:
         """Show the table; enable the action only when it has something to do."""
@@ -195,15 +209,20 @@ class DiskSettingsController(QObject):
         elif busy or s.refusal:
             why = busy or s.refusal
         elif not s.can_turn_on or s.plan is None:
-            why = ("Discard is already on for every disk that can use it."
-                   if any(a.eligible for a in s.attachments)
-                   else "No attached disk can use discard (see the notes beside each).")
+            why = (
+                "Discard is already on for every disk that can use it."
+                if any(a.eligible for a in s.attachments)
+                else "No attached disk can use discard (see the notes beside each)."
+            )
         else:
             why = ""
         self.box.turn_on.setEnabled(not why)
-        self.box.turn_on.setToolTip(why or "Turn on discard and the solid-state flag for the "
-                                           "eligible disks (saved with a backup; Edit > Undo "
-                                           "restores the old settings)")
+        self.box.turn_on.setToolTip(
+            why
+            or "Turn on discard and the solid-state flag for the "
+            "eligible disks (saved with a backup; Edit > Undo "
+            "restores the old settings)"
+        )
 
     def turn_on(self) -> bool:
         """Plan, confirm, then save on the operations' pool; True when the change started."""
@@ -211,8 +230,11 @@ class DiskSettingsController(QObject):
         if s is None or s.plan is None or self.running or not self.box.turn_on.isEnabled():
             return False
         plan = s.plan  # the run checks again that the .vbox is unchanged and the VM is off
-        text = "\n".join(plan.lines()) + "\n\nAfterwards, inside the guest:\n" + "\n".join(
-            f"• {step}" for step in DISCARD_GUEST_STEPS)
+        text = (
+            "\n".join(plan.lines())
+            + "\n\nAfterwards, inside the guest:\n"
+            + "\n".join(f"• {step}" for step in DISCARD_GUEST_STEPS)
+        )
         if not confirm_turn_on(self.window, "Turn on discard", text):
             return False
         self.running = True
@@ -229,14 +251,24 @@ class DiskSettingsController(QObject):
             self.changed.emit()
 
         self.run_pool.start(
-            lambda progress, _t: run_discard(plan, progress=progress), "turn on discard",
+            lambda progress, _t: run_discard(plan, progress=progress),
+            "turn on discard",
             succeeded=lambda result: ended(
                 f"Discard is on for {result.changed} disk(s); the old settings are backed up "
-                "(Edit > Undo restores them). Now trim inside the guest.", False),
+                "(Edit > Undo restores them). Now trim inside the guest.",
+                False,
+            ),
             failed=lambda exc: ended(messages.sentence(exc), True),
-            cancelled=lambda: ended("Stopped; nothing was changed.", False))
+            cancelled=lambda: ended("Stopped; nothing was changed.", False),
+        )
         return True
 
 
-__all__ = ["DiskSettings", "DiskSettingsBox", "DiskSettingsController", "confirm_turn_on",
-           "read_disk_settings", "settings_html"]
+__all__ = [
+    "DiskSettings",
+    "DiskSettingsBox",
+    "DiskSettingsController",
+    "confirm_turn_on",
+    "read_disk_settings",
+    "settings_html",
+]

@@ -183,15 +183,17 @@ class EntryModel(QAbstractTableModel):
         """Columns."""
         return 0 if parent.isValid() else len(self.HEADERS)
 
-    def headerData(self, section: int, orientation: Qt.Orientation,
-                   role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+    def headerData(
+        self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole
+    ) -> Any:
         """Column titles."""
         if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
             return self.HEADERS[section]
         return None
 
-    def data(self, index: QModelIndex | QPersistentModelIndex,
-             role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+    def data(
+        self, index: QModelIndex | QPersistentModelIndex, role: int = Qt.ItemDataRole.DisplayRole
+    ) -> Any:
         """Cell text, alignment and tooltips."""
         if not index.isValid():
             return None
@@ -225,7 +227,10 @@ class EntryModel(QAbstractTableModel):
         column, order = self._sort
         keys: list[Callable[[Entry], Any]] = [
             lambda e: (e.path if self.show_paths else e.name).casefold(),
-            lambda e: e.size, lambda e: e.mtime or 0.0, kind_text]
+            lambda e: e.size,
+            lambda e: e.mtime or 0.0,
+            kind_text,
+        ]
         self.entries.sort(key=keys[column], reverse=order == Qt.SortOrder.DescendingOrder)
         self.entries.sort(key=lambda e: not e.is_dir)  # stable: folders first, in order
 
@@ -284,17 +289,22 @@ class FilesView(QWidget):
         self.search = QLineEdit()
         self.search.setPlaceholderText("Find by name or glob (*.log), Enter")
         self.search.setClearButtonEnabled(True)
-        self.search.setToolTip("Shell glob matched against names, or whole paths when it holds "
-                               "a '/'; FAT names match regardless of case")
+        self.search.setToolTip(
+            "Shell glob matched against names, or whole paths when it holds "
+            "a '/'; FAT names match regardless of case"
+        )
         self.search.returnPressed.connect(self.find_files)
         self.changes_button = QPushButton("Changes since…")
-        self.changes_button.setToolTip("Compare the files of two states (snapshots or the "
-                                       "current state)")
+        self.changes_button.setToolTip(
+            "Compare the files of two states (snapshots or the current state)"
+        )
         self.changes_button.clicked.connect(self.changes_requested.emit)
         self.holds_button = QPushButton("What This Image Holds")
-        self.holds_button.setToolTip("Which guest files the blocks stored in this differencing "
-                                     "image belong to, largest first: why the snapshot is big, "
-                                     "and what deleting it would cost")
+        self.holds_button.setToolTip(
+            "Which guest files the blocks stored in this differencing "
+            "image belong to, largest first: why the snapshot is big, "
+            "and what deleting it would cost"
+        )
         self.holds_button.clicked.connect(self.show_holdings)
         self.holds_button.setVisible(False)
         heading = QHBoxLayout()
@@ -376,8 +386,10 @@ class FilesView(QWidget):
         self.blocks_button.setToolTip("Highlight the selected file's blocks in the Block map tab")
         self.blocks_button.clicked.connect(self._show_blocks)
         self.extract_button = QPushButton("Extract…")
-        self.extract_button.setToolTip("Copy the selected files and folders (or, with nothing "
-                                       "selected, the folder shown) to a folder on this computer")
+        self.extract_button.setToolTip(
+            "Copy the selected files and folders (or, with nothing "
+            "selected, the folder shown) to a folder on this computer"
+        )
         self.extract_button.clicked.connect(lambda: self.extract())
         bottom = QHBoxLayout()
         bottom.addWidget(self.status, 1)
@@ -456,18 +468,19 @@ class FilesView(QWidget):
                 ns = state.namespaces[first]
                 return state, ns.children(ns.root()), first
 
-        self.workers.start(job, "files-open",
-                           succeeded=lambda r: self._opened(r, generation),
-                           failed=lambda exc: self._open_failed(exc, generation))
+        self.workers.start(
+            job,
+            "files-open",
+            succeeded=lambda r: self._opened(r, generation),
+            failed=lambda exc: self._open_failed(exc, generation),
+        )
 
     def _open_failed(self, exc: BaseException, generation: int) -> None:
         if generation == self._generation:
-            self.status.setText(f"Cannot read the files of {self.title}: "
-                                f"{messages.sentence(exc)}")
+            self.status.setText(f"Cannot read the files of {self.title}: {messages.sentence(exc)}")
             self.loaded.emit()
 
-    def _opened(self, result: tuple[OpenedState, list[Entry] | None, str],
-                generation: int) -> None:
+    def _opened(self, result: tuple[OpenedState, list[Entry] | None, str], generation: int) -> None:
         state, root_entries, first = result
         if generation != self._generation:
             self.workers.start(lambda _p, _t: state.close(), "files-close")
@@ -479,8 +492,7 @@ class FilesView(QWidget):
             ns = state.namespaces.get(vol.name)
             label = f" '{printable(ns.label)}'" if ns is not None and ns.label else ""
             kind = ns.kind if ns is not None else vol.kind
-            self.volume_box.addItem(f"{vol.name}: {kind}{label}, {human_size(vol.size)}",
-                                    vol.name)
+            self.volume_box.addItem(f"{vol.name}: {kind}{label}, {human_size(vol.size)}", vol.name)
             if ns is None:
                 item = self.volume_box.model().item(self.volume_box.count() - 1)  # type: ignore[attr-defined]
                 item.setEnabled(False)
@@ -488,12 +500,14 @@ class FilesView(QWidget):
                 item.setToolTip(why)
         if first:
             self.volume_box.setCurrentIndex(
-                next(i for i, v in enumerate(state.volumes) if v.name == first))
+                next(i for i, v in enumerate(state.volumes) if v.name == first)
+            )
         self.volume_box.blockSignals(False)
         if root_entries is None:
             found = ", ".join(f"{v.name} {v.kind}" for v in state.volumes) or "no partitions"
-            self.status.setText(f"{self.title} holds no filesystem whose files can be read "
-                                f"({found}).")
+            self.status.setText(
+                f"{self.title} holds no filesystem whose files can be read ({found})."
+            )
         else:
             self._fill_root(root_entries)
         self.holds_button.setVisible(state.differencing and bool(state.namespaces))
@@ -538,8 +552,12 @@ class FilesView(QWidget):
             if generation == self._generation and self.state is state:
                 done(entries)
 
-        self.workers.start(job, "files-list", succeeded=finished,
-                           failed=lambda exc: self._listing_failed(exc, generation))
+        self.workers.start(
+            job,
+            "files-list",
+            succeeded=finished,
+            failed=lambda exc: self._listing_failed(exc, generation),
+        )
 
     def _listing_failed(self, exc: BaseException, generation: int) -> None:
         if generation == self._generation:
@@ -603,8 +621,10 @@ class FilesView(QWidget):
         self.model.set_entries(entries)
         files = sum(1 for e in entries if not e.is_dir)
         total = sum(e.size for e in entries if e.kind is EntryKind.FILE)
-        self.status.setText(f"{self.volume}:{printable(path)} — {len(entries) - files} "
-                            f"folder(s), {files} file(s), {human_size(total)}.")
+        self.status.setText(
+            f"{self.volume}:{printable(path)} — {len(entries) - files} "
+            f"folder(s), {files} file(s), {human_size(total)}."
+        )
         self._update_buttons()
 
     def _open_row(self, index: QModelIndex) -> None:
@@ -693,9 +713,13 @@ class FilesView(QWidget):
             self.status.setText(f"{len(found)} match(es) for {pattern} in {volume}{cut}.")
 
         box: list[Runner] = []
-        runner = self.workers.start(job, "files-find", succeeded=lambda r: done(r, box),
-                                    failed=lambda exc: self._listing_failed(exc, generation),
-                                    cancelled=lambda: None)
+        runner = self.workers.start(
+            job,
+            "files-find",
+            succeeded=lambda r: done(r, box),
+            failed=lambda exc: self._listing_failed(exc, generation),
+            cancelled=lambda: None,
+        )
         box.append(runner)
         self._search_runner = runner
 
@@ -705,13 +729,16 @@ class FilesView(QWidget):
         return Path(folder) if folder else None
 
     def _ask_replace(self, existing: list[str]) -> bool:
-        shown = "\n".join(existing[:10]) + (f"\n… and {len(existing) - 10} more"
-                                             if len(existing) > 10 else "")
+        shown = "\n".join(existing[:10]) + (
+            f"\n… and {len(existing) - 10} more" if len(existing) > 10 else ""
+        )
         answer = QMessageBox.question(
-            self, "Replace files?",
-            f"{len(existing)} file(s) already exist in the destination:\n{shown}\n\n"
-            "Replace them?", QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
-            QMessageBox.StandardButton.No)
+            self,
+            "Replace files?",
+            f"{len(existing)} file(s) already exist in the destination:\n{shown}\n\nReplace them?",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+            QMessageBox.StandardButton.No,
+        )
         return answer == QMessageBox.StandardButton.Yes
 
     def extract(self, entries: Sequence[Entry] | None = None, dest: Path | None = None) -> None:
@@ -726,16 +753,16 @@ class FilesView(QWidget):
                 return
         self._start_extract(chosen, folder, dest, force=False)
 
-    def _start_extract(self, chosen: list[Entry], folder: str, dest: Path, *,
-                       force: bool) -> None:
+    def _start_extract(self, chosen: list[Entry], folder: str, dest: Path, *, force: bool) -> None:
         paths, volume, generation = self.paths, self.volume, self._generation
         names = [e.path for e in chosen]
 
         def job(progress: Callable[[Progress], None], token: Any) -> object:
             chain, ns = open_private(paths, volume)
             try:
-                tops = [ns.resolve(p) for p in names] if names else [ns.resolve(folder,
-                                                                                follow=True)]
+                tops = (
+                    [ns.resolve(p) for p in names] if names else [ns.resolve(folder, follow=True)]
+                )
                 plan = plan_extract([(ns, e) for e in tops], dest, force=force)
                 if plan.problems:
                     return plan
@@ -750,9 +777,13 @@ class FilesView(QWidget):
         self.speed.setText("")
         self.status.setText(f"Extracting to {dest}…")
         self._extract_runner = self.workers.start(
-            job, "files-extract", progress=self._extract_progress,
+            job,
+            "files-extract",
+            progress=self._extract_progress,
             succeeded=lambda r: self._extract_done(r, chosen, folder, dest, force, generation),
-            failed=self._extract_failed, cancelled=self._extract_cancelled)
+            failed=self._extract_failed,
+            cancelled=self._extract_cancelled,
+        )
         self._update_buttons()
 
     def _extract_progress(self, event: Progress) -> None:
@@ -770,20 +801,34 @@ class FilesView(QWidget):
         self.speed.setText("")
         self._update_buttons()
 
-    def _extract_done(self, result: object, chosen: list[Entry], folder: str, dest: Path,
-                      force: bool, generation: int) -> None:
+    def _extract_done(
+        self,
+        result: object,
+        chosen: list[Entry],
+        folder: str,
+        dest: Path,
+        force: bool,
+        generation: int,
+    ) -> None:
         self._extract_finished()
         if isinstance(result, ExtractPlan):
             existing = [p for p in result.problems if "already exists" in p]
-            if existing and len(existing) == len(result.problems) and not force and \
-                    generation == self._generation and self.confirm_replace(existing):
+            if (
+                existing
+                and len(existing) == len(result.problems)
+                and not force
+                and generation == self._generation
+                and self.confirm_replace(existing)
+            ):
                 self._start_extract(chosen, folder, dest, force=True)
                 return
             self.status.setText(result.refusal())
             return
-        self.status.setText(f"Extracted {result.files} file(s), {result.links} link(s) and "  # type: ignore[attr-defined]
-                            f"{result.folders} folder(s), {human_size(result.bytes)}, to "  # type: ignore[attr-defined]
-                            f"{dest}.")
+        self.status.setText(
+            f"Extracted {result.files} file(s), {result.links} link(s) and "  # type: ignore[attr-defined]
+            f"{result.folders} folder(s), {human_size(result.bytes)}, to "  # type: ignore[attr-defined]
+            f"{dest}."
+        )
 
     def _extract_failed(self, exc: BaseException) -> None:
         self._extract_finished()
@@ -803,7 +848,6 @@ class FilesView(QWidget):
     def extracting(self) -> bool:
         """Whether an extraction runs."""
         return self._extract_runner is not None
-
 
     # -- reveal (from "Changes since…" and "What this image holds") ----------------------
     def reveal(self, volume: str, path: str, *, later: bool = False) -> None:
@@ -846,9 +890,13 @@ class FilesView(QWidget):
         def job(progress: Any, token: Any) -> LayerHoldings:
             state = open_state(paths)
             try:
-                return layer_holdings(state.chain, len(state.chain.layers) - 1,
-                                      list(state.namespaces.values()), progress=progress,
-                                      cancel=token)
+                return layer_holdings(
+                    state.chain,
+                    len(state.chain.layers) - 1,
+                    list(state.namespaces.values()),
+                    progress=progress,
+                    cancel=token,
+                )
             finally:
                 state.close()
 
@@ -873,20 +921,25 @@ class FilesView(QWidget):
             self._holds_runner = None
             self.holds_button.setEnabled(True)
 
-        self._holds_runner = self.workers.start(job, "files-holds", succeeded=done,
-                                                failed=failed, cancelled=cancelled)
+        self._holds_runner = self.workers.start(
+            job, "files-holds", succeeded=done, failed=failed, cancelled=cancelled
+        )
 
     def _show_holdings(self, result: LayerHoldings) -> None:
         self.holdings = result
         files = result.files
         in_files = result.layer_bytes - result.unclaimed
-        partial = "" if result.complete else (
-            f" The walk stopped after {result.examined:,} files: the list is partial.")
+        partial = (
+            ""
+            if result.complete
+            else (f" The walk stopped after {result.examined:,} files: the list is partial.")
+        )
         self.holds_label.setText(
             f"This image stores {human_size(result.layer_bytes)} of guest data: "
             f"{human_size(in_files)} belong to {len(files)} file(s) listed below (largest "
             f"first); {human_size(result.unclaimed)} are filesystem metadata, deleted files or "
-            f"free space.{partial}")
+            f"free space.{partial}"
+        )
         self.holds_table.setSortingEnabled(False)
         self.holds_table.setRowCount(len(files))
         for row, h in enumerate(files):
@@ -929,19 +982,27 @@ def state_title(window: Any, data: Any) -> str:
 
 def describe_blocks(volume: str, entry: Entry, fb: FileBlocks, labels: Sequence[str]) -> str:
     """One paragraph: which layer serves each of the file's blocks, how fragmented it is."""
+
     def name(layer: int) -> str:
-        return "no layer (reads as zeros)" if layer < 0 else (
-            f"'{labels[layer]}'" if layer < len(labels) else f"layer {layer}")
+        return (
+            "no layer (reads as zeros)"
+            if layer < 0
+            else (f"'{labels[layer]}'" if layer < len(labels) else f"layer {layer}")
+        )
 
     per = fb.by_layer()
     served = ", ".join(f"{n:,} from {name(layer)}" for layer, n in sorted(per.items()))
     if not fb.blocks.size:
-        return (f"{volume}:{printable(entry.path)} stores no data in VDI blocks (empty, sparse "
-                "or kept inside its metadata).")
-    return (f"{volume}:{printable(entry.path)} ({human_size(entry.size)}): "
-            f"{fb.extents:,} guest extent(s) over {fb.blocks.size:,} VDI block(s) — {served}; "
-            f"{fb.slot_runs:,} run(s) of consecutive slots in the image files "
-            f"({'contiguous' if fb.slot_runs <= 1 else 'fragmented'}).")
+        return (
+            f"{volume}:{printable(entry.path)} stores no data in VDI blocks (empty, sparse "
+            "or kept inside its metadata)."
+        )
+    return (
+        f"{volume}:{printable(entry.path)} ({human_size(entry.size)}): "
+        f"{fb.extents:,} guest extent(s) over {fb.blocks.size:,} VDI block(s) — {served}; "
+        f"{fb.slot_runs:,} run(s) of consecutive slots in the image files "
+        f"({'contiguous' if fb.slot_runs <= 1 else 'fragmented'})."
+    )
 
 
 def install_files_tab(window: Any) -> FilesView:
@@ -951,8 +1012,11 @@ def install_files_tab(window: Any) -> FilesView:
 
     view = FilesView(window.workers)
     index = window.tabs.addTab(view, "Files")
-    window.tabs.setTabToolTip(index, "Browse, search and extract the guest files of the "
-                                     "selected snapshot, current state or image")
+    window.tabs.setTabToolTip(
+        index,
+        "Browse, search and extract the guest files of the "
+        "selected snapshot, current state or image",
+    )
 
     def chain_loaded(data: Any) -> None:
         window.blockmap.set_highlight(None)
@@ -966,8 +1030,9 @@ def install_files_tab(window: Any) -> FilesView:
         same = data is not None and tuple(data.paths) == view.paths
         labels = window.layer_labels(data) if same else [p.name for p in view.paths]
         window.tabs.setCurrentWidget(window.blockmap)
-        window.blockmap.set_highlight(fb.blocks if same else None,
-                                      describe_blocks(volume, entry, fb, labels))
+        window.blockmap.set_highlight(
+            fb.blocks if same else None, describe_blocks(volume, entry, fb, labels)
+        )
 
     def current_row() -> Any:
         index = window.snapshot_view.currentIndex()
@@ -1009,5 +1074,13 @@ def install_files_tab(window: Any) -> FilesView:
     return view
 
 
-__all__ = ["EntryModel", "FilesView", "OpenedState", "install_files_tab", "kind_text",
-           "open_private", "open_state", "state_title"]
+__all__ = [
+    "EntryModel",
+    "FilesView",
+    "OpenedState",
+    "install_files_tab",
+    "kind_text",
+    "open_private",
+    "open_state",
+    "state_title",
+]

@@ -66,9 +66,15 @@ def jump_classes(slots: np.ndarray) -> np.ndarray:
     return np.searchsorted(np.array(JUMP_BOUNDS), jump, side="left").astype(np.uint8)
 
 
-def density_image(blocks: np.ndarray, slots: np.ndarray, classes: np.ndarray, guest: int,
-                  top_slot: int, size: tuple[int, int] = IMAGE_SIZE,
-                  colours: tuple[str, ...] = theme.JUMP_COLOURS) -> np.ndarray:
+def density_image(
+    blocks: np.ndarray,
+    slots: np.ndarray,
+    classes: np.ndarray,
+    guest: int,
+    top_slot: int,
+    size: tuple[int, int] = IMAGE_SIZE,
+    colours: tuple[str, ...] = theme.JUMP_COLOURS,
+) -> np.ndarray:
     """RGBA (height x width) of the scatter: each pixel coloured by the worst jump in it.
 
     The worst, not the most common, jump: a pixel holding one long seek among in-order blocks
@@ -79,8 +85,10 @@ def density_image(blocks: np.ndarray, slots: np.ndarray, classes: np.ndarray, gu
     yi = np.clip(slots * height // max(top_slot + 1, 1), 0, height - 1)
     grid = np.full(width * height, -1, dtype=np.int8)
     np.maximum.at(grid, yi * width + xi, classes.astype(np.int8))
-    palette = np.array([[QColor(c).red(), QColor(c).green(), QColor(c).blue(), 255]
-                        for c in colours], dtype=np.uint8)
+    palette = np.array(
+        [[QColor(c).red(), QColor(c).green(), QColor(c).blue(), 255] for c in colours],
+        dtype=np.uint8,
+    )
     rgba = np.zeros((width * height, 4), dtype=np.uint8)
     filled = grid >= 0
     rgba[filled] = palette[grid[filled]]
@@ -124,12 +132,13 @@ def volume_index(usage: UsageMap | None, guest_blocks: int) -> np.ndarray:
     for i, v in enumerate(bar_volumes(usage)):
         if v.kind == "free":
             continue
-        out[v.start // bs: -(-(v.start + v.size) // bs)] = i
+        out[v.start // bs : -(-(v.start + v.size) // bs)] = i
     return out
 
 
-def volume_placements(usage: UsageMap | None, blocks: np.ndarray, slots: np.ndarray
-                      ) -> list[VolumePlacement]:
+def volume_placements(
+    usage: UsageMap | None, blocks: np.ndarray, slots: np.ndarray
+) -> list[VolumePlacement]:
     """For every volume with data in a layer: how its stored blocks lie in the file."""
     if usage is None:
         return []
@@ -161,11 +170,13 @@ class WholeNumberAxis(pg.AxisItem):
     labels it 0.0, 0.2, 0.4... (fifth of a slot that cannot exist).
     """
 
-    def tickSpacing(self, minVal: float, maxVal: float, size: float
-                    ) -> list[tuple[float, float]]:
+    def tickSpacing(self, minVal: float, maxVal: float, size: float) -> list[tuple[float, float]]:
         """pyqtgraph override: the usual levels, minus those finer than one unit."""
-        levels = [(spacing, offset) for spacing, offset in super().tickSpacing(minVal, maxVal, size)
-                  if spacing >= 1]
+        levels = [
+            (spacing, offset)
+            for spacing, offset in super().tickSpacing(minVal, maxVal, size)
+            if spacing >= 1
+        ]
         return levels or [(1.0, 0.0)]
 
 
@@ -178,8 +189,10 @@ class HostStrip(QWidget):
         self.file_size = 0
         self.setMinimumHeight(28)
         self.setMouseTracking(True)
-        self.setToolTip("The host file from its first byte (left) to its last (right); each "
-                        "band is one extent on the host disk. Gaps are holes (sparse areas).")
+        self.setToolTip(
+            "The host file from its first byte (left) to its last (right); each "
+            "band is one extent on the host disk. Gaps are holes (sparse areas)."
+        )
 
     def set_extents(self, extents: HostExtents | None, file_size: int) -> None:
         """Show ``extents`` of a file of ``file_size`` bytes."""
@@ -213,11 +226,13 @@ class HostStrip(QWidget):
         at = event.position().x() / max(self.width(), 1) * self.file_size
         for i, e in enumerate(ext.extents):
             if e.logical <= at < e.logical + e.length:
-                QToolTip.showText(event.globalPosition().toPoint(),
-                                  f"Extent {i + 1} of {ext.count}: file bytes "
-                                  f"{human_size(e.logical)}–{human_size(e.logical + e.length)} "
-                                  f"({human_size(e.length)}) at host byte 0x{e.physical:X}",
-                                  self)
+                QToolTip.showText(
+                    event.globalPosition().toPoint(),
+                    f"Extent {i + 1} of {ext.count}: file bytes "
+                    f"{human_size(e.logical)}–{human_size(e.logical + e.length)} "
+                    f"({human_size(e.length)}) at host byte 0x{e.physical:X}",
+                    self,
+                )
                 return
 
 
@@ -230,7 +245,10 @@ class FragmentationView(QWidget):
         self.labels: list[str] = []
         self.block_size = 1 << 20
         self.points: tuple[np.ndarray, np.ndarray, np.ndarray] = (
-            np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.uint8))
+            np.zeros(0, np.int64),
+            np.zeros(0, np.int64),
+            np.zeros(0, np.uint8),
+        )
         self.sampled = False
 
         self.usage: UsageMap | None = None
@@ -239,31 +257,37 @@ class FragmentationView(QWidget):
         self.layer_box.setToolTip("Which layer's file to plot (each file has its own slots)")
         # A snapshot name of 80+ characters must not widen the tab (the list shows it whole).
         self.layer_box.setSizeAdjustPolicy(
-            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+            QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon
+        )
         self.layer_box.setMinimumContentsLength(24)
         self.layer_box.currentIndexChanged.connect(self._show_layer)
         self.colour_box = QComboBox()
         self.colour_box.addItems(["jump a read makes", "guest volume"])
-        self.colour_box.setToolTip("Colour the points by the seek a sequential read makes to "
-                                   "reach them, or by the guest volume (partition) they "
-                                   "belong to")
+        self.colour_box.setToolTip(
+            "Colour the points by the seek a sequential read makes to "
+            "reach them, or by the guest volume (partition) they "
+            "belong to"
+        )
         self.colour_box.currentIndexChanged.connect(lambda _i: self._show_layer(self.layer))
         self.volume_scatters: list[pg.ScatterPlotItem] = []
         self.volumes_label = QLabel()
         self.volumes_label.setTextFormat(Qt.TextFormat.RichText)
         self.volumes_label.setWordWrap(True)
         self.volumes_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.plot = pg.PlotWidget(enableMenu=False, axisItems={
-            "left": WholeNumberAxis("left"), "bottom": WholeNumberAxis("bottom")})
+        self.plot = pg.PlotWidget(
+            enableMenu=False,
+            axisItems={"left": WholeNumberAxis("left"), "bottom": WholeNumberAxis("bottom")},
+        )
         self.plot.hideButtons()
         self.plot.setLabel("bottom", "guest block (position on the virtual disk)")
         self.plot.setLabel("left", "physical slot in the file")
         self.plot.setMinimumHeight(200)
         # One scatter item per jump class, each with a single brush: per-point brush lists
         # make pyqtgraph ~20x slower, and 200,000 points must draw in well under 100 ms.
-        self.scatters = [pg.ScatterPlotItem(size=4, pen=None, pxMode=True,
-                                            brush=pg.mkBrush(QColor(colour)))
-                         for colour in theme.JUMP_COLOURS]
+        self.scatters = [
+            pg.ScatterPlotItem(size=4, pen=None, pxMode=True, brush=pg.mkBrush(QColor(colour)))
+            for colour in theme.JUMP_COLOURS
+        ]
         for item in self.scatters:
             self.plot.addItem(item)
         self.density = pg.ImageItem()
@@ -281,8 +305,11 @@ class FragmentationView(QWidget):
         self.figure_labels: dict[str, QLabel] = {}
         for key, title, tip in (
             ("allocated", "Blocks in this file", "Allocated blocks of the selected layer"),
-            ("discontinuities", "Jumps (seeks)", "Times the next guest block is not in the "
-                                                  "next slot of the file"),
+            (
+                "discontinuities",
+                "Jumps (seeks)",
+                "Times the next guest block is not in the next slot of the file",
+            ),
             ("longest", "Longest in-order run", "The most blocks read without a jump"),
             ("share", "In order", "Share of block-to-block steps that need no jump"),
             ("mean", "Mean jump", "Average distance of the jumps, in slots"),
@@ -325,18 +352,20 @@ class FragmentationView(QWidget):
     def _update_legend(self) -> None:
         if self.by_volume:
             vols = bar_volumes(self.usage)
-            parts = [f'<span style="color:{c}">&#9679;</span>&nbsp;'
-                     f"{html.escape(v.partition)} {html.escape(v.kind)}&nbsp;&nbsp; "
-                     for v, c in zip(vols, volume_colours(len(vols)), strict=True)
-                     if v.kind != "free"]
-            self.legend.setText("Colour = the guest volume the block belongs to: "
-                                + "".join(parts))
+            parts = [
+                f'<span style="color:{c}">&#9679;</span>&nbsp;'
+                f"{html.escape(v.partition)} {html.escape(v.kind)}&nbsp;&nbsp; "
+                for v, c in zip(vols, volume_colours(len(vols)), strict=True)
+                if v.kind != "free"
+            ]
+            self.legend.setText("Colour = the guest volume the block belongs to: " + "".join(parts))
             return
         parts = []
         for colour, text in zip(theme.JUMP_COLOURS, theme.JUMP_LABELS, strict=True):
             parts.append(f'<span style="color:{colour}">&#9679;</span>&nbsp;{text}&nbsp;&nbsp; ')
-        self.legend.setText("Colour = jump a sequential read makes to reach the block: "
-                            + "".join(parts))
+        self.legend.setText(
+            "Colour = jump a sequential read makes to reach the block: " + "".join(parts)
+        )
 
     def clear(self) -> None:
         """Show nothing."""
@@ -360,8 +389,14 @@ class FragmentationView(QWidget):
         """Whether points are coloured by guest volume (and the guest was readable)."""
         return self.colour_box.currentIndex() == 1 and self.usage is not None
 
-    def set_data(self, analysis: Analysis, labels: list[str], host: tuple[HostExtents, ...],
-                 block_size: int, usage: UsageMap | None = None) -> None:
+    def set_data(
+        self,
+        analysis: Analysis,
+        labels: list[str],
+        host: tuple[HostExtents, ...],
+        block_size: int,
+        usage: UsageMap | None = None,
+    ) -> None:
         """Show a chain's analysis; picks the layer with the most data first.
 
         ``usage`` (the guest's filesystems, when readable) enables the volume level.
@@ -444,16 +479,20 @@ class FragmentationView(QWidget):
         frag = analysis.layer_frag[index]
         f = self.figure_labels
         size = human_size(frag.allocated * self.block_size)
-        f["allocated"].setText(f"{frag.allocated:,} ({size})"
-                               + (" — drawn as pixels" if self.sampled else ""))
+        f["allocated"].setText(
+            f"{frag.allocated:,} ({size})" + (" — drawn as pixels" if self.sampled else "")
+        )
         f["discontinuities"].setText(f"{frag.discontinuities:,}")
-        f["longest"].setText(f"{frag.longest_run:,} blocks "
-                             f"({human_size(frag.longest_run * self.block_size)})")
+        f["longest"].setText(
+            f"{frag.longest_run:,} blocks ({human_size(frag.longest_run * self.block_size)})"
+        )
         f["share"].setText(f"{frag.in_order_share:.0%}")
         f["mean"].setText(f"{frag.mean_jump:,.1f} slots" if frag.discontinuities else "no jumps")
         chain = analysis.chain_frag
-        f["chain"].setText(f"{chain.discontinuities:,} jumps over {chain.allocated:,} blocks "
-                           f"({chain.in_order_share:.0%} in order)")
+        f["chain"].setText(
+            f"{chain.discontinuities:,} jumps over {chain.allocated:,} blocks "
+            f"({chain.in_order_share:.0%} in order)"
+        )
         host = self.host[index] if index < len(self.host) else None
         file_size = analysis.layer_stats[index].file_size
         self.strip.set_extents(host, file_size)
@@ -473,8 +512,10 @@ class FragmentationView(QWidget):
         width, height = int(vb.width()), int(vb.height())
         if width < 32 or height < 32:  # not laid out yet: the default, redrawn on resize
             return (min(IMAGE_SIZE[0], 400), min(IMAGE_SIZE[1], 300))
-        return (max(16, min(IMAGE_SIZE[0], width // DENSITY_PIXEL)),
-                max(16, min(IMAGE_SIZE[1], height // DENSITY_PIXEL)))
+        return (
+            max(16, min(IMAGE_SIZE[0], width // DENSITY_PIXEL)),
+            max(16, min(IMAGE_SIZE[1], height // DENSITY_PIXEL)),
+        )
 
     def _redraw_density(self) -> None:
         """Draw the density image at the plot's current size (a resize may change it)."""
@@ -484,8 +525,7 @@ class FragmentationView(QWidget):
         if size == self._density_size:
             return
         blocks, slots, classes, guest, top_slot, colours = self._density_input
-        image = density_image(blocks, slots, classes, guest, top_slot, size=size,
-                              colours=colours)
+        image = density_image(blocks, slots, classes, guest, top_slot, size=size, colours=colours)
         self.density.setImage(image, autoLevels=False, levels=(0, 255))
         self.density.setRect(QRectF(0, 0, max(guest, 1), top_slot + 1))
         self._density_size = size
@@ -498,17 +538,18 @@ class FragmentationView(QWidget):
         name = html.escape(self.labels[index]) if index < len(self.labels) else ""
         for p in self.placements:
             v = p.volume
-            what = html.escape(f"{v.partition} {v.kind}" + (f" '{v.label}'" if v.label else ""),
-                               quote=False)
+            what = html.escape(
+                f"{v.partition} {v.kind}" + (f" '{v.label}'" if v.label else ""), quote=False
+            )
             if p.blocks == 0:
                 where = "no blocks in this file"
             else:
                 piece = "one piece" if p.runs == 1 else f"{p.runs:,} separate runs"
-                where = (f"{p.blocks:,} block(s) in {piece}, slots {p.first_slot:,}–"
-                         f"{p.last_slot:,}")
+                where = f"{p.blocks:,} block(s) in {piece}, slots {p.first_slot:,}–{p.last_slot:,}"
             rows.append(f"<tr><td>{what}</td><td>&nbsp;{where}</td></tr>")
-        return (f"<b>Where each guest volume's data lies in {name}:</b>"
-                f"<table>{''.join(rows)}</table>")
+        return (
+            f"<b>Where each guest volume's data lies in {name}:</b><table>{''.join(rows)}</table>"
+        )
 
     def explain(self, index: int) -> str:
         """The plain-words paragraph for layer ``index`` and the chain."""
@@ -522,27 +563,37 @@ class FragmentationView(QWidget):
         if frag.allocated == 0:
             text = f"{name} holds no data blocks of its own, so it adds no jumps."
         elif frag.discontinuities == 0:
-            text = (f"{name} stores its {frag.allocated:,} blocks exactly in guest order: a "
-                    "sequential read of them never jumps inside the file.")
+            text = (
+                f"{name} stores its {frag.allocated:,} blocks exactly in guest order: a "
+                "sequential read of them never jumps inside the file."
+            )
         else:
-            text = (f"A sequential read of the blocks stored in {name} jumps "
-                    f"{frag.discontinuities:,} times inside the file; "
-                    f"{frag.in_order_share:.0%} of the steps go straight to the next slot, "
-                    f"and the longest stretch read without a jump is {frag.longest_run:,} "
-                    f"blocks ({human_size(frag.longest_run * bs)}).")
+            text = (
+                f"A sequential read of the blocks stored in {name} jumps "
+                f"{frag.discontinuities:,} times inside the file; "
+                f"{frag.in_order_share:.0%} of the steps go straight to the next slot, "
+                f"and the longest stretch read without a jump is {frag.longest_run:,} "
+                f"blocks ({human_size(frag.longest_run * bs)})."
+            )
         layers = len(self.labels)
         if layers > 1:
-            text += (f" Reading the whole disk through all {layers} layers jumps "
-                     f"{chain.discontinuities:,} times (between slots and between files).")
+            text += (
+                f" Reading the whole disk through all {layers} layers jumps "
+                f"{chain.discontinuities:,} times (between slots and between files)."
+            )
         host = self.host[index] if index < len(self.host) else None
         if host is not None and host.available:
-            text += (f" On the host, the file lies in {host.count:,} "
-                     f"extent{'s' if host.count != 1 else ''}"
-                     + (", so the host disk adds little seeking of its own." if host.count <= 4
-                        else "; defragmenting the host file would reduce seeks further."))
+            text += (
+                f" On the host, the file lies in {host.count:,} "
+                f"extent{'s' if host.count != 1 else ''}"
+                + (
+                    ", so the host disk adds little seeking of its own."
+                    if host.count <= 4
+                    else "; defragmenting the host file would reduce seeks further."
+                )
+            )
         if frag.discontinuities and frag.in_order_share < 0.8:
-            text += (" A clone, which copies the blocks in guest order, would remove these "
-                     "jumps.")
+            text += " A clone, which copies the blocks in guest order, would remove these jumps."
         return text
 
 

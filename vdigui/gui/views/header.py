@@ -44,8 +44,17 @@ from vdigui.gui import theme
 from vdigui.gui.format import uuid_text
 
 #: Soft field colours (alpha keeps the text readable on light and dark bases).
-FIELD_TINTS = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1",
-               "#ff9da7", "#9c755f")
+FIELD_TINTS = (
+    "#4e79a7",
+    "#f28e2b",
+    "#59a14f",
+    "#e15759",
+    "#76b7b2",
+    "#edc948",
+    "#b07aa1",
+    "#ff9da7",
+    "#9c755f",
+)
 #: Pixels a table cell keeps free beside its text (Qt's text margins, with room to spare).
 VALUE_MARGIN = 14
 #: Map entries shown by "Show block map region" (4 bytes each).
@@ -140,13 +149,17 @@ class HexView(QWidget):
             y = 2 + (i // 16) * line
             painter.setPen(dim)
             painter.drawText(QPoint(0, y + ascent), f"{self.base + i:08X}")
-            for j, byte in enumerate(self.data[i:i + 16]):
+            for j, byte in enumerate(self.data[i : i + 16]):
                 offset = self.base + i + j
                 span = self.span_for(offset)
                 if span is not None:
                     tint = QColor(FIELD_TINTS[span.tint % len(FIELD_TINTS)])
-                    tint.setAlpha(200 if span is self.selected or (
-                        self.selected is not None and span.start == self.selected.start) else 70)
+                    tint.setAlpha(
+                        200
+                        if span is self.selected
+                        or (self.selected is not None and span.start == self.selected.start)
+                        else 70
+                    )
                     painter.fillRect(QRect(hex_x + j * char * 3 - 2, y, char * 3, line), tint)
                     painter.fillRect(QRect(ascii_x + j * char, y, char, line), tint)
                 painter.setPen(fg if byte else dim)
@@ -191,8 +204,9 @@ def wrap_text(text: str, width: int, advance: Callable[[str], int]) -> list[str]
     out: list[str] = []
     for line in lines:
         while len(line) > 1 and advance(line) > width:
-            cut = max(1, next((n for n in range(len(line), 0, -1)
-                               if advance(line[:n]) <= width), 1))
+            cut = max(
+                1, next((n for n in range(len(line), 0, -1) if advance(line[:n]) <= width), 1)
+            )
             out.append(line[:cut])
             line = line[cut:]
         out.append(line)
@@ -201,9 +215,11 @@ def wrap_text(text: str, width: int, advance: Callable[[str], int]) -> list[str]
 
 def span_html(span: Span) -> str:
     """The hover text of a span."""
-    return (f"<b>{html.escape(span.title)}</b> &nbsp;<small>(offset 0x{span.start:X}, "
-            f"{span.size} bytes)</small><br>{html.escape(span.value)}"
-            f"<p>{html.escape(span.meaning)}</p>")
+    return (
+        f"<b>{html.escape(span.title)}</b> &nbsp;<small>(offset 0x{span.start:X}, "
+        f"{span.size} bytes)</small><br>{html.escape(span.value)}"
+        f"<p>{html.escape(span.meaning)}</p>"
+    )
 
 
 def field_value(field: HeaderField, raw: bytes) -> str:
@@ -272,21 +288,23 @@ class HeaderView(QWidget):
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.table.horizontalHeader().setSectionResizeMode(
-            0, QHeaderView.ResizeMode.ResizeToContents)
+            0, QHeaderView.ResizeMode.ResizeToContents
+        )
         self.table.horizontalHeader().setSectionResizeMode(
-            1, QHeaderView.ResizeMode.ResizeToContents)
+            1, QHeaderView.ResizeMode.ResizeToContents
+        )
         self.table.horizontalHeader().setStretchLastSection(True)
         # Values are broken into lines here (rows grow to fit) instead of eliding: a UUID or
         # "0x100000 (1.0 MiB into the file)" is only useful whole, and at 1400x900 the tab
         # is narrower than the values. Qt's own word wrap measures rows and paints lines
         # with slightly different widths and then elides a line of a long UUID.
         self.table.setWordWrap(False)
-        self.table.verticalHeader().setSectionResizeMode(
-            QHeaderView.ResizeMode.ResizeToContents)
+        self.table.verticalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         self._wrapped_width = -1
         self.table.viewport().installEventFilter(self)
         self.table.horizontalHeader().sectionResized.connect(
-            lambda column, _old, _new: self._wrap_values() if column == 2 else None)
+            lambda column, _old, _new: self._wrap_values() if column == 2 else None
+        )
         self.table.itemSelectionChanged.connect(self._row_selected)
         self.info = QLabel("Hover over a byte to see its field, value and meaning.")
         self.info.setWordWrap(True)
@@ -294,8 +312,9 @@ class HeaderView(QWidget):
         self.info.setMinimumHeight(self.info.fontMetrics().lineSpacing() * 3)
 
         self.map_button = QPushButton("Show block map region")
-        self.map_button.setToolTip("Read the first entries of the block map and show them "
-                                   "here, decoded (Ctrl+M)")
+        self.map_button.setToolTip(
+            "Read the first entries of the block map and show them here, decoded (Ctrl+M)"
+        )
         self.map_button.clicked.connect(self.map_requested)
         self.map_hex = HexView()
         self.map_label = QLabel()
@@ -350,8 +369,7 @@ class HeaderView(QWidget):
         for row, span in enumerate(spans):
             for column, text in enumerate((f"0x{span.start:03X}", span.title, span.value)):
                 item = QTableWidgetItem(text)
-                item.setToolTip(f"{span.value}\n\n{span.meaning}" if column == 2
-                                else span.meaning)
+                item.setToolTip(f"{span.value}\n\n{span.meaning}" if column == 2 else span.meaning)
                 if column == 1:
                     tint = QColor(FIELD_TINTS[span.tint % len(FIELD_TINTS)])
                     tint.setAlpha(90)
@@ -391,22 +409,33 @@ class HeaderView(QWidget):
         if span is not None:
             self.info.setText(span_html(span))
 
-    def show_map_region(self, raw: bytes, offset: int, total_entries: int,
-                        describe: Callable[[int, int], str]) -> None:
+    def show_map_region(
+        self, raw: bytes, offset: int, total_entries: int, describe: Callable[[int, int], str]
+    ) -> None:
         """Show ``raw`` map bytes read at ``offset``; ``describe(block, entry)`` says each."""
         count = len(raw) // 4
         spans = []
         for block in range(count):
             entry = struct.unpack_from("<I", raw, block * 4)[0]
-            spans.append(Span(offset + block * 4, 4, f"Map entry of guest block {block:,}",
-                              describe(block, entry), "One 32-bit entry per guest block.",
-                              2 if is_allocated(entry) else 0))
+            spans.append(
+                Span(
+                    offset + block * 4,
+                    4,
+                    f"Map entry of guest block {block:,}",
+                    describe(block, entry),
+                    "One 32-bit entry per guest block.",
+                    2 if is_allocated(entry) else 0,
+                )
+            )
         self.map_hex.set_content(raw, offset, spans)
         # Spans are regular (4 bytes each), so look them up arithmetically, not by search.
-        self.map_hex.span_for = lambda o: spans[(o - offset) // 4] if 0 <= o - offset < len(
-            raw) else None
+        self.map_hex.span_for = lambda o: (
+            spans[(o - offset) // 4] if 0 <= o - offset < len(raw) else None
+        )
         shown = "all" if count >= total_entries else f"the first {count:,} of {total_entries:,}"
-        self.map_label.setText(f"Block map at file offset 0x{offset:X}: {shown} entries "
-                               "(bytes FF FF FF FF = free, FE FF FF FF = zero, else the slot "
-                               "number, little-endian).")
+        self.map_label.setText(
+            f"Block map at file offset 0x{offset:X}: {shown} entries "
+            "(bytes FF FF FF FF = free, FE FF FF FF = zero, else the slot "
+            "number, little-endian)."
+        )
         self.map_scroll.setVisible(True)

@@ -23,19 +23,26 @@ from vdigui.gui.format import parse_offset
 def location_text(loc: Location, labels: list[str]) -> str:
     """The answer in words (rich text)."""
     name = labels[loc.layer] if 0 <= loc.layer < len(labels) else ""
-    lines = [f"Guest byte {loc.offset:,} (0x{loc.offset:X}) is byte {loc.within:,} of guest "
-             f"block {loc.block:,}."]
+    lines = [
+        f"Guest byte {loc.offset:,} (0x{loc.offset:X}) is byte {loc.within:,} of guest "
+        f"block {loc.block:,}."
+    ]
     if loc.state == "free":
         lines.append("No layer of the chain holds this block: the guest reads zeros.")
     elif loc.state == "zero":
-        lines.append(f"Layer {loc.layer} ({html.escape(name)}) marks the block ZERO: it reads "
-                     "as zeros and hides the layers below.")
+        lines.append(
+            f"Layer {loc.layer} ({html.escape(name)}) marks the block ZERO: it reads "
+            "as zeros and hides the layers below."
+        )
     else:
         file = loc.path.name if loc.path is not None else ""
-        lines.append(f"Served by layer {loc.layer} ({html.escape(name)}), physical slot "
-                     f"{loc.slot:,}.")
-        lines.append(f"File position: byte {loc.file_offset:,} (0x{loc.file_offset:X}, "
-                     f"{human_size(loc.file_offset or 0)}) of <i>{html.escape(file)}</i>.")
+        lines.append(
+            f"Served by layer {loc.layer} ({html.escape(name)}), physical slot {loc.slot:,}."
+        )
+        lines.append(
+            f"File position: byte {loc.file_offset:,} (0x{loc.file_offset:X}, "
+            f"{human_size(loc.file_offset or 0)}) of <i>{html.escape(file)}</i>."
+        )
     return "<br>".join(lines)
 
 
@@ -56,11 +63,14 @@ class LocateDialog(QDialog):
         self.location: Location | None = None
         self.edit = QLineEdit()
         self.edit.setPlaceholderText("e.g. 1048576, 0x100000, 1.5G or 2048s (sectors)")
-        self.edit.setToolTip("A byte offset on the guest disk: decimal, 0x-hex, with K/M/G/T "
-                             "units or s for 512-byte sectors")
+        self.edit.setToolTip(
+            "A byte offset on the guest disk: decimal, 0x-hex, with K/M/G/T "
+            "units or s for 512-byte sectors"
+        )
         self.edit.returnPressed.connect(self.run)
-        self.result_label = QLabel(f"The disk is {chain.disk_size:,} bytes "
-                             f"({human_size(chain.disk_size)}).")
+        self.result_label = QLabel(
+            f"The disk is {chain.disk_size:,} bytes ({human_size(chain.disk_size)})."
+        )
         self.result_label.setWordWrap(True)
         self.result_label.setTextFormat(Qt.TextFormat.RichText)
         self.result_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
@@ -89,8 +99,9 @@ class LocateDialog(QDialog):
         try:
             offset = parse_offset(self.edit.text())
             if offset >= self.chain.disk_size:
-                raise ValueError(f"Offset {offset:,} is past the end of the "
-                                 f"{self.chain.disk_size:,}-byte disk.")
+                raise ValueError(
+                    f"Offset {offset:,} is past the end of the {self.chain.disk_size:,}-byte disk."
+                )
             self.location = locate(self.chain, offset)
         except ValueError as exc:
             self.location = None

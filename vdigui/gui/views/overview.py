@@ -45,17 +45,27 @@ class OverviewView(QScrollArea):
     """The Overview tab."""
 
     #: Short titles (the table must fit the tab); the header tooltips say them in full.
-    CHAIN_COLUMNS = ("Layer", "File", "UUID", "Modified", "On disk", "Modify UUID",
-                     "Parent UUID", "Parent modify")
-    CHAIN_TIPS = ("The layer's role, and the snapshot that froze it",
-                  "The image file (hover for its path)",
-                  "The layer's own UUID (uuidCreate)",
-                  "When the file was last changed on the host",
-                  "Bytes the file occupies on the host",
-                  "Last-modify UUID (uuidModify): changes when VirtualBox writes to the image",
-                  "Parent UUID (uuidLinkage): the link; it must equal the UUID of the row above",
-                  "Parent-modify UUID (uuidParentModify): the parent's last-modify UUID when "
-                  "this image was created")
+    CHAIN_COLUMNS = (
+        "Layer",
+        "File",
+        "UUID",
+        "Modified",
+        "On disk",
+        "Modify UUID",
+        "Parent UUID",
+        "Parent modify",
+    )
+    CHAIN_TIPS = (
+        "The layer's role, and the snapshot that froze it",
+        "The image file (hover for its path)",
+        "The layer's own UUID (uuidCreate)",
+        "When the file was last changed on the host",
+        "Bytes the file occupies on the host",
+        "Last-modify UUID (uuidModify): changes when VirtualBox writes to the image",
+        "Parent UUID (uuidLinkage): the link; it must equal the UUID of the row above",
+        "Parent-modify UUID (uuidParentModify): the parent's last-modify UUID when "
+        "this image was created",
+    )
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -88,9 +98,13 @@ class OverviewView(QScrollArea):
             ("medium", "Medium type", "How VirtualBox attaches it (from the media registry)"),
             ("virtual", "Virtual size", "The disk size the guest sees"),
             ("ondisk", "Size on disk", "Bytes the file occupies on the host"),
-            ("blocks", "Blocks", "This file's own block map: allocated blocks have a slot in "
-                                 "the file; zero blocks read as zeros; free blocks read "
-                                 "through to the parent (or as zeros in a base)"),
+            (
+                "blocks",
+                "Blocks",
+                "This file's own block map: allocated blocks have a slot in "
+                "the file; zero blocks read as zeros; free blocks read "
+                "through to the parent (or as zeros in a base)",
+            ),
             ("chain", "Guest view", "What the whole chain serves to the guest"),
         ):
             name = QLabel(title + ":")
@@ -126,12 +140,15 @@ class OverviewView(QScrollArea):
         self.chain_table.verticalHeader().setVisible(False)
         self.chain_table.setWordWrap(False)
         self.chain_table.verticalHeader().setSectionResizeMode(
-            QHeaderView.ResizeMode.ResizeToContents)
+            QHeaderView.ResizeMode.ResizeToContents
+        )
         # UUIDs are shortened to fit the tab; long layer names elide (tooltips say all).
         self.chain_fitter = ColumnFitter(self.chain_table, elastic=(0, 1))
-        self.chain_table.setToolTip("Each layer's own UUIDs: a layer's parent UUID must equal "
-                                    "the UUID of the row above it (hover a cell for the "
-                                    "whole UUID)")
+        self.chain_table.setToolTip(
+            "Each layer's own UUIDs: a layer's parent UUID must equal "
+            "the UUID of the row above it (hover a cell for the "
+            "whole UUID)"
+        )
         chain_layout.addWidget(self.chain_table)
         layout.addWidget(chain_box)
         layout.addStretch(1)  # sections sit at the top; spare height stays below them
@@ -201,15 +218,19 @@ class OverviewView(QScrollArea):
         self.values["ondisk"].setText(f"{human_size(stats.file_size)} ({stats.file_size:,} bytes)")
         self.values["blocks"].setText(
             f"{stats.guest_blocks:,} of {human_size(bs)}: {stats.allocated:,} allocated "
-            f"({human_size(stats.data_bytes)}), {stats.zero:,} zero, {stats.free:,} free")
+            f"({human_size(stats.data_bytes)}), {stats.zero:,} zero, {stats.free:,} free"
+        )
         served = int((analysis.serving >= 0).sum())
         self.values["chain"].setText(
             f"{len(data.paths)} layer{'s' if len(data.paths) != 1 else ''}; "
             f"{served:,} blocks hold data or zero entries, {stats.guest_blocks - served:,} "
-            "read as never written")
+            "read as never written"
+        )
         if data.error:
-            self._set_notice(f"The chain is incomplete: {data.error} Blocks the missing "
-                             "layers hold are shown as not served.")
+            self._set_notice(
+                f"The chain is incomplete: {data.error} Blocks the missing "
+                "layers hold are shown as not served."
+            )
         self.chain_table.setRowCount(len(data.paths))
         for row, (path, header) in enumerate(zip(data.paths, data.headers, strict=True)):
             mtime = file_mtime(path)
@@ -218,14 +239,26 @@ class OverviewView(QScrollArea):
                 role += f" · {labels[row]}"
             if row == top:
                 role += " (this)"
-            cells = (role, short_file_name(path.name), short_uuid(header.uuid),
-                     mtime.strftime("%Y-%m-%d %H:%M") if mtime else "",
-                     human_size(analysis.layer_stats[row].file_size),
-                     short_uuid(header.modify_uuid), short_uuid(header.parent_uuid),
-                     short_uuid(header.parent_modify_uuid))
-            tips = (role, str(path), uuid_text(header.uuid), cells[3], cells[4],
-                    uuid_text(header.modify_uuid), uuid_text(header.parent_uuid),
-                    uuid_text(header.parent_modify_uuid))
+            cells = (
+                role,
+                short_file_name(path.name),
+                short_uuid(header.uuid),
+                mtime.strftime("%Y-%m-%d %H:%M") if mtime else "",
+                human_size(analysis.layer_stats[row].file_size),
+                short_uuid(header.modify_uuid),
+                short_uuid(header.parent_uuid),
+                short_uuid(header.parent_modify_uuid),
+            )
+            tips = (
+                role,
+                str(path),
+                uuid_text(header.uuid),
+                cells[3],
+                cells[4],
+                uuid_text(header.modify_uuid),
+                uuid_text(header.parent_uuid),
+                uuid_text(header.parent_modify_uuid),
+            )
             # Shortened UUIDs cannot hide a broken link: the chain was resolved by these very
             # UUIDs, so each parent UUID is the UUID of the row above (or the chain stops).
             for column, (text, tip) in enumerate(zip(cells, tips, strict=True)):
@@ -239,9 +272,12 @@ class OverviewView(QScrollArea):
         """As tall as its rows (at least three), so the boxes below stay in view at 900 px."""
         table = self.chain_table
         rows = max(3, table.rowCount())
-        height = (table.horizontalHeader().sizeHint().height()
-                  + sum(table.sizeHintForRow(r) for r in range(table.rowCount()))
-                  + max(0, rows - table.rowCount()) * table.verticalHeader().defaultSectionSize()
-                  + 2 * table.frameWidth() + table.horizontalScrollBar().sizeHint().height())
+        height = (
+            table.horizontalHeader().sizeHint().height()
+            + sum(table.sizeHintForRow(r) for r in range(table.rowCount()))
+            + max(0, rows - table.rowCount()) * table.verticalHeader().defaultSectionSize()
+            + 2 * table.frameWidth()
+            + table.horizontalScrollBar().sizeHint().height()
+        )
         table.setMaximumHeight(height)
         table.setMinimumHeight(min(height, 160))

@@ -21,9 +21,17 @@ from vdigui.gui import theme
 
 #: Outline colours by filesystem kind (after GParted's), for the bar and the volume legend.
 KIND_COLOURS = {
-    "ext2": "#9DB8D2", "ext3": "#7590AE", "ext4": "#4B6983", "ntfs": "#42E5AC",
-    "fat12": "#18D918", "fat16": "#18D918", "fat32": "#18D918", "swap": "#C1665A",
-    "lvm-pv": "#CC9966", "partition-table": "#6B6B6B", "free": "#A9A9A9",
+    "ext2": "#9DB8D2",
+    "ext3": "#7590AE",
+    "ext4": "#4B6983",
+    "ntfs": "#42E5AC",
+    "fat12": "#18D918",
+    "fat16": "#18D918",
+    "fat32": "#18D918",
+    "swap": "#C1665A",
+    "lvm-pv": "#CC9966",
+    "partition-table": "#6B6B6B",
+    "free": "#A9A9A9",
 }
 UNKNOWN_COLOUR = "#000000"
 #: Width of a box's coloured outline, and the gap between it and the text inside.
@@ -47,9 +55,10 @@ def bar_volumes(usage: UsageMap | None) -> list[Volume]:
 def volume_text(v: Volume) -> str:
     """A volume in plain words (the tooltip)."""
     name = v.kind + (f" '{v.label}'" if v.label else "")
-    lines = [f"{v.partition}: {name}",
-             f"bytes {human_size(v.start)} – {human_size(v.start + v.size)} "
-             f"({human_size(v.size)})"]
+    lines = [
+        f"{v.partition}: {name}",
+        f"bytes {human_size(v.start)} – {human_size(v.start + v.size)} ({human_size(v.size)})",
+    ]
     if v.kind == "free":
         lines.append("Unpartitioned: compaction may drop it.")
     elif v.kept_whole or v.used is None:
@@ -63,8 +72,9 @@ def volume_text(v: Volume) -> str:
 class PartitionBar(QWidget):
     """The guest's volumes as boxes, aligned with a block map's x axis (guest blocks)."""
 
-    def __init__(self, to_x: Callable[[float], float] | None = None,
-                 parent: QWidget | None = None) -> None:
+    def __init__(
+        self, to_x: Callable[[float], float] | None = None, parent: QWidget | None = None
+    ) -> None:
         """``to_x`` maps a guest block number to an x coordinate in this widget."""
         super().__init__(parent)
         self.usage: UsageMap | None = None
@@ -121,8 +131,9 @@ class PartitionBar(QWidget):
         for v, rect in self.boxes():
             inner = rect.adjusted(OUTLINE, OUTLINE, -OUTLINE, -OUTLINE)
             # Label the visible part, so a zoomed-in volume still says what it is.
-            box = inner.intersected(view).adjusted(TEXT_MARGIN, TEXT_MARGIN, -TEXT_MARGIN,
-                                                   -TEXT_MARGIN)
+            box = inner.intersected(view).adjusted(
+                TEXT_MARGIN, TEXT_MARGIN, -TEXT_MARGIN, -TEXT_MARGIN
+            )
             if box.width() <= 0 or box.height() < line:
                 continue
             kind = v.kind if v.kind != "partition-table" else "table"
@@ -135,13 +146,13 @@ class PartitionBar(QWidget):
             for text, top in ((titles, box.top()), (details, box.bottom() - line)):
                 if box.height() < 2 * line and top != box.top():
                     continue  # room for one line only: the title
-                fits = next((t for t in text if metrics.horizontalAdvance(t) <= box.width()),
-                            None)
+                fits = next((t for t in text if metrics.horizontalAdvance(t) <= box.width()), None)
                 if fits is None:
                     if metrics.horizontalAdvance("…") >= box.width():
                         continue
-                    fits = metrics.elidedText(text[0], Qt.TextElideMode.ElideRight,
-                                              int(box.width()))
+                    fits = metrics.elidedText(
+                        text[0], Qt.TextElideMode.ElideRight, int(box.width())
+                    )
                 width = metrics.horizontalAdvance(fits)
                 left = box.left() + (box.width() - width) / 2
                 out.append((v, fits, QRectF(left, top, width, line)))
@@ -155,8 +166,11 @@ class PartitionBar(QWidget):
         fg = theme.foreground()
         if self.usage is None:
             painter.setPen(fg)
-            painter.drawText(QRectF(self.rect()), Qt.AlignmentFlag.AlignVCenter
-                             | Qt.AlignmentFlag.AlignLeft, self.message)
+            painter.drawText(
+                QRectF(self.rect()),
+                Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignLeft,
+                self.message,
+            )
             painter.end()
             return
         painter.setClipRect(self.rect())
@@ -172,8 +186,7 @@ class PartitionBar(QWidget):
                 painter.fillRect(inner, free_fill)
                 if v.kind not in ("free",) and v.size:
                     share = 1.0 if v.kept_whole or v.used is None else v.used / v.size
-                    used = QRectF(inner.left(), inner.top(), inner.width() * share,
-                                  inner.height())
+                    used = QRectF(inner.left(), inner.top(), inner.width() * share, inner.height())
                     painter.fillRect(used, QColor(USED_FILL if not dark else "#6E6A3A"))
                 if v.kept_whole:
                     painter.fillRect(inner, QBrush(outline, Qt.BrushStyle.BDiagPattern))
@@ -181,8 +194,10 @@ class PartitionBar(QWidget):
         for v, text, where in self.labels():
             if v.kept_whole:
                 # Hatching runs under the text; a backing keeps the letters readable.
-                painter.fillRect(where.adjusted(-1, 0, 1, 0),
-                                 QColor(43, 43, 43, 190) if dark else QColor(255, 255, 255, 190))
+                painter.fillRect(
+                    where.adjusted(-1, 0, 1, 0),
+                    QColor(43, 43, 43, 190) if dark else QColor(255, 255, 255, 190),
+                )
             painter.drawText(where, Qt.AlignmentFlag.AlignCenter, text)
         painter.end()
 

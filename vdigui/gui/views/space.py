@@ -88,9 +88,12 @@ CATEGORY_ACTIONS: dict[Category, str] = {
     Category.UNDO_DATA: Action.DISCARD_UNDO,
 }
 
-ACTION_TEXT = {Action.COMPACT: "Compact…", Action.FS_AWARE_COMPACT: "Compact (FS-aware)…",
-               Action.DELETE_SNAPSHOT: "Delete snapshot…",
-               Action.DISCARD_UNDO: "Discard undo data…"}
+ACTION_TEXT = {
+    Action.COMPACT: "Compact…",
+    Action.FS_AWARE_COMPACT: "Compact (FS-aware)…",
+    Action.DELETE_SNAPSHOT: "Delete snapshot…",
+    Action.DISCARD_UNDO: "Discard undo data…",
+}
 
 
 def category_colour(category: Category) -> QColor:
@@ -112,8 +115,10 @@ def hover_text(name: str, f: FileSpace, category: Category) -> str:
     """What hovering ``category`` of file ``f`` says: exact bytes and what it means."""
     value = f.categories[category]
     share = value / f.size if f.size else 0.0
-    return (f"{name} — {CATEGORY_LABELS[category]}: {exact(value)}, {share:.1%} of the file's "
-            f"{human_size(f.size)}. {CATEGORY_MEANINGS[category]}")
+    return (
+        f"{name} — {CATEGORY_LABELS[category]}: {exact(value)}, {share:.1%} of the file's "
+        f"{human_size(f.size)}. {CATEGORY_MEANINGS[category]}"
+    )
 
 
 # -- treemap layout -------------------------------------------------------------------------------
@@ -171,8 +176,9 @@ def squarify(values: Sequence[float], rect: QRectF) -> list[QRectF]:
     return out
 
 
-def split_rect(rect: QRectF, parts: Sequence[tuple[Category, int]]
-               ) -> list[tuple[Category, QRectF]]:
+def split_rect(
+    rect: QRectF, parts: Sequence[tuple[Category, int]]
+) -> list[tuple[Category, QRectF]]:
     """``rect`` cut along its longer side into one slice per category, by bytes."""
     total = sum(v for _, v in parts)
     out: list[tuple[Category, QRectF]] = []
@@ -212,8 +218,9 @@ class FileRow:
     selected: bool
 
 
-def bar_pixels(parts: Sequence[tuple[Category, int]], width: float
-               ) -> list[tuple[Category, float, float]]:
+def bar_pixels(
+    parts: Sequence[tuple[Category, int]], width: float
+) -> list[tuple[Category, float, float]]:
     """(category, x, width) per part of a bar ``width`` pixels long.
 
     Each non-empty part gets at least 2 pixels when the bar has room, so a small category is
@@ -245,8 +252,7 @@ def fit_label(metrics: QFontMetrics, row: FileRow, width: int) -> str:
         return full
     rest = width - metrics.horizontalAdvance(row.short + " — ")
     if row.role and rest >= metrics.horizontalAdvance("snapshot…"):
-        return f"{row.short} — " + metrics.elidedText(row.role, Qt.TextElideMode.ElideRight,
-                                                     rest)
+        return f"{row.short} — " + metrics.elidedText(row.role, Qt.TextElideMode.ElideRight, rest)
     return metrics.elidedText(row.short, Qt.TextElideMode.ElideMiddle, width)
 
 
@@ -286,7 +292,7 @@ class SpaceBars(QWidget):
 
     @staticmethod
     def _sizes(row: FileRow) -> str:
-        return (f"{human_size(row.space.size)}, {human_size(row.space.allocated)} on the host")
+        return f"{human_size(row.space.size)}, {human_size(row.space.allocated)} on the host"
 
     def sizeHint(self) -> QSize:  # Qt override
         """Narrow enough never to force horizontal scrolling."""
@@ -329,9 +335,12 @@ class SpaceBars(QWidget):
         row, category = hit
         if category is None:
             f = row.space
-            return (f"{row.name}: {exact(f.size)}; {exact(f.allocated)} on the host"
-                    + (f" ({row.role})" if row.role else "") + ". "
-                    + " ".join(f.notes))
+            return (
+                f"{row.name}: {exact(f.size)}; {exact(f.allocated)} on the host"
+                + (f" ({row.role})" if row.role else "")
+                + ". "
+                + " ".join(f.notes)
+            )
         return hover_text(row.name, row.space, category)
 
     def paintEvent(self, event: QPaintEvent) -> None:  # Qt override
@@ -354,20 +363,26 @@ class SpaceBars(QWidget):
                 painter.setFont(font)
                 painter.setPen(fg)
                 label = fit_label(QFontMetrics(font), row, int(text_rect.width()))
-                painter.drawText(text_rect, int(Qt.AlignmentFlag.AlignVCenter
-                                                | Qt.AlignmentFlag.AlignRight), label)
+                painter.drawText(
+                    text_rect,
+                    int(Qt.AlignmentFlag.AlignVCenter | Qt.AlignmentFlag.AlignRight),
+                    label,
+                )
                 for c, x, w in bar_pixels(segments(row.space), bar_w):
-                    painter.fillRect(QRectF(bar_x + x, y + 4, w, self.ROW - 8),
-                                     category_colour(c))
+                    painter.fillRect(QRectF(bar_x + x, y + 4, w, self.ROW - 8), category_colour(c))
                 if row.selected:
                     painter.setPen(QPen(fg, 1.5))
                     painter.drawRect(QRectF(bar_x - 1, y + 3, bar_w + 2, self.ROW - 6))
                 painter.setPen(fg)
                 painter.setFont(self.font())
-                sizes = metrics.elidedText(self._sizes(row), Qt.TextElideMode.ElideRight,
-                                           int(self.width() - size_x))
-                painter.drawText(QRectF(size_x, y, self.width() - size_x, self.ROW),
-                                 int(Qt.AlignmentFlag.AlignVCenter), sizes)
+                sizes = metrics.elidedText(
+                    self._sizes(row), Qt.TextElideMode.ElideRight, int(self.width() - size_x)
+                )
+                painter.drawText(
+                    QRectF(size_x, y, self.width() - size_x, self.ROW),
+                    int(Qt.AlignmentFlag.AlignVCenter),
+                    sizes,
+                )
         finally:
             painter.end()
 
@@ -426,9 +441,11 @@ class SpaceTreemap(QWidget):
         if self._laid_for != self.size():
             area = QRectF(1, 1, self.width() - 2, self.height() - 2)
             rects = squarify([float(r.space.size) for r in self.rows], area)
-            self._cells = [(row, rect, split_rect(rect, segments(row.space)))
-                           for row, rect in zip(self.rows, rects, strict=True)
-                           if not rect.isEmpty()]
+            self._cells = [
+                (row, rect, split_rect(rect, segments(row.space)))
+                for row, rect in zip(self.rows, rects, strict=True)
+                if not rect.isEmpty()
+            ]
             self._laid_for = self.size()
         return self._cells
 
@@ -461,8 +478,9 @@ class SpaceTreemap(QWidget):
             fg = theme.foreground()
             if not self.rows:
                 painter.setPen(fg)
-                painter.drawText(QRectF(self.rect()), int(Qt.AlignmentFlag.AlignCenter),
-                                 self.message)
+                painter.drawText(
+                    QRectF(self.rect()), int(Qt.AlignmentFlag.AlignCenter), self.message
+                )
                 return
             outline = QPen(theme.background(), 2.0)
             metrics = QFontMetrics(self.font())
@@ -472,14 +490,20 @@ class SpaceTreemap(QWidget):
                 painter.setPen(QPen(fg, 2.5) if row.selected else outline)
                 painter.drawRect(rect)
                 if rect.width() > 40 and rect.height() > metrics.height() + 4:
-                    label = metrics.elidedText(row.short, Qt.TextElideMode.ElideMiddle,
-                                               int(rect.width() - 8))
-                    box = QRectF(rect.x() + 4, rect.y() + 2, metrics.horizontalAdvance(label) + 6,
-                                 metrics.height() + 2)
+                    label = metrics.elidedText(
+                        row.short, Qt.TextElideMode.ElideMiddle, int(rect.width() - 8)
+                    )
+                    box = QRectF(
+                        rect.x() + 4,
+                        rect.y() + 2,
+                        metrics.horizontalAdvance(label) + 6,
+                        metrics.height() + 2,
+                    )
                     painter.fillRect(box, QColor(255, 255, 255, 200))
                     painter.setPen(QColor("#1f2328"))
-                    painter.drawText(box.adjusted(3, 0, 0, 0), int(Qt.AlignmentFlag.AlignVCenter),
-                                     label)
+                    painter.drawText(
+                        box.adjusted(3, 0, 0, 0), int(Qt.AlignmentFlag.AlignVCenter), label
+                    )
         finally:
             painter.end()
 
@@ -616,8 +640,10 @@ class SpaceView(QWidget):
         top_layout.setColumnStretch(1, 1)
         outer.addWidget(top, 3)
 
-        files_title = QLabel("<b>Per file</b> (each bar is the whole file; click a part an "
-                             "operation frees to open it for that file)")
+        files_title = QLabel(
+            "<b>Per file</b> (each bar is the whole file; click a part an "
+            "operation frees to open it for that file)"
+        )
         files_title.setWordWrap(True)
         outer.addWidget(files_title)
         self.bars = SpaceBars()
@@ -662,13 +688,21 @@ class SpaceView(QWidget):
         self.errors.clear()
         self._running.clear()
         # Resolved once per load (a few stat calls), so drawing never touches the disk.
-        self._disks = {d.path.resolve(): d for d in session.iter_disks()
-                       if d.path is not None} if session is not None else {}
+        self._disks = (
+            {d.path.resolve(): d for d in session.iter_disks() if d.path is not None}
+            if session is not None
+            else {}
+        )
         self._role_of = self._roles()
-        self._folder = (session.vm.folder.resolve() if session is not None
-                        and session.vm is not None else None)
-        self._show_account(None, "Select an image to see where the space goes." if session
-                           else "Open a VM folder or a disk image to see where its space goes.")
+        self._folder = (
+            session.vm.folder.resolve() if session is not None and session.vm is not None else None
+        )
+        self._show_account(
+            None,
+            "Select an image to see where the space goes."
+            if session
+            else "Open a VM folder or a disk image to see where its space goes.",
+        )
         # A VM folder is counted whole, whatever gets selected: while the tab is shown, start
         # now rather than after the window's initial selection.
         if session is not None and session.kind == "vm" and self.isVisible():
@@ -694,8 +728,9 @@ class SpaceView(QWidget):
         root = self.account_root(node)
         self.root = root
         if root is None:
-            self._show_account(None, "Nothing to count: the image file is missing."
-                               if node is not None else "")
+            self._show_account(
+                None, "Nothing to count: the image file is missing." if node is not None else ""
+            )
             return
         if root in self.cache:
             self._show_account(self.cache[root])
@@ -731,17 +766,20 @@ class SpaceView(QWidget):
             if epoch != self._epoch:
                 return
             self._running.discard(root)
-            self.errors[root] = f"Cannot count the space of {root.name}: " \
-                                f"{messages.sentence(exc)}"
+            self.errors[root] = f"Cannot count the space of {root.name}: {messages.sentence(exc)}"
             if root == self.root:
                 self._show_account(None, self.errors[root])
 
         def cancelled() -> None:
             self._running.discard(root)
 
-        self.pool.start(lambda progress, token: account_space(root, progress=progress,
-                                                              cancel=token),
-                        "space", succeeded=done, failed=failed, cancelled=cancelled)
+        self.pool.start(
+            lambda progress, token: account_space(root, progress=progress, cancel=token),
+            "space",
+            succeeded=done,
+            failed=failed,
+            cancelled=cancelled,
+        )
 
     # -- drawing ---------------------------------------------------------------------------------
     def rows(self, account: SpaceAccount) -> list[FileRow]:
@@ -755,9 +793,15 @@ class SpaceView(QWidget):
             if base is not None and f.path.is_relative_to(base):
                 rel = f.path.relative_to(base)
                 name = "/".join([*rel.parts[:-1], short_file_name(rel.name)])
-            out.append(FileRow(f, name, short_file_name(f.path.name),
-                               self._role_of.get(f.path, ""),
-                               f.path == self._selected))
+            out.append(
+                FileRow(
+                    f,
+                    name,
+                    short_file_name(f.path.name),
+                    self._role_of.get(f.path, ""),
+                    f.path == self._selected,
+                )
+            )
         out.sort(key=lambda r: r.space.size, reverse=True)
         return out
 
@@ -772,8 +816,9 @@ class SpaceView(QWidget):
             for uuid in row.disks:
                 path = by_uuid.get(uuid)
                 if path is not None and path not in out:
-                    out[path] = ("current state" if row.is_current_state
-                                 else f"snapshot '{row.name}'")
+                    out[path] = (
+                        "current state" if row.is_current_state else f"snapshot '{row.name}'"
+                    )
         return out
 
     def _show_account(self, account: SpaceAccount | None, message: str = "") -> None:
@@ -793,14 +838,17 @@ class SpaceView(QWidget):
             return
         rows = self.rows(account)
         total = account.total
-        what = "VM folder" if account.root.is_dir() or account.root.suffix == ".vbox" \
-            else "image"
+        what = "VM folder" if account.root.is_dir() or account.root.suffix == ".vbox" else "image"
         self.summary.setText(
             f"<b>{html.escape(account.root.name)}</b> ({what}): {len(account.files)} "
             f"file{'s' if len(account.files) != 1 else ''}, {html.escape(exact(account.size))}"
             f", {html.escape(human_size(account.allocated))} on the host."
-            + ("" if account.zeros_scanned else
-               " All-zero blocks are counted where the host file has holes only."))
+            + (
+                ""
+                if account.zeros_scanned
+                else " All-zero blocks are counted where the host file has holes only."
+            )
+        )
         self.summary.setToolTip(tooltip_html("\n".join(account.notes)) if account.notes else "")
         self.offers = self._offers(account)
         for category in CATEGORIES:
@@ -835,8 +883,14 @@ class SpaceView(QWidget):
         session = self.session
         if session is None or node.uuid is None:
             return None
-        return next((r for r in session.iter_snapshots()
-                     if not r.is_current_state and node.uuid in r.disks), None)
+        return next(
+            (
+                r
+                for r in session.iter_snapshots()
+                if not r.is_current_state and node.uuid in r.disks
+            ),
+            None,
+        )
 
     def offer_for(self, category: Category, f: FileSpace) -> Offer | None:
         """What the button of ``category`` does for file ``f`` (None: no action applies)."""
@@ -848,34 +902,57 @@ class SpaceView(QWidget):
         freed = f"{exact(value)} of {CATEGORY_LABELS[category].lower()}"
         if action == Action.DISCARD_UNDO:
             total = self.account.total[category] if self.account is not None else value
-            return Offer(action, None, total > 0,
-                         f"Discard vdigui's undo data ({exact(total)}); the last operation "
-                         "can then no longer be undone (the same as Edit > Discard Undo Data).")
+            return Offer(
+                action,
+                None,
+                total > 0,
+                f"Discard vdigui's undo data ({exact(total)}); the last operation "
+                "can then no longer be undone (the same as Edit > Discard Undo Data).",
+            )
         node = self._disk_of(f.path)
         if node is None:
             return Offer(action, None, False, f"{name} is not an image of the opened folder.")
         if action == Action.DELETE_SNAPSHOT:
             snap = self._snapshot_of(node)
             if snap is None:
-                return Offer(action, None, False,
-                             f"{name} holds {freed}, but no snapshot of the opened folder froze "
-                             "it (open its VM folder to delete the snapshot).")
+                return Offer(
+                    action,
+                    None,
+                    False,
+                    f"{name} holds {freed}, but no snapshot of the opened folder froze "
+                    "it (open its VM folder to delete the snapshot).",
+                )
             cost = self._cost_of(snap) if self._cost_of is not None else None
             refused = getattr(cost, "refused_reason", None)
             if refused:
-                return Offer(action, snap, False,
-                             f"Deleting snapshot '{snap.name}' would free {freed} in {name}, "
-                             f"but it cannot be deleted now: {refused}")
+                return Offer(
+                    action,
+                    snap,
+                    False,
+                    f"Deleting snapshot '{snap.name}' would free {freed} in {name}, "
+                    f"but it cannot be deleted now: {refused}",
+                )
             frees = getattr(cost, "frees_without_undo", None)
-            return Offer(action, snap, True,
-                         f"Open Delete Snapshot for '{snap.name}': it still sees {freed} in "
-                         f"{name}" + (f"; the cost map says deleting it frees {exact(frees)} "
-                                      "(without keeping undo data)." if frees is not None
-                                      else "; deleting it frees them."))
+            return Offer(
+                action,
+                snap,
+                True,
+                f"Open Delete Snapshot for '{snap.name}': it still sees {freed} in "
+                f"{name}"
+                + (
+                    f"; the cost map says deleting it frees {exact(frees)} "
+                    "(without keeping undo data)."
+                    if frees is not None
+                    else "; deleting it frees them."
+                ),
+            )
         fs = action == Action.FS_AWARE_COMPACT
-        return Offer(action, node, True,
-                     f"Open Compact{' (filesystem-aware)' if fs else ''} for {name}: frees up "
-                     f"to {freed}.")
+        return Offer(
+            action,
+            node,
+            True,
+            f"Open Compact{' (filesystem-aware)' if fs else ''} for {name}: frees up to {freed}.",
+        )
 
     def _offers(self, account: SpaceAccount) -> dict[Category, Offer]:
         """Per actionable category: the file holding most of it (the selected image first when
@@ -908,8 +985,11 @@ class SpaceView(QWidget):
 
         def rank(item: tuple[FileSpace, Offer]) -> tuple[bool, int, int]:
             f, offer = item
-            cost = (self._cost_of(offer.selection) if self._cost_of is not None
-                    and isinstance(offer.selection, SnapNode) else None)
+            cost = (
+                self._cost_of(offer.selection)
+                if self._cost_of is not None and isinstance(offer.selection, SnapNode)
+                else None
+            )
             frees = getattr(cost, "frees_without_undo", None)
             return offer.enabled, frees if frees is not None else -1, f.categories[category]
 
@@ -971,6 +1051,21 @@ def preset_compact(wizard: Any, *, fs_aware: bool) -> None:
         box.setChecked(fs_aware)
 
 
-__all__ = ["ACTION_TEXT", "CATEGORY_ACTIONS", "Action", "FileRow", "Offer", "SpaceBars",
-           "SpaceTreemap", "SpaceView", "bar_pixels", "category_colour", "exact", "hover_text",
-           "preset_compact", "segments", "split_rect", "squarify"]
+__all__ = [
+    "ACTION_TEXT",
+    "CATEGORY_ACTIONS",
+    "Action",
+    "FileRow",
+    "Offer",
+    "SpaceBars",
+    "SpaceTreemap",
+    "SpaceView",
+    "bar_pixels",
+    "category_colour",
+    "exact",
+    "hover_text",
+    "preset_compact",
+    "segments",
+    "split_rect",
+    "squarify",
+]

@@ -47,8 +47,13 @@ class OperationActions(QObject):
     show_chain_requested = Signal(object)
     operation_finished = Signal(object)
 
-    def __init__(self, window: QMainWindow, get_vm: Callable[[], VmFolder | None],
-                 get_selection: Callable[[], object], reload: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        window: QMainWindow,
+        get_vm: Callable[[], VmFolder | None],
+        get_selection: Callable[[], object],
+        reload: Callable[[], None],
+    ) -> None:
         super().__init__(window)
         self.window = window
         self.get_vm = get_vm
@@ -59,16 +64,24 @@ class OperationActions(QObject):
         # "idle" (which tests and the screenshot mode wait for) covers them too.
         window_pool = getattr(window, "workers", None)
         self.checks = AvailabilityChecks(
-            window_pool if isinstance(window_pool, WorkerPool) else self.pool, self)
+            window_pool if isinstance(window_pool, WorkerPool) else self.pool, self
+        )
         self.checks.answered.connect(self.refresh)
         self.undo = UndoController(
-            window, self.checks.pool, self.pool,
-            lambda folder: self.busy_reason(Target(TargetKind.IMAGE, "the folder", folder=folder),
-                                            include_undo=False))
+            window,
+            self.checks.pool,
+            self.pool,
+            lambda folder: self.busy_reason(
+                Target(TargetKind.IMAGE, "the folder", folder=folder), include_undo=False
+            ),
+        )
         self.undo.running_changed.connect(self.refresh)
         self.disk_settings = DiskSettingsController(
-            window, self.checks.pool, self.pool,
-            lambda folder: self.busy_reason(Target(TargetKind.IMAGE, "the folder", folder=folder)))
+            window,
+            self.checks.pool,
+            self.pool,
+            lambda folder: self.busy_reason(Target(TargetKind.IMAGE, "the folder", folder=folder)),
+        )
         self.disk_settings.changed.connect(self.reload)
         self.wizards: list[OperationWizard] = []
         self.actions: dict[Operation, QAction] = {}
@@ -89,8 +102,7 @@ class OperationActions(QObject):
             self.menu.addAction(self.actions[key])
         self.menu.aboutToShow.connect(self.refresh)
         bar = window.menuBar()
-        help_action = next((a for a in bar.actions() if a.text().replace("&", "") == "Help"),
-                           None)
+        help_action = next((a for a in bar.actions() if a.text().replace("&", "") == "Help"), None)
         if help_action is not None:
             bar.insertMenu(help_action, self.menu)
         else:
@@ -131,14 +143,20 @@ class OperationActions(QObject):
         """Why a writing operation must wait: another one runs on the same chain or VM."""
         keys = target.lock_keys
         folder = self.undo.folder
-        if include_undo and self.undo.running and folder is not None and (
-                not keys or keys & {folder.resolve()} or any(folder.resolve() in k.parents
-                                                            for k in keys)):
+        if (
+            include_undo
+            and self.undo.running
+            and folder is not None
+            and (
+                not keys
+                or keys & {folder.resolve()}
+                or any(folder.resolve() in k.parents for k in keys)
+            )
+        ):
             return "An undo is running on this folder; wait for it to finish."
         for wizard in self.wizards:
             if wizard.running and (not keys or keys & wizard.target.lock_keys):
-                return (f"{wizard.title} is running on {wizard.target.label}; wait for it "
-                        "to finish.")
+                return f"{wizard.title} is running on {wizard.target.label}; wait for it to finish."
         return None
 
     @property
@@ -217,14 +235,14 @@ class OperationActions(QObject):
             action.setShortcutContext(Qt.ShortcutContext.WidgetShortcut)
             enabled, reason = state[key]
             self._apply(action, key, enabled, reason)
-            action.triggered.connect(lambda _checked=False, k=key, t=target:
-                                     self.open_wizard(k, t))
+            action.triggered.connect(lambda _checked=False, k=key, t=target: self.open_wizard(k, t))
             self._context.append(action)
         return list(self._context)
 
     # -- wizards ---------------------------------------------------------------------------------
-    def open_wizard(self, kind: Operation | str, selection: object = None, **kwargs: Any
-                    ) -> OperationWizard | None:
+    def open_wizard(
+        self, kind: Operation | str, selection: object = None, **kwargs: Any
+    ) -> OperationWizard | None:
         """Open the wizard ``kind`` on ``selection`` (default: the window's selection).
 
         ``kind`` is an :class:`Operation` or its string value ("compact", "clone",
@@ -239,8 +257,9 @@ class OperationActions(QObject):
             if bar is not None:
                 self.window.statusBar().showMessage(f"{op.title}: {reason}", 8000)
             return None
-        wizard = op.wizard_class()(self.get_vm(), self._target(selection), pool=self.pool,
-                                   parent=self.window, **kwargs)
+        wizard = op.wizard_class()(
+            self.get_vm(), self._target(selection), pool=self.pool, parent=self.window, **kwargs
+        )
         # Not modal: inspection stays usable while an operation runs.
         wizard.setWindowModality(Qt.WindowModality.NonModal)
         wizard.running_changed.connect(lambda _running: self.refresh())
@@ -295,14 +314,20 @@ class OperationActions(QObject):
         """Closing the window while an operation runs: ask, cancel, wait."""
         if watched is self.window and event.type() == QEvent.Type.Close and self.running:
             names = ", ".join(w.title for w in self.running)
-            if not base.confirm(self.window, f"{names} is still running. Cancel it (it stops "
-                                             "at the next block) and quit?"):
+            if not base.confirm(
+                self.window,
+                f"{names} is still running. Cancel it (it stops at the next block) and quit?",
+            ):
                 event.ignore()
                 return True
             if not self.shutdown():
-                messages.reporter(self.window, "Still running",
-                                  "The operation did not stop within a minute; its files may "
-                                  "be in use until it ends.", "")
+                messages.reporter(
+                    self.window,
+                    "Still running",
+                    "The operation did not stop within a minute; its files may "
+                    "be in use until it ends.",
+                    "",
+                )
                 event.ignore()
                 return True
         if watched is self.window and event.type() == QEvent.Type.Close:
@@ -320,8 +345,10 @@ def selection_of(window: QMainWindow) -> object:
     A ready-made ``get_selection`` for :func:`install_operation_actions` (it reads the trees'
     current indexes through their models' ``node``), so the window needs no code of its own.
     """
-    for view_name, model_name in (("snapshot_view", "snapshot_model"),
-                                  ("media_view", "media_model")):
+    for view_name, model_name in (
+        ("snapshot_view", "snapshot_model"),
+        ("media_view", "media_model"),
+    ):
         view = getattr(window, view_name, None)
         model = getattr(window, model_name, None)
         if view is None or model is None or not hasattr(model, "node"):
@@ -334,9 +361,12 @@ def selection_of(window: QMainWindow) -> object:
     return getattr(window, "selected_disk", None)
 
 
-def install_operation_actions(window: QMainWindow, get_vm: Callable[[], VmFolder | None],
-                              get_selection: Callable[[], object],
-                              reload: Callable[[], None]) -> OperationActions:
+def install_operation_actions(
+    window: QMainWindow,
+    get_vm: Callable[[], VmFolder | None],
+    get_selection: Callable[[], object],
+    reload: Callable[[], None],
+) -> OperationActions:
     """Add the Operations menu, toolbar and shortcuts to ``window``.
 
     Args:

@@ -57,8 +57,7 @@ from vdigui.gui.wizards.widgets import Level, figures, heading, notice, rule
 from vdigui.gui.workers import Runner, WorkerPool
 
 INTRO, OPTIONS, PREVIEW, RUN, RESULT = range(5)
-PAGE_NAMES = {"intro": INTRO, "options": OPTIONS, "preview": PREVIEW, "run": RUN,
-              "result": RESULT}
+PAGE_NAMES = {"intro": INTRO, "options": OPTIONS, "preview": PREVIEW, "run": RUN, "result": RESULT}
 
 #: Asked before closing a wizard whose operation runs: (parent, question) -> True to stop it.
 Confirm = Callable[[QWidget, str], bool]
@@ -66,9 +65,13 @@ Confirm = Callable[[QWidget, str], bool]
 
 def ask_yes_no(parent: QWidget, question: str) -> bool:
     """The default :data:`Confirm`: a Yes/No box, No being the default."""
-    answer = QMessageBox.question(parent, "Operation running", question,
-                                  QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
-                                  QMessageBox.StandardButton.No)
+    answer = QMessageBox.question(
+        parent,
+        "Operation running",
+        question,
+        QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+        QMessageBox.StandardButton.No,
+    )
     return answer == QMessageBox.StandardButton.Yes
 
 
@@ -90,8 +93,11 @@ class OutcomeKind(StrEnum):
     @property
     def level(self) -> Level:
         """How the ending is shown: ok, warning (cancelled) or error."""
-        return {OutcomeKind.SUCCEEDED: Level.OK, OutcomeKind.CANCELLED: Level.WARNING,
-                OutcomeKind.FAILED: Level.ERROR}[self]
+        return {
+            OutcomeKind.SUCCEEDED: Level.OK,
+            OutcomeKind.CANCELLED: Level.WARNING,
+            OutcomeKind.FAILED: Level.ERROR,
+        }[self]
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,8 +169,9 @@ class PreviewPage(QWizardPage):
         super().__init__()
         self._wizard = wizard
         self.setTitle("Preview")
-        self.setSubTitle("What will change, computed from the disk itself. Nothing has been "
-                         "written yet.")
+        self.setSubTitle(
+            "What will change, computed from the disk itself. Nothing has been written yet."
+        )
         # The commit page: its button starts the operation and there is no way back after it.
         self.setCommitPage(True)
         self.scroller = QScrollArea()
@@ -226,8 +233,10 @@ class RunPage(QWizardPage):
         super().__init__()
         self._wizard = wizard
         self.setTitle("Running")
-        self.setSubTitle("The operation runs in the background; the main window stays usable "
-                         "for looking at the disks.")
+        self.setSubTitle(
+            "The operation runs in the background; the main window stays usable "
+            "for looking at the disks."
+        )
         self.setButtonText(QWizard.WizardButton.NextButton, "Show the result")
         self.phase = QLabel("Starting…")
         self.phase.setWordWrap(True)
@@ -285,8 +294,10 @@ class RunPage(QWizardPage):
         # Steps that move no data (repairs, renames) have no speed worth showing.
         self.speed.setVisible(bool(event.bytes_done))
         if elapsed > 0.2 and event.bytes_done:
-            self.speed.setText(f"Speed: {rate_text(event.bytes_done / elapsed)} "
-                               f"({human_size(event.bytes_done)} so far in this step)")
+            self.speed.setText(
+                f"Speed: {rate_text(event.bytes_done / elapsed)} "
+                f"({human_size(event.bytes_done)} so far in this step)"
+            )
         if elapsed > 0.2 and event.total and event.done:
             left = elapsed * (event.total - event.done) / event.done
             self.remaining.setText(f"Time remaining in this step: {duration_text(left)}")
@@ -313,8 +324,9 @@ class ResultPage(QWizardPage):
         self.content_layout = QVBoxLayout(self.content)
         self.content_layout.setContentsMargins(0, 0, 0, 0)
         self.show_button = QPushButton("Show the changed chain")
-        self.show_button.setToolTip("Select the changed image in the main window (the folder "
-                                    "has been reloaded from disk)")
+        self.show_button.setToolTip(
+            "Select the changed image in the main window (the folder has been reloaded from disk)"
+        )
         self.show_button.clicked.connect(self._wizard.request_show_chain)
         layout = QVBoxLayout(self)
         layout.addWidget(self.content)
@@ -371,10 +383,16 @@ class OperationWizard(QWizard, Generic[PlanT, ResultT]):
     show_chain_requested = Signal(object)
     running_changed = Signal(bool)
 
-    def __init__(self, vm: VmFolder | None, target: object, *, pool: WorkerPool | None = None,
-                 plan_fn: Callable[..., PlanT] | None = None,
-                 run_fn: Callable[..., ResultT] | None = None,
-                 parent: QWidget | None = None) -> None:
+    def __init__(
+        self,
+        vm: VmFolder | None,
+        target: object,
+        *,
+        pool: WorkerPool | None = None,
+        plan_fn: Callable[..., PlanT] | None = None,
+        run_fn: Callable[..., ResultT] | None = None,
+        parent: QWidget | None = None,
+    ) -> None:
         super().__init__(parent)
         self.vm = vm
         self.target: Target = resolve_target(vm, target)
@@ -394,15 +412,18 @@ class OperationWizard(QWizard, Generic[PlanT, ResultT]):
         self.setOption(QWizard.WizardOption.NoBackButtonOnStartPage, True)
         self.setOption(QWizard.WizardOption.NoCancelButtonOnLastPage, True)
         self.setMinimumSize(760, 560)
-        self.intro_page = TextPage(self.title, self.subtitle.format(**self._words()),
-                                   self.intro)
+        self.intro_page = TextPage(self.title, self.subtitle.format(**self._words()), self.intro)
         self.opts: QWizardPage = cls.options_page_class(self)
         self.preview_page = PreviewPage(self)
         self.run_page = RunPage(self)
         self.result_page = ResultPage(self)
-        for page_id, page in ((INTRO, self.intro_page), (OPTIONS, self.opts),
-                              (PREVIEW, self.preview_page), (RUN, self.run_page),
-                              (RESULT, self.result_page)):
+        for page_id, page in (
+            (INTRO, self.intro_page),
+            (OPTIONS, self.opts),
+            (PREVIEW, self.preview_page),
+            (RUN, self.run_page),
+            (RESULT, self.result_page),
+        ):
             self.setPage(page_id, page)
         self.setStartId(INTRO)
         self.currentIdChanged.connect(self._layout_buttons)
@@ -415,8 +436,14 @@ class OperationWizard(QWizard, Generic[PlanT, ResultT]):
         elif page_id == RESULT:
             layout = [button.Stretch, button.FinishButton]
         else:
-            layout = [button.Stretch, button.BackButton, button.NextButton, button.CommitButton,
-                      button.FinishButton, button.CancelButton]
+            layout = [
+                button.Stretch,
+                button.BackButton,
+                button.NextButton,
+                button.CommitButton,
+                button.FinishButton,
+                button.CancelButton,
+            ]
         self.setButtonLayout(layout)
 
     @property
@@ -427,9 +454,11 @@ class OperationWizard(QWizard, Generic[PlanT, ResultT]):
     def _words(self) -> dict[str, str]:
         """What ``subtitle`` may name: the target, its image, the VM or the target."""
         target = self.target
-        return {"target": target.label,
-                "image": target.image.name if target.image else "the selected image",
-                "where": f"VM '{self.vm.name}'" if self.vm is not None else target.label}
+        return {
+            "target": target.label,
+            "image": target.image.name if target.image else "the selected image",
+            "where": f"VM '{self.vm.name}'" if self.vm is not None else target.label,
+        }
 
     # -- for subclasses ------------------------------------------------------------------------
     def compute_plan(self) -> PlanT:
@@ -449,8 +478,9 @@ class OperationWizard(QWizard, Generic[PlanT, ResultT]):
         del plan
         return None
 
-    def run_call(self, plan: PlanT, progress: Callable[[Progress], None],
-                 token: CancelToken) -> ResultT:
+    def run_call(
+        self, plan: PlanT, progress: Callable[[Progress], None], token: CancelToken
+    ) -> ResultT:
         """Call the run function (subclasses add their keywords)."""
         return self.run_fn(plan, progress=progress, cancel=token)
 
@@ -463,8 +493,9 @@ class OperationWizard(QWizard, Generic[PlanT, ResultT]):
         """What Cancel leaves behind, in words, before the user presses it."""
         return "Cancel stops at the next block and says what state the disk is in."
 
-    def recover_first(self, folder: Path | None, recover: Callable[[Path], Any] | None = None
-                      ) -> None:
+    def recover_first(
+        self, folder: Path | None, recover: Callable[[Path], Any] | None = None
+    ) -> None:
         """Finish or roll back an interrupted earlier operation, as every vdictl command does.
 
         Runs on the worker before a journaled operation. When something was recovered the
@@ -475,8 +506,10 @@ class OperationWizard(QWizard, Generic[PlanT, ResultT]):
             return
         recovered = (recover or recover_pending)(folder)
         if recovered is not None:
-            raise VdiError(f"{recovered.message()} The folder changed, so nothing else was "
-                           "done; open the wizard again to plan on the recovered folder.")
+            raise VdiError(
+                f"{recovered.message()} The folder changed, so nothing else was "
+                "done; open the wizard again to plan on the recovered folder."
+            )
 
     def describe_result(self, page: ResultPage, result: ResultT) -> None:
         """Page 5 for a finished operation."""
@@ -513,16 +546,22 @@ class OperationWizard(QWizard, Generic[PlanT, ResultT]):
 
     def _start_preview_job(self, job: Callable[..., Any]) -> None:
         page = self.preview_page
-        page.scan_label.setText("Reading the allocated blocks for exact figures (read-only; "
-                                "you may go on without waiting)…")
+        page.scan_label.setText(
+            "Reading the allocated blocks for exact figures (read-only; "
+            "you may go on without waiting)…"
+        )
         page.scan_label.setVisible(True)
         page.scan_bar.setRange(0, 0)
         page.scan_bar.setVisible(True)
         # Slots are connected before the job starts (a fast job's signals are never lost).
         self.preview_runner = self.pool.start(
-            job, f"{self.operation}-preview", progress=self._preview_progress,
-            succeeded=self._preview_done, failed=self._preview_failed,
-            cancelled=self._preview_ended)
+            job,
+            f"{self.operation}-preview",
+            progress=self._preview_progress,
+            succeeded=self._preview_done,
+            failed=self._preview_failed,
+            cancelled=self._preview_ended,
+        )
 
     def _preview_progress(self, event: Progress) -> None:
         bar = self.preview_page.scan_bar
@@ -591,13 +630,19 @@ class OperationWizard(QWizard, Generic[PlanT, ResultT]):
             return "", Level.INFO
         if not space.undoable or not space.keep_undo:
             return ("Undo will be impossible: this operation keeps no undo data.", Level.WARNING)
-        return ("Edit > Undo (or 'vdictl undo') can put everything back afterwards, until "
-                "another operation runs or the undo data is discarded.", Level.OK)
+        return (
+            "Edit > Undo (or 'vdictl undo') can put everything back afterwards, until "
+            "another operation runs or the undo data is discarded.",
+            Level.OK,
+        )
 
     def _preview_failed(self, exc: BaseException) -> None:
         self._preview_ended()
-        self.preview_page.add(notice("The exact figures could not be computed: "
-                                     + messages.sentence(exc), Level.WARNING))
+        self.preview_page.add(
+            notice(
+                "The exact figures could not be computed: " + messages.sentence(exc), Level.WARNING
+            )
+        )
 
     def stop_preview_job(self) -> None:
         """Cancel the preview's background read and wait for it (it is read-only)."""
@@ -635,10 +680,13 @@ class OperationWizard(QWizard, Generic[PlanT, ResultT]):
         self._seen = seen
 
         self.runner = self.pool.start(
-            job, str(self.operation), progress=self.run_page.show_progress,
+            job,
+            str(self.operation),
+            progress=self.run_page.show_progress,
             succeeded=lambda result: self._ended(OutcomeKind.SUCCEEDED, result),
             failed=lambda exc: self._ended(OutcomeKind.FAILED, exc),
-            cancelled=lambda: self._ended(OutcomeKind.CANCELLED, None))
+            cancelled=lambda: self._ended(OutcomeKind.CANCELLED, None),
+        )
         self.button(QWizard.WizardButton.CancelButton).setText("Cancel")
         self.running_changed.emit(True)
 
@@ -647,8 +695,10 @@ class OperationWizard(QWizard, Generic[PlanT, ResultT]):
         if self.runner is None or self.outcome is not None:
             return
         self.runner.token.cancel()
-        self.run_page.state.setText("Cancelling: the operation stops at the next block and "
-                                    "then says what state the disk is in…")
+        self.run_page.state.setText(
+            "Cancelling: the operation stops at the next block and "
+            "then says what state the disk is in…"
+        )
         self.button(QWizard.WizardButton.CancelButton).setEnabled(False)
 
     def _ended(self, kind: OutcomeKind, value: Any) -> None:
@@ -664,8 +714,9 @@ class OperationWizard(QWizard, Generic[PlanT, ResultT]):
         self.outcome = Outcome(kind, value, message)
         cancel = self.button(QWizard.WizardButton.CancelButton)
         cancel.setEnabled(True)
-        self.run_page.show_end("Finished." if kind is OutcomeKind.SUCCEEDED else message,
-                               kind.level)
+        self.run_page.show_end(
+            "Finished." if kind is OutcomeKind.SUCCEEDED else message, kind.level
+        )
         self.running_changed.emit(False)
         self.changed.emit(self.target)
         if kind is OutcomeKind.FAILED:
@@ -690,25 +741,38 @@ class OperationWizard(QWizard, Generic[PlanT, ResultT]):
         else:
             page.setSubTitle("The operation failed.")
             page.add(notice(outcome.message, Level.ERROR))
-            page.add(notice("The full technical details were shown in the error dialog "
-                            "(\"Copy details\").", Level.INFO))
+            page.add(
+                notice(
+                    'The full technical details were shown in the error dialog ("Copy details").',
+                    Level.INFO,
+                )
+            )
 
     def describe_check(self, page: ResultPage) -> None:
         """After a change to a VM: load the folder again and compare its problem count."""
-        if self.vm is None or self.operation not in (Operation.DELETE_SNAPSHOT,
-                                                     Operation.REPAIR):
+        if self.vm is None or self.operation not in (Operation.DELETE_SNAPSHOT, Operation.REPAIR):
             return
         before = len(self.vm.problems)
         try:
             after = load_vm_folder(self.vm.folder)
         except VdiError as exc:
-            page.add(notice("Checked afterwards: the VM folder can no longer be read: "
-                            + messages.sentence(exc), Level.ERROR))
+            page.add(
+                notice(
+                    "Checked afterwards: the VM folder can no longer be read: "
+                    + messages.sentence(exc),
+                    Level.ERROR,
+                )
+            )
             return
         count = len(after.problems)
         level = Level.OK if count <= before else Level.WARNING
-        page.add(notice(f"Checked afterwards: the VM folder loads, with {count} problem"
-                        f"{'s' if count != 1 else ''} (before: {before}).", level))
+        page.add(
+            notice(
+                f"Checked afterwards: the VM folder loads, with {count} problem"
+                f"{'s' if count != 1 else ''} (before: {before}).",
+                level,
+            )
+        )
 
     def request_show_chain(self) -> None:
         """Ask the main window to select the changed image."""
@@ -742,15 +806,21 @@ class OperationWizard(QWizard, Generic[PlanT, ResultT]):
     def closeEvent(self, event: QCloseEvent) -> None:  # Qt override
         """Closing while the operation runs: ask, cancel, wait, then close."""
         if self.running:
-            if not confirm(self, f"{self.title} is still running. Cancel it (it stops "
-                                 "at the next block) and close?"):
+            if not confirm(
+                self,
+                f"{self.title} is still running. Cancel it (it stops at the next block) and close?",
+            ):
                 event.ignore()
                 return
             if not self.stop_and_wait():
-                messages.reporter(self, "Still running",
-                                  "The operation did not stop within a minute; the files it "
-                                  f"writes ({self.target.image}) may be in use until it "
-                                  "ends.", "")
+                messages.reporter(
+                    self,
+                    "Still running",
+                    "The operation did not stop within a minute; the files it "
+                    f"writes ({self.target.image}) may be in use until it "
+                    "ends.",
+                    "",
+                )
                 event.ignore()
                 return
         self.stop_preview_job()
@@ -761,4 +831,3 @@ class OperationWizard(QWizard, Generic[PlanT, ResultT]):
         if self.running:
             return
         super().done(result)
-

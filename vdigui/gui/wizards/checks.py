@@ -66,7 +66,8 @@ class AvailabilityChecks(QObject):
         # Who asks for what; read by the jobs on worker threads, so its keys are fixed here
         # (assigning an existing key never resizes the dict a worker may be reading).
         self._wanted: dict[str, CheckKey | None] = dict.fromkeys(
-            ("selection", "selection-repair", "context", "context-repair"))
+            ("selection", "selection-repair", "context", "context-repair")
+        )
         self._epoch = 0
 
     @property
@@ -83,8 +84,9 @@ class AvailabilityChecks(QObject):
         self._pending.clear()
         self._epoch += 1
 
-    def lookup(self, vm: VmFolder | None, target: Target, purpose: str = "selection"
-               ) -> Availability:
+    def lookup(
+        self, vm: VmFolder | None, target: Target, purpose: str = "selection"
+    ) -> Availability:
         """Every operation's (enabled, reason); unknown ones say "Checking…" and are started.
 
         ``purpose`` names who asks ("selection" or "context"): a queued job whose asker has
@@ -105,8 +107,10 @@ class AvailabilityChecks(QObject):
         else:
             result.update(ops)
         if where is None:
-            result[Operation.REPAIR] = (False, "Open a VM folder or a disk image to check it for "
-                                       "repairs.")
+            result[Operation.REPAIR] = (
+                False,
+                "Open a VM folder or a disk image to check it for repairs.",
+            )
         else:
             repair = self._known(repair_key, vm)
             if repair is None:
@@ -125,8 +129,11 @@ class AvailabilityChecks(QObject):
             ops = operation_availability(vm, target, repair=False)
             self._answers[("ops", id(vm), target)] = (vm, ops)
         if repair is None:
-            repair = (repair_availability(vm, target) if where is not None else
-                      (False, "Open a VM folder or a disk image to check it for repairs."))
+            repair = (
+                repair_availability(vm, target)
+                if where is not None
+                else (False, "Open a VM folder or a disk image to check it for repairs.")
+            )
             self._answers[("repair", id(vm), where)] = (vm, repair)
         return {**ops, Operation.REPAIR: repair}
 
@@ -165,11 +172,15 @@ class AvailabilityChecks(QObject):
             self.answered.emit()
 
         def failed(exc: BaseException) -> None:
-            done((False, messages.sentence(exc)) if key[0] == "repair" else
-                 {k: (False, messages.sentence(exc)) for k in _TOGETHER})
+            done(
+                (False, messages.sentence(exc))
+                if key[0] == "repair"
+                else {k: (False, messages.sentence(exc)) for k in _TOGETHER}
+            )
 
-        self.pool.start(job, "availability", succeeded=done, failed=failed,
-                        cancelled=lambda: done(_SKIPPED))
+        self.pool.start(
+            job, "availability", succeeded=done, failed=failed, cancelled=lambda: done(_SKIPPED)
+        )
 
 
 __all__ = ["CHECKING", "AvailabilityChecks", "checking_reason"]

@@ -115,13 +115,18 @@ class CloneOptionsPage(QWizardPage):
             self.types.addButton(button)
         self.dynamic.setChecked(True)
         self.keep_uuid = QCheckBox("Keep the source's UUID (never register both at once)")
-        self.keep_uuid.setToolTip("The clone replaces the source for VirtualBox; registering "
-                                  "both makes VirtualBox refuse the second one.")
-        self.fs_aware = QCheckBox("Leave out blocks the guest's filesystems do not use "
-                                  "(filesystem-aware; smaller clone)")
-        self.fs_aware.setToolTip("Reads the guest's ext2/3/4, NTFS and FAT allocation maps; "
-                                 "unused blocks read as zeros in the clone. Anything not "
-                                 "understood is copied whole.")
+        self.keep_uuid.setToolTip(
+            "The clone replaces the source for VirtualBox; registering "
+            "both makes VirtualBox refuse the second one."
+        )
+        self.fs_aware = QCheckBox(
+            "Leave out blocks the guest's filesystems do not use (filesystem-aware; smaller clone)"
+        )
+        self.fs_aware.setToolTip(
+            "Reads the guest's ext2/3/4, NTFS and FAT allocation maps; "
+            "unused blocks read as zeros in the clone. Anything not "
+            "understood is copied whole."
+        )
 
         self.dest = QLineEdit(str(wizard.default_dest()))
         self.dest.setToolTip("The new image; an existing file is never overwritten")
@@ -173,8 +178,9 @@ class CloneOptionsPage(QWizardPage):
         self.completeChanged.emit()
 
     def _browse(self) -> None:
-        path, _ = QFileDialog.getSaveFileName(self, "Save the clone as", self.dest.text(),
-                                              "VirtualBox disk images (*.vdi)")
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Save the clone as", self.dest.text(), "VirtualBox disk images (*.vdi)"
+        )
         if path:
             self.dest.setText(path if path.lower().endswith(".vdi") else path + ".vdi")
 
@@ -200,8 +206,13 @@ class CloneWizard(OperationWizard[ClonePlans, CloneResults]):
     action_text = "Clone now"
     opts: CloneOptionsPage
 
-    def __init__(self, *args: Any, convert_plan_fn: Callable[..., Any] | None = None,
-                 convert_run_fn: Callable[..., Any] | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        convert_plan_fn: Callable[..., Any] | None = None,
+        convert_run_fn: Callable[..., Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
         self.convert_plan_fn = convert_plan_fn or eng.plan_convert
         self.convert_run_fn = convert_run_fn or eng.run_convert
         super().__init__(*args, **kwargs)
@@ -242,8 +253,10 @@ class CloneWizard(OperationWizard[ClonePlans, CloneResults]):
         except (VdiError, OSError) as exc:
             return False, str(exc)
         if header.image_type == ImageType.DIFFERENCING:
-            return False, ("A snapshot's differencing image cannot be converted; clone it "
-                           "instead for a standalone copy.")
+            return False, (
+                "A snapshot's differencing image cannot be converted; clone it "
+                "instead for a standalone copy."
+            )
         return True, "Rebuild this image as the other type, keeping its name and UUID"
 
     @property
@@ -262,11 +275,13 @@ class CloneWizard(OperationWizard[ClonePlans, CloneResults]):
         paths = chain_of(self.vm, self.target)
         dest = Path(self.opts.dest.text().strip()).expanduser()
         extra = {"fs_aware": True} if self.opts.fs_aware.isChecked() else {}
-        return self.plan_fn(list(paths), dest, fixed=fixed,
-                            keep_uuid=self.opts.keep_uuid.isChecked(), **extra)
+        return self.plan_fn(
+            list(paths), dest, fixed=fixed, keep_uuid=self.opts.keep_uuid.isChecked(), **extra
+        )
 
-    def run_call(self, plan: ClonePlans, progress: Callable[[Progress], None],
-                 token: CancelToken) -> CloneResults:
+    def run_call(
+        self, plan: ClonePlans, progress: Callable[[Progress], None], token: CancelToken
+    ) -> CloneResults:
         """run_convert or run_clone."""
         if isinstance(plan, eng.ConvertPlan):
             return self.convert_run_fn(plan, progress=progress, cancel=token)
@@ -285,50 +300,93 @@ class CloneWizard(OperationWizard[ClonePlans, CloneResults]):
             for text in plan.refusals:
                 page.add(notice(text, Level.ERROR))
         else:
-            page.add(heading(f"A new {kind} image '{plan.dest.name}' of "
-                             f"{human_size(plan.output_size)}"
-                             + (" at most" if not plan.fixed else "")
-                             + f", holding what the guest sees in {self.target.label}."))
+            page.add(
+                heading(
+                    f"A new {kind} image '{plan.dest.name}' of "
+                    f"{human_size(plan.output_size)}"
+                    + (" at most" if not plan.fixed else "")
+                    + f", holding what the guest sees in {self.target.label}."
+                )
+            )
         with open_paths(plan.chain_paths) as chain:
             entries = chain.entries()
             serving = chain.serving_layers()
         served = served_codes(entries, serving)
         layers = len(plan.chain_paths)
-        before_palette = (theme.free_colour(), theme.free_colour(),
-                          *(theme.layer_colour(i) for i in range(layers)))
+        before_palette = (
+            theme.free_colour(),
+            theme.free_colour(),
+            *(theme.layer_colour(i) for i in range(layers)),
+        )
         data = (serving >= 0) & (served != 1)
         after = np.where(data, 2, 0).astype(np.uint8)
         if plan.fixed:
             after[:] = 2
         names = layer_names(self.vm, plan.chain_paths)
-        before_rows = [StripRow(names[i], np.where(
-            entries[i] == BLOCK_FREE, 0, np.where(entries[i] == BLOCK_ZERO, 1, 2)
-        ).astype(np.uint8), state_palette(i), 1.0, human_size(p.stat().st_size))
-            for i, p in reversed(list(enumerate(plan.chain_paths)))][:5]
-        before_rows.append(StripRow("guest sees", served, before_palette, 1.0,
-                                    human_size(total)))
-        page.add(before_after(before_rows, [StripRow(
-            "clone", after, state_palette(layers), 1.0, human_size(plan.output_size))],
-            (f"Source: {layers} file{'s' if layers != 1 else ''}", "The clone")))
-        layer_items = [(theme.layer_colour(i), f"{names[i]} ({short_name(p.name)})"
-                        if names[i] != short_name(p.name) else names[i])
-                       for i, p in enumerate(plan.chain_paths)][:6]
-        page.add(legend([*layer_items, (theme.layer_colour(layers), "data in the clone"),
-                         (theme.free_colour(), "not stored (zeros)")]))
+        before_rows = [
+            StripRow(
+                names[i],
+                np.where(
+                    entries[i] == BLOCK_FREE, 0, np.where(entries[i] == BLOCK_ZERO, 1, 2)
+                ).astype(np.uint8),
+                state_palette(i),
+                1.0,
+                human_size(p.stat().st_size),
+            )
+            for i, p in reversed(list(enumerate(plan.chain_paths)))
+        ][:5]
+        before_rows.append(StripRow("guest sees", served, before_palette, 1.0, human_size(total)))
+        page.add(
+            before_after(
+                before_rows,
+                [
+                    StripRow(
+                        "clone", after, state_palette(layers), 1.0, human_size(plan.output_size)
+                    )
+                ],
+                (f"Source: {layers} file{'s' if layers != 1 else ''}", "The clone"),
+            )
+        )
+        layer_items = [
+            (
+                theme.layer_colour(i),
+                f"{names[i]} ({short_name(p.name)})"
+                if names[i] != short_name(p.name)
+                else names[i],
+            )
+            for i, p in enumerate(plan.chain_paths)
+        ][:6]
+        page.add(
+            legend(
+                [
+                    *layer_items,
+                    (theme.layer_colour(layers), "data in the clone"),
+                    (theme.free_colour(), "not stored (zeros)"),
+                ]
+            )
+        )
         rows = [
             ("Source", f"{layers} file{'s' if layers != 1 else ''}, {human_size(total)}"),
             ("Virtual disk size", human_size(plan.disk_size)),
             ("Blocks with data", f"{plan.data_blocks:,} of {plan.guest_blocks:,}"),
-            *([("Left out (unused by the guest)", f"{plan.fs_blocks:,} blocks")]
-              if getattr(plan, "fs_aware", False) else []),
+            *(
+                [("Left out (unused by the guest)", f"{plan.fs_blocks:,} blocks")]
+                if getattr(plan, "fs_aware", False)
+                else []
+            ),
             ("Clone size", human_size(plan.output_size) + ("" if plan.fixed else " at most")),
-            ("Host space needed", f"{human_size(plan.space_needed)} of "
-                                  f"{human_size(plan.space_free)} free"),
+            (
+                "Host space needed",
+                f"{human_size(plan.space_needed)} of {human_size(plan.space_free)} free",
+            ),
             ("UUID", f"{{{plan.uuid}}}" + (" (the source's)" if plan.keep_uuid else " (new)")),
             ("Destination", str(plan.dest)),
-            ("Estimated time", duration_text(
-                (plan.data_blocks * plan.block_size * 2 + plan.output_size)
-                / eng.ESTIMATED_RATE)),
+            (
+                "Estimated time",
+                duration_text(
+                    (plan.data_blocks * plan.block_size * 2 + plan.output_size) / eng.ESTIMATED_RATE
+                ),
+            ),
         ]
         page.add(figures(rows))
         for text in plan.warnings:
@@ -340,93 +398,165 @@ class CloneWizard(OperationWizard[ClonePlans, CloneResults]):
             for text in plan.refusals:
                 page.add(notice(text, Level.ERROR))
         else:
-            page.add(heading(f"'{plan.path.name}' becomes a {plan.to} image: "
-                             f"{human_size(plan.size_before)} → {human_size(plan.size_after)}."))
+            page.add(
+                heading(
+                    f"'{plan.path.name}' becomes a {plan.to} image: "
+                    f"{human_size(plan.size_before)} → {human_size(plan.size_after)}."
+                )
+            )
         with open_image(plan.path) as image:
             entries = image.block_map[: image.guest_blocks]
-            codes = np.where(entries == BLOCK_FREE, 0,
-                             np.where(entries == BLOCK_ZERO, 1, 2)).astype(np.uint8)
+            codes = np.where(
+                entries == BLOCK_FREE, 0, np.where(entries == BLOCK_ZERO, 1, 2)
+            ).astype(np.uint8)
         after = np.full(codes.size, 2, dtype=np.uint8) if plan.to == "fixed" else codes
         # One cell per guest block in both: what the file stores for it (sizes as captions).
-        page.add(before_after(
-            [StripRow(plan.from_type, codes, state_palette(0), 1.0,
-                      human_size(plan.size_before))],
-            [StripRow(plan.to, after, state_palette(0), 1.0, human_size(plan.size_after))],
-            ("Now", "After converting")))
-        page.add(legend([(theme.layer_colour(0), "block stored in the file"),
-                         (theme.free_colour(), "not stored (reads as zeros)")]))
+        page.add(
+            before_after(
+                [
+                    StripRow(
+                        plan.from_type, codes, state_palette(0), 1.0, human_size(plan.size_before)
+                    )
+                ],
+                [StripRow(plan.to, after, state_palette(0), 1.0, human_size(plan.size_after))],
+                ("Now", "After converting"),
+            )
+        )
+        page.add(
+            legend(
+                [
+                    (theme.layer_colour(0), "block stored in the file"),
+                    (theme.free_colour(), "not stored (reads as zeros)"),
+                ]
+            )
+        )
         rows = [
             ("Type", f"{plan.from_type} → {plan.to}"),
-            ("File size", f"{human_size(plan.size_before)} → {human_size(plan.size_after)}"
-                          + (" at most" if plan.to == "dynamic" else "")),
+            (
+                "File size",
+                f"{human_size(plan.size_before)} → {human_size(plan.size_after)}"
+                + (" at most" if plan.to == "dynamic" else ""),
+            ),
             ("Blocks with data", f"{plan.data_blocks:,}"),
-            ("Host space needed", f"{human_size(plan.space_needed)} of "
-                                  f"{human_size(plan.space_free)} free (old and new file "
-                                  "exist side by side until the swap)"),
-            ("Estimated time", duration_text((plan.data_blocks * plan.block_size
-                                              + plan.size_after) / eng.ESTIMATED_RATE)),
+            (
+                "Host space needed",
+                f"{human_size(plan.space_needed)} of "
+                f"{human_size(plan.space_free)} free (old and new file "
+                "exist side by side until the swap)",
+            ),
+            (
+                "Estimated time",
+                duration_text(
+                    (plan.data_blocks * plan.block_size + plan.size_after) / eng.ESTIMATED_RATE
+                ),
+            ),
         ]
         page.add(figures(rows))
         for text in plan.warnings:
             page.add(notice(text, Level.WARNING))
-        page.add(notice("The file name, UUID and every other header field stay the same, so "
-                        "the VM's settings need no change.", Level.INFO))
+        page.add(
+            notice(
+                "The file name, UUID and every other header field stay the same, so "
+                "the VM's settings need no change.",
+                Level.INFO,
+            )
+        )
 
     def undo_sentence(self, plan: ClonePlans, space: Any) -> tuple[str, Level]:
         """A clone is a new file; a convert replaces the image in place."""
         if space is not None and space.undoable and space.keep_undo:
             return super().undo_sentence(plan, space)
         if isinstance(plan, eng.ConvertPlan):
-            return ("Undo will be impossible: converting replaces the image in place and keeps "
-                    "no undo data. What the guest sees stays exactly the same (verified).",
-                    Level.WARNING)
-        return ("There is nothing to undo afterwards: the clone is a new file, and deleting it "
-                "puts everything back as it was.", Level.INFO)
+            return (
+                "Undo will be impossible: converting replaces the image in place and keeps "
+                "no undo data. What the guest sees stays exactly the same (verified).",
+                Level.WARNING,
+            )
+        return (
+            "There is nothing to undo afterwards: the clone is a new file, and deleting it "
+            "puts everything back as it was.",
+            Level.INFO,
+        )
 
     def run_summary(self, plan: ClonePlans) -> str:
         """What runs."""
         if isinstance(plan, eng.ConvertPlan):
-            return (f"Rebuilding '{plan.path.name}' as a {plan.to} image beside the original, "
-                    "verifying it, then swapping it in.")
-        return (f"Writing '{plan.dest.name}' from {len(plan.chain_paths)} file"
-                f"{'s' if len(plan.chain_paths) != 1 else ''} (read only), then verifying it.")
+            return (
+                f"Rebuilding '{plan.path.name}' as a {plan.to} image beside the original, "
+                "verifying it, then swapping it in."
+            )
+        return (
+            f"Writing '{plan.dest.name}' from {len(plan.chain_paths)} file"
+            f"{'s' if len(plan.chain_paths) != 1 else ''} (read only), then verifying it."
+        )
 
     def cancel_meaning(self) -> str:
         """Nothing appears until the end."""
-        return ("Cancel stops at the next block; the half-written file is removed and the "
-                "source is untouched.")
+        return (
+            "Cancel stops at the next block; the half-written file is removed and the "
+            "source is untouched."
+        )
 
     def describe_result(self, page: ResultPage, result: CloneResults) -> None:
         """Verification and figures."""
         if result.verified and isinstance(result, eng.CloneResult) and result.fs_blocks:
-            page.add(notice("Verified: the clone's filesystems read back with the same usage "
-                            "and every block the guest uses reads as in the source (the "
-                            "blocks left out read as zeros).", Level.OK))
+            page.add(
+                notice(
+                    "Verified: the clone's filesystems read back with the same usage "
+                    "and every block the guest uses reads as in the source (the "
+                    "blocks left out read as zeros).",
+                    Level.OK,
+                )
+            )
         elif result.verified:
-            page.add(notice("Verified: the new file reads back exactly as the source"
-                            + (f" (digest {result.hash[:16]}…)." if result.hash else "."),
-                            Level.OK))
+            page.add(
+                notice(
+                    "Verified: the new file reads back exactly as the source"
+                    + (f" (digest {result.hash[:16]}…)." if result.hash else "."),
+                    Level.OK,
+                )
+            )
         else:
             page.add(notice("Not verified (verification was switched off).", Level.WARNING))
         if isinstance(result, eng.ConvertResult):
             page.add(heading(f"'{result.path.name}' is now a {result.to} image."))
-            page.add(figures([
-                ("File size", f"{human_size(result.size_before)} → "
-                              f"{human_size(result.size_after)}"),
-                ("Blocks stored", f"{result.stored_blocks:,}"),
-            ]))
+            page.add(
+                figures(
+                    [
+                        (
+                            "File size",
+                            f"{human_size(result.size_before)} → {human_size(result.size_after)}",
+                        ),
+                        ("Blocks stored", f"{result.stored_blocks:,}"),
+                    ]
+                )
+            )
             return
         page.add(heading(f"Created '{result.dest.name}'."))
-        page.add(figures([
-            ("File", str(result.dest)),
-            ("Size", f"{human_size(result.file_size)} (the source chain: "
-                     f"{human_size(result.source_size)})"),
-            ("Blocks stored", f"{result.stored_blocks:,} (zeros not stored: "
-                              f"{result.zero_blocks:,})"),
-            ("UUID", f"{{{result.uuid}}}"),
-        ]))
-        page.add(notice("The clone is not registered with any VM; attach it in VirtualBox's "
-                        "storage settings to use it.", Level.INFO))
+        page.add(
+            figures(
+                [
+                    ("File", str(result.dest)),
+                    (
+                        "Size",
+                        f"{human_size(result.file_size)} (the source chain: "
+                        f"{human_size(result.source_size)})",
+                    ),
+                    (
+                        "Blocks stored",
+                        f"{result.stored_blocks:,} (zeros not stored: {result.zero_blocks:,})",
+                    ),
+                    ("UUID", f"{{{result.uuid}}}"),
+                ]
+            )
+        )
+        page.add(
+            notice(
+                "The clone is not registered with any VM; attach it in VirtualBox's "
+                "storage settings to use it.",
+                Level.INFO,
+            )
+        )
 
     def changed_path(self) -> Any:
         """The clone (or the converted image)."""

@@ -69,20 +69,25 @@ working; vdigui proves it by hashing the guest disk before and after.</p>
 an image another program has open.</p>
 """
 
+
 def volumes_table(usage: Any) -> QWidget:
     """What the filesystem-aware analysis found on the guest disk, one line per volume."""
     rows = []
     for volume in usage.volumes:
         if volume.kind == "partition-table":
             continue
-        name = f"{volume.partition} {volume.kind}" + (f" '{volume.label}'" if volume.label
-                                                       else "")
+        name = f"{volume.partition} {volume.kind}" + (f" '{volume.label}'" if volume.label else "")
         if volume.kept_whole or volume.free is None:
             why = " ".join(volume.notes) or "Not understood."
             rows.append((name, f"{human_size(volume.size)}, kept whole. {why}"))
         else:
-            rows.append((name, f"{human_size(volume.size)}: {human_size(volume.used or 0)} "
-                               f"used, {human_size(volume.free)} free"))
+            rows.append(
+                (
+                    name,
+                    f"{human_size(volume.size)}: {human_size(volume.used or 0)} "
+                    f"used, {human_size(volume.free)} free",
+                )
+            )
     box = QWidget()
     layout = QVBoxLayout(box)
     layout.setContentsMargins(0, 0, 0, 0)
@@ -111,13 +116,17 @@ class CompactOptionsPage(QWizardPage):
             what += " (the image the current state writes to)"
         self.setSubTitle(f"How to compact {what}.")
         self.defrag = QCheckBox("Also put the blocks in guest order (defragment)")
-        self.defrag.setToolTip("Rewrites the image into a new file beside it, in the order the "
-                               "guest reads it, then swaps it in with the same UUIDs. Needs "
-                               "free space for a full copy of the data.")
-        why = QLabel("Compaction in place fills holes by moving the highest blocks down, which "
-                     "leaves the blocks in a mixed order. Defragmenting rewrites the whole image "
-                     "in guest order instead: sequential reads get faster, it takes longer and "
-                     "needs room for a copy of the data while it runs.")
+        self.defrag.setToolTip(
+            "Rewrites the image into a new file beside it, in the order the "
+            "guest reads it, then swaps it in with the same UUIDs. Needs "
+            "free space for a full copy of the data."
+        )
+        why = QLabel(
+            "Compaction in place fills holes by moving the highest blocks down, which "
+            "leaves the blocks in a mixed order. Defragmenting rewrites the whole image "
+            "in guest order instead: sequential reads get faster, it takes longer and "
+            "needs room for a copy of the data while it runs."
+        )
         why.setWordWrap(True)
         self.verify = QCheckBox("Verify: hash the guest disk before and after (recommended)")
         self.verify.setChecked(True)
@@ -127,20 +136,27 @@ class CompactOptionsPage(QWizardPage):
         layout.addWidget(why)
         layout.addSpacing(8)
         layout.addWidget(self.verify)
-        self.fs_aware = QCheckBox("Filesystem-aware: also drop blocks the guest's "
-                                  "filesystems do not use (no zero-filling needed)")
-        self.fs_aware.setToolTip("Reads the ext2/3/4, NTFS and FAT allocation maps (and "
-                                 "LVM, swap) of the guest disk; anything not understood is "
-                                 "kept whole.")
-        self.discard_swap = QCheckBox("Also drop the contents of swap partitions (never "
-                                      "for a guest that hibernated to swap)")
+        self.fs_aware = QCheckBox(
+            "Filesystem-aware: also drop blocks the guest's "
+            "filesystems do not use (no zero-filling needed)"
+        )
+        self.fs_aware.setToolTip(
+            "Reads the ext2/3/4, NTFS and FAT allocation maps (and "
+            "LVM, swap) of the guest disk; anything not understood is "
+            "kept whole."
+        )
+        self.discard_swap = QCheckBox(
+            "Also drop the contents of swap partitions (never for a guest that hibernated to swap)"
+        )
         self.discard_swap.setEnabled(False)
         self.fs_aware.toggled.connect(self.discard_swap.setEnabled)
-        fs_note = QLabel("Instead of zero-filling inside the guest, vdigui reads which "
-                         "blocks the guest's filesystems use and drops the others, even "
-                         "when they still hold old data. Dropped blocks then read as "
-                         "zeros; the guest never reads them, and verification checks that "
-                         "every block it does use reads as before.")
+        fs_note = QLabel(
+            "Instead of zero-filling inside the guest, vdigui reads which "
+            "blocks the guest's filesystems use and drops the others, even "
+            "when they still hold old data. Dropped blocks then read as "
+            "zeros; the guest never reads them, and verification checks that "
+            "every block it does use reads as before."
+        )
         fs_note.setWordWrap(True)
         layout.addSpacing(8)
         layout.addWidget(self.fs_aware)
@@ -200,11 +216,13 @@ class CompactWizard(OperationWizard[eng.CompactPlan, eng.CompactResult]):
 
     extras: dict[str, Any]
 
-    def run_call(self, plan: eng.CompactPlan, progress: Callable[[Progress], None],
-                 token: CancelToken) -> eng.CompactResult:
+    def run_call(
+        self, plan: eng.CompactPlan, progress: Callable[[Progress], None], token: CancelToken
+    ) -> eng.CompactResult:
         """run_compact(plan, verify=...)."""
-        return self.run_fn(plan, progress=progress, cancel=token,
-                           verify=self.opts.verify.isChecked())
+        return self.run_fn(
+            plan, progress=progress, cancel=token, verify=self.opts.verify.isChecked()
+        )
 
     # -- preview -------------------------------------------------------------------------------
     def _maps(self, plan: eng.CompactPlan) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -250,49 +268,89 @@ class CompactWizard(OperationWizard[eng.CompactPlan, eng.CompactResult]):
             for text in self.nothing_to_do_advice(plan):
                 page.add(notice(text, Level.INFO))
         elif plan.scanned:
-            page.add(heading(f"Compacting {name} gives back {human_size(saved)}: "
-                             f"{human_size(plan.file_size)} → {human_size(plan.size_after)}."))
+            page.add(
+                heading(
+                    f"Compacting {name} gives back {human_size(saved)}: "
+                    f"{human_size(plan.file_size)} → {human_size(plan.size_after)}."
+                )
+            )
         else:
-            page.add(heading(f"Compacting {name} gives back at least {human_size(saved)}; the "
-                             "all-zero blocks are being counted."))
+            page.add(
+                heading(
+                    f"Compacting {name} gives back at least {human_size(saved)}; the "
+                    "all-zero blocks are being counted."
+                )
+            )
         guest_before, guest_after, slots, slots_after = self._maps(plan)
         palette = state_palette(0)
-        slot_palette = (theme.free_colour(), theme.layer_colour(0), QColor(theme.ALL_ZERO_COLOUR),
-                        QColor(theme.ZERO_COLOUR))
+        slot_palette = (
+            theme.free_colour(),
+            theme.layer_colour(0),
+            QColor(theme.ALL_ZERO_COLOUR),
+            QColor(theme.ZERO_COLOUR),
+        )
         fraction = plan.size_after / plan.file_size if plan.file_size else 1.0
-        page.add(before_after(
-            [StripRow("guest blocks", guest_before, palette),
-             StripRow("file", slots, slot_palette, 1.0, human_size(plan.file_size))],
-            [StripRow("guest blocks", guest_after, palette),
-             StripRow("file", slots_after, slot_palette, fraction, human_size(plan.size_after))],
-            ("Now", "After compaction")))
-        dropped = ("all-zero or unused by the guest (dropped)" if plan.fs_aware
-                   else "all-zero block (dropped)")
-        page.add(legend([(theme.layer_colour(0), "data"),
-                         (theme.ALL_ZERO_COLOUR, dropped),
-                         (theme.ZERO_COLOUR, "zero entry / same as parent"),
-                         (theme.free_colour(), "unallocated or hole in the file")]))
+        page.add(
+            before_after(
+                [
+                    StripRow("guest blocks", guest_before, palette),
+                    StripRow("file", slots, slot_palette, 1.0, human_size(plan.file_size)),
+                ],
+                [
+                    StripRow("guest blocks", guest_after, palette),
+                    StripRow(
+                        "file", slots_after, slot_palette, fraction, human_size(plan.size_after)
+                    ),
+                ],
+                ("Now", "After compaction"),
+            )
+        )
+        dropped = (
+            "all-zero or unused by the guest (dropped)"
+            if plan.fs_aware
+            else "all-zero block (dropped)"
+        )
+        page.add(
+            legend(
+                [
+                    (theme.layer_colour(0), "data"),
+                    (theme.ALL_ZERO_COLOUR, dropped),
+                    (theme.ZERO_COLOUR, "zero entry / same as parent"),
+                    (theme.free_colour(), "unallocated or hole in the file"),
+                ]
+            )
+        )
         zero = "counting…" if plan.zero_blocks is None else f"{plan.zero_blocks.size:,}"
         rows = [
-            ("Blocks stored now", f"{plan.allocated:,} of {plan.guest_blocks:,} "
-                                  f"({human_size(plan.block_size)} each)"),
+            (
+                "Blocks stored now",
+                f"{plan.allocated:,} of {plan.guest_blocks:,} ({human_size(plan.block_size)} each)",
+            ),
             ("All-zero blocks to drop", zero),
         ]
         if plan.differencing:
-            same = ("counting…" if plan.parent_blocks is None
-                    else f"{plan.parent_blocks.size:,}")
+            same = "counting…" if plan.parent_blocks is None else f"{plan.parent_blocks.size:,}"
             rows.append(("Blocks identical to the parent", same))
         if plan.fs_aware:
             fs_blocks = getattr(plan, "fs_blocks", None)
-            rows.append(("Blocks the guest does not use",
-                         "counting…" if fs_blocks is None else f"{fs_blocks.size:,}"))
+            rows.append(
+                (
+                    "Blocks the guest does not use",
+                    "counting…" if fs_blocks is None else f"{fs_blocks.size:,}",
+                )
+            )
         rows += [
             ("Blocks to move" if not plan.defrag else "Blocks to rewrite", f"{plan.moves:,}"),
-            ("File size", f"{human_size(plan.file_size)} → {human_size(plan.size_after)}"
-                          + ("" if plan.scanned else " (at most)")),
+            (
+                "File size",
+                f"{human_size(plan.file_size)} → {human_size(plan.size_after)}"
+                + ("" if plan.scanned else " (at most)"),
+            ),
             ("Space given back", human_size(saved) + ("" if plan.scanned else " (at least)")),
-            ("Host space needed", f"{human_size(plan.space_needed)} of "
-                                  f"{human_size(plan.space_free)} free"),
+            (
+                "Host space needed",
+                f"{human_size(plan.space_needed)} of {human_size(plan.space_free)} free",
+            ),
             ("Estimated time", duration_text(self._estimate(plan))),
         ]
         bad = plan.out_of_range.size + plan.cross_linked.size
@@ -302,10 +360,15 @@ class CompactWizard(OperationWizard[eng.CompactPlan, eng.CompactResult]):
         for text in plan.warnings:
             page.add(notice(text, Level.WARNING))
         if plan.differencing and not plan.refusals:
-            page.add(notice("This is a snapshot's differencing image: blocks identical to the "
-                            "parent become unallocated (the parent shows the same bytes) and "
-                            "all-zero blocks become zero entries, which keep hiding the "
-                            "parent's older data.", Level.INFO))
+            page.add(
+                notice(
+                    "This is a snapshot's differencing image: blocks identical to the "
+                    "parent become unallocated (the parent shows the same bytes) and "
+                    "all-zero blocks become zero entries, which keep hiding the "
+                    "parent's older data.",
+                    Level.INFO,
+                )
+            )
         forecast = getattr(self, "extras", {}).get("forecast")
         if forecast is not None and plan.scanned and not plan.refusals:
             self._explain(page, plan, forecast)
@@ -313,9 +376,14 @@ class CompactWizard(OperationWizard[eng.CompactPlan, eng.CompactResult]):
         if usage is not None and not plan.refusals:
             page.add(volumes_table(usage))
         if not plan.refusals:
-            page.add(notice("UUIDs and the guest's view stay the same, so the VM and every "
-                            "snapshot keep working. The header and block map are backed up "
-                            "beside the image until the compaction has been verified.", Level.INFO))
+            page.add(
+                notice(
+                    "UUIDs and the guest's view stay the same, so the VM and every "
+                    "snapshot keep working. The header and block map are backed up "
+                    "beside the image until the compaction has been verified.",
+                    Level.INFO,
+                )
+            )
 
     @staticmethod
     def nothing_to_do_advice(plan: eng.CompactPlan) -> list[str]:
@@ -328,59 +396,87 @@ class CompactWizard(OperationWizard[eng.CompactPlan, eng.CompactResult]):
         numbers = getattr(plan, "forecast", None)
         usage = getattr(plan, "usage", None)
         understood = usage is not None and any(
-            v.kind not in ("partition-table", "free") and not v.kept_whole
-            for v in usage.volumes)
+            v.kind not in ("partition-table", "free") and not v.kept_whole for v in usage.volumes
+        )
         if numbers is None or not understood:
             if plan.fs_aware:
                 kinds = sorted({v.kind for v in usage.volumes if v.kept_whole}) if usage else []
                 what = f" ({', '.join(kinds)})" if kinds else ""
-                return [f"vdigui could not read the guest's filesystems{what}, so only all-zero "
-                        "blocks can be given back: zero the free space inside the guest first "
-                        "(see the first page) if you expected it to shrink."]
-            return ["If you expected it to shrink, zero the free space inside the guest first "
-                    "(see the first page), or go back and tick \"Filesystem-aware\": only "
-                    "all-zero blocks, or blocks the guest does not use, can be given back."]
+                return [
+                    f"vdigui could not read the guest's filesystems{what}, so only all-zero "
+                    "blocks can be given back: zero the free space inside the guest first "
+                    "(see the first page) if you expected it to shrink."
+                ]
+            return [
+                "If you expected it to shrink, zero the free space inside the guest first "
+                '(see the first page), or go back and tick "Filesystem-aware": only '
+                "all-zero blocks, or blocks the guest does not use, can be given back."
+            ]
         out: list[str] = []
         if numbers.fs_unused_blocks and not plan.fs_aware:
             unused = numbers.fs_unused_blocks * numbers.block_size
-            out.append(f"{human_size(unused)} sit in {numbers.fs_unused_blocks:,} blocks the "
-                       "guest's filesystems do not use but that still hold old data. Go back "
-                       "and tick \"Filesystem-aware\" (or zero the free space inside the "
-                       "guest) to give them back.")
+            out.append(
+                f"{human_size(unused)} sit in {numbers.fs_unused_blocks:,} blocks the "
+                "guest's filesystems do not use but that still hold old data. Go back "
+                'and tick "Filesystem-aware" (or zero the free space inside the '
+                "guest) to give them back."
+            )
         else:
-            out.append("Every stored block holds data the guest's files still use, so there is "
-                       "nothing to give back; zeroing the free space inside the guest would "
-                       "not change that.")
+            out.append(
+                "Every stored block holds data the guest's files still use, so there is "
+                "nothing to give back; zeroing the free space inside the guest would "
+                "not change that."
+            )
         if numbers.partly_used_blocks:
-            out.append(f"{numbers.partly_used_blocks:,} blocks are only partly used "
-                       f"({human_size(numbers.partly_used_free_bytes)} free inside them); a "
-                       "block is kept while any byte of it is in use, so defragmenting inside "
-                       "the guest could free some of them.")
+            out.append(
+                f"{numbers.partly_used_blocks:,} blocks are only partly used "
+                f"({human_size(numbers.partly_used_free_bytes)} free inside them); a "
+                "block is kept while any byte of it is in use, so defragmenting inside "
+                "the guest could free some of them."
+            )
         return out
 
     @staticmethod
     def _explain(page: PreviewPage, plan: eng.CompactPlan, forecast: Any) -> None:
-        """"Why not more?": what the guest's filesystems say about the remaining blocks."""
+        """ "Why not more?": what the guest's filesystems say about the remaining blocks."""
         usage, numbers = forecast
         unused = numbers.fs_unused_blocks * numbers.block_size
-        understood = [v for v in usage.volumes if v.kind not in ("partition-table", "free")
-                      and not v.kept_whole]
+        understood = [
+            v
+            for v in usage.volumes
+            if v.kind not in ("partition-table", "free") and not v.kept_whole
+        ]
         if unused and not plan.fs_aware:
-            page.add(notice(f"{human_size(unused)} more sit in {numbers.fs_unused_blocks:,} "
-                            "blocks the guest's filesystem does not use but that still hold "
-                            "old data. Go back and tick \"Filesystem-aware\" (or zero the "
-                            "free space inside the guest) to give them back too.", Level.INFO))
+            page.add(
+                notice(
+                    f"{human_size(unused)} more sit in {numbers.fs_unused_blocks:,} "
+                    "blocks the guest's filesystem does not use but that still hold "
+                    'old data. Go back and tick "Filesystem-aware" (or zero the '
+                    "free space inside the guest) to give them back too.",
+                    Level.INFO,
+                )
+            )
         if numbers.partly_used_blocks:
-            page.add(notice(f"{numbers.partly_used_blocks:,} blocks are only partly used by "
-                            f"the guest ({human_size(numbers.partly_used_free_bytes)} free "
-                            "inside them); a block is kept while any byte of it is in use, so "
-                            "defragmenting inside the guest could free some of them.", Level.INFO))
+            page.add(
+                notice(
+                    f"{numbers.partly_used_blocks:,} blocks are only partly used by "
+                    f"the guest ({human_size(numbers.partly_used_free_bytes)} free "
+                    "inside them); a block is kept while any byte of it is in use, so "
+                    "defragmenting inside the guest could free some of them.",
+                    Level.INFO,
+                )
+            )
         kept = [v for v in usage.volumes if v.kept_whole]
         if kept and not understood and not plan.fs_aware:  # fs-aware lists the volumes
             kinds = ", ".join(sorted({v.kind for v in kept}))
-            page.add(notice(f"vdigui could not read the guest's filesystems ({kinds}), so it "
-                            "cannot say how much of the stored data the guest still uses; only "
-                            "all-zero blocks are given back.", Level.INFO))
+            page.add(
+                notice(
+                    f"vdigui could not read the guest's filesystems ({kinds}), so it "
+                    "cannot say how much of the stored data the guest still uses; only "
+                    "all-zero blocks are given back.",
+                    Level.INFO,
+                )
+            )
 
     @staticmethod
     def _estimate(plan: eng.CompactPlan) -> float:
@@ -393,51 +489,75 @@ class CompactWizard(OperationWizard[eng.CompactPlan, eng.CompactResult]):
         """Compaction changes the image in place; its undo is the verification beforehand."""
         if space is not None and space.undoable and space.keep_undo:
             return super().undo_sentence(plan, space)
-        return ("Undo will be impossible: compaction changes the image in place and keeps no "
-                "undo data. What the guest sees stays exactly the same"
-                + (" (verified)." if self.opts.verify.isChecked() else "."), Level.WARNING)
+        return (
+            "Undo will be impossible: compaction changes the image in place and keeps no "
+            "undo data. What the guest sees stays exactly the same"
+            + (" (verified)." if self.opts.verify.isChecked() else "."),
+            Level.WARNING,
+        )
 
     def run_summary(self, plan: eng.CompactPlan) -> str:
         """What runs."""
         how = "Defragmenting" if plan.defrag else "Compacting"
-        return (f"{how} '{plan.path.name}': reading its blocks, dropping the all-zero ones, "
-                "moving the rest down, verifying, then cutting the file.")
+        return (
+            f"{how} '{plan.path.name}': reading its blocks, dropping the all-zero ones, "
+            "moving the rest down, verifying, then cutting the file."
+        )
 
     def cancel_meaning(self) -> str:
         """Compaction is consistent at every block."""
-        return ("Cancel stops at the next block. The image stays consistent at every moment: "
-                "a cancelled compaction leaves it unchanged or partly compacted, never broken.")
+        return (
+            "Cancel stops at the next block. The image stays consistent at every moment: "
+            "a cancelled compaction leaves it unchanged or partly compacted, never broken."
+        )
 
     # -- result --------------------------------------------------------------------------------
     def describe_result(self, page: ResultPage, result: eng.CompactResult) -> None:
         """Verification, then before/after figures."""
         if not result.changed:
-            page.add(notice(f"{result.path.name} was already compact; nothing was written.",
-                            Level.OK))
+            page.add(
+                notice(f"{result.path.name} was already compact; nothing was written.", Level.OK)
+            )
         elif result.verified and result.fs_blocks:
-            page.add(notice("Verified: the guest's filesystems read back with the same usage, "
-                            "and every block they use reads exactly as before (the dropped "
-                            "unused blocks now read as zeros).", Level.OK))
+            page.add(
+                notice(
+                    "Verified: the guest's filesystems read back with the same usage, "
+                    "and every block they use reads exactly as before (the dropped "
+                    "unused blocks now read as zeros).",
+                    Level.OK,
+                )
+            )
         elif result.verified:
             digest = f" (digest {result.hash[:16]}…)." if result.hash else "."
-            page.add(notice("Verified: the guest sees exactly the same disk as before" + digest,
-                            Level.OK))
+            page.add(
+                notice(
+                    "Verified: the guest sees exactly the same disk as before" + digest, Level.OK
+                )
+            )
         else:
             page.add(notice("Not verified (verification was switched off).", Level.WARNING))
         how = "Defragmented" if result.defragmented else "Compacted"
-        page.add(heading(f"{how} {result.path.name}: gave back "
-                         f"{human_size(result.bytes_reclaimed)}."))
+        page.add(
+            heading(f"{how} {result.path.name}: gave back {human_size(result.bytes_reclaimed)}.")
+        )
         rows = [
             ("File size", f"{human_size(result.size_before)} → {human_size(result.size_after)}"),
             ("Space given back", human_size(result.bytes_reclaimed)),
-            ("Blocks stored", f"{result.blocks_allocated_before:,} → "
-                              f"{result.blocks_allocated_after:,}"),
+            (
+                "Blocks stored",
+                f"{result.blocks_allocated_before:,} → {result.blocks_allocated_after:,}",
+            ),
             ("All-zero blocks dropped", f"{result.zero_blocks:,}"),
-            *([("Blocks unused by the guest dropped", f"{result.fs_blocks:,}")]
-              if getattr(result, "fs_blocks", 0) else []),
+            *(
+                [("Blocks unused by the guest dropped", f"{result.fs_blocks:,}")]
+                if getattr(result, "fs_blocks", 0)
+                else []
+            ),
             ("Blocks same as the parent dropped", f"{result.parent_blocks:,}"),
-            ("Blocks " + ("rewritten" if result.defragmented else "moved"),
-             f"{result.moved_blocks:,}"),
+            (
+                "Blocks " + ("rewritten" if result.defragmented else "moved"),
+                f"{result.moved_blocks:,}",
+            ),
         ]
         if result.sanitised_blocks:
             rows.append(("Bad map entries cleared", f"{result.sanitised_blocks:,}"))

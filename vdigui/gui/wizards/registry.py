@@ -77,20 +77,57 @@ class OperationSpec:
 
 
 _W = "vdigui.gui.wizards."
-REGISTRY: dict[Operation, OperationSpec] = {spec.key: spec for spec in (
-    OperationSpec(Operation.COMPACT, "Compact", "&Compact…", "Ctrl+Shift+C", "SP_ArrowDown",
-                  _W + "compact:CompactWizard", tg.compact_availability),
-    OperationSpec(Operation.CLONE, "Clone or Convert", "C&lone / Convert…", "Ctrl+Shift+N",
-                  "SP_FileDialogNewFolder", _W + "clone:CloneWizard", tg.clone_availability),
-    OperationSpec(Operation.DELETE_SNAPSHOT, "Delete Snapshot", "&Delete Snapshot…",
-                  "Ctrl+Shift+Del", "SP_TrashIcon", _W + "delete_snapshot:DeleteSnapshotWizard",
-                  tg.delete_snapshot_availability),
-    OperationSpec(Operation.REPAIR, "Repair Chain", "&Repair Chain…", "Ctrl+Shift+R",
-                  "SP_DialogApplyButton", _W + "repair:RepairWizard", tg.repair_availability,
-                  planned_apart=True),
-    OperationSpec(Operation.RESIZE, "Resize Disk", "Re&size…", "Ctrl+Shift+S",
-                  "SP_TitleBarMaxButton", _W + "resize:ResizeWizard", tg.resize_availability),
-)}
+REGISTRY: dict[Operation, OperationSpec] = {
+    spec.key: spec
+    for spec in (
+        OperationSpec(
+            Operation.COMPACT,
+            "Compact",
+            "&Compact…",
+            "Ctrl+Shift+C",
+            "SP_ArrowDown",
+            _W + "compact:CompactWizard",
+            tg.compact_availability,
+        ),
+        OperationSpec(
+            Operation.CLONE,
+            "Clone or Convert",
+            "C&lone / Convert…",
+            "Ctrl+Shift+N",
+            "SP_FileDialogNewFolder",
+            _W + "clone:CloneWizard",
+            tg.clone_availability,
+        ),
+        OperationSpec(
+            Operation.DELETE_SNAPSHOT,
+            "Delete Snapshot",
+            "&Delete Snapshot…",
+            "Ctrl+Shift+Del",
+            "SP_TrashIcon",
+            _W + "delete_snapshot:DeleteSnapshotWizard",
+            tg.delete_snapshot_availability,
+        ),
+        OperationSpec(
+            Operation.REPAIR,
+            "Repair Chain",
+            "&Repair Chain…",
+            "Ctrl+Shift+R",
+            "SP_DialogApplyButton",
+            _W + "repair:RepairWizard",
+            tg.repair_availability,
+            planned_apart=True,
+        ),
+        OperationSpec(
+            Operation.RESIZE,
+            "Resize Disk",
+            "Re&size…",
+            "Ctrl+Shift+S",
+            "SP_TitleBarMaxButton",
+            _W + "resize:ResizeWizard",
+            tg.resize_availability,
+        ),
+    )
+}
 
 #: The operations, in menu order.
 OPERATIONS: tuple[Operation, ...] = tuple(REGISTRY)
@@ -105,12 +142,12 @@ def spec(key: Operation | str) -> OperationSpec:
     try:
         return REGISTRY[Operation(key)]
     except ValueError:
-        raise ValueError(f"unknown operation '{key}' (choose "
-                         f"{', '.join(OPERATIONS)})") from None
+        raise ValueError(f"unknown operation '{key}' (choose {', '.join(OPERATIONS)})") from None
 
 
-def operation_availability(vm: VmFolder | None, target: object, *,
-                           repair: bool = True) -> Availability:
+def operation_availability(
+    vm: VmFolder | None, target: object, *, repair: bool = True
+) -> Availability:
     """For each operation: (enabled, reason) where reason is the tooltip.
 
     It runs only the engine's plans, which read headers and block maps (never the data) and
@@ -123,8 +160,11 @@ def operation_availability(vm: VmFolder | None, target: object, *,
         resolved = tg.resolve_target(vm, target)
     except VdiError as exc:
         return dict.fromkeys(OPERATIONS, (False, tg.first_sentence(str(exc))))
-    return {key: s.availability(vm, resolved) for key, s in REGISTRY.items()
-            if repair or not s.planned_apart}
+    return {
+        key: s.availability(vm, resolved)
+        for key, s in REGISTRY.items()
+        if repair or not s.planned_apart
+    }
 
 
 def first_suitable(vm: VmFolder | None, image: Path | None, kind: Operation | str) -> Target:
@@ -146,5 +186,14 @@ def first_suitable(vm: VmFolder | None, image: Path | None, kind: Operation | st
     return candidates[0]
 
 
-__all__ = ["OPERATIONS", "REGISTRY", "Answer", "Availability", "Operation", "OperationSpec",
-           "first_suitable", "operation_availability", "spec"]
+__all__ = [
+    "OPERATIONS",
+    "REGISTRY",
+    "Answer",
+    "Availability",
+    "Operation",
+    "OperationSpec",
+    "first_suitable",
+    "operation_availability",
+    "spec",
+]

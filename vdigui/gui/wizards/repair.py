@@ -55,8 +55,12 @@ fixes answer the same problem you pick one.</p>
 a journal makes the repair all-or-nothing, and <code>vdictl undo</code> reverts it.</p>
 """
 
-STRENGTH_WORDS = {eng.Strength.CERTAIN: "certain", eng.Strength.STRONG: "strong evidence",
-                  eng.Strength.WEAK: "weak evidence", eng.Strength.NONE: "no evidence"}
+STRENGTH_WORDS = {
+    eng.Strength.CERTAIN: "certain",
+    eng.Strength.STRONG: "strong evidence",
+    eng.Strength.WEAK: "weak evidence",
+    eng.Strength.NONE: "no evidence",
+}
 
 
 class RepairOptionsPage(QWizardPage):
@@ -66,17 +70,19 @@ class RepairOptionsPage(QWizardPage):
         super().__init__()
         self._wizard = wizard
         self.setTitle("Proposed fixes")
-        self.setSubTitle("Tick the fixes to apply. Nothing is written until you confirm on the "
-                         "next page.")
+        self.setSubTitle(
+            "Tick the fixes to apply. Nothing is written until you confirm on the next page."
+        )
         self.scroller = QScrollArea()
         self.scroller.setWidgetResizable(True)
         self.scroller.setFrameShape(QScrollArea.Shape.NoFrame)
-        self.verify = QCheckBox("Verify: check that every snapshot and the current state "
-                                "read exactly as before the change, and roll back on any "
-                                "difference (recommended)")
+        self.verify = QCheckBox(
+            "Verify: check that every snapshot and the current state "
+            "read exactly as before the change, and roll back on any "
+            "difference (recommended)"
+        )
         self.verify.setChecked(True)
-        self.verify.setToolTip("Reads the block maps of every state before committing the "
-                               "repair.")
+        self.verify.setToolTip("Reads the block maps of every state before committing the repair.")
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.scroller, 1)
@@ -98,8 +104,9 @@ class RepairOptionsPage(QWizardPage):
         if isinstance(proposal, BaseException):
             inner.addWidget(notice(str(proposal), Level.ERROR))
         elif not proposal.fixes:
-            inner.addWidget(notice("Nothing to repair: vdigui found no problem it knows how "
-                                   "to fix.", Level.OK))
+            inner.addWidget(
+                notice("Nothing to repair: vdigui found no problem it knows how to fix.", Level.OK)
+            )
         else:
             groups: dict[str, list[Any]] = {}
             for fix in proposal.fixes:
@@ -107,8 +114,11 @@ class RepairOptionsPage(QWizardPage):
             for members in groups.values():
                 inner.addWidget(self._group_box(members))
         for note in getattr(proposal, "notes", ()):
-            inner.addWidget(notice(note[:1].upper() + note[1:] + ("" if note.endswith(".")
-                                                                   else "."), Level.WARNING))
+            inner.addWidget(
+                notice(
+                    note[:1].upper() + note[1:] + ("" if note.endswith(".") else "."), Level.WARNING
+                )
+            )
         inner.addStretch(1)
         self.scroller.setWidget(content)
         self.completeChanged.emit()
@@ -126,18 +136,19 @@ class RepairOptionsPage(QWizardPage):
             self._groups.append(group)
         for fix in members:
             text = f"{fix.id}: {fix.action}"
-            button: QAbstractButton = (QRadioButton(text) if group is not None
-                                       else QCheckBox(text))
+            button: QAbstractButton = QRadioButton(text) if group is not None else QCheckBox(text)
             button.setChecked(fix.default and not fix.needs_force)
-            button.setToolTip(f"Evidence ({STRENGTH_WORDS.get(fix.strength, fix.strength)}): "
-                              f"{fix.evidence}")
+            button.setToolTip(
+                f"Evidence ({STRENGTH_WORDS.get(fix.strength, fix.strength)}): {fix.evidence}"
+            )
             button.toggled.connect(self.completeChanged)
             if group is not None:
                 group.addButton(button)
             self.choices[fix.id] = button
             layout.addWidget(_wrapped(button))
-            evidence = QLabel(f"Evidence ({STRENGTH_WORDS.get(fix.strength, fix.strength)}): "
-                              f"{fix.evidence}")
+            evidence = QLabel(
+                f"Evidence ({STRENGTH_WORDS.get(fix.strength, fix.strength)}): {fix.evidence}"
+            )
             evidence.setWordWrap(True)
             evidence.setIndent(24)
             evidence.setEnabled(fix.strength in (eng.Strength.CERTAIN, eng.Strength.STRONG))
@@ -168,7 +179,7 @@ def _wrapped(button: QAbstractButton) -> QWidget:
     layout = QVBoxLayout(holder)
     layout.setContentsMargins(0, 0, 0, 0)
     button.setText(text[: text.index(":") + 1] if ":" in text else "")
-    label = QLabel(text[text.index(":") + 1:].strip() if ":" in text else text)
+    label = QLabel(text[text.index(":") + 1 :].strip() if ":" in text else text)
     label.setWordWrap(True)
     label.setIndent(24)
     layout.addWidget(button)
@@ -214,8 +225,9 @@ class RepairWizard(OperationWizard[eng.RepairPlan, eng.RepairResult]):
         if isinstance(proposal, BaseException):
             raise proposal
         chosen = set(self.opts.chosen())
-        return dataclasses.replace(proposal, fixes=tuple(
-            f for f in proposal.fixes if f.id in chosen))
+        return dataclasses.replace(
+            proposal, fixes=tuple(f for f in proposal.fixes if f.id in chosen)
+        )
 
     def plan_space(self, plan: eng.RepairPlan) -> Any:
         """The engine states the space of its default choice of fixes; shown only for it."""
@@ -229,14 +241,20 @@ class RepairWizard(OperationWizard[eng.RepairPlan, eng.RepairResult]):
         """Nothing ticked: nothing to run."""
         return () if plan.fixes else ("No fix is ticked; go back and tick at least one.",)
 
-    def run_call(self, plan: eng.RepairPlan, progress: Callable[[Progress], None],
-                 token: CancelToken) -> eng.RepairResult:
+    def run_call(
+        self, plan: eng.RepairPlan, progress: Callable[[Progress], None], token: CancelToken
+    ) -> eng.RepairResult:
         """run_repair with the ticked fixes chosen explicitly (weak ones included)."""
         if plan.vbox is not None:
             self.recover_first(plan.folder, self.recover_fn)
-        return self.run_fn(plan, choose={f.id for f in plan.fixes}, force=False,
-                           progress=progress, cancel=token,
-                           verify=self.opts.verify.isChecked())
+        return self.run_fn(
+            plan,
+            choose={f.id for f in plan.fixes},
+            force=False,
+            progress=progress,
+            cancel=token,
+            verify=self.opts.verify.isChecked(),
+        )
 
     # -- preview -------------------------------------------------------------------------------
     def fill_preview(self, page: PreviewPage, plan: eng.RepairPlan) -> None:
@@ -248,45 +266,84 @@ class RepairWizard(OperationWizard[eng.RepairPlan, eng.RepairResult]):
             where = f"{fix.files[0].name}: " if fix.files else ""
             page.add(heading(f"{fix.id}. {where}{fix.action}"))
             files = "\n".join(str(p) for p in fix.files) or "none"
-            page.add(figures([
-                ("Problem", fix.problem),
-                ("Evidence", f"{fix.evidence} ({STRENGTH_WORDS.get(fix.strength, fix.strength)})"),
-                ("Files written", files),
-            ]))
+            page.add(
+                figures(
+                    [
+                        ("Problem", fix.problem),
+                        (
+                            "Evidence",
+                            f"{fix.evidence} ({STRENGTH_WORDS.get(fix.strength, fix.strength)})",
+                        ),
+                        ("Files written", files),
+                    ]
+                )
+            )
             if fix.strength in (eng.Strength.WEAK, eng.Strength.NONE):
-                page.add(notice("The evidence for this fix is weak: apply it only if you know "
-                                "the files belong together.", Level.WARNING))
+                page.add(
+                    notice(
+                        "The evidence for this fix is weak: apply it only if you know "
+                        "the files belong together.",
+                        Level.WARNING,
+                    )
+                )
         page.add(rule())
         for text in plan.notes:
-            page.add(notice(text[:1].upper() + text[1:] + ("" if text.endswith(".") else "."),
-                            Level.WARNING))
+            page.add(
+                notice(
+                    text[:1].upper() + text[1:] + ("" if text.endswith(".") else "."), Level.WARNING
+                )
+            )
         folder = plan.folder
         # With the space figures shown, the section below says how undo works; said once.
-        undo = ("." if self.plan_space(plan) is not None else
-                f"; Edit > Undo (or 'vdictl undo \"{folder}\"') reverts this repair.")
-        page.add(notice(f"Backups of every header, block map and the .vbox go to "
-                        f"'{folder / '.vdigui'}' first{undo}", Level.INFO))
+        undo = (
+            "."
+            if self.plan_space(plan) is not None
+            else f"; Edit > Undo (or 'vdictl undo \"{folder}\"') reverts this repair."
+        )
+        page.add(
+            notice(
+                f"Backups of every header, block map and the .vbox go to "
+                f"'{folder / '.vdigui'}' first{undo}",
+                Level.INFO,
+            )
+        )
 
     def run_summary(self, plan: eng.RepairPlan) -> str:
         """What runs."""
-        return (f"Applying {', '.join(f.id for f in plan.fixes)} after backing up every file "
-                "they change.")
+        return (
+            f"Applying {', '.join(f.id for f in plan.fixes)} after backing up every file "
+            "they change."
+        )
 
     def cancel_meaning(self) -> str:
         """All or nothing."""
-        return ("Cancel stops before the next fix and restores the backups: a repair is "
-                "applied completely or not at all.")
+        return (
+            "Cancel stops before the next fix and restores the backups: a repair is "
+            "applied completely or not at all."
+        )
 
     def describe_result(self, page: ResultPage, result: eng.RepairResult) -> None:
         """What was applied and where the backup is."""
         count = len(result.applied)
-        page.add(notice(f"Applied {count} fix{'es' if count != 1 else ''}: "
-                        f"{', '.join(result.applied)}. The main window has read the folder "
-                        "again; its Problems panel shows what remains.", Level.OK))
-        page.add(figures([("Changes", "\n".join(result.notes) or "none"),
-                          ("Backup", str(result.backup_dir))]))
-        page.add(notice(f"Edit > Undo (or 'vdictl undo \"{self.where()}\"') reverts this "
-                        "repair.", Level.INFO))
+        page.add(
+            notice(
+                f"Applied {count} fix{'es' if count != 1 else ''}: "
+                f"{', '.join(result.applied)}. The main window has read the folder "
+                "again; its Problems panel shows what remains.",
+                Level.OK,
+            )
+        )
+        page.add(
+            figures(
+                [("Changes", "\n".join(result.notes) or "none"), ("Backup", str(result.backup_dir))]
+            )
+        )
+        page.add(
+            notice(
+                f"Edit > Undo (or 'vdictl undo \"{self.where()}\"') reverts this repair.",
+                Level.INFO,
+            )
+        )
 
     def changed_path(self) -> Any:
         """The repaired folder or image."""

@@ -95,10 +95,12 @@ restores the old disk afterwards.</p>
 def option_words(text: str) -> str:
     """An engine sentence about ``--grow-partition`` in the page's words (no command flags)."""
     text = text.replace(f"; run without {_FLAG}.", ".")
-    text = text.replace(f"Run without {_FLAG}, then in the guest move",
-                        "Instead, in the guest, move")
-    text = text.replace(f" — or rerun vdictl resize with {_FLAG}",
-                        f" — or go back and tick {_OPTION}")
+    text = text.replace(
+        f"Run without {_FLAG}, then in the guest move", "Instead, in the guest, move"
+    )
+    text = text.replace(
+        f" — or rerun vdictl resize with {_FLAG}", f" — or go back and tick {_OPTION}"
+    )
     return text.replace(_FLAG, _OPTION)
 
 
@@ -136,12 +138,14 @@ def _whole_disk(size: int, why: str) -> UsageMap:
 
 
 def _is_volume_of(volume: Volume, partition: str | None) -> bool:
-    return partition is not None and (volume.partition == partition
-                                      or volume.partition.startswith(partition + " "))
+    return partition is not None and (
+        volume.partition == partition or volume.partition.startswith(partition + " ")
+    )
 
 
-def usage_after(usage: UsageMap | None, old: int, new: int, grown: str | None,
-                grown_end: int) -> UsageMap:
+def usage_after(
+    usage: UsageMap | None, old: int, new: int, grown: str | None, grown_end: int
+) -> UsageMap:
     """The volumes as they will be after a resize from ``old`` to ``new`` bytes.
 
     ``grown`` names the partition that grows to ``grown_end`` (None: no partition grows); it
@@ -151,15 +155,19 @@ def usage_after(usage: UsageMap | None, old: int, new: int, grown: str | None,
     """
     if usage is None:
         usage = _whole_disk(old, "The guest's content could not be read.")
-    tail = [v for v in usage.volumes
-            if v.kind == "partition-table" and v.start > 0 and v.start + v.size >= old]
+    tail = [
+        v
+        for v in usage.volumes
+        if v.kind == "partition-table" and v.start > 0 and v.start + v.size >= old
+    ]
     limit = new - sum(v.size for v in tail)
     kept: list[Volume] = []
     for v in sorted((v for v in usage.volumes if v not in tail), key=lambda v: v.start):
         if grown is not None and _is_volume_of(v, grown) and grown_end > v.start:
             extra = grown_end - (v.start + v.size)
-            v = dataclasses.replace(v, size=grown_end - v.start,
-                                    free=None if v.free is None else v.free + max(0, extra))
+            v = dataclasses.replace(
+                v, size=grown_end - v.start, free=None if v.free is None else v.free + max(0, extra)
+            )
         if v.start >= limit:
             continue
         if v.start + v.size > limit:
@@ -177,8 +185,19 @@ def usage_after(usage: UsageMap | None, old: int, new: int, grown: str | None,
         if last is not None and last.kind == "free" and last.start + last.size == end:
             kept[-1] = dataclasses.replace(last, size=limit - last.start)
         else:
-            kept.append(Volume("free", "", end, limit - end, None, None, False,
-                               ("New space, not yet in any partition.",), "unpartitioned"))
+            kept.append(
+                Volume(
+                    "free",
+                    "",
+                    end,
+                    limit - end,
+                    None,
+                    None,
+                    False,
+                    ("New space, not yet in any partition.",),
+                    "unpartitioned",
+                )
+            )
     kept += [dataclasses.replace(v, start=new - (old - v.start)) for v in tail]
     return UsageMap(usage.block_size, usage.used_bytes, tuple(kept), usage.notes)
 
@@ -219,16 +238,24 @@ class BarsBox(QGroupBox):
         grid.addWidget(self.after, 1, 1)
         grid.addWidget(self.after_caption, 1, 2)
         grid.setColumnStretch(1, 1)
-        self.key = legend([(KIND_COLOURS["free"], "outline: space in no partition"),
-                           (USED_FILL, "used by the guest's files (hatched: not read)")])
+        self.key = legend(
+            [
+                (KIND_COLOURS["free"], "outline: space in no partition"),
+                (USED_FILL, "used by the guest's files (hatched: not read)"),
+            ]
+        )
         grid.addWidget(self.key, 2, 0, 1, 3)
 
-    def show_resize(self, usage: UsageMap | None, old: int, new: int, grown: str | None,
-                    grown_end: int) -> None:
+    def show_resize(
+        self, usage: UsageMap | None, old: int, new: int, grown: str | None, grown_end: int
+    ) -> None:
         """Both bars for a resize from ``old`` to ``new`` bytes."""
         scale = max(old, new)
-        before = usage if usage is not None else _whole_disk(
-            old, "The guest's content could not be read.")
+        before = (
+            usage
+            if usage is not None
+            else _whole_disk(old, "The guest's content could not be read.")
+        )
         self.before.show_disk(before, scale)
         self.after.show_disk(usage_after(usage, old, new, grown, grown_end), scale)
         self.before_caption.setText(human_size(old))
@@ -251,17 +278,18 @@ class ResizeOptionsPage(QWizardPage):
         self._wizard = wizard
         self.setTitle("New size")
         image = wizard.target.image.name if wizard.target.image is not None else ""
-        self.setSubTitle(f"How big the disk of {wizard.target.label}"
-                         + (f" ({image})" if image and image not in wizard.target.label
-                            else "") + " should be.")
+        self.setSubTitle(
+            f"How big the disk of {wizard.target.label}"
+            + (f" ({image})" if image and image not in wizard.target.label else "")
+            + " should be."
+        )
         self.limits: eng.ResizeLimits | None = None
         self.error = ""
         self.loading = False
         self.chosen_size = 0
         self._syncing = False
 
-        self.status = QLabel("Reading the partition table and the guest's filesystems "
-                             "(read-only)…")
+        self.status = QLabel("Reading the partition table and the guest's filesystems (read-only)…")
         self.status.setWordWrap(True)
         self.busy = QProgressBar()
         self.busy.setRange(0, 0)
@@ -274,8 +302,9 @@ class ResizeOptionsPage(QWizardPage):
         self.bars = BarsBox()
         self.slider = QSlider(Qt.Orientation.Horizontal)
         self.slider.setRange(0, SLIDER_STEPS)
-        self.slider.setToolTip("Drag to choose the new size (a logarithmic scale from the "
-                               "minimum to the maximum)")
+        self.slider.setToolTip(
+            "Drag to choose the new size (a logarithmic scale from the minimum to the maximum)"
+        )
         self.size_field = QDoubleSpinBox()
         self.size_field.setDecimals(3)
         self.size_field.setKeyboardTracking(False)
@@ -303,10 +332,13 @@ class ResizeOptionsPage(QWizardPage):
         limits_box = QGroupBox("Limits")
         grid = QGridLayout(limits_box)
         grid.setHorizontalSpacing(12)
-        for row, (name, value, why) in enumerate((
+        for row, (name, value, why) in enumerate(
+            (
                 ("Current size:", self.current_value, None),
                 ("Minimum:", self.min_value, self.min_why),
-                ("Maximum:", self.max_value, self.max_why))):
+                ("Maximum:", self.max_value, self.max_why),
+            )
+        ):
             key = QLabel(name)
             key.setAlignment(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignTop)
             grid.addWidget(key, row * 2, 0)
@@ -318,8 +350,10 @@ class ResizeOptionsPage(QWizardPage):
         grid.setColumnStretch(1, 1)
 
         self.grow = QCheckBox("Grow the last partition to fill the new space")
-        self.grow.setToolTip("Also rewrites the partition table so the last partition ends at "
-                             "the new end of the disk (the filesystem in it grows in the guest)")
+        self.grow.setToolTip(
+            "Also rewrites the partition table so the last partition ends at "
+            "the new end of the disk (the filesystem in it grows in the guest)"
+        )
         self.grow_why = QLabel()
         self.grow_why.setWordWrap(True)
         self.grow_why.setIndent(24)
@@ -385,9 +419,14 @@ class ResizeOptionsPage(QWizardPage):
         self.busy.setVisible(False)
         self.content.setVisible(True)
         low, high = limits.min_size, limits.max_size
-        self.current_value.setText(size_text(limits.current_size)
-                                   + (f", {limits.images} images (the base and its snapshot "
-                                      "layers) grow together" if limits.images > 1 else ""))
+        self.current_value.setText(
+            size_text(limits.current_size)
+            + (
+                f", {limits.images} images (the base and its snapshot layers) grow together"
+                if limits.images > 1
+                else ""
+            )
+        )
         self.min_value.setText(size_text(low))
         self.min_why.setText(limits.min_why)
         self.max_value.setText(size_text(high))
@@ -448,13 +487,20 @@ class ResizeOptionsPage(QWizardPage):
         elif new < old:
             self.change.setText(f"Shrinks the disk by {human_size(old - new)}.")
         else:
-            self.change.setText("The same size as now" + (": only the last partition grows."
-                                                           if self.grow.isChecked() else
-                                                           ": choose another size."))
+            self.change.setText(
+                "The same size as now"
+                + (
+                    ": only the last partition grows."
+                    if self.grow.isChecked()
+                    else ": choose another size."
+                )
+            )
         refusal = limits.grow_partition_refusal
         if refusal is None and new < old:
-            refusal = ("Growing the last partition needs new space, so it cannot be combined "
-                       "with shrinking.")
+            refusal = (
+                "Growing the last partition needs new space, so it cannot be combined "
+                "with shrinking."
+            )
         self.grow.setEnabled(refusal is None)
         if refusal is not None and self.grow.isChecked():
             self.grow.setChecked(False)  # toggled -> _refresh again, with the box clear
@@ -462,8 +508,10 @@ class ResizeOptionsPage(QWizardPage):
         if refusal is not None:
             self.grow_why.setText(option_words(refusal))
         elif limits.last_partition:
-            self.grow_why.setText(f"The last partition is {limits.last_partition}; the "
-                                  "filesystem in it is then grown inside the guest.")
+            self.grow_why.setText(
+                f"The last partition is {limits.last_partition}; the "
+                "filesystem in it is then grown inside the guest."
+            )
         else:
             self.grow_why.setText("")
         self.grow_why.setVisible(bool(self.grow_why.text()))
@@ -497,8 +545,9 @@ class ResizeWizard(OperationWizard[eng.ResizePlan, eng.ResizeResult]):
     action_text = "Resize now"
     opts: ResizeOptionsPage
 
-    def __init__(self, *args: Any, limits_fn: Callable[..., eng.ResizeLimits] | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, *args: Any, limits_fn: Callable[..., eng.ResizeLimits] | None = None, **kwargs: Any
+    ) -> None:
         self.limits_fn = limits_fn or eng.resize_limits
         self.limits_runner: Any = None
         super().__init__(*args, **kwargs)
@@ -522,12 +571,20 @@ class ResizeWizard(OperationWizard[eng.ResizePlan, eng.ResizeResult]):
         def job(_progress: Callable[[Progress], None], _token: CancelToken) -> Any:
             return limits_fn(source, disk=disk)
 
-        self.start_read(job, "resize-limits", page.show_limits,
-                        lambda exc: page.show_error(messages.sentence(exc)))
+        self.start_read(
+            job,
+            "resize-limits",
+            page.show_limits,
+            lambda exc: page.show_error(messages.sentence(exc)),
+        )
 
-    def start_read(self, job: Callable[..., Any], name: str,
-                   succeeded: Callable[[Any], None],
-                   failed: Callable[[BaseException], None]) -> None:
+    def start_read(
+        self,
+        job: Callable[..., Any],
+        name: str,
+        succeeded: Callable[[Any], None],
+        failed: Callable[[BaseException], None],
+    ) -> None:
         """Run a read-only job on the pool (the screenshot mode runs it at once)."""
 
         def done(value: Any) -> None:
@@ -541,8 +598,9 @@ class ResizeWizard(OperationWizard[eng.ResizePlan, eng.ResizeResult]):
         def ended() -> None:
             self.limits_runner = None
 
-        self.limits_runner = self.pool.start(job, name, succeeded=done, failed=broke,
-                                             cancelled=ended)
+        self.limits_runner = self.pool.start(
+            job, name, succeeded=done, failed=broke, cancelled=ended
+        )
 
     def stop_and_wait(self, timeout_ms: int = 60000) -> bool:
         """Also wait for the limits read (it is read-only and short)."""
@@ -555,8 +613,9 @@ class ResizeWizard(OperationWizard[eng.ResizePlan, eng.ResizeResult]):
     def compute_plan(self) -> eng.ResizePlan:
         """plan_resize with the chosen size and option."""
         source, disk = self.source()
-        return self.plan_fn(source, self.opts.chosen_size, grow_partition=self.opts.grow_partition,
-                            disk=disk)
+        return self.plan_fn(
+            source, self.opts.chosen_size, grow_partition=self.opts.grow_partition, disk=disk
+        )
 
     def make_plan(self) -> None:
         """Plan on a worker: it reads the partition table and the guest's filesystems."""
@@ -578,8 +637,10 @@ class ResizeWizard(OperationWizard[eng.ResizePlan, eng.ResizeResult]):
             return plan_fn(source, size, grow_partition=grow, disk=disk)
 
         self._start_preview_job(job)
-        page.scan_label.setText("Planning the resize: reading the images, the partition table "
-                                "and the guest's filesystems (read-only)…")
+        page.scan_label.setText(
+            "Planning the resize: reading the images, the partition table "
+            "and the guest's filesystems (read-only)…"
+        )
 
     def _preview_failed(self, exc: BaseException) -> None:
         """A refused plan: its sentence, as an error (nothing can run)."""
@@ -593,8 +654,9 @@ class ResizeWizard(OperationWizard[eng.ResizePlan, eng.ResizeResult]):
         page.add(notice(option_words(messages.sentence(exc)), Level.ERROR))
         page.finish()
 
-    def run_call(self, plan: eng.ResizePlan, progress: Callable[[Progress], None],
-                 token: CancelToken) -> eng.ResizeResult:
+    def run_call(
+        self, plan: eng.ResizePlan, progress: Callable[[Progress], None], token: CancelToken
+    ) -> eng.ResizeResult:
         """run_resize(plan), verified, keeping undo data."""
         return self.run_fn(plan, verify=True, keep_undo=True, progress=progress, cancel=token)
 
@@ -620,8 +682,7 @@ class ResizeWizard(OperationWizard[eng.ResizePlan, eng.ResizeResult]):
         The engine gives no time; this uses the rate every wizard's estimate uses.
         """
         allocated = sum(c.new_slots for c in plan.images) * self.block_size()
-        return ((2 * self.moved_bytes(plan) + plan.space.undo_bytes + allocated)
-                / eng.ESTIMATED_RATE)
+        return (2 * self.moved_bytes(plan) + plan.space.undo_bytes + allocated) / eng.ESTIMATED_RATE
 
     def fill_preview(self, page: PreviewPage, plan: eng.ResizePlan) -> None:
         """Headline, partition bars, figures, the images that change, notes."""
@@ -630,24 +691,46 @@ class ResizeWizard(OperationWizard[eng.ResizePlan, eng.ResizeResult]):
         if plan.nothing_to_do:
             page.add(heading("The disk already has this size: nothing would change."))
             return
-        page.add(heading(f"{verb} the disk from {human_size(old)} to {human_size(new)}"
-                         + (", and grow its last partition." if plan.table is not None
-                            and plan.table.grown is not None else ".")))
+        page.add(
+            heading(
+                f"{verb} the disk from {human_size(old)} to {human_size(new)}"
+                + (
+                    ", and grow its last partition."
+                    if plan.table is not None and plan.table.grown is not None
+                    else "."
+                )
+            )
+        )
         limits = self.opts.limits
         bars = BarsBox("Partitions now and after")
         table = plan.table
         grown = table.grown.name if table is not None and table.grown is not None else None
-        bars.show_resize(limits.usage if limits is not None else None, old, new, grown,
-                         table.grown_end if table is not None else 0)
+        bars.show_resize(
+            limits.usage if limits is not None else None,
+            old,
+            new,
+            grown,
+            table.grown_end if table is not None else 0,
+        )
         page.add(bars)
         moved = self.moved_bytes(plan)
         rows = [
-            ("Files written", f"{len(plan.images)}: " + ", ".join(
-                c.path.name for c in plan.images)),
-            ("Data moved", human_size(moved) + " (the first blocks, out of the way of the "
-                                               "longer block map)" if moved else "none"),
-            ("Partition table", "unchanged" if table is None else
-             f"{table.scheme.upper()}: {len(table.writes)} sector(s) rewritten"),
+            (
+                "Files written",
+                f"{len(plan.images)}: " + ", ".join(c.path.name for c in plan.images),
+            ),
+            (
+                "Data moved",
+                human_size(moved) + " (the first blocks, out of the way of the longer block map)"
+                if moved
+                else "none",
+            ),
+            (
+                "Partition table",
+                "unchanged"
+                if table is None
+                else f"{table.scheme.upper()}: {len(table.writes)} sector(s) rewritten",
+            ),
             ("Estimated time", duration_text(self.estimate(plan))),
         ]
         page.add(figures(rows))
@@ -682,16 +765,20 @@ class ResizeWizard(OperationWizard[eng.ResizePlan, eng.ResizeResult]):
     def run_summary(self, plan: eng.ResizePlan) -> str:
         """What runs."""
         count = len(plan.images)
-        return (f"Resizing {count} image{'s' if count != 1 else ''} from "
-                f"{human_size(plan.old_size)} to {human_size(plan.new_size)}: saving the undo "
-                "data, moving blocks where needed, writing the maps and headers"
-                + (", rewriting the partition table" if plan.table is not None else "")
-                + ", then verifying.")
+        return (
+            f"Resizing {count} image{'s' if count != 1 else ''} from "
+            f"{human_size(plan.old_size)} to {human_size(plan.new_size)}: saving the undo "
+            "data, moving blocks where needed, writing the maps and headers"
+            + (", rewriting the partition table" if plan.table is not None else "")
+            + ", then verifying."
+        )
 
     def cancel_meaning(self) -> str:
         """Nothing half-done stays."""
-        return ("Cancel stops at the next block and rolls everything back: every image is "
-                "left byte for byte as it was.")
+        return (
+            "Cancel stops at the next block and rolls everything back: every image is "
+            "left byte for byte as it was."
+        )
 
     # -- result ----------------------------------------------------------------------------
     def describe_result(self, page: ResultPage, result: eng.ResizeResult) -> None:
@@ -703,18 +790,33 @@ class ResizeWizard(OperationWizard[eng.ResizePlan, eng.ResizeResult]):
                 parts.append("moved blocks")
             if plan.table is not None:
                 parts.append("partition table")
-            page.add(notice(f"Verified: the {', '.join(parts[:-1])} and {parts[-1]} read back "
-                            "as planned.", Level.OK))
+            page.add(
+                notice(
+                    f"Verified: the {', '.join(parts[:-1])} and {parts[-1]} read back as planned.",
+                    Level.OK,
+                )
+            )
         else:
             page.add(notice("Not verified (verification was switched off).", Level.WARNING))
-        page.add(heading(f"The disk is now {human_size(plan.new_size)} "
-                         f"(was {human_size(plan.old_size)})."))
-        page.add(figures([
-            ("New size", size_text(plan.new_size)),
-            ("Images resized", ", ".join(c.path.name for c in plan.images)),
-            ("Undo", f"Edit > Undo restores the old disk (undo data in {result.backup_dir})"
-             if result.undoable else "no undo data was kept"),
-        ]))
+        page.add(
+            heading(
+                f"The disk is now {human_size(plan.new_size)} (was {human_size(plan.old_size)})."
+            )
+        )
+        page.add(
+            figures(
+                [
+                    ("New size", size_text(plan.new_size)),
+                    ("Images resized", ", ".join(c.path.name for c in plan.images)),
+                    (
+                        "Undo",
+                        f"Edit > Undo restores the old disk (undo data in {result.backup_dir})"
+                        if result.undoable
+                        else "no undo data was kept",
+                    ),
+                ]
+            )
+        )
         for text in result.notes:
             page.add(notice(text, Level.INFO))
         if result.guest_steps:
@@ -722,8 +824,13 @@ class ResizeWizard(OperationWizard[eng.ResizePlan, eng.ResizeResult]):
             page.add(heading("Now, inside the guest"))
             page.add(steps_label(result.guest_steps))
         elif plan.new_size < plan.old_size:
-            page.add(notice("Nothing to do in the guest: the partitions already ended before "
-                            "the new end of the disk.", Level.INFO))
+            page.add(
+                notice(
+                    "Nothing to do in the guest: the partitions already ended before "
+                    "the new end of the disk.",
+                    Level.INFO,
+                )
+            )
 
     def changed_path(self) -> Any:
         """The current state's image."""

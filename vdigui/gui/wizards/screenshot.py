@@ -65,12 +65,21 @@ def _compact_result(plan: Any) -> Any:
     unused = 0 if fs_array is None else int(fs_array.size)
     kept = plan.allocated - zero - parent - unused
     return eng.CompactResult(
-        path=plan.path, defragmented=plan.defrag, changed=not plan.nothing_to_do,
-        size_before=plan.file_size, size_after=plan.size_after,
-        blocks_allocated_before=plan.blocks_allocated, blocks_allocated_after=kept,
+        path=plan.path,
+        defragmented=plan.defrag,
+        changed=not plan.nothing_to_do,
+        size_before=plan.file_size,
+        size_after=plan.size_after,
+        blocks_allocated_before=plan.blocks_allocated,
+        blocks_allocated_after=kept,
         sanitised_blocks=int(plan.out_of_range.size + plan.cross_linked.size),
-        zero_blocks=zero, parent_blocks=parent, moved_blocks=plan.moves, hash=None,
-        verified=True, **({"fs_blocks": unused} if unused else {}))
+        zero_blocks=zero,
+        parent_blocks=parent,
+        moved_blocks=plan.moves,
+        hash=None,
+        verified=True,
+        **({"fs_blocks": unused} if unused else {}),
+    )
 
 
 def _clone_progress(plan: Any) -> Progress:
@@ -84,15 +93,27 @@ def _clone_progress(plan: Any) -> Progress:
 def _clone_result(plan: Any) -> Any:
     """The plan's figures as a result."""
     if isinstance(plan, eng.ConvertPlan):
-        return eng.ConvertResult(path=plan.path, to=plan.to, size_before=plan.size_before,
-                                 size_after=plan.size_after, stored_blocks=plan.data_blocks,
-                                 zero_blocks=0, hash=None, verified=True)
-    return eng.CloneResult(dest=plan.dest, uuid=plan.uuid, modify_uuid=plan.uuid,
-                           stored_blocks=plan.data_blocks,
-                           zero_blocks=plan.guest_blocks - plan.data_blocks,
-                           file_size=plan.output_size,
-                           source_size=sum(s.size for s in plan.stamps), hash=None,
-                           verified=True)
+        return eng.ConvertResult(
+            path=plan.path,
+            to=plan.to,
+            size_before=plan.size_before,
+            size_after=plan.size_after,
+            stored_blocks=plan.data_blocks,
+            zero_blocks=0,
+            hash=None,
+            verified=True,
+        )
+    return eng.CloneResult(
+        dest=plan.dest,
+        uuid=plan.uuid,
+        modify_uuid=plan.uuid,
+        stored_blocks=plan.data_blocks,
+        zero_blocks=plan.guest_blocks - plan.data_blocks,
+        file_size=plan.output_size,
+        source_size=sum(s.size for s in plan.stamps),
+        hash=None,
+        verified=True,
+    )
 
 
 def _merges(plan: Any) -> list[Any]:
@@ -108,8 +129,9 @@ def _delete_progress(plan: Any) -> Progress:
     total = max(1, cost.blocks)
     done = max(1, total // 2)
     per_block = cost.bytes // max(1, cost.blocks)
-    return Progress(f"merging disk 1 of {len(merges)} ({merges[0].direction})", done, total,
-                    done * per_block)
+    return Progress(
+        f"merging disk 1 of {len(merges)} ({merges[0].direction})", done, total, done * per_block
+    )
 
 
 def _delete_result(plan: Any) -> Any:
@@ -118,8 +140,15 @@ def _delete_result(plan: Any) -> Any:
     blocks = sum(s.costs[0].blocks for s in merges if s.costs)
     nbytes = sum(s.costs[0].bytes for s in merges if s.costs)
     removed = tuple(f"moved '{p.name}' into the undo backup" for p, _ in plan.files_removed)
-    result = eng.MergeResult(plan, blocks, nbytes, nbytes / eng.ESTIMATED_RATE, removed,
-                             plan.folder / ".vdigui" / "backups", ())
+    result = eng.MergeResult(
+        plan,
+        blocks,
+        nbytes,
+        nbytes / eng.ESTIMATED_RATE,
+        removed,
+        plan.folder / ".vdigui" / "backups",
+        (),
+    )
     return VerifiedDeletion(result, True, len(merges))
 
 
@@ -131,9 +160,11 @@ def _repair_progress(plan: Any) -> Progress:
 
 def _repair_result(plan: Any) -> Any:
     """The ticked fixes as applied."""
-    return eng.RepairResult(tuple(f.id for f in plan.fixes),
-                            tuple(f"{f.id}: {f.action}" for f in plan.fixes),
-                            plan.folder / ".vdigui" / "backups")
+    return eng.RepairResult(
+        tuple(f.id for f in plan.fixes),
+        tuple(f"{f.id}: {f.action}" for f in plan.fixes),
+        plan.folder / ".vdigui" / "backups",
+    )
 
 
 def _resize_progress(plan: Any) -> Progress:
@@ -168,13 +199,19 @@ _CHOICE: dict[Operation, Callable[[Any], None]] = {Operation.RESIZE: _resize_cho
 
 
 _PROGRESS: dict[Operation, Callable[[Any], Progress]] = {
-    Operation.COMPACT: _compact_progress, Operation.CLONE: _clone_progress,
-    Operation.DELETE_SNAPSHOT: _delete_progress, Operation.REPAIR: _repair_progress,
-    Operation.RESIZE: _resize_progress}
+    Operation.COMPACT: _compact_progress,
+    Operation.CLONE: _clone_progress,
+    Operation.DELETE_SNAPSHOT: _delete_progress,
+    Operation.REPAIR: _repair_progress,
+    Operation.RESIZE: _resize_progress,
+}
 _RESULT: dict[Operation, Callable[[Any], Any]] = {
-    Operation.COMPACT: _compact_result, Operation.CLONE: _clone_result,
-    Operation.DELETE_SNAPSHOT: _delete_result, Operation.REPAIR: _repair_result,
-    Operation.RESIZE: _resize_result}
+    Operation.COMPACT: _compact_result,
+    Operation.CLONE: _clone_result,
+    Operation.DELETE_SNAPSHOT: _delete_result,
+    Operation.REPAIR: _repair_result,
+    Operation.RESIZE: _resize_result,
+}
 
 
 def simulated(cls: type[OperationWizard[Any, Any]]) -> type[OperationWizard[Any, Any]]:
@@ -194,9 +231,13 @@ def simulated(cls: type[OperationWizard[Any, Any]]) -> type[OperationWizard[Any,
                 return
             self.show_refined(plan)
 
-        def start_read(self, job: Callable[..., Any], name: str,
-                       succeeded: Callable[[Any], None],
-                       failed: Callable[[BaseException], None]) -> None:
+        def start_read(
+            self,
+            job: Callable[..., Any],
+            name: str,
+            succeeded: Callable[[Any], None],
+            failed: Callable[[BaseException], None],
+        ) -> None:
             """A wizard's read-only options job (resize's limits): run at once."""
             del name
             try:
@@ -217,8 +258,9 @@ def simulated(cls: type[OperationWizard[Any, Any]]) -> type[OperationWizard[Any,
 
         def fill_result(self, page: ResultPage) -> None:
             if self.outcome is None:
-                self.outcome = Outcome(OutcomeKind.SUCCEEDED,
-                                       _RESULT[self.operation](self.plan), "")
+                self.outcome = Outcome(
+                    OutcomeKind.SUCCEEDED, _RESULT[self.operation](self.plan), ""
+                )
             super().fill_result(page)
 
         def describe_check(self, page: ResultPage) -> None:
@@ -234,9 +276,14 @@ def _settle(rounds: int = 4) -> None:
         time.sleep(0.01)
 
 
-def render_wizard_screenshot(kind: str, vm_or_path: VmFolder | Path | str,
-                             target_name: str | None, page: str, out: Path,
-                             size: tuple[int, int]) -> None:
+def render_wizard_screenshot(
+    kind: str,
+    vm_or_path: VmFolder | Path | str,
+    target_name: str | None,
+    page: str,
+    out: Path,
+    size: tuple[int, int],
+) -> None:
     """Render one page of one wizard to ``out`` (a PNG of exactly ``size`` pixels).
 
     Args:
@@ -266,14 +313,14 @@ def render_wizard_screenshot(kind: str, vm_or_path: VmFolder | Path | str,
     else:
         vm, source = load_vm_or_image(vm_or_path)
         image = source if vm is None else None
-    target = (target_by_name(vm, target_name) if target_name
-              else first_suitable(vm, image, kind))
+    target = target_by_name(vm, target_name) if target_name else first_suitable(vm, image, kind)
     wizard = cls(vm, target)
     try:
         wizard.setAttribute(Qt.WidgetAttribute.WA_DontShowOnScreen, True)
         # The asked size wins over the dialog's minimum, so the PNG is not a scaled copy.
-        wizard.setMinimumSize(min(size[0], wizard.minimumWidth()),
-                              min(size[1], wizard.minimumHeight()))
+        wizard.setMinimumSize(
+            min(size[0], wizard.minimumWidth()), min(size[1], wizard.minimumHeight())
+        )
         wizard.resize(*size)
         wizard.show()
         _settle()
@@ -292,8 +339,12 @@ def render_wizard_screenshot(kind: str, vm_or_path: VmFolder | Path | str,
         _settle()
         picture = wizard.grab().toImage()
         if picture.width() != size[0] or picture.height() != size[1]:
-            picture = picture.scaled(size[0], size[1], Qt.AspectRatioMode.IgnoreAspectRatio,
-                                     Qt.TransformationMode.SmoothTransformation)
+            picture = picture.scaled(
+                size[0],
+                size[1],
+                Qt.AspectRatioMode.IgnoreAspectRatio,
+                Qt.TransformationMode.SmoothTransformation,
+            )
         out = Path(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         if not picture.save(str(out), "PNG"):  # type: ignore[call-overload]

@@ -71,8 +71,9 @@ class Target:
 NONE = Target(TargetKind.NONE, "nothing")
 
 
-def _first_disk_path(vm: VmFolder, uuids: Iterable[uuidlib.UUID]) -> tuple[Path | None,
-                                                                            uuidlib.UUID | None]:
+def _first_disk_path(
+    vm: VmFolder, uuids: Iterable[uuidlib.UUID]
+) -> tuple[Path | None, uuidlib.UUID | None]:
     """The first listed disk that has a readable file, preferring ones snapshots change."""
     found: list[tuple[Path, uuidlib.UUID, bool]] = []
     for uuid in uuids:
@@ -80,8 +81,11 @@ def _first_disk_path(vm: VmFolder, uuids: Iterable[uuidlib.UUID]) -> tuple[Path 
         if not paths:
             continue
         medium = vm.media.get(uuid)
-        excluded = medium is not None and medium.type.lower() in ("writethrough", "shareable",
-                                                                  "readonly")
+        excluded = medium is not None and medium.type.lower() in (
+            "writethrough",
+            "shareable",
+            "readonly",
+        )
         found.append((paths[0], uuid, excluded))
     found.sort(key=lambda item: item[2])
     return (found[0][0], found[0][1]) if found else (None, None)
@@ -99,8 +103,15 @@ def _current_target(vm: VmFolder) -> Target:
 
 
 def _image_target(vm: VmFolder | None, path: Path, uuid: uuidlib.UUID | None = None) -> Target:
-    return Target(TargetKind.IMAGE, f"'{path.name}'", path, None, None,
-                  vm.folder if vm is not None else None, uuid)
+    return Target(
+        TargetKind.IMAGE,
+        f"'{path.name}'",
+        path,
+        None,
+        None,
+        vm.folder if vm is not None else None,
+        uuid,
+    )
 
 
 def resolve_target(vm: VmFolder | None, selection: object) -> Target:
@@ -117,10 +128,14 @@ def resolve_target(vm: VmFolder | None, selection: object) -> Target:
     if getattr(selection, "is_current_state", False):
         return _current_target(vm) if vm is not None else NONE
     # Snapshot rows (GUI SnapNode, engine SnapshotNode): a uuid, a name and no file.
-    if (hasattr(selection, "name") and hasattr(selection, "uuid")
-            and not hasattr(selection, "path") and vm is not None
-            and getattr(selection, "uuid", None) is not None
-            and any(n.uuid == selection.uuid for n in vm.iter_snapshots())):
+    if (
+        hasattr(selection, "name")
+        and hasattr(selection, "uuid")
+        and not hasattr(selection, "path")
+        and vm is not None
+        and getattr(selection, "uuid", None) is not None
+        and any(n.uuid == selection.uuid for n in vm.iter_snapshots())
+    ):
         return _snapshot_target(vm, selection.uuid, str(selection.name))  # type: ignore[attr-defined]
     path = getattr(selection, "path", None)
     if isinstance(path, Path) and not getattr(selection, "error", ""):
@@ -128,8 +143,14 @@ def resolve_target(vm: VmFolder | None, selection: object) -> Target:
     if hasattr(selection, "path") and hasattr(selection, "title"):
         title = str(getattr(selection, "title", "the image"))
         error = str(getattr(selection, "error", "") or "the file is missing")
-        return Target(TargetKind.IMAGE, f"'{title}'", None, folder=vm.folder if vm else None,
-                      medium_uuid=getattr(selection, "uuid", None), error=error)
+        return Target(
+            TargetKind.IMAGE,
+            f"'{title}'",
+            None,
+            folder=vm.folder if vm else None,
+            medium_uuid=getattr(selection, "uuid", None),
+            error=error,
+        )
     if isinstance(selection, Path):
         return _image_target(vm, selection)
     if isinstance(selection, str):
@@ -156,8 +177,9 @@ def target_by_name(vm: VmFolder | None, text: str) -> Target:
     candidate = Path(text)
     if candidate.is_file():
         return _image_target(vm, candidate)
-    raise VdiError(f"Nothing named '{text}' was found"
-                   + (f" in VM '{vm.name}'." if vm is not None else "."))
+    raise VdiError(
+        f"Nothing named '{text}' was found" + (f" in VM '{vm.name}'." if vm is not None else ".")
+    )
 
 
 def load_vm_or_image(path: Path | str) -> tuple[VmFolder | None, Path]:
@@ -282,7 +304,8 @@ def _plan_repair_reason(vm: VmFolder | None, where: Path) -> tuple[bool, str]:
         return False, "Nothing to repair: vdigui found no problem it knows how to fix."
     count = len({f.group for f in plan.fixes})
     return True, f"Review {count} proposed fix{'es' if count != 1 else ''} for this " + (
-        "VM" if vm is not None else "image")
+        "VM" if vm is not None else "image"
+    )
 
 
 def resize_source(vm: VmFolder | None, target: Target) -> tuple[Path, str | None]:
@@ -298,9 +321,11 @@ def resize_source(vm: VmFolder | None, target: Target) -> tuple[Path, str | None
     if target.image is None:
         raise VdiError(_no_image(target, "resize"))
     if target.kind is TargetKind.SNAPSHOT:
-        raise VdiError("A snapshot's disk cannot be resized on its own: select the current "
-                       "state (resizing it grows every snapshot's image with it, each keeping "
-                       "its content).")
+        raise VdiError(
+            "A snapshot's disk cannot be resized on its own: select the current "
+            "state (resizing it grows every snapshot's image with it, each keeping "
+            "its content)."
+        )
     if vm is None:
         return target.image, None
     wanted = target.image.resolve()
@@ -328,8 +353,10 @@ def resize_availability(vm: VmFolder | None, target: Target) -> tuple[bool, str]
     except VdiError as exc:
         return False, first_sentence(str(exc))
     what = target.image.name if target.image is not None else target.label
-    return True, (f"Grow or shrink the disk {what} ({eng.human_size(limits.current_size)})"
-                  + (" with its snapshots" if limits.images > 1 else ""))
+    return True, (
+        f"Grow or shrink the disk {what} ({eng.human_size(limits.current_size)})"
+        + (" with its snapshots" if limits.images > 1 else "")
+    )
 
 
 def candidates(vm: VmFolder | None, image: Path | None) -> list[Target]:
@@ -341,8 +368,7 @@ def candidates(vm: VmFolder | None, image: Path | None) -> list[Target]:
     if vm is None:
         return [] if image is None else [_image_target(None, image)]
     found = [_current_target(vm)]
-    found += [_snapshot_target(vm, n.uuid, n.name) for n in reversed(list(
-        vm.iter_snapshots()))]
+    found += [_snapshot_target(vm, n.uuid, n.name) for n in reversed(list(vm.iter_snapshots()))]
     for uuid, paths in vm.image_paths.items():
         found += [_image_target(vm, p, uuid) for p in paths[:1]]
     return found
@@ -351,7 +377,7 @@ def candidates(vm: VmFolder | None, image: Path | None) -> list[Target]:
 def short_name(name: str, limit: int = 24) -> str:
     """A file name short enough for a label: "{9bb9d102…}.vdi" for UUID-named snapshots."""
     if name.startswith("{") and "}" in name and len(name) > limit:
-        return name[:9] + "…}" + name[name.index("}") + 1:]
+        return name[:9] + "…}" + name[name.index("}") + 1 :]
     return name if len(name) <= limit else name[: limit - 1] + "…"
 
 

@@ -131,23 +131,38 @@ def undo_preview(record: dict[str, Any]) -> list[tuple[str, str]]:
     plan = record.get("plan") or {}
     snapshot = plan.get("snapshot") if isinstance(plan, dict) else None
     if isinstance(snapshot, dict) and snapshot.get("name"):
-        rows.append(("Snapshot", f"'{snapshot['name']}' comes back, with every state as it was "
-                                 "before the deletion"))
+        rows.append(
+            (
+                "Snapshot",
+                f"'{snapshot['name']}' comes back, with every state as it was before the deletion",
+            )
+        )
     for item in record.get("removals", []):
         path = Path(item["path"])
         size = _size(Path(item.get("stash", "")))
-        rows.append((path.name, "brought back from the undo data"
-                     + (f" ({human_size(size)})" if size is not None else "")))
+        rows.append(
+            (
+                path.name,
+                "brought back from the undo data"
+                + (f" ({human_size(size)})" if size is not None else ""),
+            )
+        )
     for entry in record.get("images", []):
         path = Path(entry["path"])
         now, then = _size(path), int(entry.get("size", 0))
-        sizes = (f"{human_size(now)} → {human_size(then)}" if now is not None and now != then
-                 else human_size(then))
+        sizes = (
+            f"{human_size(now)} → {human_size(then)}"
+            if now is not None and now != then
+            else human_size(then)
+        )
         rows.append((path.name, f"header and block map restored; {sizes}"))
     for entry in record.get("files", []):
         path = Path(entry["path"])
-        what = ("the snapshot tree and media registry as before" if path.suffix == ".vbox"
-                else "restored from the backup")
+        what = (
+            "the snapshot tree and media registry as before"
+            if path.suffix == ".vbox"
+            else "restored from the backup"
+        )
         rows.append((path.name, what))
     return rows
 
@@ -155,9 +170,13 @@ def undo_preview(record: dict[str, Any]) -> list[tuple[str, str]]:
 #: Asked before discarding undo data: (parent, title, text) -> True to go on. Tests swap it.
 def ask_discard(parent: QWidget, title: str, text: str) -> bool:
     """A Yes/No box whose default is No."""
-    answer = QMessageBox.question(parent, title, text,
-                                  QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
-                                  QMessageBox.StandardButton.No)
+    answer = QMessageBox.question(
+        parent,
+        title,
+        text,
+        QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+        QMessageBox.StandardButton.No,
+    )
     return answer == QMessageBox.StandardButton.Yes
 
 
@@ -174,9 +193,13 @@ class UndoDialog(QDialog):
     changed = Signal()
     started = Signal()
 
-    def __init__(self, status: UndoStatus, pool: WorkerPool,
-                 parent: QWidget | None = None,
-                 undo_fn: Callable[..., Any] | None = None) -> None:
+    def __init__(
+        self,
+        status: UndoStatus,
+        pool: WorkerPool,
+        parent: QWidget | None = None,
+        undo_fn: Callable[..., Any] | None = None,
+    ) -> None:
         super().__init__(parent)
         self.status = status
         self.pool = pool
@@ -189,10 +212,15 @@ class UndoDialog(QDialog):
         record = status.record or {}
         layout.addWidget(heading(f"Undo “{status.summary}”"))
         finished = str(record.get("finished", "")).replace("T", " ").removesuffix("+00:00")
-        layout.addWidget(notice(
-            "This puts back exactly what the operation changed, from the undo data in "
-            f"{status.backups}" + (f" (it finished {finished} UTC)." if finished else ".")
-            + f" It is the same as 'vdictl undo \"{status.folder}\"'.", Level.INFO))
+        layout.addWidget(
+            notice(
+                "This puts back exactly what the operation changed, from the undo data in "
+                f"{status.backups}"
+                + (f" (it finished {finished} UTC)." if finished else ".")
+                + f" It is the same as 'vdictl undo \"{status.folder}\"'.",
+                Level.INFO,
+            )
+        )
         scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QScrollArea.Shape.NoFrame)
@@ -204,9 +232,14 @@ class UndoDialog(QDialog):
         inner.addStretch(1)
         scroll.setWidget(body)
         layout.addWidget(scroll, 1)
-        layout.addWidget(notice("Shut the VM down first. Nothing the guest wrote since the "
-                                "operation is lost: undo refuses if any of these files "
-                                "changed.", Level.WARNING))
+        layout.addWidget(
+            notice(
+                "Shut the VM down first. Nothing the guest wrote since the "
+                "operation is lost: undo refuses if any of these files "
+                "changed.",
+                Level.WARNING,
+            )
+        )
         self.bar = QProgressBar()
         self.bar.setVisible(False)
         self.state = QLabel()
@@ -237,8 +270,10 @@ class UndoDialog(QDialog):
         def job(progress: Callable[[Progress], None], _token: object) -> str:
             recovered = recover_pending(folder)
             if recovered is not None:
-                return (f"{recovered.message()} Nothing was undone: look at the folder again "
-                        "before undoing anything else.")
+                return (
+                    f"{recovered.message()} Nothing was undone: look at the folder again "
+                    "before undoing anything else."
+                )
             result = undo(folder, progress=progress)
             return f"Undone: {result.summary}."
 
@@ -247,11 +282,14 @@ class UndoDialog(QDialog):
         self.bar.setRange(0, 0)
         self.bar.setVisible(True)
         self.state.setText("Undoing…")
-        self.runner = self.pool.start(job, "undo", progress=self._progress,
-                                      succeeded=lambda text: self._ended(Level.OK, text),
-                                      failed=lambda exc: self._ended(Level.ERROR,
-                                                                     messages.sentence(exc)),
-                                      cancelled=lambda: self._ended(Level.WARNING, "Cancelled."))
+        self.runner = self.pool.start(
+            job,
+            "undo",
+            progress=self._progress,
+            succeeded=lambda text: self._ended(Level.OK, text),
+            failed=lambda exc: self._ended(Level.ERROR, messages.sentence(exc)),
+            cancelled=lambda: self._ended(Level.WARNING, "Cancelled."),
+        )
         self.started.emit()
 
     def _progress(self, event: Progress) -> None:
@@ -316,13 +354,17 @@ class UndoDataBox(QGroupBox):
             self.label.setText(
                 f"vdigui keeps {human_size(status.usage)} of undo data (the removed files and "
                 f"backups of earlier operations) in {status.backups}."
-                + (f" Edit > Undo can undo “{status.summary}”." if status.record else ""))
+                + (f" Edit > Undo can undo “{status.summary}”." if status.record else "")
+            )
         else:
             self.label.setText("vdigui keeps no undo data in this folder.")
         self.discard.setEnabled(status.usage > 0 and not status.error)
         self.discard.setToolTip(
             f"Delete the undo data and free {human_size(status.usage)}; nothing can be undone "
-            "afterwards" if status.usage else "There is no undo data to discard.")
+            "afterwards"
+            if status.usage
+            else "There is no undo data to discard."
+        )
 
 
 class UndoController(QObject):
@@ -337,8 +379,13 @@ class UndoController(QObject):
 
     running_changed = Signal()
 
-    def __init__(self, window: QMainWindow, pool: WorkerPool, run_pool: WorkerPool,
-                 busy_reason: Callable[[Path], str | None]) -> None:
+    def __init__(
+        self,
+        window: QMainWindow,
+        pool: WorkerPool,
+        run_pool: WorkerPool,
+        busy_reason: Callable[[Path], str | None],
+    ) -> None:
         super().__init__(window)
         self.window = window
         self.pool = pool
@@ -374,8 +421,9 @@ class UndoController(QObject):
     @staticmethod
     def _install_menu(window: QMainWindow) -> Any:
         bar = window.menuBar()
-        after_file = next((a for a in bar.actions()
-                           if a.text().replace("&", "") not in ("File",)), None)
+        after_file = next(
+            (a for a in bar.actions() if a.text().replace("&", "") not in ("File",)), None
+        )
         from PySide6.QtWidgets import QMenu
 
         menu = QMenu("&Edit", window)
@@ -420,9 +468,13 @@ class UndoController(QObject):
         def failed(exc: BaseException) -> None:
             done(UndoStatus(folder, None, "", 0, messages.sentence(exc)))
 
-        self.pool.start(lambda _p, _t: read_undo_status(folder), "undo status",
-                        succeeded=done, failed=failed,
-                        cancelled=lambda: done(UndoStatus(folder, None, "", 0, "")))
+        self.pool.start(
+            lambda _p, _t: read_undo_status(folder),
+            "undo status",
+            succeeded=done,
+            failed=failed,
+            cancelled=lambda: done(UndoStatus(folder, None, "", 0, "")),
+        )
 
     def refresh(self) -> None:
         """Enable, name and explain the actions; update the Overview's box."""
@@ -436,9 +488,11 @@ class UndoController(QObject):
             reason = (status.error or status.reason) if status is not None else ""
             undo = (False, "Undo", reason or "There is nothing to undo.")
         else:
-            undo = (busy is None, f"Undo “{status.summary}”…",
-                    busy or f"Put back what “{status.summary}” changed (the same as "
-                            "'vdictl undo')")
+            undo = (
+                busy is None,
+                f"Undo “{status.summary}”…",
+                busy or f"Put back what “{status.summary}” changed (the same as 'vdictl undo')",
+            )
         if self.running:
             undo = (False, undo[1], "The undo is running.")
         enabled, text, tip = undo
@@ -446,14 +500,23 @@ class UndoController(QObject):
         self.undo_action.setText("&" + text)
         self._tip(self.undo_action, tip, enabled)
         if status is not None and status.usage and not status.error:
-            discard = (busy is None and not self.running,
-                       busy or f"Delete {human_size(status.usage)} of undo data in "
-                               f"{status.backups}; nothing can be undone afterwards")
+            discard = (
+                busy is None and not self.running,
+                busy
+                or f"Delete {human_size(status.usage)} of undo data in "
+                f"{status.backups}; nothing can be undone afterwards",
+            )
         elif self._checking:
             discard = (False, "Checking the undo data…")
         else:
-            discard = (False, (status.error if status is not None and status.error else
-                               "There is no undo data to discard."))
+            discard = (
+                False,
+                (
+                    status.error
+                    if status is not None and status.error
+                    else "There is no undo data to discard."
+                ),
+            )
         self.discard_action.setEnabled(discard[0])
         self._tip(self.discard_action, discard[1], discard[0])
         self.box.show_status(status, self._checking)
@@ -512,11 +575,16 @@ class UndoController(QObject):
         if busy:
             self._say(busy)
             return False
-        text = (f"Delete the {human_size(status.usage)} ({status.usage:,} bytes) of undo data in "
-                f"{status.backups}?\n\nThis frees {human_size(status.usage)}. Afterwards undo "
-                "is impossible: "
-                + (f"“{status.summary}” can no longer be undone."
-                   if status.record is not None else "no earlier operation can be undone."))
+        text = (
+            f"Delete the {human_size(status.usage)} ({status.usage:,} bytes) of undo data in "
+            f"{status.backups}?\n\nThis frees {human_size(status.usage)}. Afterwards undo "
+            "is impossible: "
+            + (
+                f"“{status.summary}” can no longer be undone."
+                if status.record is not None
+                else "no earlier operation can be undone."
+            )
+        )
         if not confirm_discard(self.window, "Discard undo data", text):
             return False
         folder = status.folder
@@ -529,12 +597,16 @@ class UndoController(QObject):
             self._changed()
 
         self.discarding = self.run_pool.start(
-            lambda _p, _t: int(discard_undo_data(folder)), "discard undo data",
+            lambda _p, _t: int(discard_undo_data(folder)),
+            "discard undo data",
             succeeded=lambda freed: ended(
                 f"Discarded the undo data: {human_size(freed)} ({freed:,} bytes) freed; the "
-                "last operation can no longer be undone.", Level.OK),
+                "last operation can no longer be undone.",
+                Level.OK,
+            ),
             failed=lambda exc: ended(messages.sentence(exc), Level.ERROR),
-            cancelled=lambda: ended("Stopped.", Level.WARNING))
+            cancelled=lambda: ended("Stopped.", Level.WARNING),
+        )
         self._running_changed()
         return True
 
@@ -544,5 +616,14 @@ class UndoController(QObject):
             self.window.statusBar().showMessage(text, 8000)
 
 
-__all__ = ["UndoController", "UndoDataBox", "UndoDialog", "UndoStatus", "confirm_discard",
-           "read_undo_status", "short_summary", "undo_folder", "undo_preview"]
+__all__ = [
+    "UndoController",
+    "UndoDataBox",
+    "UndoDialog",
+    "UndoStatus",
+    "confirm_discard",
+    "read_undo_status",
+    "short_summary",
+    "undo_folder",
+    "undo_preview",
+]

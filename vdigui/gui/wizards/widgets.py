@@ -52,8 +52,9 @@ class Level(StrEnum):
     @property
     def colour(self) -> str | None:
         """The tint (None: the text colour, for plain information)."""
-        return {Level.ERROR: ERROR_COLOUR, Level.WARNING: WARN_COLOUR,
-                Level.OK: OK_COLOUR}.get(self)
+        return {Level.ERROR: ERROR_COLOUR, Level.WARNING: WARN_COLOUR, Level.OK: OK_COLOUR}.get(
+            self
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,24 +118,32 @@ class MapStrip(QWidget):
             for i, row in enumerate(self.rows):
                 full = self.bar_rect(i)
                 painter.setPen(fg)
-                label = painter.fontMetrics().elidedText(row.label, Qt.TextElideMode.ElideMiddle,
-                                                         self.LABEL_WIDTH - 8)
-                painter.drawText(QRectF(0, full.top(), self.LABEL_WIDTH - 6, full.height()),
-                                 int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter),
-                                 label)
-                painter.drawText(QRectF(full.right() + 6, full.top(), self.CAPTION_WIDTH,
-                                        full.height()),
-                                 int(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter),
-                                 row.caption)
+                label = painter.fontMetrics().elidedText(
+                    row.label, Qt.TextElideMode.ElideMiddle, self.LABEL_WIDTH - 8
+                )
+                painter.drawText(
+                    QRectF(0, full.top(), self.LABEL_WIDTH - 6, full.height()),
+                    int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter),
+                    label,
+                )
+                painter.drawText(
+                    QRectF(full.right() + 6, full.top(), self.CAPTION_WIDTH, full.height()),
+                    int(Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter),
+                    row.caption,
+                )
                 fraction = min(1.0, max(0.0, row.fraction))
-                bar = QRectF(full.left(), full.top(), max(1.0, full.width() * fraction),
-                             full.height())
+                bar = QRectF(
+                    full.left(), full.top(), max(1.0, full.width() * fraction), full.height()
+                )
                 # The part of a full-width bar a smaller file no longer has: an outline only.
                 if fraction < 1.0:
                     painter.setPen(QPen(theme.free_colour().darker(130), 1, Qt.PenStyle.DashLine))
                     painter.setBrush(Qt.BrushStyle.NoBrush)
-                    painter.drawRect(QRectF(bar.right(), full.top(), full.width() - bar.width(),
-                                            full.height() - 1))
+                    painter.drawRect(
+                        QRectF(
+                            bar.right(), full.top(), full.width() - bar.width(), full.height() - 1
+                        )
+                    )
                 if row.codes.size and fraction > 0:
                     painter.drawImage(bar, self._image(row, int(bar.width())))
                 else:
@@ -144,10 +153,10 @@ class MapStrip(QWidget):
 
     @staticmethod
     def _image(row: StripRow, pixels: int) -> QImage:
-        rgba = np.ascontiguousarray(strip_colours(row.codes, pixels, row.palette)
-                                    .reshape(1, -1, 4))
-        image = QImage(rgba.data, rgba.shape[1], 1, rgba.shape[1] * 4,
-                       QImage.Format.Format_RGBA8888)
+        rgba = np.ascontiguousarray(strip_colours(row.codes, pixels, row.palette).reshape(1, -1, 4))
+        image = QImage(
+            rgba.data, rgba.shape[1], 1, rgba.shape[1] * 4, QImage.Format.Format_RGBA8888
+        )
         return image.copy()  # own the pixels: the numpy buffer goes away
 
 
@@ -183,16 +192,21 @@ def legend(items: Sequence[tuple[QColor | str, str]]) -> QLabel:
     parts = []
     for colour, text in items:
         c = QColor(colour).name()
-        parts.append(f'<span style="background-color:{c}; color:{c}">&#9608;&#9608;</span>'
-                     f"&nbsp;{html.escape(text)}")
+        parts.append(
+            f'<span style="background-color:{c}; color:{c}">&#9608;&#9608;</span>'
+            f"&nbsp;{html.escape(text)}"
+        )
     label = QLabel("&nbsp;&nbsp; ".join(parts))
     label.setTextFormat(Qt.TextFormat.RichText)
     label.setWordWrap(True)
     return label
 
 
-def before_after(before: Sequence[StripRow], after: Sequence[StripRow],
-                 titles: tuple[str, str] = ("Before", "After")) -> QWidget:
+def before_after(
+    before: Sequence[StripRow],
+    after: Sequence[StripRow],
+    titles: tuple[str, str] = ("Before", "After"),
+) -> QWidget:
     """Two group boxes side by side holding a strip each."""
     box = QWidget()
     layout = QHBoxLayout(box)
@@ -263,5 +277,9 @@ def rule() -> QFrame:
 
 def state_palette(layer: int = 0) -> tuple[QColor, ...]:
     """The block map's per-layer palette: free, zero entry, data (layer colour), all zero."""
-    return (theme.free_colour(), QColor(theme.ZERO_COLOUR), theme.layer_colour(layer),
-            QColor(theme.ALL_ZERO_COLOUR))
+    return (
+        theme.free_colour(),
+        QColor(theme.ZERO_COLOUR),
+        theme.layer_colour(layer),
+        QColor(theme.ALL_ZERO_COLOUR),
+    )

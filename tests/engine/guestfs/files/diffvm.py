@@ -40,7 +40,8 @@ class DiffVm:
     fats: dict[str, Path]
     starts: list[int]
     steps: dict[tuple[str, str], dict[tuple[str, str], tuple[str, bool]]] = field(
-        default_factory=dict)
+        default_factory=dict
+    )
     written: dict[tuple[str, str], set[int]] = field(default_factory=dict)
     states: tuple[str, ...] = ("S1", "S2", "current")
 
@@ -75,8 +76,7 @@ class DiffVm:
     def file_disk_ranges(self, state: str, path: str) -> list[tuple[int, int]]:
         """``(disk offset, length)`` of an ext file's data blocks, from ``debugfs blocks``."""
         base = self.starts[0] * 512
-        return [(base + b * EXT_BLOCK, EXT_BLOCK)
-                for b in debugfs_blocks(self.exts[state], path)]
+        return [(base + b * EXT_BLOCK, EXT_BLOCK) for b in debugfs_blocks(self.exts[state], path)]
 
 
 def _overwrite_in_place(ext: Path, path: str, offset: int, data: bytes) -> None:
@@ -108,10 +108,17 @@ def build(tmp: Path) -> DiffVm:
     shutil.copy(fats["S1"], fat)
     (tmp / "host2").write_bytes(b"guest-two, renamed and longer\n")
     (tmp / "inner").write_bytes(bytes(range(256)) * 40)
-    debugfs(ext, "rm /etc/hostname", f"write {tmp / 'host2'} /etc/hostname",
-            f"write {tmp / 'host2'} /new.txt", "rm /hard1", "mkdir /newdir",
-            f"write {tmp / 'inner'} /newdir/inner.bin",
-            'sif "/Ünïcødé ñame.txt" mtime 20200101000000', write=True)
+    debugfs(
+        ext,
+        "rm /etc/hostname",
+        f"write {tmp / 'host2'} /etc/hostname",
+        f"write {tmp / 'host2'} /new.txt",
+        "rm /hard1",
+        "mkdir /newdir",
+        f"write {tmp / 'inner'} /newdir/inner.bin",
+        'sif "/Ünïcødé ñame.txt" mtime 20200101000000',
+        write=True,
+    )
     many = sorted(p.name for p in (tree / "many").iterdir() if p.stat().st_size > 100)
     victim = f"/many/{many[7]}"
     _overwrite_in_place(ext, victim, 10, b"CHANGED IN PLACE")
@@ -120,11 +127,15 @@ def build(tmp: Path) -> DiffVm:
     run("mdel", "-i", fat, "::/Old Notes.txt")
     exts["S2"], fats["S2"] = ext, fat
     steps[("S1", "S2")] = {
-        ("p1", "/etc/hostname"): ("changed", True), ("p1", "/new.txt"): ("added", True),
-        ("p1", "/hard1"): ("removed", True), ("p1", "/newdir"): ("added", True),
-        ("p1", "/newdir/inner.bin"): ("added", True), ("p1", victim): ("changed", True),
+        ("p1", "/etc/hostname"): ("changed", True),
+        ("p1", "/new.txt"): ("added", True),
+        ("p1", "/hard1"): ("removed", True),
+        ("p1", "/newdir"): ("added", True),
+        ("p1", "/newdir/inner.bin"): ("added", True),
+        ("p1", victim): ("changed", True),
         ("p1", "/Ünïcødé ñame.txt"): ("changed", False),
-        ("p2", "/README.TXT"): ("changed", True), ("p2", "/Old Notes.txt"): ("removed", True),
+        ("p2", "/README.TXT"): ("changed", True),
+        ("p2", "/Old Notes.txt"): ("removed", True),
     }
 
     # S2 -> current: remove a folder's content and the folder, change a big file in place.
@@ -137,8 +148,10 @@ def build(tmp: Path) -> DiffVm:
     run("mcopy", "-i", fat, tmp / "newfat", "::/NEW.TXT")
     exts["current"], fats["current"] = ext, fat
     steps[("S2", "current")] = {
-        ("p1", "/a/b/c/d/e"): ("removed", True), ("p1", "/a/b/c/d/e/bottom.txt"): ("removed", True),
-        ("p1", "/big.bin"): ("changed", True), ("p2", "/NEW.TXT"): ("added", True),
+        ("p1", "/a/b/c/d/e"): ("removed", True),
+        ("p1", "/a/b/c/d/e/bottom.txt"): ("removed", True),
+        ("p1", "/big.bin"): ("changed", True),
+        ("p2", "/NEW.TXT"): ("added", True),
     }
 
     raws: dict[str, Path] = {}
@@ -153,8 +166,8 @@ def build(tmp: Path) -> DiffVm:
         data = raws[state].read_bytes()
         done = set()
         for b in range(DISK // MiB):
-            chunk = data[b * MiB:(b + 1) * MiB]
-            if chunk != previous[b * MiB:(b + 1) * MiB]:
+            chunk = data[b * MiB : (b + 1) * MiB]
+            if chunk != previous[b * MiB : (b + 1) * MiB]:
                 vm.write(b * MiB, chunk)
                 done.add(b)
         if i:

@@ -22,8 +22,14 @@ from builders import build_image  # noqa: E402
 from support import require_tool  # noqa: E402
 
 MiB = 1 << 20
-ENV = {**os.environ, "MTOOLS_SKIP_CHECK": "1", "E2FSPROGS_FAKE_TIME": "1700000000",
-       "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8", "TZ": "UTC"}
+ENV = {
+    **os.environ,
+    "MTOOLS_SKIP_CHECK": "1",
+    "E2FSPROGS_FAKE_TIME": "1700000000",
+    "LANG": "C.UTF-8",
+    "LC_ALL": "C.UTF-8",
+    "TZ": "UTC",
+}
 
 
 def need(*tools: str) -> None:
@@ -32,8 +38,9 @@ def need(*tools: str) -> None:
 
 
 def run(*cmd: str | Path, check: bool = True, text: bool = True) -> subprocess.CompletedProcess:
-    res = subprocess.run([str(c) for c in cmd], capture_output=True, text=text, env=ENV,
-                         timeout=120)
+    res = subprocess.run(
+        [str(c) for c in cmd], capture_output=True, text=text, env=ENV, timeout=120
+    )
     if check and res.returncode:
         raise AssertionError(f"{cmd} failed ({res.returncode}): {res.stdout!r} {res.stderr!r}")
     return res
@@ -117,8 +124,11 @@ def fls_paths(image: Path, offset_sectors: int = 0) -> dict[str, tuple[str, int]
         if not m or m.group(2).strip() == "*":
             continue
         kind, _deleted, ino, name = m.groups()
-        if (name.startswith("$") or kind.startswith(("V", "v"))
-                or name.endswith("(Volume Label Entry)")):
+        if (
+            name.startswith("$")
+            or kind.startswith(("V", "v"))
+            or name.endswith("(Volume Label Entry)")
+        ):
             continue
         out["/" + name] = (kind, int(ino))
     return out
@@ -138,8 +148,13 @@ def partitioned(disk: Path, size: int, parts: list[tuple[Path, str]]) -> list[in
         lines.append(f"start={pos}, size={sectors}, type={ptype}")
         starts.append(pos)
         pos += -(-sectors // 2048) * 2048
-    subprocess.run(["sfdisk", "-q", str(disk)], input="\n".join(lines) + "\n", text=True,
-                   check=True, capture_output=True)
+    subprocess.run(
+        ["sfdisk", "-q", str(disk)],
+        input="\n".join(lines) + "\n",
+        text=True,
+        check=True,
+        capture_output=True,
+    )
     with open(disk, "r+b") as d:
         for (image, _), start in zip(parts, starts, strict=True):
             d.seek(start * 512)
@@ -153,7 +168,7 @@ def raw_blocks(raw: Path) -> dict[int, bytes]:
     size = len(data)
     layer: dict[int, bytes] = {}
     for b in range(-(-size // MiB)):
-        chunk = data[b * MiB:(b + 1) * MiB].ljust(MiB, b"\0")
+        chunk = data[b * MiB : (b + 1) * MiB].ljust(MiB, b"\0")
         if chunk.count(0) != MiB:
             layer[b] = chunk
     return layer
@@ -174,4 +189,4 @@ class RawReader:
 
     def read(self, offset: int, length: int) -> bytes:
         assert offset >= 0 and offset + length <= self.size, (offset, length, self.size)
-        return self.data[offset:offset + length]
+        return self.data[offset : offset + length]

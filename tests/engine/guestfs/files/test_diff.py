@@ -62,8 +62,10 @@ def test_sizes_and_deltas_match_the_files(dvm: DiffVm) -> None:
         diff = diff_chains(ca, cb)
     by = {(c.volume, c.path): c for c in diff.changes}
     host = by[("p1", "/etc/hostname")]
-    assert (host.size_a, host.size_b) == (len(b"guest-one\n"), len(b"guest-two, renamed and "
-                                                                    b"longer\n"))
+    assert (host.size_a, host.size_b) == (
+        len(b"guest-one\n"),
+        len(b"guest-two, renamed and longer\n"),
+    )
     assert host.delta == 30 - 10 and host.decided is Decided.METADATA
     readme = by[("p2", "/README.TXT")]
     assert (readme.size_a, readme.size_b, readme.delta) == (12, 20, 8)
@@ -118,8 +120,10 @@ def test_unchanged_files_are_decided_without_reading_them(dvm: DiffVm) -> None:
     for p in sorted((dvm.tree / "many").iterdir()):
         path = f"/many/{p.name}"
         ranges = dvm.file_disk_ranges("current", path)
-        if ranges and all(off // (1 << 20) not in changed_mib and
-                          (off + n - 1) // (1 << 20) not in changed_mib for off, n in ranges):
+        if ranges and all(
+            off // (1 << 20) not in changed_mib and (off + n - 1) // (1 << 20) not in changed_mib
+            for off, n in ranges
+        ):
             quiet.append(ranges)
     assert len(quiet) > 50  # the check below means something
     for ranges in quiet:
@@ -135,8 +139,7 @@ def test_unchanged_files_are_decided_without_reading_them(dvm: DiffVm) -> None:
 def test_cancel_stops_the_comparison(dvm: DiffVm) -> None:
     token = CancelToken()
     token.cancel()
-    with _chain(dvm, "S1") as ca, _chain(dvm, "current") as cb, \
-            pytest.raises(OperationCancelled):
+    with _chain(dvm, "S1") as ca, _chain(dvm, "current") as cb, pytest.raises(OperationCancelled):
         diff_chains(ca, cb, cancel=token)
 
 

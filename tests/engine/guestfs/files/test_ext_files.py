@@ -182,15 +182,18 @@ def test_inline_data(tmp_path: Path) -> None:
     (tree / "tiny" / "a").write_bytes(b"A" * 40)
     (tree / "tiny" / "b").write_bytes(b"B" * 100)  # spills into the system.data attribute
     (tree / "c").write_bytes(b"C" * 5000)
-    fs = mkext(tmp_path / "in.img", 8 * MiB, tree, "-t", "ext4", "-O", "inline_data",
-               "-I", "256")
-    assert "Inline data" in debugfs(fs, "stat /tiny/a") or "inline" in debugfs(
-        fs, "stat /tiny/a").lower()
+    fs = mkext(tmp_path / "in.img", 8 * MiB, tree, "-t", "ext4", "-O", "inline_data", "-I", "256")
+    assert (
+        "Inline data" in debugfs(fs, "stat /tiny/a")
+        or "inline" in debugfs(fs, "stat /tiny/a").lower()
+    )
     ns = open_namespace(RawReader(fs))
     assert {e.name for e in ns.listdir("/tiny")} == set(debugfs_ls(fs, "/tiny"))
     need("icat")
-    inodes = {**{f"/tiny/{k}": v[0] for k, v in debugfs_ls(fs, "/tiny").items()},
-              **{f"/{k}": v[0] for k, v in debugfs_ls(fs, "/").items()}}
+    inodes = {
+        **{f"/tiny/{k}": v[0] for k, v in debugfs_ls(fs, "/tiny").items()},
+        **{f"/{k}": v[0] for k, v in debugfs_ls(fs, "/").items()},
+    }
     for path in ("/tiny/a", "/tiny/b", "/c"):
         # debugfs's cat pads inline files to the 60-byte i_block; icat honours the size.
         size = (tree / path[1:]).stat().st_size
@@ -206,16 +209,25 @@ def test_deep_extent_tree_and_unwritten(tmp_path: Path) -> None:
     tree.mkdir()
     for i in range(900):
         (tree / f"s{i:04d}").write_bytes(b"x" * 1000)
-    fs = mkext(tmp_path / "frag.img", 8 * MiB, tree, "-t", "ext4", "-b", "1024",
-               "-O", "^flex_bg")
+    fs = mkext(tmp_path / "frag.img", 8 * MiB, tree, "-t", "ext4", "-b", "1024", "-O", "^flex_bg")
     debugfs(fs, *[f"rm /s{i:04d}" for i in range(0, 900, 2)], write=True)
     src = tmp_path / "frag.src"
     src.write_bytes(bytes((i * 7) % 251 for i in range(400 * 1024)))
-    debugfs(fs, f"write {src} /frag", "write /dev/null /prealloc",
-            "fallocate /prealloc 0 39", "sif /prealloc size 40960", write=True)
+    debugfs(
+        fs,
+        f"write {src} /frag",
+        "write /dev/null /prealloc",
+        "fallocate /prealloc 0 39",
+        "sif /prealloc size 40960",
+        write=True,
+    )
     ex = debugfs(fs, "ex /frag")
-    depth = max(int(line.split("/")[0].split()[-1]) for line in ex.splitlines()[1:]
-                if "/" in line.split()[0] if line.strip())
+    depth = max(
+        int(line.split("/")[0].split()[-1])
+        for line in ex.splitlines()[1:]
+        if "/" in line.split()[0]
+        if line.strip()
+    )
     assert depth >= 2, ex
     ns = open_namespace(RawReader(fs))
     assert ns.read("/frag") == debugfs_bytes(fs, "cat /frag") == src.read_bytes()
@@ -272,8 +284,7 @@ def test_gpt_volume_names(tmp_path: Path) -> None:
     vdi = to_vdi(disk, tmp_path / "gpt.vdi")
     with open_paths([vdi]) as chain:
         reader = GuestReader(chain)
-        assert [(v.name, v.kind) for v in list_volumes(reader)] == [("p1", "fat"),
-                                                                   ("p3", "ext")]
+        assert [(v.name, v.kind) for v in list_volumes(reader)] == [("p1", "fat"), ("p3", "ext")]
         assert open_namespace(reader, "p1").read("/BOOTX64.EFI") == b"efi\n"
         assert open_namespace(reader, "p3").read("/root.txt") == b"root fs\n"
         with pytest.raises(VdiError, match="2 filesystems"):

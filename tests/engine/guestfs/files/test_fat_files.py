@@ -12,8 +12,14 @@ from vdigui.engine import open_paths
 from vdigui.engine.guestfs.files import EntryKind, ExtentKind, open_namespace
 from vdigui.engine.usage_report import GuestReader
 
-NAMES = ["README.TXT", "Long file name with spaces.txt", "ünïcødé-ñame.dat", "lower.txt",
-         "Mixed.Case.Name.tar.gz", "a"]
+NAMES = [
+    "README.TXT",
+    "Long file name with spaces.txt",
+    "ünïcødé-ñame.dat",
+    "lower.txt",
+    "Mixed.Case.Name.tar.gz",
+    "a",
+]
 
 
 def _build(tmp: Path, bits: int, size_kib: int) -> tuple[Path, dict[str, bytes]]:
@@ -94,8 +100,11 @@ def test_long_name_with_wrong_checksum_falls_back_to_8_3(tmp_path: Path) -> None
     run("mcopy", "-i", img, tmp_path / "x", "::/Another long one.txt")
     data = bytearray(img.read_bytes())
     # mdir shows the 8.3 alias of the first file; corrupt the checksum byte of its LFN entries.
-    short = next(line.split()[0] for line in run("mdir", "-i", img, "::/").stdout.splitlines()
-                 if line.startswith("ALONGN"))
+    short = next(
+        line.split()[0]
+        for line in run("mdir", "-i", img, "::/").stdout.splitlines()
+        if line.startswith("ALONGN")
+    )
     at = data.index(short.ljust(8).encode() + b"TXT")
     lfn = at - 32
     while data[lfn + 11] == 0x0F:

@@ -42,8 +42,12 @@ def _chain(dvm: DiffVm, state: str) -> DiskChain:
 def _map(path: Path) -> np.ndarray:
     f = read_header_fields(path)
     raw = path.read_bytes()
-    return np.frombuffer(raw, dtype="<u4", count=f["blocks"],  # type: ignore[call-overload]
-                         offset=f["off_blocks"])  # type: ignore[arg-type]
+    return np.frombuffer(
+        raw,
+        dtype="<u4",
+        count=f["blocks"],  # type: ignore[call-overload]
+        offset=f["off_blocks"],
+    )  # type: ignore[arg-type]
 
 
 def _layer_of(dvm: DiffVm, block: int) -> int:
@@ -68,12 +72,13 @@ def test_file_blocks_layers_extents_and_slot_runs(dvm: DiffVm) -> None:
     assert fb.extents == runs
     assert 2 in fb.by_layer() and 0 in fb.by_layer()  # changed in place in the current layer
     maps = [_map(p) for p in paths]
-    slots = [int(maps[lay][b]) for b, lay in zip(expected_blocks, fb.layers.tolist(),
-                                                 strict=True)]
+    slots = [int(maps[lay][b]) for b, lay in zip(expected_blocks, fb.layers.tolist(), strict=True)]
     assert fb.slots.tolist() == slots
     expected_runs = 1 + sum(
-        1 for i in range(1, len(slots))
-        if fb.layers[i] != fb.layers[i - 1] or slots[i] != slots[i - 1] + 1)
+        1
+        for i in range(1, len(slots))
+        if fb.layers[i] != fb.layers[i - 1] or slots[i] != slots[i - 1] + 1
+    )
     assert fb.slot_runs == expected_runs
 
 
@@ -84,18 +89,30 @@ def test_layer_holdings_are_the_files_in_the_layers_blocks(dvm: DiffVm) -> None:
     files = [p for p, (kind, _ino) in fls_paths(dvm.exts["S2"]).items() if kind == "r/r"]
     expected: dict[str, int] = {}
     for path in files:
-        size = (dvm.tree / path.lstrip("/")).stat().st_size if (
-            dvm.tree / path.lstrip("/")).exists() else None
+        size = (
+            (dvm.tree / path.lstrip("/")).stat().st_size
+            if (dvm.tree / path.lstrip("/")).exists()
+            else None
+        )
         blocks = debugfs_blocks(dvm.exts["S2"], path)
         if size is None or path in ("/etc/hostname",):
-            size = len(b"guest-two, renamed and longer\n") if path in (
-                "/etc/hostname", "/new.txt") else 256 * 40
+            size = (
+                len(b"guest-two, renamed and longer\n")
+                if path in ("/etc/hostname", "/new.txt")
+                else 256 * 40
+            )
         # File offset of each listed block: in order, except sparse.img's two data blocks,
         # which make_tree wrote at 5 MiB and 9 MiB.
-        offsets = ([5 * MiB, 9 * MiB] if path == "/sparse.img"
-                   else [i * EXT_BLOCK for i in range(len(blocks))])
-        held = sum(min(EXT_BLOCK, size - off) for off, b in zip(offsets, blocks, strict=True)
-                   if (base + b * EXT_BLOCK) // MiB in mask)
+        offsets = (
+            [5 * MiB, 9 * MiB]
+            if path == "/sparse.img"
+            else [i * EXT_BLOCK for i in range(len(blocks))]
+        )
+        held = sum(
+            min(EXT_BLOCK, size - off)
+            for off, b in zip(offsets, blocks, strict=True)
+            if (base + b * EXT_BLOCK) // MiB in mask
+        )
         if held:
             expected[path] = held
     with _chain(dvm, "S2") as chain:

@@ -25,6 +25,7 @@ from vdigui.engine.guestfs.files.extract import plan_extract
 @contextlib.contextmanager
 def deadline(seconds: int = 20) -> Iterator[None]:
     """Fail (instead of hanging) when the block takes longer than ``seconds``."""
+
     def expired(_signum: int, _frame: object) -> None:
         raise AssertionError(f"did not finish within {seconds} s (a hang)")
 
@@ -60,8 +61,9 @@ def ext_fs(tmp_path: Path) -> Path:
     (tree / "victim").write_bytes(b"v" * 10000)
     for name in ("aaaa", "bbbb", "cc", "dddd"):
         (tree / name).write_bytes(name.encode())
-    return mkext(tmp_path / "fs.img", 8 * MiB, tree, "-t", "ext4", "-b", "4096",
-                 "-O", "^metadata_csum")
+    return mkext(
+        tmp_path / "fs.img", 8 * MiB, tree, "-t", "ext4", "-b", "4096", "-O", "^metadata_csum"
+    )
 
 
 def test_directory_loop_is_reported_not_followed(ext_fs: Path, tmp_path: Path) -> None:
@@ -91,8 +93,7 @@ def test_extent_outside_the_filesystem(ext_fs: Path) -> None:
 
 
 def test_absurd_sizes(ext_fs: Path) -> None:
-    debugfs(ext_fs, "sif /victim size 0x7fffffffffff", "sif /d size 0x7fffffffffff",
-            write=True)
+    debugfs(ext_fs, "sif /victim size 0x7fffffffffff", "sif /d size 0x7fffffffffff", write=True)
     ns = open_namespace(RawReader(ext_fs))
     with deadline():
         victim = ns.stat("/victim")
@@ -111,10 +112,14 @@ def test_unsafe_names_get_visible_substitutes(ext_fs: Path, tmp_path: Path) -> N
     with open(ext_fs, "r+b") as f:
         f.seek(root_block * 4096)
         block = bytearray(f.read(4096))
-        for old, new in ((b"aaaa", b"a/.."), (b"cc", b".."), (b"dddd", b"d\x00\x1bd"),
-                         (b"bbbb", b"b\xff\xfeb")):
+        for old, new in (
+            (b"aaaa", b"a/.."),
+            (b"cc", b".."),
+            (b"dddd", b"d\x00\x1bd"),
+            (b"bbbb", b"b\xff\xfeb"),
+        ):
             at = block.index(old)
-            block[at:at + len(old)] = new
+            block[at : at + len(old)] = new
         f.seek(root_block * 4096)
         f.write(block)
     ns = open_namespace(RawReader(ext_fs))
@@ -143,8 +148,12 @@ def _fat16(tmp_path: Path) -> tuple[Path, dict[str, int]]:
     boot = img.read_bytes()[:512]
     bps, spc, reserved, nfats, root_entries = struct.unpack_from("<HBHBH", boot, 11)
     fatsz = struct.unpack_from("<H", boot, 22)[0]
-    geo = {"fat": reserved * bps, "root": (reserved + nfats * fatsz) * bps,
-           "data": (reserved + nfats * fatsz) * bps + root_entries * 32, "cs": bps * spc}
+    geo = {
+        "fat": reserved * bps,
+        "root": (reserved + nfats * fatsz) * bps,
+        "data": (reserved + nfats * fatsz) * bps + root_entries * 32,
+        "cs": bps * spc,
+    }
     return img, geo
 
 
@@ -167,11 +176,11 @@ def test_fat_chain_shorter_than_size(tmp_path: Path) -> None:
 def test_fat_directory_pointing_to_itself(tmp_path: Path) -> None:
     img, geo = _fat16(tmp_path)
     raw = img.read_bytes()
-    root = raw[geo["root"]:geo["root"] + 512]
+    root = raw[geo["root"] : geo["root"] + 512]
     at = root.index(b"D          ")
     cluster = struct.unpack_from("<H", root, at + 26)[0]
     d_off = geo["data"] + (cluster - 2) * geo["cs"]
-    entry = bytearray(root[at:at + 32])
+    entry = bytearray(root[at : at + 32])
     entry[:11] = b"LOOP       "
     _poke(img, d_off + 64, bytes(entry))  # after "." and ".."
     ns = open_namespace(RawReader(img))
@@ -189,7 +198,7 @@ def _exercise(image: bytes) -> None:
 
         def read(self, offset: int, length: int) -> bytes:
             assert offset >= 0 and offset + length <= self.size
-            return image[offset:offset + length]
+            return image[offset : offset + length]
 
     try:
         ns = open_namespace(Reader())
@@ -216,14 +225,16 @@ def test_fuzzed_metadata_gives_clear_errors(tmp_path: Path, kind: str) -> None:
     (tree / "d1" / "d2").mkdir(parents=True)
     for i in range(40):
         (tree / ("d1" if i % 2 else "d1/d2") / f"file number {i}.txt").write_bytes(
-            bytes([i]) * (i * 300))
+            bytes([i]) * (i * 300)
+        )
     if kind.startswith("ext"):
         img = mkext(tmp_path / "fs.img", 4 * MiB, tree, "-t", kind, "-b", "1024")
         meta = (1024, 300 * 1024)
     else:
         img = tmp_path / "fs.img"
-        run("mkfs.fat", "-C", "-F", kind[3:], "-s", "1", img, "40000" if kind == "fat32"
-            else "1500")
+        run(
+            "mkfs.fat", "-C", "-F", kind[3:], "-s", "1", img, "40000" if kind == "fat32" else "1500"
+        )
         run("mcopy", "-s", "-i", img, tree / "d1", "::/")
         meta = (0, 600 * 1024)
     clean = img.read_bytes()

@@ -115,16 +115,19 @@ def populate(m: Path) -> None:
     os.link(m / "hard1", m / "a" / "hard2")
     (m / "ilink").symlink_to("a/b/c/d/e/bottom.txt")  # ntfs-3g writes an Interix link
     (m / "winlink").write_bytes(b"")
-    os.setxattr(m / "winlink", "system.ntfs_reparse_data",
-                reparse(0xA000000C, "a\\b\\c", "a\\b\\c", 1))
+    os.setxattr(
+        m / "winlink", "system.ntfs_reparse_data", reparse(0xA000000C, "a\\b\\c", "a\\b\\c", 1)
+    )
     (m / "junction").mkdir()
-    os.setxattr(m / "junction", "system.ntfs_reparse_data",
-                reparse(0xA0000003, "\\??\\C:\\many", "C:\\many", None))
+    os.setxattr(
+        m / "junction",
+        "system.ntfs_reparse_data",
+        reparse(0xA0000003, "\\??\\C:\\many", "C:\\many", None),
+    )
     (m / "comp").mkdir()
     os.setxattr(m / "comp", "system.ntfs_attrib_be", (0x800).to_bytes(4, "big"))
     (m / "comp" / "text.txt").write_bytes(b"hello compressed world " * 5000)
-    (m / "comp" / "mixed.bin").write_bytes(b"A" * 70000 + rng.bytes(70000) + bytes(70000)
-                                           + b"tail")
+    (m / "comp" / "mixed.bin").write_bytes(b"A" * 70000 + rng.bytes(70000) + bytes(70000) + b"tail")
     (m / "Long File Name.txt").write_bytes(b"with an 8.3 name\n")
     (m / "Some Folder").mkdir()
     # Win32 + DOS name pairs, as Windows makes them (ntfs-3g's names are POSIX by default).
@@ -134,7 +137,6 @@ def populate(m: Path) -> None:
     os.setxattr(m / "hidden.txt", "system.ntfs_attrib_be", (0x22).to_bytes(4, "big"))
     os.utime(m / "x.txt", (1600000000, 1600000000))
     (m / "init.bin").write_bytes(b"hello init")
-
 
 
 @pytest.fixture(scope="module")
@@ -262,7 +264,7 @@ def test_every_file_matches_ntfscat_and_icat(volume: dict[str, object]) -> None:
     # Byte ranges across run and hole boundaries.
     sparse = ntfscat(img, "/sparse.img")
     for off, length in ((5 * MiB - 10, 40), (0, 100), (9 * MiB - 1, 100)):
-        assert ns.read("/sparse.img", off, length) == sparse[off:off + length]
+        assert ns.read("/sparse.img", off, length) == sparse[off : off + length]
 
 
 def test_extents_match_istat(volume: dict[str, object]) -> None:
@@ -335,15 +337,15 @@ def _boot(img: Path) -> tuple[int, int]:
 def _unfix(buf: bytearray) -> None:
     usa_ofs, count = struct.unpack_from("<HH", buf, 4)
     for i in range(1, count):
-        buf[i * 512 - 2:i * 512] = buf[usa_ofs + 2 * i:usa_ofs + 2 * i + 2]
+        buf[i * 512 - 2 : i * 512] = buf[usa_ofs + 2 * i : usa_ofs + 2 * i + 2]
 
 
 def _refix(buf: bytearray) -> None:
     usa_ofs, count = struct.unpack_from("<HH", buf, 4)
-    usn = buf[usa_ofs:usa_ofs + 2]
+    usn = buf[usa_ofs : usa_ofs + 2]
     for i in range(1, count):
-        buf[usa_ofs + 2 * i:usa_ofs + 2 * i + 2] = buf[i * 512 - 2:i * 512]
-        buf[i * 512 - 2:i * 512] = usn
+        buf[usa_ofs + 2 * i : usa_ofs + 2 * i + 2] = buf[i * 512 - 2 : i * 512]
+        buf[i * 512 - 2 : i * 512] = usn
 
 
 def edit_record(img: Path, number: int, change: Callable[[bytearray], None]) -> None:
@@ -460,7 +462,7 @@ def test_run_past_the_end_and_absurd_size(small: dict[str, object]) -> None:
         runs = a + struct.unpack_from("<H", rec, a + 32)[0]
         hdr = rec[runs]
         lo = runs + 1 + (hdr & 0x0F)
-        rec[lo:lo + (hdr >> 4)] = b"\x7f" * (hdr >> 4)  # a huge positive cluster number
+        rec[lo : lo + (hdr >> 4)] = b"\x7f" * (hdr >> 4)  # a huge positive cluster number
 
     absurd_img = img.with_name("absurd.img")
     shutil.copy(img, absurd_img)
@@ -493,12 +495,13 @@ def test_index_pointing_at_itself_and_at_its_parent(small: dict[str, object]) ->
             for pos in root_entries(rec):
                 key = pos + 16
                 nlen = rec[key + 0x40]
-                if rec[key + 0x42:key + 0x42 + 2 * nlen].decode("utf-16-le") == name:
+                if rec[key + 0x42 : key + 0x42 + 2 * nlen].decode("utf-16-le") == name:
                     old = struct.unpack_from("<Q", rec, pos)[0]
                     assert old & 0xFFFFFFFFFFFF != number
                     struct.pack_into("<Q", rec, pos, number)  # sequence number 0: unchecked
                     return
             raise AssertionError(name)
+
         return change
 
     edit_record(img, d, point_at(d, "f.txt"))  # /d lists itself
@@ -522,13 +525,13 @@ def test_hostile_names_are_escaped(small: dict[str, object]) -> None:
         pos = root_entries(rec)[0]  # the first entry of /d: "f.txt" (index order)
         key = pos + 16
         assert rec[key + 0x40] == 5
-        rec[key + 0x42:key + 0x42 + 10] = "a/\x00.b".encode("utf-16-le")
+        rec[key + 0x42 : key + 0x42 + 10] = "a/\x00.b".encode("utf-16-le")
 
     def dotdot(rec: bytearray) -> None:
         pos = root_entries(rec)[0]
         key = pos + 16
         rec[key + 0x40] = 2
-        rec[key + 0x42:key + 0x46] = "..".encode("utf-16-le")
+        rec[key + 0x42 : key + 0x46] = "..".encode("utf-16-le")
 
     edit_record(img, ids["/d"], rename)
     edit_record(img, ids["/d/sub"], dotdot)
@@ -543,8 +546,9 @@ def test_hostile_names_are_escaped(small: dict[str, object]) -> None:
 
 
 # -- inside a VDI, and vdictl --------------------------------------------------------------
-def test_vdi_partition_and_vdictl(volume: dict[str, object], tmp_path: Path,
-                                  capsysbinary: pytest.CaptureFixture[bytes]) -> None:
+def test_vdi_partition_and_vdictl(
+    volume: dict[str, object], tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
     need("sfdisk")
     from vdigui.cli import main
 
@@ -598,8 +602,10 @@ def test_lznt1_by_hand_and_damaged() -> None:
     assert lznt1_decompress(chunk + stored + b"\0\0", 1 << 16) == b"abcabcabcabc" + plain
     assert lznt1_decompress(chunk, 5) == b"abcab"
     with deadline():
-        for bad in (struct.pack("<H", 0xB002) + bytes([0x01]) + struct.pack("<H", 0),  # ref 1st
-                    struct.pack("<H", 0xB00F) + b"abc",  # chunk longer than the data
-                    struct.pack("<H", 0xB003) + bytes([0x02]) + b"a" + b"\xff\xff"):  # too far
+        for bad in (
+            struct.pack("<H", 0xB002) + bytes([0x01]) + struct.pack("<H", 0),  # ref 1st
+            struct.pack("<H", 0xB00F) + b"abc",  # chunk longer than the data
+            struct.pack("<H", 0xB003) + bytes([0x02]) + b"a" + b"\xff\xff",
+        ):  # too far
             with pytest.raises(GuestFsError):
                 lznt1_decompress(bad, 1 << 16)

@@ -144,8 +144,9 @@ class Namespace(Protocol):
         """The whole content of a file, in pieces of at most ``chunk`` bytes."""
         ...
 
-    def walk(self, path: str = "/", onerror: Callable[[str, VdiError], None] | None = None
-             ) -> Iterator[tuple[str, list[Entry]]]:
+    def walk(
+        self, path: str = "/", onerror: Callable[[str, VdiError], None] | None = None
+    ) -> Iterator[tuple[str, list[Entry]]]:
         """Every directory under ``path`` (itself first) with its entries, depth first."""
         ...
 
@@ -225,7 +226,8 @@ class VolumeView:
         if offset < 0 or length < 0 or offset + length > self.size:
             raise GuestFsError(
                 f"The filesystem points to bytes {offset}..{offset + length} outside its "
-                f"{self.size}-byte volume.")
+                f"{self.size}-byte volume."
+            )
         if length == 0:
             return b""
         parts = []
@@ -316,13 +318,14 @@ class BaseNamespace:
                 raise GuestPathError(f"{current.path} in {self.volume} is not a directory.")
             found = self._lookup(current, part)
             if found is None:
-                raise GuestPathError(f"{join(current.path, part)} does not exist in "
-                                     f"{self.volume}.")
+                raise GuestPathError(f"{join(current.path, part)} does not exist in {self.volume}.")
             if found.kind is EntryKind.SYMLINK and (todo or follow):
                 hops += 1
                 if hops > MAX_LINK_HOPS:
-                    raise GuestPathError(f"{found.path} in {self.volume} leads through more "
-                                         f"than {MAX_LINK_HOPS} symbolic links.")
+                    raise GuestPathError(
+                        f"{found.path} in {self.volume} leads through more "
+                        f"than {MAX_LINK_HOPS} symbolic links."
+                    )
                 target = found.target or ""
                 if target.startswith("/"):
                     stack = stack[:1]
@@ -368,8 +371,10 @@ class BaseNamespace:
         if offset < 0:
             raise GuestPathError(f"Offset {offset} in {entry.path} is negative.")
         if end - offset > MAX_READ:
-            raise GuestPathError(f"Reading {end - offset} bytes of {entry.path} at once is too "
-                                 "much; read it in pieces.")
+            raise GuestPathError(
+                f"Reading {end - offset} bytes of {entry.path} at once is too "
+                "much; read it in pieces."
+            )
         return b"".join(self._pieces(entry, offset, end, 1 << 20))
 
     def iter_read(self, what: str | Entry, chunk: int = 1 << 20) -> Iterator[bytes]:
@@ -385,8 +390,10 @@ class BaseNamespace:
             yield data[start:end]
             return
         if entry.kind is not EntryKind.FILE:
-            raise GuestPathError(f"{entry.path} in {self.volume} is a device, FIFO or socket, "
-                                 "which has no content to read.")
+            raise GuestPathError(
+                f"{entry.path} in {self.volume} is a device, FIFO or socket, "
+                "which has no content to read."
+            )
         if start >= end:
             return
         for ext in self._raw_extents(entry):
@@ -408,8 +415,9 @@ class BaseNamespace:
                     yield bytes(take)
                 pos += take
 
-    def walk(self, path: str = "/", onerror: Callable[[str, VdiError], None] | None = None
-             ) -> Iterator[tuple[str, list[Entry]]]:
+    def walk(
+        self, path: str = "/", onerror: Callable[[str, VdiError], None] | None = None
+    ) -> Iterator[tuple[str, list[Entry]]]:
         """Every directory under ``path`` (itself first) with its entries, depth first.
 
         A directory met twice (a loop in hostile metadata, or a directory hard link) is not
@@ -424,11 +432,15 @@ class BaseNamespace:
             directory, depth = stack.pop()
             problem: VdiError | None = None
             if directory.id in seen:
-                problem = GuestFsError(f"{directory.path} in {self.volume} leads back to a "
-                                       "directory already listed (a loop); it was skipped.")
+                problem = GuestFsError(
+                    f"{directory.path} in {self.volume} leads back to a "
+                    "directory already listed (a loop); it was skipped."
+                )
             elif depth > MAX_DEPTH:
-                problem = GuestFsError(f"{directory.path} in {self.volume} is nested more than "
-                                       f"{MAX_DEPTH} levels deep; it was skipped.")
+                problem = GuestFsError(
+                    f"{directory.path} in {self.volume} is nested more than "
+                    f"{MAX_DEPTH} levels deep; it was skipped."
+                )
             if problem is not None:
                 if onerror is None:
                     raise problem
@@ -473,22 +485,33 @@ def merge_extents(runs: list[FileExtent]) -> list[FileExtent]:
             continue
         if out:
             p = out[-1]
-            if (p.kind is r.kind and p.file_offset + p.length == r.file_offset
-                    and r.kind is not ExtentKind.INLINE
-                    and (p.volume_offset is None) == (r.volume_offset is None)
-                    and (p.volume_offset is None or r.volume_offset is None
-                         or p.volume_offset + p.length == r.volume_offset)
-                    and (p.disk_offset is None or r.disk_offset is None
-                         or p.disk_offset + p.length == r.disk_offset)):
-                out[-1] = FileExtent(p.file_offset, p.length + r.length, p.kind,
-                                     p.volume_offset, p.disk_offset)
+            if (
+                p.kind is r.kind
+                and p.file_offset + p.length == r.file_offset
+                and r.kind is not ExtentKind.INLINE
+                and (p.volume_offset is None) == (r.volume_offset is None)
+                and (
+                    p.volume_offset is None
+                    or r.volume_offset is None
+                    or p.volume_offset + p.length == r.volume_offset
+                )
+                and (
+                    p.disk_offset is None
+                    or r.disk_offset is None
+                    or p.disk_offset + p.length == r.disk_offset
+                )
+            ):
+                out[-1] = FileExtent(
+                    p.file_offset, p.length + r.length, p.kind, p.volume_offset, p.disk_offset
+                )
                 continue
         out.append(r)
     return out
 
 
-def place_extents(view: VolumeView, runs: list[tuple[int, int, ExtentKind, int | None]]
-                  ) -> list[FileExtent]:
+def place_extents(
+    view: VolumeView, runs: list[tuple[int, int, ExtentKind, int | None]]
+) -> list[FileExtent]:
     """Turn ``(file offset, length, kind, volume offset)`` runs into extents with disk offsets.
 
     A run crossing a piece boundary of a split logical volume becomes several extents.

@@ -96,11 +96,19 @@ class Change:
 
     def to_dict(self) -> dict[str, object]:
         """The JSON form (``vdictl diff --json``)."""
-        return {"volume": self.volume, "path": self.path, "change": self.change.value,
-                "kind": self.kind.value, "size_a": self.size_a, "size_b": self.size_b,
-                "delta": self.delta, "mtime_a": self.mtime_a, "mtime_b": self.mtime_b,
-                "content_changed": self.content_changed,
-                "decided": self.decided.value if self.change is ChangeKind.CHANGED else None}
+        return {
+            "volume": self.volume,
+            "path": self.path,
+            "change": self.change.value,
+            "kind": self.kind.value,
+            "size_a": self.size_a,
+            "size_b": self.size_b,
+            "delta": self.delta,
+            "mtime_a": self.mtime_a,
+            "mtime_b": self.mtime_b,
+            "content_changed": self.content_changed,
+            "decided": self.decided.value if self.change is ChangeKind.CHANGED else None,
+        }
 
 
 @dataclass(slots=True)
@@ -141,8 +149,10 @@ class StateDiff:
 def _block_sources(chain: DiskChain, codes: dict[Path, int]) -> np.ndarray:
     """int32 per guest block: a code for the file serving it; -1 where it reads as zeros."""
     layer, entry = chain.serving()
-    lut = np.array([codes.setdefault(Path(img.path).resolve(), len(codes))
-                    for img in chain.layers], dtype=np.int32)
+    lut = np.array(
+        [codes.setdefault(Path(img.path).resolve(), len(codes)) for img in chain.layers],
+        dtype=np.int32,
+    )
     out = np.where(layer >= 0, lut[np.maximum(layer, 0)], -1).astype(np.int32)
     out[entry == BLOCK_ZERO] = -1
     return out
@@ -174,9 +184,13 @@ class _Blocks:
     one comparison instead of each being read (the blocks are cached per comparison).
     """
 
-    def __init__(self, changed: np.ndarray, block_size: int,
-                 readers: tuple[DiskReader, DiskReader] | None = None,
-                 stats: DiffStats | None = None) -> None:
+    def __init__(
+        self,
+        changed: np.ndarray,
+        block_size: int,
+        readers: tuple[DiskReader, DiskReader] | None = None,
+        stats: DiffStats | None = None,
+    ) -> None:
         self.changed = changed
         self.bs = block_size
         self.readers = readers
@@ -264,16 +278,24 @@ def _at(extents: list[FileExtent], offset: int, start: int) -> tuple[int, FileEx
     return i, None
 
 
-def ranges_to_compare(xa: list[FileExtent], xb: list[FileExtent], size: int,
-                      blocks: _Blocks) -> list[tuple[int, int]]:
+def ranges_to_compare(
+    xa: list[FileExtent], xb: list[FileExtent], size: int, blocks: _Blocks
+) -> list[tuple[int, int]]:
     """The file byte ranges whose equality the block maps cannot vouch for.
 
     A range is known equal when both states keep it as a hole (or unwritten), or at the same
     disk place in a block that did not change. Everything else must be read and compared.
     """
-    cuts = sorted({0, size, *(x.file_offset for x in xa), *(x.file_offset for x in xb),
-                   *(x.file_offset + x.length for x in xa),
-                   *(x.file_offset + x.length for x in xb)})
+    cuts = sorted(
+        {
+            0,
+            size,
+            *(x.file_offset for x in xa),
+            *(x.file_offset for x in xb),
+            *(x.file_offset + x.length for x in xa),
+            *(x.file_offset + x.length for x in xb),
+        }
+    )
     out: list[tuple[int, int]] = []
 
     def add(lo: int, n: int) -> None:
@@ -293,10 +315,15 @@ def ranges_to_compare(xa: list[FileExtent], xb: list[FileExtent], size: int,
         kb = eb.kind if eb is not None else ExtentKind.SPARSE
         if ka in _ZERO_KINDS and kb in _ZERO_KINDS:
             continue
-        if (ea is not None and eb is not None and ka is ExtentKind.DATA
-                and kb is ExtentKind.DATA and ea.disk_offset is not None
-                and eb.disk_offset is not None
-                and ea.disk_offset - ea.file_offset == eb.disk_offset - eb.file_offset):
+        if (
+            ea is not None
+            and eb is not None
+            and ka is ExtentKind.DATA
+            and kb is ExtentKind.DATA
+            and ea.disk_offset is not None
+            and eb.disk_offset is not None
+            and ea.disk_offset - ea.file_offset == eb.disk_offset - eb.file_offset
+        ):
             disk = ea.disk_offset + lo - ea.file_offset
             for off, n, changed in blocks.split(disk, hi - lo):
                 if changed:
@@ -306,9 +333,15 @@ def ranges_to_compare(xa: list[FileExtent], xb: list[FileExtent], size: int,
     return out
 
 
-def _content_equal(ns_a: BaseNamespace, ea: Entry, ns_b: BaseNamespace, eb: Entry,
-                   blocks: _Blocks, stats: DiffStats,
-                   cancel: CancelToken | None) -> tuple[bool, Decided]:
+def _content_equal(
+    ns_a: BaseNamespace,
+    ea: Entry,
+    ns_b: BaseNamespace,
+    eb: Entry,
+    blocks: _Blocks,
+    stats: DiffStats,
+    cancel: CancelToken | None,
+) -> tuple[bool, Decided]:
     """Whether two same-sized files hold the same bytes, and whether that needed reading."""
     todo = ranges_to_compare(ns_a.extents(ea), ns_b.extents(eb), ea.size, blocks)
     if not todo:
@@ -334,9 +367,16 @@ def _meta(e: Entry) -> tuple[object, ...]:
 class _Walker:
     """The parallel walk of one volume in two states."""
 
-    def __init__(self, ns_a: BaseNamespace, ns_b: BaseNamespace, blocks: _Blocks,
-                 result: StateDiff, progress: ProgressFn, cancel: CancelToken | None,
-                 label: str) -> None:
+    def __init__(
+        self,
+        ns_a: BaseNamespace,
+        ns_b: BaseNamespace,
+        blocks: _Blocks,
+        result: StateDiff,
+        progress: ProgressFn,
+        cancel: CancelToken | None,
+        label: str,
+    ) -> None:
         self.a, self.b = ns_a, ns_b
         self.blocks = blocks
         self.result = result
@@ -351,18 +391,37 @@ class _Walker:
         if self.stats.entries % _TICK == 0:
             if self.cancel is not None:
                 self.cancel.raise_if_cancelled("Cancelled: the comparison was stopped.")
-            self.progress(Progress(f"comparing {self.label}", self.stats.entries, 0,
-                                   self.stats.bytes_compared))
+            self.progress(
+                Progress(
+                    f"comparing {self.label}", self.stats.entries, 0, self.stats.bytes_compared
+                )
+            )
 
-    def _emit(self, change: ChangeKind, ea: Entry | None, eb: Entry | None, *,
-              content_changed: bool = True, decided: Decided = Decided.METADATA) -> None:
+    def _emit(
+        self,
+        change: ChangeKind,
+        ea: Entry | None,
+        eb: Entry | None,
+        *,
+        content_changed: bool = True,
+        decided: Decided = Decided.METADATA,
+    ) -> None:
         ref = eb if eb is not None else ea
         assert ref is not None
-        self.result.changes.append(Change(
-            self.volume, ref.path, change, ref.kind,
-            None if ea is None else ea.size, None if eb is None else eb.size,
-            None if ea is None else ea.mtime, None if eb is None else eb.mtime,
-            content_changed, decided))
+        self.result.changes.append(
+            Change(
+                self.volume,
+                ref.path,
+                change,
+                ref.kind,
+                None if ea is None else ea.size,
+                None if eb is None else eb.size,
+                None if ea is None else ea.mtime,
+                None if eb is None else eb.mtime,
+                content_changed,
+                decided,
+            )
+        )
 
     def _note(self, path: str, exc: VdiError) -> None:
         self.result.notes.append(f"{self.volume}:{path}: {exc}")
@@ -426,8 +485,9 @@ class _Walker:
         elif ea.size != eb.size:
             differs, decided = True, Decided.METADATA
         else:
-            same, decided = _content_equal(self.a, ea, self.b, eb, self.blocks, self.stats,
-                                           self.cancel)
+            same, decided = _content_equal(
+                self.a, ea, self.b, eb, self.blocks, self.stats, self.cancel
+            )
             differs = not same
         if differs or _meta(ea) != _meta(eb):
             self._emit(ChangeKind.CHANGED, ea, eb, content_changed=differs, decided=decided)
@@ -438,11 +498,17 @@ def _volume_changed(vol: GuestVolume, blocks: _Blocks) -> bool:
     return any(blocks.any(disk, length) for _local, disk, length in vol.extents.pieces)
 
 
-def diff_readers(reader_a: DiskReader, reader_b: DiskReader, changed: np.ndarray,
-                 block_size: int, *, volume: str | None = None,
-                 progress: ProgressFn = no_progress, cancel: CancelToken | None = None,
-                 opener: Callable[[DiskReader, GuestVolume], BaseNamespace] = open_namespace
-                 ) -> StateDiff:
+def diff_readers(
+    reader_a: DiskReader,
+    reader_b: DiskReader,
+    changed: np.ndarray,
+    block_size: int,
+    *,
+    volume: str | None = None,
+    progress: ProgressFn = no_progress,
+    cancel: CancelToken | None = None,
+    opener: Callable[[DiskReader, GuestVolume], BaseNamespace] = open_namespace,
+) -> StateDiff:
     """Compare the guest files of two merged disk views.
 
     Args:
@@ -472,8 +538,9 @@ def diff_readers(reader_a: DiskReader, reader_b: DiskReader, changed: np.ndarray
             continue
         if not (va.readable and vb.readable):
             if volume is not None or va.kind == "ntfs":
-                result.notes.append(f"{name} ({vb.kind}) was not compared: its files cannot be "
-                                    "read yet.")
+                result.notes.append(
+                    f"{name} ({vb.kind}) was not compared: its files cannot be read yet."
+                )
             continue
         if va.extents == vb.extents and not _volume_changed(vb, blocks):
             result.stats.volumes_skipped.append(name)
@@ -487,19 +554,39 @@ def diff_readers(reader_a: DiskReader, reader_b: DiskReader, changed: np.ndarray
     return result
 
 
-def diff_chains(chain_a: DiskChain, chain_b: DiskChain, *, volume: str | None = None,
-                progress: ProgressFn = no_progress, cancel: CancelToken | None = None
-                ) -> StateDiff:
+def diff_chains(
+    chain_a: DiskChain,
+    chain_b: DiskChain,
+    *,
+    volume: str | None = None,
+    progress: ProgressFn = no_progress,
+    cancel: CancelToken | None = None,
+) -> StateDiff:
     """Compare the guest files of two states given as open chains (see :func:`diff_readers`)."""
     from vdigui.engine.usage_report import GuestReader  # the usage layer imports guestfs
 
     if chain_a.block_size != chain_b.block_size:
-        raise VdiError("The two states use different block sizes; they are not states of "
-                       "one disk.")
+        raise VdiError("The two states use different block sizes; they are not states of one disk.")
     changed = changed_blocks(chain_a, chain_b)
-    return diff_readers(GuestReader(chain_a), GuestReader(chain_b), changed,
-                        chain_a.block_size, volume=volume, progress=progress, cancel=cancel)
+    return diff_readers(
+        GuestReader(chain_a),
+        GuestReader(chain_b),
+        changed,
+        chain_a.block_size,
+        volume=volume,
+        progress=progress,
+        cancel=cancel,
+    )
 
 
-__all__ = ["Change", "ChangeKind", "Decided", "DiffStats", "StateDiff", "changed_blocks",
-           "diff_chains", "diff_readers", "ranges_to_compare"]
+__all__ = [
+    "Change",
+    "ChangeKind",
+    "Decided",
+    "DiffStats",
+    "StateDiff",
+    "changed_blocks",
+    "diff_chains",
+    "diff_readers",
+    "ranges_to_compare",
+]

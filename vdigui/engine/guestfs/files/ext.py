@@ -100,26 +100,41 @@ class ExtNamespace(BaseNamespace):
         inode_size = struct.unpack_from("<H", sb, 0x58)[0] if rev else 128
         compat, incompat, ro_compat = struct.unpack_from("<III", sb, 0x5C) if rev else (0, 0, 0)
         self.label = decode_name(sb[0x78:0x88].split(b"\0", 1)[0])
-        self.kind = ("ext4" if incompat & ext_usage._INCOMPAT_EXT4
-                     or ro_compat & ext_usage._RO_EXT4 else
-                     "ext3" if compat & 0x4 else "ext2")
+        self.kind = (
+            "ext4"
+            if incompat & ext_usage._INCOMPAT_EXT4 or ro_compat & ext_usage._RO_EXT4
+            else "ext3"
+            if compat & 0x4
+            else "ext2"
+        )
         if log_bs > 6:
-            raise GuestFsError(f"The ext filesystem in {volume} has an impossible block size "
-                               f"field ({log_bs}).")
+            raise GuestFsError(
+                f"The ext filesystem in {volume} has an impossible block size field ({log_bs})."
+            )
         self.bs = bs = 1024 << log_bs
         self.blocks = blocks_lo
         is64 = bool(incompat & _INCOMPAT_64BIT)
         if is64:
             self.blocks |= struct.unpack_from("<I", sb, 0x150)[0] << 32
         desc_size = struct.unpack_from("<H", sb, 0xFE)[0] if is64 else 32
-        if (inode_size < 128 or inode_size > bs or inode_size & (inode_size - 1) or ipg == 0
-                or bpg == 0 or self.blocks <= first_data_block or inodes == 0
-                or desc_size < 32 or desc_size > bs or first_data_block > 1):
-            raise GuestFsError(f"The ext superblock of {volume} describes an impossible "
-                               "geometry.")
+        if (
+            inode_size < 128
+            or inode_size > bs
+            or inode_size & (inode_size - 1)
+            or ipg == 0
+            or bpg == 0
+            or self.blocks <= first_data_block
+            or inodes == 0
+            or desc_size < 32
+            or desc_size > bs
+            or first_data_block > 1
+        ):
+            raise GuestFsError(f"The ext superblock of {volume} describes an impossible geometry.")
         if self.blocks * bs > view.size:
-            self.notes.append("The filesystem claims to be larger than its volume; data past "
-                              "the end of the volume cannot be read.")
+            self.notes.append(
+                "The filesystem claims to be larger than its volume; data past "
+                "the end of the volume cannot be read."
+            )
         self.inodes = inodes
         self.ipg = ipg
         self.inode_size = inode_size
@@ -127,8 +142,9 @@ class ExtNamespace(BaseNamespace):
         self.largedir = bool(incompat & _INCOMPAT_LARGEDIR)
         ngroups = -(-(self.blocks - first_data_block) // bpg)
         if ngroups * ipg < inodes:
-            raise GuestFsError(f"The ext superblock of {volume} counts more inodes than its "
-                               "groups hold.")
+            raise GuestFsError(
+                f"The ext superblock of {volume} counts more inodes than its groups hold."
+            )
         meta_bg = bool(incompat & _INCOMPAT_META_BG)
         first_meta_bg = struct.unpack_from("<I", sb, 0x104)[0] if meta_bg else 0
         sparse = bool(ro_compat & 0x1)
@@ -146,69 +162,111 @@ class ExtNamespace(BaseNamespace):
 
         try:
             raw = ext_usage._read_descriptors(
-                View(view.reader, view.extents), bs, desc_size, ngroups, bs // desc_size,
-                first_data_block, meta_bg, first_meta_bg, has_super,
-                lambda g: int(first_data_block + g * bpg))
+                View(view.reader, view.extents),
+                bs,
+                desc_size,
+                ngroups,
+                bs // desc_size,
+                first_data_block,
+                meta_bg,
+                first_meta_bg,
+                has_super,
+                lambda g: int(first_data_block + g * bpg),
+            )
         except Unsupported as exc:
-            raise GuestFsError(f"The ext group descriptors of {volume} cannot be read: {exc}"
-                               ) from None
+            raise GuestFsError(
+                f"The ext group descriptors of {volume} cannot be read: {exc}"
+            ) from None
         if len(raw) < ngroups * desc_size:
             raise GuestFsError(f"The ext group descriptors of {volume} are cut short.")
         self.inode_tables = ext_usage._decode_descriptors(raw, desc_size, ngroups, is64)[2]
         if incompat & _INCOMPAT_RECOVER:
-            self.notes.append("The journal was not replayed (the guest did not shut down "
-                              "cleanly): the newest changes may be missing or files may read "
-                              "as they were before them.")
+            self.notes.append(
+                "The journal was not replayed (the guest did not shut down "
+                "cleanly): the newest changes may be missing or files may read "
+                "as they were before them."
+            )
         elif not state & 1:
-            self.notes.append("The filesystem was not cleanly unmounted; recent changes may be "
-                              "missing.")
+            self.notes.append(
+                "The filesystem was not cleanly unmounted; recent changes may be missing."
+            )
         if incompat & _INCOMPAT_ENCRYPT:
-            self.notes.append("The filesystem may hold encrypted directories; their names and "
-                              "contents are shown as stored (scrambled).")
+            self.notes.append(
+                "The filesystem may hold encrypted directories; their names and "
+                "contents are shown as stored (scrambled)."
+            )
 
     # -- inodes ----------------------------------------------------------------------
     def inode(self, number: int) -> Inode:
         """Read inode ``number`` (1-based)."""
         if not 1 <= number <= self.inodes:
-            raise GuestFsError(f"Inode {number} is outside the filesystem in {self.volume} "
-                               f"(it has {self.inodes}).")
+            raise GuestFsError(
+                f"Inode {number} is outside the filesystem in {self.volume} (it has {self.inodes})."
+            )
         group, index = divmod(number - 1, self.ipg)
         table = int(self.inode_tables[group])
         where = table * self.bs + index * self.inode_size
         if table <= 0 or table >= self.blocks or where + self.inode_size > self.view.size:
-            raise GuestFsError(f"The inode table of group {group} in {self.volume} lies outside "
-                               "the filesystem.")
+            raise GuestFsError(
+                f"The inode table of group {group} in {self.volume} lies outside the filesystem."
+            )
         raw = self.view.read(where, self.inode_size)
         mode, uid_lo, size_lo = struct.unpack_from("<HHI", raw, 0)
         gid_lo, links, blocks_lo, flags = struct.unpack_from("<HHII", raw, 0x18)
         acl_lo, size_hi = struct.unpack_from("<II", raw, 0x68)
         blocks_hi, acl_hi, uid_hi, gid_hi = struct.unpack_from("<HHHH", raw, 0x74)
         extra = struct.unpack_from("<H", raw, 0x80)[0] if self.inode_size > 128 else 0
-        extras = [0x84 if extra >= 8 else None, 0x88 if extra >= 12 else None,
-                  0x8C if extra >= 16 else None]
+        extras = [
+            0x84 if extra >= 8 else None,
+            0x88 if extra >= 12 else None,
+            0x8C if extra >= 16 else None,
+        ]
         return Inode(
-            number=number, mode=mode, uid=uid_lo | uid_hi << 16, gid=gid_lo | gid_hi << 16,
+            number=number,
+            mode=mode,
+            uid=uid_lo | uid_hi << 16,
+            gid=gid_lo | gid_hi << 16,
             # Before largedir, a directory's high size word was i_dir_acl: not a size.
-            size=size_lo if mode & _S_IFMT == 0x4000 and not self.largedir
+            size=size_lo
+            if mode & _S_IFMT == 0x4000 and not self.largedir
             else size_lo | size_hi << 32,
-            ctime=_time(raw, 0x0C, extras[0]), mtime=_time(raw, 0x10, extras[1]),
+            ctime=_time(raw, 0x0C, extras[0]),
+            mtime=_time(raw, 0x10, extras[1]),
             atime=_time(raw, 0x08, extras[2]),
-            btime=_time(raw, 0x90, 0x94) if extra >= 24 else None, links=links,
-            blocks=blocks_lo | blocks_hi << 32, flags=flags, file_acl=acl_lo | acl_hi << 32,
-            block=raw[0x28:0x64], raw=raw)
+            btime=_time(raw, 0x90, 0x94) if extra >= 24 else None,
+            links=links,
+            blocks=blocks_lo | blocks_hi << 32,
+            flags=flags,
+            file_acl=acl_lo | acl_hi << 32,
+            block=raw[0x28:0x64],
+            raw=raw,
+        )
 
-    def _make_entry(self, number: int, name: str, path: str, raw_name: bytes, note: str
-                    ) -> Entry:
+    def _make_entry(self, number: int, name: str, path: str, raw_name: bytes, note: str) -> Entry:
         ino = self.inode(number)
         kind = _KINDS.get(ino.mode & _S_IFMT, EntryKind.OTHER)
         target = None
         if kind is EntryKind.SYMLINK:
             target = decode_name(self._symlink_target(ino, path))
-        return Entry(name=name, path=path, kind=kind, size=ino.size, mtime=ino.mtime,
-                     atime=ino.atime, ctime=ino.ctime, mode=ino.mode, attributes=None,
-                     uid=ino.uid, gid=ino.gid, id=number, nlink=ino.links, btime=ino.btime,
-                     target=target,
-                     raw_name=raw_name, name_note=note)
+        return Entry(
+            name=name,
+            path=path,
+            kind=kind,
+            size=ino.size,
+            mtime=ino.mtime,
+            atime=ino.atime,
+            ctime=ino.ctime,
+            mode=ino.mode,
+            attributes=None,
+            uid=ino.uid,
+            gid=ino.gid,
+            id=number,
+            nlink=ino.links,
+            btime=ino.btime,
+            target=target,
+            raw_name=raw_name,
+            name_note=note,
+        )
 
     def root(self) -> Entry:
         """The root directory (inode 2)."""
@@ -220,13 +278,13 @@ class ExtNamespace(BaseNamespace):
     # -- symlinks --------------------------------------------------------------------
     def _symlink_target(self, ino: Inode, path: str) -> bytes:
         if ino.size > self.bs * 16:
-            raise GuestFsError(f"The symbolic link {path} in {self.volume} claims a target "
-                               f"of {ino.size} bytes.")
+            raise GuestFsError(
+                f"The symbolic link {path} in {self.volume} claims a target of {ino.size} bytes."
+            )
         if ino.flags & _FL_INLINE:
             return self._inline_bytes(ino)[: ino.size]
         ea_blocks = (self.bs >> 9) if ino.file_acl else 0
-        fast = (ino.blocks - ea_blocks == 0 if not ino.flags & _FL_EA_INODE
-                else 0 < ino.size < 60)
+        fast = ino.blocks - ea_blocks == 0 if not ino.flags & _FL_EA_INODE else 0 < ino.size < 60
         if fast and ino.size <= 60:
             return ino.block[: ino.size]
         runs = self._runs(ino, path)
@@ -252,12 +310,13 @@ class ExtNamespace(BaseNamespace):
             value_inum, value_size = struct.unpack_from("<II", raw, pos + 4)
             if name_len == 0 and name_index == 0 and value_offs == 0:
                 break
-            ename = raw[pos + 16: pos + 16 + name_len]
+            ename = raw[pos + 16 : pos + 16 + name_len]
             if name_index == index and ename == name:
                 if value_inum or base + value_offs + value_size > len(raw):
-                    raise GuestFsError(f"Inode {ino.number} in {self.volume} has a damaged "
-                                       "inline-data attribute.")
-                return raw[base + value_offs: base + value_offs + value_size]
+                    raise GuestFsError(
+                        f"Inode {ino.number} in {self.volume} has a damaged inline-data attribute."
+                    )
+                return raw[base + value_offs : base + value_offs + value_size]
             pos += (16 + name_len + 3) & ~3
         return b""
 
@@ -303,8 +362,10 @@ class ExtNamespace(BaseNamespace):
 
     def _check_blocks(self, pblk: int, count: int, path: str) -> None:
         if pblk <= 0 or pblk + count > self.blocks or (pblk + count) * self.bs > self.view.size:
-            raise GuestFsError(f"{path} in {self.volume} points to blocks {pblk}..{pblk + count} "
-                               f"outside the filesystem ({self.blocks} blocks).")
+            raise GuestFsError(
+                f"{path} in {self.volume} points to blocks {pblk}..{pblk + count} "
+                f"outside the filesystem ({self.blocks} blocks)."
+            )
 
     def _extent_leaves(self, ino: Inode, path: str) -> list[tuple[int, int, int, bool]]:
         out: list[tuple[int, int, int, bool]] = []
@@ -316,11 +377,16 @@ class ExtNamespace(BaseNamespace):
             if nodes > _MAX_TREE_NODES:
                 raise GuestFsError(f"The extent tree of {path} in {self.volume} is too large.")
             magic, entries, cap, depth = struct.unpack_from("<HHHH", node, 0)
-            if (magic != _EXTENT_MAGIC or entries > cap or 12 + 12 * cap > len(node)
-                    or depth > _MAX_EXTENT_DEPTH
-                    or (want_depth is not None and depth != want_depth)):
-                raise GuestFsError(f"The extent tree of {path} in {self.volume} is damaged "
-                                   "(bad node header).")
+            if (
+                magic != _EXTENT_MAGIC
+                or entries > cap
+                or 12 + 12 * cap > len(node)
+                or depth > _MAX_EXTENT_DEPTH
+                or (want_depth is not None and depth != want_depth)
+            ):
+                raise GuestFsError(
+                    f"The extent tree of {path} in {self.volume} is damaged (bad node header)."
+                )
             children = []
             for i in range(entries):
                 at = 12 + 12 * i
@@ -344,8 +410,9 @@ class ExtNamespace(BaseNamespace):
         out.sort()
         return out
 
-    def _indirect_leaves(self, ino: Inode, path: str, nblocks: int
-                         ) -> list[tuple[int, int, int, bool]]:
+    def _indirect_leaves(
+        self, ino: Inode, path: str, nblocks: int
+    ) -> list[tuple[int, int, int, bool]]:
         """Runs of ext2/3 block pointers: 12 direct, then single, double, triple indirect."""
         ptrs = self.bs // 4
         pointers = struct.unpack_from("<15I", ino.block, 0)
@@ -389,7 +456,7 @@ class ExtNamespace(BaseNamespace):
             if base >= nblocks:
                 break
             descend(block, level, base)
-            base += ptrs ** level
+            base += ptrs**level
         if not lblks:
             return []
         lb = np.concatenate(lblks)
@@ -397,11 +464,14 @@ class ExtNamespace(BaseNamespace):
         cut = np.flatnonzero((np.diff(lb) != 1) | (np.diff(pb) != 1)) + 1
         starts = np.concatenate(([0], cut))
         ends = np.concatenate((cut, [lb.size]))
-        return [(int(lb[s]), int(e - s), int(pb[s]), False)
-                for s, e in zip(starts.tolist(), ends.tolist(), strict=True)]
+        return [
+            (int(lb[s]), int(e - s), int(pb[s]), False)
+            for s, e in zip(starts.tolist(), ends.tolist(), strict=True)
+        ]
 
-    def _read_runs(self, runs: list[tuple[int, int, ExtentKind, int | None]], ino: Inode,
-                   start: int, end: int) -> list[bytes]:
+    def _read_runs(
+        self, runs: list[tuple[int, int, ExtentKind, int | None]], ino: Inode, start: int, end: int
+    ) -> list[bytes]:
         out = []
         for foff, length, kind, voff in runs:
             lo, hi = max(start, foff), min(end, foff + length)
@@ -417,8 +487,10 @@ class ExtNamespace(BaseNamespace):
     def _list(self, directory: Entry) -> list[Entry]:
         ino = self.inode(directory.id)
         if ino.size > _MAX_DIR_BYTES:
-            raise GuestFsError(f"The directory {directory.path} in {self.volume} claims "
-                               f"{ino.size} bytes, more than any real directory.")
+            raise GuestFsError(
+                f"The directory {directory.path} in {self.volume} claims "
+                f"{ino.size} bytes, more than any real directory."
+            )
         found: list[tuple[int, bytes]] = []
         if ino.flags & _FL_INLINE:
             data = self._inline_bytes(ino)
@@ -448,8 +520,9 @@ class ExtNamespace(BaseNamespace):
             out.append(self._make_entry(number, name, join(directory.path, name), raw, note))
         return out
 
-    def _parse_block(self, block: bytes, path: str, found: list[tuple[int, bytes]],
-                     where: int = 0) -> None:
+    def _parse_block(
+        self, block: bytes, path: str, found: list[tuple[int, bytes]], where: int = 0
+    ) -> None:
         pos = 0
         size = len(block)
         while pos + 8 <= size:
@@ -461,13 +534,17 @@ class ExtNamespace(BaseNamespace):
             if rec_len in (0, 65535) and self.bs == 65536:
                 rec_len = 65536 - pos
             if rec_len < 8 or rec_len % 4 or pos + rec_len > size or 8 + name_len > rec_len:
-                raise GuestFsError(f"The directory {path} in {self.volume} has a damaged entry "
-                                   f"at byte {where + pos}.")
+                raise GuestFsError(
+                    f"The directory {path} in {self.volume} has a damaged entry "
+                    f"at byte {where + pos}."
+                )
             if number:
                 if number > self.inodes:
-                    raise GuestFsError(f"The directory {path} in {self.volume} has an entry "
-                                       f"pointing to inode {number}, outside the filesystem.")
-                found.append((number, block[pos + 8: pos + 8 + name_len]))
+                    raise GuestFsError(
+                        f"The directory {path} in {self.volume} has an entry "
+                        f"pointing to inode {number}, outside the filesystem."
+                    )
+                found.append((number, block[pos + 8 : pos + 8 + name_len]))
             pos += rec_len
 
 

@@ -76,8 +76,9 @@ class ExtractPlan:
         shown = "; ".join(printable(p) for p in self.problems[:_SHOWN])
         more = len(self.problems) - _SHOWN
         tail = f"; and {more} more" if more > 0 else ""
-        return (f"Nothing was extracted to {self.dest}: {len(self.problems)} problem(s): "
-                f"{shown}{tail}.")
+        return (
+            f"Nothing was extracted to {self.dest}: {len(self.problems)} problem(s): {shown}{tail}."
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,16 +96,23 @@ def _name_problem(name: str) -> str:
         return f"the name is longer than {NAME_MAX} bytes"
     if os.name == "nt":  # pragma: no cover - Windows hosts
         base = name.split(".", 1)[0].upper()
-        if base in {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)),
-                    *(f"LPT{i}" for i in range(1, 10))}:
+        if base in {
+            "CON",
+            "PRN",
+            "AUX",
+            "NUL",
+            *(f"COM{i}" for i in range(1, 10)),
+            *(f"LPT{i}" for i in range(1, 10)),
+        }:
             return "the name is reserved on Windows"
         if any(c in name for c in '<>:"|?*') or name.endswith((" ", ".")):
             return "the name holds characters Windows does not allow"
     return ""
 
 
-def plan_extract(sources: Sequence[tuple[BaseNamespace, Entry]], dest: Path, *,
-                 force: bool = False) -> ExtractPlan:
+def plan_extract(
+    sources: Sequence[tuple[BaseNamespace, Entry]], dest: Path, *, force: bool = False
+) -> ExtractPlan:
     """Plan copying each ``(namespace, entry)`` into the folder ``dest`` as ``dest/NAME``.
 
     The root of a volume is copied as its contents. Nothing is written here.
@@ -169,8 +177,9 @@ def _check_host(plan: ExtractPlan) -> None:
             except FileNotFoundError:
                 checked[rel] = "missing"
             else:
-                checked[rel] = ("dir" if stat.S_ISDIR(mode) else
-                                "link" if stat.S_ISLNK(mode) else "other")
+                checked[rel] = (
+                    "dir" if stat.S_ISDIR(mode) else "link" if stat.S_ISLNK(mode) else "other"
+                )
         return checked[rel]
 
     for item in plan.items:
@@ -178,8 +187,10 @@ def _check_host(plan: ExtractPlan) -> None:
             parent = item.rel[:depth]
             kind = kind_at(parent)
             if kind == "link":
-                plan.problems.append(f"{dest.joinpath(*parent)} is a symbolic link; links "
-                                     "inside the destination are not followed")
+                plan.problems.append(
+                    f"{dest.joinpath(*parent)} is a symbolic link; links "
+                    "inside the destination are not followed"
+                )
             elif kind == "other":
                 plan.problems.append(f"{dest.joinpath(*parent)} exists and is not a folder")
             if kind in ("link", "other"):
@@ -198,8 +209,9 @@ def _check_host(plan: ExtractPlan) -> None:
     plan.problems = list(dict.fromkeys(plan.problems))
 
 
-def run_extract(plan: ExtractPlan, *, progress: ProgressFn = no_progress,
-                cancel: CancelToken | None = None) -> ExtractResult:
+def run_extract(
+    plan: ExtractPlan, *, progress: ProgressFn = no_progress, cancel: CancelToken | None = None
+) -> ExtractResult:
     """Carry out ``plan`` (refused with OperationRefused when it has problems)."""
     if plan.problems:
         raise OperationRefused(plan.refusal())
@@ -210,8 +222,9 @@ def run_extract(plan: ExtractPlan, *, progress: ProgressFn = no_progress,
     dirs: list[tuple[Path, Entry]] = []  # folders created here (existing ones are left as is)
     for item in plan.items:
         if cancel is not None:
-            cancel.raise_if_cancelled(f"Cancelled: {files} file(s) were extracted to {dest}; "
-                                      "the rest were not.")
+            cancel.raise_if_cancelled(
+                f"Cancelled: {files} file(s) were extracted to {dest}; the rest were not."
+            )
         target = dest.joinpath(*item.rel)
         entry = item.entry
         _require_real_folder(dest, item.rel[:-1])
@@ -225,11 +238,18 @@ def run_extract(plan: ExtractPlan, *, progress: ProgressFn = no_progress,
             _set_times(target, entry)
             links += 1
         else:
+
             def write(tmp: Path, item: Item = item) -> None:
                 nonlocal written
-                written += _write_file(item, tmp, lambda n: progress(
-                    Progress("extracting files", written + n, plan.total_bytes,
-                             written + n)), cancel)
+                written += _write_file(
+                    item,
+                    tmp,
+                    lambda n: progress(
+                        Progress("extracting files", written + n, plan.total_bytes, written + n)
+                    ),
+                    cancel,
+                )
+
             _place(target, plan.force, write)
             _set_times(target, entry)
             files += 1
@@ -253,8 +273,10 @@ def _require_real_folder(dest: Path, rel: tuple[str, ...]) -> None:
     for depth in range(1, len(rel) + 1):
         path = dest.joinpath(*rel[:depth])
         if not stat.S_ISDIR(os.lstat(path).st_mode):
-            raise OperationRefused(f"{path} is no longer a real folder; extraction stopped "
-                                   "(links inside the destination are not followed).")
+            raise OperationRefused(
+                f"{path} is no longer a real folder; extraction stopped "
+                "(links inside the destination are not followed)."
+            )
 
 
 def _place(target: Path, force: bool, make: Callable[[Path], None]) -> None:
@@ -271,8 +293,9 @@ def _place(target: Path, force: bool, make: Callable[[Path], None]) -> None:
                 # Hard links to symlinks are not portable; a rename after a fresh existence
                 # check is the next best thing (the plan already refused existing names).
                 if os.path.lexists(target):
-                    raise OperationRefused(f"{target} appeared while extracting; it was left "
-                                           "as it is.")
+                    raise OperationRefused(
+                        f"{target} appeared while extracting; it was left as it is."
+                    )
                 fileio.replace(tmp, target)
             else:
                 fileio.link(tmp, target)
@@ -282,12 +305,14 @@ def _place(target: Path, force: bool, make: Callable[[Path], None]) -> None:
         raise
 
 
-def _write_file(item: Item, tmp: Path, step: Callable[[int], None],
-                cancel: CancelToken | None) -> int:
+def _write_file(
+    item: Item, tmp: Path, step: Callable[[int], None], cancel: CancelToken | None
+) -> int:
     """Write the file's content to ``tmp`` (holes left unwritten), flush it; bytes written."""
     ns, entry = item.ns, item.entry
-    fd = fileio.open_fd(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL
-                        | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    fd = fileio.open_fd(
+        tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644
+    )
     done = 0
     try:
         for ext in ns.extents(entry):

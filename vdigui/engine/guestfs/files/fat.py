@@ -72,11 +72,15 @@ class FatNamespace(BaseNamespace):
         self.bits = 12 if self.clusters < 4085 else 16 if self.clusters < 65525 else 32
         self.kind = f"fat{self.bits}"
         if (self.bits == 32) != (bpb["fatsz16"] == 0):
-            raise GuestFsError(f"The FAT type of {volume} is ambiguous (the cluster count and "
-                               "the boot sector layout disagree).")
+            raise GuestFsError(
+                f"The FAT type of {volume} is ambiguous (the cluster count and "
+                "the boot sector layout disagree)."
+            )
         if bpb["total"] * bps > view.size:
-            self.notes.append("The filesystem claims to be larger than its volume; data past "
-                              "the end of the volume cannot be read.")
+            self.notes.append(
+                "The filesystem claims to be larger than its volume; data past "
+                "the end of the volume cannot be read."
+            )
         active = 0
         if self.bits == 32:
             (ext_flags,) = struct.unpack_from("<H", boot, 0x28)
@@ -94,11 +98,10 @@ class FatNamespace(BaseNamespace):
         self.root_bytes = root_sectors * bps
         self.root_cluster = struct.unpack_from("<I", boot, 0x2C)[0] if self.bits == 32 else 0
         if self.bits == 32 and not self._valid(self.root_cluster):
-            raise GuestFsError(f"The root directory cluster of {volume} is outside the "
-                               "filesystem.")
+            raise GuestFsError(f"The root directory cluster of {volume} is outside the filesystem.")
         sig_off, label_off = (0x42, 0x47) if self.bits == 32 else (0x26, 0x2B)
         if boot[sig_off] in (0x28, 0x29):
-            label = boot[label_off:label_off + 11].decode(_OEM).strip()
+            label = boot[label_off : label_off + 11].decode(_OEM).strip()
             self.label = "" if label == "NO NAME" else label
         self._fat: dict[int, bytes] = {}
 
@@ -113,12 +116,11 @@ class FatNamespace(BaseNamespace):
             data = self._fat.get(chunk)
             if data is None:
                 start = chunk * _FAT_CHUNK
-                data = self.view.read(self.fat_off + start,
-                                      min(_FAT_CHUNK, self.fat_bytes - start))
+                data = self.view.read(self.fat_off + start, min(_FAT_CHUNK, self.fat_bytes - start))
                 if len(self._fat) >= _FAT_CACHE_CHUNKS:
                     self._fat.pop(next(iter(self._fat)))
                 self._fat[chunk] = data
-            piece = data[within:within + length]
+            piece = data[within : within + length]
             if not piece:
                 raise GuestFsError(f"A FAT entry of {self.volume} lies past the FAT's end.")
             out += piece
@@ -146,8 +148,10 @@ class FatNamespace(BaseNamespace):
         cap = self.clusters if limit is None else min(limit, self.clusters)
         while len(out) < cap:
             if not self._valid(cluster):
-                raise GuestFsError(f"The cluster chain of {path} in {self.volume} points to "
-                                   f"cluster {cluster}, outside the filesystem.")
+                raise GuestFsError(
+                    f"The cluster chain of {path} in {self.volume} points to "
+                    f"cluster {cluster}, outside the filesystem."
+                )
             if cluster in seen:
                 raise GuestFsError(f"The cluster chain of {path} in {self.volume} loops.")
             seen.add(cluster)
@@ -156,16 +160,18 @@ class FatNamespace(BaseNamespace):
             if self._is_end(value):
                 break
             if value in (0, 1) or value == {12: 0xFF7, 16: 0xFFF7, 32: 0x0FFFFFF7}[self.bits]:
-                raise GuestFsError(f"The cluster chain of {path} in {self.volume} runs into a "
-                                   "free or bad cluster.")
+                raise GuestFsError(
+                    f"The cluster chain of {path} in {self.volume} runs into a free or bad cluster."
+                )
             cluster = value
         return out
 
     def _cluster_off(self, cluster: int) -> int:
         return self.data_off + (cluster - 2) * self.cs
 
-    def _runs_of(self, clusters: list[int], size: int
-                 ) -> list[tuple[int, int, ExtentKind, int | None]]:
+    def _runs_of(
+        self, clusters: list[int], size: int
+    ) -> list[tuple[int, int, ExtentKind, int | None]]:
         runs: list[tuple[int, int, ExtentKind, int | None]] = []
         pos = 0
         for c in clusters:
@@ -184,9 +190,21 @@ class FatNamespace(BaseNamespace):
     # -- entries -----------------------------------------------------------------------
     def root(self) -> Entry:
         """The root directory (id 0)."""
-        return Entry(name="/", path="/", kind=EntryKind.DIRECTORY, size=0, mtime=None,
-                     atime=None, ctime=None, mode=None, attributes=_ATTR_DIR, uid=None,
-                     gid=None, id=0, raw_name=b"/")
+        return Entry(
+            name="/",
+            path="/",
+            kind=EntryKind.DIRECTORY,
+            size=0,
+            mtime=None,
+            atime=None,
+            ctime=None,
+            mode=None,
+            attributes=_ATTR_DIR,
+            uid=None,
+            gid=None,
+            id=0,
+            raw_name=b"/",
+        )
 
     def _first_cluster(self, entry: Entry) -> int:
         if entry.id == 0:
@@ -200,8 +218,7 @@ class FatNamespace(BaseNamespace):
             return self.view.read(self.root_off, self.root_bytes)
         first = self._first_cluster(directory)
         if first == 0:
-            raise GuestFsError(f"The directory {directory.path} in {self.volume} has no "
-                               "clusters.")
+            raise GuestFsError(f"The directory {directory.path} in {self.volume} has no clusters.")
         clusters = self.chain(first, directory.path, _MAX_DIR_BYTES // self.cs + 1)
         return b"".join(self.view.read(self._cluster_off(c), self.cs) for c in clusters)
 
@@ -209,8 +226,9 @@ class FatNamespace(BaseNamespace):
         """The volume offset of each 32-byte slot of a directory (to give entries their id)."""
         if directory.id == 0 and self.bits != 32:
             return list(range(self.root_off, self.root_off + self.root_bytes, 32))
-        clusters = self.chain(self._first_cluster(directory), directory.path,
-                              _MAX_DIR_BYTES // self.cs + 1)
+        clusters = self.chain(
+            self._first_cluster(directory), directory.path, _MAX_DIR_BYTES // self.cs + 1
+        )
         return [self._cluster_off(c) + k for c in clusters for k in range(0, self.cs, 32)]
 
     def _list(self, directory: Entry) -> list[Entry]:
@@ -221,7 +239,7 @@ class FatNamespace(BaseNamespace):
         want = 0  # the sequence number the next long-name piece must carry
         check = -1
         for i in range(0, len(data) - 31, 32):
-            e = data[i:i + 32]
+            e = data[i : i + 32]
             first, attr = e[0], e[11]
             if first == 0:
                 break
@@ -260,14 +278,25 @@ class FatNamespace(BaseNamespace):
             is_dir = bool(attr & _ATTR_DIR)
             crt_tenth, crt_time, crt_date, acc_date = struct.unpack_from("<BHHH", e, 13)
             wrt_time, wrt_date = struct.unpack_from("<HH", e, 22)
-            out.append(Entry(
-                name=safe, path=join(directory.path, safe),
-                kind=EntryKind.DIRECTORY if is_dir else EntryKind.FILE,
-                size=0 if is_dir else struct.unpack_from("<I", e, 28)[0],
-                mtime=_date_time(wrt_date, wrt_time), atime=_date_time(acc_date),
-                ctime=None, btime=_date_time(crt_date, crt_time, crt_tenth),
-                mode=None, attributes=attr, uid=None, gid=None, id=offsets[i // 32],
-                raw_name=raw_name, name_note=note))
+            out.append(
+                Entry(
+                    name=safe,
+                    path=join(directory.path, safe),
+                    kind=EntryKind.DIRECTORY if is_dir else EntryKind.FILE,
+                    size=0 if is_dir else struct.unpack_from("<I", e, 28)[0],
+                    mtime=_date_time(wrt_date, wrt_time),
+                    atime=_date_time(acc_date),
+                    ctime=None,
+                    btime=_date_time(crt_date, crt_time, crt_tenth),
+                    mode=None,
+                    attributes=attr,
+                    uid=None,
+                    gid=None,
+                    id=offsets[i // 32],
+                    raw_name=raw_name,
+                    name_note=note,
+                )
+            )
         return out
 
     @staticmethod
@@ -286,13 +315,17 @@ class FatNamespace(BaseNamespace):
         first = self._first_cluster(entry)
         need = -(-entry.size // self.cs)
         if need > self.clusters:
-            raise GuestFsError(f"{entry.path} in {self.volume} claims {entry.size} bytes, more "
-                               "than the filesystem holds.")
+            raise GuestFsError(
+                f"{entry.path} in {self.volume} claims {entry.size} bytes, more "
+                "than the filesystem holds."
+            )
         clusters = self.chain(first, entry.path, need)
         if len(clusters) < need:
-            raise GuestFsError(f"The cluster chain of {entry.path} in {self.volume} ends after "
-                               f"{len(clusters) * self.cs} bytes, before its size of "
-                               f"{entry.size} bytes.")
+            raise GuestFsError(
+                f"The cluster chain of {entry.path} in {self.volume} ends after "
+                f"{len(clusters) * self.cs} bytes, before its size of "
+                f"{entry.size} bytes."
+            )
         return place_extents(self.view, self._runs_of(clusters, entry.size))
 
 

@@ -138,14 +138,21 @@ class _Mask:
         if b0 == b1:
             return end - start if self.mask[b0] else 0
         total = ((b0 + 1) * bs - start if self.mask[b0] else 0) + (
-            end - b1 * bs if self.mask[b1] else 0)
+            end - b1 * bs if self.mask[b1] else 0
+        )
         return total + int(self.sums[b1] - self.sums[b0 + 1]) * bs
 
 
-def layer_holdings(chain: DiskChain, layer: int, namespaces: list[BaseNamespace], *,
-                   max_files: int = MAX_FILES, top: int = 500,
-                   progress: ProgressFn = no_progress,
-                   cancel: CancelToken | None = None) -> LayerHoldings:
+def layer_holdings(
+    chain: DiskChain,
+    layer: int,
+    namespaces: list[BaseNamespace],
+    *,
+    max_files: int = MAX_FILES,
+    top: int = 500,
+    progress: ProgressFn = no_progress,
+    cancel: CancelToken | None = None,
+) -> LayerHoldings:
     """Which files the allocated blocks of ``chain.layers[layer]`` belong to.
 
     Args:
@@ -166,6 +173,7 @@ def layer_holdings(chain: DiskChain, layer: int, namespaces: list[BaseNamespace]
     claimed = 0
     linked: set[tuple[str, int]] = set()
     for ns in namespaces:
+
         def onerror(path: str, exc: VdiError, ns: BaseNamespace = ns) -> None:
             result.notes.append(f"{ns.volume}:{path}: {exc}")
 
@@ -192,8 +200,11 @@ def layer_holdings(chain: DiskChain, layer: int, namespaces: list[BaseNamespace]
                     except VdiError as exc:
                         onerror(entry.path, exc)
                         continue
-                    held = sum(m.bytes_in(x.disk_offset, x.length) for x in extents
-                               if x.kind is ExtentKind.DATA and x.disk_offset is not None)
+                    held = sum(
+                        m.bytes_in(x.disk_offset, x.length)
+                        for x in extents
+                        if x.kind is ExtentKind.DATA and x.disk_offset is not None
+                    )
                     if held:
                         claimed += held
                         found.append(Holding(ns.volume, entry.path, entry.size, held))
@@ -209,5 +220,4 @@ def layer_holdings(chain: DiskChain, layer: int, namespaces: list[BaseNamespace]
     return result
 
 
-__all__ = ["MAX_FILES", "FileBlocks", "Holding", "LayerHoldings", "file_blocks",
-           "layer_holdings"]
+__all__ = ["MAX_FILES", "FileBlocks", "Holding", "LayerHoldings", "file_blocks", "layer_holdings"]

@@ -143,7 +143,7 @@ def lznt1_decompress(data: bytes, limit: int) -> bytes:
             break
         size = (header & 0x0FFF) + 1
         pos += 2
-        chunk = data[pos:pos + size]
+        chunk = data[pos : pos + size]
         if len(chunk) < size:
             raise GuestFsError("An LZNT1 chunk runs past the end of its compression unit.")
         pos += size
@@ -220,8 +220,7 @@ class NtfsNamespace(BaseNamespace):
         try:
             self.vol = ntfs_usage.NtfsVolume(View(view.reader, view.extents))
         except Unsupported as exc:
-            raise GuestFsError(f"The NTFS filesystem in {volume} cannot be read: {exc}"
-                               ) from None
+            raise GuestFsError(f"The NTFS filesystem in {volume} cannot be read: {exc}") from None
         self.cs = self.vol.cluster
         self._records: OrderedDict[int, _Record] = OrderedDict()
         volrec = self._record(_VOLUME, "$Volume")
@@ -231,9 +230,11 @@ class NtfsNamespace(BaseNamespace):
             elif atype == _AT_VOLUME_INFORMATION and not attr[8]:
                 value = self.vol.resident_value(attr)
                 if len(value) >= 12 and struct.unpack_from("<H", value, 10)[0] & 0x4001:
-                    self.notes.append("The volume is marked dirty (Windows did not shut it "
-                                      "down cleanly); its files are shown as the disk has "
-                                      "them.")
+                    self.notes.append(
+                        "The volume is marked dirty (Windows did not shut it "
+                        "down cleanly); its files are shown as the disk has "
+                        "them."
+                    )
         self._root = self._record(_ROOT, "/")
         if not self._root.flags & _REC_DIRECTORY:
             raise GuestFsError(f"The root directory record of {volume} is not a directory.")
@@ -252,11 +253,13 @@ class NtfsNamespace(BaseNamespace):
         try:
             rec = self._load(number, path)
         except Unsupported as exc:
-            raise GuestFsError(f"The NTFS record of {path} in {self.volume} cannot be read: "
-                               f"{exc}") from None
+            raise GuestFsError(
+                f"The NTFS record of {path} in {self.volume} cannot be read: {exc}"
+            ) from None
         except (struct.error, IndexError, ValueError) as exc:
-            raise GuestFsError(f"The NTFS record of {path} in {self.volume} is damaged "
-                               f"({exc}).") from None
+            raise GuestFsError(
+                f"The NTFS record of {path} in {self.volume} is damaged ({exc})."
+            ) from None
         self._records[number] = rec
         if len(self._records) > _CACHED_RECORDS:
             self._records.popitem(last=False)
@@ -267,11 +270,14 @@ class NtfsNamespace(BaseNamespace):
         seq, links, _first, flags = struct.unpack_from("<HHHH", raw, 0x10)
         base = struct.unpack_from("<Q", raw, 0x20)[0] & _MFT_REF
         if not flags & _REC_IN_USE:
-            raise GuestFsError(f"{path} in {self.volume} points to MFT record {number}, which "
-                               "is not in use.")
+            raise GuestFsError(
+                f"{path} in {self.volume} points to MFT record {number}, which is not in use."
+            )
         if base:
-            raise GuestFsError(f"{path} in {self.volume} points to MFT record {number}, which "
-                               "is an extension of another record.")
+            raise GuestFsError(
+                f"{path} in {self.volume} points to MFT record {number}, which "
+                "is an extension of another record."
+            )
         attrs = list(self.vol.attributes(raw))
         lists = [a for a in attrs if a[0] == _AT_ATTRIBUTE_LIST]
         if lists:
@@ -283,8 +289,9 @@ class NtfsNamespace(BaseNamespace):
         if attr_list[8]:
             _v, runs, size = self.vol.decode_runlist(attr_list)
             if size > 1 << 24:
-                raise GuestFsError(f"The attribute list of {path} in {self.volume} claims "
-                                   f"{size} bytes.")
+                raise GuestFsError(
+                    f"The attribute list of {path} in {self.volume} claims {size} bytes."
+                )
             data = self.vol.read_runs(runs, 0, size)
         else:
             data = self.vol.resident_value(attr_list)
@@ -293,23 +300,25 @@ class NtfsNamespace(BaseNamespace):
         while pos + 26 <= len(data):
             rlen = struct.unpack_from("<H", data, pos + 4)[0]
             if rlen < 26:
-                raise GuestFsError(f"The attribute list of {path} in {self.volume} is "
-                                   "damaged.")
+                raise GuestFsError(f"The attribute list of {path} in {self.volume} is damaged.")
             ref = struct.unpack_from("<Q", data, pos + 16)[0] & _MFT_REF
             if ref != number and ref not in others:
                 others.append(ref)
             pos += rlen
         if len(others) > _MAX_EXTENSIONS:
-            raise GuestFsError(f"{path} in {self.volume} spreads over more than "
-                               f"{_MAX_EXTENSIONS} MFT records.")
+            raise GuestFsError(
+                f"{path} in {self.volume} spreads over more than {_MAX_EXTENSIONS} MFT records."
+            )
         out: list[_Attr] = []
         for other in others:
             raw = self.vol.raw_record(other)
             flags = struct.unpack_from("<H", raw, 0x16)[0]
             base = struct.unpack_from("<Q", raw, 0x20)[0] & _MFT_REF
             if not flags & _REC_IN_USE or base != number:
-                raise GuestFsError(f"The attribute list of {path} in {self.volume} names MFT "
-                                   f"record {other}, which does not belong to it.")
+                raise GuestFsError(
+                    f"The attribute list of {path} in {self.volume} names MFT "
+                    f"record {other}, which does not belong to it."
+                )
             out += [a for a in self.vol.attributes(raw) if a[0] != _AT_ATTRIBUTE_LIST]
         return out
 
@@ -329,14 +338,15 @@ class NtfsNamespace(BaseNamespace):
         decoded = []
         for attr in pieces:
             if len(attr) < 0x40:
-                raise GuestFsError(f"An attribute header of {path} in {self.volume} is cut "
-                                   "short.")
+                raise GuestFsError(f"An attribute header of {path} in {self.volume} is cut short.")
             decoded.append((self.vol.decode_runlist(attr), attr))
         decoded.sort(key=lambda d: d[0][0])
         first = decoded[0][1]
         if decoded[0][0][0] != 0:
-            raise GuestFsError(f"The runlists of {path} in {self.volume} do not start at the "
-                               "beginning of the stream.")
+            raise GuestFsError(
+                f"The runlists of {path} in {self.volume} do not start at the "
+                "beginning of the stream."
+            )
         flags = struct.unpack_from("<H", first, 12)[0]
         unit = first[0x22] if flags & _ATTR_COMPRESSED else 0
         alloc, size, init = struct.unpack_from("<QQQ", first, 0x28)
@@ -344,15 +354,17 @@ class NtfsNamespace(BaseNamespace):
         expect = 0
         for vcn, _lcn, length in runs:
             if vcn != expect:
-                raise GuestFsError(f"The runlists of {path} in {self.volume} leave a gap or "
-                                   "overlap.")
+                raise GuestFsError(
+                    f"The runlists of {path} in {self.volume} leave a gap or overlap."
+                )
             expect += length
         if size > _MAX_SIZE or init > _MAX_SIZE:
-            raise GuestFsError(f"{path} in {self.volume} claims an absurd size ({size} "
-                               "bytes).")
+            raise GuestFsError(f"{path} in {self.volume} claims an absurd size ({size} bytes).")
         if size > expect * self.cs:
-            raise GuestFsError(f"{path} in {self.volume} claims {size} bytes, but its runs "
-                               f"cover only {expect * self.cs}.")
+            raise GuestFsError(
+                f"{path} in {self.volume} claims {size} bytes, but its runs "
+                f"cover only {expect * self.cs}."
+            )
         if unit and (unit > 16 or self.cs << unit > 1 << 21):
             raise GuestFsError(f"{path} in {self.volume} has an invalid compression unit.")
         del alloc
@@ -383,7 +395,7 @@ class NtfsNamespace(BaseNamespace):
                 value = self.vol.resident_value(attr)
                 if len(value) >= 8:
                     tag, length = struct.unpack_from("<IH", value, 0)
-                    return int(tag), value[8:8 + length]
+                    return int(tag), value[8 : 8 + length]
         return None
 
     def _link_target(self, tag: int, data: bytes) -> str | None:
@@ -399,14 +411,13 @@ class NtfsNamespace(BaseNamespace):
         sub_off, sub_len, pr_off, pr_len = struct.unpack_from("<HHHH", data, 0)
         relative = tag == _TAG_SYMLINK and struct.unpack_from("<I", data, 8)[0] & 1
         buf = data[head:]
-        raw = buf[pr_off:pr_off + pr_len] if pr_len else buf[sub_off:sub_off + sub_len]
+        raw = buf[pr_off : pr_off + pr_len] if pr_len else buf[sub_off : sub_off + sub_len]
         text, _bad = _utf16(raw)
         if not relative:
             text = text.removeprefix("\\??\\")
         return text.replace("\\", "/")
 
-    def _entry_for(self, rec: _Record, name: str, path: str, raw_name: bytes, note: str
-                   ) -> Entry:
+    def _entry_for(self, rec: _Record, name: str, path: str, raw_name: bytes, note: str) -> Entry:
         times, attributes = self._standard(rec)
         created, modified, changed, accessed = times
         kind = EntryKind.DIRECTORY if rec.flags & _REC_DIRECTORY else EntryKind.FILE
@@ -423,41 +434,76 @@ class NtfsNamespace(BaseNamespace):
         if kind is EntryKind.FILE:
             data_stream = self._stream(rec, _AT_DATA, "", path)
             size = data_stream.size if data_stream is not None else 0
-            if (attributes & _FILE_ATTR_SYSTEM and data_stream is not None
-                    and len(_INTERIX_LINK) < size <= 8192):
+            if (
+                attributes & _FILE_ATTR_SYSTEM
+                and data_stream is not None
+                and len(_INTERIX_LINK) < size <= 8192
+            ):
                 head = self._read_stream(data_stream, 0, size, path)
                 if head.startswith(_INTERIX_LINK):
                     # ntfs-3g's (and Interix's) symbolic links: a system file holding a magic
                     # and the UTF-16 target; a Linux guest sees them as links.
-                    target, _bad = _utf16(head[len(_INTERIX_LINK):])
+                    target, _bad = _utf16(head[len(_INTERIX_LINK) :])
                     kind = EntryKind.SYMLINK
         if kind is EntryKind.SYMLINK:
             target = target or ""
             size = len(target.encode("utf-8", "surrogateescape"))
         if kind is EntryKind.DIRECTORY:
             attributes |= _FILE_ATTR_DIRECTORY
-        nlink = max(1, sum(1 for t, _n, a in rec.attrs if t == _AT_FILE_NAME and not a[8]
-                           and self._fn_namespace(a) != _NS_DOS))
-        return Entry(name=name, path=path, kind=kind, size=size, mtime=modified,
-                     atime=accessed, ctime=changed, btime=created, mode=None,
-                     attributes=attributes, uid=None, gid=None, id=rec.number, nlink=nlink,
-                     target=target, raw_name=raw_name, name_note=note)
+        nlink = max(
+            1,
+            sum(
+                1
+                for t, _n, a in rec.attrs
+                if t == _AT_FILE_NAME and not a[8] and self._fn_namespace(a) != _NS_DOS
+            ),
+        )
+        return Entry(
+            name=name,
+            path=path,
+            kind=kind,
+            size=size,
+            mtime=modified,
+            atime=accessed,
+            ctime=changed,
+            btime=created,
+            mode=None,
+            attributes=attributes,
+            uid=None,
+            gid=None,
+            id=rec.number,
+            nlink=nlink,
+            target=target,
+            raw_name=raw_name,
+            name_note=note,
+        )
 
-    def _entry_from_key(self, number: int, key: bytes, name: str, path: str, raw: bytes,
-                        note: str) -> Entry:
+    def _entry_from_key(
+        self, number: int, key: bytes, name: str, path: str, raw: bytes, note: str
+    ) -> Entry:
         """An entry built from the ``$FILE_NAME`` copy in a directory index (for records that
         cannot be read)."""
         created, modified, changed, accessed, _alloc, size, flags = struct.unpack_from(
-            "<qqqqqqI", key, 8)
+            "<qqqqqqI", key, 8
+        )
         is_dir = bool(flags & 0x10000000)
-        return Entry(name=name, path=path,
-                     kind=EntryKind.DIRECTORY if is_dir else EntryKind.FILE,
-                     size=0 if is_dir else max(0, size), mtime=nt_time(modified),
-                     atime=nt_time(accessed), ctime=nt_time(changed), btime=nt_time(created),
-                     mode=None, attributes=flags & 0xFFFF | (_FILE_ATTR_DIRECTORY if is_dir
-                                                            else 0),
-                     uid=None, gid=None, id=number, raw_name=raw,
-                     name_note="; ".join(x for x in (note, "its MFT record is damaged") if x))
+        return Entry(
+            name=name,
+            path=path,
+            kind=EntryKind.DIRECTORY if is_dir else EntryKind.FILE,
+            size=0 if is_dir else max(0, size),
+            mtime=nt_time(modified),
+            atime=nt_time(accessed),
+            ctime=nt_time(changed),
+            btime=nt_time(created),
+            mode=None,
+            attributes=flags & 0xFFFF | (_FILE_ATTR_DIRECTORY if is_dir else 0),
+            uid=None,
+            gid=None,
+            id=number,
+            raw_name=raw,
+            name_note="; ".join(x for x in (note, "its MFT record is damaged") if x),
+        )
 
     def _fn_namespace(self, attr: bytes) -> int:
         value = self.vol.resident_value(attr)
@@ -498,11 +544,13 @@ class NtfsNamespace(BaseNamespace):
         try:
             keys = self._index_keys(rec, directory.path)
         except Unsupported as exc:
-            raise GuestFsError(f"The index of {directory.path} in {self.volume} cannot be "
-                               f"read: {exc}") from None
+            raise GuestFsError(
+                f"The index of {directory.path} in {self.volume} cannot be read: {exc}"
+            ) from None
         except (struct.error, IndexError, ValueError) as exc:
-            raise GuestFsError(f"The index of {directory.path} in {self.volume} is damaged "
-                               f"({exc}).") from None
+            raise GuestFsError(
+                f"The index of {directory.path} in {self.volume} is damaged ({exc})."
+            ) from None
         # Keep one entry per (record, name); hide DOS names of records that have another one.
         named: dict[int, set[int]] = {}
         for ref, namespace, _raw, _key in keys:
@@ -518,22 +566,27 @@ class NtfsNamespace(BaseNamespace):
             seen.add((child, raw))
             if child == number:
                 if raw != ".".encode("utf-16-le"):
-                    self._note(f"The index of {directory.path} lists the directory itself; "
-                               "that entry was left out.")
+                    self._note(
+                        f"The index of {directory.path} lists the directory itself; "
+                        "that entry was left out."
+                    )
                 continue
             if child < _FIRST_USER:
                 continue
             text, bad = _utf16(raw)
             name, note = safe_name(text)
             if bad:
-                note = "; ".join(x for x in ("the stored name holds an unpaired UTF-16 "
-                                             "surrogate", note) if x)
+                note = "; ".join(
+                    x for x in ("the stored name holds an unpaired UTF-16 surrogate", note) if x
+                )
             path = join(directory.path, name)
             try:
                 crec = self._record(child, path)
                 if ref >> 48 and crec.seq and ref >> 48 != crec.seq:
-                    self._note(f"The index of {directory.path} holds a stale entry for {name}; "
-                               "it was left out.")
+                    self._note(
+                        f"The index of {directory.path} holds a stale entry for {name}; "
+                        "it was left out."
+                    )
                     continue
                 entry = self._entry_for(crec, name, path, raw, note)
             except GuestFsError as exc:
@@ -554,14 +607,28 @@ class NtfsNamespace(BaseNamespace):
                 except (GuestFsError, *_DAMAGE) as exc:
                     self._note(f"A stream of {path} in {self.volume} is damaged ({exc}).")
                     sdata = None
-                out.append(Entry(
-                    name=sname, path=join(directory.path, sname), kind=EntryKind.FILE,
-                    size=sdata.size if sdata else 0, mtime=entry.mtime, atime=entry.atime,
-                    ctime=entry.ctime, btime=entry.btime, mode=None,
-                    attributes=entry.attributes, uid=None, gid=None,
-                    id=child | k << _STREAM_SHIFT, nlink=1, raw_name=raw,
-                    name_note="; ".join(x for x in (f"the alternate data stream {stream!r}",
-                                                    snote) if x)))
+                out.append(
+                    Entry(
+                        name=sname,
+                        path=join(directory.path, sname),
+                        kind=EntryKind.FILE,
+                        size=sdata.size if sdata else 0,
+                        mtime=entry.mtime,
+                        atime=entry.atime,
+                        ctime=entry.ctime,
+                        btime=entry.btime,
+                        mode=None,
+                        attributes=entry.attributes,
+                        uid=None,
+                        gid=None,
+                        id=child | k << _STREAM_SHIFT,
+                        nlink=1,
+                        raw_name=raw,
+                        name_note="; ".join(
+                            x for x in (f"the alternate data stream {stream!r}", snote) if x
+                        ),
+                    )
+                )
         return out
 
     def _index_keys(self, rec: _Record, path: str) -> list[_Key]:
@@ -579,31 +646,33 @@ class NtfsNamespace(BaseNamespace):
         if alloc is None or alloc.resident is not None:
             return out
         if block_size < 512 or block_size & (block_size - 1) or block_size > 1 << 16:
-            raise GuestFsError(f"The index block size of {path} in {self.volume} is invalid "
-                               f"({block_size}).")
+            raise GuestFsError(
+                f"The index block size of {path} in {self.volume} is invalid ({block_size})."
+            )
         bitmap_stream = self._stream(rec, _AT_BITMAP, "$I30", path)
         bitmap = b""
         if bitmap_stream is not None:
-            bitmap = self._read_stream(bitmap_stream, 0, min(bitmap_stream.size, 1 << 17),
-                                       path)
+            bitmap = self._read_stream(bitmap_stream, 0, min(bitmap_stream.size, 1 << 17), path)
         count = min(alloc.size // block_size, len(bitmap) * 8, _MAX_INDEX_BLOCKS)
         for i in range(count):
             if not bitmap[i // 8] >> (i % 8) & 1:
                 continue
             raw = self._read_stream(alloc, i * block_size, block_size, path)
             if raw[:4] != b"INDX":
-                raise GuestFsError(f"Index block {i} of {path} in {self.volume} is damaged "
-                                   "(bad signature).")
+                raise GuestFsError(
+                    f"Index block {i} of {path} in {self.volume} is damaged (bad signature)."
+                )
             try:
                 buf = self.vol.fixup(raw, "INDX")
             except Unsupported:
-                raise GuestFsError(f"Index block {i} of {path} in {self.volume} failed its "
-                                   "fixup check (a torn or damaged write).") from None
+                raise GuestFsError(
+                    f"Index block {i} of {path} in {self.volume} failed its "
+                    "fixup check (a torn or damaged write)."
+                ) from None
             self._node_keys(bytes(buf), 0x18, out, path)
         return out
 
-    def _node_keys(self, buf: bytes, hdr: int, out: list[_Key], path: str
-                   ) -> None:
+    def _node_keys(self, buf: bytes, hdr: int, out: list[_Key], path: str) -> None:
         first, total = struct.unpack_from("<II", buf, hdr)
         pos, end = hdr + first, hdr + total
         if end > len(buf) or first < 16:
@@ -619,10 +688,17 @@ class NtfsNamespace(BaseNamespace):
             key = pos + 16
             nlen, namespace = buf[key + 0x40], buf[key + 0x41]
             if 0x42 + 2 * nlen > klen:
-                raise GuestFsError(f"An index entry's name of {path} in {self.volume} runs "
-                                   "past its entry.")
-            out.append((int(ref), namespace, bytes(buf[key + 0x42:key + 0x42 + 2 * nlen]),
-                        bytes(buf[key:key + 0x42])))
+                raise GuestFsError(
+                    f"An index entry's name of {path} in {self.volume} runs past its entry."
+                )
+            out.append(
+                (
+                    int(ref),
+                    namespace,
+                    bytes(buf[key + 0x42 : key + 0x42 + 2 * nlen]),
+                    bytes(buf[key : key + 0x42]),
+                )
+            )
             pos += elen
         raise GuestFsError(f"An index node of {path} in {self.volume} has no end marker.")
 
@@ -642,15 +718,19 @@ class NtfsNamespace(BaseNamespace):
         """Why the content cannot be read as stored, or None."""
         _times, attributes = self._standard(rec)
         if stream.flags & _ATTR_ENCRYPTED or attributes & _FILE_ATTR_ENCRYPTED:
-            return (f"{entry.path} in {self.volume} is encrypted (EFS); its content cannot be "
-                    "read without the owner's key.")
+            return (
+                f"{entry.path} in {self.volume} is encrypted (EFS); its content cannot be "
+                "read without the owner's key."
+            )
         reparse = self._reparse(rec)
         if reparse is not None and entry.id >> _STREAM_SHIFT == 0:
             tag = reparse[0]
             if tag not in (_TAG_SYMLINK, _TAG_MOUNT_POINT, _TAG_LX_SYMLINK) and stream.size:
-                return (f"{entry.path} in {self.volume} is a reparse point (tag {tag:#010x}) "
-                        "whose content Windows keeps elsewhere (for example compressed by "
-                        "WOF, deduplicated or a cloud placeholder); vdigui cannot read it.")
+                return (
+                    f"{entry.path} in {self.volume} is a reparse point (tag {tag:#010x}) "
+                    "whose content Windows keeps elsewhere (for example compressed by "
+                    "WOF, deduplicated or a cloud placeholder); vdigui cannot read it."
+                )
         return None
 
     def _extents_of(self, entry: Entry) -> list[FileExtent]:
@@ -687,8 +767,9 @@ class NtfsNamespace(BaseNamespace):
                 runs.append((stream.init, hi - stream.init, ExtentKind.UNWRITTEN, voff + cut))
         return place_extents(self.view, runs)
 
-    def _units(self, stream: _Stream, path: str
-               ) -> Iterator[tuple[int, int, ExtentKind, int | None]]:
+    def _units(
+        self, stream: _Stream, path: str
+    ) -> Iterator[tuple[int, int, ExtentKind, int | None]]:
         """Compression units of a compressed stream as (offset, length, kind, volume offset);
         compressed units come back as INLINE, whole data units as DATA, holes as SPARSE."""
         ucl = 1 << stream.unit
@@ -727,14 +808,15 @@ class NtfsNamespace(BaseNamespace):
     def _read_stream(self, stream: _Stream, offset: int, length: int, path: str) -> bytes:
         """Bytes of a stream (metadata streams and small files); zeros past its end."""
         if stream.resident is not None:
-            return stream.resident[offset:offset + length].ljust(length, b"\0")
+            return stream.resident[offset : offset + length].ljust(length, b"\0")
         if stream.unit:
             return self._decompressed(stream, offset, length, path)
         try:
             data = self.vol.read_runs(stream.runs, offset, length)
         except Unsupported as exc:
-            raise GuestFsError(f"A stream of {path} in {self.volume} cannot be read: {exc}"
-                               ) from None
+            raise GuestFsError(
+                f"A stream of {path} in {self.volume} cannot be read: {exc}"
+            ) from None
         if offset + length > stream.init:
             cut = max(0, stream.init - offset)
             data = data[:cut] + bytes(length - cut)
@@ -747,7 +829,7 @@ class NtfsNamespace(BaseNamespace):
         for ustart in range(first, offset + length, ubytes):
             out += self._unit(stream, ustart, path)
         skip = offset - first
-        return bytes(out[skip:skip + length]).ljust(length, b"\0")
+        return bytes(out[skip : skip + length]).ljust(length, b"\0")
 
     def _unit(self, stream: _Stream, ustart: int, path: str) -> bytes:
         ucl = 1 << stream.unit
@@ -755,16 +837,18 @@ class NtfsNamespace(BaseNamespace):
         pieces = self._cluster_map(stream.runs, ustart // self.cs, ucl)
         if all(lcn is None for lcn, _n in pieces):
             return bytes(ubytes)
-        stored = b"".join(bytes(n * self.cs) if lcn is None
-                          else self.view.read(lcn * self.cs, n * self.cs)
-                          for lcn, n in pieces)
+        stored = b"".join(
+            bytes(n * self.cs) if lcn is None else self.view.read(lcn * self.cs, n * self.cs)
+            for lcn, n in pieces
+        )
         if all(lcn is not None for lcn, _n in pieces):
             return stored
         try:
             return lznt1_decompress(stored, ubytes).ljust(ubytes, b"\0")
         except GuestFsError as exc:
-            raise GuestFsError(f"The compressed data of {path} in {self.volume} at byte "
-                               f"{ustart} is damaged: {exc}") from None
+            raise GuestFsError(
+                f"The compressed data of {path} in {self.volume} at byte {ustart} is damaged: {exc}"
+            ) from None
 
     def _inline_of(self, entry: Entry) -> bytes:
         _rec, stream = self._file_stream(entry)

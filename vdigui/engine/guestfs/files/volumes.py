@@ -111,8 +111,9 @@ def _logical_volumes(reader: DiskReader, pv_extents: Extents) -> list[GuestVolum
         for lv in pv.lvs:
             if lv.linear:
                 extents = pv_extents.compose(lv.pieces)
-                out.append(GuestVolume(lv.name, f"LV {lv.name}", _identify(reader, extents),
-                                       extents))
+                out.append(
+                    GuestVolume(lv.name, f"LV {lv.name}", _identify(reader, extents), extents)
+                )
         return out
     except (Unsupported, ValueError, KeyError, IndexError, TypeError):
         return []
@@ -139,15 +140,19 @@ def choose_volume(volumes: list[GuestVolume], name: str | None) -> GuestVolume:
         return readable[0]
     if not readable:
         what = ", ".join(f"{v.name} {v.kind}" for v in volumes) or "no partitions"
-        raise GuestPathError("The disk holds no ext, FAT or NTFS filesystem whose files can "
-                             f"be read ({what}).")
+        raise GuestPathError(
+            f"The disk holds no ext, FAT or NTFS filesystem whose files can be read ({what})."
+        )
     what = ", ".join(f"{v.name} {v.kind}" for v in readable)
-    raise GuestPathError(f"The disk holds {len(readable)} filesystems ({what}); put the volume "
-                         f"in front of the path, e.g. {readable[0].name}:/path.")
+    raise GuestPathError(
+        f"The disk holds {len(readable)} filesystems ({what}); put the volume "
+        f"in front of the path, e.g. {readable[0].name}:/path."
+    )
 
 
-def open_namespace(reader: DiskReader, volume: GuestVolume | Volume | str | None = None
-                   ) -> BaseNamespace:
+def open_namespace(
+    reader: DiskReader, volume: GuestVolume | Volume | str | None = None
+) -> BaseNamespace:
     """The files of one filesystem of a guest disk (read-only).
 
     Args:
@@ -161,8 +166,9 @@ def open_namespace(reader: DiskReader, volume: GuestVolume | Volume | str | None
     """
     if isinstance(volume, Volume):
         extents = Extents.single(volume.start, volume.size)
-        chosen = GuestVolume(volume.partition, volume.partition, _identify(reader, extents),
-                             extents)
+        chosen = GuestVolume(
+            volume.partition, volume.partition, _identify(reader, extents), extents
+        )
     elif isinstance(volume, GuestVolume):
         chosen = volume
     else:
@@ -174,9 +180,9 @@ def open_namespace(reader: DiskReader, volume: GuestVolume | Volume | str | None
         return open_fat(view, chosen.name)
     if chosen.kind == "ntfs":
         return open_ntfs(view, chosen.name)
-    raise GuestFsError(f"{chosen.name} holds {chosen.kind} content, not a filesystem whose "
-                       "files can be read.")
+    raise GuestFsError(
+        f"{chosen.name} holds {chosen.kind} content, not a filesystem whose files can be read."
+    )
 
 
-__all__ = ["GuestVolume", "choose_volume", "list_volumes", "open_namespace",
-           "split_volume_path"]
+__all__ = ["GuestVolume", "choose_volume", "list_volumes", "open_namespace", "split_volume_path"]
