@@ -14,7 +14,7 @@ shot resize-wizard.png --wizard resize --page options
 demo="$(.venv/bin/python -c 'from vdigui.engine import build_demo_vm; print(build_demo_vm())')"
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
-.venv/bin/vdictl report "$demo" --redact -o "$work/report.html"
+.venv/bin/vdictl report "$demo" --redact -o "$work/report.html" >/dev/null
 chromium --headless --no-sandbox --disable-gpu --no-first-run --disable-extensions \
   --host-resolver-rules='MAP * ~NOTFOUND' --user-data-dir="$work/profile" \
   --window-size=1400,900 --hide-scrollbars --screenshot="$(pwd)/docs/report.png" \
