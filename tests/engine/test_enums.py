@@ -34,3 +34,22 @@ def test_repair_evidence_carries_the_enum(tmp_path: Path) -> None:
     (fix,) = plan_repair(path).fixes
     assert fix.strength is Strength.CERTAIN
     assert json.loads(json.dumps({"strength": fix.strength})) == {"strength": "certain"}
+
+
+def test_merge_steps_and_directions_are_enums(tmp_path: Path) -> None:
+    """A bare merge's plan names its action and direction with enums; the JSON plan (what the
+    journal stores for recovery) keeps the plain words and reads back into the enums."""
+    from vdigui.engine import MergeDirection, StepAction
+    from vdigui.engine.operations.merge import MergePlan, plan_merge
+
+    base = build_image(tmp_path / "base.vdi", 4 * MIB, {0: pattern(0, MIB)})
+    child = build_image(tmp_path / "child.vdi", 4 * MIB, {1: pattern(1, MIB)}, parent=base.header)
+    plan = plan_merge(child.path, mode="into-parent")
+    (step,) = plan.steps
+    assert step.action is StepAction.MERGE and step.direction is MergeDirection.BACKWARD
+    assert {c.direction for c in step.costs} == {MergeDirection.BACKWARD, MergeDirection.FORWARD}
+    data = json.loads(json.dumps(plan.to_dict()))
+    assert data["steps"][0]["action"] == "merge" and data["steps"][0]["direction"] == "backward"
+    again = MergePlan.from_dict(data)
+    assert again.steps[0].action is StepAction.MERGE
+    assert again.steps[0].direction is MergeDirection.BACKWARD

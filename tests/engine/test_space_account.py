@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from builders import FREE, ZERO, RawHeader, RawImage, place, write_raw
+from builders import FREE, ZERO, RawHeader, RawImage, build_image, place, write_raw
 
 HERE = Path(__file__).resolve().parent
 for sub in ("merge", "operations", "guestfs"):
@@ -337,3 +337,43 @@ def test_guest_filesystems_under_a_snapshot(tmp_path: Path) -> None:
         C.GUEST_DATA: MIB,
         C.GUEST_UNUSED: MIB,
     }
+
+
+# -- the account's figures are what the actions then free ---------------------------------------
+def test_compaction_frees_the_all_zero_and_slack_figures(tmp_path: Path) -> None:
+    """Plain compaction shrinks the file by the account's all-zero blocks plus slack, within
+    one block (measured on the file itself, not taken from the compaction's own report)."""
+    from vdigui.engine.operations.compact import plan_compact, run_compact
+
+    rng = random.Random(7)
+    data = {b: rng.randbytes(MIB) for b in range(0, 24, 2)}
+    zeros = {b: bytes(MIB) for b in range(1, 24, 4)}
+    built = build_image(tmp_path / "z.vdi", 32 * MIB, {**data, **zeros})
+    with open(built.path, "ab") as f:  # a partial slot past the last one: slack
+        f.write(b"\x01" * (MIB // 2))
+    (f_space,) = account_space(built.path, scan_zeros=True).files
+    promised = f_space.categories[C.ZERO_BLOCKS] + f_space.categories[C.SLACK]
+    assert f_space.categories[C.ZERO_BLOCKS] == len(zeros) * MIB
+    before = built.path.stat().st_size
+    run_compact(plan_compact(built.path))
+    freed = before - built.path.stat().st_size
+    assert abs(freed - promised) <= MIB, (freed, promised)
+
+
+def test_fs_aware_compaction_frees_the_unused_figure(tmp_path: Path) -> None:
+    """Filesystem-aware compaction also drops what the guest no longer uses: the file shrinks
+    by all-zero + slack + unused-by-the-guest, within one block."""
+    from fsaware_disk import raw_to_vdi
+
+    from vdigui.engine.operations.compact import plan_compact, run_compact
+
+    raw, _used = guest_raw(tmp_path)
+    vdi = raw_to_vdi(raw, tmp_path / "guest.vdi")
+    (f_space,) = account_space(vdi, scan_zeros=True).files
+    cats = f_space.categories
+    promised = cats[C.ZERO_BLOCKS] + cats[C.SLACK] + cats[C.GUEST_UNUSED]
+    assert cats[C.GUEST_UNUSED] >= 4 * MIB  # the deleted big files, at least
+    before = vdi.stat().st_size
+    run_compact(plan_compact(vdi, fs_aware=True))
+    freed = before - vdi.stat().st_size
+    assert abs(freed - promised) <= MIB, (freed, promised)

@@ -191,6 +191,8 @@ _EXPORTS: dict[str, str] = {
     "FileSpace": "vdigui.engine.space_account",
     "SpaceAccount": "vdigui.engine.space_account",
     "account_space": "vdigui.engine.space_account",
+    "MergeDirection": "vdigui.engine.operations.merge",
+    "StepAction": "vdigui.engine.operations.merge",
 }
 
 __all__ = sorted(_EXPORTS)

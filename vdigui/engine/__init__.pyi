@@ -115,8 +115,10 @@ from vdigui.engine.operations.journal import plan_undo as plan_undo
 from vdigui.engine.operations.journal import recover_pending as recover_pending
 from vdigui.engine.operations.journal import undo_data_usage as undo_data_usage
 from vdigui.engine.operations.journal import undo_last as undo_last
+from vdigui.engine.operations.merge import MergeDirection as MergeDirection
 from vdigui.engine.operations.merge import MergePlan as MergePlan
 from vdigui.engine.operations.merge import MergeResult as MergeResult
+from vdigui.engine.operations.merge import StepAction as StepAction
 from vdigui.engine.operations.merge import list_snapshots as list_snapshots
 from vdigui.engine.operations.merge import plan_merge as plan_merge
 from vdigui.engine.operations.merge import plan_snapshot_delete as plan_snapshot_delete

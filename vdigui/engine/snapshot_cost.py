@@ -295,7 +295,8 @@ def snapshot_costs(
 
 def plan_copies(plan: mg.MergePlan) -> int:
     """Data bytes a plan's merges copy (the chosen direction's cost, listed first)."""
-    return sum(step.costs[0].bytes for step in plan.steps if step.action == "merge" and step.costs)
+    merges = [s for s in plan.steps if s.action is mg.StepAction.MERGE and s.costs]
+    return sum(step.costs[0].bytes for step in merges)
 
 
 def _only_here(doc: VboxDocument, snap: Any, registry: dict[uuidlib.UUID, Any]) -> int | None:
@@ -602,10 +603,10 @@ class _Shadow:
         over no slot becomes a ZERO entry.
         """
         for step in plan.steps:
-            if step.action != "merge":
+            if step.action is not mg.StepAction.MERGE:
                 continue
             assert step.source is not None and step.target is not None
-            backward = step.direction == "backward"
+            backward = step.direction is mg.MergeDirection.BACKWARD
             with (
                 open_image(step.source.path) as source,
                 open_image(step.target.path, writable=True) as target,

@@ -73,6 +73,7 @@ import hashlib
 import time
 import uuid as uuidlib
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -122,12 +123,29 @@ class ImageRef:
     outside: bool = False
 
 
+class MergeDirection(StrEnum):
+    """Which way a merge copies (the values are the CLI's and the journal's words)."""
+
+    AUTO = "auto"  # asked for: let the plan choose
+    FORWARD = "forward"  # the parent's data goes into the child
+    BACKWARD = "backward"  # the child's data goes into the parent
+
+
+class StepAction(StrEnum):
+    """What a snapshot deletion does to one disk."""
+
+    MERGE = "merge"
+    REMOVE = "remove"  # a differencing image nothing builds on
+    KEEP = "keep"  # a base no disk builds on
+    SKIP = "skip"  # writethrough, shareable or readonly media: not part of snapshots
+
+
 @dataclass(frozen=True, slots=True)
 class DirectionCost:
     """What one merge direction would cost.
 
     Attributes:
-        direction: "forward" (parent into child) or "backward" (child into parent).
+        direction: forward (parent into child) or backward (child into parent).
         allowed: False when this direction may not be used (a base is merged backward only).
         blocks: guest blocks written into the target (allocations and ZERO entries; an upper
             bound for forward, where blocks equal to the grand-parent's are skipped).
@@ -137,7 +155,7 @@ class DirectionCost:
         seconds: rough time estimate.
     """
 
-    direction: str
+    direction: MergeDirection
     allowed: bool
     blocks: int
     bytes: int
@@ -152,10 +170,9 @@ class DiskStep:
 
     Attributes:
         medium: the snapshot's medium H (or the image named on the command line).
-        action: "merge", "remove" (a diff nothing builds on), "keep" (a childless base) or
-            "skip" (writethrough/shareable/readonly).
+        action: what happens to the disk (:class:`StepAction`).
         reason: why, in words.
-        direction: "forward" or "backward" for merges.
+        direction: forward or backward, for merges.
         source: the image merged away (removed at the end).
         target: the image that receives the data.
         relink: images whose uuidLinkage is rewritten (to ``new_parent``).
@@ -165,9 +182,9 @@ class DiskStep:
     """
 
     medium: ImageRef
-    action: str
+    action: StepAction
     reason: str
-    direction: str | None = None
+    direction: MergeDirection | None = None
     source: ImageRef | None = None
     target: ImageRef | None = None
     relink: tuple[ImageRef, ...] = ()
@@ -230,7 +247,7 @@ class MergePlan:
         lines = [f"Plan: {self.summary}."]
         for step in self.steps:
             name = step.medium.path.name
-            if step.action == "merge":
+            if step.action is StepAction.MERGE:
                 assert step.source is not None and step.target is not None
                 lines.append(
                     f"- Disk {name}: merge {step.direction} — the data of "
@@ -351,9 +368,9 @@ class MergePlan:
         steps = tuple(
             DiskStep(
                 must(s["medium"]),
-                s["action"],
+                StepAction(s["action"]),
                 s["reason"],
-                s.get("direction"),
+                MergeDirection(s["direction"]) if s.get("direction") else None,
                 ref(s.get("source")),
                 ref(s.get("target")),
                 tuple(must(r) for r in s.get("relink", [])),
@@ -361,7 +378,7 @@ class MergePlan:
                 tuple(must(r) for r in s.get("ancestors", [])),
                 tuple(
                     DirectionCost(
-                        c["direction"],
+                        MergeDirection(c["direction"]),
                         c["allowed"],
                         c["blocks"],
                         c["bytes"],
@@ -460,7 +477,7 @@ def _header_of(path: Path, expected: uuidlib.UUID, role: str) -> fmt.VdiHeader:
 def _costs(
     source: VdiImage,
     target: VdiImage,
-    direction: str,
+    direction: MergeDirection,
     allowed: bool,
     free: int,
     keep_undo: bool = True,
@@ -471,7 +488,7 @@ def _costs(
     the before-images of the slots it overwrites in place.
     """
     bs = source.header.block_size
-    backward = direction == "backward"
+    backward = direction is MergeDirection.BACKWARD
     n = min(source.guest_blocks, target.guest_blocks)
     s_map = source.block_map[:n]
     t_map = target.block_map[:n]
@@ -495,16 +512,21 @@ def _before_image_size(source: VdiImage, target: VdiImage, backward: bool) -> in
 
 
 def _both_costs(
-    parent: ImageRef, child: ImageRef, forward_allowed: bool, chosen: str, keep_undo: bool = True
+    parent: ImageRef,
+    child: ImageRef,
+    forward_allowed: bool,
+    chosen: MergeDirection,
+    keep_undo: bool = True,
 ) -> tuple[DirectionCost, ...]:
     with open_image(parent.path) as p, open_image(child.path) as c:
-        backward = _costs(c, p, "backward", True, free_space(parent.path.parent), keep_undo)
-        forward = _costs(p, c, "forward", forward_allowed, free_space(child.path.parent), keep_undo)
-        if chosen == "backward":
+        back, fwd = MergeDirection.BACKWARD, MergeDirection.FORWARD
+        backward = _costs(c, p, back, True, free_space(parent.path.parent), keep_undo)
+        forward = _costs(p, c, fwd, forward_allowed, free_space(child.path.parent), keep_undo)
+        if chosen is MergeDirection.BACKWARD:
             _check_target(p, c, True, "target (parent)")
         else:
             _check_target(c, p, False, "target (child)")
-    return (backward, forward) if chosen == "backward" else (forward, backward)
+    return (backward, forward) if chosen is MergeDirection.BACKWARD else (forward, backward)
 
 
 def _check_target(target: VdiImage, source: VdiImage, backward: bool, role: str) -> None:
@@ -538,24 +560,26 @@ def _check_target(target: VdiImage, source: VdiImage, backward: bool, role: str)
         )
 
 
-def _choose(direction: str, parent_is_base: bool, parent: Path, child: Path) -> tuple[str, str]:
+def _choose(
+    direction: MergeDirection, parent_is_base: bool, parent: Path, child: Path
+) -> tuple[MergeDirection, str]:
     if parent_is_base:
-        if direction == "forward":
+        if direction is MergeDirection.FORWARD:
             raise _refuse(
                 "A base image is always merged backward (the child's data into the "
                 "base); a forward merge would turn a differencing image into the "
                 "base, which VirtualBox never does; use --direction auto."
             )
-        return "backward", "a base is always merged backward"
-    if direction in ("forward", "backward"):
+        return MergeDirection.BACKWARD, "a base is always merged backward"
+    if direction is not MergeDirection.AUTO:
         return direction, "the direction you chose"
     p_size, c_size = parent.stat().st_size, child.stat().st_size
     if p_size < c_size:
-        return "forward", (
+        return MergeDirection.FORWARD, (
             f"the parent ({_size(p_size)}) is smaller than the child "
             f"({_size(c_size)}), so it goes into the child"
         )
-    return "backward", (
+    return MergeDirection.BACKWARD, (
         f"the child ({_size(c_size)}) is not larger than the parent "
         f"({_size(p_size)}), so it goes into the parent"
     )
@@ -592,7 +616,7 @@ def plan_snapshot_delete(
     vm: Path | str,
     key: str,
     *,
-    direction: str = "auto",
+    direction: MergeDirection | str = MergeDirection.AUTO,
     allow_outside: bool = False,
     keep_undo: bool = True,
 ) -> MergePlan:
@@ -606,8 +630,12 @@ def plan_snapshot_delete(
         OperationRefused: one of VirtualBox's refusals (or vdigui's), with what to do instead.
         SettingsError: the .vbox cannot be read or the snapshot does not exist.
     """
-    if direction not in ("auto", "forward", "backward"):
-        raise ValueError(f"direction must be auto, forward or backward, not {direction!r}")
+    try:
+        direction = MergeDirection(direction)
+    except ValueError:
+        raise ValueError(
+            f"direction must be auto, forward or backward, not {direction!r}"
+        ) from None
     vbox = find_vbox(vm)
     doc = VboxDocument.load(vbox)
     folder = vbox.parent.resolve()
@@ -652,12 +680,12 @@ def plan_snapshot_delete(
     written: list[Path] = []
     removed: list[Path] = []
     for step in steps:
-        if step.action == "merge":
+        if step.action is StepAction.MERGE:
             assert step.target is not None and step.source is not None
             written.append(step.target.path)
             written += [r.path for r in step.relink]
             removed.append(step.source.path)
-        elif step.action == "remove":
+        elif step.action is StepAction.REMOVE:
             removed.append(step.medium.path)
     extra: list[Path] = []
     state_file = snap.get("stateFile")
@@ -709,7 +737,7 @@ def _plan_disk(
     registry: dict[uuidlib.UUID, Any],
     scan_dirs: list[Path],
     folder: Path,
-    direction: str,
+    direction: MergeDirection,
     keep_undo: bool = True,
 ) -> DiskStep:
     name = doc.snapshot_uuid(snap)
@@ -728,7 +756,7 @@ def _plan_disk(
     if medium_type in _SKIPPED_TYPES:
         return DiskStep(
             medium,
-            "skip",
+            StepAction.SKIP,
             f"{base_el.get('type')} media are not part of snapshots, so VirtualBox skips them too",
         )
     if medium_type in _REFUSED_TYPES:
@@ -764,9 +792,11 @@ def _plan_disk(
     parent_el = doc.disk_parent(element)
     if not child_uuids:
         if parent_el is None:
-            return DiskStep(medium, "keep", "a base with no child disk is left as it is")
+            return DiskStep(medium, StepAction.KEEP, "a base with no child disk is left as it is")
         return DiskStep(
-            medium, "remove", "no disk builds on this differencing image, so it is simply removed"
+            medium,
+            StepAction.REMOVE,
+            "no disk builds on this differencing image, so it is simply removed",
         )
     child_uuid = next(iter(child_uuids))
     child_el = reg_children.get(child_uuid)
@@ -795,7 +825,7 @@ def _plan_disk(
     chosen, reason = _choose(direction, parent_is_base, path, child_path)
     costs = _both_costs(medium, child, not parent_is_base, chosen, keep_undo)
     ancestors = _registry_ancestors(doc, parent_el, folder)
-    if chosen == "backward":
+    if chosen is MergeDirection.BACKWARD:
         grand = _scan_children(scan_dirs, child_uuid)
         relink_refs: dict[uuidlib.UUID, ImageRef] = {}
         for c in doc.disk_children(child_el):
@@ -808,9 +838,9 @@ def _plan_disk(
             relink_refs.setdefault(gh.uuid, ImageRef(gp, gh.uuid, not is_inside(gp, folder)))
         return DiskStep(
             medium,
-            "merge",
+            StepAction.MERGE,
             reason,
-            "backward",
+            MergeDirection.BACKWARD,
             source=child,
             target=medium,
             relink=tuple(relink_refs.values()),
@@ -821,9 +851,9 @@ def _plan_disk(
     new_parent = parse_uuid(parent_el.get("uuid")) if parent_el is not None else None
     return DiskStep(
         medium,
-        "merge",
+        StepAction.MERGE,
         reason,
-        "forward",
+        MergeDirection.FORWARD,
         source=medium,
         target=child,
         relink=(child,),
@@ -893,23 +923,26 @@ def plan_merge(
     child_h, parent_h = resolution.headers[-1], resolution.headers[-2]
     _refuse_registered(dirs, [child_h.uuid, parent_h.uuid])
     parent_is_base = len(resolution.paths) == 2
-    direction = {"into-parent": "backward", "parent-into-this": "forward"}.get(mode, "auto")
-    if direction == "forward" and parent_is_base:
+    direction = {
+        "into-parent": MergeDirection.BACKWARD,
+        "parent-into-this": MergeDirection.FORWARD,
+    }.get(mode, MergeDirection.AUTO)
+    if direction is MergeDirection.FORWARD and parent_is_base:
         reason = "you chose to merge the base into this image, which then becomes the base"
-        chosen = "forward"
+        chosen = MergeDirection.FORWARD
     else:
         chosen, reason = _choose(direction, parent_is_base, parent_path, child_path)
     parent = ImageRef(parent_path, parent_h.uuid)
     child = ImageRef(child_path, child_h.uuid)
     siblings = {p for p, h in _scan_children(dirs, parent_h.uuid).items()} - {child_path}
-    if siblings and chosen == "forward":
+    if siblings and chosen is MergeDirection.FORWARD:
         others = ", ".join(p.name for p in siblings)
         raise _refuse(
             f"'{parent_path.name}' has other children ({others}) "
             "besides this image, so it cannot be merged away; merge the other "
             "direction (--into-parent) or remove the other children first."
         )
-    if siblings and chosen == "backward":
+    if siblings and chosen is MergeDirection.BACKWARD:
         others = ", ".join(p.name for p in siblings)
         raise _refuse(
             f"'{parent_path.name}' has other children ({others}); "
@@ -920,13 +953,13 @@ def plan_merge(
         ImageRef(p, h.uuid)
         for p, h in zip(resolution.paths[:-2], resolution.headers[:-2], strict=True)
     )
-    if chosen == "backward":
+    if chosen is MergeDirection.BACKWARD:
         relink = tuple(ImageRef(p, h.uuid) for p, h in _scan_children(dirs, child_h.uuid).items())
         step = DiskStep(
             child,
-            "merge",
+            StepAction.MERGE,
             reason,
-            "backward",
+            MergeDirection.BACKWARD,
             source=child,
             target=parent,
             relink=relink,
@@ -938,9 +971,9 @@ def plan_merge(
         new_parent = ancestors[-1].uuid if ancestors else None
         step = DiskStep(
             child,
-            "merge",
+            StepAction.MERGE,
             reason,
-            "forward",
+            MergeDirection.FORWARD,
             source=parent,
             target=child,
             relink=(child,),
@@ -985,10 +1018,10 @@ def _with_space(plan: MergePlan) -> MergePlan:
     files: list[FileOutcome] = []
     growth = before_images = prefixes = 0
     for step in plan.steps:
-        if step.action != "merge":
+        if step.action is not StepAction.MERGE:
             continue
         assert step.source is not None and step.target is not None
-        backward = step.direction == "backward"
+        backward = step.direction is MergeDirection.BACKWARD
         with open_image(step.source.path) as source, open_image(step.target.path) as target:
             n = min(source.guest_blocks, target.guest_blocks)
             new = new_slot_bound(source.block_map[:n], target.block_map[:n], backward)
@@ -1134,7 +1167,7 @@ def run_merge(
     state = _RunState()
     try:
         for step in plan.steps:
-            if step.action != "merge":
+            if step.action is not StepAction.MERGE:
                 continue
             assert step.target is not None
             journal.backup_image(step.target.path, [str(step.target.uuid)], save=False)
@@ -1145,7 +1178,7 @@ def run_merge(
         # Names every backup before the first write; without undo data, from here on a
         # crash is rolled forward.
         journal.set_phase("backed-up")
-        merges = [s for s in plan.steps if s.action == "merge"]
+        merges = [s for s in plan.steps if s.action is StepAction.MERGE]
         for number, step in enumerate(merges, start=1):
             outcome, was_dense = _merge_data(
                 step,
@@ -1231,10 +1264,10 @@ def _commit(plan: MergePlan, journal: Journal, doc: VboxDocument | None) -> None
     """
     journal.data["removals"] = []  # a recovery re-announces them (same names, same order)
     for step in plan.steps:
-        if step.action == "merge":
+        if step.action is StepAction.MERGE:
             assert step.source is not None
             journal.plan_removal(step.source.path, str(step.source.uuid))
-        elif step.action == "remove":
+        elif step.action is StepAction.REMOVE:
             journal.plan_removal(step.medium.path, str(step.medium.uuid))
     for extra in plan.extra_removed:
         journal.plan_removal(extra, None)
@@ -1269,7 +1302,7 @@ def roll_forward(journal: Journal) -> list[str]:
     verify = bool(journal.data.get("verify", True))
     doc = _original_vbox(journal, plan) if plan.vbox is not None else None
     for step in plan.steps:
-        if step.action == "merge":
+        if step.action is StepAction.MERGE:
             assert step.source is not None
             if not step.source.path.exists():
                 raise VdiError(
@@ -1279,7 +1312,7 @@ def roll_forward(journal: Journal) -> list[str]:
                 )
     _verify_identities(plan)
     notes: list[str] = []
-    merges = [s for s in plan.steps if s.action == "merge"]
+    merges = [s for s in plan.steps if s.action is StepAction.MERGE]
     if journal.data.get("phase") not in ("relinking", "saving-vbox", "committed"):
         for number, step in enumerate(merges, start=1):
             assert step.source is not None and step.target is not None
@@ -1366,7 +1399,7 @@ def _verify_identities(plan: MergePlan) -> None:
         if step.target is not None:
             refs.append(step.target)
         for ref in refs:
-            if step.action in ("skip", "keep") and ref is step.medium:
+            if step.action in (StepAction.SKIP, StepAction.KEEP) and ref is step.medium:
                 continue
             _header_of(ref.path, ref.uuid, "image")
 
@@ -1390,7 +1423,7 @@ def _merge_data(
     """
     assert step.source is not None and step.target is not None
     phase = f"merging disk {number} of {count} ({step.direction})"
-    backward = step.direction == "backward"
+    backward = step.direction is MergeDirection.BACKWARD
     ancestors: DiskChain | None = None
     paths = [r.path for r in step.ancestors]  # below the lower image of the pair
     try:
@@ -1449,7 +1482,7 @@ def _relink(step: DiskStep) -> None:
     if step.new_parent is not None:
         parent_path = (
             step.target.path
-            if step.direction == "backward" and step.target
+            if step.direction is MergeDirection.BACKWARD and step.target
             else step.ancestors[-1].path
         )
         parent_header = _header_of(parent_path, step.new_parent, "new parent")
@@ -1479,17 +1512,17 @@ def _edit_vbox(doc: VboxDocument, plan: MergePlan) -> None:
     """Apply Main's bookkeeping (docs/vdi-format.md §4.3) to the settings tree."""
     registry = doc.hard_disks()
     for step in plan.steps:
-        if step.action == "remove":
+        if step.action is StepAction.REMOVE:
             el = registry.get(step.medium.uuid)
             if el is not None:
                 doc.remove_disk(el)
             continue
-        if step.action != "merge":
+        if step.action is not StepAction.MERGE:
             continue
         assert step.source is not None and step.target is not None
         source_el = registry[step.source.uuid]
         target_el = registry[step.target.uuid]
-        if step.direction == "backward":
+        if step.direction is MergeDirection.BACKWARD:
             for child in doc.disk_children(source_el):
                 doc.move_disk(child, target_el)
             doc.remove_disk(source_el)

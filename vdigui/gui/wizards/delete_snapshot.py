@@ -175,7 +175,8 @@ class DeleteOptionsPage(QWizardPage):
         if space is not None and space.keep_undo:
             self._undo_bytes, self._undo_dir = space.undo_bytes, space.undo_dir
         self._explain_undo()
-        merges = [s for s in (plan.steps if plan is not None else ()) if s.action == "merge"]
+        steps = plan.steps if plan is not None else ()
+        merges = [s for s in steps if s.action is eng.StepAction.MERGE]
         if plan is None:
             self.explain.setText("The snapshot cannot be deleted; the next page says why.")
         elif not merges:
@@ -191,7 +192,8 @@ class DeleteOptionsPage(QWizardPage):
             )
         else:
             forward_ok = all(
-                any(c.direction == "forward" and c.allowed for c in s.costs) for s in merges
+                any(c.direction is eng.MergeDirection.FORWARD and c.allowed for c in s.costs)
+                for s in merges
             )
             self.forward.setEnabled(forward_ok)
             self.forward.setToolTip(
@@ -214,13 +216,13 @@ class DeleteOptionsPage(QWizardPage):
             )
 
     @property
-    def direction(self) -> str:
-        """ "auto", "forward" or "backward"."""
+    def direction(self) -> eng.MergeDirection:
+        """The direction chosen (automatic unless the user picked one)."""
         if self.forward.isChecked():
-            return "forward"
+            return eng.MergeDirection.FORWARD
         if self.backward.isChecked():
-            return "backward"
-        return "auto"
+            return eng.MergeDirection.BACKWARD
+        return eng.MergeDirection.AUTO
 
 
 class DeleteSnapshotWizard(OperationWizard[eng.MergePlan, VerifiedDeletion]):
@@ -268,7 +270,7 @@ class DeleteSnapshotWizard(OperationWizard[eng.MergePlan, VerifiedDeletion]):
             verify=verify,
             keep_undo=self.opts.keep_undo.isChecked(),
         )
-        merges = sum(1 for s in plan.steps if s.action == "merge")
+        merges = sum(1 for s in plan.steps if s.action is eng.StepAction.MERGE)
         return VerifiedDeletion(result, True if verify else None, merges)
 
     def refusals(self, plan: eng.MergePlan) -> tuple[str, ...]:
@@ -285,7 +287,7 @@ class DeleteSnapshotWizard(OperationWizard[eng.MergePlan, VerifiedDeletion]):
     # -- preview -------------------------------------------------------------------------------
     def fill_preview(self, page: PreviewPage, plan: eng.MergePlan) -> None:
         """Per disk: before/after maps and both directions' costs; then files and notes."""
-        merges = [s for s in plan.steps if s.action == "merge"]
+        merges = [s for s in plan.steps if s.action is eng.StepAction.MERGE]
         moved = sum(s.costs[0].bytes for s in merges if s.costs)
         page.add(
             heading(
@@ -311,7 +313,7 @@ class DeleteSnapshotWizard(OperationWizard[eng.MergePlan, VerifiedDeletion]):
         for step in plan.steps:
             page.add(rule())
             name = step.medium.path.name
-            if step.action != "merge":
+            if step.action is not eng.StepAction.MERGE:
                 verb = {"remove": "removed", "keep": "kept as it is", "skip": "left alone"}.get(
                     step.action, step.action
                 )
@@ -359,7 +361,7 @@ class DeleteSnapshotWizard(OperationWizard[eng.MergePlan, VerifiedDeletion]):
         # Lower (older) and upper (newer) layer of the pair, whichever direction is used.
         lower, upper = (
             (step.target, step.source)
-            if step.direction == "backward"
+            if step.direction is eng.MergeDirection.BACKWARD
             else (step.source, step.target)
         )
         with open_image(lower.path) as low, open_image(upper.path) as up:
@@ -533,6 +535,6 @@ class DeleteSnapshotWizard(OperationWizard[eng.MergePlan, VerifiedDeletion]):
         plan = self.plan
         if plan is not None:
             for step in plan.steps:
-                if step.action == "merge" and step.target is not None:
+                if step.action is eng.StepAction.MERGE and step.target is not None:
                     return step.target.path
         return self.target.folder

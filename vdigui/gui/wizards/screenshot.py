@@ -117,7 +117,7 @@ def _clone_result(plan: Any) -> Any:
 
 
 def _merges(plan: Any) -> list[Any]:
-    return [s for s in plan.steps if s.action == "merge"]
+    return [s for s in plan.steps if s.action is eng.StepAction.MERGE]
 
 
 def _delete_progress(plan: Any) -> Progress:
