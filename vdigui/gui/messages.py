@@ -57,6 +57,21 @@ def show_error(parent: QWidget | None, title: str, text: str, detail: str = "") 
 
 
 #: The function every error goes through: (parent, title, sentence, details). Tests swap it.
+def ask(parent: QWidget | None, title: str, text: str) -> bool:
+    """A Yes/No question whose default is No: asked before anything that frees or changes data.
+
+    Callers keep a module-level alias of it (``confirm_...``) that tests replace.
+    """
+    answer = QMessageBox.question(
+        parent,
+        title,
+        text,
+        QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
+        QMessageBox.StandardButton.No,
+    )
+    return answer == QMessageBox.StandardButton.Yes
+
+
 Reporter = Callable[[QWidget | None, str, str, str], None]
 reporter: Reporter = show_error
 

@@ -21,7 +21,6 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QMainWindow,
-    QMessageBox,
     QPushButton,
     QVBoxLayout,
     QWidget,
@@ -99,20 +98,8 @@ def settings_html(settings: DiskSettings) -> str:
     return text
 
 
-def ask_turn_on(parent: QWidget, title: str, text: str) -> bool:
-    """An OK/Cancel box whose default is Cancel (tests swap :data:`confirm_turn_on`)."""
-    answer = QMessageBox.question(
-        parent,
-        title,
-        text,
-        QMessageBox.StandardButton.Ok | QMessageBox.StandardButton.Cancel,
-        QMessageBox.StandardButton.Cancel,
-    )
-    return answer == QMessageBox.StandardButton.Ok
-
-
-#: Asked before the .vbox is changed: (parent, title, text) -> True to go on.
-confirm_turn_on: Callable[[QWidget, str, str], bool] = ask_turn_on
+#: Asked before the .vbox is changed: (parent, title, text) -> True to go on. Tests swap it.
+confirm_turn_on: Callable[[QWidget, str, str], bool] = messages.ask
 
 
 class DiskSettingsBox(QGroupBox):

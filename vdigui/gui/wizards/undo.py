@@ -32,7 +32,6 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QMainWindow,
-    QMessageBox,
     QProgressBar,
     QPushButton,
     QScrollArea,
@@ -168,19 +167,7 @@ def undo_preview(record: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 #: Asked before discarding undo data: (parent, title, text) -> True to go on. Tests swap it.
-def ask_discard(parent: QWidget, title: str, text: str) -> bool:
-    """A Yes/No box whose default is No."""
-    answer = QMessageBox.question(
-        parent,
-        title,
-        text,
-        QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
-        QMessageBox.StandardButton.No,
-    )
-    return answer == QMessageBox.StandardButton.Yes
-
-
-confirm_discard: Callable[[QWidget, str, str], bool] = ask_discard
+confirm_discard: Callable[[QWidget, str, str], bool] = messages.ask
 
 
 class UndoDialog(QDialog):
