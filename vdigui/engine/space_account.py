@@ -430,10 +430,12 @@ def _account_image(
     cat[stored[zero]] = _INDEX[Category.ZERO_BLOCKS]
     # Slots: the category of the block stored in each (the first one if two claim a slot).
     slot_cat = np.full(nslots, _INDEX[Category.SLACK], dtype=np.int8)
-    unique, first = np.unique(slots, return_index=True)
-    if unique.size != slots.size:
+    if slots.size and np.bincount(slots, minlength=nslots).max() > 1:
         notes.append("Some slots are claimed by more than one block; each is counted once.")
-    slot_cat[unique] = cat[stored[first]]
+        unique, first = np.unique(slots, return_index=True)
+        slot_cat[unique] = cat[stored[first]]
+    else:  # the usual case: each slot named once, no sort needed
+        slot_cat[slots] = cat[stored]
     counts = np.bincount(slot_cat, minlength=len(CATEGORIES)).astype(np.int64)
     out += counts * slot_size
     if nslots:
