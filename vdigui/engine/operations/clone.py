@@ -39,7 +39,7 @@ from vdigui.engine.operations._rewrite import rewrite_beside
 from vdigui.engine.operations.inuse import in_use_reasons
 from vdigui.engine.operations.preflight import check_writable_inputs, sweep_leftovers
 from vdigui.engine.operations.safefile import FileStamp, commit_new, require_unchanged
-from vdigui.engine.operations.space import FileOutcome, SpacePlan, free_space, space_refusal
+from vdigui.engine.operations.space import SpacePlan, free_space, space_refusal
 from vdigui.engine.progress import CancelToken, ProgressFn, no_progress
 from vdigui.engine.usage_report import chain_usage, same_usage, unused_mask
 
@@ -98,14 +98,7 @@ class ClonePlan:
     @property
     def space(self) -> SpacePlan:
         """The space figures every plan states (a new file: deleting it is the undo)."""
-        return SpacePlan(
-            (FileOutcome(self.dest, 0, self.output_size),),
-            0,
-            None,
-            self.space_needed,
-            keep_undo=False,
-            undoable=False,
-        )
+        return SpacePlan.without_undo(self.dest, 0, self.output_size, self.space_needed)
 
     @property
     def can_run(self) -> bool:

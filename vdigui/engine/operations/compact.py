@@ -82,7 +82,7 @@ from vdigui.engine.operations.safefile import (
     require_unchanged,
     write_backup,
 )
-from vdigui.engine.operations.space import FileOutcome, SpacePlan, free_space, space_refusal
+from vdigui.engine.operations.space import SpacePlan, free_space, space_refusal
 from vdigui.engine.progress import CancelToken, Progress, ProgressFn, no_progress
 from vdigui.engine.sniff import require_regular_file
 from vdigui.engine.usage_report import (
@@ -184,14 +184,7 @@ class CompactPlan:
     @property
     def space(self) -> SpacePlan:
         """The space figures every plan states (compaction keeps no undo data)."""
-        return SpacePlan(
-            (FileOutcome(self.path, self.file_size, self.size_after),),
-            0,
-            None,
-            self.space_needed,
-            keep_undo=False,
-            undoable=False,
-        )
+        return SpacePlan.without_undo(self.path, self.file_size, self.size_after, self.space_needed)
 
     @property
     def nothing_to_do(self) -> bool:

@@ -31,7 +31,7 @@ from vdigui.engine.operations.safefile import (
     replace_original,
     require_unchanged,
 )
-from vdigui.engine.operations.space import FileOutcome, SpacePlan, free_space, space_refusal
+from vdigui.engine.operations.space import SpacePlan, free_space, space_refusal
 from vdigui.engine.progress import CancelToken, ProgressFn, no_progress
 from vdigui.engine.sniff import require_regular_file
 
@@ -75,13 +75,8 @@ class ConvertPlan:
     @property
     def space(self) -> SpacePlan:
         """The space figures every plan states (the old file is replaced, not kept)."""
-        return SpacePlan(
-            (FileOutcome(self.path, self.size_before, self.size_after),),
-            0,
-            None,
-            self.space_needed,
-            keep_undo=False,
-            undoable=False,
+        return SpacePlan.without_undo(
+            self.path, self.size_before, self.size_after, self.space_needed
         )
 
     @property

@@ -57,6 +57,21 @@ class SpacePlan:
     keep_undo: bool
     undoable: bool = True
 
+    @classmethod
+    def without_undo(
+        cls, path: Path, size_before: int, size_after: int, peak_extra: int
+    ) -> SpacePlan:
+        """One file written (created, rewritten or replaced) with no undo data: a clone is
+        undone by deleting it; compaction and conversion keep no copy of the old file."""
+        return cls(
+            (FileOutcome(path, size_before, size_after),),
+            0,
+            None,
+            peak_extra,
+            keep_undo=False,
+            undoable=False,
+        )
+
     @property
     def frees(self) -> int:
         """Bytes the files shrink by in total, not counting undo data (negative: grows)."""
