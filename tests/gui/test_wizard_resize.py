@@ -176,10 +176,16 @@ def test_limits_labels_are_the_engine_plans_figures(
     assert eng.plan_resize(vdi, low).min_size == low
     with pytest.raises(OperationRefused, match=re.escape(f"{low:,} bytes")):
         eng.plan_resize(vdi, low - 512)
-    # The maximum is the largest whole MiB the plan accepts.
+    # The maximum is the largest whole MiB the plan accepts. It follows the host's free space,
+    # which other processes change between two calls: a plan past the maximum is refused
+    # unless the maximum itself has moved past it meanwhile.
     assert eng.plan_resize(vdi, high).new_size == high
-    with pytest.raises(OperationRefused):
+    try:
         eng.plan_resize(vdi, high + MIB)
+    except OperationRefused:
+        pass
+    else:
+        assert eng.resize_limits(vdi).max_size >= high + MIB
     assert "partition" in wizard.opts.min_why.text()
     # Shrinking and growing the last partition do not go together: the box says why.
     assert wizard.opts.grow.isEnabled()
