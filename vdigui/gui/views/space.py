@@ -256,12 +256,59 @@ def fit_label(metrics: QFontMetrics, row: FileRow, width: int) -> str:
     return metrics.elidedText(row.short, Qt.TextElideMode.ElideMiddle, width)
 
 
-class SpaceBars(QWidget):
+class _Picture(QWidget):
+    """What the bars and the treemap share: hover text, tooltips and clicks on a part.
+
+    Subclasses say what is where: :meth:`at` (the file and category under a point) and
+    :meth:`text_at` (the hover text there).
+
+    Signals:
+        hovered(str): the text for what is under the mouse ("" when nothing is).
+        clicked(FileRow, Category): a part that an operation frees was clicked.
+    """
+
+    hovered = Signal(str)
+    clicked = Signal(object, object)  # (FileRow, Category)
+
+    def at(self, pos: QPointF) -> tuple[FileRow, Category | None] | None:
+        """The file and category under ``pos`` (None: nothing)."""
+        raise NotImplementedError
+
+    def text_at(self, pos: QPointF) -> str:
+        """The hover text at ``pos``."""
+        raise NotImplementedError
+
+    def mouseMoveEvent(self, event: QMouseEvent) -> None:  # Qt override
+        """Say what is under the mouse."""
+        self.hovered.emit(self.text_at(event.position()))
+
+    def mouseReleaseEvent(self, event: QMouseEvent) -> None:  # Qt override
+        """A click on a part that an operation frees asks for that operation on that file."""
+        hit = self.at(event.position())
+        if hit is not None and hit[1] is not None:
+            self.clicked.emit(hit[0], hit[1])
+
+    def leaveEvent(self, event: QEvent) -> None:  # Qt override
+        """Nothing hovered any more."""
+        del event
+        self.hovered.emit("")
+
+    def event(self, event: QEvent) -> bool:  # Qt override
+        """Tooltips: the same text as the hover line."""
+        if event.type() == QEvent.Type.ToolTip and isinstance(event, QHelpEvent):
+            text = self.text_at(QPointF(event.pos()))
+            if text:
+                QToolTip.showText(event.globalPos(), tooltip_html(text), self)
+            else:
+                QToolTip.hideText()
+            return True
+        return super().event(event)
+
+
+class SpaceBars(_Picture):
     """One stacked horizontal bar per file: the name, the bar (the whole file), the sizes."""
 
     ROW = 24
-    hovered = Signal(str)
-    clicked = Signal(object, object)  # (FileRow, Category)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -386,38 +433,9 @@ class SpaceBars(QWidget):
         finally:
             painter.end()
 
-    def mouseMoveEvent(self, event: QMouseEvent) -> None:  # Qt override
-        """Say what is under the mouse."""
-        self.hovered.emit(self.text_at(event.position()))
 
-    def mouseReleaseEvent(self, event: QMouseEvent) -> None:  # Qt override
-        """A click on a part that an operation frees asks for that operation on that file."""
-        hit = self.at(event.position())
-        if hit is not None and hit[1] is not None:
-            self.clicked.emit(hit[0], hit[1])
-
-    def leaveEvent(self, event: QEvent) -> None:  # Qt override
-        """Nothing hovered any more."""
-        del event
-        self.hovered.emit("")
-
-    def event(self, event: QEvent) -> bool:  # Qt override
-        """Tooltips: the same text as the hover line."""
-        if event.type() == QEvent.Type.ToolTip and isinstance(event, QHelpEvent):
-            text = self.text_at(QPointF(event.pos()))
-            if text:
-                QToolTip.showText(event.globalPos(), tooltip_html(text), self)
-            else:
-                QToolTip.hideText()
-            return True
-        return super().event(event)
-
-
-class SpaceTreemap(QWidget):
+class SpaceTreemap(_Picture):
     """The folder as a squarified treemap: a rectangle per file, split by category."""
-
-    hovered = Signal(str)
-    clicked = Signal(object, object)  # (FileRow, Category)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -506,32 +524,6 @@ class SpaceTreemap(QWidget):
                     )
         finally:
             painter.end()
-
-    def mouseMoveEvent(self, event: QMouseEvent) -> None:  # Qt override
-        """Say what is under the mouse."""
-        self.hovered.emit(self.text_at(event.position()))
-
-    def mouseReleaseEvent(self, event: QMouseEvent) -> None:  # Qt override
-        """A click on a part that an operation frees asks for that operation on that file."""
-        hit = self.at(event.position())
-        if hit is not None and hit[1] is not None:
-            self.clicked.emit(hit[0], hit[1])
-
-    def leaveEvent(self, event: QEvent) -> None:  # Qt override
-        """Nothing hovered any more."""
-        del event
-        self.hovered.emit("")
-
-    def event(self, event: QEvent) -> bool:  # Qt override
-        """Tooltips: the same text as the hover line."""
-        if event.type() == QEvent.Type.ToolTip and isinstance(event, QHelpEvent):
-            text = self.text_at(QPointF(event.pos()))
-            if text:
-                QToolTip.showText(event.globalPos(), tooltip_html(text), self)
-            else:
-                QToolTip.hideText()
-            return True
-        return super().event(event)
 
 
 class Swatch(QWidget):
