@@ -44,3 +44,20 @@ def test_every_state_holds_clean_filesystems(demo: Path, state: str, tmp_path: P
     assert done.returncode == 0, f"{state}: e2fsck\n{done.stdout}{done.stderr}"
     done = subprocess.run([fsck_vfat, "-n", str(fat)], capture_output=True, text=True, check=False)
     assert done.returncode == 0, f"{state}: fsck.vfat\n{done.stdout}{done.stderr}"
+
+
+def test_a_new_demo_removes_the_ones_older_versions_built(tmp_path: Path) -> None:
+    """Each demo takes about 280 MB of the user's cache; one from an older vdigui is never
+    used again, so building the current one removes it (and nothing else in the folder)."""
+    from vdigui.engine.demo import DEMO_VERSION
+
+    require_tool("mke2fs")
+    old = tmp_path / "v1" / "Demo VM"
+    old.mkdir(parents=True)
+    (old / "Demo VM.vbox").write_text("<VirtualBox/>")
+    keep = tmp_path / "notes"
+    keep.mkdir()
+    built = build_demo_vm(tmp_path)
+    assert built.parent.name == f"v{DEMO_VERSION}"
+    assert not (tmp_path / "v1").exists()
+    assert keep.is_dir()

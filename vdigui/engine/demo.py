@@ -100,7 +100,16 @@ def build_demo_vm(folder: Path | str | None = None) -> Path:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+    _remove_older_versions(root)
     return target
+
+
+def _remove_older_versions(root: Path) -> None:
+    """Delete demos an earlier vdigui built (``v1``, ``v2``...): nothing reuses them, and each
+    takes about 280 MB of the user's cache."""
+    for old in root.glob("v*"):
+        if old.is_dir() and old.name != f"v{DEMO_VERSION}" and old.name[1:].isdigit():
+            fileio.remove_tree(old)
 
 
 # -- layout --------------------------------------------------------------------------------
