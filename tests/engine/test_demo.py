@@ -46,7 +46,7 @@ def test_every_state_holds_clean_filesystems(demo: Path, state: str, tmp_path: P
     assert done.returncode == 0, f"{state}: fsck.vfat\n{done.stdout}{done.stderr}"
 
 
-def test_a_new_demo_removes_the_ones_older_versions_built(tmp_path: Path) -> None:
+def test_the_demo_removes_the_ones_older_versions_built(tmp_path: Path) -> None:
     """Each demo takes about 280 MB of the user's cache; one from an older vdigui is never
     used again, so building the current one removes it (and nothing else in the folder)."""
     from vdigui.engine.demo import DEMO_VERSION
@@ -61,3 +61,7 @@ def test_a_new_demo_removes_the_ones_older_versions_built(tmp_path: Path) -> Non
     assert built.parent.name == f"v{DEMO_VERSION}"
     assert not (tmp_path / "v1").exists()
     assert keep.is_dir()
+    # Also when the current demo is already there (the usual start of vdigui --demo).
+    (tmp_path / "v2" / "Demo VM").mkdir(parents=True)
+    assert build_demo_vm(tmp_path) == built
+    assert not (tmp_path / "v2").exists()

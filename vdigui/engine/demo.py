@@ -84,6 +84,7 @@ def build_demo_vm(folder: Path | str | None = None) -> Path:
     root = Path(folder) if folder is not None else default_cache_folder() / "demo"
     target = root / f"v{DEMO_VERSION}" / DEMO_NAME
     if (target / f"{DEMO_NAME}.vbox").is_file():
+        _remove_older_versions(root)
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
