@@ -60,7 +60,7 @@ def analyze_volume(
     res = FsResult()
     nested: list[Volume] = []
     try:
-        kind = _identify(view, part)
+        kind = identify(view, part)
         if kind == "lvm-pv":
             res.kind = "lvm-pv"
             if depth >= _MAX_DEPTH:
@@ -118,8 +118,12 @@ def analyze_volume(
     return [vol, *nested]
 
 
-def _identify(view: View, part: Partition | None) -> str:
-    """Return "ext", "ntfs", "fat", "swap", "lvm-pv" or "kind:reason" for content kept whole."""
+def identify(view: View, part: Partition | None = None) -> str:
+    """Return "ext", "ntfs", "fat", "swap", "lvm-pv" or "kind:reason" for content kept whole.
+
+    The one place a volume's content is recognised: the usage analysis and the guest-file
+    layer (:mod:`vdigui.engine.guestfs.files.volumes`) both ask here.
+    """
     if part is not None:
         if part.gpt_type == BIOS_BOOT_GUID:
             return "bios-boot:A BIOS boot partition holds boot-loader code."

@@ -14,19 +14,15 @@ from dataclasses import dataclass
 
 from vdigui.engine.errors import GuestFsError, GuestPathError
 
-from .. import ext as ext_usage
-from .. import fat as fat_usage
 from .. import lvm
-from .. import ntfs as ntfs_usage
 from ..blockmap import Extents, Unsupported, View
 from ..model import DiskReader, Volume
-from ..partitions import SECTOR, read_layout
+from ..partitions import SECTOR, Partition, read_layout
+from ..probe import identify
 from .api import BaseNamespace, VolumeView
 from .ext import open_ext
 from .fat import open_fat
 from .ntfs import open_ntfs
-
-_HEAD = 0x10048
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +32,8 @@ class GuestVolume:
     Attributes:
         name: the short name used in paths ("p1", "p5", "vg0/root", "disk").
         partition: where it comes from, as the usage report names it ("MBR #1", "LV vg0/root").
-        kind: "ext", "fat", "ntfs", "lvm-pv", "swap" or "unknown" (by signature).
+        kind: "ext", "fat", "ntfs", "lvm-pv", "swap", another kind the usage analysis
+            names ("md", "bios-boot", "luks"...) or "unknown" (guestfs.probe.identify).
         extents: where its bytes are on the disk (a logical volume may be split).
     """
 
@@ -61,25 +58,12 @@ class GuestVolume:
         return self.kind in ("ext", "fat", "ntfs")
 
 
-def _identify(reader: DiskReader, extents: Extents) -> str:
-    view = View(reader, extents)
-    if view.size < 4096:
-        return "unknown"
+def _identify(reader: DiskReader, extents: Extents, part: Partition | None = None) -> str:
+    """The volume's kind as the usage analysis names it ("ext", "lvm-pv", "md", ...)."""
     try:
-        head = view.read(0, min(view.size, _HEAD))
-        if ntfs_usage.probe(head):
-            return "ntfs"
-        if ext_usage.probe(head):
-            return "ext"
-        if fat_usage.probe(head):
-            return "fat"
-        if lvm.probe(view):
-            return "lvm-pv"
+        return identify(View(reader, extents), part).split(":", 1)[0]
     except Unsupported:
         return "unknown"
-    if len(head) > 4096 and head[4086:4096] in (b"SWAPSPACE2", b"SWAP-SPACE"):
-        return "swap"
-    return "unknown"
 
 
 def list_volumes(reader: DiskReader) -> list[GuestVolume]:
@@ -97,7 +81,7 @@ def list_volumes(reader: DiskReader) -> list[GuestVolume]:
         match = re.search(r"#(\d+)", part.name)
         name = f"p{match.group(1)}" if match else part.name
         extents = Extents.single(part.start, part.size)
-        kind = _identify(reader, extents)
+        kind = _identify(reader, extents, part)
         out.append(GuestVolume(name, part.name, kind, extents))
         if kind == "lvm-pv":
             out.extend(_logical_volumes(reader, extents))
