@@ -347,6 +347,27 @@ def _vm_tree(
     return vm.folder, tree, chain, notes
 
 
+def _source(
+    source: Path, disk: str | None
+) -> tuple[Path, list[tuple[Path, str]], list[Path], list[str]]:
+    """(folder, [(image, role)] base first, current chain, notes) of a VM or an image source,
+    refused while any of those images is in use (planning and the limits ask the same)."""
+    from vdigui.engine.operations.inuse import busy_reasons
+
+    notes: list[str] = []
+    if source.is_dir() or source.suffix.lower() in (".vbox", ".xml"):
+        folder, tree, chain, notes = _vm_tree(source, disk)
+    else:
+        if disk is not None:
+            raise _refuse("--disk chooses a disk of a VM; give the VM folder, not an image.")
+        folder, tree, chain = _image_source(source)
+    for path, _role in tree:
+        reasons = busy_reasons(path)
+        if reasons:
+            raise _refuse(" ".join(reasons))
+    return folder, tree, chain, notes
+
+
 def _image_source(path: Path) -> tuple[Path, list[tuple[Path, str]], list[Path]]:
     from vdigui.engine.usage_report import vm_folder_of
 
@@ -618,20 +639,7 @@ def plan_resize(
     """
     source = Path(source)
     _check_size(new_size)
-    notes: list[str] = []
-    if source.is_dir() or source.suffix.lower() in (".vbox", ".xml"):
-        folder, tree, chain, vm_notes = _vm_tree(source, disk)
-        notes += vm_notes
-    else:
-        if disk is not None:
-            raise _refuse("--disk chooses a disk of a VM; give the VM folder, not an image.")
-        folder, tree, chain = _image_source(source)
-    from vdigui.engine.operations.inuse import busy_reasons
-
-    for path, _role in tree:
-        reasons = busy_reasons(path)
-        if reasons:
-            raise _refuse(" ".join(reasons))
+    folder, tree, chain, notes = _source(source, disk)
     headers = [fmt.read_header(p) for p, _ in tree]
     old_size = headers[0].disk_size
     if any(h.disk_size != old_size for h in headers):
@@ -1253,20 +1261,10 @@ def resize_limits(source: Path | str, *, disk: str | None = None) -> ResizeLimit
             state, a differencing image, several disks without ``disk``...): the same
             sentence ``plan_resize`` refuses with.
     """
-    from vdigui.engine.operations.inuse import busy_reasons
     from vdigui.engine.operations.space import free_space
 
     source = Path(source)
-    if source.is_dir() or source.suffix.lower() in (".vbox", ".xml"):
-        folder, tree, chain, _notes = _vm_tree(source, disk)
-    else:
-        if disk is not None:
-            raise _refuse("--disk chooses a disk of a VM; give the VM folder, not an image.")
-        folder, tree, chain = _image_source(source)
-    for path, _role in tree:
-        reasons = busy_reasons(path)
-        if reasons:
-            raise _refuse(" ".join(reasons))
+    folder, tree, chain, _notes = _source(source, disk)
     headers = [fmt.read_header(p) for p, _ in tree]
     size, bs = headers[0].disk_size, headers[0].block_size
     fixed = headers[0].image_type == ImageType.FIXED
