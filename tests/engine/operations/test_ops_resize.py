@@ -23,7 +23,8 @@ from vdigui.engine import create_image
 from vdigui.engine.errors import OperationRefused
 from vdigui.engine.operations import journal as jr
 from vdigui.engine.operations import merge as mg
-from vdigui.engine.operations.resize import plan_resize, run_resize
+from vdigui.engine.operations import space as space_mod
+from vdigui.engine.operations.resize import plan_resize, resize_limits, run_resize
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "merge"))
@@ -334,6 +335,35 @@ def test_vm_with_two_snapshots_grows_every_layer(tmp_path: Path, qemu_img: str) 
     assert main(["check", str(vm.folder)]) == 0
     jr.undo_last(vm.folder)
     assert {p: p.read_bytes() for p in vm.folder.rglob("*.vdi")} == before_files
+
+
+@pytest.mark.parametrize("kind", ["dynamic", "fixed", "vm"])
+def test_the_largest_size_offered_is_the_largest_the_plan_accepts(
+    tmp_path: Path, qemu_img: str, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """With the host's free space pinned, the limit and the plan draw the same line."""
+    if kind == "vm":
+        vm = VmBuilder(tmp_path / "vm", disk_size=6 * MIB)
+        vm.scribble([0, 1])
+        vm.take_snapshot("one")
+        vm.scribble([2])
+        source: Path = vm.folder
+    else:
+        source = make_disk(tmp_path, qemu_img, 8, static=kind == "fixed")[1]
+    before = {p: sha(p) for p in source.parent.rglob("*") if p.is_file()}
+    free = 300 * MIB + 12345
+    monkeypatch.setattr(space_mod, "free_space", lambda folder: free)
+    limits = resize_limits(source)
+    high = limits.max_size
+    assert limits.current_size < high < 4 << 50
+    assert "free host space" in limits.max_why
+    plan = plan_resize(source, high)
+    assert plan.space.peak_extra <= free
+    with pytest.raises(OperationRefused, match="Not enough free space"):
+        plan_resize(source, high + MIB)
+    if kind == "fixed":  # a fixed image takes the whole new space at once
+        assert high - limits.current_size <= free
+    assert {p: sha(p) for p in source.parent.rglob("*") if p.is_file()} == before
 
 
 def test_vm_shrink_with_snapshots_is_refused(tmp_path: Path) -> None:

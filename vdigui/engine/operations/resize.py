@@ -39,6 +39,7 @@ import hashlib
 import math
 import os
 import uuid as uuidlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -545,6 +546,45 @@ def _filesystem_of(chain_paths: list[Path], info: pte.TableInfo | None) -> str |
     return None
 
 
+def _grow_change(
+    path: Path, h: fmt.VdiHeader, file_size: int, role: str, new_size: int, why: str
+) -> ImageChange:
+    """What growing one image to ``new_size`` does (pure: the limits search calls it often)."""
+    fixed = h.image_type == ImageType.FIXED
+    bs, slot = h.block_size, h.slot_size
+    a = h.blocks_allocated
+    new_blocks = max(h.blocks, _blocks_for(new_size, bs))
+    needed = h.offset_blocks + 4 * new_blocks
+    k = 0 if needed <= h.offset_data else -(-(needed - h.offset_data) // slot)
+    new_off = h.offset_data + k * slot
+    added = new_blocks - h.blocks if fixed else 0
+    after = a + added
+    old_map_end = h.offset_blocks + 4 * h.blocks
+    meta_end = new_off if k else needed
+    overwritten = max(0, min(meta_end, file_size) - old_map_end) if new_blocks > h.blocks else 0
+    return ImageChange(
+        path,
+        str(h.uuid),
+        role,
+        fixed,
+        h.disk_size,
+        new_size,
+        h.blocks,
+        new_blocks,
+        h.offset_data,
+        new_off,
+        a,
+        after,
+        min(k, a),
+        0,
+        added,
+        file_size,
+        new_off + after * slot,
+        overwritten,
+        why,
+    )
+
+
 def _image_change(path: Path, role: str, new_size: int, why: str) -> ImageChange:
     with open_image(path) as image:
         h = image.header
@@ -554,40 +594,11 @@ def _image_change(path: Path, role: str, new_size: int, why: str) -> ImageChange
             f"'{path.name}' has a version 0 header (VirtualBox 1.x), which has no "
             "data offset to move; convert it first ('vdictl convert')."
         )
+    if new_size >= h.disk_size:
+        return _grow_change(path, h, size, role, new_size, why)
     fixed = h.image_type == ImageType.FIXED
     bs, slot = h.block_size, h.slot_size
     a = h.blocks_allocated
-    if new_size >= h.disk_size:
-        new_blocks = max(h.blocks, _blocks_for(new_size, bs))
-        needed = h.offset_blocks + 4 * new_blocks
-        k = 0 if needed <= h.offset_data else -(-(needed - h.offset_data) // slot)
-        new_off = h.offset_data + k * slot
-        added = new_blocks - h.blocks if fixed else 0
-        after = a + added
-        old_map_end = h.offset_blocks + 4 * h.blocks
-        meta_end = new_off if k else needed
-        overwritten = max(0, min(meta_end, size) - old_map_end) if new_blocks > h.blocks else 0
-        return ImageChange(
-            path,
-            str(h.uuid),
-            role,
-            fixed,
-            h.disk_size,
-            new_size,
-            h.blocks,
-            new_blocks,
-            h.offset_data,
-            new_off,
-            a,
-            after,
-            min(k, a),
-            0,
-            added,
-            size,
-            new_off + after * slot,
-            overwritten,
-            why,
-        )
     new_blocks = _blocks_for(new_size, bs)
     entries = image_map(path)
     keep = entries[:new_blocks]
@@ -723,20 +734,35 @@ def plan_resize(
     return _with_space(plan)
 
 
-def _with_space(plan: ResizePlan) -> ResizePlan:
-    files = []
-    undo = 0
-    peak = 0
-    for c in plan.images:
-        files.append(FileOutcome(c.path, c.size_before, c.size_after))
-        tail = max(0, c.size_before - c.size_after)
-        undo += jr.prefix_backup_size(c.path) + c.overwritten + tail
+def _space_figures(
+    changes: Sequence[ImageChange], backups: Sequence[int], table_writes: int
+) -> tuple[int, int]:
+    """(undo bytes, peak new host bytes) of a resize; ``backups``: each image's prefix backup.
+
+    One formula for the plan and for the limits' search of the largest size that fits.
+    """
+    undo = peak = 0
+    for c, backup in zip(changes, backups, strict=True):
+        undo += backup + c.overwritten + max(0, c.size_before - c.size_after)
         peak += max(0, c.size_after - c.size_before)
-    if plan.table is not None:  # at most one block per written sector is saved
-        undo += len(plan.table.writes) * fmt.MIB
-        peak += len(plan.table.writes) * fmt.MIB
-    undo_dir = jr.backups_dir(plan.folder)
-    space = SpacePlan(tuple(files), undo, undo_dir, peak + undo, True)
+    # At most one block per written partition-table sector is saved.
+    undo += table_writes * fmt.MIB
+    peak += table_writes * fmt.MIB
+    return undo, peak + undo
+
+
+def _with_space(plan: ResizePlan) -> ResizePlan:
+    """The plan with its space figures; refused when the host cannot hold them."""
+    from vdigui.engine.operations.space import free_space, space_refusal
+
+    backups = [jr.prefix_backup_size(c.path) for c in plan.images]
+    writes = len(plan.table.writes) if plan.table is not None else 0
+    undo, peak = _space_figures(plan.images, backups, writes)
+    files = tuple(FileOutcome(c.path, c.size_before, c.size_after) for c in plan.images)
+    refusal = space_refusal(plan.folder, peak, free_space(plan.folder), "the resize")
+    if refusal is not None:
+        raise _refuse(refusal + " Free some space, or choose a smaller size.")
+    space = SpacePlan(files, undo, jr.backups_dir(plan.folder), peak, True)
     return dataclasses.replace(plan, space=space)
 
 
@@ -1253,6 +1279,44 @@ class ResizeLimits:
     usage: Any
 
 
+def _largest_fitting(
+    tree: list[tuple[Path, str]], headers: list[fmt.VdiHeader], chain: list[Path], free: int
+) -> int:
+    """The largest size (the current one plus whole MiB) whose plan fits in ``free`` bytes.
+
+    It searches with the plan's own figures (:func:`_grow_change`, :func:`_space_figures`),
+    so the plan accepts this size and refuses one MiB more, for the same free space.
+    """
+    size = headers[0].disk_size
+    sizes = [p.stat().st_size for p, _ in tree]
+    backups = [jr.prefix_backup_size(p) for p, _ in tree]
+
+    with open_paths(chain) as ch:
+
+        def fits(new_size: int) -> bool:
+            try:
+                table = pte.plan_table_edit(ch.read, size, new_size, grow_last=False)
+            except OperationRefused:
+                return False
+            changes = [
+                _grow_change(p, h, n, role, new_size, "")
+                for (p, role), h, n in zip(tree, headers, sizes, strict=True)
+            ]
+            writes = len(table.writes) if table is not None else 0
+            return _space_figures(changes, backups, writes)[1] <= free
+
+        low, high = 0, (MAX_SIZE - fmt.MIB - size) // fmt.MIB  # in MiB past the current size
+        if high < 0 or not fits(size):
+            return size
+        while low < high:  # the largest step that fits; the figures grow with the size
+            mid = (low + high + 1) // 2
+            if fits(size + mid * fmt.MIB):
+                low = mid
+            else:
+                high = mid - 1
+        return size + low * fmt.MIB
+
+
 def resize_limits(source: Path | str, *, disk: str | None = None) -> ResizeLimits:
     """The smallest and largest size :func:`plan_resize` would accept for ``source`` (read-only).
 
@@ -1325,21 +1389,14 @@ def resize_limits(source: Path | str, *, disk: str | None = None) -> ResizeLimit
             "of the last partition's table entry)."
         )
     free = free_space(folder)
-    vdi_max = MAX_SIZE - fmt.MIB
-    # Host bytes per byte of growth: the longer map (and, as much again, its undo copy and
-    # the moved slots) in every image, plus the new space itself for a fixed image.
-    per_byte = len(tree) * 2 * 4 / bs + (1.0 if fixed else 0.0)
-    reserve = sum(h.offset_data for h in headers) + 4 * fmt.MIB
-    host_max = size + int(max(0, free - reserve) / per_byte) // fmt.MIB * fmt.MIB
-    if host_max < vdi_max:
-        maximum = max(size, host_max)
+    maximum = _largest_fitting(tree, headers, chain, free)
+    if maximum < MAX_SIZE - fmt.MIB:
         max_why = f"What the free host space allows ({human_size(free)} free in '{folder}'): " + (
             "a fixed image takes the whole new space at once."
             if fixed
             else "the block map grows with the disk."
         )
     else:
-        maximum = vdi_max
         max_why = (
             "The largest disk VirtualBox supports (4 PiB less 3 MiB); a dynamic image "
             "takes host space only as the guest writes."
