@@ -22,6 +22,8 @@ bench:
 	.venv/bin/python bench/bench_copy.py
 	.venv/bin/python bench/bench_engine.py --only big
 	.venv/bin/python bench/bench_fs.py
+	.venv/bin/python bench/bench_diff.py
+	.venv/bin/python bench/bench_files.py
 	QT_QPA_PLATFORM=offscreen .venv/bin/python bench/bench_gui.py
 	.venv/bin/python bench/bench_merge.py
 	.venv/bin/python bench/bench_resize.py

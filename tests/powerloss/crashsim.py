@@ -231,6 +231,19 @@ class Recorder(fileio.FileOps):
             if f is not None:
                 self._add(SYNC, "fdatasync", inode=f[0], path=f[1])
 
+    def sync_filesystem(self, fd: int) -> None:
+        """A barrier for everything: each file with a name or an open descriptor, each
+        folder (a cut during it keeps any prefix of these flushes, like a real syncfs)."""
+        with self._lock:
+            super().sync_filesystem(fd)
+            files = {ino: rel for rel, ino in self._names.items() if ino != DIR}
+            files.update(dict(self._fd.values()))
+            for ino, rel in sorted(files.items()):
+                self._add(SYNC, "syncfs", inode=ino, path=rel)
+            folders = {""} | {rel for rel, ino in self._names.items() if ino == DIR}
+            for rel in sorted(folders):
+                self._add(DIRSYNC, "syncfs", path=rel)
+
     def replace(self, src: Path, dst: Path) -> None:
         with self._lock:
             super().replace(src, dst)
@@ -242,6 +255,16 @@ class Recorder(fileio.FileOps):
                 raise NotImplementedError(f"directory rename {a} -> {b} is not modelled")
             self._names[b] = ino
             self._add(RENAME, "replace", inode=ino, path=a, dst=b)
+
+    def rename_noreplace(self, src: Path, dst: Path) -> None:
+        with self._lock:
+            super().rename_noreplace(src, dst)
+            a, b = self._rel(src), self._rel(dst)
+            if a is None or b is None:
+                return
+            ino = self._names.pop(a)
+            self._names[b] = ino
+            self._add(RENAME, "renameat2(NOREPLACE)", inode=ino, path=a, dst=b)
 
     def link(self, src: Path, dst: Path) -> None:
         with self._lock:

@@ -80,9 +80,14 @@ from vdigui.engine.guestfs.files.extract import ExtractPlan as ExtractPlan
 from vdigui.engine.guestfs.files.extract import ExtractResult as ExtractResult
 from vdigui.engine.guestfs.files.extract import plan_extract as plan_extract
 from vdigui.engine.guestfs.files.extract import run_extract as run_extract
+from vdigui.engine.guestfs.files.holdings import BlockFiles as BlockFiles
+from vdigui.engine.guestfs.files.holdings import CellFiles as CellFiles
 from vdigui.engine.guestfs.files.holdings import FileBlocks as FileBlocks
+from vdigui.engine.guestfs.files.holdings import FileShare as FileShare
+from vdigui.engine.guestfs.files.holdings import IndexedFile as IndexedFile
 from vdigui.engine.guestfs.files.holdings import LayerHoldings as LayerHoldings
 from vdigui.engine.guestfs.files.holdings import file_blocks as file_blocks
+from vdigui.engine.guestfs.files.holdings import index_block_files as index_block_files
 from vdigui.engine.guestfs.files.holdings import layer_holdings as layer_holdings
 from vdigui.engine.image import VdiImage as VdiImage
 from vdigui.engine.image import create_image as create_image

@@ -18,7 +18,7 @@ How it is fast (bench/README.md has the figures):
   kernel to start writing back what was written (``fileio.start_writeback``,
   ``sync_file_range`` on Linux, not a barrier), so the caller's final ``fsync`` finds little
   left to do; ranges a few steps older are waited for and dropped from the page cache, which
-  keeps a multi-gigabyte copy from filling memory (:class:`_Writeback`). Durability still
+  keeps a multi-gigabyte copy from filling memory (:class:`Writeback`). Durability still
   comes only from that fsync, made before anything points at the data (the caller's job).
 
 How it is verified: the source bytes are in memory anyway (zero detection needs them), so
@@ -295,7 +295,7 @@ def _give_buffer(buffer: bytearray) -> None:
             _SPARE_BUFFERS.append(buffer)
 
 
-class _Writeback:
+class Writeback:
     """Keeps a copy's dirty and cached pages bounded, on a helper thread.
 
     The writer hands over each range once it is written (and checked). Every
@@ -392,7 +392,7 @@ class BlockWriter:
         #: Called with (job, bytes) after each block is written (and checked).
         self.on_written: Callable[[int, memoryview], None] | None = None
         self._release = release or (lambda _batch: None)
-        self._writeback = _Writeback(fd, writeback_bytes)
+        self._writeback = Writeback(fd, writeback_bytes)
         self._error: BaseException | None = None
         self._queue: queue.Queue[tuple[Batch, list[tuple[int, memoryview, int]]] | None] | None
         self._queue = None
@@ -662,7 +662,7 @@ def _kernel_copy(
     written = np.zeros(n, dtype=bool)
     where = np.full(n, -1, dtype=np.int64)
     next_offset = dense_base
-    writeback = _Writeback(out_fd)
+    writeback = Writeback(out_fd)
     fds = [int(fd) for fd in spec.fds]
     which = spec.which.tolist()
     src = spec.src.tolist()
@@ -756,6 +756,7 @@ __all__ = [
     "CopyOutcome",
     "CopySpec",
     "TempOutput",
+    "Writeback",
     "copy_blocks",
     "nonzero_rows",
     "read_blocks",

@@ -49,6 +49,41 @@ def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
 _SYNC_FILE_RANGE = _load_sync_file_range()
 
 
+def _load_syncfs() -> Callable[[int], int] | None:
+    """Linux ``syncfs`` (no binding in Python's ``os``), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).syncfs
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_SYNCFS = _load_syncfs()
+
+_AT_FDCWD = -100
+_RENAME_NOREPLACE = 1
+
+
+def _load_renameat2() -> Callable[[int, bytes, int, bytes, int], int] | None:
+    """Linux ``renameat2`` (glibc 2.28 and later), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_RENAMEAT2 = [_load_renameat2()]  # a list: dropped for good once a filesystem refuses it
+
+
 class FileOps:
     """The real operations. Tests subclass it to record calls (and still perform them)."""
 
@@ -112,6 +147,21 @@ class FileOps:
         if _SYNC_FILE_RANGE is not None:
             _SYNC_FILE_RANGE(fd, offset, length, _SYNC_FILE_RANGE_WRITE)  # errors ignored
 
+    def sync_filesystem(self, fd: int) -> None:
+        """Every file and folder of the filesystem holding ``fd`` to stable storage.
+
+        One barrier for many new files: an extraction of 100,000 small files that flushed
+        each one waited for 100,000 journal commits (docs/crash-safety.md, "Many new
+        files"). Linux ``syncfs`` (which reports write-back errors since Linux 5.8);
+        elsewhere ``sync``, which flushes every filesystem.
+        """
+        if _SYNCFS is not None:
+            if _SYNCFS(fd) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, os.strerror(err))
+        else:
+            os.sync()
+
     def wait_writeback(self, fd: int, offset: int, length: int) -> None:
         """Write a range's dirty pages and wait until the disk has them (Linux).
 
@@ -129,6 +179,21 @@ class FileOps:
     def link(self, src: Path, dst: Path) -> None:
         """Hard link; fails with FileExistsError if ``dst`` exists."""
         os.link(src, dst)
+
+    def rename_noreplace(self, src: Path, dst: Path) -> None:
+        """Atomic rename that fails with FileExistsError if ``dst`` exists.
+
+        Raises NotImplementedError where the platform or the filesystem cannot (the caller
+        then links and unlinks, which is not atomic but never overwrites either).
+        """
+        fn = _RENAMEAT2[0]
+        if fn is None:
+            raise NotImplementedError("renameat2")
+        if fn(_AT_FDCWD, os.fsencode(src), _AT_FDCWD, os.fsencode(dst), _RENAME_NOREPLACE):
+            err = ctypes.get_errno()
+            if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                raise NotImplementedError("renameat2")
+            raise OSError(err, os.strerror(err), str(src), None, str(dst))
 
     def unlink(self, path: Path) -> None:
         """Remove a name."""
@@ -155,6 +220,10 @@ class FileOps:
         """``os.chmod``."""
         path.chmod(mode)
 
+    def fchmod(self, fd: int, mode: int) -> None:
+        """``os.fchmod``: an open file's permission bits (no path lookup)."""
+        os.fchmod(fd, mode)
+
     def chown(self, path: Path, uid: int, gid: int) -> None:
         """``os.chown``."""
         os.chown(path, uid, gid)
@@ -167,6 +236,10 @@ class FileOps:
         """Set access and modification times (nanoseconds) of ``path`` itself, never a link's
         target."""
         os.utime(path, ns=ns, follow_symlinks=False)
+
+    def futime(self, fd: int, ns: tuple[int, int]) -> None:
+        """Set an open file's access and modification times (nanoseconds)."""
+        os.utime(fd, ns=ns)
 
 
 _ops: FileOps = FileOps()
@@ -183,10 +256,16 @@ def use(ops: FileOps) -> Iterator[FileOps]:
         _ops = previous
 
 
+def _path(p: Path | str) -> Path:
+    """``p`` as a Path, without parsing it again when it already is one (extracting 100,000
+    files called these wrappers a million times; re-parsing was a fifth of the run)."""
+    return p if isinstance(p, Path) else Path(p)
+
+
 # -- the calls ----------------------------------------------------------------------------
 def open_fd(path: Path | str, flags: int, mode: int = 0o644) -> int:
     """Open ``path`` for writing (or reading) through the boundary."""
-    return _ops.open(Path(path), flags, mode)
+    return _ops.open(_path(path), flags, mode)
 
 
 def close(fd: int) -> None:
@@ -229,6 +308,11 @@ def start_writeback(fd: int, offset: int = 0, length: int = 0) -> None:
     _ops.start_writeback(fd, offset, length)
 
 
+def sync_filesystem(fd: int) -> None:
+    """Flush the whole filesystem holding ``fd`` (files and folders): one barrier for many."""
+    _ops.sync_filesystem(fd)
+
+
 def wait_writeback(fd: int, offset: int, length: int) -> None:
     """Write back a range and wait for it (not a durability barrier: no cache flush)."""
     _ops.wait_writeback(fd, offset, length)
@@ -236,18 +320,35 @@ def wait_writeback(fd: int, offset: int, length: int) -> None:
 
 def replace(src: Path | str, dst: Path | str) -> None:
     """Atomic rename over ``dst``; durable after :func:`fsync_dir` of the folder."""
-    _ops.replace(Path(src), Path(dst))
+    _ops.replace(_path(src), _path(dst))
 
 
 def link(src: Path | str, dst: Path | str) -> None:
     """Hard link that never overwrites."""
-    _ops.link(Path(src), Path(dst))
+    _ops.link(_path(src), _path(dst))
+
+
+def rename_noreplace(src: Path | str, dst: Path | str) -> None:
+    """Move ``src`` to ``dst``, failing with FileExistsError rather than overwrite.
+
+    One atomic call where the filesystem has ``renameat2(RENAME_NOREPLACE)``; elsewhere a
+    link and an unlink (both names exist for a moment; neither overwrites).
+    """
+    a, b = _path(src), _path(dst)
+    if _RENAMEAT2[0] is not None:
+        try:
+            _ops.rename_noreplace(a, b)
+            return
+        except NotImplementedError:
+            _RENAMEAT2[0] = None
+    _ops.link(a, b)
+    _ops.unlink(a)
 
 
 def unlink(path: Path | str, *, missing_ok: bool = False) -> None:
     """Remove a file name."""
     try:
-        _ops.unlink(Path(path))
+        _ops.unlink(_path(path))
     except FileNotFoundError:
         if not missing_ok:
             raise
@@ -255,27 +356,37 @@ def unlink(path: Path | str, *, missing_ok: bool = False) -> None:
 
 def fsync_dir(folder: Path | str) -> None:
     """Make renames, links and removals in ``folder`` durable."""
-    _ops.fsync_dir(Path(folder))
+    _ops.fsync_dir(_path(folder))
 
 
 def chmod(path: Path | str, mode: int) -> None:
     """Change permission bits."""
-    _ops.chmod(Path(path), mode)
+    _ops.chmod(_path(path), mode)
+
+
+def fchmod(fd: int, mode: int) -> None:
+    """Change an open file's permission bits."""
+    _ops.fchmod(fd, mode)
 
 
 def chown(path: Path | str, uid: int, gid: int) -> None:
     """Change the owner."""
-    _ops.chown(Path(path), uid, gid)
+    _ops.chown(_path(path), uid, gid)
 
 
 def symlink(target: str, path: Path | str) -> None:
     """Create a symbolic link that never overwrites (extracting guest links)."""
-    _ops.symlink(target, Path(path))
+    _ops.symlink(target, _path(path))
+
+
+def futime(fd: int, ns: tuple[int, int]) -> None:
+    """Set an open file's access and modification times in nanoseconds."""
+    _ops.futime(fd, ns)
 
 
 def utime(path: Path | str, ns: tuple[int, int]) -> None:
     """Set a file's access and modification times in nanoseconds (links are not followed)."""
-    _ops.utime(Path(path), ns)
+    _ops.utime(_path(path), ns)
 
 
 def copy_range(src_fd: int, src_offset: int, dst_fd: int, dst_offset: int, length: int) -> None:
@@ -316,7 +427,7 @@ _KERNEL_COPY = [hasattr(os, "copy_file_range")]
 # -- composed, durable helpers ------------------------------------------------------------
 def makedirs(path: Path | str, mode: int = 0o755) -> None:
     """Create ``path`` and missing parents, flushing each parent that got a new entry."""
-    path = Path(path)
+    path = _path(path)
     missing: list[Path] = []
     probe = path
     while not probe.exists():
@@ -342,7 +453,7 @@ def write_file_durable(
     In place: the file exists under its final name while it is written. Use
     :func:`write_file_atomic` when a reader must never see a partial file.
     """
-    path = Path(path)
+    path = _path(path)
     flags = os.O_WRONLY | os.O_CREAT | (os.O_EXCL if exclusive else os.O_TRUNC)
     fd = open_fd(path, flags, mode)
     try:
@@ -361,7 +472,7 @@ def write_file_atomic(
     ``tmp`` names the temporary file (default: ``.NAME.vdigui-tmp`` beside it, which the
     leftover sweep recognises).
     """
-    path = Path(path)
+    path = _path(path)
     tmp = tmp or path.with_name(f".{path.name}.vdigui-tmp")
     fd = open_fd(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     try:
@@ -379,7 +490,7 @@ def write_file_atomic(
 
 def copy_file_durable(src: Path | str, dst: Path | str, *, mode: int = 0o600) -> int:
     """Copy ``src`` to the new file ``dst`` and flush it and its folder; returns bytes copied."""
-    src, dst = Path(src), Path(dst)
+    src, dst = _path(src), _path(dst)
     in_fd = os.open(src, os.O_RDONLY | _BINARY)
     try:
         size = os.fstat(in_fd).st_size
@@ -397,7 +508,7 @@ def copy_file_durable(src: Path | str, dst: Path | str, *, mode: int = 0o600) ->
 
 def move_durable(src: Path | str, dst: Path | str) -> None:
     """Move a file, durably in both folders (copy + flush + unlink across filesystems)."""
-    src, dst = Path(src), Path(dst)
+    src, dst = _path(src), _path(dst)
     makedirs(dst.parent)
     try:
         replace(src, dst)
@@ -420,7 +531,7 @@ def remove_tree(path: Path | str) -> int:
     Files first, then folders bottom up, then one flush of the parent: a power cut leaves
     either the whole folder or a part of it, never anything that reads as complete.
     """
-    path = Path(path)
+    path = _path(path)
     if not path.exists():
         return 0
     freed = 0

@@ -200,6 +200,7 @@ class MainWindow(QMainWindow):
         self.blockmap = BlockMapView()
         self.blockmap.locate_requested.connect(self.locate_byte)
         self.blockmap.scan_requested.connect(self.scan_zero_blocks)
+        self.blockmap.reveal_requested.connect(self._reveal_file)
         self.fragmentation = FragmentationView()
         # A pool of its own: the Space tab's count must not queue behind the availability
         # checks and the cost map on the analysis pool (bench/bench_gui.py measures it).
@@ -837,6 +838,9 @@ class MainWindow(QMainWindow):
                 data.codes,
                 data.pyramids,
             )
+            # Which files each block holds, for the hover text (a worker; an incomplete
+            # chain's filesystems would read as nonsense, so none for it).
+            self.blockmap.index_files(self.workers, None if data.error else data.paths)
             if not spread:
                 self.blockmap.set_usage(data.usage, data.usage_error)
                 return
@@ -902,6 +906,11 @@ class MainWindow(QMainWindow):
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         dialog.show()
         self.locate_dialog = dialog
+
+    def _reveal_file(self, volume: str, path: str) -> None:
+        """The block map's "Show FILE in the Files tab": the Files tab shows the same state."""
+        self.tabs.setCurrentWidget(self.files)
+        self.files.reveal(volume, path)
 
     def _show_block(self, block: int) -> None:
         self.tabs.setCurrentWidget(self.blockmap)

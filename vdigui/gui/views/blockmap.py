@@ -24,13 +24,21 @@ Why it is drawn this way:
   of its bytes the guest uses: pale = unused (FS-aware compaction drops it), dark = full, and
   in between for partly used blocks (which stay). Side by side with the layers it answers
   "why isn't my VDI shrinking?" at a glance.
+- Hovering also names the guest files that have bytes in the block (or cell). The reverse
+  index (``index_block_files``) is built once per chain on a worker, from metadata only, and
+  kept per chain files; a hover is then two binary searches, never a read.
 """
 
 from __future__ import annotations
 
 import html
 import math
-from collections.abc import Callable
+import textwrap
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from enum import Enum
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyqtgraph as pg
@@ -39,6 +47,7 @@ from PySide6.QtGui import QColor
 from PySide6.QtWidgets import (
     QHBoxLayout,
     QLabel,
+    QMenu,
     QPushButton,
     QSizePolicy,
     QToolTip,
@@ -46,8 +55,19 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from vdigui.engine import BLOCK_FREE, BLOCK_ZERO, UsageMap, VdiHeader, human_size
-from vdigui.gui import theme
+from vdigui.engine import (
+    BLOCK_FREE,
+    BLOCK_ZERO,
+    BlockFiles,
+    FileShare,
+    UsageMap,
+    VdiHeader,
+    human_size,
+    index_block_files,
+    open_paths,
+    printable,
+)
+from vdigui.gui import messages, theme
 from vdigui.gui.blockstates import (
     ALL_ZERO,
     ALLOCATED,
@@ -65,11 +85,31 @@ from vdigui.gui.blockstates import (
     served_codes,
 )
 from vdigui.gui.views.partitionbar import PartitionBar, volume_text
+from vdigui.gui.workers import Runner, WorkerPool
 
 #: The colour of a block the guest uses completely (the "Guest uses" row).
 USE_COLOUR = theme.USE_COLOUR  # declared once, in vdigui/engine/palette.py
 
 pg.setConfigOptions(imageAxisOrder="row-major", antialias=False)
+
+#: Chains whose file index is kept (switching back and forth between states is common).
+FILE_INDEX_CACHE = 4
+#: Files named in a hover text before "and N more".
+NAMED_FILES = 2
+#: Longest path shown whole in a hover text; longer ones lose their middle.
+SHOWN_PATH = 48
+#: Characters per line of the hover tooltip.
+TOOLTIP_COLUMNS = 90
+
+
+class FilesState(Enum):
+    """Where the block map's knowledge of the guest's files stands."""
+
+    NONE = "none"  # no chain, an incomplete chain, or no readable filesystem: say nothing
+    READING = "reading"  # the index is being built on a worker
+    READY = "ready"
+    FAILED = "failed"
+
 
 __all__ = [
     "ALLOCATED",
@@ -79,6 +119,7 @@ __all__ = [
     "SERVED_ZERO",
     "ZERO",
     "BlockMapView",
+    "FilesState",
     "bin_colours",
     "layer_codes",
     "served_codes",
@@ -91,10 +132,13 @@ class BlockMapView(QWidget):
     Signals:
         locate_requested: the user pressed "Locate byte...".
         scan_requested: the user asked for an all-zero scan.
+        reveal_requested: (volume, path) of a guest file to show in the Files tab (from the
+            right-click menu of a block).
     """
 
     locate_requested = Signal()
     scan_requested = Signal()
+    reveal_requested = Signal(str, str)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -115,6 +159,14 @@ class BlockMapView(QWidget):
         self.usage: UsageMap | None = None
         #: float32 per guest block: share of its bytes the guest uses (empty: no usage row).
         self.use_share = np.zeros(0, dtype=np.float32)
+        #: Which guest files each block holds (see :meth:`index_files`).
+        self.block_files: BlockFiles | None = None
+        self.files_state = FilesState.NONE
+        self.files_error = ""
+        self._files_key: tuple[tuple[str, int, int], ...] | None = None
+        self._files_runner: Runner | None = None
+        self._files_cache: OrderedDict[tuple[tuple[str, int, int], ...], BlockFiles] = OrderedDict()
+        self._hovered: tuple[int, int] | None = None
 
         self.plot = pg.PlotWidget(enableMenu=False)
         self.plot.setToolTip("")
@@ -136,6 +188,7 @@ class BlockMapView(QWidget):
         vb.sigResized.connect(self._schedule)
         self.plot.getPlotItem().setLabel("bottom", "guest block")
         self.plot.scene().sigMouseMoved.connect(self._hover)
+        self.plot.scene().sigMouseClicked.connect(self._clicked)
         self.partition_bar = PartitionBar(self._block_to_bar_x)
         self.partition_bar.setVisible(False)
         vb.sigXRangeChanged.connect(self.partition_bar.update)
@@ -153,10 +206,14 @@ class BlockMapView(QWidget):
             "more of its blocks hold it); a cell holding several "
             "kinds is split into bands. Hover for its counts."
         )
-        self.info = QLabel("Hover over the map to see a block's layer, slot and file offset.")
+        self.info = QLabel(
+            "Hover over the map to see a block's layer, slot, file offset and guest files; "
+            "right-click a block to show its files in the Files tab."
+        )
         self.info.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.info.setWordWrap(True)
-        self.info.setMinimumHeight(self.info.fontMetrics().lineSpacing() * 2 + 4)
+        # Three lines: a hover naming files should not make the map jump as the mouse moves.
+        self.info.setMinimumHeight(self.info.fontMetrics().lineSpacing() * 3 + 4)
         self.notice = QLabel()
         self.notice.setWordWrap(True)
         self.notice.setVisible(False)
@@ -245,6 +302,7 @@ class BlockMapView(QWidget):
         self.notice.setText(notice)
         self.notice.setVisible(bool(notice))
         self.usage = None  # a new chain: set_usage follows when its usage is known
+        self._forget_files()  # index_files follows when the chain's files are wanted
         self.use_share = np.zeros(0, dtype=np.float32)
         self.partition_bar.set_usage(None)
         self.partition_bar.setVisible(False)
@@ -490,17 +548,37 @@ class BlockMapView(QWidget):
             self.scale_label.setText(f"1 cell = {k} blocks ({human_size(k * self.block_size)})")
 
     # -- hover -----------------------------------------------------------------------------
-    def _hover(self, pos: QPointF) -> None:
+    def _cell_at(self, pos: QPointF) -> tuple[int, int] | None:
+        """(block, row) under scene position ``pos``, or None outside the map."""
         vb = self.plot.getViewBox()
         if not self.blocks or not vb.sceneBoundingRect().contains(pos):
-            return
+            return None
         point = vb.mapSceneToView(pos)
         block, row = int(point.x()), math.floor(point.y())
         if not 0 <= block < self.blocks or not 0 <= row < self.rows:
+            return None
+        return block, row
+
+    def _clicked(self, event: Any) -> None:
+        if event.button() != Qt.MouseButton.RightButton:
             return
+        cell = self._cell_at(event.scenePos())
+        menu = self.files_menu(cell[0]) if cell is not None else None
+        if menu is not None:
+            event.accept()
+            menu.popup(event.screenPos().toPoint())
+
+    def _hover(self, pos: QPointF) -> None:
+        cell = self._cell_at(pos)
+        if cell is None:
+            return
+        block, row = cell
+        self._hovered = (block, row)
         text = self.describe(block, row)
         self.info.setText(text)
-        QToolTip.showText(self.plot.mapToGlobal(self.plot.mapFromScene(pos)), text, self.plot)
+        # A plain-text tooltip is one line however long: wrap it, or it outgrows the screen.
+        tip = "\n".join(textwrap.wrap(text, TOOLTIP_COLUMNS))
+        QToolTip.showText(self.plot.mapToGlobal(self.plot.mapFromScene(pos)), tip, self.plot)
 
     def describe(self, block: int, row: int | None = None) -> str:
         """Plain words for guest block ``block`` (on ``row``; None = the served row)."""
@@ -511,7 +589,7 @@ class BlockMapView(QWidget):
         )
         layers = len(self.labels)
         if row is not None and row == layers + 1 and self.has_use_row:
-            return self._use_words(where, block)
+            return self._use_words(where, block) + self.files_words(block, row)
         if row is not None and row < layers:
             text = f"{where} in {self.labels[row]}: " + self._entry_words(row, block)
         else:
@@ -534,7 +612,7 @@ class BlockMapView(QWidget):
             else:
                 mix = self._served_mix(start, stop)
             text += f" This cell covers blocks {start:,}–{stop - 1:,}: {mix}."
-        return text
+        return text + self.files_words(block, row)
 
     def _served_mix(self, start: int, stop: int) -> str:
         """Counts per class of the served row between ``start`` and ``stop``."""
@@ -594,7 +672,179 @@ class BlockMapView(QWidget):
             text += " The block holds only zeros."
         return text
 
-    # -- highlight overlay (the Files tab's "Show in block map") ---------------------------
+    # -- the guest files under a block --------------------------------------------------------
+    def _forget_files(self) -> None:
+        """Drop what is known about the shown chain's files and stop reading them."""
+        if self._files_runner is not None:
+            self._files_runner.token.cancel()
+            self._files_runner = None
+        self._files_key = None
+        self.block_files = None
+        self.files_state = FilesState.NONE
+        self.files_error = ""
+
+    def index_files(self, workers: WorkerPool, paths: Sequence[Path] | None) -> None:
+        """Learn which guest files each block of the chain ``paths`` (base first) holds.
+
+        Call after :meth:`set_data`; None (an incomplete chain, whose filesystems would read
+        as nonsense) says nothing about files. The index is built on ``workers`` from a
+        private chain (the window may close its own meanwhile) and kept per chain files, their
+        sizes and modification times, so coming back to a state costs nothing and a changed
+        image is read again. A result for a chain no longer shown is dropped.
+        """
+        self._forget_files()
+        if not paths:
+            return
+        try:
+            stats = [(str(p), Path(p).stat()) for p in paths]
+        except OSError:
+            return
+        key = tuple((name, st.st_size, st.st_mtime_ns) for name, st in stats)
+        self._files_key = key
+        cached = self._files_cache.get(key)
+        if cached is not None:
+            self._files_cache.move_to_end(key)
+            self._files_ready(key, cached)
+            return
+        chain_paths = tuple(paths)
+
+        def job(progress: Callable[..., None], token: Any) -> BlockFiles:
+            chain = open_paths(chain_paths)
+            try:
+                return index_block_files(chain, progress=progress, cancel=token)
+            finally:
+                chain.close()
+
+        def done(result: BlockFiles) -> None:
+            self._files_cache[key] = result
+            while len(self._files_cache) > FILE_INDEX_CACHE:
+                self._files_cache.popitem(last=False)
+            self._files_ready(key, result)
+
+        def failed(exc: BaseException) -> None:
+            if key == self._files_key:
+                self._files_runner = None
+                self.files_state = FilesState.FAILED
+                self.files_error = messages.sentence(exc)
+                self._rehover()
+
+        def cancelled() -> None:
+            if key == self._files_key:
+                self._files_runner = None
+
+        self.files_state = FilesState.READING
+        self._files_runner = workers.start(
+            job, "block-files", succeeded=done, failed=failed, cancelled=cancelled
+        )
+
+    def _files_ready(self, key: tuple[tuple[str, int, int], ...], result: BlockFiles) -> None:
+        if key != self._files_key:
+            return  # another chain is shown now
+        self._files_runner = None
+        self.block_files = result
+        # No readable filesystem: the map says nothing about files rather than "no file".
+        self.files_state = FilesState.READY if result.volumes else FilesState.NONE
+        self._rehover()
+
+    def _rehover(self) -> None:
+        """Say again what the block under the mouse holds, now that more is known."""
+        hovered = self._hovered
+        if hovered is not None and hovered[0] < self.blocks and hovered[1] < self.rows:
+            self.info.setText(self.describe(*hovered))
+
+    def files_words(self, block: int, row: int | None = None) -> str:
+        """What the hover text says about the guest files in ``block`` (its cell when binned).
+
+        Leads with a space, or is "" when nothing can be said (no readable filesystem).
+        """
+        state = self.files_state
+        if state is FilesState.NONE:
+            return ""
+        if state is FilesState.READING:
+            return " Files: still reading the guest's directories…"
+        if state is FilesState.FAILED:
+            return f" The guest's files could not be read: {self.files_error}"
+        index = self.block_files
+        assert index is not None
+        partial = "" if index.complete else f" (only the first {index.examined:,} files were read)"
+        k = self.bin_size
+        if k > 1:
+            start = block // k * k
+            stop = min(start + k, self.blocks)
+            cell = index.files_in(start, stop, NAMED_FILES)
+            if not cell.count:
+                return (
+                    f" No guest file uses this cell (free space or filesystem metadata){partial}."
+                )
+            named = self._file_list(cell.top, cell.count)
+            empty = (
+                f"; {cell.empty_blocks:,} of its {stop - start:,} blocks hold none"
+                if cell.empty_blocks
+                else ""
+            )
+            return f" Files in this cell: {named}{empty}{partial}."
+        shares = index.files_at(block, NAMED_FILES)
+        if not shares:
+            return f" No guest file uses it (free space or filesystem metadata){partial}."
+        layers = len(self.labels)
+        lead = "Files"
+        if row is not None and row < layers and int(self.serving[block]) != row:
+            lead = "Files as the guest reads it now (from another layer)"
+        return f" {lead}: {self._file_list(shares, index.count_at(block))}{partial}."
+
+    #: Files a block's right-click menu offers.
+    MENU_FILES = 8
+
+    def files_menu(self, block: int) -> QMenu | None:
+        """ "Show FILE in the Files tab" for the files of ``block`` (its cell when binned).
+
+        None when no file is known there. Each action emits :attr:`reveal_requested`.
+        """
+        index = self.block_files
+        if self.files_state is not FilesState.READY or index is None:
+            return None
+        k = self.bin_size
+        if k > 1:
+            start = block // k * k
+            shares = index.files_in(start, min(start + k, self.blocks), self.MENU_FILES).top
+        else:
+            shares = index.files_at(block, self.MENU_FILES)
+        if not shares:
+            return None
+        several = len(index.volumes) > 1
+        menu = QMenu(self)
+        menu.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        for share in shares:
+            action = menu.addAction(
+                f"Show {self._path_text(share, several)} in the Files tab "
+                f"({human_size(share.held)} here)"
+            )
+            action.triggered.connect(
+                lambda _checked=False, v=share.volume, p=share.path: self.reveal_requested.emit(
+                    v, p
+                )
+            )
+        return menu
+
+    def _file_list(self, shares: list[FileShare], count: int) -> str:
+        """ "/a, /b and 3 more": the first files named (volume first when there are several)."""
+        index = self.block_files
+        several = index is not None and len(index.volumes) > 1
+        names = [self._path_text(s, several) for s in shares[:NAMED_FILES]]
+        more = count - len(names)
+        if more > 0:
+            return f"{', '.join(names)} and {more:,} more"
+        return " and ".join(names) if len(names) == 2 else ", ".join(names)
+
+    @staticmethod
+    def _path_text(share: FileShare, with_volume: bool) -> str:
+        path = printable(share.path)
+        if len(path) > SHOWN_PATH:
+            half = (SHOWN_PATH - 1) // 2
+            path = f"{path[:half]}…{path[-half:]}"
+        return f"{share.volume}:{path}" if with_volume else path
+
+    # -- highlight overlay (the Files tab's "Show Blocks") ---------------------------------
     #: Most highlighted stretches drawn; more are merged across their smallest gaps.
     MAX_HIGHLIGHTS = 200
 

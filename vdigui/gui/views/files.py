@@ -13,10 +13,25 @@ jobs (search, extraction, the diff and "what this image holds") open a private c
 block browsing. Results are tagged with a generation: an answer about a state the user already
 left is dropped. Extraction never replaces a file without asking, and a cancelled extraction
 leaves no partial file (:mod:`vdigui.engine.guestfs.files.extract`).
+
+"Show Blocks" marks a file's VDI blocks in both the Block map and the Fragmentation tab: one
+question ("where is this file?") answered at two levels, so one command.
+
+Files and folders can be dragged out to a file manager. A drop target wants real files the
+moment the drag starts, so the selection is extracted right then, in the window's thread, into
+a private temporary folder (removed when the window closes: the drop target may still be
+copying after the drag ends). That is only acceptable while it is quick, so a drag is refused
+above :data:`DRAG_MAX_BYTES` of content or :data:`DRAG_MAX_ENTRIES` entries, counted by a walk
+that stops as soon as a bound is passed, with a message pointing to Extract... (which runs on a
+worker with progress). A refused drag writes nothing.
 """
 
 from __future__ import annotations
 
+import os
+import secrets
+import stat
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -24,8 +39,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QAbstractTableModel, QModelIndex, QPersistentModelIndex, Qt, Signal
-from PySide6.QtGui import QAction
+from PySide6.QtCore import (
+    QAbstractTableModel,
+    QMimeData,
+    QModelIndex,
+    QPersistentModelIndex,
+    Qt,
+    QUrl,
+    Signal,
+)
+from PySide6.QtGui import QAction, QDrag
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QComboBox,
@@ -61,6 +84,7 @@ from vdigui.engine import (
     Progress,
     VdiError,
     file_blocks,
+    fileio,
     human_size,
     layer_holdings,
     list_volumes,
@@ -76,6 +100,14 @@ from vdigui.gui.workers import Runner, WorkerPool
 
 #: Search results shown at most (the search stops there and says so).
 MAX_FOUND = 5000
+#: Most bytes of file content a drag extracts on the spot (in the window's thread); above it
+#: the drag is refused and Extract... (on a worker, with progress) is suggested.
+DRAG_MAX_BYTES = 64 << 20
+#: Most entries (files, folders, links) a drag extracts: each costs a few file-system calls
+#: even when small in bytes (300 small files took 32 ms, so the window stays responsive).
+DRAG_MAX_ENTRIES = 1000
+#: Seconds a drag waits for a listing job to release the opened state before giving up.
+DRAG_WAIT = 2.0
 _MODIFIED = "%Y-%m-%d %H:%M"
 
 
@@ -139,7 +171,10 @@ def kind_text(entry: Entry) -> str:
     if entry.kind is EntryKind.DIRECTORY:
         return "Folder"
     if entry.kind is EntryKind.SYMLINK:
-        return f"Link → {printable(entry.target or '')}"
+        # Cut: the column sizes to its contents, and a 4,000-character target would push
+        # every other column out of sight (the tooltip shows it whole).
+        target = printable(entry.target or "")
+        return f"Link → {target if len(target) <= 24 else target[:23] + '…'}"
     if entry.kind is EntryKind.OTHER:
         return "Device or pipe"
     suffix = Path(entry.name).suffix.lstrip(".")
@@ -213,8 +248,18 @@ class EntryModel(QAbstractTableModel):
         if role == Qt.ItemDataRole.ToolTipRole:
             note = f"\n{e.name_note}" if e.name_note else ""
             size = "" if e.is_dir else f"\n{e.size:,} bytes"
-            return f"{printable(e.path)}{size}{note}"
+            link = f"\n→ {printable(e.target or '')}" if e.kind is EntryKind.SYMLINK else ""
+            return f"{printable(e.path)}{size}{link}{note}"
         return None
+
+    def flags(self, index: QModelIndex | QPersistentModelIndex) -> Qt.ItemFlag:
+        """Rows can be selected and dragged out (never edited)."""
+        base = super().flags(index)
+        return base | Qt.ItemFlag.ItemIsDragEnabled if index.isValid() else base
+
+    def supportedDragActions(self) -> Qt.DropAction:
+        """A drag copies (the guest is never changed)."""
+        return Qt.DropAction.CopyAction
 
     def sort(self, column: int, order: Qt.SortOrder = Qt.SortOrder.AscendingOrder) -> None:
         """Sort by a column; folders always come first."""
@@ -239,11 +284,62 @@ class EntryModel(QAbstractTableModel):
         return self.entries[row]
 
 
+class DragTable(QTableView):
+    """The file list; a drag asks :attr:`drag_out` (set by the view) to prepare and run it."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.drag_out: Callable[[QWidget, list[str] | None], None] | None = None
+
+    def startDrag(self, supportedActions: Qt.DropAction) -> None:
+        """Qt override: the view extracts the selection and starts the drag itself."""
+        del supportedActions
+        if self.drag_out is not None:
+            self.drag_out(self, None)
+
+
+class DragTree(QTreeWidget):
+    """The folder tree; dragging a folder drags it out like a row of the list."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.drag_out: Callable[[QWidget, list[str] | None], None] | None = None
+
+    def startDrag(self, supportedActions: Qt.DropAction) -> None:
+        """Qt override: drag the folder under the pointer (the current item)."""
+        del supportedActions
+        item = self.currentItem()
+        if self.drag_out is not None and item is not None:
+            self.drag_out(self, [str(item.data(0, Qt.ItemDataRole.UserRole))])
+
+
+def drag_size(
+    ns: BaseNamespace, tops: Sequence[Entry], max_bytes: int, max_entries: int
+) -> tuple[int, int, bool]:
+    """(content bytes, entries, complete) under ``tops``; stops once a bound is passed.
+
+    Why not the plan's figure alone: making the plan walks every folder, and a drag of a
+    huge tree must be refused without that walk (it would freeze the window).
+    """
+    total = count = 0
+    for top in tops:
+        count += 1
+        total += top.size if top.kind is EntryKind.FILE else 0
+        if not top.is_dir:
+            continue
+        for _folder, entries in ns.walk(top.path, onerror=lambda _p, _e: None):
+            count += len(entries)
+            total += sum(e.size for e in entries if e.kind is EntryKind.FILE)
+            if total > max_bytes or count > max_entries:
+                return total, count, False
+    return total, count, True
+
+
 class FilesView(QWidget):
     """The Files tab (see the module docstring).
 
     Signals:
-        blocks_ready(object): "Show in block map" found ``(volume, Entry, FileBlocks)``.
+        blocks_ready(object): "Show Blocks" found ``(volume, Entry, FileBlocks)``.
         changes_requested(): the user asked for "Changes since…".
         loaded(): a state finished opening (tests wait on it).
     """
@@ -275,6 +371,12 @@ class FilesView(QWidget):
         self.confirm_replace: Callable[[list[str]], bool] = self._ask_replace
         #: Chooses the destination folder (tests give one without a dialog).
         self.choose_folder: Callable[[], Path | None] = self._ask_folder
+        #: Bounds of a drag-out (see the module docstring; tests lower them).
+        self.drag_max_bytes = DRAG_MAX_BYTES
+        self.drag_max_entries = DRAG_MAX_ENTRIES
+        #: The private temporary folder of this window's drags (made at the first drag).
+        self.drag_root: Path | None = None
+        self._drags = 0
         self._build()
         self.clear("Select a snapshot, the current state or a disk image.")
 
@@ -316,13 +418,19 @@ class FilesView(QWidget):
         top.addWidget(self.volume_box)
         top.addWidget(self.search, 1)
 
-        self.tree = QTreeWidget()
+        self.tree = DragTree()
+        self.tree.drag_out = self.drag_out
+        self.tree.setDragEnabled(True)
+        self.tree.setDragDropMode(QAbstractItemView.DragDropMode.DragOnly)
         self.tree.setHeaderHidden(True)
         self.tree.setAccessibleName("Folders")
         self.tree.itemExpanded.connect(self._expand)
         self.tree.currentItemChanged.connect(self._folder_chosen)
         self.model = EntryModel(self)
-        self.table = QTableView()
+        self.table = DragTable()
+        self.table.drag_out = self.drag_out
+        self.table.setDragEnabled(True)
+        self.table.setDragDropMode(QAbstractItemView.DragDropMode.DragOnly)
         self.table.setModel(self.model)
         self.table.setAccessibleName("Files")
         self.table.setSortingEnabled(True)
@@ -382,13 +490,17 @@ class FilesView(QWidget):
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setVisible(False)
         self.cancel_button.clicked.connect(self.cancel)
-        self.blocks_button = QPushButton("Show in Block Map")
-        self.blocks_button.setToolTip("Highlight the selected file's blocks in the Block map tab")
+        self.blocks_button = QPushButton("Show Blocks")
+        self.blocks_button.setToolTip(
+            "Mark the selected file's VDI blocks in the Block map and Fragmentation tabs, "
+            "and say how fragmented it is"
+        )
         self.blocks_button.clicked.connect(self._show_blocks)
         self.extract_button = QPushButton("Extract…")
         self.extract_button.setToolTip(
             "Copy the selected files and folders (or, with nothing "
-            "selected, the folder shown) to a folder on this computer"
+            "selected, the folder shown) to a folder on this computer; small selections "
+            "can also be dragged out to a file manager"
         )
         self.extract_button.clicked.connect(lambda: self.extract())
         bottom = QHBoxLayout()
@@ -645,7 +757,7 @@ class FilesView(QWidget):
         menu.addAction("Extract…", lambda: self.extract())
         entry = self.model.entry(index.row())
         if entry.kind is EntryKind.FILE:
-            menu.addAction("Show in Block Map", self._show_blocks)
+            menu.addAction("Show Blocks", self._show_blocks)
         if entry.is_dir:
             menu.addAction("Open", lambda: self.open_folder(entry.path))
         menu.exec(self.table.viewport().mapToGlobal(pos))
@@ -849,6 +961,129 @@ class FilesView(QWidget):
         """Whether an extraction runs."""
         return self._extract_runner is not None
 
+    # -- drag-out ------------------------------------------------------------------------
+    def drag_out(self, source: QWidget, paths: list[str] | None = None) -> None:
+        """Extract ``paths`` (default: the selected rows) and drag them from ``source``."""
+        mime = self.prepare_drag(paths)
+        if mime is None:
+            return
+        drag = QDrag(source)
+        drag.setMimeData(mime)
+        drag.exec(Qt.DropAction.CopyAction)
+
+    def prepare_drag(self, chosen: Sequence[Entry | str] | None = None) -> QMimeData | None:
+        """Extract ``chosen`` (entries or paths of the chosen volume; default: the selection)
+        into a new private temporary folder; file URLs of what was written, for a drag.
+
+        Returns None when there is nothing to drag or the drag is refused; the status line
+        says why, and nothing has been written.
+        """
+        ns, state = self.namespace, self.state
+        if ns is None or state is None:
+            return None
+        picked = list(chosen) if chosen is not None else self.selected_entries()
+        names = [c if isinstance(c, str) else c.path for c in picked]
+        if not names:
+            return None
+        if not state.lock.acquire(timeout=DRAG_WAIT):
+            self.status.setText("Still reading the disk; try the drag again in a moment.")
+            return None
+        folder: Path | None = None
+        try:
+            # Entries are looked up again in this namespace: search results came from
+            # another one (a private chain), and a path is what both share.
+            tops = [ns.resolve(n) for n in names]
+            total, count, complete = drag_size(ns, tops, self.drag_max_bytes, self.drag_max_entries)
+            refusal = self._drag_refusal(total, count, complete)
+            if refusal:
+                self.status.setText(refusal)
+                return None
+            folder = self._new_drag_folder()
+            plan = plan_extract([(ns, e) for e in tops], folder)
+            refusal = self._drag_refusal(plan.total_bytes, len(plan.items), True)
+            if plan.problems or refusal:
+                shown = "; ".join(printable(p) for p in plan.problems[:5])
+                self.status.setText(refusal or f"Cannot drag these files out: {shown}.")
+                return None
+            result = run_extract(plan)
+        except (VdiError, OSError) as exc:
+            why = (
+                messages.sentence(exc)
+                if isinstance(exc, VdiError)
+                else f"a temporary copy could not be written: {exc.strerror or exc}"
+                + (f" ({exc.filename})" if exc.filename else "")
+                + "."
+            )
+            self.status.setText(f"Cannot drag these files out: {why}")
+            self._drop_folder(folder)
+            return None
+        finally:
+            state.lock.release()
+        assert folder is not None
+        tops_written = [folder.joinpath(*i.rel) for i in plan.items if len(i.rel) == 1]
+        if not tops_written:
+            self._drop_folder(folder)
+            self.status.setText("Nothing to drag: devices, FIFOs and sockets are not copied.")
+            return None
+        mime = QMimeData()
+        mime.setUrls([QUrl.fromLocalFile(str(path)) for path in tops_written])
+        self.status.setText(
+            f"Dragging {len(tops_written)} item(s), {human_size(result.bytes)}; "
+            "drop them on a folder to copy them."
+        )
+        return mime
+
+    def _drag_refusal(self, total: int, count: int, complete: bool) -> str:
+        """Why a drag of ``total`` bytes in ``count`` entries is refused ("" when it is not)."""
+        more = "" if complete else " or more"
+        if total > self.drag_max_bytes:
+            return (
+                f"{human_size(total)}{more} is too much to drag out (the limit is "
+                f"{human_size(self.drag_max_bytes)}): use Extract… instead, which copies "
+                "in the background with progress."
+            )
+        if count > self.drag_max_entries:
+            return (
+                f"{count:,}{more} files and folders are too many to drag out (the limit is "
+                f"{self.drag_max_entries:,}): use Extract… instead, which copies in the "
+                "background with progress."
+            )
+        return ""
+
+    def _new_drag_folder(self) -> Path:
+        """A new, not yet existing folder inside this window's private temporary folder."""
+        root = self.drag_root
+        if root is None:
+            root = Path(tempfile.gettempdir()) / f"vdigui-drag-{secrets.token_hex(8)}"
+            fileio.makedirs(root, mode=0o700)
+            self.drag_root = root
+        # Made by us, only for us: a link or someone else's folder is never written into.
+        info = os.lstat(root)
+        private = stat.S_ISDIR(info.st_mode)
+        if hasattr(os, "getuid"):  # POSIX: owned by us and closed to everyone else
+            private = private and info.st_uid == os.getuid() and not info.st_mode & 0o077
+        if not private:
+            raise OSError(0, "the temporary folder is not private", str(root))
+        self._drags += 1
+        return root / str(self._drags)
+
+    def _drop_folder(self, folder: Path | None) -> None:
+        """Remove one drag's folder after a failure (quietly: the next step says why)."""
+        if folder is not None and folder.exists():
+            try:
+                fileio.remove_tree(folder)
+            except OSError:
+                pass  # removed with the whole temporary folder on exit
+
+    def remove_drag_copies(self) -> None:
+        """Delete the temporary copies made for drags (on exit: drops may copy until then)."""
+        root, self.drag_root = self.drag_root, None
+        if root is not None:
+            try:
+                fileio.remove_tree(root)
+            except OSError:
+                pass  # the system's temporary folder is cleaned by the system as well
+
     # -- reveal (from "Changes since…" and "What this image holds") ----------------------
     def reveal(self, volume: str, path: str, *, later: bool = False) -> None:
         """Show ``path`` of ``volume`` selected in its folder; ``later``: once the next state
@@ -965,6 +1200,7 @@ class FilesView(QWidget):
         state, self.state = self.state, None
         if state is not None:
             state.close()
+        self.remove_drag_copies()
 
 
 def state_title(window: Any, data: Any) -> str:
@@ -1020,6 +1256,7 @@ def install_files_tab(window: Any) -> FilesView:
 
     def chain_loaded(data: Any) -> None:
         window.blockmap.set_highlight(None)
+        window.fragmentation.set_highlight(None)
         view.show_state(data.paths, state_title(window, data))
         if data.error:
             view.state_label.setText(f"{view.title} — incomplete chain: files may read wrong")
@@ -1029,10 +1266,14 @@ def install_files_tab(window: Any) -> FilesView:
         data = window.chain_data
         same = data is not None and tuple(data.paths) == view.paths
         labels = window.layer_labels(data) if same else [p.name for p in view.paths]
-        window.tabs.setCurrentWidget(window.blockmap)
-        window.blockmap.set_highlight(
-            fb.blocks if same else None, describe_blocks(volume, entry, fb, labels)
+        text = describe_blocks(volume, entry, fb, labels)
+        if same and fb.blocks.size:
+            text += " They are marked in the Fragmentation tab too."
+        window.fragmentation.set_highlight(
+            fb if same else None, f"{volume}:{printable(entry.path)} ({human_size(entry.size)})"
         )
+        window.tabs.setCurrentWidget(window.blockmap)
+        window.blockmap.set_highlight(fb.blocks if same else None, text)
 
     def current_row() -> Any:
         index = window.snapshot_view.currentIndex()

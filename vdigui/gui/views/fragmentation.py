@@ -11,6 +11,13 @@ coloured by the volume (partition, filesystem) their guest block belongs to, and
 for each volume where its data lies in the file: how many blocks, in how many separate runs,
 between which slots. A volume whose blocks are spread over the whole file is what makes a
 sequential read of that filesystem seek, whatever the guest-order picture suggests.
+
+The Files tab's "Show Blocks" marks one guest file here too (amber outlines over the points of
+the layer shown, :meth:`FragmentationView.set_highlight`), with a line saying how fragmented
+the file is twice over: its extents inside the guest, its runs of slots inside each image file.
+A file's blocks may be served by several layers; the line names the layers not shown, so the
+user knows which to pick. Markers are capped (:data:`MAX_MARKERS`) so a file of any size draws
+in a few milliseconds.
 """
 
 from __future__ import annotations
@@ -34,6 +41,7 @@ from PySide6.QtWidgets import (
 
 from vdigui.engine import (
     Analysis,
+    FileBlocks,
     HostExtents,
     UsageMap,
     Volume,
@@ -55,6 +63,13 @@ IMAGE_SIZE = (1200, 800)
 #: and columns, and a block alone in a dropped pixel would vanish (a 2 TiB disk with a few
 #: thousand scattered blocks looked nearly empty). Two pixels make a lone block a clear dot.
 DENSITY_PIXEL = 2
+#: Most markers drawn for a file marked by "Show Blocks". Up to this many blocks each gets an
+#: outline; beyond, runs of consecutive (block, slot) pairs become one line each with a marker
+#: at its start; beyond that again, one marker per occupied cell of a MARK_GRID grid.
+MAX_MARKERS = 2_000
+MARK_GRID = (64, 31)
+#: The highlight colour (the block map's, amber: no layer, jump class or volume uses it).
+MARK_COLOUR = "#FFB000"
 
 
 def jump_classes(slots: np.ndarray) -> np.ndarray:
@@ -161,6 +176,66 @@ def volume_colours(count: int) -> tuple[str, ...]:
     """Distinct colours for ``count`` volumes (the layer hues, cycled)."""
     hues = theme.LAYER_HUES
     return tuple(hues[i % len(hues)] for i in range(max(count, 1)))
+
+
+def file_points(fb: FileBlocks, layer: int) -> tuple[np.ndarray, np.ndarray]:
+    """(guest blocks, slots) of ``fb``'s blocks that ``layer`` stores and serves, file order."""
+    if not fb.blocks.size:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    mine = (fb.layers == layer) & is_allocated(fb.slots)
+    return fb.blocks[mine].astype(np.int64), fb.slots[mine].astype(np.int64)
+
+
+def layer_runs(fb: FileBlocks) -> dict[int, tuple[int, int]]:
+    """Per layer storing some of the file: (blocks, runs of consecutive slots in file order)."""
+    out: dict[int, tuple[int, int]] = {}
+    if not fb.blocks.size:
+        return out
+    alloc = is_allocated(fb.slots)
+    for layer in np.unique(fb.layers[alloc]).tolist():
+        slots = fb.slots[alloc & (fb.layers == layer)].astype(np.int64)
+        runs = 1 + int(np.count_nonzero(np.diff(slots) != 1))
+        out[int(layer)] = (int(slots.size), runs)
+    return out
+
+
+def preferred_layer(fb: FileBlocks) -> int:
+    """The layer storing most of the file's blocks (the newest on a tie); -1 when none does."""
+    runs = layer_runs(fb)
+    if not runs:
+        return -1
+    return max(runs, key=lambda layer: (runs[layer][0], layer))
+
+
+def mark_layout(
+    blocks: np.ndarray, slots: np.ndarray, guest: int, top_slot: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Where to draw a file's marks: (marker x, marker y, line x, line y), in plot units.
+
+    At most :data:`MAX_MARKERS` markers (and as many line segments, drawn as pairs of points):
+    every block when there are few; else one line per run of consecutive (block, slot) pairs
+    (a file written in order is one line) with a marker at its start; else one marker per
+    occupied cell of a :data:`MARK_GRID` grid.
+    """
+    empty = np.zeros(0, dtype=np.float64)
+    if blocks.size <= MAX_MARKERS:
+        return blocks + 0.5, slots + 0.5, empty, empty
+    cut = np.flatnonzero((np.diff(blocks) != 1) | (np.diff(slots) != 1)) + 1
+    first = np.r_[0, cut]
+    last = np.r_[cut - 1, blocks.size - 1]
+    if first.size <= MAX_MARKERS:
+        lx = np.empty(first.size * 2)
+        ly = np.empty(first.size * 2)
+        lx[0::2], lx[1::2] = blocks[first] + 0.5, blocks[last] + 0.5
+        ly[0::2], ly[1::2] = slots[first] + 0.5, slots[last] + 0.5
+        return blocks[first] + 0.5, slots[first] + 0.5, lx, ly
+    gx, gy = MARK_GRID
+    cw = max(guest, 1) / gx
+    ch = (top_slot + 1) / gy
+    cx = np.clip((blocks / cw).astype(np.int64), 0, gx - 1)
+    cy = np.clip((slots / ch).astype(np.int64), 0, gy - 1)
+    cells = np.flatnonzero(np.bincount(cy * gx + cx, minlength=gx * gy))  # O(n), no sort
+    return (cells % gx + 0.5) * cw, (cells // gx + 0.5) * ch, empty, empty
 
 
 class WholeNumberAxis(pg.AxisItem):
@@ -297,6 +372,29 @@ class FragmentationView(QWidget):
         self._density_input: tuple | None = None
         self._density_size = (0, 0)
         self.plot.getViewBox().sigResized.connect(self._redraw_density)
+        # The "Show Blocks" overlay: outlines (no fill, so the point's own colour shows) and,
+        # for big files, one line per in-order run. Above every point and the density image.
+        amber = QColor(MARK_COLOUR)
+        self.mark_lines = pg.PlotCurveItem(pen=pg.mkPen(amber, width=3), connect="pairs")
+        self.mark_lines.setZValue(19)
+        self.mark_scatter = pg.ScatterPlotItem(
+            size=10, symbol="s", pen=pg.mkPen(amber, width=2), brush=pg.mkBrush(None), pxMode=True
+        )
+        self.mark_scatter.setZValue(20)
+        self.plot.addItem(self.mark_lines)
+        self.plot.addItem(self.mark_scatter)
+        #: What "Show Blocks" marked: (the file's blocks, its name for the line), or None.
+        self.marked: tuple[FileBlocks, str] | None = None
+        #: The marked file's (guest block, slot) pairs in the layer shown.
+        self.marked_points: tuple[np.ndarray, np.ndarray] = (
+            np.zeros(0, np.int64),
+            np.zeros(0, np.int64),
+        )
+        self.mark_label = QLabel()
+        self.mark_label.setTextFormat(Qt.TextFormat.RichText)
+        self.mark_label.setWordWrap(True)
+        self.mark_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.mark_label.setVisible(False)
 
         self.legend = QLabel()
         self.legend.setTextFormat(Qt.TextFormat.RichText)
@@ -342,6 +440,7 @@ class FragmentationView(QWidget):
         layout = QVBoxLayout(self)
         layout.addLayout(head)
         layout.addWidget(self.legend)
+        layout.addWidget(self.mark_label)
         layout.addLayout(middle, 1)
         layout.addWidget(QLabel("Host file extents of the selected layer:"))
         layout.addWidget(self.strip)
@@ -383,6 +482,7 @@ class FragmentationView(QWidget):
         for label in self.figure_labels.values():
             label.setText("—")
         self.paragraph.setText("")
+        self.set_highlight(None)
 
     @property
     def by_volume(self) -> bool:
@@ -418,6 +518,9 @@ class FragmentationView(QWidget):
             stats = analysis.layer_stats[i]
             self.layer_box.addItem(f"{i}: {label} ({stats.allocated:,} blocks)")
         biggest = int(np.argmax([s.allocated for s in analysis.layer_stats])) if labels else 0
+        wanted = preferred_layer(self.marked[0]) if self.marked is not None else -1
+        if 0 <= wanted < len(labels):
+            biggest = wanted  # a file marked before the tab was drawn: show its layer
         self.layer_box.setCurrentIndex(biggest)
         self.layer_box.blockSignals(False)
         self._show_layer(biggest)
@@ -505,6 +608,7 @@ class FragmentationView(QWidget):
         self.placements = volume_placements(self.usage, blocks, slots)
         self.volumes_label.setText(self.volume_table(index))
         self.paragraph.setText(self.explain(index))
+        self._draw_marks(index, guest, top_slot)
 
     def density_size(self) -> tuple[int, int]:
         """(width, height) of the density image: one pixel per DENSITY_PIXEL screen pixels."""
@@ -594,6 +698,84 @@ class FragmentationView(QWidget):
             )
         if frag.discontinuities and frag.in_order_share < 0.8:
             text += " A clone, which copies the blocks in guest order, would remove these jumps."
+        return text
+
+    # -- the Files tab's "Show Blocks" -----------------------------------------------------
+    def set_highlight(self, fb: FileBlocks | None, title: str = "") -> None:
+        """Mark the file whose blocks are ``fb`` (None clears); ``title`` names it.
+
+        Shows the layer storing most of the file; the marks follow when the user picks
+        another layer, and a later :meth:`set_data` of the same chain keeps them.
+        """
+        self.marked = None if fb is None else (fb, title)
+        if fb is None:
+            self.marked_points = (np.zeros(0, np.int64), np.zeros(0, np.int64))
+            self.mark_scatter.clear()
+            self.mark_lines.setData(x=[], y=[])
+            self.mark_label.setText("")
+            self.mark_label.setVisible(False)
+            return
+        if self.analysis is None:
+            return  # drawn by set_data
+        wanted = preferred_layer(fb)
+        if 0 <= wanted < self.layer_box.count() and wanted != self.layer:
+            self.layer_box.setCurrentIndex(wanted)  # draws, marks included
+        else:
+            self._show_layer(self.layer)
+
+    def _draw_marks(self, index: int, guest: int, top_slot: int) -> None:
+        if self.marked is None:
+            return
+        fb = self.marked[0]
+        blocks, slots = file_points(fb, index)
+        self.marked_points = (blocks, slots)
+        mx, my, lx, ly = mark_layout(blocks, slots, guest, top_slot)
+        self.mark_scatter.setData(x=mx, y=my)
+        self.mark_lines.setData(x=lx, y=ly)
+        self.mark_label.setText(
+            f'<span style="color:{MARK_COLOUR}">&#9634;</span>&nbsp;'
+            + html.escape(self.describe_marks(index), quote=False)
+        )
+        self.mark_label.setVisible(True)
+
+    def describe_marks(self, index: int) -> str:
+        """The line about the marked file: its fragmentation in the guest and in each layer."""
+        if self.marked is None:
+            return ""
+        fb, title = self.marked
+
+        def name(layer: int) -> str:
+            return f"'{self.labels[layer]}'" if 0 <= layer < len(self.labels) else f"layer {layer}"
+
+        if not fb.blocks.size:
+            return (
+                f"{title} stores no data in VDI blocks (empty, sparse or kept inside its "
+                "metadata): nothing to mark."
+            )
+        runs = layer_runs(fb)
+        where = ", ".join(
+            f"{n:,} in {name(layer)} ({r:,} run{'' if r == 1 else 's'}"
+            + (" of consecutive slots)" if i == 0 else ")")
+            for i, (layer, (n, r)) in enumerate(sorted(runs.items()))
+        )
+        extents = f"{fb.extents:,} extent{'' if fb.extents == 1 else 's'}"
+        count = f"{fb.blocks.size:,} VDI block{'' if fb.blocks.size == 1 else 's'}"
+        text = (
+            f"{title}, marked in amber: {extents} inside the guest"
+            f"{' (contiguous)' if fb.extents == 1 else ''}; {count}"
+            + (f": {where}." if where else ".")
+        )
+        others = [(layer, n) for layer, (n, _r) in sorted(runs.items()) if layer != index]
+        if others:
+            first_layer, first_n = others[0]
+            verb = "is" if first_n == 1 else "are"
+            parts = [f"{first_n:,} of its blocks {verb} served by {name(first_layer)}"]
+            parts += [f"{n:,} by {name(layer)}" for layer, n in others[1:]]
+            which = "that layer" if len(others) == 1 else "one of those layers"
+            text += f" {', '.join(parts)}; choose {which} to see them."
+        zeros = int(fb.blocks.size - sum(n for n, _r in runs.values()))
+        if zeros:
+            text += f" {zeros:,} of its blocks are stored in no layer and read as zeros."
         return text
 
 

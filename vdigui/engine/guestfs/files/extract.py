@@ -10,9 +10,14 @@ before the first byte is written (a refused extraction writes nothing):
   only with ``force``;
 - names the host cannot hold (too long, or duplicates after escaping) are listed and refused.
 
-Files are written beside their final name as ``.NAME.vdigui-tmp``, flushed, then linked into
-place (which fails rather than overwrite) or, with ``force``, renamed over the old file; holes
-and unwritten extents are not written, so sparse files stay sparse. Guest symbolic links
+Files are written beside their final name as ``.NAME.vdigui-tmp``; after a batch of them (up
+to :data:`BATCH_FILES` files or :data:`BATCH_BYTES` bytes) one flush of the filesystem makes
+them durable, and only then is each linked into place (which fails rather than overwrite) or,
+with ``force``, renamed over the old file. So a power cut leaves every final name absent or
+complete, and 100,000 small files cost a few dozen flushes instead of 100,000
+(docs/crash-safety.md, "Many new files"). A cancel or an error removes the batch's temporary
+files; what was already named stays. Holes and unwritten extents are not written, so sparse
+files stay sparse. Guest symbolic links
 become host symbolic links with the same target text; they are never followed. Modification
 times are set on files, links and created folders (folders last), and the guest's permission
 bits (never set-id bits; always usable by their owner) where the filesystem has them. All
@@ -31,13 +36,19 @@ from vdigui.engine import fileio
 from vdigui.engine.errors import OperationRefused, VdiError
 from vdigui.engine.progress import CancelToken, Progress, ProgressFn, no_progress
 
-from .api import BaseNamespace, Entry, EntryKind, ExtentKind, printable
+from .api import BaseNamespace, Entry, EntryKind, printable
 
 #: Longest file name (bytes) most host filesystems accept.
 NAME_MAX = 255
 #: Problems listed in a refusal before "and N more".
 _SHOWN = 20
 _CHUNK = 4 << 20
+#: New files written before one flush of the filesystem makes them durable and they are named.
+BATCH_FILES = 4096
+#: Bytes written before that flush (it also bounds the dirty pages a batch leaves).
+BATCH_BYTES = 256 << 20
+#: Files at least this large start write-back on a helper thread while they are written.
+WRITEBACK_FILE = 16 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +220,15 @@ def _check_host(plan: ExtractPlan) -> None:
     plan.problems = list(dict.fromkeys(plan.problems))
 
 
+@dataclass(frozen=True, slots=True)
+class _Written:
+    """A file written under its temporary name, waiting for the batch's flush."""
+
+    tmp: Path
+    target: Path
+    entry: Entry
+
+
 def run_extract(
     plan: ExtractPlan, *, progress: ProgressFn = no_progress, cancel: CancelToken | None = None
 ) -> ExtractResult:
@@ -217,134 +237,180 @@ def run_extract(
         raise OperationRefused(plan.refusal())
     dest = plan.dest
     fileio.makedirs(dest)
-    files = folders = links = 0
+    folders = links = 0
     written = 0
+    named: list[int] = [0]  # files in place (a list: _name_batch adds as it goes)
     dirs: list[tuple[Path, Entry]] = []  # folders created here (existing ones are left as is)
-    for item in plan.items:
-        if cancel is not None:
-            cancel.raise_if_cancelled(
-                f"Cancelled: {files} file(s) were extracted to {dest}; the rest were not."
-            )
-        target = dest.joinpath(*item.rel)
-        entry = item.entry
-        _require_real_folder(dest, item.rel[:-1])
-        if entry.is_dir:
-            if item.rel and not os.path.lexists(target):
-                fileio.makedirs(target)
-                folders += 1
-                dirs.append((target, entry))
-        elif entry.kind is EntryKind.SYMLINK:
-            _place(target, plan.force, _symlink_maker(entry.target or ""))
-            _set_times(target, entry)
-            links += 1
-        else:
-
-            def write(tmp: Path, item: Item = item) -> None:
-                nonlocal written
-                written += _write_file(
-                    item,
-                    tmp,
-                    lambda n: progress(
-                        Progress("extracting files", written + n, plan.total_bytes, written + n)
-                    ),
-                    cancel,
+    batch: list[_Written] = []
+    batch_bytes = 0
+    real_folders: set[tuple[str, ...]] = set()
+    dest_fd = os.open(dest, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))  # for the flushes
+    try:
+        for item in plan.items:
+            if cancel is not None:
+                cancel.raise_if_cancelled(
+                    f"Cancelled: {named[0]} file(s) were extracted to {dest}; the rest were not."
                 )
+            target = dest.joinpath(*item.rel)
+            entry = item.entry
+            _require_real_folder(dest, item.rel[:-1], real_folders)
+            if entry.is_dir:
+                if item.rel and not os.path.lexists(target):
+                    fileio.makedirs(target)
+                    folders += 1
+                    dirs.append((target, entry))
+            elif entry.kind is EntryKind.SYMLINK:
+                tmp = _tmp_name(target)
+                fileio.unlink(tmp, missing_ok=True)
+                try:
+                    fileio.symlink(entry.target or "", tmp)
+                    _name(tmp, target, plan.force, link=True)
+                except BaseException:
+                    fileio.unlink(tmp, missing_ok=True)
+                    raise
+                _set_times(target, entry)
+                links += 1
+            else:
+                tmp = _tmp_name(target)
+                batch.append(_Written(tmp, target, entry))  # before writing: cleaned on error
+                base = written
 
-            _place(target, plan.force, write)
-            _set_times(target, entry)
-            files += 1
-            progress(Progress("extracting files", written, plan.total_bytes, written))
-    for folder, entry in reversed(dirs):
-        fileio.fsync_dir(folder)
-        if entry.mode is not None:
-            # The guest's permission bits, but always usable by the person extracting.
-            fileio.chmod(folder, entry.mode & 0o777 | 0o700)
-        _set_times(folder, entry)
-    fileio.fsync_dir(dest)
-    return ExtractResult(files, folders, links, written)
+                def step(n: int, base: int = base) -> None:
+                    progress(Progress("extracting files", base + n, plan.total_bytes, base + n))
+
+                written += _write_file(item, tmp, step, cancel)
+                batch_bytes += entry.size
+                progress(Progress("extracting files", written, plan.total_bytes, written))
+                if len(batch) >= BATCH_FILES or batch_bytes >= BATCH_BYTES:
+                    _name_batch(batch, dest_fd, plan.force, named)
+                    batch_bytes = 0
+        _name_batch(batch, dest_fd, plan.force, named)
+        for folder, entry in reversed(dirs):
+            if entry.mode is not None:
+                # The guest's permission bits, but always usable by the person extracting.
+                fileio.chmod(folder, entry.mode & 0o777 | 0o700)
+            _set_times(folder, entry)
+        fileio.sync_filesystem(dest_fd)  # the last names, the folders and their times
+    except BaseException:
+        for w in batch:  # written but never named: nothing partial is left behind
+            fileio.unlink(w.tmp, missing_ok=True)
+        raise
+    finally:
+        os.close(dest_fd)
+    return ExtractResult(named[0], folders, links, written)
 
 
-def _symlink_maker(link_target: str) -> Callable[[Path], None]:
-    return lambda tmp: fileio.symlink(link_target, tmp)
+def _name_batch(batch: list[_Written], dest_fd: int, force: bool, named: list[int]) -> None:
+    """One flush makes the batch's contents durable; then each file gets its final name.
+
+    Files leave ``batch`` as they are named, so an error leaves only unnamed ones in it.
+    """
+    if not batch:
+        return
+    fileio.sync_filesystem(dest_fd)
+    while batch:
+        w = batch[0]
+        _name(w.tmp, w.target, force, link=False)
+        batch.pop(0)
+        named[0] += 1
 
 
-def _require_real_folder(dest: Path, rel: tuple[str, ...]) -> None:
-    """Refuse to write under a parent that turned into a link since planning."""
+def _require_real_folder(dest: Path, rel: tuple[str, ...], checked: set[tuple[str, ...]]) -> None:
+    """Refuse to write under a parent that turned into a link since planning.
+
+    ``checked`` holds the parents already found real in this run (each is looked at once).
+    """
     for depth in range(1, len(rel) + 1):
-        path = dest.joinpath(*rel[:depth])
+        parent = rel[:depth]
+        if parent in checked:
+            continue
+        path = dest.joinpath(*parent)
         if not stat.S_ISDIR(os.lstat(path).st_mode):
             raise OperationRefused(
                 f"{path} is no longer a real folder; extraction stopped "
                 "(links inside the destination are not followed)."
             )
+        checked.add(parent)
 
 
-def _place(target: Path, force: bool, make: Callable[[Path], None]) -> None:
-    """Create via a temporary name beside ``target``, then link (or, forced, rename) it in."""
-    # Cut by bytes, not characters: the temporary name must fit NAME_MAX too.
-    tmp = target.with_name(f".{os.fsdecode(os.fsencode(target.name)[:200])}.vdigui-tmp")
-    fileio.unlink(tmp, missing_ok=True)
+def _tmp_name(target: Path) -> Path:
+    """``.NAME.vdigui-tmp`` beside ``target`` (cut by bytes: it must fit NAME_MAX too)."""
+    return target.with_name(f".{os.fsdecode(os.fsencode(target.name)[:200])}.vdigui-tmp")
+
+
+def _name(tmp: Path, target: Path, force: bool, *, link: bool) -> None:
+    """Give ``tmp`` (a symbolic ``link`` or a file) its final name, never overwriting unless
+    ``force``."""
+    if force:
+        fileio.replace(tmp, target)
+        return
+    if link and os.path.lexists(target):
+        raise OperationRefused(f"{target} appeared while extracting; it was left as it is.")
     try:
-        make(tmp)
-        if force:
-            fileio.replace(tmp, target)
-        else:
-            if stat.S_ISLNK(os.lstat(tmp).st_mode):
-                # Hard links to symlinks are not portable; a rename after a fresh existence
-                # check is the next best thing (the plan already refused existing names).
-                if os.path.lexists(target):
-                    raise OperationRefused(
-                        f"{target} appeared while extracting; it was left as it is."
-                    )
-                fileio.replace(tmp, target)
-            else:
-                fileio.link(tmp, target)
-                fileio.unlink(tmp)
-    except BaseException:
-        fileio.unlink(tmp, missing_ok=True)
-        raise
+        fileio.rename_noreplace(tmp, target)
+    except FileExistsError:
+        raise OperationRefused(
+            f"{target} appeared while extracting; it was left as it is."
+        ) from None
 
 
 def _write_file(
     item: Item, tmp: Path, step: Callable[[int], None], cancel: CancelToken | None
 ) -> int:
-    """Write the file's content to ``tmp`` (holes left unwritten), flush it; bytes written."""
+    """Write the file's content to ``tmp`` (holes left unwritten); bytes written.
+
+    Not flushed here: the batch's one flush does that (:func:`_name_batch`). A large file
+    starts write-back on a helper thread while it is written, so that flush finds little
+    left; a small one does not (starting it cost 30 us per file, a sixth of the run).
+    """
+    from vdigui.engine.copier import Writeback
+
     ns, entry = item.ns, item.entry
-    fd = fileio.open_fd(
-        tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o644
-    )
-    done = 0
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
     try:
-        for ext in ns.extents(entry):
-            if ext.kind not in (ExtentKind.DATA, ExtentKind.INLINE):
-                continue
-            pos = ext.file_offset
-            end = ext.file_offset + ext.length
-            while pos < end:
-                if cancel is not None:
-                    cancel.raise_if_cancelled(f"Cancelled while extracting {entry.path}.")
-                take = min(_CHUNK, end - pos)
-                data = ns.read(entry, pos, take)
-                fileio.pwrite(fd, data, pos)
-                pos += take
-                done += take
-                step(done)
-        fileio.ftruncate(fd, entry.size)
+        fd = fileio.open_fd(tmp, flags, 0o600)
+    except FileExistsError:  # left by an earlier run that lost power: ours to replace
+        fileio.unlink(tmp)
+        fd = fileio.open_fd(tmp, flags, 0o600)
+    writeback = Writeback(fd) if entry.size >= WRITEBACK_FILE else None
+    done = stored_end = 0
+    try:
+        for pos, data in ns.stored_pieces(entry, _CHUNK):
+            if cancel is not None:
+                cancel.raise_if_cancelled(f"Cancelled while extracting {entry.path}.")
+            fileio.pwrite(fd, data, pos)
+            if writeback is not None:
+                writeback.add(pos, len(data))
+            done += len(data)
+            stored_end = max(stored_end, pos + len(data))
+            step(done)
+        if stored_end != entry.size:  # a hole at the end (or an empty file's nothing)
+            fileio.ftruncate(fd, entry.size)
         if entry.mode is not None:
             # The guest's permission bits (no set-id bits), always readable by the owner.
-            fileio.chmod(tmp, entry.mode & 0o777 | 0o600)
-        fileio.fsync(fd)
+            fileio.fchmod(fd, entry.mode & 0o777 | 0o600)
+        times = _times(entry)
+        if times is not None:  # on the open file: naming it later keeps them
+            fileio.futime(fd, times)
     finally:
+        if writeback is not None:
+            writeback.close()
         fileio.close(fd)
     return entry.size
 
 
-def _set_times(path: Path, entry: Entry) -> None:
+def _times(entry: Entry) -> tuple[int, int] | None:
+    """(atime, mtime) in nanoseconds for ``utime``, or None when the guest keeps none."""
     if entry.mtime is None:
-        return
+        return None
     mtime = round(entry.mtime * 1e9)
-    atime = round(entry.atime * 1e9) if entry.atime is not None else mtime
-    fileio.utime(path, (atime, mtime))
+    return (round(entry.atime * 1e9) if entry.atime is not None else mtime, mtime)
+
+
+def _set_times(path: Path, entry: Entry) -> None:
+    times = _times(entry)
+    if times is not None:
+        fileio.utime(path, times)
 
 
 __all__ = ["ExtractPlan", "ExtractResult", "Item", "plan_extract", "run_extract"]

@@ -24,6 +24,7 @@ file access needs on top. See docs/guest-files.md (NTFS) for the on-disk rules r
 
 from __future__ import annotations
 
+import gc
 import struct
 from collections import OrderedDict
 from collections.abc import Iterator
@@ -98,6 +99,11 @@ _MAX_EXTENSIONS = 4096
 _MAX_INDEX_BLOCKS = 1 << 20
 #: Parsed records kept (path lookups and listings revisit the same ones).
 _CACHED_RECORDS = 4096
+#: A listing reads its children's MFT records ahead in batches of this many entries, each
+#: contiguous span of records in one read (a span at most _SPAN_RECORDS long).
+_BATCH_ENTRIES = 1024
+_SPAN_RECORDS = 256
+_DOT = ".".encode("utf-16-le")
 _MAX_NOTES = 20
 #: LZNT1 works in 4 KiB chunks inside compression units of (normally) 16 clusters.
 _LZNT1_CHUNK = 4096
@@ -223,6 +229,8 @@ class NtfsNamespace(BaseNamespace):
             raise GuestFsError(f"The NTFS filesystem in {volume} cannot be read: {exc}") from None
         self.cs = self.vol.cluster
         self._records: OrderedDict[int, _Record] = OrderedDict()
+        #: Raw MFT records read ahead for the listing being built (fixups not yet applied).
+        self._ahead: dict[int, bytes] = {}
         volrec = self._record(_VOLUME, "$Volume")
         for atype, _name, attr in volrec.attrs:
             if atype == _AT_VOLUME_NAME and not attr[8]:
@@ -266,7 +274,9 @@ class NtfsNamespace(BaseNamespace):
         return rec
 
     def _load(self, number: int, path: str) -> _Record:
-        raw = self.vol.raw_record(number)
+        ahead = self._ahead.pop(number, None)
+        # The same bytes raw_record would read; the fixup (and its checks) happens here.
+        raw = self.vol.raw_record(number) if ahead is None else self.vol.fixup(ahead, "FILE")
         seq, links, _first, flags = struct.unpack_from("<HHHH", raw, 0x10)
         base = struct.unpack_from("<Q", raw, 0x20)[0] & _MFT_REF
         if not flags & _REC_IN_USE:
@@ -283,6 +293,34 @@ class NtfsNamespace(BaseNamespace):
         if lists:
             attrs += self._extension_attrs(number, lists[0][2], path)
         return _Record(number, seq, flags, attrs, links)
+
+    def _read_ahead(self, numbers: list[int]) -> None:
+        """Read the MFT records ``numbers`` (not cached yet) in contiguous spans, one read
+        each, instead of one read per record: a listing's children mostly sit side by side
+        in the MFT. Spans that cannot be read are left to ``_load``, which reports why."""
+        size = self.vol.record_size
+        limit = self.vol.mft_size // size
+        wanted = sorted({n for n in numbers if _FIRST_USER <= n < limit and n not in self._records})
+        at = 0
+        while at < len(wanted):
+            first = wanted[at]
+            end = at + 1
+            while (
+                end < len(wanted)
+                and wanted[end] == wanted[end - 1] + 1
+                and wanted[end] - first < _SPAN_RECORDS
+            ):
+                end += 1
+            count = wanted[end - 1] - first + 1
+            try:
+                data = self.vol.read_runs(self.vol.mft_runs, first * size, count * size)
+            except Exception:
+                # Only an optimisation: each record of a span that cannot be read is read on
+                # its own by _load, which raises (or notes) what applies to that record.
+                data = b""
+            for k in range(len(data) // size):
+                self._ahead[first + k] = data[k * size : (k + 1) * size]
+            at = end
 
     def _extension_attrs(self, number: int, attr_list: bytes, path: str) -> list[_Attr]:
         """Attributes that ``$ATTRIBUTE_LIST`` places in other records of the same file."""
@@ -557,6 +595,34 @@ class NtfsNamespace(BaseNamespace):
             named.setdefault(ref & _MFT_REF, set()).add(namespace)
         seen: set[tuple[int, bytes]] = set()
         out: list[Entry] = []
+        # The entries hold no references that could form a cycle: the collector, which would
+        # otherwise run every 700 of them and revisit the ones already built, waits until
+        # the listing is done.
+        paused = gc.isenabled()
+        gc.disable()
+        try:
+            for at in range(0, len(keys), _BATCH_ENTRIES):
+                batch = keys[at : at + _BATCH_ENTRIES]
+                self._read_ahead([ref & _MFT_REF for ref, _n, _r, _k in batch])
+                try:
+                    self._list_keys(directory, number, batch, named, seen, out)
+                finally:
+                    self._ahead.clear()
+        finally:
+            if paused:
+                gc.enable()
+        return out
+
+    def _list_keys(
+        self,
+        directory: Entry,
+        number: int,
+        keys: list[_Key],
+        named: dict[int, set[int]],
+        seen: set[tuple[int, bytes]],
+        out: list[Entry],
+    ) -> None:
+        """Add the entries of ``keys`` (part of the index of ``directory``) to ``out``."""
         for ref, namespace, raw, key in keys:
             child = ref & _MFT_REF
             if namespace == _NS_DOS and named[child] - {_NS_DOS}:
@@ -565,7 +631,7 @@ class NtfsNamespace(BaseNamespace):
                 continue
             seen.add((child, raw))
             if child == number:
-                if raw != ".".encode("utf-16-le"):
+                if raw != _DOT:
                     self._note(
                         f"The index of {directory.path} lists the directory itself; "
                         "that entry was left out."
@@ -629,7 +695,6 @@ class NtfsNamespace(BaseNamespace):
                         ),
                     )
                 )
-        return out
 
     def _index_keys(self, rec: _Record, path: str) -> list[_Key]:
         """``(file reference, namespace, UTF-16 name)`` of every entry of ``$I30``."""

@@ -104,10 +104,14 @@ def _logical_volumes(reader: DiskReader, pv_extents: Extents) -> list[GuestVolum
 
 
 def split_volume_path(text: str) -> tuple[str | None, str]:
-    """``"p2:/etc"`` -> ``("p2", "/etc")``; a path starting with "/" names no volume."""
-    if text.startswith("/") or ":" not in text:
+    """``"p2:/etc"`` -> ``("p2", "/etc")``; a path starting with "/" names no volume.
+
+    Neither does a prefix holding a wildcard: ``"*:x"`` is a name pattern (ext names may
+    hold ":"), not a volume called "*".
+    """
+    name, colon, rest = text.partition(":")
+    if text.startswith("/") or not colon or any(c in name for c in "*?["):
         return None, text or "/"
-    name, _, rest = text.partition(":")
     return name, rest or "/"
 
 
