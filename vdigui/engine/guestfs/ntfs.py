@@ -86,9 +86,9 @@ class NtfsVolume:
     # -- records -------------------------------------------------------------------------
     def fixup(self, raw: bytes, magic: str) -> bytearray:
         """Apply the update sequence array; a mismatch means a torn write, so give up."""
-        buf = bytearray(raw)
-        if buf[:4] != magic.encode():
+        if raw[:4] != magic.encode():
             raise Unsupported(f"An NTFS {magic} record is damaged (bad signature).")
+        buf = bytearray(raw)
         usa_ofs, usa_count = struct.unpack_from("<HH", buf, 4)
         stride = 512
         if (
@@ -97,12 +97,13 @@ class NtfsVolume:
             or usa_ofs + 2 * usa_count > len(buf)
         ):
             raise Unsupported(f"An NTFS {magic} record has an invalid update sequence.")
-        usn = buf[usa_ofs : usa_ofs + 2]
+        usn = raw[usa_ofs : usa_ofs + 2]
         for i in range(1, usa_count):
             end = i * stride
-            if buf[end - 2 : end] != usn:
+            if raw[end - 2 : end] != usn:
                 raise Unsupported(f"An NTFS {magic} record failed its fixup check (torn write).")
-            buf[end - 2 : end] = buf[usa_ofs + 2 * i : usa_ofs + 2 * i + 2]
+            at = usa_ofs + 2 * i
+            buf[end - 2 : end] = raw[at : at + 2]
         return buf
 
     def raw_record(self, number: int) -> bytearray:
@@ -128,6 +129,8 @@ class NtfsVolume:
     @staticmethod
     def attributes(rec: bytes | bytearray) -> Iterator[tuple[int, str, bytes]]:
         """Yield (type, name, header offset, bytes) for every attribute in a record."""
+        if not isinstance(rec, bytes):
+            rec = bytes(rec)  # one copy; slices of bytes are then the attributes' own bytes
         off = struct.unpack_from("<H", rec, 0x14)[0]
         used = min(struct.unpack_from("<I", rec, 0x18)[0], len(rec))
         while off + 8 <= used:
@@ -137,8 +140,12 @@ class NtfsVolume:
             if alen < 16 or off + alen > used:
                 raise Unsupported("An NTFS attribute header is damaged.")
             nlen, noff = struct.unpack_from("<BH", rec, off + 9)
-            name = bytes(rec[off + noff : off + noff + 2 * nlen]).decode("utf-16-le", "replace")
-            yield atype, name, bytes(rec[off : off + alen])
+            name = (
+                rec[off + noff : off + noff + 2 * nlen].decode("utf-16-le", "replace")
+                if nlen
+                else ""  # most attributes are unnamed: no decode
+            )
+            yield atype, name, rec[off : off + alen]
             off += alen
 
     @staticmethod

@@ -284,6 +284,8 @@ def safe_name(raw: str) -> tuple[str, str]:
     for a real name); ".", ".." and the empty name get an escape too. ``note`` says what was
     changed, or is "".
     """
+    if raw.isprintable() and "/" not in raw and "\\" not in raw and raw not in ("", ".", ".."):
+        return raw, ""  # most names (printable excludes controls and undecodable bytes)
     name = _UNSAFE.sub(lambda m: _escape(m.group()), raw)
     notes = []
     if any(0xDC80 <= ord(c) <= 0xDCFF for c in raw):

@@ -42,6 +42,7 @@ from .api import (
     FileExtent,
     VolumeView,
     join,
+    new_entry,
     place_extents,
     safe_name,
 )
@@ -496,24 +497,24 @@ class NtfsNamespace(BaseNamespace):
                 if t == _AT_FILE_NAME and not a[8] and self._fn_namespace(a) != _NS_DOS
             ),
         )
-        return Entry(
-            name=name,
-            path=path,
-            kind=kind,
-            size=size,
-            mtime=modified,
-            atime=accessed,
-            ctime=changed,
-            btime=created,
-            mode=None,
-            attributes=attributes,
-            uid=None,
-            gid=None,
-            id=rec.number,
-            nlink=nlink,
-            target=target,
-            raw_name=raw_name,
-            name_note=note,
+        return new_entry(  # Entry(...) at a third of the cost: called once per file listed
+            name,
+            path,
+            kind,
+            size,
+            modified,
+            accessed,
+            changed,
+            None,
+            attributes,
+            None,
+            None,
+            rec.number,
+            nlink,
+            created,
+            target,
+            raw_name,
+            note,
         )
 
     def _entry_from_key(
