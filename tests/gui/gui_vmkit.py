@@ -154,3 +154,13 @@ def open_and_wait(qtbot: Any, win: Any, path: Path | str, timeout: int = 15000) 
     with qtbot.waitSignal(win.idle, timeout=timeout):
         win.open_path(path)
     qtbot.waitUntil(lambda: not win.workers.running, timeout=timeout)
+
+
+def open_files_tab(qtbot: Any, win: Any, folder: Path) -> Any:
+    """Open ``folder``, show the Files tab, and wait until it and the window are idle."""
+    open_and_wait(qtbot, win, folder)
+    view = win.files
+    with qtbot.waitSignal(view.loaded, timeout=20000):
+        win.tabs.setCurrentWidget(view)
+    qtbot.waitUntil(lambda: not win.busy, timeout=20000)
+    return view

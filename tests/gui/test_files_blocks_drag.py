@@ -24,7 +24,7 @@ from diffvm import DiffVm, build  # noqa: E402
 from fsbuild import MiB, debugfs, debugfs_blocks, run  # noqa: E402
 from vmbuild import index_folder, read_header_fields  # noqa: E402
 
-from tests.gui.gui_vmkit import open_and_wait  # noqa: E402
+from tests.gui.gui_vmkit import open_files_tab  # noqa: E402
 from vdigui.engine import fileio  # noqa: E402
 from vdigui.gui.main_window import MainWindow  # noqa: E402
 from vdigui.gui.views import fragmentation as frag  # noqa: E402
@@ -43,11 +43,7 @@ def settle(qtbot: Any, window: MainWindow) -> None:
 
 
 def show_files(qtbot: Any, window: MainWindow, dvm: DiffVm) -> FilesView:
-    open_and_wait(qtbot, window, dvm.folder)
-    view = window.files
-    with qtbot.waitSignal(view.loaded, timeout=20000):
-        window.tabs.setCurrentWidget(view)
-    settle(qtbot, window)
+    view: FilesView = open_files_tab(qtbot, window, dvm.folder)
     return view
 
 

@@ -21,7 +21,7 @@ sys.path.insert(0, str(REPO / "tests" / "engine" / "guestfs" / "files"))
 from diffvm import DiffVm, build  # noqa: E402
 from fsbuild import debugfs_bytes, debugfs_ls  # noqa: E402
 
-from tests.gui.gui_vmkit import open_and_wait  # noqa: E402
+from tests.gui.gui_vmkit import open_and_wait, open_files_tab  # noqa: E402
 from vdigui.engine import fileio  # noqa: E402
 from vdigui.engine.guestfs.files import EntryKind  # noqa: E402
 from vdigui.engine.guestfs.files import extract as extract_module  # noqa: E402
@@ -58,11 +58,7 @@ def settle(qtbot: Any, window: MainWindow) -> None:
 
 
 def show_files(qtbot: Any, window: MainWindow, dvm: DiffVm) -> FilesView:
-    open_and_wait(qtbot, window, dvm.folder)
-    view = window.files
-    with qtbot.waitSignal(view.loaded, timeout=20000):
-        window.tabs.setCurrentWidget(view)
-    settle(qtbot, window)
+    view: FilesView = open_files_tab(qtbot, window, dvm.folder)
     return view
 
 

@@ -177,8 +177,9 @@ class FileOps:
         src.replace(dst)
 
     def link(self, src: Path, dst: Path) -> None:
-        """Hard link; fails with FileExistsError if ``dst`` exists."""
-        os.link(src, dst)
+        """Hard link to ``src`` itself (a symbolic link is never followed); fails with
+        FileExistsError if ``dst`` exists."""
+        os.link(src, dst, follow_symlinks=False)
 
     def rename_noreplace(self, src: Path, dst: Path) -> None:
         """Atomic rename that fails with FileExistsError if ``dst`` exists.

@@ -263,3 +263,28 @@ def test_longest_names_extract(tmp_path: Path) -> None:
     run_extract(plan)
     assert (tmp_path / "out" / name).read_bytes() == b"longest\n"
     assert [p.name for p in (tmp_path / "out").iterdir()] == [name]
+
+
+@pytest.mark.parametrize("native", [True, False])
+def test_guest_links_become_links_never_hard_links_to_their_targets(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, native: bool
+) -> None:
+    """A guest link to /etc/passwd, extracted where renameat2 is missing too, stays a link."""
+    from vdigui.engine import fileio
+    from vdigui.engine.guestfs.files.extract import run_extract
+
+    need("mke2fs")
+    if not native:
+        monkeypatch.setattr(fileio, "_RENAMEAT2", [None])
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "evil").symlink_to("/etc/passwd")
+    (tree / "plain.txt").write_bytes(b"plain\n")
+    image = mkext(tmp_path / "fs.img", 4 * MiB, tree, "-t", "ext4")
+    ns = open_namespace(RawReader(image))
+    out = tmp_path / "out"
+    run_extract(plan_extract([(ns, ns.stat("/"))], out))
+    assert str((out / "evil").readlink()) == "/etc/passwd"
+    assert (out / "plain.txt").read_bytes() == b"plain\n"
+    assert not (out / "plain.txt").is_symlink() and (out / "plain.txt").stat().st_nlink == 1
+    assert sorted(p.name for p in out.iterdir()) == ["evil", "lost+found", "plain.txt"]

@@ -344,8 +344,14 @@ def _name(tmp: Path, target: Path, force: bool, *, link: bool) -> None:
     if force:
         fileio.replace(tmp, target)
         return
-    if link and os.path.lexists(target):
-        raise OperationRefused(f"{target} appeared while extracting; it was left as it is.")
+    if link:
+        # Not rename_noreplace: where it falls back to a hard link, a hard link to a symbolic
+        # link is not portable. A rename after a fresh existence check is the next best thing
+        # (the plan already refused existing names).
+        if os.path.lexists(target):
+            raise OperationRefused(f"{target} appeared while extracting; it was left as it is.")
+        fileio.replace(tmp, target)
+        return
     try:
         fileio.rename_noreplace(tmp, target)
     except FileExistsError:
