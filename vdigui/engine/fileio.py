@@ -26,6 +26,7 @@ import stat
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 _BINARY = getattr(os, "O_BINARY", 0)
 _COPY_CHUNK = 8 << 20
@@ -33,55 +34,31 @@ _SYNC_FILE_RANGE_WRITE = 2  # SYNC_FILE_RANGE_WRITE in <fcntl.h>
 _SYNC_FILE_RANGE_WAIT_ALL = 1 | 2 | 4  # WAIT_BEFORE | WRITE | WAIT_AFTER
 
 
-def _load_sync_file_range() -> Callable[[int, int, int, int], int] | None:
-    """Linux ``sync_file_range`` (Python's ``os`` has no binding for it), else None."""
+def _linux_call(name: str, *argtypes: Any) -> Callable[..., int] | None:
+    """A Linux libc call Python's ``os`` has no binding for (returning int), else None."""
     if not sys.platform.startswith("linux"):
         return None
     try:
-        fn = ctypes.CDLL(None, use_errno=True).sync_file_range
+        fn = getattr(ctypes.CDLL(None, use_errno=True), name)
     except (OSError, AttributeError):
         return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+    fn.argtypes = list(argtypes)
     fn.restype = ctypes.c_int
-    return fn
+    return fn  # type: ignore[no-any-return]
 
 
-_SYNC_FILE_RANGE = _load_sync_file_range()
-
-
-def _load_syncfs() -> Callable[[int], int] | None:
-    """Linux ``syncfs`` (no binding in Python's ``os``), else None."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).syncfs
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_SYNCFS = _load_syncfs()
-
+_SYNC_FILE_RANGE = _linux_call(
+    "sync_file_range", ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint
+)
+_SYNCFS = _linux_call("syncfs", ctypes.c_int)
 _AT_FDCWD = -100
 _RENAME_NOREPLACE = 1
-
-
-def _load_renameat2() -> Callable[[int, bytes, int, bytes, int], int] | None:
-    """Linux ``renameat2`` (glibc 2.28 and later), else None."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_RENAMEAT2 = [_load_renameat2()]  # a list: dropped for good once a filesystem refuses it
+# glibc 2.28 and later. A list: dropped for good once a filesystem refuses it.
+_RENAMEAT2 = [
+    _linux_call(
+        "renameat2", ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint
+    )
+]
 
 
 class FileOps:

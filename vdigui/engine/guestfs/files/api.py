@@ -18,7 +18,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from vdigui.engine.errors import GuestFsError, GuestPathError, VdiError
 
@@ -112,48 +112,6 @@ class _UnfrozenEntry:
 
     __slots__ = Entry.__slots__
 
-    def __init__(
-        self,
-        name: str,
-        path: str,
-        kind: EntryKind,
-        size: int,
-        mtime: float | None,
-        atime: float | None,
-        ctime: float | None,
-        mode: int | None,
-        attributes: int | None,
-        uid: int | None,
-        gid: int | None,
-        id: int,
-        nlink: int,
-        btime: float | None,
-        target: str | None,
-        raw_name: bytes,
-        name_note: str,
-    ) -> None:
-        self.name = name
-        self.path = path
-        self.kind = kind
-        self.size = size
-        self.mtime = mtime
-        self.atime = atime
-        self.ctime = ctime
-        self.mode = mode
-        self.attributes = attributes
-        self.uid = uid
-        self.gid = gid
-        self.id = id
-        self.nlink = nlink
-        self.btime = btime
-        self.target = target
-        self.raw_name = raw_name
-        self.name_note = name_note
-
-
-if _UnfrozenEntry.__init__.__code__.co_varnames[1:18] != Entry.__slots__:
-    raise TypeError("_UnfrozenEntry must take Entry's fields, in Entry's order.")
-
 
 def new_entry(
     name: str,
@@ -176,27 +134,30 @@ def new_entry(
 ) -> Entry:
     """``Entry(...)`` with every field given in order, at a third of the cost (for readers
     that list many entries; see :class:`_UnfrozenEntry`)."""
-    entry = _UnfrozenEntry(
-        name,
-        path,
-        kind,
-        size,
-        mtime,
-        atime,
-        ctime,
-        mode,
-        attributes,
-        uid,
-        gid,
-        id,
-        nlink,
-        btime,
-        target,
-        raw_name,
-        name_note,
-    )
-    entry.__class__ = Entry  # type: ignore[assignment]
-    return entry  # type: ignore[return-value]
+    entry: Any = _UnfrozenEntry()  # its slots are Entry's, which mypy cannot see
+    entry.name = name
+    entry.path = path
+    entry.kind = kind
+    entry.size = size
+    entry.mtime = mtime
+    entry.atime = atime
+    entry.ctime = ctime
+    entry.mode = mode
+    entry.attributes = attributes
+    entry.uid = uid
+    entry.gid = gid
+    entry.id = id
+    entry.nlink = nlink
+    entry.btime = btime
+    entry.target = target
+    entry.raw_name = raw_name
+    entry.name_note = name_note
+    entry.__class__ = Entry
+    return entry  # type: ignore[no-any-return]
+
+
+if new_entry.__code__.co_varnames[:17] != Entry.__slots__:
+    raise TypeError("new_entry must take Entry's fields, in Entry's order.")
 
 
 @dataclass(frozen=True, slots=True)
